@@ -1,0 +1,358 @@
+//! The shapes users see: JSON objects for `--json` and lines of text for people.
+//!
+//! Stored records are bincode-friendly plain data; these functions turn them into the documented
+//! JSON contract (`docs/CLI.md` in the README), so a change of storage never changes what users parse.
+
+use serde_json::{Value, json};
+
+use crate::engine::job::{
+    ChangeToken, Checkpoint, Event, EventKind, Job, LogLine, MediaMetadata, StepOutput,
+};
+use crate::steps::extract::metadata_json;
+
+/// `{id, source, status, ingestion_phase, error}`: what `ingest`, `submit`, `retry`, `jobs` print.
+pub fn job_summary(job: &Job) -> Value {
+    json!({
+        "id": job.id.to_string(),
+        "source": job.source,
+        "status": job.status.as_str(),
+        "ingestion_phase": job.ingestion_phase.map(|phase| phase.as_str()),
+        "error": error_json(job),
+    })
+}
+
+fn error_json(job: &Job) -> Value {
+    match &job.error {
+        Some(error) => json!({"class": error.class, "message": error.message}),
+        None => Value::Null,
+    }
+}
+
+/// The whole job, as `show --json` prints it.
+pub fn job_detail(
+    job: &Job,
+    checkpoints: &[Checkpoint],
+    metadata: Option<&MediaMetadata>,
+    events: &[Event],
+) -> Value {
+    json!({
+        "id": job.id.to_string(),
+        "key": job.key,
+        "source": job.source,
+        "workflow": job.workflow,
+        "status": job.status.as_str(),
+        "ingestion_phase": job.ingestion_phase.map(|phase| phase.as_str()),
+        "attempts": job.attempts,
+        "error": error_json(job),
+        "created_at": job.created_at.to_rfc3339(),
+        "updated_at": job.updated_at.to_rfc3339(),
+        "lease": job.lease.as_ref().map(|lease| json!({
+            "worker_id": lease.worker_id.0,
+            "fencing_token": lease.fencing_token,
+            "expires_at": lease.expires_at.to_rfc3339(),
+        })),
+        "cancel_requested": job.cancel_requested,
+        "checkpoints": checkpoints.iter().map(checkpoint_json).collect::<Vec<_>>(),
+        "artifacts": artifacts(checkpoints),
+        "manifest": checkpoints
+            .iter()
+            .find(|checkpoint| checkpoint.step == "store")
+            .and_then(|checkpoint| checkpoint.output("manifest"))
+            .map(|output| location_text(output)),
+        "metadata": metadata.map(metadata_json),
+        "events": events.iter().map(event_json).collect::<Vec<_>>(),
+    })
+}
+
+/// `[{kind, key, size, blake3}]` for the video, audio and metadata objects the store step wrote.
+pub fn artifacts(checkpoints: &[Checkpoint]) -> Vec<Value> {
+    let Some(store) = checkpoints
+        .iter()
+        .find(|checkpoint| checkpoint.step == "store")
+    else {
+        return Vec::new();
+    };
+    ["video", "audio", "metadata"]
+        .iter()
+        .filter_map(|kind| store.output(kind))
+        .map(|output| {
+            json!({
+                "kind": output.name,
+                "key": location_text(output),
+                "size": output.size,
+                "blake3": output.blake3.to_hex(),
+            })
+        })
+        .collect()
+}
+
+fn location_text(output: &StepOutput) -> String {
+    match &output.location {
+        crate::engine::job::Location::Object(key) => key.clone(),
+        crate::engine::job::Location::Scratch(path) => path.clone(),
+        crate::engine::job::Location::State => "state".to_string(),
+    }
+}
+
+pub fn checkpoint_json(checkpoint: &Checkpoint) -> Value {
+    json!({
+        "step": checkpoint.step,
+        "definition_hash": checkpoint.definition_hash.to_hex(),
+        "input_hash": checkpoint.input_hash.to_hex(),
+        "outputs": checkpoint.outputs.iter().map(|output| json!({
+            "name": output.name,
+            "location": output.location.to_string(),
+            "size": output.size,
+            "blake3": output.blake3.to_hex(),
+            "change_token": change_token_json(&output.change_token),
+        })).collect::<Vec<_>>(),
+        "recorded_at": checkpoint.recorded_at.to_rfc3339(),
+    })
+}
+
+fn change_token_json(token: &ChangeToken) -> Value {
+    match token {
+        ChangeToken::File {
+            inode,
+            size,
+            mtime_ns,
+        } => {
+            json!({"kind": "file", "inode": inode, "size": size, "mtime_ns": mtime_ns})
+        }
+        ChangeToken::ETag(etag) => json!({"kind": "etag", "etag": etag}),
+        ChangeToken::None => json!({"kind": "none"}),
+    }
+}
+
+/// `{at, kind, step?, ...}`.
+pub fn event_json(event: &Event) -> Value {
+    let mut value = json!({
+        "seq": event.seq,
+        "at": event.at.to_rfc3339(),
+        "kind": event.kind.name(),
+    });
+    let object = value.as_object_mut().expect("an object");
+    let mut put = |key: &str, field: Value| {
+        object.insert(key.to_string(), field);
+    };
+    match &event.kind {
+        EventKind::Submitted { source, workflow } => {
+            put("source", json!(source));
+            put("workflow", json!(workflow));
+        }
+        EventKind::StatusChanged { from, to, reason } => {
+            put("from", json!(from.map(|status| status.as_str())));
+            put("to", json!(to.as_str()));
+            put("reason", json!(reason));
+        }
+        EventKind::PhaseChanged { from, to } => {
+            put("from", json!(from.map(|phase| phase.as_str())));
+            put("to", json!(to.map(|phase| phase.as_str())));
+        }
+        EventKind::StepStarted { step } => put("step", json!(step)),
+        EventKind::StepCompleted { step, outputs } => {
+            put("step", json!(step));
+            put("outputs", json!(outputs));
+        }
+        EventKind::StepSkipped { step, reason } => {
+            put("step", json!(step));
+            put("reason", json!(reason));
+        }
+        EventKind::StepFailed { step, error } => {
+            put("step", json!(step));
+            put(
+                "error",
+                json!({"class": error.class, "message": error.message}),
+            );
+        }
+        EventKind::RetryRequested { reason } => put("reason", json!(reason)),
+        EventKind::CancelRequested => {}
+    }
+    value
+}
+
+/// One line of `ingest`, `submit`, `retry`, `jobs` for people: id, status, phase, source, error.
+pub fn job_line(job: &Job) -> String {
+    let mut line = format!(
+        "{}  {:<9}  {:<11}  {}",
+        job.id,
+        job.status.as_str(),
+        job.ingestion_phase
+            .map(|phase| phase.as_str())
+            .unwrap_or("-"),
+        job.source
+    );
+    if let Some(error) = &job.error {
+        line.push_str(&format!("  [{}] {}", error.class, error.message));
+    }
+    line
+}
+
+/// `show` for people.
+pub fn job_text(
+    job: &Job,
+    checkpoints: &[Checkpoint],
+    metadata: Option<&MediaMetadata>,
+    events: &[Event],
+) -> String {
+    let mut out = String::new();
+    let mut line = |text: String| {
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line(format!("job              {}", job.id));
+    line(format!("source           {}", job.source));
+    line(format!("workflow         {}", job.workflow));
+    line(format!("key              {}", job.key));
+    line(format!("status           {}", job.status));
+    line(format!(
+        "ingestion_phase  {}",
+        job.ingestion_phase
+            .map(|phase| phase.as_str())
+            .unwrap_or("null")
+    ));
+    line(format!("attempts         {}", job.attempts));
+    match &job.error {
+        Some(error) => line(format!(
+            "error            [{}] {}",
+            error.class, error.message
+        )),
+        None => line("error            none".to_string()),
+    }
+    line(format!("created_at       {}", job.created_at.to_rfc3339()));
+    line(format!("updated_at       {}", job.updated_at.to_rfc3339()));
+    if let Some(lease) = &job.lease {
+        line(format!(
+            "lease            {} (token {}, expires {})",
+            lease.worker_id,
+            lease.fencing_token,
+            lease.expires_at.to_rfc3339()
+        ));
+    }
+    line(String::new());
+    line("checkpoints".to_string());
+    if checkpoints.is_empty() {
+        line("  none".to_string());
+    }
+    for checkpoint in checkpoints {
+        line(format!(
+            "  {:<9} recorded {}  definition {}  input {}",
+            checkpoint.step,
+            checkpoint.recorded_at.to_rfc3339(),
+            &checkpoint.definition_hash.to_hex()[..16],
+            &checkpoint.input_hash.to_hex()[..16]
+        ));
+        for output in &checkpoint.outputs {
+            line(format!(
+                "    {:<9} {:>12} bytes  blake3 {}  {}",
+                output.name,
+                output.size,
+                output.blake3.to_hex(),
+                output.location
+            ));
+        }
+    }
+    line(String::new());
+    line("artifacts".to_string());
+    let artifacts = artifacts(checkpoints);
+    if artifacts.is_empty() {
+        line("  none stored".to_string());
+    }
+    for artifact in artifacts {
+        line(format!(
+            "  {:<9} {}  ({} bytes)",
+            artifact["kind"].as_str().unwrap_or_default(),
+            artifact["key"].as_str().unwrap_or_default(),
+            artifact["size"]
+        ));
+    }
+    if let Some(metadata) = metadata {
+        line(String::new());
+        line("metadata".to_string());
+        line(format!(
+            "  format {}  duration {}  size {}  bit rate {}",
+            metadata.format_name,
+            metadata
+                .duration_s
+                .map(|seconds| format!("{seconds:.3} s"))
+                .unwrap_or_else(|| "?".into()),
+            metadata
+                .size
+                .map(|size| size.to_string())
+                .unwrap_or_else(|| "?".into()),
+            metadata
+                .bit_rate
+                .map(|rate| rate.to_string())
+                .unwrap_or_else(|| "?".into()),
+        ));
+        for stream in &metadata.streams {
+            let mut text = format!(
+                "  stream {} {} {}",
+                stream.index,
+                stream.codec_type,
+                stream.codec_name.as_deref().unwrap_or("?")
+            );
+            if let (Some(width), Some(height)) = (stream.width, stream.height) {
+                text.push_str(&format!(" {width}x{height}"));
+            }
+            if let Some(rate) = stream.sample_rate {
+                text.push_str(&format!(" {rate} Hz"));
+            }
+            if let Some(channels) = stream.channels {
+                text.push_str(&format!(" {channels} ch"));
+            }
+            if let Some(duration) = stream.duration_s {
+                text.push_str(&format!(" {duration:.3} s"));
+            }
+            line(text);
+        }
+    }
+    line(String::new());
+    line("events".to_string());
+    for event in events {
+        line(format!(
+            "  {}  {}",
+            event.at.to_rfc3339(),
+            event_text(&event.kind)
+        ));
+    }
+    out
+}
+
+fn event_text(kind: &EventKind) -> String {
+    match kind {
+        EventKind::Submitted { source, workflow } => format!("submitted {source} ({workflow})"),
+        EventKind::StatusChanged { from, to, reason } => format!(
+            "status {} -> {to} ({reason})",
+            from.map(|status| status.as_str()).unwrap_or("none")
+        ),
+        EventKind::PhaseChanged { from, to } => format!(
+            "ingestion_phase {} -> {}",
+            from.map(|phase| phase.as_str()).unwrap_or("null"),
+            to.map(|phase| phase.as_str()).unwrap_or("null")
+        ),
+        EventKind::StepStarted { step } => format!("step {step} started"),
+        EventKind::StepCompleted { step, outputs } => {
+            format!("step {step} completed ({outputs} outputs checkpointed)")
+        }
+        EventKind::StepSkipped { step, reason } => format!("step {step} skipped ({reason})"),
+        EventKind::StepFailed { step, error } => {
+            format!("step {step} failed [{}] {}", error.class, error.message)
+        }
+        EventKind::RetryRequested { reason } => format!("retry requested ({reason})"),
+        EventKind::CancelRequested => "cancel requested".to_string(),
+    }
+}
+
+pub fn log_line_text(line: &LogLine) -> String {
+    format!(
+        "{} {:>5} {}",
+        line.at.to_rfc3339(),
+        line.level,
+        line.message
+    )
+}
+
+pub fn log_line_json(line: &LogLine) -> Value {
+    json!({"at": line.at.to_rfc3339(), "level": line.level, "message": line.message})
+}

@@ -1,0 +1,71 @@
+//! The engine: the job model, the status/phase state machine, the orchestrator that moves status,
+//! and the worker that runs steps and moves the phase.
+//!
+//! The engine never spawns ffmpeg and never speaks HTTP; steps do. It never imports sled or opendal;
+//! it talks to `store::StateStore` and `storage::Storage`. The orchestrator (`orchestrator.rs`) sees
+//! the store only as an `OrchestratorStore`, the worker (`worker.rs`) only as a `WorkerStore`.
+
+pub mod job;
+pub mod machine;
+pub mod orchestrator;
+pub mod sources;
+pub mod verify;
+pub mod worker;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::engine::job::{JobId, WorkerId};
+use crate::storage::Storage;
+use crate::store::StateStore;
+use crate::workflow::WorkflowRegistry;
+
+/// How long a claim lasts without renewal. The holder renews it every third of this.
+pub const LEASE_TTL_MS: u64 = 30_000;
+
+/// Everything a running narra needs, built once per process.
+#[derive(Clone)]
+pub struct Engine {
+    pub store: Arc<dyn StateStore>,
+    pub storage: Storage,
+    pub workflows: Arc<WorkflowRegistry>,
+    pub home: PathBuf,
+    pub worker_id: WorkerId,
+    pub http: reqwest::Client,
+    pub lease_ttl_ms: u64,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        storage: Storage,
+        workflows: WorkflowRegistry,
+        home: &Path,
+    ) -> Result<Engine, crate::steps::StepError> {
+        let http =
+            crate::steps::download::http_client(&crate::workflow::DownloadParams::default())?;
+        Ok(Engine {
+            store,
+            storage,
+            workflows: Arc::new(workflows),
+            home: home.to_path_buf(),
+            worker_id: WorkerId(format!("{}:{}", hostname(), std::process::id())),
+            http,
+            lease_ttl_ms: LEASE_TTL_MS,
+        })
+    }
+
+    /// The job's scratch directory: partial and unstored outputs live here until the store step's
+    /// checkpoint is durable.
+    pub fn scratch_dir(&self, id: JobId) -> PathBuf {
+        self.home.join("scratch").join(id.to_string())
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}

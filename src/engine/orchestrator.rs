@@ -1,0 +1,282 @@
+//! The orchestrator: submits jobs, claims them, and moves their global `status`.
+//!
+//! It sees the state store only as an `OrchestratorStore`, so it cannot set a phase: it hands a
+//! claimed job to the worker (`engine::worker`) and turns the worker's outcome into `succeeded`,
+//! `failed` or `cancelled`. While a job runs, it renews the job's lease and watches for a cancel
+//! request, which it passes to the worker's steps so they can kill their subprocesses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument;
+
+use crate::engine::Engine;
+use crate::engine::job::{ErrorInfo, Job, JobId, LeaseToken, Status};
+use crate::engine::machine::Rejected;
+use crate::engine::sources::{canonical_source, idempotency_key};
+use crate::engine::worker::{WorkOutcome, execute};
+use crate::store::{JobFilter, OrchestratorStore, StoreError, SubmitRequest, Submitted};
+
+/// What a caller asks to submit.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    pub workflow: Option<String>,
+    /// The caller's own idempotency key; the normalised source is used when there is none.
+    pub key: Option<String>,
+    pub reingest: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Workflow(#[from] crate::workflow::WorkflowError),
+    #[error("{0}")]
+    Rejected(#[from] Rejected),
+}
+
+/// Submits sources idempotently: a key that has a job never gets a second one.
+pub async fn submit(
+    engine: &Engine,
+    sources: &[String],
+    options: &SubmitOptions,
+) -> Result<Vec<Submitted>, EngineError> {
+    let workflow_name = options
+        .workflow
+        .clone()
+        .unwrap_or_else(|| crate::workflow::DEFAULT_WORKFLOW.to_string());
+    engine.workflows.get(&workflow_name)?;
+    let current_dir = std::env::current_dir().unwrap_or_default();
+    let mut submitted = Vec::with_capacity(sources.len());
+    for source in sources {
+        let source = canonical_source(source, &current_dir);
+        let key = options
+            .key
+            .clone()
+            .unwrap_or_else(|| idempotency_key(&source, &workflow_name));
+        let request = SubmitRequest {
+            key,
+            source,
+            workflow: workflow_name.clone(),
+            reingest: options.reingest,
+        };
+        let result = engine.store.submit(&request).await?;
+        tracing::info!(job_id = %result.job.id, outcome = ?result.outcome, source = %request.source, "submitted");
+        submitted.push(result);
+    }
+    Ok(submitted)
+}
+
+/// Every job found `running` when a process opens a store it holds alone belongs to a dead
+/// process: it goes back to `pending` (its old fencing token is dead with it) and resumes from its
+/// checkpoints when next claimed.
+pub async fn reclaim_orphans(engine: &Engine) -> Result<Vec<Job>, EngineError> {
+    let running = engine
+        .store
+        .jobs(&JobFilter {
+            status: Some(Status::Running),
+            limit: usize::MAX,
+        })
+        .await?;
+    let mut reclaimed = Vec::with_capacity(running.len());
+    for job in running {
+        match engine
+            .store
+            .reclaim(job.id, "reclaimed: the process that ran it is gone")
+            .await?
+        {
+            Ok(job) => {
+                tracing::warn!(job_id = %job.id, "reclaimed a job left running by a dead process");
+                reclaimed.push(job);
+            }
+            Err(rejected) => tracing::debug!(%rejected, "not reclaimed"),
+        }
+    }
+    Ok(reclaimed)
+}
+
+/// Runs one pending job to a terminal status (or leaves it to whoever holds its lease).
+pub async fn run_job(engine: &Engine, id: JobId) -> Result<Job, EngineError> {
+    let store: Arc<dyn OrchestratorStore> = engine.store.clone();
+    let (job, token) = match store
+        .claim(id, &engine.worker_id, engine.lease_ttl_ms)
+        .await?
+    {
+        Ok(claimed) => claimed,
+        Err(rejected) => {
+            tracing::debug!(%rejected, "not claimed");
+            return store
+                .job(id)
+                .await?
+                .ok_or(EngineError::Rejected(Rejected::NotFound(id)));
+        }
+    };
+    run_claimed(engine, job, token).await
+}
+
+/// Runs a job this process has claimed.
+pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result<Job, EngineError> {
+    let span = tracing::info_span!("job", job_id = %job.id);
+    async move {
+        let store: Arc<dyn OrchestratorStore> = engine.store.clone();
+        tracing::info!(source = %job.source, workflow = %job.workflow, attempt = job.attempts, "job started");
+        let (cancel_sender, cancel) = tokio::sync::watch::channel(false);
+        let keeper = tokio::spawn(keep_lease(
+            store.clone(),
+            token.clone(),
+            engine.lease_ttl_ms,
+            cancel_sender,
+        ));
+        let outcome = execute(engine, &job, &token, cancel).await;
+        keeper.abort();
+        let result = match outcome {
+            Ok(WorkOutcome::Done) => store.complete(&token).await?,
+            Ok(WorkOutcome::CancelRequested) => store.confirm_cancel(&token).await?,
+            Ok(WorkOutcome::LeaseLost) => {
+                tracing::warn!("the lease was lost; another claim owns the job now");
+                return store.job(job.id).await?.ok_or(EngineError::Rejected(Rejected::NotFound(job.id)));
+            }
+            Err(error) => store.fail(&token, ErrorInfo {
+                class: error.class.as_str().to_string(),
+                message: error.message.clone(),
+            }).await?,
+        };
+        match result {
+            Ok(job) => {
+                match &job.error {
+                    Some(error) if job.status == Status::Failed => tracing::error!(class = %error.class, "job failed: {}", error.message),
+                    _ => tracing::info!(status = %job.status, "job finished"),
+                }
+                Ok(job)
+            }
+            Err(rejected) => {
+                tracing::warn!(%rejected, "the final transition was refused");
+                store.job(job.id).await?.ok_or(EngineError::Rejected(Rejected::NotFound(job.id)))
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Renews the lease every third of its length and passes a cancel request (or a lost lease) to the
+/// worker through `cancel`.
+async fn keep_lease(
+    store: Arc<dyn OrchestratorStore>,
+    token: LeaseToken,
+    lease_ttl_ms: u64,
+    cancel: tokio::sync::watch::Sender<bool>,
+) {
+    let renew_every = Duration::from_millis((lease_ttl_ms / 3).max(1));
+    let poll_every = Duration::from_millis(250).min(renew_every);
+    let mut since_renewal = Duration::ZERO;
+    loop {
+        tokio::time::sleep(poll_every).await;
+        since_renewal += poll_every;
+        if since_renewal >= renew_every {
+            since_renewal = Duration::ZERO;
+            match store.renew_lease(&token, lease_ttl_ms).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(rejected)) => {
+                    tracing::warn!(%rejected, "lease renewal refused; stopping the job");
+                    let _ = cancel.send(true);
+                    return;
+                }
+                Err(error) => tracing::error!(%error, "lease renewal failed"),
+            }
+        }
+        if let Ok(Some(job)) = store.job(token.job_id).await
+            && job.cancel_requested
+        {
+            let _ = cancel.send(true);
+        }
+    }
+}
+
+/// Runs the given jobs, at most `concurrency` at once, and returns them in the order given.
+pub async fn run_jobs(
+    engine: &Engine,
+    ids: &[JobId],
+    concurrency: usize,
+) -> Result<Vec<Job>, EngineError> {
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, id) in ids.iter().copied().enumerate() {
+        let engine = engine.clone();
+        let semaphore = semaphore.clone();
+        tasks.spawn(async move {
+            let _permit = semaphore
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            (index, run_job(&engine, id).await)
+        });
+    }
+    let mut results: Vec<Option<Job>> = vec![None; ids.len()];
+    while let Some(joined) = tasks.join_next().await {
+        let (index, result) = joined.expect("job tasks do not panic");
+        results[index] = Some(result?);
+    }
+    Ok(results
+        .into_iter()
+        .map(|job| job.expect("every task reported"))
+        .collect())
+}
+
+/// Runs queued jobs, up to `concurrency` at once. With `drain`, returns once no job is pending and
+/// none is running; otherwise polls for new work until `shutdown` resolves.
+pub async fn work(
+    engine: &Engine,
+    concurrency: usize,
+    drain: bool,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Vec<Job>, EngineError> {
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut finished = Vec::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = semaphore.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        match engine
+            .store
+            .claim_next(&engine.worker_id, engine.lease_ttl_ms)
+            .await?
+        {
+            Some((job, token)) => {
+                let engine = engine.clone();
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    run_claimed(&engine, job, token).await
+                });
+            }
+            None => {
+                drop(permit);
+                if tasks.is_empty() {
+                    if drain {
+                        break;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        () = &mut shutdown => break,
+                    }
+                } else {
+                    // Wait for a running job to finish: it frees a slot, and there may be new work.
+                    if let Some(joined) = tasks.join_next().await {
+                        finished.push(joined.expect("job tasks do not panic")?);
+                    }
+                }
+            }
+        }
+        while let Some(joined) = tasks.try_join_next() {
+            finished.push(joined.expect("job tasks do not panic")?);
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        finished.push(joined.expect("job tasks do not panic")?);
+    }
+    Ok(finished)
+}

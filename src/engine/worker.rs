@@ -1,0 +1,506 @@
+//! The worker side of a running job: it runs the workflow's steps and owns `ingestion_phase`.
+//!
+//! It sees the state store only as a `WorkerStore`, so it cannot change a job's status: it returns
+//! an outcome and the orchestrator turns that into `succeeded`, `failed` or `cancelled`.
+//!
+//! The runner finds the first step that is not done, and runs it and every step after it. A step is
+//! done when its checkpoint's definition hash and input hash match and every output verifies
+//! (`engine::verify`). Done steps get a `step_skipped` event and are not run again.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::Engine;
+use crate::engine::job::{Checkpoint, Hash, Job, LeaseToken, Location, StepOutput, Timestamp};
+use crate::engine::machine::Rejected;
+use crate::engine::verify::{OutputState, Resolved, check_output, metadata_record_bytes};
+use crate::steps::download::download;
+use crate::steps::extract::{extract_audio, probe, video_extension};
+use crate::steps::store::{BlobInput, StoreInput, store};
+use crate::steps::{Cancel, ErrorClass, StepError};
+use crate::storage::file_change_token;
+use crate::store::{StepEvent, WorkerStore};
+use crate::workflow::{StepDef, Workflow};
+
+/// How a worker's run of a job ended, short of a step failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkOutcome {
+    /// Every step is done.
+    Done,
+    /// A cancel was requested; the worker stopped at a step boundary.
+    CancelRequested,
+    /// The lease was lost: another claim owns the job now, and this worker must write nothing more.
+    LeaseLost,
+}
+
+/// Runs a claimed job's workflow.
+pub async fn execute(
+    engine: &Engine,
+    job: &Job,
+    token: &LeaseToken,
+    cancel: Cancel,
+) -> Result<WorkOutcome, StepError> {
+    let store: Arc<dyn WorkerStore> = engine.store.clone();
+    let workflow = engine
+        .workflows
+        .get(&job.workflow)
+        .map_err(|error| StepError::new(ErrorClass::Internal, error.to_string()))?
+        .clone();
+    let mut run = Run {
+        engine,
+        store,
+        job,
+        token,
+        cancel,
+        workflow,
+        resolved: HashMap::new(),
+        checkpoints: Vec::new(),
+    };
+    run.execute().await
+}
+
+struct Run<'a> {
+    engine: &'a Engine,
+    store: Arc<dyn WorkerStore>,
+    job: &'a Job,
+    token: &'a LeaseToken,
+    cancel: Cancel,
+    workflow: Workflow,
+    /// Verified or fresh outputs of the steps so far, by output name.
+    resolved: HashMap<String, Resolved>,
+    checkpoints: Vec<Checkpoint>,
+}
+
+/// A refused worker write means the lease is gone.
+struct LeaseLost;
+
+impl<'a> Run<'a> {
+    async fn execute(&mut self) -> Result<WorkOutcome, StepError> {
+        self.checkpoints = self
+            .store
+            .checkpoints(self.job.id)
+            .await
+            .map_err(internal)?;
+        let mut input_hash = Hash::of(self.job.source.as_bytes());
+        let mut run_rest = false;
+        for step in self.workflow.steps.clone() {
+            let kind = step.kind();
+            if self
+                .write(self.store.set_phase(self.token, kind.phase()).await)
+                .is_err()
+            {
+                return Ok(WorkOutcome::LeaseLost);
+            }
+            let current = self.store.job(self.job.id).await.map_err(internal)?;
+            if current.as_ref().is_some_and(|job| job.cancel_requested) || *self.cancel.borrow() {
+                return Ok(WorkOutcome::CancelRequested);
+            }
+            let definition_hash = step.definition_hash();
+            if !run_rest {
+                match self.done(&step, definition_hash, input_hash).await? {
+                    Ok(resolved) => {
+                        tracing::info!(
+                            step = kind.name(),
+                            "step already done: checkpoint verified, skipping"
+                        );
+                        if self
+                            .step_event(
+                                kind.name(),
+                                StepEvent::Skipped {
+                                    reason: "checkpoint verified".into(),
+                                },
+                            )
+                            .await
+                            .is_err()
+                        {
+                            return Ok(WorkOutcome::LeaseLost);
+                        }
+                        input_hash = chain_hash(input_hash, resolved.iter().map(|r| &r.output));
+                        for resolved in resolved {
+                            self.resolved.insert(resolved.output.name.clone(), resolved);
+                        }
+                        continue;
+                    }
+                    Err(reason) => {
+                        tracing::info!(step = kind.name(), %reason, "step must run");
+                        run_rest = true;
+                    }
+                }
+            }
+            if self
+                .step_event(kind.name(), StepEvent::Started)
+                .await
+                .is_err()
+            {
+                return Ok(WorkOutcome::LeaseLost);
+            }
+            let result = match &step {
+                StepDef::Download(_) => self.run_download().await,
+                StepDef::Extract(_) => self.run_extract().await,
+                StepDef::Store(_) => self.run_store().await,
+            };
+            let (outputs, metadata) = match result {
+                Ok(done) => done,
+                Err(error) => {
+                    tracing::error!(
+                        step = kind.name(),
+                        class = error.class.as_str(),
+                        "step failed: {}",
+                        error.message
+                    );
+                    if error.class != ErrorClass::Cancelled {
+                        let _ = self
+                            .step_event(
+                                kind.name(),
+                                StepEvent::Failed {
+                                    error: error.to_info(),
+                                },
+                            )
+                            .await;
+                    }
+                    if error.class == ErrorClass::Cancelled {
+                        return Ok(WorkOutcome::CancelRequested);
+                    }
+                    return Err(error);
+                }
+            };
+            let checkpoint = Checkpoint {
+                step: kind.name().to_string(),
+                definition_hash,
+                input_hash,
+                outputs,
+                recorded_at: Timestamp::now(),
+            };
+            let recorded = self
+                .store
+                .record_checkpoint(self.token, &checkpoint, metadata.as_ref())
+                .await
+                .map_err(internal)?;
+            if recorded.is_err() {
+                return Ok(WorkOutcome::LeaseLost);
+            }
+            tracing::info!(
+                step = kind.name(),
+                outputs = checkpoint.outputs.len(),
+                "step done: checkpoint recorded"
+            );
+            input_hash = chain_hash(input_hash, checkpoint.outputs.iter());
+            for output in &checkpoint.outputs {
+                let local_path = match &output.location {
+                    Location::Scratch(path) => Some(PathBuf::from(path)),
+                    Location::Object(key) => self.engine.storage.local_path(key),
+                    Location::State => None,
+                };
+                let object_key = match &output.location {
+                    Location::Object(key) => Some(key.clone()),
+                    _ => None,
+                };
+                self.resolved.insert(
+                    output.name.clone(),
+                    Resolved {
+                        output: output.clone(),
+                        local_path,
+                        object_key,
+                    },
+                );
+            }
+            self.checkpoints
+                .retain(|existing| existing.step != checkpoint.step);
+            self.checkpoints.push(checkpoint);
+        }
+        // The store step, the last one, has a durable checkpoint: the stored objects now stand for
+        // the scratch files, which can go.
+        self.remove_scratch().await;
+        Ok(WorkOutcome::Done)
+    }
+
+    /// `Ok(Ok(outputs))` when the step is done, `Ok(Err(reason))` when it must run.
+    async fn done(
+        &self,
+        step: &StepDef,
+        definition_hash: Hash,
+        input_hash: Hash,
+    ) -> Result<Result<Vec<Resolved>, String>, StepError> {
+        let name = step.kind().name();
+        let Some(checkpoint) = self
+            .checkpoints
+            .iter()
+            .find(|checkpoint| checkpoint.step == name)
+        else {
+            return Ok(Err("no checkpoint".into()));
+        };
+        if checkpoint.definition_hash != definition_hash {
+            return Ok(Err("the step's definition changed".into()));
+        }
+        if checkpoint.input_hash != input_hash {
+            return Ok(Err("the step's inputs changed".into()));
+        }
+        let mut resolved = Vec::with_capacity(checkpoint.outputs.len());
+        for output in &checkpoint.outputs {
+            match check_output(self.engine, self.job.id, output, &self.checkpoints, false).await? {
+                OutputState::Present(found) => resolved.push(found),
+                OutputState::Missing => {
+                    return Ok(Err(format!(
+                        "output {} is missing from {}",
+                        output.name, output.location
+                    )));
+                }
+                OutputState::Changed {
+                    found_size,
+                    found_blake3,
+                } => {
+                    return Ok(Err(format!(
+                        "output {} at {} changed: {} bytes, blake3 {}",
+                        output.name,
+                        output.location,
+                        found_size,
+                        found_blake3
+                            .map(|hash| hash.to_hex())
+                            .unwrap_or_else(|| "not computed".into())
+                    )));
+                }
+            }
+        }
+        Ok(Ok(resolved))
+    }
+
+    async fn run_download(
+        &mut self,
+    ) -> Result<(Vec<StepOutput>, Option<crate::engine::job::MediaMetadata>), StepError> {
+        let scratch_dir = self.engine.scratch_dir(self.job.id);
+        let downloaded = download(
+            &self.job.source,
+            &scratch_dir,
+            self.workflow.download(),
+            &self.engine.http,
+            &mut self.cancel,
+        )
+        .await?;
+        tracing::info!(bytes = downloaded.size, blake3 = %downloaded.blake3, "downloaded the original");
+        let change_token = local_token(&downloaded.path).await?;
+        Ok((
+            vec![StepOutput {
+                name: "video".into(),
+                location: Location::Scratch(downloaded.path.display().to_string()),
+                size: downloaded.size,
+                blake3: downloaded.blake3,
+                change_token,
+            }],
+            None,
+        ))
+    }
+
+    async fn run_extract(
+        &mut self,
+    ) -> Result<(Vec<StepOutput>, Option<crate::engine::job::MediaMetadata>), StepError> {
+        let video = self.local_copy("video", "original").await?;
+        let metadata = probe(&video, &mut self.cancel).await?;
+        let scratch_dir = self.engine.scratch_dir(self.job.id);
+        let extracted = extract_audio(
+            &video,
+            &metadata,
+            self.workflow.extract(),
+            &scratch_dir,
+            &mut self.cancel,
+        )
+        .await?;
+        let (size, blake3) = crate::storage::hash_file(&extracted.audio_path)
+            .await
+            .map_err(|error| StepError::scratch("read", &extracted.audio_path, error))?;
+        tracing::info!(bytes = size, extension = %extracted.audio_extension, "extracted the audio");
+        let change_token = local_token(&extracted.audio_path).await?;
+        let record = metadata_record_bytes(&metadata);
+        Ok((
+            vec![
+                StepOutput {
+                    name: "audio".into(),
+                    location: Location::Scratch(extracted.audio_path.display().to_string()),
+                    size,
+                    blake3,
+                    change_token,
+                },
+                StepOutput {
+                    name: "metadata".into(),
+                    location: Location::State,
+                    size: record.len() as u64,
+                    blake3: Hash::of(&record),
+                    change_token: crate::engine::job::ChangeToken::None,
+                },
+            ],
+            Some(metadata),
+        ))
+    }
+
+    async fn run_store(
+        &mut self,
+    ) -> Result<(Vec<StepOutput>, Option<crate::engine::job::MediaMetadata>), StepError> {
+        let metadata = self
+            .engine
+            .store
+            .metadata(self.job.id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| {
+                StepError::new(ErrorClass::Internal, "the metadata record is missing")
+            })?;
+        let video = self.resolved_output("video")?;
+        let audio = self.resolved_output("audio")?;
+        let audio_extension = extension_of(&audio).unwrap_or_else(|| "audio".into());
+        let blobs = vec![
+            self.blob_input("video", &video, video_extension(&metadata).to_string())
+                .await?,
+            self.blob_input("audio", &audio, audio_extension).await?,
+        ];
+        let previous_outputs = self
+            .checkpoints
+            .iter()
+            .find(|checkpoint| checkpoint.step == "store")
+            .map(|checkpoint| checkpoint.outputs.clone())
+            .unwrap_or_default();
+        let input = StoreInput {
+            job_id: self.job.id,
+            source: &self.job.source,
+            workflow: &self.job.workflow,
+            blobs,
+            metadata: &metadata,
+            previous_outputs: &previous_outputs,
+            unavailable_wait: Duration::from_secs(self.workflow.store().storage_unavailable_wait_s),
+        };
+        let stored = store(&self.engine.storage, &input).await?;
+        tracing::info!(
+            objects_written = stored.objects_written,
+            objects_skipped = stored.objects_skipped,
+            "stored the artifacts"
+        );
+        Ok((stored.outputs, None))
+    }
+
+    async fn blob_input(
+        &self,
+        name: &'static str,
+        resolved: &Resolved,
+        extension: String,
+    ) -> Result<BlobInput, StepError> {
+        let target_key = crate::storage::blob_key(&resolved.output.blake3, &extension);
+        let local_path = if resolved.object_key.as_deref() == Some(target_key.as_str()) {
+            resolved.local_path.clone()
+        } else {
+            Some(self.local_copy(name, name).await?)
+        };
+        Ok(BlobInput {
+            name,
+            local_path,
+            size: resolved.output.size,
+            blake3: resolved.output.blake3,
+            extension,
+        })
+    }
+
+    fn resolved_output(&self, name: &str) -> Result<Resolved, StepError> {
+        self.resolved.get(name).cloned().ok_or_else(|| {
+            StepError::new(
+                ErrorClass::Internal,
+                format!("no verified {name} output to work on"),
+            )
+        })
+    }
+
+    /// A local file with the bytes of output `name`: the scratch file or an `fs://` object in place,
+    /// else the stored object copied into scratch (and checked against its hash).
+    async fn local_copy(&self, name: &str, scratch_name: &str) -> Result<PathBuf, StepError> {
+        let resolved = self.resolved_output(name)?;
+        if let Some(path) = resolved.local_path {
+            return Ok(path);
+        }
+        let key = resolved.object_key.ok_or_else(|| {
+            StepError::new(
+                ErrorClass::Internal,
+                format!("output {name} has no readable copy"),
+            )
+        })?;
+        let scratch_dir = self.engine.scratch_dir(self.job.id);
+        tokio::fs::create_dir_all(&scratch_dir)
+            .await
+            .map_err(|error| StepError::scratch("create", &scratch_dir, error))?;
+        let target = scratch_dir.join(format!("{scratch_name}.from-storage"));
+        let (size, blake3) = self.engine.storage.read_to_file(&key, &target).await?;
+        if size != resolved.output.size || blake3 != resolved.output.blake3 {
+            return Err(StepError::new(
+                ErrorClass::StorageError,
+                format!("{key} changed while it was being read: {size} bytes, blake3 {blake3}"),
+            ));
+        }
+        Ok(target)
+    }
+
+    async fn remove_scratch(&self) {
+        let scratch_dir = self.engine.scratch_dir(self.job.id);
+        match tokio::fs::remove_dir_all(&scratch_dir).await {
+            Ok(()) => tracing::debug!(path = %scratch_dir.display(), "removed scratch"),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(path = %scratch_dir.display(), %error, "cannot remove scratch")
+            }
+        }
+    }
+
+    async fn step_event(&self, step: &str, event: StepEvent) -> Result<(), LeaseLost> {
+        let result = self.store.record_step_event(self.token, step, event).await;
+        self.write(result)
+    }
+
+    fn write<T>(
+        &self,
+        result: crate::store::StoreResult<Result<T, Rejected>>,
+    ) -> Result<T, LeaseLost> {
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(rejected)) => {
+                tracing::warn!(%rejected, "write refused: the lease is lost");
+                Err(LeaseLost)
+            }
+            Err(error) => {
+                tracing::error!(%error, "state store write failed");
+                Err(LeaseLost)
+            }
+        }
+    }
+}
+
+/// The input hash of the step after one whose input hash and outputs are given: every step's
+/// input covers everything before it.
+fn chain_hash<'o>(previous: Hash, outputs: impl Iterator<Item = &'o StepOutput>) -> Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&previous.0);
+    for output in outputs {
+        hasher.update(output.name.as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&output.blake3.0);
+    }
+    hasher.finalize().into()
+}
+
+fn extension_of(resolved: &Resolved) -> Option<String> {
+    let name = match &resolved.output.location {
+        Location::Scratch(path) => path.clone(),
+        Location::Object(key) => key.clone(),
+        Location::State => return None,
+    };
+    std::path::Path::new(&name)
+        .extension()
+        .and_then(|extension| extension.to_str())
+        .map(str::to_string)
+}
+
+async fn local_token(path: &std::path::Path) -> Result<crate::engine::job::ChangeToken, StepError> {
+    let metadata = tokio::fs::metadata(path)
+        .await
+        .map_err(|error| StepError::scratch("inspect", path, error))?;
+    Ok(file_change_token(&metadata))
+}
+
+fn internal(error: crate::store::StoreError) -> StepError {
+    StepError::new(ErrorClass::Internal, format!("state store: {error}"))
+}

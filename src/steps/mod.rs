@@ -1,0 +1,143 @@
+//! The steps: download, extract, store. One file each.
+//!
+//! Steps do the I/O the engine never does: they speak HTTP, spawn ffprobe and ffmpeg, and write
+//! objects. They never touch the state store: they take inputs and return outputs, and the engine
+//! records checkpoints. Every failure is a [`StepError`] with a stable [`ErrorClass`].
+
+pub mod download;
+pub mod extract;
+pub mod store;
+
+use std::fmt;
+
+use crate::engine::job::ErrorInfo;
+
+/// The stable error classes users see in `show`, `jobs`, `logs` and the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// The source is not something narra can fetch (unknown scheme, malformed URL).
+    UnsupportedSource,
+    /// HTTP 401/403/451: the platform refused.
+    DownloadBlocked,
+    /// HTTP 404/410, or a local path that does not exist.
+    NotFound,
+    RateLimited,
+    NetworkTimeout,
+    NetworkError,
+    ServerError,
+    /// Any other HTTP refusal.
+    HttpError,
+    /// Fewer bytes arrived than the server announced.
+    TruncatedDownload,
+    /// ffprobe cannot read the file as media.
+    CorruptMedia,
+    /// The media has no audio stream to extract.
+    NoAudioStream,
+    /// ffmpeg failed; the message carries ffmpeg's own words.
+    ExtractFailed,
+    StorageUnavailable,
+    StorageError,
+    /// Scratch space on the worker could not be written.
+    ScratchError,
+    Cancelled,
+    Internal,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::UnsupportedSource => "unsupported_source",
+            ErrorClass::DownloadBlocked => "download_blocked",
+            ErrorClass::NotFound => "not_found",
+            ErrorClass::RateLimited => "rate_limited",
+            ErrorClass::NetworkTimeout => "network_timeout",
+            ErrorClass::NetworkError => "network_error",
+            ErrorClass::ServerError => "server_error",
+            ErrorClass::HttpError => "http_error",
+            ErrorClass::TruncatedDownload => "truncated_download",
+            ErrorClass::CorruptMedia => "corrupt_media",
+            ErrorClass::NoAudioStream => "no_audio_stream",
+            ErrorClass::ExtractFailed => "extract_failed",
+            ErrorClass::StorageUnavailable => "storage_unavailable",
+            ErrorClass::StorageError => "storage_error",
+            ErrorClass::ScratchError => "scratch_error",
+            ErrorClass::Cancelled => "cancelled",
+            ErrorClass::Internal => "internal",
+        }
+    }
+
+    /// Whether a later retry may succeed without anyone changing anything.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::RateLimited
+                | ErrorClass::NetworkTimeout
+                | ErrorClass::NetworkError
+                | ErrorClass::ServerError
+                | ErrorClass::TruncatedDownload
+                | ErrorClass::StorageUnavailable
+        )
+    }
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A step failure: a class and a message an operator understands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{class}: {message}")]
+pub struct StepError {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl StepError {
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> StepError {
+        StepError {
+            class,
+            message: message.into(),
+        }
+    }
+
+    pub fn retryable(&self) -> bool {
+        self.class.retryable()
+    }
+
+    pub fn to_info(&self) -> ErrorInfo {
+        ErrorInfo {
+            class: self.class.as_str().to_string(),
+            message: self.message.clone(),
+        }
+    }
+
+    pub fn scratch(action: &str, path: &std::path::Path, error: std::io::Error) -> StepError {
+        StepError::new(
+            ErrorClass::ScratchError,
+            format!("cannot {action} {}: {error}", path.display()),
+        )
+    }
+}
+
+impl From<crate::storage::StorageError> for StepError {
+    fn from(error: crate::storage::StorageError) -> StepError {
+        let class = match error.class() {
+            "storage_unavailable" => ErrorClass::StorageUnavailable,
+            _ => ErrorClass::StorageError,
+        };
+        StepError::new(class, error.to_string())
+    }
+}
+
+/// A cancellation signal a step watches while it waits on a transfer or a subprocess.
+pub type Cancel = tokio::sync::watch::Receiver<bool>;
+
+/// Resolves when `cancel` turns true; pending forever if it never does.
+pub async fn cancelled(cancel: &mut Cancel) {
+    if cancel.wait_for(|cancelled| *cancelled).await.is_err() {
+        // The sender is gone: nobody can cancel any more.
+        std::future::pending::<()>().await;
+    }
+}

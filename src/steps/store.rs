@@ -1,0 +1,233 @@
+//! The store step: writes the original video, the audio and the metadata record as content-addressed
+//! blobs, then the job's manifest, which names them.
+//!
+//! An object that already exists with the expected size and blake3 is not written again. The
+//! manifest is written last, after every blob it names is durably stored, so a manifest's presence
+//! implies complete artifacts. The manifest has no timestamps: rewriting it is byte-identical.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::{ErrorClass, StepError};
+use crate::engine::job::{ChangeToken, Hash, JobId, Location, MediaMetadata, StepOutput};
+use crate::storage::{ObjectStat, Storage, StorageError, blob_key, manifest_key};
+
+/// A file to store as a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInput {
+    /// `video` or `audio`.
+    pub name: &'static str,
+    /// A local copy of the bytes, when one is at hand. `None` is allowed only when the object is
+    /// already stored under its key (then there is nothing to upload).
+    pub local_path: Option<PathBuf>,
+    pub size: u64,
+    pub blake3: Hash,
+    pub extension: String,
+}
+
+/// What the store step needs.
+#[derive(Debug, Clone)]
+pub struct StoreInput<'a> {
+    pub job_id: JobId,
+    pub source: &'a str,
+    pub workflow: &'a str,
+    pub blobs: Vec<BlobInput>,
+    pub metadata: &'a MediaMetadata,
+    /// The outputs of this step's previous checkpoint, if any: their change tokens let an unchanged
+    /// object be recognised without reading it.
+    pub previous_outputs: &'a [StepOutput],
+    /// How long an unavailable object store is retried before the step fails.
+    pub unavailable_wait: Duration,
+}
+
+/// What the store step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// `video`, `audio`, `metadata`, `manifest`, in that order.
+    pub outputs: Vec<StepOutput>,
+    pub objects_written: u32,
+    pub objects_skipped: u32,
+}
+
+pub async fn store(storage: &Storage, input: &StoreInput<'_>) -> Result<Stored, StepError> {
+    let mut outputs = Vec::new();
+    let mut objects_written = 0;
+    let mut objects_skipped = 0;
+    let mut artifacts = Vec::new();
+    let mut put = |written: bool| {
+        if written {
+            objects_written += 1;
+        } else {
+            objects_skipped += 1;
+        }
+    };
+
+    for blob in &input.blobs {
+        let key = blob_key(&blob.blake3, &blob.extension);
+        let payload = Payload::File(blob.local_path.clone());
+        let (stat, written) =
+            ensure_object(storage, input, &key, blob.size, blob.blake3, &payload).await?;
+        put(written);
+        artifacts.push(serde_json::json!({
+            "kind": blob.name, "key": key, "size": blob.size, "blake3": blob.blake3.to_hex(),
+        }));
+        outputs.push(output(blob.name, key, blob.size, blob.blake3, stat));
+    }
+
+    let metadata_bytes = serde_json::to_vec_pretty(&super::extract::metadata_json(input.metadata))
+        .expect("JSON values serialize");
+    let metadata_hash = Hash::of(&metadata_bytes);
+    let metadata_size = metadata_bytes.len() as u64;
+    let metadata_key = blob_key(&metadata_hash, "json");
+    let (stat, written) = ensure_object(
+        storage,
+        input,
+        &metadata_key,
+        metadata_size,
+        metadata_hash,
+        &Payload::Bytes(metadata_bytes),
+    )
+    .await?;
+    put(written);
+    artifacts.push(serde_json::json!({
+        "kind": "metadata", "key": metadata_key, "size": metadata_size, "blake3": metadata_hash.to_hex(),
+    }));
+    outputs.push(output(
+        "metadata",
+        metadata_key,
+        metadata_size,
+        metadata_hash,
+        stat,
+    ));
+
+    let mut summary = super::extract::metadata_json(input.metadata);
+    if let Some(object) = summary.as_object_mut() {
+        object.remove("raw");
+    }
+    let manifest = serde_json::json!({
+        "job_id": input.job_id.to_string(),
+        "source": input.source,
+        "workflow": input.workflow,
+        "artifacts": artifacts,
+        "metadata": summary,
+    });
+    let manifest_bytes = serde_json::to_vec_pretty(&manifest).expect("JSON values serialize");
+    let manifest_hash = Hash::of(&manifest_bytes);
+    let manifest_size = manifest_bytes.len() as u64;
+    let key = manifest_key(input.job_id);
+    let (stat, written) = ensure_object(
+        storage,
+        input,
+        &key,
+        manifest_size,
+        manifest_hash,
+        &Payload::Bytes(manifest_bytes),
+    )
+    .await?;
+    put(written);
+    outputs.push(output("manifest", key, manifest_size, manifest_hash, stat));
+
+    Ok(Stored {
+        outputs,
+        objects_written,
+        objects_skipped,
+    })
+}
+
+enum Payload {
+    File(Option<PathBuf>),
+    Bytes(Vec<u8>),
+}
+
+fn output(name: &str, key: String, size: u64, blake3: Hash, stat: ObjectStat) -> StepOutput {
+    StepOutput {
+        name: name.to_string(),
+        location: Location::Object(key),
+        size,
+        blake3,
+        change_token: stat.change_token,
+    }
+}
+
+/// Makes sure `key` holds exactly the expected bytes: returns the object's stat and whether it had
+/// to be written.
+async fn ensure_object(
+    storage: &Storage,
+    input: &StoreInput<'_>,
+    key: &str,
+    size: u64,
+    blake3: Hash,
+    payload: &Payload,
+) -> Result<(ObjectStat, bool), StepError> {
+    let previous_token = input
+        .previous_outputs
+        .iter()
+        .find(|output| {
+            output.location == Location::Object(key.to_string()) && output.blake3 == blake3
+        })
+        .map(|output| &output.change_token);
+    let existing = with_retry(input.unavailable_wait, || storage.stat(key)).await?;
+    if let Some(stat) = existing
+        && stat.size == size
+    {
+        let unchanged = previous_token
+            .is_some_and(|token| *token != ChangeToken::None && *token == stat.change_token);
+        if unchanged {
+            return Ok((stat, false));
+        }
+        let found = with_retry(input.unavailable_wait, || storage.hash_object(key)).await?;
+        if found == Some((size, blake3)) {
+            return Ok((stat, false));
+        }
+        tracing::warn!(
+            key,
+            "a stored object does not match its expected hash; rewriting it"
+        );
+    }
+    let stat = match payload {
+        Payload::File(Some(path)) => {
+            with_retry(input.unavailable_wait, || storage.put_file(key, path)).await?
+        }
+        Payload::File(None) => {
+            return Err(StepError::new(
+                ErrorClass::Internal,
+                format!("no local copy of {key} to upload"),
+            ));
+        }
+        Payload::Bytes(bytes) => {
+            with_retry(input.unavailable_wait, || {
+                storage.put_bytes(key, bytes.clone())
+            })
+            .await?
+        }
+    };
+    if stat.size != size {
+        return Err(StepError::new(
+            ErrorClass::StorageError,
+            format!("{key} holds {} bytes after writing {size}", stat.size),
+        ));
+    }
+    Ok((stat, true))
+}
+
+/// Retries an operation while the object store is unavailable, with exponential backoff, for at
+/// most `wait`. Other failures return at once.
+async fn with_retry<T, F, Fut>(wait: Duration, mut operation: F) -> Result<T, StepError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StorageError>>,
+{
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match operation().await {
+            Ok(value) => return Ok(value),
+            Err(error) if error.retryable() && started.elapsed() + delay <= wait => {
+                tracing::warn!(%error, delay_ms = delay.as_millis() as u64, "object store unavailable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! The record codec: the one place that turns stored structs into bytes and back.
+//!
+//! Every value the state store persists (jobs, checkpoints, events, metadata records, log lines)
+//! goes through [`encode`] and [`decode`]: one schema-version byte, then the record in bincode's
+//! standard configuration. Nothing else in narra calls bincode.
+//!
+//! bincode writes fields in declaration order with no names, so the bytes on disk ARE the struct
+//! definitions in `engine::job`. Changing any stored struct or enum (adding, removing, reordering or
+//! retyping a field or a variant) requires bumping [`SCHEMA_VERSION`] and writing a migration for
+//! the records already on disk. The golden-bytes tests below fail on any such change, which is
+//! their purpose: when one fails, do not just paste the new bytes in; bump the version and migrate.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::StoreError;
+
+/// The version of the record layout this narra writes and reads.
+pub const SCHEMA_VERSION: u8 = 1;
+
+fn bincode_config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes a record as `[SCHEMA_VERSION] ++ bincode(value)`.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    let body = bincode::serde::encode_to_vec(value, bincode_config())
+        .map_err(|error| StoreError::Encode(error.to_string()))?;
+    let mut bytes = Vec::with_capacity(body.len() + 1);
+    bytes.push(SCHEMA_VERSION);
+    bytes.extend_from_slice(&body);
+    Ok(bytes)
+}
+
+/// Decodes a record read from `tree` at `key`. A record must be exactly one value: an empty
+/// record, bytes that do not decode, and bytes left over after the value are all corruption.
+pub fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        tree,
+        key: hex(key),
+        reason,
+    };
+    let Some((&version, body)) = bytes.split_first() else {
+        return Err(corrupt("empty record".to_string()));
+    };
+    if version != SCHEMA_VERSION {
+        return Err(StoreError::UnsupportedSchema {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    let (value, bytes_read) = bincode::serde::decode_from_slice::<T, _>(body, bincode_config())
+        .map_err(|error| corrupt(format!("cannot decode record: {error}")))?;
+    if bytes_read != body.len() {
+        return Err(corrupt(format!(
+            "{} trailing bytes after a {}-byte record",
+            body.len() - bytes_read,
+            bytes_read
+        )));
+    }
+    Ok(value)
+}
+
+/// Lower-case hex, for naming keys in corruption reports.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    out
+}
+
+/// Proptest strategies for the stored records. Field values are arbitrary, not necessarily valid
+/// jobs: the codec must round-trip anything the types can hold.
+#[cfg(test)]
+pub(crate) mod strategies {
+    use proptest::prelude::*;
+
+    use crate::engine::job::{
+        ChangeToken, Checkpoint, ErrorInfo, Event, EventKind, Hash, Job, JobId, Lease, Location,
+        Phase, Status, StepOutput, Timestamp, WorkerId,
+    };
+
+    pub fn job_id() -> impl Strategy<Value = JobId> {
+        any::<u128>().prop_map(JobId)
+    }
+
+    pub fn timestamp() -> impl Strategy<Value = Timestamp> {
+        any::<i64>().prop_map(Timestamp)
+    }
+
+    pub fn status() -> impl Strategy<Value = Status> {
+        proptest::sample::select(Status::ALL.to_vec())
+    }
+
+    pub fn phase() -> impl Strategy<Value = Phase> {
+        prop_oneof![
+            Just(Phase::Downloading),
+            Just(Phase::Processing),
+            Just(Phase::Storing),
+        ]
+    }
+
+    pub fn hash() -> impl Strategy<Value = Hash> {
+        any::<[u8; 32]>().prop_map(Hash)
+    }
+
+    pub fn error_info() -> impl Strategy<Value = ErrorInfo> {
+        (any::<String>(), any::<String>()).prop_map(|(class, message)| ErrorInfo { class, message })
+    }
+
+    pub fn lease() -> impl Strategy<Value = Lease> {
+        (any::<String>(), any::<u64>(), timestamp()).prop_map(
+            |(worker_id, fencing_token, expires_at)| Lease {
+                worker_id: WorkerId(worker_id),
+                fencing_token,
+                expires_at,
+            },
+        )
+    }
+
+    pub fn job() -> impl Strategy<Value = Job> {
+        (
+            (
+                job_id(),
+                any::<String>(),
+                any::<String>(),
+                any::<String>(),
+                status(),
+                proptest::option::of(phase()),
+                any::<u32>(),
+            ),
+            (
+                proptest::option::of(error_info()),
+                timestamp(),
+                timestamp(),
+                proptest::option::of(lease()),
+                any::<u64>(),
+                any::<bool>(),
+                any::<u64>(),
+            ),
+        )
+            .prop_map(
+                |(
+                    (id, key, source, workflow, status, ingestion_phase, attempts),
+                    (
+                        error,
+                        created_at,
+                        updated_at,
+                        lease,
+                        fencing_token,
+                        cancel_requested,
+                        events_next,
+                    ),
+                )| Job {
+                    id,
+                    key,
+                    source,
+                    workflow,
+                    status,
+                    ingestion_phase,
+                    attempts,
+                    error,
+                    created_at,
+                    updated_at,
+                    lease,
+                    fencing_token,
+                    cancel_requested,
+                    events_next,
+                },
+            )
+    }
+
+    pub fn location() -> impl Strategy<Value = Location> {
+        prop_oneof![
+            any::<String>().prop_map(Location::Scratch),
+            any::<String>().prop_map(Location::Object),
+            Just(Location::State),
+        ]
+    }
+
+    pub fn change_token() -> impl Strategy<Value = ChangeToken> {
+        prop_oneof![
+            (any::<u64>(), any::<u64>(), any::<i64>()).prop_map(|(inode, size, mtime_ns)| {
+                ChangeToken::File {
+                    inode,
+                    size,
+                    mtime_ns,
+                }
+            }),
+            any::<String>().prop_map(ChangeToken::ETag),
+            Just(ChangeToken::None),
+        ]
+    }
+
+    pub fn step_output() -> impl Strategy<Value = StepOutput> {
+        (
+            any::<String>(),
+            location(),
+            any::<u64>(),
+            hash(),
+            change_token(),
+        )
+            .prop_map(|(name, location, size, blake3, change_token)| StepOutput {
+                name,
+                location,
+                size,
+                blake3,
+                change_token,
+            })
+    }
+
+    pub fn checkpoint() -> impl Strategy<Value = Checkpoint> {
+        (
+            any::<String>(),
+            hash(),
+            hash(),
+            proptest::collection::vec(step_output(), 0..4),
+            timestamp(),
+        )
+            .prop_map(
+                |(step, definition_hash, input_hash, outputs, recorded_at)| Checkpoint {
+                    step,
+                    definition_hash,
+                    input_hash,
+                    outputs,
+                    recorded_at,
+                },
+            )
+    }
+
+    pub fn event_kind() -> impl Strategy<Value = EventKind> {
+        prop_oneof![
+            (any::<String>(), any::<String>())
+                .prop_map(|(source, workflow)| EventKind::Submitted { source, workflow }),
+            (proptest::option::of(status()), status(), any::<String>())
+                .prop_map(|(from, to, reason)| EventKind::StatusChanged { from, to, reason }),
+            (proptest::option::of(phase()), proptest::option::of(phase()))
+                .prop_map(|(from, to)| EventKind::PhaseChanged { from, to }),
+            any::<String>().prop_map(|step| EventKind::StepStarted { step }),
+            (any::<String>(), any::<u32>())
+                .prop_map(|(step, outputs)| EventKind::StepCompleted { step, outputs }),
+            (any::<String>(), any::<String>())
+                .prop_map(|(step, reason)| EventKind::StepSkipped { step, reason }),
+            (any::<String>(), error_info())
+                .prop_map(|(step, error)| EventKind::StepFailed { step, error }),
+            any::<String>().prop_map(|reason| EventKind::RetryRequested { reason }),
+            Just(EventKind::CancelRequested),
+        ]
+    }
+
+    pub fn event() -> impl Strategy<Value = Event> {
+        (any::<u64>(), timestamp(), event_kind()).prop_map(|(seq, at, kind)| Event {
+            seq,
+            at,
+            kind,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::engine::job::{
+        ChangeToken, Checkpoint, ErrorInfo, Event, EventKind, Hash, Job, JobId, Lease, Location,
+        MediaMetadata, Phase, Status, StepOutput, StreamInfo, Timestamp, WorkerId,
+    };
+
+    fn golden_job() -> Job {
+        Job {
+            id: JobId(0x0190_0000_0000_0000_0000_0000_0000_002a),
+            key: "https://example.com/a.mp4".to_string(),
+            source: "https://example.com/a.mp4".to_string(),
+            workflow: "ingest".to_string(),
+            status: Status::Running,
+            ingestion_phase: Some(Phase::Processing),
+            attempts: 3,
+            error: Some(ErrorInfo {
+                class: "download_blocked".to_string(),
+                message: "403 Forbidden".to_string(),
+            }),
+            created_at: Timestamp(1_700_000_000_000),
+            updated_at: Timestamp(1_700_000_123_456),
+            lease: Some(Lease {
+                worker_id: WorkerId("host:42:1".to_string()),
+                fencing_token: 7,
+                expires_at: Timestamp(1_700_000_153_456),
+            }),
+            fencing_token: 7,
+            cancel_requested: true,
+            events_next: 300,
+        }
+    }
+
+    fn golden_checkpoint() -> Checkpoint {
+        Checkpoint {
+            step: "extract".to_string(),
+            definition_hash: Hash([0x11; 32]),
+            input_hash: Hash([0xa5; 32]),
+            outputs: vec![
+                StepOutput {
+                    name: "audio".to_string(),
+                    location: Location::Scratch("/tmp/narra/job/audio.m4a".to_string()),
+                    size: 1_048_576,
+                    blake3: Hash([0x01; 32]),
+                    change_token: ChangeToken::File {
+                        inode: 1234,
+                        size: 1_048_576,
+                        mtime_ns: -5,
+                    },
+                },
+                StepOutput {
+                    name: "stored".to_string(),
+                    location: Location::Object("jobs/a/audio.m4a".to_string()),
+                    size: 200,
+                    blake3: Hash([0x02; 32]),
+                    change_token: ChangeToken::ETag("\"abc\"".to_string()),
+                },
+                StepOutput {
+                    name: "metadata".to_string(),
+                    location: Location::State,
+                    size: 0,
+                    blake3: Hash([0x03; 32]),
+                    change_token: ChangeToken::None,
+                },
+            ],
+            recorded_at: Timestamp(1_700_000_200_000),
+        }
+    }
+
+    fn golden_events() -> Vec<Event> {
+        vec![
+            Event {
+                seq: 0,
+                at: Timestamp(1_700_000_000_000),
+                kind: EventKind::StatusChanged {
+                    from: None,
+                    to: Status::Pending,
+                    reason: "submitted".to_string(),
+                },
+            },
+            Event {
+                seq: 5,
+                at: Timestamp(1_700_000_000_500),
+                kind: EventKind::PhaseChanged {
+                    from: Some(Phase::Downloading),
+                    to: None,
+                },
+            },
+            Event {
+                seq: 9,
+                at: Timestamp(1_700_000_001_000),
+                kind: EventKind::StepFailed {
+                    step: "download".to_string(),
+                    error: ErrorInfo {
+                        class: "corrupt_media".to_string(),
+                        message: "moov atom not found".to_string(),
+                    },
+                },
+            },
+        ]
+    }
+
+    fn golden_metadata() -> MediaMetadata {
+        MediaMetadata {
+            format_name: "mov,mp4,m4a".to_string(),
+            duration_s: Some(12.5),
+            size: Some(1_048_576),
+            bit_rate: None,
+            streams: vec![StreamInfo {
+                index: 0,
+                codec_type: "audio".to_string(),
+                codec_name: Some("aac".to_string()),
+                width: None,
+                height: None,
+                sample_rate: Some(48_000),
+                channels: Some(2),
+                duration_s: Some(12.5),
+            }],
+            raw: "{}".to_string(),
+        }
+    }
+
+    fn from_hex(hex: &str) -> Vec<u8> {
+        assert!(hex.len().is_multiple_of(2), "odd-length hex literal");
+        (0..hex.len())
+            .step_by(2)
+            .map(|index| u8::from_str_radix(&hex[index..index + 2], 16).expect("hex literal"))
+            .collect()
+    }
+
+    /// Compares an encoding with its golden bytes and decodes the golden bytes back.
+    fn assert_golden<T>(value: &T, golden_hex: &str)
+    where
+        T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let bytes = encode(value).expect("encode");
+        assert_eq!(
+            hex(&bytes),
+            golden_hex,
+            "the encoding of a stored record changed: bump SCHEMA_VERSION and migrate, do not just \
+             update the golden bytes"
+        );
+        let decoded: T = decode("test", b"key", &from_hex(golden_hex)).expect("decode golden");
+        assert_eq!(&decoded, value);
+    }
+
+    #[test]
+    fn job_golden_bytes() {
+        assert_golden(&golden_job(), GOLDEN_JOB);
+    }
+
+    #[test]
+    fn checkpoint_golden_bytes() {
+        assert_golden(&golden_checkpoint(), GOLDEN_CHECKPOINT);
+    }
+
+    #[test]
+    fn event_golden_bytes() {
+        let events = golden_events();
+        for (event, golden_hex) in events.iter().zip(GOLDEN_EVENTS) {
+            assert_golden(event, golden_hex);
+        }
+        assert_eq!(events.len(), GOLDEN_EVENTS.len());
+    }
+
+    #[test]
+    fn metadata_golden_bytes() {
+        assert_golden(&golden_metadata(), GOLDEN_METADATA);
+    }
+
+    #[test]
+    fn another_schema_version_is_unsupported() {
+        let mut bytes = encode(&golden_job()).expect("encode");
+        bytes[0] = SCHEMA_VERSION + 1;
+        match decode::<Job>("jobs", b"k", &bytes) {
+            Err(StoreError::UnsupportedSchema { found, supported }) => {
+                assert_eq!(found, SCHEMA_VERSION + 1);
+                assert_eq!(supported, SCHEMA_VERSION);
+            }
+            other => panic!("expected UnsupportedSchema, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_record_is_corrupt() {
+        match decode::<Job>("jobs", &[0xab, 0x01], &[]) {
+            Err(StoreError::Corrupt { tree, key, reason }) => {
+                assert_eq!(tree, "jobs");
+                assert_eq!(key, "ab01");
+                assert!(reason.contains("empty"), "{reason}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncated_record_is_corrupt() {
+        let bytes = encode(&golden_checkpoint()).expect("encode");
+        for length in 1..bytes.len() {
+            match decode::<Checkpoint>("checkpoints", b"\x00\xff", &bytes[..length]) {
+                Err(StoreError::Corrupt { tree, key, .. }) => {
+                    assert_eq!(tree, "checkpoints");
+                    assert_eq!(key, "00ff");
+                }
+                other => panic!("expected Corrupt for {length} bytes, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_corrupt() {
+        let mut bytes = encode(&golden_events()[0]).expect("encode");
+        bytes.push(0);
+        match decode::<Event>("events", b"\x01", &bytes) {
+            Err(StoreError::Corrupt { tree, reason, .. }) => {
+                assert_eq!(tree, "events");
+                assert!(reason.contains("1 trailing bytes"), "{reason}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hex_is_lower_case_and_padded() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+        assert_eq!(hex(&[]), "");
+    }
+
+    proptest! {
+        #[test]
+        fn job_round_trips(job in strategies::job()) {
+            let bytes = encode(&job).expect("encode");
+            prop_assert_eq!(decode::<Job>("jobs", b"k", &bytes).expect("decode"), job);
+        }
+
+        #[test]
+        fn checkpoint_round_trips(checkpoint in strategies::checkpoint()) {
+            let bytes = encode(&checkpoint).expect("encode");
+            prop_assert_eq!(decode::<Checkpoint>("checkpoints", b"k", &bytes).expect("decode"), checkpoint);
+        }
+
+        #[test]
+        fn event_round_trips(event in strategies::event()) {
+            let bytes = encode(&event).expect("encode");
+            prop_assert_eq!(decode::<Event>("events", b"k", &bytes).expect("decode"), event);
+        }
+    }
+
+    // Golden bytes, produced once by `encode` at SCHEMA_VERSION 1.
+    const GOLDEN_JOB: &str = "01fe2a0000000000000000000000000090011968747470733a2f2f6578616d706c652e636f6d2f612e6d70341968747470733a2f2f6578616d706c652e636f6d2f612e6d703406696e67657374010101030110646f776e6c6f61645f626c6f636b65640d34303320466f7262696464656efd00d0ca9f17030000fd8094ce9f170300000109686f73743a34323a3107fde07ecf9f170300000701fb2c01";
+    const GOLDEN_CHECKPOINT: &str = "0107657874726163741111111111111111111111111111111111111111111111111111111111111111a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a50305617564696f00182f746d702f6e617272612f6a6f622f617564696f2e6d3461fc00001000010101010101010101010101010101010101010101010101010101010101010100fbd204fc00001000090673746f72656401106a6f62732f612f617564696f2e6d3461c8020202020202020202020202020202020202020202020202020202020202020201052261626322086d657461646174610200030303030303030303030303030303030303030303030303030303030303030302fd80ead09f17030000";
+    const GOLDEN_EVENTS: [&str; 3] = [
+        "0100fd00d0ca9f17030000010000097375626d6974746564",
+        "0105fde8d3ca9f1703000002010000",
+        "0109fdd0d7ca9f170300000608646f776e6c6f61640d636f72727570745f6d65646961136d6f6f762061746f6d206e6f7420666f756e64",
+    ];
+    const GOLDEN_METADATA: &str = "010b6d6f762c6d70342c6d346101000000000000294001fc0000100000010005617564696f0103616163000001fb80bb0102010000000000002940027b7d";
+}

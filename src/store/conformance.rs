@@ -1,0 +1,1140 @@
+//! The state-store conformance suite: what every `StateStore` implementation must do, written once
+//! against the traits so that the sled store and any later store (Postgres, say) run the same checks.
+//!
+//! This is test code that lives in the library so that every implementation's tests can call it:
+//! each check panics with a message on the first broken promise, and nothing outside tests calls it.
+//! Each check takes a fresh, empty store. Run them all with [`run_all`], or one at a time.
+//!
+//! The suite never sleeps except between submissions whose order it checks: job ids are ULIDs,
+//! which sort by millisecond, and two ids made in the same millisecond sort at random.
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::{
+    JobFilter, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, StateStore, StepEvent, SubmitOutcome,
+    SubmitRequest,
+};
+use crate::engine::job::{
+    ChangeToken, Checkpoint, ErrorInfo, Event, EventKind, Hash, Job, JobId, LeaseToken, Location,
+    LogLine, MediaMetadata, Phase, Status, StepOutput, StreamInfo, Timestamp, WorkerId,
+};
+use crate::engine::machine::Rejected;
+
+/// A lease long enough that no check sees it expire.
+const LEASE_TTL_MS: u64 = 60_000;
+
+/// Runs every check, each on a fresh store from `make_store`.
+pub async fn run_all<S, F, Fut>(make_store: F)
+where
+    S: StateStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    submit_is_idempotent(&make_store().await).await;
+    submit_retries_failed_and_cancelled_jobs(&make_store().await).await;
+    submit_reingests_only_when_asked(&make_store().await).await;
+    claim_starts_a_lease_with_a_growing_token(&make_store().await).await;
+    stale_tokens_are_fenced(&make_store().await).await;
+    leaving_running_clears_phase_and_lease(&make_store().await).await;
+    event_history_is_complete_and_in_order(&make_store().await).await;
+    stale_checkpoint_writes_nothing(&make_store().await).await;
+    checkpoints_and_metadata_read_back_equal(&make_store().await).await;
+    step_events_need_the_current_lease(&make_store().await).await;
+    cancel_pending_and_running(&make_store().await).await;
+    retry_and_reingest(&make_store().await).await;
+    reclaim_returns_running_to_pending(&make_store().await).await;
+    unknown_jobs_are_not_found(&make_store().await).await;
+    jobs_lists_newest_first_and_filters_by_status(&make_store().await).await;
+    claim_next_picks_the_oldest_pending(&make_store().await).await;
+    logs_are_ordered_and_bounded(&make_store().await).await;
+}
+
+fn request(key: &str) -> SubmitRequest {
+    SubmitRequest {
+        key: key.to_string(),
+        source: format!("https://example.com/{key}.mp4"),
+        workflow: "ingest".to_string(),
+        reingest: false,
+    }
+}
+
+fn worker(n: u32) -> WorkerId {
+    WorkerId(format!("conformance:0:{n}"))
+}
+
+fn error_info() -> ErrorInfo {
+    ErrorInfo {
+        class: "download_blocked".to_string(),
+        message: "403 Forbidden".to_string(),
+    }
+}
+
+fn checkpoint(step: &str, recorded_at: i64) -> Checkpoint {
+    Checkpoint {
+        step: step.to_string(),
+        definition_hash: Hash::of(step.as_bytes()),
+        input_hash: Hash::of(b"input"),
+        outputs: vec![
+            StepOutput {
+                name: "file".to_string(),
+                location: Location::Scratch(format!("/scratch/{step}.bin")),
+                size: 42,
+                blake3: Hash::of(b"file"),
+                change_token: ChangeToken::File {
+                    inode: 7,
+                    size: 42,
+                    mtime_ns: 1_700_000_000_000_000_000,
+                },
+            },
+            StepOutput {
+                name: "object".to_string(),
+                location: Location::Object(format!("jobs/{step}")),
+                size: 42,
+                blake3: Hash::of(b"object"),
+                change_token: ChangeToken::ETag("\"etag\"".to_string()),
+            },
+        ],
+        recorded_at: Timestamp(recorded_at),
+    }
+}
+
+fn media_metadata() -> MediaMetadata {
+    MediaMetadata {
+        format_name: "mov,mp4,m4a".to_string(),
+        duration_s: Some(3.5),
+        size: Some(1_000),
+        bit_rate: Some(128_000),
+        streams: vec![StreamInfo {
+            index: 0,
+            codec_type: "audio".to_string(),
+            codec_name: Some("aac".to_string()),
+            width: None,
+            height: None,
+            sample_rate: Some(44_100),
+            channels: Some(2),
+            duration_s: Some(3.5),
+        }],
+        raw: "{\"format\":{}}".to_string(),
+    }
+}
+
+/// Makes the next job id sort after every id made so far.
+async fn next_millisecond() {
+    tokio::time::sleep(Duration::from_millis(2)).await;
+}
+
+async fn submit_new(store: &dyn StateStore, key: &str) -> Job {
+    let submitted = store.submit(&request(key)).await.expect("submit");
+    assert_eq!(
+        submitted.outcome,
+        SubmitOutcome::Created,
+        "submit of new key {key}"
+    );
+    submitted.job
+}
+
+async fn claim(store: &dyn StateStore, id: JobId) -> LeaseToken {
+    let (job, token) = store
+        .claim(id, &worker(1), LEASE_TTL_MS)
+        .await
+        .expect("claim")
+        .expect("a pending job is claimable");
+    assert_eq!(job.status, Status::Running);
+    assert_eq!(token.job_id, id);
+    assert_eq!(token.fencing_token, job.fencing_token);
+    token
+}
+
+/// Submits and claims a job.
+async fn running_job(store: &dyn StateStore, key: &str) -> LeaseToken {
+    let job = submit_new(store, key).await;
+    claim(store, job.id).await
+}
+
+async fn read_job(store: &dyn StateStore, id: JobId) -> Job {
+    store.job(id).await.expect("job").expect("job exists")
+}
+
+fn expect_fenced<T: std::fmt::Debug>(result: Result<T, Rejected>, what: &str) {
+    match result {
+        Err(Rejected::Fenced { .. }) => {}
+        other => panic!("{what}: expected Rejected::Fenced, got {other:?}"),
+    }
+}
+
+fn expect_not_allowed<T: std::fmt::Debug>(result: Result<T, Rejected>, what: &str) {
+    match result {
+        Err(Rejected::NotAllowed { .. }) => {}
+        other => panic!("{what}: expected Rejected::NotAllowed, got {other:?}"),
+    }
+}
+
+fn event_names(events: &[Event]) -> Vec<&'static str> {
+    events.iter().map(|event| event.kind.name()).collect()
+}
+
+/// The same key twice makes one job, returned unchanged the second time.
+pub async fn submit_is_idempotent(store: &dyn StateStore) {
+    let created = submit_new(store, "same").await;
+    assert_eq!(created.status, Status::Pending);
+    assert_eq!(created.ingestion_phase, None);
+    assert_eq!(created.attempts, 0);
+
+    let again = store.submit(&request("same")).await.expect("submit again");
+    assert_eq!(again.outcome, SubmitOutcome::Existing);
+    assert_eq!(again.job, created);
+
+    let token = claim(store, created.id).await;
+    let running = store
+        .submit(&request("same"))
+        .await
+        .expect("submit while running");
+    assert_eq!(running.outcome, SubmitOutcome::Existing);
+    assert_eq!(running.job, read_job(store, token.job_id).await);
+
+    let all = store
+        .jobs(&JobFilter {
+            status: None,
+            limit: usize::MAX,
+        })
+        .await
+        .expect("jobs");
+    assert_eq!(all.len(), 1, "one key, one job");
+    assert_eq!(
+        store
+            .job_by_key("same")
+            .await
+            .expect("job_by_key")
+            .map(|job| job.id),
+        Some(created.id)
+    );
+    assert_eq!(store.job_by_key("other").await.expect("job_by_key"), None);
+}
+
+/// Re-submitting the key of a failed or cancelled job sends that job back to pending.
+pub async fn submit_retries_failed_and_cancelled_jobs(store: &dyn StateStore) {
+    let token = running_job(store, "failed").await;
+    store
+        .fail(&token, error_info())
+        .await
+        .expect("fail")
+        .expect("current token");
+    let retried = store.submit(&request("failed")).await.expect("resubmit");
+    assert_eq!(retried.outcome, SubmitOutcome::Retried);
+    assert_eq!(retried.job.id, token.job_id);
+    assert_eq!(retried.job.status, Status::Pending);
+    assert_eq!(read_job(store, token.job_id).await, retried.job);
+    let events = store.events(token.job_id).await.expect("events");
+    assert!(
+        events
+            .iter()
+            .any(|event| matches!(&event.kind, EventKind::RetryRequested { .. })),
+        "a retry leaves a retry_requested event: {events:?}"
+    );
+
+    let cancelled = submit_new(store, "cancelled").await;
+    store
+        .cancel(cancelled.id)
+        .await
+        .expect("cancel")
+        .expect("pending is cancellable");
+    let retried = store.submit(&request("cancelled")).await.expect("resubmit");
+    assert_eq!(retried.outcome, SubmitOutcome::Retried);
+    assert_eq!(retried.job.status, Status::Pending);
+}
+
+/// A succeeded job is returned as it is, unless the submission asks to reingest it.
+pub async fn submit_reingests_only_when_asked(store: &dyn StateStore) {
+    let token = running_job(store, "done").await;
+    let succeeded = store
+        .complete(&token)
+        .await
+        .expect("complete")
+        .expect("current token");
+    assert_eq!(succeeded.status, Status::Succeeded);
+
+    let existing = store.submit(&request("done")).await.expect("resubmit");
+    assert_eq!(existing.outcome, SubmitOutcome::Existing);
+    assert_eq!(
+        existing.job, succeeded,
+        "an existing job is returned unchanged"
+    );
+    assert_eq!(read_job(store, token.job_id).await, succeeded);
+
+    let reingest = SubmitRequest {
+        reingest: true,
+        ..request("done")
+    };
+    let reingested = store.submit(&reingest).await.expect("reingest");
+    assert_eq!(reingested.outcome, SubmitOutcome::Reingested);
+    assert_eq!(reingested.job.id, token.job_id);
+    assert_eq!(reingested.job.status, Status::Pending);
+
+    // Reingest on a job that is not succeeded is an ordinary idempotent submission.
+    let again = store.submit(&reingest).await.expect("reingest pending");
+    assert_eq!(again.outcome, SubmitOutcome::Existing);
+    assert_eq!(again.job, reingested.job);
+}
+
+/// Claiming makes a job running under a new lease: attempts + 1 and the next fencing token.
+pub async fn claim_starts_a_lease_with_a_growing_token(store: &dyn StateStore) {
+    let job = submit_new(store, "claim").await;
+    assert_eq!(job.fencing_token, 0);
+    let before = Timestamp::now();
+    let (claimed, first) = store
+        .claim(job.id, &worker(1), LEASE_TTL_MS)
+        .await
+        .expect("claim")
+        .expect("claimable");
+    assert_eq!(claimed.status, Status::Running);
+    assert_eq!(claimed.attempts, 1);
+    assert_eq!(claimed.ingestion_phase, None);
+    let lease = claimed.lease.clone().expect("a running job has a lease");
+    assert_eq!(lease.worker_id, worker(1));
+    assert_eq!(lease.fencing_token, first.fencing_token);
+    assert!(lease.expires_at >= before.plus_ms(LEASE_TTL_MS));
+    assert_eq!(read_job(store, job.id).await, claimed);
+
+    expect_not_allowed(
+        store
+            .claim(job.id, &worker(2), LEASE_TTL_MS)
+            .await
+            .expect("claim"),
+        "claim of a running job",
+    );
+
+    let renewed = store
+        .renew_lease(&first, LEASE_TTL_MS * 2)
+        .await
+        .expect("renew")
+        .expect("current token");
+    let renewed_lease = renewed.lease.expect("lease");
+    assert_eq!(renewed_lease.fencing_token, first.fencing_token);
+    assert!(renewed_lease.expires_at > lease.expires_at);
+
+    store
+        .reclaim(job.id, "lease expired")
+        .await
+        .expect("reclaim")
+        .expect("running is reclaimable");
+    let (reclaimed, second) = store
+        .claim(job.id, &worker(2), LEASE_TTL_MS)
+        .await
+        .expect("claim")
+        .expect("claimable");
+    assert_eq!(reclaimed.attempts, 2);
+    assert_eq!(second.fencing_token, first.fencing_token + 1);
+    assert_eq!(reclaimed.lease.expect("lease").worker_id, worker(2));
+}
+
+/// After a reclaim and a new claim, every write under the old token is fenced and changes nothing.
+pub async fn stale_tokens_are_fenced(store: &dyn StateStore) {
+    let stale = running_job(store, "fenced").await;
+    store
+        .reclaim(stale.job_id, "worker gone")
+        .await
+        .expect("reclaim")
+        .expect("reclaimable");
+    let current = claim(store, stale.job_id).await;
+    let before = read_job(store, stale.job_id).await;
+    let events_before = store.events(stale.job_id).await.expect("events");
+
+    expect_fenced(
+        store
+            .set_phase(&stale, Phase::Downloading)
+            .await
+            .expect("set_phase"),
+        "set_phase with a stale token",
+    );
+    expect_fenced(
+        store
+            .renew_lease(&stale, LEASE_TTL_MS)
+            .await
+            .expect("renew"),
+        "renew_lease with a stale token",
+    );
+    expect_fenced(
+        store.complete(&stale).await.expect("complete"),
+        "complete with a stale token",
+    );
+    expect_fenced(
+        store.fail(&stale, error_info()).await.expect("fail"),
+        "fail with a stale token",
+    );
+    store
+        .cancel(stale.job_id)
+        .await
+        .expect("cancel")
+        .expect("cancel request");
+    expect_fenced(
+        store.confirm_cancel(&stale).await.expect("confirm_cancel"),
+        "confirm_cancel with a stale token",
+    );
+    let after = read_job(store, stale.job_id).await;
+    assert_eq!(after.status, Status::Running);
+    assert_eq!(after.ingestion_phase, None);
+    assert_eq!(
+        after.lease, before.lease,
+        "fenced writes leave the lease alone"
+    );
+    assert_eq!(
+        store.events(stale.job_id).await.expect("events").len(),
+        events_before.len() + 1,
+        "only the cancel request was written"
+    );
+
+    let job = store
+        .set_phase(&current, Phase::Downloading)
+        .await
+        .expect("set_phase")
+        .expect("the current token is accepted");
+    assert_eq!(job.ingestion_phase, Some(Phase::Downloading));
+
+    // A token from the future is as wrong as one from the past.
+    let future = LeaseToken {
+        job_id: current.job_id,
+        fencing_token: current.fencing_token + 1,
+    };
+    expect_fenced(
+        store
+            .set_phase(&future, Phase::Storing)
+            .await
+            .expect("set_phase"),
+        "set_phase with a future token",
+    );
+}
+
+/// complete, fail and confirm_cancel clear the phase and the lease in the same write.
+pub async fn leaving_running_clears_phase_and_lease(store: &dyn StateStore) {
+    for (key, expected) in [
+        ("complete", Status::Succeeded),
+        ("fail", Status::Failed),
+        ("cancel", Status::Cancelled),
+        ("reclaim", Status::Pending),
+    ] {
+        let token = running_job(store, key).await;
+        store
+            .set_phase(&token, Phase::Storing)
+            .await
+            .expect("set_phase")
+            .expect("current token");
+        let returned = match key {
+            "complete" => store.complete(&token).await.expect("complete"),
+            "fail" => store.fail(&token, error_info()).await.expect("fail"),
+            "cancel" => {
+                store
+                    .cancel(token.job_id)
+                    .await
+                    .expect("cancel")
+                    .expect("cancel request");
+                store.confirm_cancel(&token).await.expect("confirm_cancel")
+            }
+            _ => store
+                .reclaim(token.job_id, "lease expired")
+                .await
+                .expect("reclaim"),
+        }
+        .expect("accepted");
+        let stored = read_job(store, token.job_id).await;
+        assert_eq!(
+            stored, returned,
+            "{key}: the returned job is the stored job"
+        );
+        assert_eq!(stored.status, expected, "{key}");
+        assert_eq!(stored.ingestion_phase, None, "{key} clears the phase");
+        assert_eq!(stored.lease, None, "{key} clears the lease");
+        assert!(!stored.cancel_requested, "{key} clears the cancel request");
+        let events = store.events(token.job_id).await.expect("events");
+        let last = &events[events.len() - 1].kind;
+        assert_eq!(
+            last,
+            &EventKind::PhaseChanged {
+                from: Some(Phase::Storing),
+                to: None
+            },
+            "{key}: the phase is cleared by the same transition"
+        );
+        if expected == Status::Failed {
+            assert_eq!(stored.error, Some(error_info()));
+        }
+    }
+}
+
+/// A whole run leaves a gapless, ordered history that tells the job's story.
+pub async fn event_history_is_complete_and_in_order(store: &dyn StateStore) {
+    let job = submit_new(store, "story").await;
+    let token = claim(store, job.id).await;
+    store
+        .set_phase(&token, Phase::Downloading)
+        .await
+        .expect("set_phase")
+        .expect("current token");
+    // Setting the same phase again is not a change and writes no event.
+    store
+        .set_phase(&token, Phase::Downloading)
+        .await
+        .expect("set_phase")
+        .expect("current token");
+    store
+        .record_step_event(&token, "download", StepEvent::Started)
+        .await
+        .expect("step event")
+        .expect("current token");
+    store
+        .record_checkpoint(&token, &checkpoint("download", 1), None)
+        .await
+        .expect("checkpoint")
+        .expect("current token");
+    store
+        .set_phase(&token, Phase::Processing)
+        .await
+        .expect("set_phase")
+        .expect("current token");
+    store
+        .record_step_event(
+            &token,
+            "extract",
+            StepEvent::Skipped {
+                reason: "done before".to_string(),
+            },
+        )
+        .await
+        .expect("step event")
+        .expect("current token");
+    let completed = store
+        .complete(&token)
+        .await
+        .expect("complete")
+        .expect("current token");
+
+    let events = store.events(job.id).await.expect("events");
+    assert_eq!(
+        event_names(&events),
+        vec![
+            "submitted",
+            "status_changed",
+            "status_changed",
+            "phase_changed",
+            "step_started",
+            "step_completed",
+            "phase_changed",
+            "step_skipped",
+            "status_changed",
+            "phase_changed",
+        ]
+    );
+    for (index, event) in events.iter().enumerate() {
+        assert_eq!(
+            event.seq,
+            u64::try_from(index).expect("small"),
+            "gapless sequence"
+        );
+    }
+    assert_eq!(
+        completed.events_next,
+        u64::try_from(events.len()).expect("small")
+    );
+    assert_eq!(
+        events[1].kind,
+        EventKind::StatusChanged {
+            from: None,
+            to: Status::Pending,
+            reason: "submitted".to_string()
+        }
+    );
+    assert!(matches!(
+        &events[2].kind,
+        EventKind::StatusChanged {
+            from: Some(Status::Pending),
+            to: Status::Running,
+            ..
+        }
+    ));
+    assert_eq!(
+        events[5].kind,
+        EventKind::StepCompleted {
+            step: "download".to_string(),
+            outputs: 2
+        }
+    );
+    assert!(matches!(
+        &events[8].kind,
+        EventKind::StatusChanged {
+            from: Some(Status::Running),
+            to: Status::Succeeded,
+            ..
+        }
+    ));
+    assert!(
+        events.windows(2).all(|pair| pair[0].at <= pair[1].at),
+        "event times do not go backwards"
+    );
+}
+
+/// A checkpoint under a stale token is refused and writes nothing: no checkpoint, no metadata, no
+/// event.
+pub async fn stale_checkpoint_writes_nothing(store: &dyn StateStore) {
+    let stale = running_job(store, "stale-checkpoint").await;
+    store
+        .reclaim(stale.job_id, "worker gone")
+        .await
+        .expect("reclaim")
+        .expect("reclaimable");
+    let current = claim(store, stale.job_id).await;
+    let job_before = read_job(store, stale.job_id).await;
+    let events_before = store.events(stale.job_id).await.expect("events");
+
+    let metadata = media_metadata();
+    expect_fenced(
+        store
+            .record_checkpoint(&stale, &checkpoint("download", 1), Some(&metadata))
+            .await
+            .expect("record_checkpoint"),
+        "record_checkpoint with a stale token",
+    );
+    assert_eq!(
+        store.checkpoints(stale.job_id).await.expect("checkpoints"),
+        vec![]
+    );
+    assert_eq!(
+        store
+            .checkpoint(stale.job_id, "download")
+            .await
+            .expect("checkpoint"),
+        None
+    );
+    assert_eq!(store.metadata(stale.job_id).await.expect("metadata"), None);
+    assert_eq!(
+        store.events(stale.job_id).await.expect("events"),
+        events_before
+    );
+    assert_eq!(read_job(store, stale.job_id).await, job_before);
+
+    // The same write under the current token goes through.
+    store
+        .record_checkpoint(&current, &checkpoint("download", 1), Some(&metadata))
+        .await
+        .expect("record_checkpoint")
+        .expect("current token");
+    assert_eq!(
+        store
+            .checkpoints(stale.job_id)
+            .await
+            .expect("checkpoints")
+            .len(),
+        1
+    );
+}
+
+/// Checkpoints and the metadata record read back as written, in the order the steps were recorded.
+pub async fn checkpoints_and_metadata_read_back_equal(store: &dyn StateStore) {
+    let token = running_job(store, "checkpoints").await;
+    // Recorded out of name order, to tell recording order from key order.
+    let download = checkpoint("download", 100);
+    let extract = checkpoint("extract", 200);
+    let store_step = checkpoint("store", 300);
+    let metadata = media_metadata();
+    for (checkpoint, metadata) in [
+        (&download, None),
+        (&store_step, None),
+        (&extract, Some(&metadata)),
+    ] {
+        store
+            .record_checkpoint(&token, checkpoint, metadata)
+            .await
+            .expect("record_checkpoint")
+            .expect("current token");
+    }
+    assert_eq!(
+        store.checkpoints(token.job_id).await.expect("checkpoints"),
+        vec![download.clone(), extract.clone(), store_step.clone()]
+    );
+    assert_eq!(
+        store
+            .checkpoint(token.job_id, "extract")
+            .await
+            .expect("checkpoint"),
+        Some(extract.clone())
+    );
+    assert_eq!(
+        store
+            .checkpoint(token.job_id, "missing")
+            .await
+            .expect("checkpoint"),
+        None
+    );
+    assert_eq!(
+        store.metadata(token.job_id).await.expect("metadata"),
+        Some(metadata)
+    );
+
+    // Recording a step again replaces its checkpoint.
+    let redone = Checkpoint {
+        input_hash: Hash::of(b"new input"),
+        recorded_at: Timestamp(400),
+        ..download.clone()
+    };
+    store
+        .record_checkpoint(&token, &redone, None)
+        .await
+        .expect("record_checkpoint")
+        .expect("current token");
+    assert_eq!(
+        store.checkpoints(token.job_id).await.expect("checkpoints"),
+        vec![extract, store_step, redone]
+    );
+
+    // Another job's checkpoints are its own.
+    let other = submit_new(store, "other").await;
+    assert_eq!(
+        store.checkpoints(other.id).await.expect("checkpoints"),
+        vec![]
+    );
+    assert_eq!(store.metadata(other.id).await.expect("metadata"), None);
+}
+
+/// Step events are appended under the current lease only.
+pub async fn step_events_need_the_current_lease(store: &dyn StateStore) {
+    let token = running_job(store, "steps").await;
+    let failed = StepEvent::Failed {
+        error: error_info(),
+    };
+    store
+        .record_step_event(&token, "download", failed)
+        .await
+        .expect("step event")
+        .expect("current token");
+    let events = store.events(token.job_id).await.expect("events");
+    assert_eq!(
+        events[events.len() - 1].kind,
+        EventKind::StepFailed {
+            step: "download".to_string(),
+            error: error_info()
+        }
+    );
+    store
+        .complete(&token)
+        .await
+        .expect("complete")
+        .expect("current token");
+    expect_fenced(
+        store
+            .record_step_event(&token, "download", StepEvent::Started)
+            .await
+            .expect("step event"),
+        "a step event after the job ended",
+    );
+}
+
+/// Cancel ends a pending job at once, and asks a running job's worker to stop at a step boundary.
+pub async fn cancel_pending_and_running(store: &dyn StateStore) {
+    let pending = submit_new(store, "cancel-pending").await;
+    let cancelled = store
+        .cancel(pending.id)
+        .await
+        .expect("cancel")
+        .expect("pending is cancellable");
+    assert_eq!(cancelled.status, Status::Cancelled);
+    expect_not_allowed(
+        store.cancel(pending.id).await.expect("cancel"),
+        "cancel of a cancelled job",
+    );
+
+    let token = running_job(store, "cancel-running").await;
+    expect_not_allowed(
+        store.confirm_cancel(&token).await.expect("confirm_cancel"),
+        "confirm_cancel without a request",
+    );
+    store
+        .set_phase(&token, Phase::Downloading)
+        .await
+        .expect("set_phase")
+        .expect("current token");
+    let requested = store
+        .cancel(token.job_id)
+        .await
+        .expect("cancel")
+        .expect("running is cancellable");
+    assert_eq!(requested.status, Status::Running);
+    assert!(requested.cancel_requested);
+    assert_eq!(requested.ingestion_phase, Some(Phase::Downloading));
+    // Asking twice is one request.
+    let again = store
+        .cancel(token.job_id)
+        .await
+        .expect("cancel")
+        .expect("running is cancellable");
+    assert!(again.cancel_requested);
+    let cancel_requests = store
+        .events(token.job_id)
+        .await
+        .expect("events")
+        .iter()
+        .filter(|event| event.kind == EventKind::CancelRequested)
+        .count();
+    assert_eq!(cancel_requests, 1);
+
+    let confirmed = store
+        .confirm_cancel(&token)
+        .await
+        .expect("confirm_cancel")
+        .expect("current token");
+    assert_eq!(confirmed.status, Status::Cancelled);
+    assert_eq!(confirmed.ingestion_phase, None);
+    assert_eq!(confirmed.lease, None);
+    assert_eq!(read_job(store, token.job_id).await, confirmed);
+
+    let succeeded_token = running_job(store, "cancel-succeeded").await;
+    store
+        .complete(&succeeded_token)
+        .await
+        .expect("complete")
+        .expect("current token");
+    expect_not_allowed(
+        store.cancel(succeeded_token.job_id).await.expect("cancel"),
+        "cancel of a succeeded job",
+    );
+}
+
+/// Retry takes failed jobs back to pending; reingest does it for succeeded ones.
+pub async fn retry_and_reingest(store: &dyn StateStore) {
+    let token = running_job(store, "retry").await;
+    store
+        .fail(&token, error_info())
+        .await
+        .expect("fail")
+        .expect("current token");
+    let retried = store
+        .retry(token.job_id, "operator retry")
+        .await
+        .expect("retry")
+        .expect("failed is retryable");
+    assert_eq!(retried.status, Status::Pending);
+    assert_eq!(retried.lease, None);
+    let events = store.events(token.job_id).await.expect("events");
+    let names = event_names(&events);
+    assert_eq!(
+        names[names.len() - 2..],
+        ["retry_requested", "status_changed"]
+    );
+    assert_eq!(
+        events[events.len() - 2].kind,
+        EventKind::RetryRequested {
+            reason: "operator retry".to_string()
+        }
+    );
+    expect_not_allowed(
+        store.retry(token.job_id, "again").await.expect("retry"),
+        "retry of a pending job",
+    );
+
+    let token = claim(store, token.job_id).await;
+    store
+        .complete(&token)
+        .await
+        .expect("complete")
+        .expect("current token");
+    expect_not_allowed(
+        store.retry(token.job_id, "why").await.expect("retry"),
+        "retry of a succeeded job",
+    );
+    let reingested = store
+        .reingest(token.job_id)
+        .await
+        .expect("reingest")
+        .expect("succeeded is reingestable");
+    assert_eq!(reingested.status, Status::Pending);
+    expect_not_allowed(
+        store.reingest(token.job_id).await.expect("reingest"),
+        "reingest of a pending job",
+    );
+}
+
+/// Reclaim takes a running job whose worker is gone back to pending.
+pub async fn reclaim_returns_running_to_pending(store: &dyn StateStore) {
+    let token = running_job(store, "reclaim").await;
+    store
+        .set_phase(&token, Phase::Processing)
+        .await
+        .expect("set_phase")
+        .expect("current token");
+    let reclaimed = store
+        .reclaim(token.job_id, "lease expired")
+        .await
+        .expect("reclaim")
+        .expect("running is reclaimable");
+    assert_eq!(reclaimed.status, Status::Pending);
+    assert_eq!(reclaimed.ingestion_phase, None);
+    assert_eq!(reclaimed.lease, None);
+    assert_eq!(
+        reclaimed.fencing_token, token.fencing_token,
+        "reclaim hands out no token"
+    );
+    expect_not_allowed(
+        store.reclaim(token.job_id, "again").await.expect("reclaim"),
+        "reclaim of a pending job",
+    );
+    let pending = store
+        .jobs(&JobFilter {
+            status: Some(Status::Pending),
+            limit: usize::MAX,
+        })
+        .await
+        .expect("jobs");
+    assert_eq!(pending, vec![reclaimed]);
+}
+
+/// Operations on a job that does not exist are refused as not found and create nothing.
+pub async fn unknown_jobs_are_not_found(store: &dyn StateStore) {
+    let id = JobId::new();
+    let token = LeaseToken {
+        job_id: id,
+        fencing_token: 1,
+    };
+    let not_found = Err(Rejected::NotFound(id));
+    assert_eq!(store.job(id).await.expect("job"), None);
+    assert_eq!(
+        store
+            .claim(id, &worker(1), LEASE_TTL_MS)
+            .await
+            .expect("claim")
+            .map(|_| ()),
+        not_found
+    );
+    assert_eq!(
+        store.cancel(id).await.expect("cancel").map(|_| ()),
+        not_found
+    );
+    assert_eq!(
+        store.retry(id, "x").await.expect("retry").map(|_| ()),
+        not_found
+    );
+    assert_eq!(
+        store.reingest(id).await.expect("reingest").map(|_| ()),
+        not_found
+    );
+    assert_eq!(
+        store.reclaim(id, "x").await.expect("reclaim").map(|_| ()),
+        not_found
+    );
+    assert_eq!(
+        store.complete(&token).await.expect("complete").map(|_| ()),
+        not_found
+    );
+    assert_eq!(
+        store
+            .set_phase(&token, Phase::Storing)
+            .await
+            .expect("set_phase")
+            .map(|_| ()),
+        not_found
+    );
+    assert_eq!(
+        store
+            .record_checkpoint(&token, &checkpoint("download", 1), None)
+            .await
+            .expect("record_checkpoint"),
+        not_found
+    );
+    assert_eq!(store.events(id).await.expect("events"), vec![]);
+    assert_eq!(store.checkpoints(id).await.expect("checkpoints"), vec![]);
+    assert_eq!(store.logs(id).await.expect("logs"), vec![]);
+    assert_eq!(
+        store
+            .jobs(&JobFilter {
+                status: None,
+                limit: usize::MAX
+            })
+            .await
+            .expect("jobs"),
+        vec![]
+    );
+}
+
+/// `jobs` lists newest first, filters by status through the index, and stops at the limit.
+pub async fn jobs_lists_newest_first_and_filters_by_status(store: &dyn StateStore) {
+    let mut ids = Vec::new();
+    for key in ["first", "second", "third", "fourth"] {
+        ids.push(submit_new(store, key).await.id);
+        next_millisecond().await;
+    }
+    let listed = |status: Option<Status>, limit: usize| async move {
+        store
+            .jobs(&JobFilter { status, limit })
+            .await
+            .expect("jobs")
+            .into_iter()
+            .map(|job| job.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listed(None, usize::MAX).await,
+        vec![ids[3], ids[2], ids[1], ids[0]]
+    );
+    assert_eq!(listed(None, 2).await, vec![ids[3], ids[2]]);
+    assert_eq!(listed(None, 0).await, vec![]);
+
+    let token = claim(store, ids[1]).await;
+    store
+        .fail(&token, error_info())
+        .await
+        .expect("fail")
+        .expect("current token");
+    claim(store, ids[2]).await;
+    assert_eq!(
+        listed(Some(Status::Pending), usize::MAX).await,
+        vec![ids[3], ids[0]]
+    );
+    assert_eq!(listed(Some(Status::Pending), 1).await, vec![ids[3]]);
+    assert_eq!(
+        listed(Some(Status::Running), usize::MAX).await,
+        vec![ids[2]]
+    );
+    assert_eq!(listed(Some(Status::Failed), usize::MAX).await, vec![ids[1]]);
+    assert_eq!(listed(Some(Status::Succeeded), usize::MAX).await, vec![]);
+
+    // The index follows the job: a retried job leaves `failed` and is listed as pending.
+    store
+        .retry(ids[1], "again")
+        .await
+        .expect("retry")
+        .expect("failed is retryable");
+    assert_eq!(listed(Some(Status::Failed), usize::MAX).await, vec![]);
+    assert_eq!(
+        listed(Some(Status::Pending), usize::MAX).await,
+        vec![ids[3], ids[1], ids[0]]
+    );
+}
+
+/// `claim_next` takes the oldest pending job, skips jobs that are not pending, and returns None
+/// when there is nothing to claim.
+pub async fn claim_next_picks_the_oldest_pending(store: &dyn StateStore) {
+    assert_eq!(
+        store
+            .claim_next(&worker(1), LEASE_TTL_MS)
+            .await
+            .expect("claim_next"),
+        None
+    );
+    let mut ids = Vec::new();
+    for key in ["a", "b", "c"] {
+        ids.push(submit_new(store, key).await.id);
+        next_millisecond().await;
+    }
+    store
+        .cancel(ids[1])
+        .await
+        .expect("cancel")
+        .expect("pending is cancellable");
+
+    let (job, token) = store
+        .claim_next(&worker(1), LEASE_TTL_MS)
+        .await
+        .expect("claim_next")
+        .expect("a pending job");
+    assert_eq!(job.id, ids[0]);
+    assert_eq!(job.status, Status::Running);
+    assert_eq!(token.job_id, ids[0]);
+    assert_eq!(token.fencing_token, job.fencing_token);
+    assert_eq!(read_job(store, ids[0]).await, job);
+
+    let (job, _) = store
+        .claim_next(&worker(2), LEASE_TTL_MS)
+        .await
+        .expect("claim_next")
+        .expect("a pending job");
+    assert_eq!(job.id, ids[2], "the cancelled job is skipped");
+    assert_eq!(
+        store
+            .claim_next(&worker(3), LEASE_TTL_MS)
+            .await
+            .expect("claim_next"),
+        None
+    );
+
+    // A reclaimed job is pending again and is claimed before newer jobs.
+    let newer = submit_new(store, "d").await;
+    store
+        .reclaim(ids[0], "lease expired")
+        .await
+        .expect("reclaim")
+        .expect("running is reclaimable");
+    let (job, token) = store
+        .claim_next(&worker(4), LEASE_TTL_MS)
+        .await
+        .expect("claim_next")
+        .expect("a pending job");
+    assert_eq!(job.id, ids[0]);
+    assert_eq!(job.attempts, 2);
+    assert_eq!(token.fencing_token, 2);
+    let (job, _) = store
+        .claim_next(&worker(4), LEASE_TTL_MS)
+        .await
+        .expect("claim_next")
+        .expect("a pending job");
+    assert_eq!(job.id, newer.id);
+}
+
+/// A job's log reads back in order, long lines are cut at a character boundary, and a job that
+/// ends keeps at most `LOG_LINES_MAX` lines: its newest.
+pub async fn logs_are_ordered_and_bounded(store: &dyn StateStore) {
+    let token = running_job(store, "logs").await;
+    let other = submit_new(store, "quiet").await;
+    let line = |message: String| LogLine {
+        at: Timestamp(1),
+        level: "INFO".to_string(),
+        message,
+    };
+    let lines_total = LOG_LINES_MAX + 5;
+    for index in 0..lines_total {
+        store.append_log(token.job_id, line(format!("line {index}")));
+    }
+    store.append_log(other.id, line("other job".to_string()));
+
+    let logs = store.logs(token.job_id).await.expect("logs");
+    assert_eq!(
+        logs.len(),
+        lines_total,
+        "a running job's log is trimmed when it ends"
+    );
+    assert_eq!(logs[0].message, "line 0");
+    assert_eq!(
+        logs[lines_total - 1].message,
+        format!("line {}", lines_total - 1)
+    );
+
+    store
+        .complete(&token)
+        .await
+        .expect("complete")
+        .expect("current token");
+    let logs = store.logs(token.job_id).await.expect("logs");
+    assert_eq!(logs.len(), LOG_LINES_MAX);
+    assert_eq!(logs[0].message, "line 5", "the oldest lines go first");
+    assert_eq!(
+        logs[LOG_LINES_MAX - 1].message,
+        format!("line {}", lines_total - 1)
+    );
+    assert_eq!(
+        store.logs(other.id).await.expect("logs"),
+        vec![line("other job".to_string())],
+        "trimming one job's log leaves the others alone"
+    );
+
+    // 'é' is two bytes: a cut at an odd byte count must step back to a character boundary.
+    let long = format!("x{}", "é".repeat(LOG_LINE_BYTES_MAX));
+    store.append_log(other.id, line(long.clone()));
+    let logs = store.logs(other.id).await.expect("logs");
+    let cut = &logs[1].message;
+    assert!(
+        cut.len() <= LOG_LINE_BYTES_MAX,
+        "cut to {} bytes",
+        cut.len()
+    );
+    assert!(
+        cut.len() >= LOG_LINE_BYTES_MAX - 3,
+        "cut no shorter than needed"
+    );
+    assert!(long.starts_with(cut.as_str()));
+}

@@ -1,0 +1,190 @@
+//! The state store: jobs, checkpoints, events, metadata records and job logs.
+//!
+//! Only this module imports sled. The store exposes domain operations, never a raw "put job": every
+//! status or phase change goes through `engine::machine`, and is written together with its events
+//! (and, for `record_checkpoint`, the checkpoint) in one transaction that is flushed before the call
+//! returns, so nothing acknowledged is lost in a crash.
+//!
+//! The ownership rule is in the traits: [`OrchestratorStore`] can move a job's status but has no
+//! operation that names a phase; [`WorkerStore`] can set the phase and record checkpoints but has no
+//! operation that names a status. The engine hands each side only its own trait.
+
+pub mod codec;
+pub mod conformance;
+pub mod lock;
+pub mod sled_store;
+
+use async_trait::async_trait;
+
+use crate::engine::job::{
+    Checkpoint, ErrorInfo, Event, Job, JobId, LeaseToken, LogLine, MediaMetadata, Phase, Status,
+    WorkerId,
+};
+use crate::engine::machine::Rejected;
+
+pub use lock::{HomeLock, LockError};
+pub use sled_store::SledStore;
+
+/// Store failures: the store itself is broken or unreachable. Refused transitions are not here:
+/// they come back as the inner [`Rejected`] of a nested result.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("state store error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in {tree} at key {key}: {reason}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error(
+        "record schema version {found} is not supported (this narra reads version {supported})"
+    )]
+    UnsupportedSchema { found: u8, supported: u8 },
+    #[error("cannot encode record: {0}")]
+    Encode(String),
+}
+
+impl StoreError {
+    /// Store failures are not worth retrying blindly: an I/O error on the state store is escalated.
+    pub fn retryable(&self) -> bool {
+        false
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What `submit` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmitRequest {
+    pub key: String,
+    pub source: String,
+    pub workflow: String,
+    /// Re-run a succeeded job's workflow; done steps are skipped.
+    pub reingest: bool,
+}
+
+/// What `submit` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    /// No job had this key: a new pending job.
+    Created,
+    /// A job with this key is pending, running or succeeded: returned as it is.
+    Existing,
+    /// A job with this key had failed or was cancelled: it is pending again.
+    Retried,
+    /// A succeeded job was sent back to pending because `reingest` was asked.
+    Reingested,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    pub job: Job,
+    pub outcome: SubmitOutcome,
+}
+
+/// Which jobs `jobs` lists: newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFilter {
+    pub status: Option<Status>,
+    pub limit: usize,
+}
+
+/// The step events a worker may append. Status and phase events are written by transitions only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepEvent {
+    Started,
+    Skipped { reason: String },
+    Failed { error: ErrorInfo },
+}
+
+/// Reads shared by every side.
+#[async_trait]
+pub trait JobReader: Send + Sync {
+    async fn job(&self, id: JobId) -> StoreResult<Option<Job>>;
+    async fn job_by_key(&self, key: &str) -> StoreResult<Option<Job>>;
+    async fn jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>>;
+    /// The job's checkpoints, in the order the steps were recorded.
+    async fn checkpoints(&self, id: JobId) -> StoreResult<Vec<Checkpoint>>;
+    async fn checkpoint(&self, id: JobId, step: &str) -> StoreResult<Option<Checkpoint>>;
+    async fn events(&self, id: JobId) -> StoreResult<Vec<Event>>;
+    async fn metadata(&self, id: JobId) -> StoreResult<Option<MediaMetadata>>;
+    async fn logs(&self, id: JobId) -> StoreResult<Vec<LogLine>>;
+}
+
+/// The orchestrator's side: the global status. Nothing here can set a phase.
+#[async_trait]
+pub trait OrchestratorStore: JobReader {
+    /// Idempotent by key: never creates a second job for a key that has one.
+    async fn submit(&self, request: &SubmitRequest) -> StoreResult<Submitted>;
+    /// Claims the oldest pending job, if any.
+    async fn claim_next(
+        &self,
+        worker_id: &WorkerId,
+        lease_ttl_ms: u64,
+    ) -> StoreResult<Option<(Job, LeaseToken)>>;
+    /// Claims one pending job by id.
+    async fn claim(
+        &self,
+        id: JobId,
+        worker_id: &WorkerId,
+        lease_ttl_ms: u64,
+    ) -> StoreResult<Result<(Job, LeaseToken), Rejected>>;
+    async fn renew_lease(
+        &self,
+        token: &LeaseToken,
+        lease_ttl_ms: u64,
+    ) -> StoreResult<Result<Job, Rejected>>;
+    async fn complete(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>>;
+    async fn fail(
+        &self,
+        token: &LeaseToken,
+        error: ErrorInfo,
+    ) -> StoreResult<Result<Job, Rejected>>;
+    async fn cancel(&self, id: JobId) -> StoreResult<Result<Job, Rejected>>;
+    async fn confirm_cancel(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>>;
+    async fn retry(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
+    async fn reingest(&self, id: JobId) -> StoreResult<Result<Job, Rejected>>;
+    async fn reclaim(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
+}
+
+/// The worker's side: execution details. Nothing here can set a status.
+#[async_trait]
+pub trait WorkerStore: JobReader {
+    async fn set_phase(
+        &self,
+        token: &LeaseToken,
+        phase: Phase,
+    ) -> StoreResult<Result<Job, Rejected>>;
+    /// Records a finished step's checkpoint and its `step_completed` event in one transaction;
+    /// `metadata`, when given, is written in the same transaction.
+    async fn record_checkpoint(
+        &self,
+        token: &LeaseToken,
+        checkpoint: &Checkpoint,
+        metadata: Option<&MediaMetadata>,
+    ) -> StoreResult<Result<(), Rejected>>;
+    async fn record_step_event(
+        &self,
+        token: &LeaseToken,
+        step: &str,
+        event: StepEvent,
+    ) -> StoreResult<Result<(), Rejected>>;
+}
+
+/// A sink for job log lines, fed by the tracing layer. Synchronous: it is called from inside
+/// `tracing`, and must never block on I/O for long.
+pub trait JobLogSink: Send + Sync {
+    fn append_log(&self, id: JobId, line: LogLine);
+}
+
+/// A whole state store: both sides plus the log sink.
+pub trait StateStore: OrchestratorStore + WorkerStore + JobLogSink {}
+
+impl<T: OrchestratorStore + WorkerStore + JobLogSink> StateStore for T {}
+
+/// Bounds on what one job may accumulate.
+pub const LOG_LINES_MAX: usize = 2_000;
+pub const LOG_LINE_BYTES_MAX: usize = 4_096;

@@ -1,0 +1,1077 @@
+//! The sled state store: the one implementation of the `store` traits, and the only file that
+//! speaks sled's API.
+//!
+//! Trees and their keys (job ids are 16 bytes, big-endian, so keys sort by ULID, i.e. by creation
+//! time; every value goes through `store::codec`):
+//!
+//! | tree           | key                              | value           |
+//! |----------------|----------------------------------|-----------------|
+//! | `jobs`         | job id                           | `Job`           |
+//! | `keys`         | idempotency key, UTF-8           | job id          |
+//! | `status_index` | `[status.index_byte()]` ++ job id | empty           |
+//! | `checkpoints`  | job id ++ step name, UTF-8       | `Checkpoint`    |
+//! | `events`       | job id ++ seq (u64 BE)           | `Event`         |
+//! | `metadata`     | job id                           | `MediaMetadata` |
+//! | `logs`         | job id ++ seq (u64 BE)           | `LogLine`       |
+//!
+//! The write protocol of every mutating operation:
+//! 1. One sled transaction over `jobs`, `keys`, `status_index`, `checkpoints`, `events` and
+//!    `metadata` reads the job, asks `engine::machine` for the transition (a refusal aborts the
+//!    transaction, so a refused call writes nothing), checks the result's invariants, and writes
+//!    the job, its status-index entry, its events (and for `record_checkpoint` the checkpoint and
+//!    metadata record). A crash before the commit leaves none of it; the transaction is atomic.
+//! 2. `flush_async` syncs sled's log to disk. A crash between commit and flush may lose the write,
+//!    but the caller has not been told it succeeded, so nothing acknowledged is lost.
+//! 3. Only then does the call return success.
+//!
+//! Job logs are outside this protocol: they are best effort, never flushed by `append_log`, and
+//! may lose their last lines in a crash. They are bounded lazily: when a job reaches a terminal
+//! status its oldest lines are trimmed to [`LOG_LINES_MAX`]; while a job runs, its log may grow past
+//! the bound until the job ends.
+//!
+//! sled calls are synchronous and made on the caller's task: commits only touch sled's in-memory
+//! log buffer, and the one slow operation, the flush, runs on sled's own thread pool.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use sled::Transactional;
+use sled::transaction::{
+    ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
+    TransactionalTree,
+};
+
+use super::codec;
+use super::{
+    JobFilter, JobLogSink, JobReader, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, OrchestratorStore,
+    StepEvent, StoreError, StoreResult, SubmitOutcome, SubmitRequest, Submitted, WorkerStore,
+};
+use crate::engine::job::{
+    Checkpoint, ErrorInfo, Event, EventKind, Job, JobId, LeaseToken, LogLine, MediaMetadata, Phase,
+    Status, Timestamp, WorkerId,
+};
+use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
+
+/// The page cache narra asks sled for unless told otherwise. sled's own default is 1 GiB, far more
+/// than a job table needs.
+pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+
+const TREE_JOBS: &str = "jobs";
+const TREE_KEYS: &str = "keys";
+const TREE_STATUS_INDEX: &str = "status_index";
+const TREE_CHECKPOINTS: &str = "checkpoints";
+const TREE_EVENTS: &str = "events";
+const TREE_METADATA: &str = "metadata";
+const TREE_LOGS: &str = "logs";
+
+const JOB_ID_BYTES: usize = 16;
+const SEQ_KEY_BYTES: usize = JOB_ID_BYTES + 8;
+
+/// The state store on sled.
+pub struct SledStore {
+    path: PathBuf,
+    db: sled::Db,
+    jobs: sled::Tree,
+    keys: sled::Tree,
+    status_index: sled::Tree,
+    checkpoints: sled::Tree,
+    events: sled::Tree,
+    metadata: sled::Tree,
+    logs: sled::Tree,
+    /// The sequence number of the next log line, over all jobs: keys still sort per job by seq.
+    log_seq_next: AtomicU64,
+    /// Log lines that could not be written. They are counted, not logged: `append_log` is called
+    /// from inside the tracing layer, and logging its own failure would feed the failure back in.
+    log_lines_dropped: AtomicU64,
+}
+
+impl fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store at `path` with a page cache of `cache_capacity_bytes`
+    /// (see [`DEFAULT_CACHE_CAPACITY_BYTES`]). sled allows one process per database.
+    pub fn open(path: &Path, cache_capacity_bytes: u64) -> StoreResult<SledStore> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity_bytes)
+            .open()?;
+        let logs = db.open_tree(TREE_LOGS)?;
+        let log_seq_next = next_log_seq(&logs)?;
+        let store = SledStore {
+            path: path.to_path_buf(),
+            jobs: db.open_tree(TREE_JOBS)?,
+            keys: db.open_tree(TREE_KEYS)?,
+            status_index: db.open_tree(TREE_STATUS_INDEX)?,
+            checkpoints: db.open_tree(TREE_CHECKPOINTS)?,
+            events: db.open_tree(TREE_EVENTS)?,
+            metadata: db.open_tree(TREE_METADATA)?,
+            logs,
+            db,
+            log_seq_next: AtomicU64::new(log_seq_next),
+            log_lines_dropped: AtomicU64::new(0),
+        };
+        tracing::debug!(path = %path.display(), cache_capacity_bytes, "opened state store");
+        Ok(store)
+    }
+
+    /// Where the store lives on disk.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How many log lines `append_log` failed to write since the store was opened.
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.log_lines_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Runs `body` as one transaction over every tree but `logs`. A `Rejected` abort comes back as
+    /// the inner error, with nothing written.
+    fn transact<T>(
+        &self,
+        body: impl Fn(&Tx<'_>) -> TxResult<T>,
+    ) -> StoreResult<Result<T, Rejected>> {
+        let trees = (
+            &self.jobs,
+            &self.keys,
+            &self.status_index,
+            &self.checkpoints,
+            &self.events,
+            &self.metadata,
+        );
+        let result = trees.transaction(
+            |(jobs, keys, status_index, checkpoints, events, metadata)| {
+                body(&Tx {
+                    jobs,
+                    keys,
+                    status_index,
+                    checkpoints,
+                    events,
+                    metadata,
+                })
+            },
+        );
+        match result {
+            Ok(value) => Ok(Ok(value)),
+            Err(TransactionError::Abort(TxAbort::Rejected(rejected))) => Ok(Err(rejected)),
+            Err(TransactionError::Abort(TxAbort::Store(error))) => Err(error),
+            Err(TransactionError::Storage(error)) => Err(StoreError::Sled(error)),
+        }
+    }
+
+    /// Syncs sled's log: called after every commit, before the call returns success.
+    async fn flush(&self) -> StoreResult<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// One orchestrator transition of one job: transaction, flush, and the log bound.
+    async fn orchestrate(
+        &self,
+        id: JobId,
+        op: &OrchestratorOp,
+    ) -> StoreResult<Result<Job, Rejected>> {
+        let now = Timestamp::now();
+        let outcome = self.transact(|tx| {
+            let job = tx.existing_job(id)?;
+            let transition = machine::apply_orchestrator(&job, op, now).map_err(reject)?;
+            tx.write_transition(Some(&job), transition, now)
+        })?;
+        let job = match outcome {
+            Ok(job) => job,
+            Err(rejected) => return Ok(Err(rejected)),
+        };
+        self.flush().await?;
+        tracing::debug!(job_id = %id, op = op.name(), status = %job.status, "job transition");
+        if job.status.is_terminal() {
+            self.trim_logs_best_effort(id);
+        }
+        Ok(Ok(job))
+    }
+
+    /// Claims the oldest job that is still pending when its transaction runs. Synchronous so that
+    /// no sled iterator lives across an await.
+    fn claim_oldest_pending(&self, op: &OrchestratorOp) -> StoreResult<Option<Job>> {
+        let now = Timestamp::now();
+        let prefix = [Status::Pending.index_byte()];
+        for key in self.status_index.scan_prefix(prefix).keys() {
+            let key = key?;
+            let id = job_id_in(TREE_STATUS_INDEX, &key, &key[1..])?;
+            let outcome = self.transact(|tx| {
+                let job = tx.existing_job(id)?;
+                let transition = machine::apply_orchestrator(&job, op, now).map_err(reject)?;
+                tx.write_transition(Some(&job), transition, now)
+            })?;
+            match outcome {
+                Ok(job) => return Ok(Some(job)),
+                // Another claimer got there first, or the job moved on: try the next one.
+                Err(rejected) => {
+                    tracing::trace!(job_id = %id, %rejected, "pending job no longer claimable");
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn read_job(&self, id: JobId) -> StoreResult<Option<Job>> {
+        let key = id.to_bytes();
+        self.jobs
+            .get(key)?
+            .map(|bytes| decode_job(&key, &bytes))
+            .transpose()
+    }
+
+    fn trim_logs_best_effort(&self, id: JobId) {
+        match self.trim_logs(id) {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(job_id = %id, removed, "trimmed job log"),
+            Err(error) => tracing::warn!(job_id = %id, %error, "cannot trim job log"),
+        }
+    }
+
+    /// Removes a job's oldest log lines beyond [`LOG_LINES_MAX`]; returns how many.
+    fn trim_logs(&self, id: JobId) -> StoreResult<usize> {
+        let keys = self
+            .logs
+            .scan_prefix(id.to_bytes())
+            .keys()
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(excess) = keys
+            .len()
+            .checked_sub(LOG_LINES_MAX)
+            .filter(|&excess| excess > 0)
+        else {
+            return Ok(0);
+        };
+        let mut batch = sled::Batch::default();
+        for key in &keys[..excess] {
+            batch.remove(key.clone());
+        }
+        self.logs.apply_batch(batch)?;
+        Ok(excess)
+    }
+
+    fn try_append_log(&self, id: JobId, line: &LogLine) -> StoreResult<()> {
+        let seq = self.log_seq_next.fetch_add(1, Ordering::Relaxed);
+        self.logs.insert(seq_key(id, seq), codec::encode(line)?)?;
+        Ok(())
+    }
+}
+
+/// Why a transaction body aborted.
+enum TxAbort {
+    Rejected(Rejected),
+    Store(StoreError),
+}
+
+type TxResult<T> = ConflictableTransactionResult<T, TxAbort>;
+
+fn reject(rejected: Rejected) -> ConflictableTransactionError<TxAbort> {
+    ConflictableTransactionError::Abort(TxAbort::Rejected(rejected))
+}
+
+fn store_abort(error: StoreError) -> ConflictableTransactionError<TxAbort> {
+    ConflictableTransactionError::Abort(TxAbort::Store(error))
+}
+
+/// The trees of one transaction, with the writes every operation shares.
+struct Tx<'a> {
+    jobs: &'a TransactionalTree,
+    keys: &'a TransactionalTree,
+    status_index: &'a TransactionalTree,
+    checkpoints: &'a TransactionalTree,
+    events: &'a TransactionalTree,
+    metadata: &'a TransactionalTree,
+}
+
+impl Tx<'_> {
+    fn job(&self, id: JobId) -> TxResult<Option<Job>> {
+        let key = id.to_bytes();
+        match self.jobs.get(key)? {
+            None => Ok(None),
+            Some(bytes) => decode_job(&key, &bytes).map(Some).map_err(store_abort),
+        }
+    }
+
+    fn existing_job(&self, id: JobId) -> TxResult<Job> {
+        self.job(id)?.ok_or_else(|| reject(Rejected::NotFound(id)))
+    }
+
+    /// Writes a transition's job and appends its events; `before` is the job as it was read.
+    fn write_transition(
+        &self,
+        before: Option<&Job>,
+        transition: Transition,
+        now: Timestamp,
+    ) -> TxResult<Job> {
+        let Transition { mut job, events } = transition;
+        self.append_events(&mut job, events, now)?;
+        self.put_job(before.map(|before| before.status), &job)?;
+        Ok(job)
+    }
+
+    /// Appends events at the job's `events_next`, advancing it; the caller then writes the job.
+    fn append_events(&self, job: &mut Job, kinds: Vec<EventKind>, now: Timestamp) -> TxResult<()> {
+        for kind in kinds {
+            let seq = job.events_next;
+            let event = Event { seq, at: now, kind };
+            self.events
+                .insert(&seq_key(job.id, seq)[..], encode_in_tx(&event)?)?;
+            job.events_next = seq.checked_add(1).ok_or_else(|| {
+                store_abort(corrupt(
+                    TREE_JOBS,
+                    &job.id.to_bytes(),
+                    "event sequence exhausted".to_string(),
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Writes the job and moves its status-index entry. A job that breaks its invariants is a bug
+    /// in the machine or the store; it is refused here rather than written.
+    fn put_job(&self, status_before: Option<Status>, job: &Job) -> TxResult<()> {
+        let key = job.id.to_bytes();
+        if let Err(reason) = job.invariants_hold() {
+            return Err(store_abort(corrupt(
+                TREE_JOBS,
+                &key,
+                format!("refusing to write a job that breaks its invariants: {reason}"),
+            )));
+        }
+        self.jobs.insert(&key[..], encode_in_tx(job)?)?;
+        if status_before != Some(job.status) {
+            if let Some(status_before) = status_before {
+                self.status_index
+                    .remove(&index_key(status_before, job.id)[..])?;
+            }
+            self.status_index
+                .insert(&index_key(job.status, job.id)[..], Vec::new())?;
+        }
+        Ok(())
+    }
+}
+
+fn encode_in_tx<T: serde::Serialize>(value: &T) -> TxResult<Vec<u8>> {
+    codec::encode(value).map_err(store_abort)
+}
+
+fn corrupt(tree: &'static str, key: &[u8], reason: String) -> StoreError {
+    StoreError::Corrupt {
+        tree,
+        key: codec::hex(key),
+        reason,
+    }
+}
+
+/// Decodes a job and checks it right after reading it back: its key and its invariants.
+fn decode_job(key: &[u8], bytes: &[u8]) -> StoreResult<Job> {
+    let job: Job = codec::decode(TREE_JOBS, key, bytes)?;
+    if job.id.to_bytes() != key {
+        return Err(corrupt(
+            TREE_JOBS,
+            key,
+            format!("record holds job {}", job.id),
+        ));
+    }
+    job.invariants_hold()
+        .map_err(|reason| corrupt(TREE_JOBS, key, reason))?;
+    Ok(job)
+}
+
+/// Reads a job id out of `bytes`, part of a key of `tree`.
+fn job_id_in(tree: &'static str, key: &[u8], bytes: &[u8]) -> StoreResult<JobId> {
+    let bytes = <[u8; JOB_ID_BYTES]>::try_from(bytes)
+        .map_err(|_| corrupt(tree, key, format!("expected a {JOB_ID_BYTES}-byte job id")))?;
+    Ok(JobId::from_bytes(bytes))
+}
+
+fn index_key(status: Status, id: JobId) -> [u8; 1 + JOB_ID_BYTES] {
+    let mut key = [0; 1 + JOB_ID_BYTES];
+    key[0] = status.index_byte();
+    key[1..].copy_from_slice(&id.to_bytes());
+    key
+}
+
+fn seq_key(id: JobId, seq: u64) -> [u8; SEQ_KEY_BYTES] {
+    let mut key = [0; SEQ_KEY_BYTES];
+    key[..JOB_ID_BYTES].copy_from_slice(&id.to_bytes());
+    key[JOB_ID_BYTES..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn checkpoint_key(id: JobId, step: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(JOB_ID_BYTES + step.len());
+    key.extend_from_slice(&id.to_bytes());
+    key.extend_from_slice(step.as_bytes());
+    key
+}
+
+fn seq_in(tree: &'static str, key: &[u8]) -> StoreResult<u64> {
+    let bytes = key
+        .get(JOB_ID_BYTES..)
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+        .ok_or_else(|| {
+            corrupt(
+                tree,
+                key,
+                format!("expected a {SEQ_KEY_BYTES}-byte job id and sequence number"),
+            )
+        })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// The first free log sequence number: one past the highest in the tree. Keys sort by job first,
+/// so this visits the last line of each job, jumping from one job's prefix to the next.
+fn next_log_seq(logs: &sled::Tree) -> StoreResult<u64> {
+    let mut seq_max: Option<u64> = None;
+    let mut next_entry = logs.first()?;
+    while let Some((key, _)) = next_entry {
+        let id = job_id_in(TREE_LOGS, &key, key.get(..JOB_ID_BYTES).unwrap_or(&key))?;
+        let Some(last) = logs.scan_prefix(id.to_bytes()).keys().next_back() else {
+            break;
+        };
+        let seq = seq_in(TREE_LOGS, &last?)?;
+        seq_max = Some(seq_max.map_or(seq, |seq_max| seq_max.max(seq)));
+        next_entry = match id.0.checked_add(1) {
+            Some(next_id) => logs.range(JobId(next_id).to_bytes()..).next().transpose()?,
+            None => None,
+        };
+    }
+    match seq_max {
+        None => Ok(0),
+        Some(seq_max) => seq_max
+            .checked_add(1)
+            .ok_or_else(|| corrupt(TREE_LOGS, &[], "log sequence exhausted".to_string())),
+    }
+}
+
+/// Cuts a message to at most `bytes_max` bytes, at a character boundary.
+fn truncate_message(message: &mut String, bytes_max: usize) {
+    if message.len() <= bytes_max {
+        return;
+    }
+    let mut end = bytes_max;
+    // Index 0 is always a boundary, so this stops.
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+}
+
+#[async_trait]
+impl JobReader for SledStore {
+    async fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
+        self.read_job(id)
+    }
+
+    async fn job_by_key(&self, key: &str) -> StoreResult<Option<Job>> {
+        match self.keys.get(key.as_bytes())? {
+            None => Ok(None),
+            Some(id_bytes) => {
+                let id = job_id_in(TREE_KEYS, key.as_bytes(), &id_bytes)?;
+                self.read_job(id)
+            }
+        }
+    }
+
+    async fn jobs(&self, filter: &JobFilter) -> StoreResult<Vec<Job>> {
+        let mut jobs = Vec::new();
+        if filter.limit == 0 {
+            return Ok(jobs);
+        }
+        match filter.status {
+            Some(status) => {
+                for key in self
+                    .status_index
+                    .scan_prefix([status.index_byte()])
+                    .keys()
+                    .rev()
+                {
+                    let key = key?;
+                    let id = job_id_in(TREE_STATUS_INDEX, &key, &key[1..])?;
+                    // The index and the job are read apart: skip a job that moved on in between.
+                    if let Some(job) = self.read_job(id)?
+                        && job.status == status
+                    {
+                        jobs.push(job);
+                        if jobs.len() >= filter.limit {
+                            break;
+                        }
+                    }
+                }
+            }
+            None => {
+                for entry in self.jobs.iter().rev() {
+                    let (key, bytes) = entry?;
+                    jobs.push(decode_job(&key, &bytes)?);
+                    if jobs.len() >= filter.limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(jobs)
+    }
+
+    async fn checkpoints(&self, id: JobId) -> StoreResult<Vec<Checkpoint>> {
+        let mut checkpoints = Vec::new();
+        for entry in self.checkpoints.scan_prefix(id.to_bytes()) {
+            let (key, bytes) = entry?;
+            checkpoints.push(codec::decode::<Checkpoint>(TREE_CHECKPOINTS, &key, &bytes)?);
+        }
+        // Keys sort by step name; the trait promises the order the steps were recorded in.
+        checkpoints.sort_by(|left, right| {
+            (left.recorded_at, &left.step).cmp(&(right.recorded_at, &right.step))
+        });
+        Ok(checkpoints)
+    }
+
+    async fn checkpoint(&self, id: JobId, step: &str) -> StoreResult<Option<Checkpoint>> {
+        let key = checkpoint_key(id, step);
+        self.checkpoints
+            .get(&key)?
+            .map(|bytes| codec::decode(TREE_CHECKPOINTS, &key, &bytes))
+            .transpose()
+    }
+
+    async fn events(&self, id: JobId) -> StoreResult<Vec<Event>> {
+        let mut events = Vec::new();
+        for entry in self.events.scan_prefix(id.to_bytes()) {
+            let (key, bytes) = entry?;
+            let event: Event = codec::decode(TREE_EVENTS, &key, &bytes)?;
+            if event.seq != seq_in(TREE_EVENTS, &key)? {
+                return Err(corrupt(
+                    TREE_EVENTS,
+                    &key,
+                    format!("record holds event seq {}", event.seq),
+                ));
+            }
+            events.push(event);
+        }
+        Ok(events)
+    }
+
+    async fn metadata(&self, id: JobId) -> StoreResult<Option<MediaMetadata>> {
+        let key = id.to_bytes();
+        self.metadata
+            .get(key)?
+            .map(|bytes| codec::decode(TREE_METADATA, &key, &bytes))
+            .transpose()
+    }
+
+    async fn logs(&self, id: JobId) -> StoreResult<Vec<LogLine>> {
+        let mut lines = Vec::new();
+        for entry in self.logs.scan_prefix(id.to_bytes()) {
+            let (key, bytes) = entry?;
+            lines.push(codec::decode(TREE_LOGS, &key, &bytes)?);
+        }
+        Ok(lines)
+    }
+}
+
+#[async_trait]
+impl OrchestratorStore for SledStore {
+    async fn submit(&self, request: &SubmitRequest) -> StoreResult<Submitted> {
+        let now = Timestamp::now();
+        let outcome = self.transact(|tx| {
+            let key = request.key.as_bytes();
+            let Some(id_bytes) = tx.keys.get(key)? else {
+                let transition = machine::new_job(
+                    JobId::new(),
+                    request.key.clone(),
+                    request.source.clone(),
+                    request.workflow.clone(),
+                    now,
+                );
+                let job = tx.write_transition(None, transition, now)?;
+                tx.keys.insert(key, &job.id.to_bytes()[..])?;
+                return Ok(Submitted {
+                    job,
+                    outcome: SubmitOutcome::Created,
+                });
+            };
+            let id = job_id_in(TREE_KEYS, key, &id_bytes).map_err(store_abort)?;
+            let Some(job) = tx.job(id)? else {
+                return Err(store_abort(corrupt(
+                    TREE_KEYS,
+                    key,
+                    format!("key names job {id}, which does not exist"),
+                )));
+            };
+            let (op, outcome) = match job.status {
+                Status::Pending | Status::Running => {
+                    return Ok(Submitted {
+                        job,
+                        outcome: SubmitOutcome::Existing,
+                    });
+                }
+                Status::Succeeded if !request.reingest => {
+                    return Ok(Submitted {
+                        job,
+                        outcome: SubmitOutcome::Existing,
+                    });
+                }
+                Status::Succeeded => (OrchestratorOp::Reingest, SubmitOutcome::Reingested),
+                Status::Failed | Status::Cancelled => (
+                    OrchestratorOp::Retry {
+                        reason: "re-submitted".into(),
+                    },
+                    SubmitOutcome::Retried,
+                ),
+            };
+            let transition = machine::apply_orchestrator(&job, &op, now).map_err(|rejected| {
+                store_abort(corrupt(
+                    TREE_JOBS,
+                    &id.to_bytes(),
+                    format!(
+                        "the state machine refused {} during submit: {rejected}",
+                        op.name()
+                    ),
+                ))
+            })?;
+            let job = tx.write_transition(Some(&job), transition, now)?;
+            Ok(Submitted { job, outcome })
+        })?;
+        let submitted = match outcome {
+            Ok(submitted) => submitted,
+            // The body refuses only through `store_abort`.
+            Err(rejected) => {
+                return Err(StoreError::Corrupt {
+                    tree: TREE_JOBS,
+                    key: String::new(),
+                    reason: format!("submit was refused: {rejected}"),
+                });
+            }
+        };
+        if submitted.outcome != SubmitOutcome::Existing {
+            self.flush().await?;
+        }
+        tracing::debug!(
+            job_id = %submitted.job.id,
+            outcome = ?submitted.outcome,
+            "job submitted"
+        );
+        Ok(submitted)
+    }
+
+    async fn claim_next(
+        &self,
+        worker_id: &WorkerId,
+        lease_ttl_ms: u64,
+    ) -> StoreResult<Option<(Job, LeaseToken)>> {
+        let op = OrchestratorOp::Claim {
+            worker_id: worker_id.clone(),
+            lease_ttl_ms,
+        };
+        let Some(job) = self.claim_oldest_pending(&op)? else {
+            return Ok(None);
+        };
+        self.flush().await?;
+        tracing::debug!(job_id = %job.id, worker_id = %worker_id, token = job.fencing_token, "job claimed");
+        let token = LeaseToken {
+            job_id: job.id,
+            fencing_token: job.fencing_token,
+        };
+        Ok(Some((job, token)))
+    }
+
+    async fn claim(
+        &self,
+        id: JobId,
+        worker_id: &WorkerId,
+        lease_ttl_ms: u64,
+    ) -> StoreResult<Result<(Job, LeaseToken), Rejected>> {
+        let op = OrchestratorOp::Claim {
+            worker_id: worker_id.clone(),
+            lease_ttl_ms,
+        };
+        Ok(self.orchestrate(id, &op).await?.map(|job| {
+            let token = LeaseToken {
+                job_id: job.id,
+                fencing_token: job.fencing_token,
+            };
+            (job, token)
+        }))
+    }
+
+    async fn renew_lease(
+        &self,
+        token: &LeaseToken,
+        lease_ttl_ms: u64,
+    ) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::RenewLease {
+            token: token.fencing_token,
+            lease_ttl_ms,
+        };
+        self.orchestrate(token.job_id, &op).await
+    }
+
+    async fn complete(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::Complete {
+            token: token.fencing_token,
+        };
+        self.orchestrate(token.job_id, &op).await
+    }
+
+    async fn fail(
+        &self,
+        token: &LeaseToken,
+        error: ErrorInfo,
+    ) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::Fail {
+            token: token.fencing_token,
+            error,
+        };
+        self.orchestrate(token.job_id, &op).await
+    }
+
+    async fn cancel(&self, id: JobId) -> StoreResult<Result<Job, Rejected>> {
+        self.orchestrate(id, &OrchestratorOp::Cancel).await
+    }
+
+    async fn confirm_cancel(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::ConfirmCancel {
+            token: token.fencing_token,
+        };
+        self.orchestrate(token.job_id, &op).await
+    }
+
+    async fn retry(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::Retry {
+            reason: reason.to_string(),
+        };
+        self.orchestrate(id, &op).await
+    }
+
+    async fn reingest(&self, id: JobId) -> StoreResult<Result<Job, Rejected>> {
+        self.orchestrate(id, &OrchestratorOp::Reingest).await
+    }
+
+    async fn reclaim(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::Reclaim {
+            reason: reason.to_string(),
+        };
+        self.orchestrate(id, &op).await
+    }
+}
+
+#[async_trait]
+impl WorkerStore for SledStore {
+    async fn set_phase(
+        &self,
+        token: &LeaseToken,
+        phase: Phase,
+    ) -> StoreResult<Result<Job, Rejected>> {
+        let now = Timestamp::now();
+        let op = WorkerOp::SetPhase {
+            token: token.fencing_token,
+            phase,
+        };
+        let outcome = self.transact(|tx| {
+            let job = tx.existing_job(token.job_id)?;
+            let transition = machine::apply_worker(&job, &op, now).map_err(reject)?;
+            tx.write_transition(Some(&job), transition, now)
+        })?;
+        if outcome.is_ok() {
+            self.flush().await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn record_checkpoint(
+        &self,
+        token: &LeaseToken,
+        checkpoint: &Checkpoint,
+        metadata: Option<&MediaMetadata>,
+    ) -> StoreResult<Result<(), Rejected>> {
+        let now = Timestamp::now();
+        let id = token.job_id;
+        let outcome = self.transact(|tx| {
+            let mut job = tx.existing_job(id)?;
+            machine::check_lease(&job, token).map_err(reject)?;
+            tx.checkpoints.insert(
+                checkpoint_key(id, &checkpoint.step),
+                encode_in_tx(checkpoint)?,
+            )?;
+            if let Some(metadata) = metadata {
+                tx.metadata
+                    .insert(&id.to_bytes()[..], encode_in_tx(metadata)?)?;
+            }
+            let completed = EventKind::StepCompleted {
+                step: checkpoint.step.clone(),
+                outputs: u32::try_from(checkpoint.outputs.len()).unwrap_or(u32::MAX),
+            };
+            tx.append_events(&mut job, vec![completed], now)?;
+            tx.put_job(Some(job.status), &job)
+        })?;
+        if outcome.is_ok() {
+            self.flush().await?;
+            tracing::debug!(job_id = %id, step = %checkpoint.step, "checkpoint recorded");
+        }
+        Ok(outcome)
+    }
+
+    async fn record_step_event(
+        &self,
+        token: &LeaseToken,
+        step: &str,
+        event: StepEvent,
+    ) -> StoreResult<Result<(), Rejected>> {
+        let now = Timestamp::now();
+        let step = step.to_string();
+        let kind = match event {
+            StepEvent::Started => EventKind::StepStarted { step },
+            StepEvent::Skipped { reason } => EventKind::StepSkipped { step, reason },
+            StepEvent::Failed { error } => EventKind::StepFailed { step, error },
+        };
+        let outcome = self.transact(|tx| {
+            let mut job = tx.existing_job(token.job_id)?;
+            machine::check_lease(&job, token).map_err(reject)?;
+            tx.append_events(&mut job, vec![kind.clone()], now)?;
+            tx.put_job(Some(job.status), &job)
+        })?;
+        if outcome.is_ok() {
+            self.flush().await?;
+        }
+        Ok(outcome)
+    }
+}
+
+impl JobLogSink for SledStore {
+    /// Best effort and never flushed; see the module docs for the bound on a job's lines.
+    fn append_log(&self, id: JobId, line: LogLine) {
+        let mut line = line;
+        truncate_message(&mut line.message, LOG_LINE_BYTES_MAX);
+        if self.try_append_log(id, &line).is_err() {
+            self.log_lines_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::engine::job::{ChangeToken, Hash, Location, StepOutput};
+    use crate::store::conformance;
+
+    fn open(path: &Path) -> SledStore {
+        SledStore::open(path, 8 * 1024 * 1024).expect("open sled store")
+    }
+
+    /// A factory of fresh stores, each in its own directory under one temp dir.
+    struct Stores {
+        parent: tempfile::TempDir,
+        count: AtomicUsize,
+    }
+
+    impl Stores {
+        fn new() -> Stores {
+            Stores {
+                parent: tempfile::tempdir().expect("tempdir"),
+                count: AtomicUsize::new(0),
+            }
+        }
+
+        fn fresh(&self) -> SledStore {
+            let index = self.count.fetch_add(1, Ordering::Relaxed);
+            open(&self.parent.path().join(format!("store-{index}")))
+        }
+    }
+
+    #[tokio::test]
+    async fn conformance_suite_passes_on_disk() {
+        let stores = Stores::new();
+        conformance::run_all(|| async { stores.fresh() }).await;
+    }
+
+    fn request(key: &str) -> SubmitRequest {
+        SubmitRequest {
+            key: key.to_string(),
+            source: format!("https://example.com/{key}.mp4"),
+            workflow: "ingest".to_string(),
+            reingest: false,
+        }
+    }
+
+    fn worker() -> WorkerId {
+        WorkerId("test:1:1".to_string())
+    }
+
+    #[tokio::test]
+    async fn reopened_store_finds_what_was_acknowledged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let checkpoint = Checkpoint {
+            step: "download".to_string(),
+            definition_hash: Hash([1; 32]),
+            input_hash: Hash([2; 32]),
+            outputs: vec![StepOutput {
+                name: "video".to_string(),
+                location: Location::Object("jobs/x/video.mp4".to_string()),
+                size: 10,
+                blake3: Hash([3; 32]),
+                change_token: ChangeToken::ETag("e".to_string()),
+            }],
+            recorded_at: Timestamp(1_000),
+        };
+        let (job, events) = {
+            let store = open(dir.path());
+            let submitted = store.submit(&request("a")).await.expect("submit");
+            let (_, token) = store
+                .claim(submitted.job.id, &worker(), 60_000)
+                .await
+                .expect("claim")
+                .expect("claimable");
+            store
+                .set_phase(&token, Phase::Downloading)
+                .await
+                .expect("set_phase")
+                .expect("current token");
+            store
+                .record_checkpoint(&token, &checkpoint, None)
+                .await
+                .expect("record_checkpoint")
+                .expect("current token");
+            store.append_log(
+                token.job_id,
+                LogLine {
+                    at: Timestamp(5),
+                    level: "INFO".to_string(),
+                    message: "before reopen".to_string(),
+                },
+            );
+            let job = store.job(token.job_id).await.expect("job").expect("exists");
+            let events = store.events(token.job_id).await.expect("events");
+            (job, events)
+        };
+
+        let store = open(dir.path());
+        assert_eq!(store.job(job.id).await.expect("job"), Some(job.clone()));
+        assert_eq!(
+            store.job_by_key("a").await.expect("job_by_key"),
+            Some(job.clone())
+        );
+        assert_eq!(store.events(job.id).await.expect("events"), events);
+        assert_eq!(
+            store
+                .checkpoint(job.id, "download")
+                .await
+                .expect("checkpoint"),
+            Some(checkpoint)
+        );
+        let running = store
+            .jobs(&JobFilter {
+                status: Some(Status::Running),
+                limit: usize::MAX,
+            })
+            .await
+            .expect("jobs");
+        assert_eq!(running, vec![job.clone()]);
+
+        // The log sequence resumes past the lines already on disk, so new lines sort after them.
+        store.append_log(
+            job.id,
+            LogLine {
+                at: Timestamp(6),
+                level: "INFO".to_string(),
+                message: "after reopen".to_string(),
+            },
+        );
+        let messages: Vec<String> = store
+            .logs(job.id)
+            .await
+            .expect("logs")
+            .into_iter()
+            .map(|line| line.message)
+            .collect();
+        assert_eq!(messages, vec!["before reopen", "after reopen"]);
+        assert_eq!(store.log_lines_dropped(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_claimers_never_share_a_job() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(open(dir.path()));
+        let jobs_total = 40;
+        for index in 0..jobs_total {
+            store
+                .submit(&request(&format!("job-{index}")))
+                .await
+                .expect("submit");
+        }
+        let mut claimers = Vec::new();
+        for claimer in 0..8 {
+            let store = Arc::clone(&store);
+            claimers.push(tokio::spawn(async move {
+                let worker_id = WorkerId(format!("test:1:{claimer}"));
+                let mut claimed = Vec::new();
+                while let Some((job, _token)) = store
+                    .claim_next(&worker_id, 60_000)
+                    .await
+                    .expect("claim_next")
+                {
+                    claimed.push(job.id);
+                }
+                claimed
+            }));
+        }
+        let mut claimed = Vec::new();
+        for claimer in claimers {
+            claimed.extend(claimer.await.expect("claimer task"));
+        }
+        let distinct: HashSet<JobId> = claimed.iter().copied().collect();
+        assert_eq!(claimed.len(), jobs_total);
+        assert_eq!(distinct.len(), jobs_total);
+    }
+
+    #[test]
+    fn next_log_seq_is_one_past_the_highest_of_any_job() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::Config::new().path(dir.path()).open().expect("open");
+        let logs = db.open_tree(TREE_LOGS).expect("tree");
+        assert_eq!(next_log_seq(&logs).expect("empty"), 0);
+        for (id, seq) in [(JobId(1), 7), (JobId(1), 3), (JobId(2), 12), (JobId(3), 5)] {
+            logs.insert(seq_key(id, seq), Vec::new()).expect("insert");
+        }
+        assert_eq!(next_log_seq(&logs).expect("filled"), 13);
+    }
+
+    #[test]
+    fn messages_are_cut_at_a_char_boundary() {
+        let mut message = "ééé".to_string(); // 6 bytes
+        truncate_message(&mut message, 3);
+        assert_eq!(message, "é");
+        let mut message = "abc".to_string();
+        truncate_message(&mut message, 3);
+        assert_eq!(message, "abc");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_job_record_names_its_tree_and_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let id = JobId(0xff);
+        store
+            .jobs
+            .insert(id.to_bytes(), vec![codec::SCHEMA_VERSION, 0xff])
+            .expect("insert");
+        match store.job(id).await {
+            Err(StoreError::Corrupt { tree, key, .. }) => {
+                assert_eq!(tree, TREE_JOBS);
+                assert_eq!(key, codec::hex(&id.to_bytes()));
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+}

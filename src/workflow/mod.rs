@@ -1,0 +1,429 @@
+//! Workflow definitions: which steps a job runs, with which parameters, and each step's
+//! definition hash.
+//!
+//! Workflows are data (`workflows/*.toml`). The built-in ones are embedded in the binary; `--workflows
+//! DIR` adds others and overrides built-ins of the same name. A step's definition hash covers exactly
+//! the parameters that change its output, plus the step's implementation version, so changing one of
+//! them redoes that step and the steps after it, and nothing before it. This module runs nothing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::job::{Hash, Phase};
+
+/// The workflows compiled into the binary, by file name.
+pub const BUILTIN_WORKFLOWS: &[(&str, &str)] =
+    &[("ingest", include_str!("../../workflows/ingest.toml"))];
+
+/// The workflow used when none is named.
+pub const DEFAULT_WORKFLOW: &str = "ingest";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error("unknown workflow {name:?} (known: {known})")]
+    Unknown { name: String, known: String },
+    #[error("invalid workflow {name:?}: {reason}")]
+    Invalid { name: String, reason: String },
+    #[error("cannot read workflows from {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The kinds of step narra knows how to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    Download,
+    Extract,
+    Store,
+}
+
+impl StepKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKind::Download => "download",
+            StepKind::Extract => "extract",
+            StepKind::Store => "store",
+        }
+    }
+
+    /// The runbook's phase for each step.
+    pub fn phase(self) -> Phase {
+        match self {
+            StepKind::Download => Phase::Downloading,
+            StepKind::Extract => Phase::Processing,
+            StepKind::Store => Phase::Storing,
+        }
+    }
+
+    /// Bumped when a step's code changes what it produces, so old checkpoints stop counting as done.
+    fn implementation_version(self) -> u32 {
+        match self {
+            StepKind::Download => 1,
+            StepKind::Extract => 1,
+            StepKind::Store => 1,
+        }
+    }
+}
+
+/// Download limits. None of them changes the downloaded bytes, so none is in the definition hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadParams {
+    pub connect_timeout_s: u64,
+    /// A transfer that delivers no byte for this long fails as `network_timeout`.
+    pub read_timeout_s: u64,
+    pub total_timeout_s: u64,
+    pub user_agent: String,
+}
+
+impl Default for DownloadParams {
+    fn default() -> Self {
+        DownloadParams {
+            connect_timeout_s: 10,
+            read_timeout_s: 30,
+            total_timeout_s: 6 * 3600,
+            user_agent: concat!("narra/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+/// How the audio is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AudioMode {
+    /// Stream copy into a container matched to the source codec (no re-encoding).
+    Copy,
+    Flac,
+    Wav,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtractParams {
+    pub audio: AudioMode,
+    /// Resample to this rate when transcoding; ignored by `copy`.
+    pub sample_rate: Option<u32>,
+    /// Down- or up-mix to this many channels when transcoding; ignored by `copy`.
+    pub channels: Option<u32>,
+}
+
+impl Default for ExtractParams {
+    fn default() -> Self {
+        ExtractParams {
+            audio: AudioMode::Copy,
+            sample_rate: None,
+            channels: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreParams {
+    /// How long an unavailable object store is retried (with backoff) before the job fails as
+    /// `storage_unavailable`, keeping its checkpoints.
+    pub storage_unavailable_wait_s: u64,
+}
+
+impl Default for StoreParams {
+    fn default() -> Self {
+        StoreParams {
+            storage_unavailable_wait_s: 60,
+        }
+    }
+}
+
+/// One step of a workflow with its typed parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepDef {
+    Download(DownloadParams),
+    Extract(ExtractParams),
+    Store(StoreParams),
+}
+
+impl StepDef {
+    pub fn kind(&self) -> StepKind {
+        match self {
+            StepDef::Download(_) => StepKind::Download,
+            StepDef::Extract(_) => StepKind::Extract,
+            StepDef::Store(_) => StepKind::Store,
+        }
+    }
+
+    /// blake3 over the step kind, its implementation version and the parameters that change its
+    /// output, as canonical JSON.
+    pub fn definition_hash(&self) -> Hash {
+        let kind = self.kind();
+        let output_params = match self {
+            StepDef::Download(_) => serde_json::json!({}),
+            StepDef::Extract(params) => serde_json::json!({
+                "audio": params.audio,
+                "sample_rate": params.sample_rate,
+                "channels": params.channels,
+            }),
+            StepDef::Store(_) => serde_json::json!({}),
+        };
+        let canonical = serde_json::json!({
+            "step": kind.name(),
+            "version": kind.implementation_version(),
+            "params": output_params,
+        });
+        Hash::of(canonical.to_string().as_bytes())
+    }
+}
+
+/// A named, validated workflow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workflow {
+    pub name: String,
+    pub description: String,
+    pub steps: Vec<StepDef>,
+}
+
+impl Workflow {
+    pub fn download(&self) -> &DownloadParams {
+        self.steps
+            .iter()
+            .find_map(|step| match step {
+                StepDef::Download(params) => Some(params),
+                _ => None,
+            })
+            .expect("a validated workflow has a download step")
+    }
+
+    pub fn extract(&self) -> &ExtractParams {
+        self.steps
+            .iter()
+            .find_map(|step| match step {
+                StepDef::Extract(params) => Some(params),
+                _ => None,
+            })
+            .expect("a validated workflow has an extract step")
+    }
+
+    pub fn store(&self) -> &StoreParams {
+        self.steps
+            .iter()
+            .find_map(|step| match step {
+                StepDef::Store(params) => Some(params),
+                _ => None,
+            })
+            .expect("a validated workflow has a store step")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowFile {
+    name: String,
+    #[serde(default)]
+    description: String,
+    steps: Vec<StepFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepFile {
+    kind: StepKind,
+    #[serde(default)]
+    params: Option<toml::Value>,
+}
+
+/// The order every workflow's steps must have: each step consumes the outputs of those before it.
+const STEP_ORDER: [StepKind; 3] = [StepKind::Download, StepKind::Extract, StepKind::Store];
+
+/// Parses and validates one workflow definition. `file_name` is the name the file gives.
+pub fn parse_workflow(file_name: &str, text: &str) -> Result<Workflow, WorkflowError> {
+    let invalid = |reason: String| WorkflowError::Invalid {
+        name: file_name.to_string(),
+        reason,
+    };
+    let file: WorkflowFile = toml::from_str(text).map_err(|error| invalid(error.to_string()))?;
+    if file.name != file_name {
+        return Err(invalid(format!(
+            "the file declares name {:?}; a workflow's name must match its file name",
+            file.name
+        )));
+    }
+    if !file
+        .name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || file.name.is_empty()
+    {
+        return Err(invalid(
+            "a name uses only letters, digits, '-' and '_'".into(),
+        ));
+    }
+    let kinds: Vec<StepKind> = file.steps.iter().map(|step| step.kind).collect();
+    if kinds != STEP_ORDER {
+        return Err(invalid(format!(
+            "steps must be download, extract, store in that order (found {:?})",
+            kinds.iter().map(|kind| kind.name()).collect::<Vec<_>>()
+        )));
+    }
+    let mut steps = Vec::with_capacity(file.steps.len());
+    for step in file.steps {
+        let params = step
+            .params
+            .unwrap_or_else(|| toml::Value::Table(Default::default()));
+        let parse_error =
+            |error: toml::de::Error| invalid(format!("step {}: {error}", step.kind.name()));
+        steps.push(match step.kind {
+            StepKind::Download => StepDef::Download(params.try_into().map_err(parse_error)?),
+            StepKind::Extract => StepDef::Extract(params.try_into().map_err(parse_error)?),
+            StepKind::Store => StepDef::Store(params.try_into().map_err(parse_error)?),
+        });
+    }
+    Ok(Workflow {
+        name: file.name,
+        description: file.description,
+        steps,
+    })
+}
+
+/// Every workflow this process knows: the built-ins, then those of `--workflows DIR`.
+#[derive(Debug, Clone)]
+pub struct WorkflowRegistry {
+    workflows: BTreeMap<String, Workflow>,
+}
+
+impl WorkflowRegistry {
+    pub fn builtin() -> WorkflowRegistry {
+        let workflows = BUILTIN_WORKFLOWS
+            .iter()
+            .map(|(name, text)| {
+                let workflow = parse_workflow(name, text).expect("built-in workflows are valid");
+                (workflow.name.clone(), workflow)
+            })
+            .collect();
+        WorkflowRegistry { workflows }
+    }
+
+    /// The built-ins plus every `*.toml` in `dir`; a file there overrides a built-in of its name.
+    pub fn load(dir: Option<&Path>) -> Result<WorkflowRegistry, WorkflowError> {
+        let mut registry = WorkflowRegistry::builtin();
+        let Some(dir) = dir else {
+            return Ok(registry);
+        };
+        let io_error = |source| WorkflowError::Io {
+            path: dir.display().to_string(),
+            source,
+        };
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .map_err(io_error)?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let file_name = path
+                .file_stem()
+                .and_then(|stem| stem.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let text = std::fs::read_to_string(&path).map_err(|source| WorkflowError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let workflow = parse_workflow(&file_name, &text)?;
+            registry.workflows.insert(workflow.name.clone(), workflow);
+        }
+        Ok(registry)
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Workflow, WorkflowError> {
+        self.workflows
+            .get(name)
+            .ok_or_else(|| WorkflowError::Unknown {
+                name: name.to_string(),
+                known: self
+                    .workflows
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.workflows.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_ingest_is_download_extract_store_with_copy_audio() {
+        let registry = WorkflowRegistry::builtin();
+        let workflow = registry.get("ingest").unwrap();
+        let kinds: Vec<_> = workflow.steps.iter().map(StepDef::kind).collect();
+        assert_eq!(kinds, STEP_ORDER);
+        assert_eq!(workflow.extract().audio, AudioMode::Copy);
+    }
+
+    #[test]
+    fn changing_an_extract_parameter_changes_only_the_extract_hash() {
+        let base = WorkflowRegistry::builtin().get("ingest").unwrap().clone();
+        let mut changed = base.clone();
+        for step in &mut changed.steps {
+            if let StepDef::Extract(params) = step {
+                params.audio = AudioMode::Flac;
+            }
+        }
+        let hashes = |workflow: &Workflow| {
+            workflow
+                .steps
+                .iter()
+                .map(StepDef::definition_hash)
+                .collect::<Vec<_>>()
+        };
+        let (before, after) = (hashes(&base), hashes(&changed));
+        assert_eq!(before[0], after[0]);
+        assert_ne!(before[1], after[1]);
+        assert_eq!(before[2], after[2]);
+    }
+
+    #[test]
+    fn download_limits_do_not_change_the_download_hash() {
+        let mut params = DownloadParams::default();
+        let before = StepDef::Download(params.clone()).definition_hash();
+        params.read_timeout_s += 1;
+        assert_eq!(before, StepDef::Download(params).definition_hash());
+    }
+
+    #[test]
+    fn steps_out_of_order_are_refused_with_the_reason() {
+        let text = "name = \"x\"\n[[steps]]\nkind = \"store\"\n[[steps]]\nkind = \"download\"\n[[steps]]\nkind = \"extract\"\n";
+        let error = parse_workflow("x", text).unwrap_err().to_string();
+        assert!(error.contains("download, extract, store"), "{error}");
+    }
+
+    #[test]
+    fn unknown_parameters_are_refused() {
+        let text = "name = \"x\"\n[[steps]]\nkind = \"download\"\n[[steps]]\nkind = \"extract\"\nparams = { audoi = \"copy\" }\n[[steps]]\nkind = \"store\"\n";
+        let error = parse_workflow("x", text).unwrap_err().to_string();
+        assert!(error.contains("audoi"), "{error}");
+    }
+
+    #[test]
+    fn a_directory_workflow_overrides_the_builtin_of_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = BUILTIN_WORKFLOWS[0]
+            .1
+            .replace("audio = \"copy\"", "audio = \"wav\"");
+        std::fs::write(dir.path().join("ingest.toml"), text).unwrap();
+        let registry = WorkflowRegistry::load(Some(dir.path())).unwrap();
+        assert_eq!(
+            registry.get("ingest").unwrap().extract().audio,
+            AudioMode::Wav
+        );
+    }
+}
