@@ -233,8 +233,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 reingest,
             };
             let submitted = submit(engine, &sources, &options).await?;
-            let mut ids: Vec<JobId> = submitted.iter().map(|submitted| submitted.job.id).collect();
-            ids.dedup();
+            // The same source twice on one command line is one job, run once.
+            let mut ids: Vec<JobId> = Vec::with_capacity(submitted.len());
+            for submitted in &submitted {
+                if !ids.contains(&submitted.job.id) {
+                    ids.push(submitted.job.id);
+                }
+            }
             let jobs = run_jobs(engine, &ids, concurrency).await?;
             print_jobs(&mut out, &jobs, json)?;
             Ok(exit_for(&jobs))

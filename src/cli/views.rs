@@ -58,7 +58,7 @@ pub fn job_detail(
             .iter()
             .find(|checkpoint| checkpoint.step == "store")
             .and_then(|checkpoint| checkpoint.output("manifest"))
-            .map(|output| location_text(output)),
+            .map(location_text),
         "metadata": metadata.map(metadata_json),
         "events": events.iter().map(event_json).collect::<Vec<_>>(),
     })

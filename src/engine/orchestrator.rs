@@ -280,3 +280,107 @@ pub async fn work(
     }
     Ok(finished)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::job::Phase;
+    use crate::storage::Storage;
+    use crate::store::SledStore;
+    use crate::workflow::WorkflowRegistry;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn engine(home: &std::path::Path) -> Engine {
+        let store = Arc::new(SledStore::open(&home.join("state"), 8 * 1024 * 1024).unwrap());
+        Engine::new(
+            store,
+            Storage::from_uri("memory://").unwrap(),
+            WorkflowRegistry::builtin(),
+            home,
+        )
+        .unwrap()
+    }
+
+    /// An origin that announces a large body, sends a few bytes, tells the test, then stalls.
+    async fn stalling_origin() -> (String, tokio::sync::oneshot::Receiver<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/stall.mp4", listener.local_addr().unwrap());
+        let (sent, sent_receiver) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await.unwrap();
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n0123456789")
+                .await
+                .unwrap();
+            socket.flush().await.unwrap();
+            let _ = sent.send(());
+            // Hold the connection open without sending more.
+            std::future::pending::<()>().await;
+        });
+        (url, sent_receiver)
+    }
+
+    // Guards that cancelling a running job stops it at once (its transfer is dropped) and leaves it
+    // cancelled with no phase, rather than waiting for the stalled download's timeout.
+    #[tokio::test]
+    async fn cancelling_a_running_job_stops_its_download_and_clears_the_phase() {
+        let home = tempfile::tempdir().unwrap();
+        let engine = engine(home.path());
+        let (url, bytes_sent) = stalling_origin().await;
+        let submitted = submit(&engine, &[url], &SubmitOptions::default()).await.unwrap();
+        let id = submitted[0].job.id;
+        let runner = {
+            let engine = engine.clone();
+            tokio::spawn(async move { run_job(&engine, id).await })
+        };
+        bytes_sent.await.unwrap();
+        let running = engine.store.job(id).await.unwrap().unwrap();
+        assert_eq!(running.status, Status::Running);
+        assert_eq!(running.ingestion_phase, Some(Phase::Downloading));
+
+        let requested = engine.store.cancel(id).await.unwrap().unwrap();
+        assert!(requested.cancel_requested);
+
+        let finished = runner.await.unwrap().unwrap();
+        assert_eq!(finished.status, Status::Cancelled);
+        assert_eq!(finished.ingestion_phase, None);
+        assert!(finished.lease.is_none());
+        let events = engine.store.events(id).await.unwrap();
+        assert!(
+            events.iter().any(|event| matches!(event.kind, crate::engine::job::EventKind::CancelRequested)),
+            "{events:?}"
+        );
+        assert!(!engine.scratch_dir(id).join("original").exists(), "no partial download at the final name");
+    }
+
+    // Guards that a job left running by a dead process is reclaimed with its old token fenced, and
+    // then runs to the end.
+    #[tokio::test]
+    async fn orphaned_running_jobs_are_reclaimed_and_their_old_token_is_fenced() {
+        let home = tempfile::tempdir().unwrap();
+        let engine = engine(home.path());
+        let submitted = submit(&engine, &["ftp://example.com/a.mp4".to_string()], &SubmitOptions::default())
+            .await
+            .unwrap();
+        let id = submitted[0].job.id;
+        let (_, old_token) = engine
+            .store
+            .claim(id, &engine.worker_id, engine.lease_ttl_ms)
+            .await
+            .unwrap()
+            .unwrap();
+
+        let reclaimed = reclaim_orphans(&engine).await.unwrap();
+        assert_eq!(reclaimed.len(), 1);
+        assert_eq!(reclaimed[0].status, Status::Pending);
+        let stale = engine.store.set_phase(&old_token, Phase::Downloading).await.unwrap();
+        assert!(matches!(stale, Err(Rejected::Fenced { .. })), "{stale:?}");
+
+        let finished = run_job(&engine, id).await.unwrap();
+        assert_eq!(finished.status, Status::Failed);
+        assert_eq!(finished.error.unwrap().class, "unsupported_source");
+        assert_eq!(finished.attempts, 2);
+    }
+}

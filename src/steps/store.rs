@@ -6,7 +6,9 @@
 //! implies complete artifacts. The manifest has no timestamps: rewriting it is byte-identical.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::{ErrorClass, StepError};
 use crate::engine::job::{ChangeToken, Hash, JobId, Location, MediaMetadata, StepOutput};
@@ -229,5 +231,70 @@ where
             }
             Err(error) => return Err(error.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn unavailable() -> StorageError {
+        StorageError::Unavailable {
+            action: "writing",
+            key: "blobs/aa/x.mp4".into(),
+            message: "connection refused".into(),
+        }
+    }
+
+    // Guards that an unavailable object store is retried with backoff, and that the step gives up
+    // with `storage_unavailable` once the configured wait is spent.
+    #[tokio::test(start_paused = true)]
+    async fn unavailable_storage_is_retried_until_the_wait_is_spent() {
+        let calls = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let result: Result<(), StepError> = with_retry(Duration::from_secs(5), || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(unavailable())
+        })
+        .await;
+        let error = result.unwrap_err();
+        assert_eq!(error.class, ErrorClass::StorageUnavailable);
+        assert!(calls.load(Ordering::SeqCst) > 2, "retried more than once");
+        assert!(started.elapsed() <= Duration::from_secs(5), "gave up within the wait");
+    }
+
+    // Guards that a retried operation's eventual success is returned.
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_comes_back_succeeds() {
+        let calls = AtomicU32::new(0);
+        let result = with_retry(Duration::from_secs(60), || async {
+            if calls.fetch_add(1, Ordering::SeqCst) < 3 {
+                Err(unavailable())
+            } else {
+                Ok(7)
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    // Guards that a local storage error fails at once, without retries.
+    #[tokio::test(start_paused = true)]
+    async fn storage_errors_are_not_retried() {
+        let calls = AtomicU32::new(0);
+        let result: Result<(), StepError> = with_retry(Duration::from_secs(60), || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(StorageError::Failed {
+                action: "writing",
+                key: "k".into(),
+                message: "Not a directory".into(),
+            })
+        })
+        .await;
+        assert_eq!(result.unwrap_err().class, ErrorClass::StorageError);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }
