@@ -329,7 +329,9 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let engine = engine(home.path());
         let (url, bytes_sent) = stalling_origin().await;
-        let submitted = submit(&engine, &[url], &SubmitOptions::default()).await.unwrap();
+        let submitted = submit(&engine, &[url], &SubmitOptions::default())
+            .await
+            .unwrap();
         let id = submitted[0].job.id;
         let runner = {
             let engine = engine.clone();
@@ -349,10 +351,15 @@ mod tests {
         assert!(finished.lease.is_none());
         let events = engine.store.events(id).await.unwrap();
         assert!(
-            events.iter().any(|event| matches!(event.kind, crate::engine::job::EventKind::CancelRequested)),
+            events
+                .iter()
+                .any(|event| matches!(event.kind, crate::engine::job::EventKind::CancelRequested)),
             "{events:?}"
         );
-        assert!(!engine.scratch_dir(id).join("original").exists(), "no partial download at the final name");
+        assert!(
+            !engine.scratch_dir(id).join("original").exists(),
+            "no partial download at the final name"
+        );
     }
 
     // Guards that a job left running by a dead process is reclaimed with its old token fenced, and
@@ -361,9 +368,13 @@ mod tests {
     async fn orphaned_running_jobs_are_reclaimed_and_their_old_token_is_fenced() {
         let home = tempfile::tempdir().unwrap();
         let engine = engine(home.path());
-        let submitted = submit(&engine, &["ftp://example.com/a.mp4".to_string()], &SubmitOptions::default())
-            .await
-            .unwrap();
+        let submitted = submit(
+            &engine,
+            &["ftp://example.com/a.mp4".to_string()],
+            &SubmitOptions::default(),
+        )
+        .await
+        .unwrap();
         let id = submitted[0].job.id;
         let (_, old_token) = engine
             .store
@@ -375,7 +386,11 @@ mod tests {
         let reclaimed = reclaim_orphans(&engine).await.unwrap();
         assert_eq!(reclaimed.len(), 1);
         assert_eq!(reclaimed[0].status, Status::Pending);
-        let stale = engine.store.set_phase(&old_token, Phase::Downloading).await.unwrap();
+        let stale = engine
+            .store
+            .set_phase(&old_token, Phase::Downloading)
+            .await
+            .unwrap();
         assert!(matches!(stale, Err(Rejected::Fenced { .. })), "{stale:?}");
 
         let finished = run_job(&engine, id).await.unwrap();

@@ -262,7 +262,10 @@ mod tests {
         let error = result.unwrap_err();
         assert_eq!(error.class, ErrorClass::StorageUnavailable);
         assert!(calls.load(Ordering::SeqCst) > 2, "retried more than once");
-        assert!(started.elapsed() <= Duration::from_secs(5), "gave up within the wait");
+        assert!(
+            started.elapsed() <= Duration::from_secs(5),
+            "gave up within the wait"
+        );
     }
 
     // Guards that a retried operation's eventual success is returned.
