@@ -287,13 +287,9 @@ pub fn check_lease(job: &Job, token: &LeaseToken) -> Result<(), Rejected> {
 /// request in the same transition: the phase's life is bounded by `running`.
 fn set_status(job: &mut Job, events: &mut Vec<EventKind>, to: Status, reason: String) {
     let from = job.status;
-    job.status = to;
-    events.push(EventKind::StatusChanged {
-        from: Some(from),
-        to,
-        reason,
-    });
     if to != Status::Running {
+        // The phase event comes first, so replaying the history one event at a time never shows a
+        // phase beside a status other than running.
         if job.ingestion_phase.is_some() {
             events.push(EventKind::PhaseChanged {
                 from: job.ingestion_phase,
@@ -303,5 +299,253 @@ fn set_status(job: &mut Job, events: &mut Vec<EventKind>, to: Status, reason: St
         job.ingestion_phase = None;
         job.lease = None;
         job.cancel_requested = false;
+    }
+    job.status = to;
+    events.push(EventKind::StatusChanged {
+        from: Some(from),
+        to,
+        reason,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    //! A property test of the machine: random operation sequences, with tokens that are sometimes
+    //! current and sometimes stale, never break the ownership rule or the fencing rule.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Which token a generated write presents, resolved against the job when it is applied.
+    #[derive(Debug, Clone)]
+    enum TokenChoice {
+        /// The job's latest token.
+        Current,
+        /// A token this many claims old.
+        Stale(u64),
+        /// A token no claim has handed out yet.
+        Future,
+    }
+
+    #[derive(Debug, Clone)]
+    enum GenOp {
+        Claim,
+        Renew(TokenChoice),
+        Complete(TokenChoice),
+        Fail(TokenChoice),
+        Cancel,
+        ConfirmCancel(TokenChoice),
+        Retry,
+        Reingest,
+        Reclaim,
+        SetPhase(TokenChoice, Phase),
+    }
+
+    fn token_choice() -> impl Strategy<Value = TokenChoice> {
+        prop_oneof![
+            6 => Just(TokenChoice::Current),
+            3 => (1..4u64).prop_map(TokenChoice::Stale),
+            1 => Just(TokenChoice::Future),
+        ]
+    }
+
+    fn phase() -> impl Strategy<Value = Phase> {
+        prop_oneof![
+            Just(Phase::Downloading),
+            Just(Phase::Processing),
+            Just(Phase::Storing),
+        ]
+    }
+
+    fn gen_op() -> impl Strategy<Value = GenOp> {
+        prop_oneof![
+            4 => Just(GenOp::Claim),
+            1 => token_choice().prop_map(GenOp::Renew),
+            2 => token_choice().prop_map(GenOp::Complete),
+            2 => token_choice().prop_map(GenOp::Fail),
+            2 => Just(GenOp::Cancel),
+            2 => token_choice().prop_map(GenOp::ConfirmCancel),
+            2 => Just(GenOp::Retry),
+            1 => Just(GenOp::Reingest),
+            2 => Just(GenOp::Reclaim),
+            5 => (token_choice(), phase()).prop_map(|(token, phase)| GenOp::SetPhase(token, phase)),
+        ]
+    }
+
+    fn resolve(job: &Job, choice: &TokenChoice) -> u64 {
+        match choice {
+            TokenChoice::Current => job.fencing_token,
+            TokenChoice::Stale(age) => job.fencing_token.saturating_sub(*age),
+            TokenChoice::Future => job.fencing_token + 1,
+        }
+    }
+
+    /// The token a write carries, if it carries one.
+    fn presented_token(op: &Op) -> Option<u64> {
+        match op {
+            Op::Orchestrator(
+                OrchestratorOp::RenewLease { token, .. }
+                | OrchestratorOp::Complete { token }
+                | OrchestratorOp::Fail { token, .. }
+                | OrchestratorOp::ConfirmCancel { token },
+            )
+            | Op::Worker(WorkerOp::SetPhase { token, .. }) => Some(*token),
+            Op::Orchestrator(_) => None,
+        }
+    }
+
+    #[derive(Debug)]
+    enum Op {
+        Orchestrator(OrchestratorOp),
+        Worker(WorkerOp),
+    }
+
+    fn materialize(job: &Job, gen_op: &GenOp) -> Op {
+        let worker_id = WorkerId("prop:1:1".to_string());
+        match gen_op {
+            GenOp::Claim => Op::Orchestrator(OrchestratorOp::Claim {
+                worker_id,
+                lease_ttl_ms: 1_000,
+            }),
+            GenOp::Renew(choice) => Op::Orchestrator(OrchestratorOp::RenewLease {
+                token: resolve(job, choice),
+                lease_ttl_ms: 1_000,
+            }),
+            GenOp::Complete(choice) => Op::Orchestrator(OrchestratorOp::Complete {
+                token: resolve(job, choice),
+            }),
+            GenOp::Fail(choice) => Op::Orchestrator(OrchestratorOp::Fail {
+                token: resolve(job, choice),
+                error: ErrorInfo {
+                    class: "prop".to_string(),
+                    message: "generated failure".to_string(),
+                },
+            }),
+            GenOp::Cancel => Op::Orchestrator(OrchestratorOp::Cancel),
+            GenOp::ConfirmCancel(choice) => Op::Orchestrator(OrchestratorOp::ConfirmCancel {
+                token: resolve(job, choice),
+            }),
+            GenOp::Retry => Op::Orchestrator(OrchestratorOp::Retry {
+                reason: "prop retry".to_string(),
+            }),
+            GenOp::Reingest => Op::Orchestrator(OrchestratorOp::Reingest),
+            GenOp::Reclaim => Op::Orchestrator(OrchestratorOp::Reclaim {
+                reason: "prop reclaim".to_string(),
+            }),
+            GenOp::SetPhase(choice, phase) => Op::Worker(WorkerOp::SetPhase {
+                token: resolve(job, choice),
+                phase: *phase,
+            }),
+        }
+    }
+
+    /// (status, ingestion_phase) rebuilt from events alone, checking that each event's `from`
+    /// matches what the events before it said.
+    #[derive(Debug, Default)]
+    struct Replay {
+        status: Option<Status>,
+        phase: Option<Phase>,
+    }
+
+    impl Replay {
+        fn apply(&mut self, event: &EventKind) -> Result<(), TestCaseError> {
+            match event {
+                EventKind::StatusChanged { from, to, .. } => {
+                    prop_assert_eq!(
+                        *from,
+                        self.status,
+                        "status event's from disagrees with history"
+                    );
+                    self.status = Some(*to);
+                }
+                EventKind::PhaseChanged { from, to } => {
+                    prop_assert_eq!(
+                        *from,
+                        self.phase,
+                        "phase event's from disagrees with history"
+                    );
+                    self.phase = *to;
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn random_operations_keep_the_ownership_and_fencing_rules(
+            gen_ops in proptest::collection::vec(gen_op(), 0..80)
+        ) {
+            let now = Timestamp(1_700_000_000_000);
+            let Transition { mut job, events } = new_job(
+                JobId(1),
+                "key".to_string(),
+                "https://example.com/a.mp4".to_string(),
+                "ingest".to_string(),
+                now,
+            );
+            prop_assert!(job.invariants_hold().is_ok());
+            let mut replay = Replay::default();
+            for event in &events {
+                replay.apply(event)?;
+            }
+            prop_assert_eq!((replay.status, replay.phase), (Some(job.status), job.ingestion_phase));
+
+            for (index, gen_op) in gen_ops.iter().enumerate() {
+                let now = now.plus_ms(u64::try_from(index).expect("small") * 10);
+                let op = materialize(&job, gen_op);
+                let live_token = match (&job.lease, job.status) {
+                    (Some(lease), Status::Running) => Some(lease.fencing_token),
+                    _ => None,
+                };
+                let result = match &op {
+                    Op::Orchestrator(op) => apply_orchestrator(&job, op, now),
+                    Op::Worker(op) => apply_worker(&job, op, now),
+                };
+
+                // A write under anything but the live lease's token is fenced.
+                if let Some(token) = presented_token(&op)
+                    && Some(token) != live_token
+                {
+                    prop_assert!(
+                        matches!(result, Err(Rejected::Fenced { .. })),
+                        "{:?} with token {} against live token {:?} gave {:?}",
+                        op, token, live_token, result
+                    );
+                }
+
+                let Ok(Transition { job: next, events }) = result else {
+                    continue;
+                };
+                prop_assert!(next.invariants_hold().is_ok(), "{:?}", next.invariants_hold());
+                prop_assert!(
+                    next.ingestion_phase.is_none() || next.status == Status::Running,
+                    "phase {:?} with status {}", next.ingestion_phase, next.status
+                );
+                prop_assert!(next.fencing_token >= job.fencing_token, "fencing token went down");
+                if matches!(op, Op::Orchestrator(OrchestratorOp::Claim { .. })) {
+                    prop_assert_eq!(next.fencing_token, job.fencing_token + 1);
+                    prop_assert_eq!(next.attempts, job.attempts + 1);
+                } else {
+                    prop_assert_eq!(next.fencing_token, job.fencing_token);
+                }
+                if matches!(op, Op::Worker(_)) {
+                    prop_assert_eq!(next.status, job.status, "a worker op moved the status");
+                }
+                for event in &events {
+                    replay.apply(event)?;
+                }
+                prop_assert_eq!(
+                    (replay.status, replay.phase),
+                    (Some(next.status), next.ingestion_phase),
+                    "events do not replay to the job after {:?}", op
+                );
+                job = next;
+            }
+        }
     }
 }

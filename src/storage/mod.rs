@@ -179,10 +179,11 @@ impl Storage {
             Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(self.classify("reading", key, error)),
         };
-        let mut stream = reader
-            .into_bytes_stream(..)
-            .await
-            .map_err(|error| self.classify("reading", key, error))?;
+        let mut stream = match reader.into_bytes_stream(..).await {
+            Ok(stream) => stream,
+            Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(self.classify("reading", key, error)),
+        };
         let mut hasher = blake3::Hasher::new();
         let mut size = 0u64;
         while let Some(chunk) = stream

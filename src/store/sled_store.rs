@@ -4,15 +4,15 @@
 //! Trees and their keys (job ids are 16 bytes, big-endian, so keys sort by ULID, i.e. by creation
 //! time; every value goes through `store::codec`):
 //!
-//! | tree           | key                              | value           |
-//! |----------------|----------------------------------|-----------------|
-//! | `jobs`         | job id                           | `Job`           |
-//! | `keys`         | idempotency key, UTF-8           | job id          |
+//! | tree           | key                               | value           |
+//! |----------------|-----------------------------------|-----------------|
+//! | `jobs`         | job id                            | `Job`           |
+//! | `keys`         | idempotency key, UTF-8            | job id          |
 //! | `status_index` | `[status.index_byte()]` ++ job id | empty           |
-//! | `checkpoints`  | job id ++ step name, UTF-8       | `Checkpoint`    |
-//! | `events`       | job id ++ seq (u64 BE)           | `Event`         |
-//! | `metadata`     | job id                           | `MediaMetadata` |
-//! | `logs`         | job id ++ seq (u64 BE)           | `LogLine`       |
+//! | `checkpoints`  | job id ++ step name, UTF-8        | `Checkpoint`    |
+//! | `events`       | job id ++ seq (u64 BE)            | `Event`         |
+//! | `metadata`     | job id                            | `MediaMetadata` |
+//! | `logs`         | job id ++ seq (u64 BE)            | `LogLine`       |
 //!
 //! The write protocol of every mutating operation:
 //! 1. One sled transaction over `jobs`, `keys`, `status_index`, `checkpoints`, `events` and
@@ -20,7 +20,7 @@
 //!    transaction, so a refused call writes nothing), checks the result's invariants, and writes
 //!    the job, its status-index entry, its events (and for `record_checkpoint` the checkpoint and
 //!    metadata record). A crash before the commit leaves none of it; the transaction is atomic.
-//! 2. `flush_async` syncs sled's log to disk. A crash between commit and flush may lose the write,
+//! 2. A flush syncs sled's log to disk. A crash between commit and flush may lose the write,
 //!    but the caller has not been told it succeeded, so nothing acknowledged is lost.
 //! 3. Only then does the call return success.
 //!
@@ -29,19 +29,21 @@
 //! status its oldest lines are trimmed to [`LOG_LINES_MAX`]; while a job runs, its log may grow past
 //! the bound until the job ends.
 //!
-//! sled calls are synchronous and made on the caller's task: commits only touch sled's in-memory
-//! log buffer, and the one slow operation, the flush, runs on sled's own thread pool.
+//! sled calls are synchronous and made on the caller's task: a commit touches sled's in-memory
+//! log buffer, and at worst waits for a concurrent flush's fsync (sled serializes transactions
+//! against flushes with one process-wide lock). The flush itself runs on tokio's blocking pool.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use sled::Transactional;
 use sled::transaction::{
     ConflictableTransactionError, ConflictableTransactionResult, TransactionError,
     TransactionalTree,
 };
+use sled::{IVec, Transactional};
 
 use super::codec;
 use super::{
@@ -82,6 +84,8 @@ pub struct SledStore {
     logs: sled::Tree,
     /// The sequence number of the next log line, over all jobs: keys still sort per job by seq.
     log_seq_next: AtomicU64,
+    /// Serializes flushes; see [`SledStore::flush`].
+    flush_lock: tokio::sync::Mutex<()>,
     /// Log lines that could not be written. They are counted, not logged: `append_log` is called
     /// from inside the tracing layer, and logging its own failure would feed the failure back in.
     log_lines_dropped: AtomicU64,
@@ -116,6 +120,7 @@ impl SledStore {
             logs,
             db,
             log_seq_next: AtomicU64::new(log_seq_next),
+            flush_lock: tokio::sync::Mutex::new(()),
             log_lines_dropped: AtomicU64::new(0),
         };
         tracing::debug!(path = %path.display(), cache_capacity_bytes, "opened state store");
@@ -130,6 +135,84 @@ impl SledStore {
     /// How many log lines `append_log` failed to write since the store was opened.
     pub fn log_lines_dropped(&self) -> u64 {
         self.log_lines_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Checks the trees against each other: every job decodes and holds its invariants, the
+    /// status index has exactly one entry per job, under its status, every idempotency key names a
+    /// job with that key and back, and each job's events are numbered `0..events_next` with no gap.
+    /// Reads every record: for tests and offline checks, not for the hot path.
+    pub fn check_consistency(&self) -> StoreResult<()> {
+        let mut index_keys = self
+            .status_index
+            .iter()
+            .keys()
+            .collect::<Result<BTreeSet<IVec>, _>>()?;
+        for entry in self.jobs.iter() {
+            let (key, bytes) = entry?;
+            let job = decode_job(&key, &bytes)?;
+            let index_key = index_key(job.status, job.id);
+            if !index_keys.remove(&index_key[..]) {
+                return Err(corrupt(
+                    TREE_STATUS_INDEX,
+                    &index_key,
+                    format!("job {} is {} but not indexed as such", job.id, job.status),
+                ));
+            }
+            let key_target = self.keys.get(job.key.as_bytes())?;
+            if key_target.as_deref() != Some(&key[..]) {
+                return Err(corrupt(
+                    TREE_KEYS,
+                    job.key.as_bytes(),
+                    format!(
+                        "key of job {} names {:?}",
+                        job.id,
+                        key_target.map(|id| codec::hex(&id))
+                    ),
+                ));
+            }
+            let mut seq_expected = 0;
+            for event_key in self.events.scan_prefix(&key).keys() {
+                let event_key = event_key?;
+                if seq_in(TREE_EVENTS, &event_key)? != seq_expected {
+                    return Err(corrupt(
+                        TREE_EVENTS,
+                        &event_key,
+                        format!("expected event seq {seq_expected}"),
+                    ));
+                }
+                seq_expected += 1;
+            }
+            if seq_expected != job.events_next {
+                return Err(corrupt(
+                    TREE_JOBS,
+                    &key,
+                    format!(
+                        "{seq_expected} events but events_next is {}",
+                        job.events_next
+                    ),
+                ));
+            }
+        }
+        if let Some(index_key) = index_keys.first() {
+            return Err(corrupt(
+                TREE_STATUS_INDEX,
+                index_key,
+                "index entry for no job with that status".to_string(),
+            ));
+        }
+        for entry in self.keys.iter() {
+            let (key, id_bytes) = entry?;
+            let id = job_id_in(TREE_KEYS, &key, &id_bytes)?;
+            let named = self.read_job(id)?;
+            if named.as_ref().map(|job| job.key.as_bytes()) != Some(&key[..]) {
+                return Err(corrupt(
+                    TREE_KEYS,
+                    &key,
+                    format!("names job {id}, which has another key"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Runs `body` as one transaction over every tree but `logs`. A `Rejected` abort comes back as
@@ -167,8 +250,23 @@ impl SledStore {
     }
 
     /// Syncs sled's log: called after every commit, before the call returns success.
+    ///
+    /// Not `Tree::flush_async`: in sled 0.34.7 it waits on sled's own IO thread pool, the pool that
+    /// must also run the log write the flush waits for, and it deadlocks once seven flushes wait
+    /// there at once (spacejam/sled#1241, #1308; reproduced here by
+    /// `concurrent_claimers_never_share_a_job`). The blocking flush runs on tokio's blocking pool
+    /// instead, one at a time: a flush that finds nothing left to write returns at once, so callers
+    /// queued behind one flush mostly share it.
     async fn flush(&self) -> StoreResult<()> {
-        self.db.flush_async().await?;
+        let _one_flush_at_a_time = self.flush_lock.lock().await;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|join_error| {
+                StoreError::Io(std::io::Error::other(format!(
+                    "the state store flush task failed: {join_error}"
+                )))
+            })??;
         Ok(())
     }
 
@@ -196,13 +294,26 @@ impl SledStore {
         Ok(Ok(job))
     }
 
-    /// Claims the oldest job that is still pending when its transaction runs. Synchronous so that
-    /// no sled iterator lives across an await.
+    /// Claims the oldest job that is still pending when its transaction runs. No sled iterator is
+    /// open while a transaction runs (sled 0.34 has had deadlocks between the two,
+    /// spacejam/sled#1301), so each candidate is found by a fresh one-step range read.
     fn claim_oldest_pending(&self, op: &OrchestratorOp) -> StoreResult<Option<Job>> {
         let now = Timestamp::now();
-        let prefix = [Status::Pending.index_byte()];
-        for key in self.status_index.scan_prefix(prefix).keys() {
-            let key = key?;
+        let prefix = Status::Pending.index_byte();
+        // The smallest key not yet tried.
+        let mut cursor = vec![prefix];
+        loop {
+            let candidate = self
+                .status_index
+                .range(cursor.as_slice()..)
+                .next()
+                .transpose()?;
+            let Some((key, _)) = candidate else {
+                return Ok(None);
+            };
+            if key.first() != Some(&prefix) {
+                return Ok(None);
+            }
             let id = job_id_in(TREE_STATUS_INDEX, &key, &key[1..])?;
             let outcome = self.transact(|tx| {
                 let job = tx.existing_job(id)?;
@@ -216,8 +327,9 @@ impl SledStore {
                     tracing::trace!(job_id = %id, %rejected, "pending job no longer claimable");
                 }
             }
+            cursor = key.to_vec();
+            cursor.push(0);
         }
-        Ok(None)
     }
 
     fn read_job(&self, id: JobId) -> StoreResult<Option<Job>> {
@@ -644,16 +756,16 @@ impl OrchestratorStore for SledStore {
             Ok(submitted) => submitted,
             // The body refuses only through `store_abort`.
             Err(rejected) => {
-                return Err(StoreError::Corrupt {
-                    tree: TREE_JOBS,
-                    key: String::new(),
-                    reason: format!("submit was refused: {rejected}"),
-                });
+                return Err(corrupt(
+                    TREE_KEYS,
+                    request.key.as_bytes(),
+                    format!("submit was refused: {rejected}"),
+                ));
             }
         };
-        if submitted.outcome != SubmitOutcome::Existing {
-            self.flush().await?;
-        }
+        // Also for an existing job: another caller may have committed it and not yet flushed, and
+        // this call is about to acknowledge it. A flush with nothing to write returns at once.
+        self.flush().await?;
         tracing::debug!(
             job_id = %submitted.job.id,
             outcome = ?submitted.outcome,
@@ -894,6 +1006,16 @@ mod tests {
     async fn conformance_suite_passes_on_disk() {
         let stores = Stores::new();
         conformance::run_all(|| async { stores.fresh() }).await;
+        // Each check's store was dropped when the check ended: reopen every one from disk, and
+        // check that the trees of what the suite left behind agree with each other.
+        let count = stores.count.load(Ordering::Relaxed);
+        assert!(count > 10, "the suite made {count} stores");
+        for index in 0..count {
+            let store = open(&stores.parent.path().join(format!("store-{index}")));
+            if let Err(error) = store.check_consistency() {
+                panic!("store {index} after the conformance suite: {error}");
+            }
+        }
     }
 
     fn request(key: &str) -> SubmitRequest {
