@@ -18,7 +18,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(narra::cli::run(cli)) {
+    let result = runtime.block_on(narra::cli::run(cli));
+    drop(runtime);
+    report_peak_rss();
+    match result {
         Ok(code) => code,
         Err(error) => {
             let mut message = error.to_string();
@@ -28,5 +31,21 @@ fn main() -> ExitCode {
             eprintln!("narra: {message}");
             ExitCode::from(error.exit_code())
         }
+    }
+}
+
+/// With `NARRA_REPORT_PEAK_RSS=1`, prints the process's peak resident memory as the last stderr
+/// line (`narra: peak_rss_kib=N`), so memory tests and benches can read it.
+fn report_peak_rss() {
+    if std::env::var("NARRA_REPORT_PEAK_RSS").as_deref() != Ok("1") {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+    if let Some(peak_kib) = peak {
+        eprintln!("narra: peak_rss_kib={peak_kib}");
     }
 }

@@ -53,6 +53,10 @@ pub struct GlobalArgs {
     /// Print JSON on stdout instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Let downloads reach loopback, private and link-local addresses (on-premises sources, tests).
+    /// Also `NARRA_ALLOW_PRIVATE_NETWORK=1`; `NARRA_ALLOWED_HOSTS=a,b` allows single hosts.
+    #[arg(long, global = true)]
+    pub allow_private_network: bool,
     /// How logs are written to stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -199,8 +203,9 @@ pub fn open_home(global: &GlobalArgs) -> Result<Home, CliError> {
         Storage::from_uri(&storage_uri).map_err(|error| CliError::Usage(error.to_string()))?;
     let workflows = WorkflowRegistry::load(global.workflows.as_deref())
         .map_err(|error| CliError::Usage(error.to_string()))?;
-    let engine = Engine::new(store, storage, workflows, &home)
-        .map_err(|error| CliError::Other(anyhow::anyhow!(error.to_string())))?;
+    let mut network = crate::steps::net::NetworkPolicy::from_env();
+    network.allow_private_network |= global.allow_private_network;
+    let engine = Engine::new(store, storage, workflows, &home, network);
     Ok(Home {
         engine,
         _lock: lock,
@@ -281,7 +286,26 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Jobs { status, limit } => {
             let jobs = engine.store.jobs(&JobFilter { status, limit }).await?;
-            print_jobs(&mut out, &jobs, json)?;
+            if json {
+                let mut list = Vec::with_capacity(jobs.len());
+                for job in &jobs {
+                    let mut summary = views::job_summary(job);
+                    let progress = engine.store.progress(job.id).await?;
+                    summary["progress"] = views::progress_json(progress.as_ref());
+                    list.push(summary);
+                }
+                writeln!(out, "{}", serde_json::to_string_pretty(&list).expect("JSON")).map_err(io)?;
+            } else {
+                for job in &jobs {
+                    let mut line = views::job_line(job);
+                    if job.status == Status::Running
+                        && let Some(progress) = engine.store.progress(job.id).await?
+                    {
+                        line.push_str(&format!("  {}", views::progress_text(&progress)));
+                    }
+                    writeln!(out, "{line}").map_err(io)?;
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Show { id } => {
@@ -289,8 +313,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let checkpoints = engine.store.checkpoints(id).await?;
             let metadata = engine.store.metadata(id).await?;
             let events = engine.store.events(id).await?;
+            let progress = engine.store.progress(id).await?;
             if json {
-                let value = views::job_detail(&job, &checkpoints, metadata.as_ref(), &events);
+                let mut value = views::job_detail(&job, &checkpoints, metadata.as_ref(), &events);
+                value["progress"] = views::progress_json(progress.as_ref());
                 writeln!(
                     out,
                     "{}",
@@ -298,12 +324,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 )
                 .map_err(io)?;
             } else {
-                write!(
-                    out,
-                    "{}",
-                    views::job_text(&job, &checkpoints, metadata.as_ref(), &events)
-                )
-                .map_err(io)?;
+                let text = views::job_text(&job, &checkpoints, metadata.as_ref(), &events);
+                let (head, rest) = text.split_once("\n\n").unwrap_or((text.as_str(), ""));
+                writeln!(out, "{head}").map_err(io)?;
+                if let Some(progress) = &progress {
+                    writeln!(out, "progress         {}", views::progress_text(progress)).map_err(io)?;
+                }
+                write!(out, "\n{rest}").map_err(io)?;
             }
             Ok(ExitCode::SUCCESS)
         }

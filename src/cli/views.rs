@@ -9,12 +9,21 @@ use crate::engine::job::{
     ChangeToken, Checkpoint, Event, EventKind, Job, LogLine, MediaMetadata, StepOutput,
 };
 use crate::steps::extract::metadata_json;
+use crate::steps::redact::redact_url;
+
+/// A default key is `<workflow>:<normalised source>`: redact the URL part.
+fn redact_url_in_key(key: &str) -> String {
+    match key.split_once(':') {
+        Some((workflow, rest)) if rest.contains("://") => format!("{workflow}:{}", redact_url(rest)),
+        _ => redact_url(key),
+    }
+}
 
 /// `{id, source, status, ingestion_phase, error}`: what `ingest`, `submit`, `retry`, `jobs` print.
 pub fn job_summary(job: &Job) -> Value {
     json!({
         "id": job.id.to_string(),
-        "source": job.source,
+        "source": redact_url(&job.source),
         "status": job.status.as_str(),
         "ingestion_phase": job.ingestion_phase.map(|phase| phase.as_str()),
         "error": error_json(job),
@@ -37,8 +46,8 @@ pub fn job_detail(
 ) -> Value {
     json!({
         "id": job.id.to_string(),
-        "key": job.key,
-        "source": job.source,
+        "key": redact_url_in_key(&job.key),
+        "source": redact_url(&job.source),
         "workflow": job.workflow,
         "status": job.status.as_str(),
         "ingestion_phase": job.ingestion_phase.map(|phase| phase.as_str()),
@@ -72,7 +81,7 @@ pub fn artifacts(checkpoints: &[Checkpoint]) -> Vec<Value> {
     else {
         return Vec::new();
     };
-    ["video", "audio", "metadata"]
+    ["video", "audio", "metadata", "platform_metadata"]
         .iter()
         .filter_map(|kind| store.output(kind))
         .map(|output| {
@@ -180,7 +189,7 @@ pub fn job_line(job: &Job) -> String {
         job.ingestion_phase
             .map(|phase| phase.as_str())
             .unwrap_or("-"),
-        job.source
+        redact_url(&job.source)
     );
     if let Some(error) = &job.error {
         line.push_str(&format!("  [{}] {}", error.class, error.message));
@@ -201,9 +210,9 @@ pub fn job_text(
         out.push('\n');
     };
     line(format!("job              {}", job.id));
-    line(format!("source           {}", job.source));
+    line(format!("source           {}", redact_url(&job.source)));
     line(format!("workflow         {}", job.workflow));
-    line(format!("key              {}", job.key));
+    line(format!("key              {}", redact_url_in_key(&job.key)));
     line(format!("status           {}", job.status));
     line(format!(
         "ingestion_phase  {}",
@@ -355,4 +364,32 @@ pub fn log_line_text(line: &LogLine) -> String {
 
 pub fn log_line_json(line: &LogLine) -> Value {
     json!({"at": line.at.to_rfc3339(), "level": line.level, "message": line.message})
+}
+
+/// `{bytes_done, bytes_total, rate_bytes_per_s, updated_at}` or null.
+pub fn progress_json(progress: Option<&crate::engine::job::JobProgress>) -> Value {
+    match progress {
+        Some(progress) => json!({
+            "bytes_done": progress.bytes_done,
+            "bytes_total": progress.bytes_total,
+            "rate_bytes_per_s": progress.rate_bytes_per_s,
+            "updated_at": progress.updated_at.to_rfc3339(),
+        }),
+        None => Value::Null,
+    }
+}
+
+/// `12.5 MiB of 40.0 MiB (31%) at 3.2 MiB/s`.
+pub fn progress_text(progress: &crate::engine::job::JobProgress) -> String {
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let mut text = format!("{:.1} MiB", mib(progress.bytes_done));
+    if let Some(total) = progress.bytes_total.filter(|total| *total > 0) {
+        text.push_str(&format!(
+            " of {:.1} MiB ({}%)",
+            mib(total),
+            progress.bytes_done.saturating_mul(100) / total
+        ));
+    }
+    text.push_str(&format!(" at {:.1} MiB/s", mib(progress.rate_bytes_per_s)));
+    text
 }

@@ -467,3 +467,13 @@ pub struct MediaMetadata {
     /// ffprobe's JSON output, as it printed it.
     pub raw: String,
 }
+
+/// A running download's progress, kept apart from the job record and written at most about once a
+/// second, never per chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobProgress {
+    pub bytes_done: u64,
+    pub bytes_total: Option<u64>,
+    pub rate_bytes_per_s: u64,
+    pub updated_at: Timestamp,
+}

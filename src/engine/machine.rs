@@ -116,7 +116,11 @@ pub fn new_job(
     Transition {
         job,
         events: vec![
-            EventKind::Submitted { source, workflow },
+            // Events are shown to people: a signed URL's secrets stay out of them.
+            EventKind::Submitted {
+                source: crate::steps::redact::redact_url(&source),
+                workflow,
+            },
             EventKind::StatusChanged {
                 from: None,
                 to: Status::Pending,

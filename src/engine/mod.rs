@@ -12,13 +12,16 @@ pub mod sources;
 pub mod verify;
 pub mod worker;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::engine::job::{JobId, WorkerId};
+use crate::steps::StepError;
+use crate::steps::net::NetworkPolicy;
 use crate::storage::Storage;
 use crate::store::StateStore;
-use crate::workflow::WorkflowRegistry;
+use crate::workflow::{DownloadParams, WorkflowRegistry};
 
 /// How long a claim lasts without renewal. The holder renews it every third of this.
 pub const LEASE_TTL_MS: u64 = 30_000;
@@ -31,8 +34,11 @@ pub struct Engine {
     pub workflows: Arc<WorkflowRegistry>,
     pub home: PathBuf,
     pub worker_id: WorkerId,
-    pub http: reqwest::Client,
+    /// Which addresses downloads may reach.
+    pub network: NetworkPolicy,
     pub lease_ttl_ms: u64,
+    /// Download clients by connect timeout and user agent: one connection pool each.
+    http_clients: Arc<Mutex<HashMap<(u64, String), reqwest::Client>>>,
 }
 
 impl Engine {
@@ -41,18 +47,30 @@ impl Engine {
         storage: Storage,
         workflows: WorkflowRegistry,
         home: &Path,
-    ) -> Result<Engine, crate::steps::StepError> {
-        let http =
-            crate::steps::download::http_client(&crate::workflow::DownloadParams::default())?;
-        Ok(Engine {
+        network: NetworkPolicy,
+    ) -> Engine {
+        Engine {
             store,
             storage,
             workflows: Arc::new(workflows),
             home: home.to_path_buf(),
             worker_id: WorkerId(format!("{}:{}", hostname(), std::process::id())),
-            http,
+            network,
             lease_ttl_ms: LEASE_TTL_MS,
-        })
+            http_clients: Arc::default(),
+        }
+    }
+
+    /// The guarded HTTP client for a workflow's download limits.
+    pub fn http_client(&self, params: &DownloadParams) -> Result<reqwest::Client, StepError> {
+        let key = (params.connect_timeout_s, params.user_agent.clone());
+        let mut clients = self.http_clients.lock().expect("the client cache is never poisoned");
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = crate::steps::download::http_client(params, &self.network)?;
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 
     /// The job's scratch directory: partial and unstored outputs live here until the store step's

@@ -62,7 +62,7 @@ pub async fn submit(
             reingest: options.reingest,
         };
         let result = engine.store.submit(&request).await?;
-        tracing::info!(job_id = %result.job.id, outcome = ?result.outcome, source = %request.source, "submitted");
+        tracing::info!(job_id = %result.job.id, outcome = ?result.outcome, source = %crate::steps::redact::redact_url(&request.source), "submitted");
         submitted.push(result);
     }
     Ok(submitted)
@@ -120,7 +120,7 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
     let span = tracing::info_span!("job", job_id = %job.id);
     async move {
         let store: Arc<dyn OrchestratorStore> = engine.store.clone();
-        tracing::info!(source = %job.source, workflow = %job.workflow, attempt = job.attempts, "job started");
+        tracing::info!(source = %crate::steps::redact::redact_url(&job.source), workflow = %job.workflow, attempt = job.attempts, "job started");
         let (cancel_sender, cancel) = tokio::sync::watch::channel(false);
         let keeper = tokio::spawn(keep_lease(
             store.clone(),
@@ -297,8 +297,11 @@ mod tests {
             Storage::from_uri("memory://").unwrap(),
             WorkflowRegistry::builtin(),
             home,
+            crate::steps::net::NetworkPolicy {
+                allow_private_network: true,
+                ..Default::default()
+            },
         )
-        .unwrap()
     }
 
     /// An origin that announces a large body, sends a few bytes, tells the test, then stalls.

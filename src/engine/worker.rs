@@ -16,7 +16,7 @@ use crate::engine::Engine;
 use crate::engine::job::{Checkpoint, Hash, Job, LeaseToken, Location, StepOutput, Timestamp};
 use crate::engine::machine::Rejected;
 use crate::engine::verify::{OutputState, Resolved, check_output, metadata_record_bytes};
-use crate::steps::download::download;
+use crate::steps::download::{DownloadContext, Progress, download};
 use crate::steps::extract::{extract_audio, probe, video_extension};
 use crate::steps::store::{BlobInput, StoreInput, store};
 use crate::steps::{Cancel, ErrorClass, StepError};
@@ -270,26 +270,47 @@ impl<'a> Run<'a> {
         &mut self,
     ) -> Result<(Vec<StepOutput>, Option<crate::engine::job::MediaMetadata>), StepError> {
         let scratch_dir = self.engine.scratch_dir(self.job.id);
-        let downloaded = download(
-            &self.job.source,
-            &scratch_dir,
-            self.workflow.download(),
-            &self.engine.http,
-            &mut self.cancel,
-        )
-        .await?;
+        let params = self.workflow.download().clone();
+        let client = self.engine.http_client(&params)?;
+        let (progress, progress_receiver) = tokio::sync::watch::channel(Progress::default());
+        let reporter = tokio::spawn(report_progress(
+            self.store.clone(),
+            self.token.clone(),
+            progress_receiver,
+        ));
+        let context = DownloadContext {
+            params: &params,
+            client: &client,
+            policy: &self.engine.network,
+            progress: &progress,
+        };
+        let result = download(&self.job.source, &scratch_dir, &context, &mut self.cancel).await;
+        drop(progress);
+        // The reporter writes the final figures once the sender is gone, then ends.
+        let _ = reporter.await;
+        let downloaded = result?;
         tracing::info!(bytes = downloaded.size, blake3 = %downloaded.blake3, "downloaded the original");
         let change_token = local_token(&downloaded.path).await?;
-        Ok((
-            vec![StepOutput {
-                name: "video".into(),
-                location: Location::Scratch(downloaded.path.display().to_string()),
-                size: downloaded.size,
-                blake3: downloaded.blake3,
-                change_token,
-            }],
-            None,
-        ))
+        let mut outputs = vec![StepOutput {
+            name: "video".into(),
+            location: Location::Scratch(downloaded.path.display().to_string()),
+            size: downloaded.size,
+            blake3: downloaded.blake3,
+            change_token,
+        }];
+        if let Some(path) = &downloaded.platform_metadata {
+            let (size, blake3) = crate::storage::hash_file(path)
+                .await
+                .map_err(|error| StepError::scratch("read", path, error))?;
+            outputs.push(StepOutput {
+                name: "platform_metadata".into(),
+                location: Location::Scratch(path.display().to_string()),
+                size,
+                blake3,
+                change_token: local_token(path).await?,
+            });
+        }
+        Ok((outputs, None))
     }
 
     async fn run_extract(
@@ -348,11 +369,17 @@ impl<'a> Run<'a> {
         let video = self.resolved_output("video")?;
         let audio = self.resolved_output("audio")?;
         let audio_extension = extension_of(&audio).unwrap_or_else(|| "audio".into());
-        let blobs = vec![
+        let mut blobs = vec![
             self.blob_input("video", &video, video_extension(&metadata).to_string())
                 .await?,
             self.blob_input("audio", &audio, audio_extension).await?,
         ];
+        if let Ok(platform) = self.resolved_output("platform_metadata") {
+            blobs.push(
+                self.blob_input("platform_metadata", &platform, "json".to_string())
+                    .await?,
+            );
+        }
         let previous_outputs = self
             .checkpoints
             .iter()
@@ -503,4 +530,46 @@ async fn local_token(path: &std::path::Path) -> Result<crate::engine::job::Chang
 
 fn internal(error: crate::store::StoreError) -> StepError {
     StepError::new(ErrorClass::Internal, format!("state store: {error}"))
+}
+
+/// How often download progress is written to the job.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes download progress to the store at most once every [`PROGRESS_EVERY`], plus once at the
+/// end, with the rate over the last interval.
+async fn report_progress(
+    store: Arc<dyn WorkerStore>,
+    token: LeaseToken,
+    mut progress: tokio::sync::watch::Receiver<Progress>,
+) {
+    let mut last_bytes = 0u64;
+    let mut last_at = tokio::time::Instant::now();
+    loop {
+        let more = progress.changed().await.is_ok();
+        let now = tokio::time::Instant::now();
+        if more && now.duration_since(last_at) < PROGRESS_EVERY {
+            // Coalesce: wait out the interval, then write the latest figures.
+            tokio::time::sleep(PROGRESS_EVERY - now.duration_since(last_at)).await;
+        }
+        let current = *progress.borrow_and_update();
+        let now = tokio::time::Instant::now();
+        let elapsed_ms = now.duration_since(last_at).as_millis().max(1) as u64;
+        let rate_bytes_per_s = current.bytes_done.saturating_sub(last_bytes).saturating_mul(1000) / elapsed_ms;
+        let record = crate::engine::job::JobProgress {
+            bytes_done: current.bytes_done,
+            bytes_total: current.bytes_total,
+            rate_bytes_per_s,
+            updated_at: Timestamp::now(),
+        };
+        match store.set_progress(&token, &record).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(error) => tracing::debug!(%error, "cannot record progress"),
+        }
+        last_bytes = current.bytes_done;
+        last_at = now;
+        if !more {
+            return;
+        }
+    }
 }

@@ -1,22 +1,39 @@
-//! The download step: fetches a source (HTTP(S), a `file://` URL or a local path) into the job's
-//! scratch directory, hashing it with blake3 as it streams.
+//! The download step: fetches a source (HTTP(S), a video platform page through yt-dlp, a `file://`
+//! URL or a local path) into the job's scratch directory, hashing it with blake3 as it streams.
 //!
-//! Memory does not grow with the size of a video: bytes are written chunk by chunk. The file is
-//! written as `original.part`, fsynced, then renamed to `original`, so a complete-looking scratch
-//! file is always a complete download. This step never writes outside the scratch directory.
+//! What it guarantees:
+//! - Memory does not grow with the size of a video: bytes go to disk chunk by chunk.
+//! - Nothing incomplete is ever at the final name: bytes land in `original.part` and are renamed to
+//!   `original` only once their count matches what the server announced and they are fsynced.
+//! - No splice of two remote files: a kept `original.part` is resumed only with `If-Range` and the
+//!   validator (strong ETag, else Last-Modified) the server gave when it started; a `200` answer to a
+//!   range request, a range that does not start where the part ends, or a `416` start over from zero.
+//! - Every request, redirect hop included, passes the network guard (`steps::net`).
+//! - Transient failures are retried inside the step with exponential backoff and jitter; permanent
+//!   ones fail at once. Secrets in URLs never reach an error message (`steps::redact`).
+//!
+//! This step never writes outside the scratch directory and never touches the state store.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
+use super::net::{NetworkPolicy, forbidden_cause};
+use super::redact::{redact_text, redact_url};
 use super::{Cancel, ErrorClass, StepError, cancelled};
 use crate::engine::job::Hash;
-use crate::workflow::DownloadParams;
+use crate::workflow::{DownloadParams, Downloader};
 
 /// The file name of a finished download in the scratch directory.
 pub const ORIGINAL_FILE: &str = "original";
+/// The file name of a platform's JSON description of the video (yt-dlp `-J`).
+pub const PLATFORM_METADATA_FILE: &str = "platform.json";
+
+/// The most of yt-dlp's JSON or stderr kept in memory.
+const YT_DLP_OUTPUT_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// A finished download.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,13 +41,32 @@ pub struct Downloaded {
     pub path: PathBuf,
     pub size: u64,
     pub blake3: Hash,
+    /// yt-dlp's JSON description of the video, for platform sources.
+    pub platform_metadata: Option<PathBuf>,
 }
+
+/// Bytes so far, for progress reports. The worker writes it to the job at most about once a second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub bytes_done: u64,
+    pub bytes_total: Option<u64>,
+}
+
+pub type ProgressSender = tokio::sync::watch::Sender<Progress>;
 
 /// Where a source points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceKind {
     Http(url::Url),
     Local(PathBuf),
+}
+
+/// Everything the download step needs besides the source.
+pub struct DownloadContext<'a> {
+    pub params: &'a DownloadParams,
+    pub client: &'a reqwest::Client,
+    pub policy: &'a NetworkPolicy,
+    pub progress: &'a ProgressSender,
 }
 
 /// Classifies a source as it was stored on the job (local paths are absolute by then).
@@ -40,13 +76,13 @@ pub fn parse_source(source: &str) -> Result<SourceKind, StepError> {
         let url = url::Url::parse(source).map_err(|error| {
             StepError::new(
                 ErrorClass::UnsupportedSource,
-                format!("malformed URL {source:?}: {error}"),
+                format!("malformed URL {:?}: {error}", redact_url(source)),
             )
         })?;
         if url.host_str().is_none_or(str::is_empty) {
             return Err(StepError::new(
                 ErrorClass::UnsupportedSource,
-                format!("URL {source:?} has no host"),
+                format!("URL {:?} has no host", redact_url(source)),
             ));
         }
         return Ok(SourceKind::Http(url));
@@ -70,7 +106,7 @@ pub fn parse_source(source: &str) -> Result<SourceKind, StepError> {
         return Err(StepError::new(
             ErrorClass::UnsupportedSource,
             format!(
-                "unsupported source scheme {scheme:?} in {source:?}: use http(s)://, file:// or a local path"
+                "unsupported source scheme {scheme:?}: use http(s)://, file:// or a local path"
             ),
         ));
     }
@@ -83,48 +119,54 @@ pub fn parse_source(source: &str) -> Result<SourceKind, StepError> {
     Ok(SourceKind::Local(PathBuf::from(source)))
 }
 
-/// The HTTP client all downloads of a process share (one connection pool).
-pub fn http_client(params: &DownloadParams) -> Result<reqwest::Client, StepError> {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(params.connect_timeout_s))
-        .user_agent(params.user_agent.clone())
-        .build()
-        .map_err(|error| {
-            StepError::new(
-                ErrorClass::Internal,
-                format!("cannot build the HTTP client: {error}"),
-            )
-        })
+/// The download client for a workflow's limits under a network policy.
+pub fn http_client(
+    params: &DownloadParams,
+    policy: &NetworkPolicy,
+) -> Result<reqwest::Client, StepError> {
+    super::net::guarded_client(
+        policy,
+        Duration::from_secs(params.connect_timeout_s),
+        &params.user_agent,
+    )
 }
 
 /// Downloads `source` into `scratch_dir/original`.
 pub async fn download(
     source: &str,
     scratch_dir: &Path,
-    params: &DownloadParams,
-    client: &reqwest::Client,
+    context: &DownloadContext<'_>,
     cancel: &mut Cancel,
 ) -> Result<Downloaded, StepError> {
     let source_kind = parse_source(source)?;
     tokio::fs::create_dir_all(scratch_dir)
         .await
         .map_err(|error| StepError::scratch("create", scratch_dir, error))?;
-    let part_path = scratch_dir.join(format!("{ORIGINAL_FILE}.part"));
+    let params = context.params;
     let final_path = scratch_dir.join(ORIGINAL_FILE);
     let total = Duration::from_secs(params.total_timeout_s);
     let transfer = async {
         match &source_kind {
-            SourceKind::Http(url) => download_http(url, &part_path, params, client).await,
-            SourceKind::Local(path) => copy_local(path, &part_path).await,
+            SourceKind::Http(url) if uses_yt_dlp(params, url) => {
+                download_platform(url, scratch_dir, context).await
+            }
+            SourceKind::Http(url) => download_http(url, scratch_dir, context)
+                .await
+                .map(|(size, blake3)| (size, blake3, None)),
+            SourceKind::Local(path) => {
+                copy_local(path, &scratch_dir.join(format!("{ORIGINAL_FILE}.part")), params)
+                    .await
+                    .map(|(size, blake3)| (size, blake3, None))
+            }
         }
     };
-    let (size, blake3) = tokio::select! {
+    let (size, blake3, platform_metadata) = tokio::select! {
         result = tokio::time::timeout(total, transfer) => match result {
             Ok(result) => result?,
             Err(_) => {
                 return Err(StepError::new(
                     ErrorClass::NetworkTimeout,
-                    format!("download of {source} did not finish within {} s", params.total_timeout_s),
+                    format!("the download did not finish within {} s", params.total_timeout_s),
                 ));
             }
         },
@@ -132,79 +174,496 @@ pub async fn download(
             return Err(StepError::new(ErrorClass::Cancelled, "cancelled during download"));
         }
     };
+    let part_path = scratch_dir.join(format!("{ORIGINAL_FILE}.part"));
     tokio::fs::rename(&part_path, &final_path)
         .await
         .map_err(|error| StepError::scratch("rename", &part_path, error))?;
+    let _ = tokio::fs::remove_file(partial_meta_path(scratch_dir)).await;
     sync_dir(scratch_dir).await?;
     Ok(Downloaded {
         path: final_path,
         size,
         blake3,
+        platform_metadata,
     })
+}
+
+fn uses_yt_dlp(params: &DownloadParams, url: &url::Url) -> bool {
+    match params.downloader {
+        Downloader::Http => false,
+        Downloader::YtDlp => true,
+        Downloader::Auto => url
+            .host_str()
+            .is_some_and(|host| params.is_platform_host(host)),
+    }
+}
+
+/// What is kept beside a partial download so a retry can resume it safely.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PartialMeta {
+    /// `If-Range` value: a strong ETag, else a Last-Modified date.
+    validator: String,
+    /// The whole file's size, as the server announced it.
+    total: Option<u64>,
+}
+
+fn partial_meta_path(scratch_dir: &Path) -> PathBuf {
+    scratch_dir.join(format!("{ORIGINAL_FILE}.part.json"))
+}
+
+/// One failed attempt: the error, and how long the server asked us to wait before the next one.
+struct AttemptFailure {
+    error: StepError,
+    retry_after: Option<Duration>,
+}
+
+impl From<StepError> for AttemptFailure {
+    fn from(error: StepError) -> AttemptFailure {
+        AttemptFailure {
+            error,
+            retry_after: None,
+        }
+    }
 }
 
 async fn download_http(
     url: &url::Url,
-    part_path: &Path,
-    params: &DownloadParams,
-    client: &reqwest::Client,
+    scratch_dir: &Path,
+    context: &DownloadContext<'_>,
 ) -> Result<(u64, Hash), StepError> {
-    let host = url.host_str().unwrap_or_default().to_string();
-    let response = client
-        .get(url.clone())
-        .header(reqwest::header::ACCEPT_ENCODING, "identity")
-        .send()
-        .await
-        .map_err(|error| transport_error(&host, &error))?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(http_status_error(&host, status));
-    }
-    let expected_bytes = response.content_length();
-    let mut file = tokio::fs::File::create(part_path)
-        .await
-        .map_err(|error| StepError::scratch("create", part_path, error))?;
-    let mut hasher = blake3::Hasher::new();
-    let mut size = 0u64;
-    let mut stream = response.bytes_stream();
-    let read_timeout = Duration::from_secs(params.read_timeout_s);
+    let params = context.params;
+    let mut attempt = 0u32;
     loop {
-        let next = tokio::time::timeout(read_timeout, stream.next())
-            .await
-            .map_err(|_| {
-                StepError::new(
+        attempt += 1;
+        match attempt_http(url, scratch_dir, context).await {
+            Ok(done) => return Ok(done),
+            Err(failure) if failure.error.retryable() && attempt < params.attempts_max.max(1) => {
+                let delay = match failure.retry_after {
+                    Some(wait) => wait,
+                    None => backoff(params, attempt),
+                };
+                tracing::warn!(
+                    attempt,
+                    attempts_max = params.attempts_max,
+                    delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    class = failure.error.class.as_str(),
+                    "download attempt failed: {}; retrying",
+                    failure.error.message
+                );
+                tokio::time::sleep(delay).await;
+            }
+            Err(failure) => return Err(failure.error),
+        }
+    }
+}
+
+/// Exponential backoff with jitter: a random delay between half and all of
+/// `backoff_initial_ms * 2^(attempt - 1)`, capped at `backoff_max_ms`.
+fn backoff(params: &DownloadParams, attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let exponent = attempt.saturating_sub(1).min(20);
+    let ceiling = params
+        .backoff_initial_ms
+        .saturating_mul(1u64 << exponent)
+        .min(params.backoff_max_ms)
+        .max(1);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(attempt);
+    let jitter = hasher.finish() % (ceiling / 2 + 1);
+    Duration::from_millis(ceiling - jitter)
+}
+
+async fn attempt_http(
+    url: &url::Url,
+    scratch_dir: &Path,
+    context: &DownloadContext<'_>,
+) -> Result<(u64, Hash), AttemptFailure> {
+    let params = context.params;
+    let part_path = scratch_dir.join(format!("{ORIGINAL_FILE}.part"));
+    let meta_path = partial_meta_path(scratch_dir);
+    let partial = load_partial(&part_path, &meta_path).await?;
+    let read_timeout = Duration::from_secs(params.read_timeout_s);
+
+    // Follow redirects ourselves, so that every hop passes the guard.
+    let mut current = url.clone();
+    let mut hops = 0u32;
+    let response = loop {
+        context.policy.check_url(&current)?;
+        let host = host_of(&current);
+        let mut request = context
+            .client
+            .get(current.clone())
+            .header(reqwest::header::ACCEPT_ENCODING, "identity");
+        if let Some((length, meta, _)) = &partial {
+            request = request
+                .header(reqwest::header::RANGE, format!("bytes={length}-"))
+                .header(reqwest::header::IF_RANGE, meta.validator.clone());
+        }
+        let response = match tokio::time::timeout(read_timeout, request.send()).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(transport_error(&host, &error).into()),
+            Err(_) => {
+                return Err(StepError::new(
                     ErrorClass::NetworkTimeout,
-                    format!(
-                        "no data from {host} for {} s after {size} bytes",
-                        params.read_timeout_s
-                    ),
+                    format!("{host} sent no response within {} s", params.read_timeout_s),
+                )
+                .into());
+            }
+        };
+        if response.status().is_redirection() {
+            hops += 1;
+            if hops > params.redirects_max {
+                return Err(StepError::new(
+                    ErrorClass::HttpError,
+                    format!("more than {} redirects from {host}", params.redirects_max),
+                )
+                .into());
+            }
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|value| value.to_str().ok())
+                .ok_or_else(|| {
+                    StepError::new(
+                        ErrorClass::HttpError,
+                        format!("HTTP {} from {host} without a Location", response.status().as_u16()),
+                    )
+                })?;
+            current = current.join(location).map_err(|error| {
+                StepError::new(
+                    ErrorClass::HttpError,
+                    format!("{host} redirected to an invalid location: {error}"),
                 )
             })?;
+            tracing::debug!(to = %redact_url(current.as_str()), hop = hops, "following a redirect");
+            continue;
+        }
+        break response;
+    };
+    let host = host_of(&current);
+    let status = response.status();
+
+    let (mut file, mut hasher, mut size, total) = match (status.as_u16(), partial) {
+        (206, Some((length, meta, hasher))) => {
+            let range = content_range(&response);
+            match range {
+                Some((start, range_total)) if start == length => {
+                    if let (Some(known), Some(announced)) = (meta.total, range_total)
+                        && known != announced
+                    {
+                        discard_partial(&part_path, &meta_path).await;
+                        return Err(StepError::new(
+                            ErrorClass::NetworkError,
+                            format!("{host} now announces {announced} bytes instead of {known}; starting over"),
+                        )
+                        .into());
+                    }
+                    tracing::info!(resume_from = length, "resuming the download");
+                    let file = tokio::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&part_path)
+                        .await
+                        .map_err(|error| StepError::scratch("open", &part_path, error))?;
+                    (file, hasher, length, range_total.or(meta.total))
+                }
+                _ => {
+                    discard_partial(&part_path, &meta_path).await;
+                    return Err(StepError::new(
+                        ErrorClass::NetworkError,
+                        format!("{host} answered a range that does not start at byte {length}; starting over"),
+                    )
+                    .into());
+                }
+            }
+        }
+        (416, Some((length, meta, hasher))) => {
+            if meta.total == Some(length) {
+                // The kept part was already whole.
+                return finish_part(&part_path, hasher, length).await;
+            }
+            discard_partial(&part_path, &meta_path).await;
+            return Err(StepError::new(
+                ErrorClass::NetworkError,
+                format!("{host} cannot serve the rest from byte {length} (HTTP 416); starting over"),
+            )
+            .into());
+        }
+        (200, partial) => {
+            if partial.is_some() {
+                tracing::warn!("the remote file changed (or ranges are not supported): starting over");
+            }
+            let total = response.content_length();
+            if let Some(total) = total
+                && total > params.max_bytes
+            {
+                discard_partial(&part_path, &meta_path).await;
+                return Err(too_large(&host, total, params).into());
+            }
+            let meta = PartialMeta {
+                validator: validator(&response).unwrap_or_default(),
+                total,
+            };
+            if meta.validator.is_empty() {
+                let _ = tokio::fs::remove_file(&meta_path).await;
+            } else {
+                let bytes = serde_json::to_vec(&meta).expect("JSON");
+                tokio::fs::write(&meta_path, bytes)
+                    .await
+                    .map_err(|error| StepError::scratch("write", &meta_path, error))?;
+            }
+            let file = tokio::fs::File::create(&part_path)
+                .await
+                .map_err(|error| StepError::scratch("create", &part_path, error))?;
+            (file, blake3::Hasher::new(), 0, total)
+        }
+        (code, _) if status.is_success() => {
+            return Err(StepError::new(
+                ErrorClass::HttpError,
+                format!("HTTP {code} from {host}: unexpected success status"),
+            )
+            .into());
+        }
+        (code, _) => {
+            let retry_after = retry_after(&response, params);
+            let error = http_status_error(&host, status);
+            if code == 429 || code == 503 {
+                if let Some(Err(wanted)) = retry_after {
+                    return Err(StepError::new(
+                        ErrorClass::RateLimited,
+                        format!(
+                            "HTTP {code} from {host}: asked to wait {} s, more than retry_after_max_s = {}",
+                            wanted.as_secs(),
+                            params.retry_after_max_s
+                        ),
+                    )
+                    .into());
+                }
+                return Err(AttemptFailure {
+                    error,
+                    retry_after: retry_after.and_then(Result::ok),
+                });
+            }
+            return Err(error.into());
+        }
+    };
+
+    let _ = context.progress.send(Progress {
+        bytes_done: size,
+        bytes_total: total,
+    });
+    let mut stream = response.bytes_stream();
+    loop {
+        let next = match tokio::time::timeout(read_timeout, stream.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                close_part(&mut file, &part_path).await?;
+                return Err(StepError::new(
+                    ErrorClass::NetworkTimeout,
+                    format!("no data from {host} for {} s after {size} bytes", params.read_timeout_s),
+                )
+                .into());
+            }
+        };
         let Some(chunk) = next else { break };
-        let chunk = chunk.map_err(|error| transport_error(&host, &error))?;
-        hasher.update(&chunk);
-        size += chunk.len() as u64;
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                close_part(&mut file, &part_path).await?;
+                if let Some(total) = total
+                    && size < total
+                {
+                    // The server promised more than it sent: keep what came, resume next attempt.
+                    return Err(StepError::new(
+                        ErrorClass::TruncatedDownload,
+                        format!(
+                            "{host} announced {total} bytes but the connection ended after {size}: {}",
+                            transport_error(&host, &error).message
+                        ),
+                    )
+                    .into());
+                }
+                return Err(transport_error(&host, &error).into());
+            }
+        };
+        let chunk_bytes = chunk.len() as u64;
+        if size + chunk_bytes > params.max_bytes {
+            drop(file);
+            discard_partial(&part_path, &meta_path).await;
+            return Err(too_large(&host, size + chunk_bytes, params).into());
+        }
         file.write_all(&chunk)
             .await
-            .map_err(|error| StepError::scratch("write", part_path, error))?;
+            .map_err(|error| StepError::scratch("write", &part_path, error))?;
+        hasher.update(&chunk);
+        size += chunk_bytes;
+        context.progress.send_modify(|progress| {
+            progress.bytes_done = size;
+            progress.bytes_total = total;
+        });
     }
-    if let Some(expected_bytes) = expected_bytes
-        && size != expected_bytes
+    close_part(&mut file, &part_path).await?;
+    if let Some(total) = total
+        && size != total
     {
         return Err(StepError::new(
             ErrorClass::TruncatedDownload,
-            format!("{host} announced {expected_bytes} bytes but sent {size}"),
-        ));
+            format!("{host} announced {total} bytes but the body ended after {size}"),
+        )
+        .into());
     }
+    finish_part(&part_path, hasher, size).await
+}
+
+/// A kept partial download that can be resumed: its length, its validator and the hasher state
+/// after re-hashing its bytes. A part without a validator cannot be resumed safely and is dropped.
+async fn load_partial(
+    part_path: &Path,
+    meta_path: &Path,
+) -> Result<Option<(u64, PartialMeta, blake3::Hasher)>, StepError> {
+    let length = match tokio::fs::metadata(part_path).await {
+        Ok(metadata) => metadata.len(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(StepError::scratch("inspect", part_path, error)),
+    };
+    let meta = match tokio::fs::read(meta_path).await {
+        Ok(bytes) => serde_json::from_slice::<PartialMeta>(&bytes).ok(),
+        Err(_) => None,
+    };
+    let Some(meta) = meta.filter(|meta| !meta.validator.is_empty() && length > 0) else {
+        discard_partial(part_path, meta_path).await;
+        return Ok(None);
+    };
+    let path = part_path.to_path_buf();
+    let hasher = tokio::task::spawn_blocking(move || -> std::io::Result<blake3::Hasher> {
+        let mut hasher = blake3::Hasher::new();
+        let file = std::fs::File::open(&path)?;
+        std::io::copy(
+            &mut std::io::BufReader::with_capacity(crate::storage::CHUNK_BYTES, file),
+            &mut hasher,
+        )?;
+        Ok(hasher)
+    })
+    .await
+    .expect("hashing does not panic")
+    .map_err(|error| StepError::scratch("read", part_path, error))?;
+    Ok(Some((length, meta, hasher)))
+}
+
+async fn discard_partial(part_path: &Path, meta_path: &Path) {
+    let _ = tokio::fs::remove_file(part_path).await;
+    let _ = tokio::fs::remove_file(meta_path).await;
+}
+
+/// Flushes what was written so far, so a later attempt resumes from bytes that are really there.
+async fn close_part(file: &mut tokio::fs::File, part_path: &Path) -> Result<(), StepError> {
+    file.flush()
+        .await
+        .map_err(|error| StepError::scratch("write", part_path, error))
+}
+
+async fn finish_part(
+    part_path: &Path,
+    hasher: blake3::Hasher,
+    size: u64,
+) -> Result<(u64, Hash), AttemptFailure> {
+    let file = tokio::fs::OpenOptions::new()
+        .append(true)
+        .open(part_path)
+        .await
+        .map_err(|error| StepError::scratch("open", part_path, error))?;
     file.sync_all()
         .await
         .map_err(|error| StepError::scratch("sync", part_path, error))?;
     Ok((size, hasher.finalize().into()))
 }
 
-async fn copy_local(source: &Path, part_path: &Path) -> Result<(u64, Hash), StepError> {
+fn host_of(url: &url::Url) -> String {
+    url.host_str().unwrap_or("?").to_string()
+}
+
+/// A strong ETag, else Last-Modified: the only validators `If-Range` accepts.
+fn validator(response: &reqwest::Response) -> Option<String> {
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
+    };
+    header(reqwest::header::ETAG)
+        .filter(|etag| !etag.starts_with("W/"))
+        .or_else(|| header(reqwest::header::LAST_MODIFIED))
+}
+
+/// `Content-Range: bytes START-END/TOTAL` as (START, TOTAL).
+fn content_range(response: &reqwest::Response) -> Option<(u64, Option<u64>)> {
+    let value = response
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)?
+        .to_str()
+        .ok()?;
+    parse_content_range(value)
+}
+
+fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, _end) = range.split_once('-')?;
+    let start = start.trim().parse().ok()?;
+    let total = match total.trim() {
+        "*" => None,
+        total => Some(total.parse().ok()?),
+    };
+    Some((start, total))
+}
+
+/// `Retry-After` in seconds or as an HTTP date: `Ok` when within the limit, `Err` with the wanted
+/// wait when over it, `None` when absent or unreadable.
+fn retry_after(
+    response: &reqwest::Response,
+    params: &DownloadParams,
+) -> Option<Result<Duration, Duration>> {
+    let value = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?;
+    let wait = parse_retry_after(value, chrono::Utc::now())?;
+    if wait.as_secs() > params.retry_after_max_s {
+        Some(Err(wait))
+    } else {
+        Some(Ok(wait))
+    }
+}
+
+fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = date.with_timezone(&chrono::Utc) - now;
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+fn too_large(host: &str, bytes: u64, params: &DownloadParams) -> StepError {
+    StepError::new(
+        ErrorClass::TooLarge,
+        format!(
+            "the video from {host} is larger than max_bytes = {} (at least {bytes} bytes)",
+            params.max_bytes
+        ),
+    )
+}
+
+async fn copy_local(
+    source: &Path,
+    part_path: &Path,
+    params: &DownloadParams,
+) -> Result<(u64, Hash), StepError> {
     let source = source.to_path_buf();
     let part_path = part_path.to_path_buf();
+    let max_bytes = params.max_bytes;
     tokio::task::spawn_blocking(move || {
         let input = std::fs::File::open(&source).map_err(|error| {
             let class = if error.kind() == std::io::ErrorKind::NotFound {
@@ -214,14 +673,26 @@ async fn copy_local(source: &Path, part_path: &Path) -> Result<(u64, Hash), Step
             };
             StepError::new(class, format!("cannot read {}: {error}", source.display()))
         })?;
-        if !input
-            .metadata()
-            .map(|metadata| metadata.is_file())
-            .unwrap_or(false)
-        {
+        let metadata = input.metadata().map_err(|error| {
+            StepError::new(
+                ErrorClass::UnsupportedSource,
+                format!("cannot inspect {}: {error}", source.display()),
+            )
+        })?;
+        if !metadata.is_file() {
             return Err(StepError::new(
                 ErrorClass::UnsupportedSource,
                 format!("{} is not a regular file", source.display()),
+            ));
+        }
+        if metadata.len() > max_bytes {
+            return Err(StepError::new(
+                ErrorClass::TooLarge,
+                format!(
+                    "{} is {} bytes, more than max_bytes = {max_bytes}",
+                    source.display(),
+                    metadata.len()
+                ),
             ));
         }
         let output = std::fs::File::create(&part_path)
@@ -262,12 +733,263 @@ impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
     }
 }
 
+/// Downloads a video platform page's media with yt-dlp: its JSON description first (kept with the
+/// job), then the media into scratch, which is then hashed like any other download. yt-dlp makes its
+/// own requests, outside the guard: it is used only for platform hosts, after their addresses pass
+/// the guard, and given narra's configured proxy when there is one.
+async fn download_platform(
+    url: &url::Url,
+    scratch_dir: &Path,
+    context: &DownloadContext<'_>,
+) -> Result<(u64, Hash, Option<PathBuf>), StepError> {
+    let params = context.params;
+    let host = host_of(url);
+    context.policy.check_url(url)?;
+    if let Some(domain) = url.host_str().filter(|_| matches!(url.host(), Some(url::Host::Domain(_)))) {
+        let port = url.port_or_known_default().unwrap_or(443);
+        let addresses = tokio::net::lookup_host((domain, port)).await.map_err(|error| {
+            StepError::new(
+                ErrorClass::NetworkError,
+                format!("cannot resolve {host}: {error}"),
+            )
+        })?;
+        for address in addresses {
+            context.policy.check_address(&host, address.ip())?;
+        }
+    }
+    let work_dir = scratch_dir.join("yt-dlp");
+    tokio::fs::create_dir_all(&work_dir)
+        .await
+        .map_err(|error| StepError::scratch("create", &work_dir, error))?;
+    let common = |command: &mut tokio::process::Command| {
+        command
+            .args(["--ignore-config", "--no-cache-dir", "--no-playlist", "--no-warnings"])
+            .args(["--socket-timeout", &params.read_timeout_s.to_string()]);
+        if let Some(proxy) = &context.policy.proxy {
+            command.args(["--proxy", proxy]);
+        } else {
+            // Ignore HTTP_PROXY and friends, as the HTTP client does.
+            command.args(["--proxy", ""]);
+        }
+    };
+
+    let mut describe = tokio::process::Command::new(&params.yt_dlp);
+    common(&mut describe);
+    describe.args(["-J", "-f", &params.yt_dlp_format]).arg(url.as_str());
+    let description = run_yt_dlp(describe, &params.yt_dlp).await?;
+    if !description.success {
+        return Err(yt_dlp_error(&host, &description.stderr));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&description.stdout).map_err(|error| {
+        StepError::new(
+            ErrorClass::UnsupportedSource,
+            format!("yt-dlp described {host} with invalid JSON: {error}"),
+        )
+    })?;
+    let announced = json["filesize"]
+        .as_u64()
+        .or_else(|| json["filesize_approx"].as_u64());
+    if let Some(announced) = announced
+        && announced > params.max_bytes
+    {
+        return Err(too_large(&host, announced, params));
+    }
+    let platform_path = scratch_dir.join(PLATFORM_METADATA_FILE);
+    tokio::fs::write(&platform_path, &description.stdout)
+        .await
+        .map_err(|error| StepError::scratch("write", &platform_path, error))?;
+
+    let template = work_dir.join("media.%(ext)s");
+    let mut fetch = tokio::process::Command::new(&params.yt_dlp);
+    common(&mut fetch);
+    fetch
+        .args(["-f", &params.yt_dlp_format])
+        .args(["--abort-on-unavailable-fragments", "--continue", "--newline"])
+        .args(["--max-filesize", &params.max_bytes.to_string()])
+        .args(["--retries", &params.attempts_max.to_string()])
+        .args([
+            "--progress-template",
+            "download:narra-progress %(progress.downloaded_bytes)s %(progress.total_bytes)s",
+        ])
+        .args(["--print", "after_move:narra-file %(filepath)s", "--no-simulate"])
+        .arg("-o")
+        .arg(&template)
+        .arg(url.as_str());
+    let fetched = run_yt_dlp_with_progress(fetch, &params.yt_dlp, context.progress).await?;
+    if !fetched.success {
+        return Err(yt_dlp_error(&host, &fetched.stderr));
+    }
+    let stdout = String::from_utf8_lossy(&fetched.stdout);
+    let media_path = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("narra-file "))
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            StepError::new(
+                ErrorClass::UnsupportedSource,
+                format!("yt-dlp finished without a file for {host}"),
+            )
+        })?;
+    if !media_path.starts_with(&work_dir) {
+        return Err(StepError::new(
+            ErrorClass::Internal,
+            format!("yt-dlp wrote outside scratch: {}", media_path.display()),
+        ));
+    }
+    let part_path = scratch_dir.join(format!("{ORIGINAL_FILE}.part"));
+    tokio::fs::rename(&media_path, &part_path)
+        .await
+        .map_err(|error| StepError::scratch("rename", &media_path, error))?;
+    let (size, blake3) = crate::storage::hash_file(&part_path)
+        .await
+        .map_err(|error| StepError::scratch("read", &part_path, error))?;
+    if size > params.max_bytes {
+        let _ = tokio::fs::remove_file(&part_path).await;
+        return Err(too_large(&host, size, params));
+    }
+    let file = tokio::fs::File::open(&part_path)
+        .await
+        .map_err(|error| StepError::scratch("open", &part_path, error))?;
+    file.sync_all()
+        .await
+        .map_err(|error| StepError::scratch("sync", &part_path, error))?;
+    let _ = tokio::fs::remove_dir_all(&work_dir).await;
+    Ok((size, blake3, Some(platform_path)))
+}
+
+struct ProgramOutput {
+    success: bool,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+async fn run_yt_dlp(
+    command: tokio::process::Command,
+    program: &str,
+) -> Result<ProgramOutput, StepError> {
+    let (sender, _) = tokio::sync::watch::channel(Progress::default());
+    run_yt_dlp_with_progress(command, program, &sender).await
+}
+
+/// Runs yt-dlp with bounded output, turning its progress lines into `progress` reports.
+async fn run_yt_dlp_with_progress(
+    mut command: tokio::process::Command,
+    program: &str,
+    progress: &ProgressSender,
+) -> Result<ProgramOutput, StepError> {
+    use tokio::io::AsyncBufReadExt;
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|error| {
+        StepError::new(
+            ErrorClass::Internal,
+            format!("cannot run {program} (install yt-dlp, e.g. `pip install yt-dlp`): {error}"),
+        )
+    })?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let read_stdout = async {
+        let mut kept = Vec::new();
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.strip_prefix("narra-progress ") {
+                let mut parts = rest.split_whitespace();
+                let done = parts.next().and_then(|text| text.parse::<f64>().ok());
+                let total = parts.next().and_then(|text| text.parse::<f64>().ok());
+                if let Some(done) = done {
+                    progress.send_modify(|progress| {
+                        progress.bytes_done = done as u64;
+                        progress.bytes_total = total.map(|total| total as u64);
+                    });
+                }
+                continue;
+            }
+            if kept.len() + line.len() < YT_DLP_OUTPUT_BYTES_MAX {
+                kept.extend_from_slice(line.as_bytes());
+                kept.push(b'\n');
+            }
+        }
+        kept
+    };
+    let read_stderr = async {
+        let mut kept = Vec::new();
+        let mut reader = tokio::io::BufReader::new(stderr);
+        let mut buffer = [0u8; 8192];
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut reader, &mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(count) => {
+                    let room = (64 * 1024usize).saturating_sub(kept.len());
+                    kept.extend_from_slice(&buffer[..count.min(room)]);
+                }
+            }
+        }
+        kept
+    };
+    let (stdout, stderr) = tokio::join!(read_stdout, read_stderr);
+    let status = child.wait().await.map_err(|error| {
+        StepError::new(ErrorClass::Internal, format!("{program} did not run: {error}"))
+    })?;
+    Ok(ProgramOutput {
+        success: status.success(),
+        stdout,
+        stderr,
+    })
+}
+
+/// Maps yt-dlp's error lines to narra's classes.
+fn yt_dlp_error(host: &str, stderr: &[u8]) -> StepError {
+    let text = String::from_utf8_lossy(stderr);
+    let decisive = text
+        .lines()
+        .rev()
+        .find(|line| line.contains("ERROR"))
+        .or_else(|| text.lines().rev().find(|line| !line.trim().is_empty()))
+        .unwrap_or("(no message)")
+        .trim()
+        .to_string();
+    let lower = decisive.to_ascii_lowercase();
+    let class = if lower.contains("http error 401")
+        || lower.contains("http error 403")
+        || lower.contains("http error 451")
+        || lower.contains("geo")
+        || lower.contains("in your country")
+        || lower.contains("sign in to confirm")
+    {
+        ErrorClass::DownloadBlocked
+    } else if lower.contains("http error 404")
+        || lower.contains("http error 410")
+        || lower.contains("video unavailable")
+        || lower.contains("private video")
+    {
+        ErrorClass::NotFound
+    } else if lower.contains("http error 429") {
+        ErrorClass::RateLimited
+    } else if lower.contains("http error 5") {
+        ErrorClass::ServerError
+    } else if lower.contains("timed out") {
+        ErrorClass::NetworkTimeout
+    } else if lower.contains("max-filesize") || lower.contains("larger than") {
+        ErrorClass::TooLarge
+    } else if lower.contains("unsupported url") || lower.contains("no video formats") {
+        ErrorClass::UnsupportedSource
+    } else {
+        ErrorClass::NetworkError
+    };
+    StepError::new(
+        class,
+        format!("yt-dlp failed for {host}: {}", redact_text(&decisive)),
+    )
+}
+
 pub(crate) async fn sync_dir(dir: &Path) -> Result<(), StepError> {
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all().map(|()| dir))
+    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
         .await
         .expect("a directory sync does not panic")
-        .map(|_| ())
         .map_err(|error| {
             StepError::new(
                 ErrorClass::ScratchError,
@@ -289,18 +1011,21 @@ fn http_status_error(host: &str, status: reqwest::StatusCode) -> StepError {
 }
 
 fn transport_error(host: &str, error: &reqwest::Error) -> StepError {
+    if let Some(reason) = forbidden_cause(error) {
+        return StepError::new(ErrorClass::ForbiddenAddress, reason);
+    }
     let class = if error.is_timeout() {
         ErrorClass::NetworkTimeout
     } else {
         ErrorClass::NetworkError
     };
-    let mut message = format!("request to {host} failed: {error}");
+    let mut message = format!("request to {host} failed");
     let mut cause = std::error::Error::source(error);
     while let Some(inner) = cause {
         message.push_str(&format!(": {inner}"));
         cause = inner.source();
     }
-    StepError::new(class, message)
+    StepError::new(class, redact_text(&message))
 }
 
 #[cfg(test)]
@@ -350,5 +1075,66 @@ mod tests {
             message,
             "HTTP 403 from cdn.example.com: blocked by the platform"
         );
+    }
+
+    #[test]
+    fn content_ranges_parse_start_and_total() {
+        assert_eq!(parse_content_range("bytes 100-199/1000"), Some((100, Some(1000))));
+        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, None)));
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+        assert_eq!(parse_content_range("bytes x-1/2"), None);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Sat, 28 Nov 2026 12:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sat, 28 Nov 2026 11:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let params = DownloadParams {
+            backoff_initial_ms: 100,
+            backoff_max_ms: 1_000,
+            ..DownloadParams::default()
+        };
+        for attempt in 1..=10 {
+            let ceiling = (100u64 << (attempt - 1)).min(1_000);
+            let delay = backoff(&params, attempt).as_millis() as u64;
+            assert!(delay <= ceiling && delay >= ceiling / 2, "attempt {attempt}: {delay} ms");
+        }
+    }
+
+    #[test]
+    fn yt_dlp_errors_map_to_classes() {
+        let class = |line: &str| yt_dlp_error("www.youtube.com", line.as_bytes()).class;
+        assert_eq!(class("ERROR: [youtube] x: HTTP Error 403: Forbidden"), ErrorClass::DownloadBlocked);
+        assert_eq!(
+            class("ERROR: [youtube] x: The uploader has not made this video available in your country"),
+            ErrorClass::DownloadBlocked
+        );
+        assert_eq!(class("ERROR: [generic] Unable to download webpage: HTTP Error 404: Not Found"), ErrorClass::NotFound);
+        assert_eq!(class("ERROR: Unsupported URL: http://x/"), ErrorClass::UnsupportedSource);
+        assert_eq!(class("ERROR: HTTP Error 429: Too Many Requests"), ErrorClass::RateLimited);
+    }
+
+    #[test]
+    fn platform_hosts_match_subdomains_only() {
+        let params = DownloadParams::default();
+        assert!(params.is_platform_host("www.youtube.com"));
+        assert!(params.is_platform_host("youtube.com"));
+        assert!(!params.is_platform_host("notyoutube.com"));
+        assert!(!params.is_platform_host("cdn.example.com"));
     }
 }

@@ -6,6 +6,8 @@
 
 pub mod download;
 pub mod extract;
+pub mod net;
+pub mod redact;
 pub mod store;
 
 use std::fmt;
@@ -29,6 +31,10 @@ pub enum ErrorClass {
     HttpError,
     /// Fewer bytes arrived than the server announced.
     TruncatedDownload,
+    /// The video is larger than the workflow's `max_bytes`.
+    TooLarge,
+    /// The source (or a redirect hop) points at a loopback, private or otherwise non-public address.
+    ForbiddenAddress,
     /// ffprobe cannot read the file as media.
     CorruptMedia,
     /// The media has no audio stream to extract.
@@ -55,6 +61,8 @@ impl ErrorClass {
             ErrorClass::ServerError => "server_error",
             ErrorClass::HttpError => "http_error",
             ErrorClass::TruncatedDownload => "truncated_download",
+            ErrorClass::TooLarge => "too_large",
+            ErrorClass::ForbiddenAddress => "forbidden_address",
             ErrorClass::CorruptMedia => "corrupt_media",
             ErrorClass::NoAudioStream => "no_audio_stream",
             ErrorClass::ExtractFailed => "extract_failed",

@@ -108,7 +108,7 @@ pub async fn store(storage: &Storage, input: &StoreInput<'_>) -> Result<Stored, 
     }
     let manifest = serde_json::json!({
         "job_id": input.job_id.to_string(),
-        "source": input.source,
+        "source": super::redact::redact_url(input.source),
         "workflow": input.workflow,
         "artifacts": artifacts,
         "metadata": summary,

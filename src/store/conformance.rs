@@ -48,6 +48,7 @@ where
     jobs_lists_newest_first_and_filters_by_status(&make_store().await).await;
     claim_next_picks_the_oldest_pending(&make_store().await).await;
     logs_are_ordered_and_bounded(&make_store().await).await;
+    progress_needs_the_current_lease(&make_store().await).await;
 }
 
 fn request(key: &str) -> SubmitRequest {
@@ -739,6 +740,48 @@ pub async fn step_events_need_the_current_lease(store: &dyn StateStore) {
             .await
             .expect("step event"),
         "a step event after the job ended",
+    );
+}
+
+/// Download progress is recorded under the current lease only, and reads back as written.
+pub async fn progress_needs_the_current_lease(store: &dyn StateStore) {
+    let token = running_job(store, "progress").await;
+    assert_eq!(store.progress(token.job_id).await.expect("progress"), None);
+    let progress = crate::engine::job::JobProgress {
+        bytes_done: 4096,
+        bytes_total: Some(10_000),
+        rate_bytes_per_s: 2048,
+        updated_at: Timestamp(1_790_000_000_000),
+    };
+    store
+        .set_progress(&token, &progress)
+        .await
+        .expect("set progress")
+        .expect("current token");
+    assert_eq!(
+        store.progress(token.job_id).await.expect("progress"),
+        Some(progress.clone())
+    );
+    store
+        .complete(&token)
+        .await
+        .expect("complete")
+        .expect("current token");
+    let later = crate::engine::job::JobProgress {
+        bytes_done: 9_999,
+        ..progress.clone()
+    };
+    expect_fenced(
+        store
+            .set_progress(&token, &later)
+            .await
+            .expect("set progress"),
+        "progress after the job ended",
+    );
+    assert_eq!(
+        store.progress(token.job_id).await.expect("progress"),
+        Some(progress),
+        "a refused progress write changes nothing"
     );
 }
 

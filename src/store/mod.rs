@@ -17,7 +17,7 @@ pub mod sled_store;
 use async_trait::async_trait;
 
 use crate::engine::job::{
-    Checkpoint, ErrorInfo, Event, Job, JobId, LeaseToken, LogLine, MediaMetadata, Phase, Status,
+    Checkpoint, ErrorInfo, Event, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase, Status,
     WorkerId,
 };
 use crate::engine::machine::Rejected;
@@ -112,6 +112,8 @@ pub trait JobReader: Send + Sync {
     async fn events(&self, id: JobId) -> StoreResult<Vec<Event>>;
     async fn metadata(&self, id: JobId) -> StoreResult<Option<MediaMetadata>>;
     async fn logs(&self, id: JobId) -> StoreResult<Vec<LogLine>>;
+    /// The job's last recorded download progress.
+    async fn progress(&self, id: JobId) -> StoreResult<Option<JobProgress>>;
 }
 
 /// The orchestrator's side: the global status. Nothing here can set a phase.
@@ -171,6 +173,12 @@ pub trait WorkerStore: JobReader {
         token: &LeaseToken,
         step: &str,
         event: StepEvent,
+    ) -> StoreResult<Result<(), Rejected>>;
+    /// Records download progress under the current lease. Informational: not flushed.
+    async fn set_progress(
+        &self,
+        token: &LeaseToken,
+        progress: &JobProgress,
     ) -> StoreResult<Result<(), Rejected>>;
 }
 

@@ -51,7 +51,7 @@ use super::{
     StepEvent, StoreError, StoreResult, SubmitOutcome, SubmitRequest, Submitted, WorkerStore,
 };
 use crate::engine::job::{
-    Checkpoint, ErrorInfo, Event, EventKind, Job, JobId, LeaseToken, LogLine, MediaMetadata, Phase,
+    Checkpoint, ErrorInfo, Event, EventKind, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase,
     Status, Timestamp, WorkerId,
 };
 use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
@@ -67,6 +67,7 @@ const TREE_CHECKPOINTS: &str = "checkpoints";
 const TREE_EVENTS: &str = "events";
 const TREE_METADATA: &str = "metadata";
 const TREE_LOGS: &str = "logs";
+const TREE_PROGRESS: &str = "progress";
 
 const JOB_ID_BYTES: usize = 16;
 const SEQ_KEY_BYTES: usize = JOB_ID_BYTES + 8;
@@ -82,6 +83,7 @@ pub struct SledStore {
     events: sled::Tree,
     metadata: sled::Tree,
     logs: sled::Tree,
+    progress: sled::Tree,
     /// The sequence number of the next log line, over all jobs: keys still sort per job by seq.
     log_seq_next: AtomicU64,
     /// Serializes flushes; see [`SledStore::flush`].
@@ -118,6 +120,7 @@ impl SledStore {
             events: db.open_tree(TREE_EVENTS)?,
             metadata: db.open_tree(TREE_METADATA)?,
             logs,
+            progress: db.open_tree(TREE_PROGRESS)?,
             db,
             log_seq_next: AtomicU64::new(log_seq_next),
             flush_lock: tokio::sync::Mutex::new(()),
@@ -679,6 +682,14 @@ impl JobReader for SledStore {
             .transpose()
     }
 
+    async fn progress(&self, id: JobId) -> StoreResult<Option<JobProgress>> {
+        let key = id.to_bytes();
+        match self.progress.get(key)? {
+            Some(bytes) => Ok(Some(codec::decode(TREE_PROGRESS, &key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
     async fn logs(&self, id: JobId) -> StoreResult<Vec<LogLine>> {
         let mut lines = Vec::new();
         for entry in self.logs.scan_prefix(id.to_bytes()) {
@@ -954,6 +965,42 @@ impl WorkerStore for SledStore {
             self.flush().await?;
         }
         Ok(outcome)
+    }
+
+    async fn set_progress(
+        &self,
+        token: &LeaseToken,
+        progress: &JobProgress,
+    ) -> StoreResult<Result<(), Rejected>> {
+        self.write_progress(token, progress)
+    }
+}
+
+impl SledStore {
+    fn write_progress(
+        &self,
+        token: &LeaseToken,
+        progress: &JobProgress,
+    ) -> StoreResult<Result<(), Rejected>> {
+        let key = token.job_id.to_bytes();
+        let value = codec::encode(progress)?;
+        let result = (&self.jobs, &self.progress).transaction(|(jobs, progress_tree)| {
+            let Some(bytes) = jobs.get(key)? else {
+                return Ok(Err(Rejected::NotFound(token.job_id)));
+            };
+            let job: Job = codec::decode(TREE_JOBS, &key, &bytes)
+                .map_err(ConflictableTransactionError::Abort)?;
+            if let Err(rejected) = machine::check_lease(&job, token) {
+                return Ok(Err(rejected));
+            }
+            progress_tree.insert(&key, value.as_slice())?;
+            Ok(Ok(()))
+        });
+        match result {
+            Ok(outcome) => Ok(outcome),
+            Err(TransactionError::Abort(error)) => Err(error),
+            Err(TransactionError::Storage(error)) => Err(error.into()),
+        }
     }
 }
 

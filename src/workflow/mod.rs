@@ -70,14 +70,36 @@ impl StepKind {
     }
 }
 
-/// Download limits. None of them changes the downloaded bytes, so none is in the definition hash.
+/// Download limits and retry policy. None of them changes the downloaded bytes, so none is in the
+/// definition hash.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DownloadParams {
     pub connect_timeout_s: u64,
     /// A transfer that delivers no byte for this long fails as `network_timeout`.
     pub read_timeout_s: u64,
+    /// The whole step, all attempts included, must finish within this.
     pub total_timeout_s: u64,
+    /// Attempts per step run for transient failures (timeouts, resets, 5xx, 429, truncation).
+    pub attempts_max: u32,
+    /// The first backoff delay; it doubles per attempt, with jitter, up to `backoff_max_ms`.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// The longest `Retry-After` honoured; a server asking for more fails the attempt as
+    /// `rate_limited`.
+    pub retry_after_max_s: u64,
+    /// The largest download accepted (`too_large` beyond it).
+    pub max_bytes: u64,
+    /// Redirect hops followed, each checked by the network guard.
+    pub redirects_max: u32,
+    /// `auto` (yt-dlp for hosts on `platform_hosts`, HTTP otherwise), `http` or `yt-dlp`.
+    pub downloader: Downloader,
+    /// Hosts (and their subdomains) whose pages are not media files and go through yt-dlp.
+    pub platform_hosts: Vec<String>,
+    /// The yt-dlp program (a path, or a name looked up on PATH).
+    pub yt_dlp: String,
+    /// yt-dlp's format selection.
+    pub yt_dlp_format: String,
     pub user_agent: String,
 }
 
@@ -87,9 +109,53 @@ impl Default for DownloadParams {
             connect_timeout_s: 10,
             read_timeout_s: 30,
             total_timeout_s: 6 * 3600,
+            attempts_max: 5,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 30_000,
+            retry_after_max_s: 300,
+            max_bytes: 50 * 1024 * 1024 * 1024,
+            redirects_max: 5,
+            downloader: Downloader::Auto,
+            platform_hosts: [
+                "youtube.com",
+                "youtu.be",
+                "vimeo.com",
+                "dailymotion.com",
+                "twitch.tv",
+                "tiktok.com",
+                "facebook.com",
+                "instagram.com",
+                "x.com",
+                "twitter.com",
+            ]
+            .iter()
+            .map(|host| host.to_string())
+            .collect(),
+            yt_dlp: "yt-dlp".to_string(),
+            yt_dlp_format: "bv*+ba/b".to_string(),
             user_agent: concat!("narra/", env!("CARGO_PKG_VERSION")).to_string(),
         }
     }
+}
+
+impl DownloadParams {
+    /// Whether `host` is a video platform whose pages go through yt-dlp.
+    pub fn is_platform_host(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.platform_hosts.iter().any(|platform| {
+            let platform = platform.to_ascii_lowercase();
+            host == platform || host.ends_with(&format!(".{platform}"))
+        })
+    }
+}
+
+/// Which program fetches a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Downloader {
+    Auto,
+    Http,
+    YtDlp,
 }
 
 /// How the audio is written.

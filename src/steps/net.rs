@@ -1,0 +1,329 @@
+//! The network guard: which addresses a download may reach, and the HTTP client that enforces it.
+//!
+//! A service that fetches user-supplied URLs is an SSRF target. Every address a host name resolves
+//! to is checked by narra's own DNS resolver at connect time (so DNS rebinding cannot slip past a
+//! pre-check), IP literals (which never reach a resolver) are checked before every request, and the
+//! download step follows redirects itself so that every hop is checked too. Proxies from the
+//! environment are ignored: a proxy connects on our behalf, past the guard. Only a proxy named in
+//! narra's own configuration is used. This module never fetches anything itself.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{ErrorClass, StepError};
+
+/// Who may be reached: by default only public addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    /// Allow loopback, private, link-local and other non-public addresses (on-premises sources,
+    /// tests). `--allow-private-network` or `NARRA_ALLOW_PRIVATE_NETWORK=1`.
+    pub allow_private_network: bool,
+    /// Hosts (exact names, lower case) whose addresses are allowed even when private.
+    pub allowed_hosts: Vec<String>,
+    /// An egress proxy from narra's own configuration (`NARRA_PROXY`), never from `HTTP_PROXY`.
+    pub proxy: Option<String>,
+}
+
+impl NetworkPolicy {
+    /// The policy from the environment: `NARRA_ALLOW_PRIVATE_NETWORK=1`, `NARRA_ALLOWED_HOSTS=a,b`,
+    /// `NARRA_PROXY=http://proxy:3128`.
+    pub fn from_env() -> NetworkPolicy {
+        let flag = std::env::var("NARRA_ALLOW_PRIVATE_NETWORK").unwrap_or_default();
+        NetworkPolicy {
+            allow_private_network: matches!(flag.trim(), "1" | "true" | "yes"),
+            allowed_hosts: std::env::var("NARRA_ALLOWED_HOSTS")
+                .unwrap_or_default()
+                .split(',')
+                .map(|host| host.trim().to_ascii_lowercase())
+                .filter(|host| !host.is_empty())
+                .collect(),
+            proxy: std::env::var("NARRA_PROXY")
+                .ok()
+                .filter(|proxy| !proxy.trim().is_empty()),
+        }
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        self.allow_private_network
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(host.trim_end_matches('.')))
+    }
+
+    /// Checks one address for `host`: `Err` names why it is refused.
+    pub fn check_address(&self, host: &str, ip: IpAddr) -> Result<(), StepError> {
+        if self.host_allowed(host) {
+            return Ok(());
+        }
+        match forbidden_reason(ip) {
+            Some(reason) => Err(StepError::new(
+                ErrorClass::ForbiddenAddress,
+                format!(
+                    "{host} resolves to {ip} ({reason}); private networks are not allowed (use --allow-private-network or NARRA_ALLOWED_HOSTS for trusted sources)"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks a URL before a request: scheme, and the host when it is an IP literal.
+    pub fn check_url(&self, url: &url::Url) -> Result<(), StepError> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(StepError::new(
+                ErrorClass::UnsupportedSource,
+                format!("scheme {:?} is not allowed for downloads (http and https only)", url.scheme()),
+            ));
+        }
+        match url.host() {
+            Some(url::Host::Ipv4(ip)) => self.check_address(&ip.to_string(), IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => self.check_address(&ip.to_string(), IpAddr::V6(ip)),
+            Some(url::Host::Domain(_)) => Ok(()),
+            None => Err(StepError::new(
+                ErrorClass::UnsupportedSource,
+                format!("URL {} has no host", super::redact::redact_url(url.as_str())),
+            )),
+        }
+    }
+}
+
+/// Why an address is not public, or `None` for a public unicast address.
+pub fn forbidden_reason(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(ip) => forbidden_v4(ip),
+        IpAddr::V6(ip) => {
+            if let Some(mapped) = ip.to_ipv4_mapped() {
+                return forbidden_v4(mapped).map(|_| "an IPv4-mapped non-public address");
+            }
+            forbidden_v6(ip)
+        }
+    }
+}
+
+fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
+    let octets = ip.octets();
+    if ip.is_unspecified() || octets[0] == 0 {
+        Some("unspecified / this network")
+    } else if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_private() {
+        Some("private network")
+    } else if ip.is_link_local() {
+        Some("link-local, including the cloud metadata address")
+    } else if octets[0] == 100 && (octets[1] & 0xc0) == 64 {
+        Some("carrier-grade NAT")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if ip.is_broadcast() || octets[0] >= 240 {
+        Some("reserved")
+    } else if octets[0] == 192 && octets[1] == 0 && octets[2] == 0 {
+        Some("IETF protocol assignments")
+    } else if (octets[0] == 198 && (octets[1] & 0xfe) == 18)
+        || (octets[0] == 192 && octets[1] == 0 && octets[2] == 2)
+        || (octets[0] == 198 && octets[1] == 51 && octets[2] == 100)
+        || (octets[0] == 203 && octets[1] == 0 && octets[2] == 113)
+    {
+        Some("benchmarking or documentation range")
+    } else {
+        None
+    }
+}
+
+fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
+    let segments = ip.segments();
+    if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else if (segments[0] & 0xfe00) == 0xfc00 {
+        Some("unique local address")
+    } else if (segments[0] & 0xffc0) == 0xfe80 {
+        Some("link-local")
+    } else if (segments[0] & 0xffc0) == 0xfec0 {
+        Some("site-local")
+    } else if segments[0] == 0x64 && segments[1] == 0xff9b {
+        // NAT64 embeds an IPv4 address in the last 32 bits: judge that address.
+        let embedded = Ipv4Addr::new(
+            (segments[6] >> 8) as u8,
+            segments[6] as u8,
+            (segments[7] >> 8) as u8,
+            segments[7] as u8,
+        );
+        forbidden_v4(embedded).map(|_| "a NAT64-embedded non-public address")
+    } else if segments[0] == 0x2001 && segments[1] == 0x0db8 {
+        Some("documentation range")
+    } else if segments[..6] == [0, 0, 0, 0, 0, 0] {
+        Some("IPv4-compatible address")
+    } else {
+        None
+    }
+}
+
+/// A DNS resolver that refuses names resolving to forbidden addresses. It runs at connect time, so
+/// the address checked is the address connected to.
+struct GuardedResolver {
+    policy: Arc<NetworkPolicy>,
+}
+
+/// The error a refused resolution carries through reqwest, found again by `is_forbidden`.
+#[derive(Debug)]
+pub struct ForbiddenAddressError(pub String);
+
+impl std::fmt::Display for ForbiddenAddressError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ForbiddenAddressError {}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .collect();
+            if addresses.is_empty() {
+                return Err(format!("{host} has no address").into());
+            }
+            for address in &addresses {
+                if let Err(error) = policy.check_address(&host, address.ip()) {
+                    return Err(Box::new(ForbiddenAddressError(error.message))
+                        as Box<dyn std::error::Error + Send + Sync>);
+                }
+            }
+            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// If a reqwest error was caused by the guard, its message.
+pub fn forbidden_cause(error: &reqwest::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        if let Some(forbidden) = inner.downcast_ref::<ForbiddenAddressError>() {
+            return Some(forbidden.0.clone());
+        }
+        cause = inner.source();
+    }
+    None
+}
+
+/// The download client: guarded resolver, no redirects (the step follows them itself, checking
+/// each hop), no proxy from the environment.
+pub fn guarded_client(
+    policy: &NetworkPolicy,
+    connect_timeout: Duration,
+    user_agent: &str,
+) -> Result<reqwest::Client, StepError> {
+    let policy = Arc::new(policy.clone());
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .user_agent(user_agent.to_string())
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .dns_resolver(GuardedResolver {
+            policy: policy.clone(),
+        });
+    if let Some(proxy) = &policy.proxy {
+        let proxy = reqwest::Proxy::all(proxy.as_str()).map_err(|error| {
+            StepError::new(ErrorClass::Internal, format!("invalid NARRA_PROXY: {error}"))
+        })?;
+        builder = builder.proxy(proxy);
+    }
+    builder.build().map_err(|error| {
+        StepError::new(
+            ErrorClass::Internal,
+            format!("cannot build the HTTP client: {error}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(text: &str) -> bool {
+        forbidden_reason(text.parse().unwrap()).is_some()
+    }
+
+    #[test]
+    fn non_public_addresses_are_refused() {
+        for address in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            assert!(refused(address), "{address} must be refused");
+        }
+    }
+
+    #[test]
+    fn public_addresses_are_allowed() {
+        for address in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(!refused(address), "{address} must be allowed");
+        }
+    }
+
+    #[test]
+    fn ip_literals_are_checked_without_dns() {
+        let policy = NetworkPolicy::default();
+        let url = url::Url::parse("http://169.254.169.254/latest/meta-data/").unwrap();
+        assert_eq!(
+            policy.check_url(&url).unwrap_err().class,
+            ErrorClass::ForbiddenAddress
+        );
+        let url = url::Url::parse("http://[::ffff:7f00:1]/").unwrap();
+        assert_eq!(
+            policy.check_url(&url).unwrap_err().class,
+            ErrorClass::ForbiddenAddress
+        );
+        let allowed = NetworkPolicy {
+            allow_private_network: true,
+            ..NetworkPolicy::default()
+        };
+        assert!(allowed.check_url(&url).is_ok());
+    }
+
+    #[test]
+    fn allowed_hosts_are_exact_names() {
+        let policy = NetworkPolicy {
+            allowed_hosts: vec!["media.internal".into()],
+            ..NetworkPolicy::default()
+        };
+        let ip: IpAddr = "10.0.0.5".parse().unwrap();
+        assert!(policy.check_address("media.internal", ip).is_ok());
+        assert!(policy.check_address("MEDIA.internal.", ip).is_ok());
+        assert!(policy.check_address("other.internal", ip).is_err());
+    }
+
+    #[test]
+    fn only_http_and_https_are_fetched() {
+        let policy = NetworkPolicy::default();
+        let url = url::Url::parse("gopher://example.com/").unwrap();
+        assert_eq!(
+            policy.check_url(&url).unwrap_err().class,
+            ErrorClass::UnsupportedSource
+        );
+    }
+}
