@@ -3,6 +3,7 @@
 //!
 //! Data goes to stdout (text or, with `--json`, JSON only); logs go to stderr, always.
 
+pub mod doctor;
 pub mod views;
 
 use std::io::Write;
@@ -136,6 +137,16 @@ pub enum Command {
         #[arg(long)]
         full: bool,
     },
+    /// Re-derive a finished job's metadata record from its stored original, record what changed,
+    /// and store the new record (a succeeded job runs again; only its store step does work).
+    Reprobe { id: JobId },
+    /// Check that narra can run here: ffmpeg, ffprobe, workflows and their encoders, the state
+    /// store, the storage backend and free scratch space. Exits 1 on any problem.
+    Doctor {
+        /// The least free space the scratch directory's file system must have, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        scratch_min_free_mb: u64,
+    },
 }
 
 /// A failure of a command as a whole, with its exit code.
@@ -219,6 +230,13 @@ fn absolute(path: &Path) -> Result<PathBuf, CliError> {
 
 /// Runs a parsed command line: the whole of `main`, short of process setup.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    // Doctor must answer when the home is missing, broken or held by another process.
+    if let Command::Doctor {
+        scratch_min_free_mb,
+    } = cli.command
+    {
+        return run_doctor(&cli.global, scratch_min_free_mb).await;
+    }
     let home = open_home(&cli.global)?;
     let engine = &home.engine;
     let json = cli.global.json;
@@ -362,6 +380,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     .await?
                 {
                     Ok(job) => queued.push(job),
+                    // A pending job (one reclaimed from a dead process, say) needs no transition:
+                    // it is simply run.
+                    Err(crate::engine::machine::Rejected::NotAllowed {
+                        status: Status::Pending,
+                        ..
+                    }) => queued.push(engine.store.job(id).await?.ok_or_else(|| not_found(id))?),
                     Err(rejected) => {
                         refused = true;
                         eprintln!("narra: {rejected}");
@@ -396,6 +420,37 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             print_jobs(&mut out, &jobs, json)?;
             Ok(if refused {
                 ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Doctor { .. } => unreachable!("doctor runs before the home is opened"),
+        Command::Reprobe { id } => {
+            reclaim_orphans(engine).await?;
+            let reprobed = crate::engine::reprobe::reprobe(engine, id)
+                .await
+                .map_err(|error| CliError::Other(error.into()))?;
+            if json {
+                let value = json!({
+                    "job": views::job_summary(&reprobed.job),
+                    "changes": reprobed.changes,
+                    "republished": reprobed.republished,
+                });
+                writeln!(out, "{}", serde_json::to_string_pretty(&value).expect("JSON"))
+                    .map_err(io)?;
+            } else {
+                if reprobed.changes.is_empty() {
+                    writeln!(out, "{id}  metadata record unchanged").map_err(io)?;
+                }
+                for change in &reprobed.changes {
+                    writeln!(out, "{id}  changed  {change}").map_err(io)?;
+                }
+                if reprobed.republished {
+                    writeln!(out, "{}", views::job_line(&reprobed.job)).map_err(io)?;
+                }
+            }
+            Ok(if reprobed.republished {
+                exit_for(std::slice::from_ref(&reprobed.job))
             } else {
                 ExitCode::SUCCESS
             })
@@ -526,6 +581,28 @@ pub async fn verify_job(
         }
     }
     Ok(problems)
+}
+
+async fn run_doctor(global: &GlobalArgs, scratch_min_free_mb: u64) -> Result<ExitCode, CliError> {
+    let checks = doctor::run_checks(global, scratch_min_free_mb.saturating_mul(1024 * 1024)).await;
+    let all_ok = checks.iter().all(|check| check.ok);
+    let mut out = std::io::stdout().lock();
+    if global.json {
+        let value = json!({
+            "ok": all_ok,
+            "checks": checks.iter().map(doctor::Check::to_json).collect::<Vec<_>>(),
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&value).expect("JSON")).map_err(io)?;
+    } else {
+        for check in &checks {
+            writeln!(out, "{}", check.to_text()).map_err(io)?;
+        }
+    }
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn print_jobs(

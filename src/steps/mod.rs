@@ -7,6 +7,7 @@
 pub mod download;
 pub mod extract;
 pub mod net;
+pub mod process;
 pub mod redact;
 pub mod store;
 
@@ -17,7 +18,9 @@ use crate::engine::job::ErrorInfo;
 /// The stable error classes users see in `show`, `jobs`, `logs` and the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {
-    /// The source is not something narra can fetch (unknown scheme, malformed URL).
+    /// The source is not something narra can fetch (unknown scheme, malformed URL), or a file whose
+    /// format narra refuses to open (playlists such as HLS or concat scripts, which would make
+    /// ffmpeg read other files or URLs).
     UnsupportedSource,
     /// HTTP 401/403/451: the platform refused.
     DownloadBlocked,
@@ -35,13 +38,22 @@ pub enum ErrorClass {
     TooLarge,
     /// The source (or a redirect hop) points at a loopback, private or otherwise non-public address.
     ForbiddenAddress,
-    /// ffprobe cannot read the file as media.
+    /// ffprobe cannot read the file as media, or ffmpeg found it damaged: invalid data, a missing
+    /// moov atom, an empty file, a truncated stream (caught by probing the extracted audio).
     CorruptMedia,
     /// The media has no audio stream to extract.
     NoAudioStream,
+    /// The chosen audio stream's codec is one ffmpeg cannot decode.
+    UnsupportedCodec,
+    /// ffprobe or ffmpeg ran past its timeout and was killed with its whole process group.
+    ExtractTimeout,
     /// ffmpeg failed; the message carries ffmpeg's own words.
     ExtractFailed,
     StorageUnavailable,
+    /// The object store refused the credentials.
+    StorageAuth,
+    /// An object does not read back as written.
+    ChecksumMismatch,
     StorageError,
     /// Scratch space on the worker could not be written.
     ScratchError,
@@ -65,8 +77,12 @@ impl ErrorClass {
             ErrorClass::ForbiddenAddress => "forbidden_address",
             ErrorClass::CorruptMedia => "corrupt_media",
             ErrorClass::NoAudioStream => "no_audio_stream",
+            ErrorClass::UnsupportedCodec => "unsupported_codec",
+            ErrorClass::ExtractTimeout => "extract_timeout",
             ErrorClass::ExtractFailed => "extract_failed",
             ErrorClass::StorageUnavailable => "storage_unavailable",
+            ErrorClass::StorageAuth => "storage_auth",
+            ErrorClass::ChecksumMismatch => "checksum_mismatch",
             ErrorClass::StorageError => "storage_error",
             ErrorClass::ScratchError => "scratch_error",
             ErrorClass::Cancelled => "cancelled",
@@ -131,9 +147,12 @@ impl StepError {
 
 impl From<crate::storage::StorageError> for StepError {
     fn from(error: crate::storage::StorageError) -> StepError {
-        let class = match error.class() {
-            "storage_unavailable" => ErrorClass::StorageUnavailable,
-            _ => ErrorClass::StorageError,
+        let class = match &error {
+            crate::storage::StorageError::Unavailable { .. } => ErrorClass::StorageUnavailable,
+            crate::storage::StorageError::Auth { .. } => ErrorClass::StorageAuth,
+            crate::storage::StorageError::ChecksumMismatch { .. } => ErrorClass::ChecksumMismatch,
+            crate::storage::StorageError::InvalidUri { .. }
+            | crate::storage::StorageError::Failed { .. } => ErrorClass::StorageError,
         };
         StepError::new(class, error.to_string())
     }

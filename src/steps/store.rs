@@ -12,7 +12,9 @@ use tokio::time::Instant;
 
 use super::{ErrorClass, StepError};
 use crate::engine::job::{ChangeToken, Hash, JobId, Location, MediaMetadata, StepOutput};
-use crate::storage::{ObjectStat, Storage, StorageError, blob_key, manifest_key};
+use crate::storage::{
+    ObjectStat, Storage, StorageError, WriteOptions, Written, blob_key, manifest_key,
+};
 
 /// A file to store as a blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +51,9 @@ pub struct Stored {
     pub outputs: Vec<StepOutput>,
     pub objects_written: u32,
     pub objects_skipped: u32,
+    /// The keys this run wrote (not those it found already holding their bytes), in write order:
+    /// the worker records them for `narra audit`.
+    pub keys_written: Vec<String>,
 }
 
 pub async fn store(storage: &Storage, input: &StoreInput<'_>) -> Result<Stored, StepError> {
@@ -56,7 +61,10 @@ pub async fn store(storage: &Storage, input: &StoreInput<'_>) -> Result<Stored, 
     let mut objects_written = 0;
     let mut objects_skipped = 0;
     let mut artifacts = Vec::new();
+    // Whether each output, in order, had to be written.
+    let mut written_flags = Vec::new();
     let mut put = |written: bool| {
+        written_flags.push(written);
         if written {
             objects_written += 1;
         } else {
@@ -129,10 +137,20 @@ pub async fn store(storage: &Storage, input: &StoreInput<'_>) -> Result<Stored, 
     put(written);
     outputs.push(output("manifest", key, manifest_size, manifest_hash, stat));
 
+    let keys_written = outputs
+        .iter()
+        .zip(&written_flags)
+        .filter(|(_, written)| **written)
+        .filter_map(|(output, _)| match &output.location {
+            Location::Object(key) => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
     Ok(Stored {
         outputs,
         objects_written,
         objects_skipped,
+        keys_written,
     })
 }
 
@@ -152,7 +170,9 @@ fn output(name: &str, key: String, size: u64, blake3: Hash, stat: ObjectStat) ->
 }
 
 /// Makes sure `key` holds exactly the expected bytes: returns the object's stat and whether it had
-/// to be written.
+/// to be written. Skips by hash, never by ETag: an existing object counts when its recorded blake3
+/// (user metadata, where the backend keeps it) matches, when its change token is the one this step
+/// recorded last time, or when re-hashing it gives the expected blake3.
 async fn ensure_object(
     storage: &Storage,
     input: &StoreInput<'_>,
@@ -169,26 +189,30 @@ async fn ensure_object(
         })
         .map(|output| &output.change_token);
     let existing = with_retry(input.unavailable_wait, || storage.stat(key)).await?;
-    if let Some(stat) = existing
+    if let Some(stat) = &existing
         && stat.size == size
     {
+        let recorded = stat.recorded_blake3 == Some(blake3);
         let unchanged = previous_token
             .is_some_and(|token| *token != ChangeToken::None && *token == stat.change_token);
-        if unchanged {
-            return Ok((stat, false));
+        if recorded || unchanged {
+            return Ok((stat.clone(), false));
         }
         let found = with_retry(input.unavailable_wait, || storage.hash_object(key)).await?;
         if found == Some((size, blake3)) {
-            return Ok((stat, false));
+            return Ok((stat.clone(), false));
         }
-        tracing::warn!(
-            key,
-            "a stored object does not match its expected hash; rewriting it"
-        );
+        tracing::warn!(key, "a stored object does not match its expected hash; rewriting it");
     }
-    let stat = match payload {
+    // Content-addressed keys are created only if absent, where the backend can: a concurrent
+    // writer of the same key writes the same bytes.
+    let options = WriteOptions {
+        blake3: Some(blake3),
+        if_not_exists: existing.is_none() && key.starts_with("blobs/"),
+    };
+    let written = match payload {
         Payload::File(Some(path)) => {
-            with_retry(input.unavailable_wait, || storage.put_file(key, path)).await?
+            with_retry(input.unavailable_wait, || storage.put_file(key, path, options)).await?
         }
         Payload::File(None) => {
             return Err(StepError::new(
@@ -198,18 +222,27 @@ async fn ensure_object(
         }
         Payload::Bytes(bytes) => {
             with_retry(input.unavailable_wait, || {
-                storage.put_bytes(key, bytes.clone())
+                storage.put_bytes(key, bytes.clone(), options)
             })
             .await?
         }
     };
-    if stat.size != size {
-        return Err(StepError::new(
-            ErrorClass::StorageError,
-            format!("{key} holds {} bytes after writing {size}", stat.size),
-        ));
+    match written {
+        Written::Written(stat) => Ok((stat, true)),
+        Written::AlreadyExists => {
+            // Another writer created the key between our stat and our write: it counts only if it
+            // holds our bytes.
+            let found = with_retry(input.unavailable_wait, || storage.hash_object(key)).await?;
+            let stat = with_retry(input.unavailable_wait, || storage.stat(key)).await?;
+            match (found, stat) {
+                (Some(found), Some(stat)) if found == (size, blake3) => Ok((stat, false)),
+                _ => Err(StepError::new(
+                    ErrorClass::ChecksumMismatch,
+                    format!("{key} was created concurrently with different content"),
+                )),
+            }
+        }
     }
-    Ok((stat, true))
 }
 
 /// Retries an operation while the object store is unavailable, with exponential backoff, for at

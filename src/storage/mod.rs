@@ -2,7 +2,8 @@
 //! change tokens and content hashing of stored objects.
 //!
 //! Only this module imports opendal. It knows nothing of jobs' status or of the state store: it is
-//! given keys and files and answers with sizes, hashes and change tokens. It never deletes an object.
+//! given keys and files and answers with sizes, hashes and change tokens. It deletes an object only
+//! when `engine::cleanup` asks (`narra cleanup --confirm`, `narra delete --confirm`).
 //!
 //! Layout: content-addressed blobs `blobs/<first 2 hex of blake3>/<blake3>.<ext>` (identical media
 //! from two jobs is stored once) and a per-job manifest `jobs/<job id>/manifest.json`.
@@ -35,13 +36,27 @@ pub enum StorageError {
         key: String,
         message: String,
     },
+    /// The object store refused our credentials: retrying will not help.
+    #[error("object store refused the credentials while {action} {key}: {message}")]
+    Auth {
+        action: &'static str,
+        key: String,
+        message: String,
+    },
     /// A write or read that will not work by retrying: a local path that is not a directory, a
-    /// permission refused, a read-only filesystem, bad credentials.
+    /// permission refused, a read-only filesystem.
     #[error("storage error while {action} {key}: {message}")]
     Failed {
         action: &'static str,
         key: String,
         message: String,
+    },
+    /// What was written does not read back as written.
+    #[error("{key} reads back as {found} bytes after writing {expected}")]
+    ChecksumMismatch {
+        key: String,
+        expected: u64,
+        found: u64,
     },
 }
 
@@ -51,7 +66,9 @@ impl StorageError {
         match self {
             StorageError::InvalidUri { .. } => "invalid_config",
             StorageError::Unavailable { .. } => "storage_unavailable",
+            StorageError::Auth { .. } => "storage_auth",
             StorageError::Failed { .. } => "storage_error",
+            StorageError::ChecksumMismatch { .. } => "checksum_mismatch",
         }
     }
 
@@ -65,7 +82,36 @@ impl StorageError {
 pub struct ObjectStat {
     pub size: u64,
     pub change_token: ChangeToken,
+    /// The blake3 narra recorded in the object's user metadata, where the backend keeps it. It is
+    /// what narra wrote, not a hash of what is there now: `--deep` checks re-hash.
+    pub recorded_blake3: Option<Hash>,
 }
+
+/// How an object is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Recorded in user metadata (`blake3`) where the backend keeps user metadata.
+    pub blake3: Option<Hash>,
+    /// Refuse to overwrite an existing object (content-addressed keys), where the backend can.
+    pub if_not_exists: bool,
+}
+
+/// What happened to a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// The object was written.
+    Written(ObjectStat),
+    /// `if_not_exists` was asked and the key already held an object (someone else wrote it).
+    AlreadyExists,
+}
+
+/// The user-metadata key narra records an object's blake3 under.
+pub const BLAKE3_METADATA_KEY: &str = "blake3";
+
+/// Multipart part size and concurrency for object stores (set with `chunk_mib` and `concurrency`
+/// in the storage URI's query).
+const DEFAULT_CHUNK_MIB: usize = 8;
+const DEFAULT_CONCURRENCY: usize = 4;
 
 /// A storage root: an opendal operator plus what narra needs to know of its backend.
 #[derive(Debug, Clone)]
@@ -74,13 +120,32 @@ pub struct Storage {
     uri: String,
     /// For `fs://` roots: the directory, for change tokens (inode, size, mtime) and directory fsync.
     fs_root: Option<PathBuf>,
+    /// Whether the backend keeps user metadata (checked through its capability: unsupported user
+    /// metadata is dropped or refused depending on the backend).
+    user_metadata: bool,
+    if_not_exists: bool,
+    chunk_bytes: usize,
+    concurrency: usize,
 }
 
 impl Storage {
-    /// Builds the operator for a storage URI: `fs:///absolute/path` or `memory://`.
+    /// Builds the operator for a storage URI:
+    /// - `fs:///absolute/path`
+    /// - `s3://bucket/prefix?endpoint=URL&region=R&path_style=true` (else `AWS_ENDPOINT_URL`,
+    ///   `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`)
+    /// - `azblob://container/prefix?endpoint=URL&account=NAME` (else `AZURE_STORAGE_ACCOUNT`,
+    ///   `AZURE_STORAGE_KEY`, `AZURE_STORAGE_ENDPOINT`)
+    /// - `gcs://bucket/prefix` (credentials from `GOOGLE_APPLICATION_CREDENTIALS`)
+    /// - `memory://` (tests)
+    ///
+    /// Object stores get opendal's timeout layer inside its retry layer (with jitter), so a timed out
+    /// attempt is retried rather than the retry being cut short, and tracing outermost.
     pub fn from_uri(uri: &str) -> Result<Storage, StorageError> {
+        // Registers the services and the HTTP transport object stores speak through; safe to call
+        // more than once.
+        opendal::install_default();
         let invalid = |reason: &str| StorageError::InvalidUri {
-            uri: uri.to_string(),
+            uri: crate::steps::redact::redact_url(uri),
             reason: reason.to_string(),
         };
         if let Some(path) = uri.strip_prefix("fs://") {
@@ -99,30 +164,145 @@ impl Storage {
                 .to_str()
                 .ok_or_else(|| invalid("the root is not UTF-8"))?;
             let atomic_dir = root.join(FS_ATOMIC_WRITE_DIR);
-            let builder = services::Fs::default()
-                .root(root_text)
-                .atomic_write_dir(atomic_dir.to_str().expect("a UTF-8 root joined with ASCII"));
-            let operator = Operator::new(builder).map_err(|error| invalid(&error.to_string()))?;
+            let builder = services::Fs::default().root(root_text).atomic_write_dir(
+                atomic_dir
+                    .to_str()
+                    .expect("a UTF-8 root joined with ASCII"),
+            );
+            let operator =
+                Operator::new(builder).map_err(|error| invalid(&error.to_string()))?;
             return Ok(Storage {
                 operator,
                 uri: uri.to_string(),
                 fs_root: Some(root),
+                // Change tokens and recorded checkpoints stand in for user metadata on files.
+                user_metadata: false,
+                if_not_exists: false,
+                chunk_bytes: CHUNK_BYTES * DEFAULT_CHUNK_MIB,
+                concurrency: 1,
             });
         }
-        if uri == "memory://" || uri.starts_with("memory://") {
+        if uri.starts_with("memory://") {
             let operator = Operator::new(services::Memory::default())
                 .map_err(|error| invalid(&error.to_string()))?;
-            return Ok(Storage {
-                operator,
-                uri: uri.to_string(),
-                fs_root: None,
-            });
+            return Storage::remote(operator, uri, &Default::default());
         }
-        Err(invalid("supported schemes are fs:///path and memory://"))
+        let parsed = url::Url::parse(uri).map_err(|error| invalid(&error.to_string()))?;
+        let query: std::collections::HashMap<String, String> = parsed
+            .query_pairs()
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        let container = parsed
+            .host_str()
+            .filter(|host| !host.is_empty())
+            .ok_or_else(|| invalid("the bucket or container is missing, as in s3://bucket/prefix"))?;
+        let root = format!("/{}", parsed.path().trim_matches('/'));
+        let operator = match parsed.scheme() {
+            "s3" => {
+                let mut builder = services::S3::default().bucket(container).root(&root);
+                if let Some(endpoint) = query.get("endpoint").cloned().or_else(|| env("AWS_ENDPOINT_URL")) {
+                    builder = builder.endpoint(&endpoint);
+                }
+                let region = query
+                    .get("region")
+                    .cloned()
+                    .or_else(|| env("AWS_REGION"))
+                    .or_else(|| env("AWS_DEFAULT_REGION"))
+                    .unwrap_or_else(|| "us-east-1".to_string());
+                builder = builder.region(&region);
+                if let (Some(key), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+                    builder = builder.access_key_id(&key).secret_access_key(&secret);
+                    if let Some(token) = env("AWS_SESSION_TOKEN") {
+                        builder = builder.session_token(&token);
+                    }
+                }
+                if let Some(profile) = env("AWS_PROFILE") {
+                    builder = builder.profile(&profile);
+                }
+                if query.get("path_style").map(String::as_str) == Some("false") {
+                    builder = builder.enable_virtual_host_style();
+                }
+                Operator::new(builder).map_err(|error| invalid(&error.to_string()))?
+            }
+            "azblob" => {
+                let mut builder = services::Azblob::default().container(container).root(&root);
+                if let Some(endpoint) = query.get("endpoint").cloned().or_else(|| env("AZURE_STORAGE_ENDPOINT")) {
+                    builder = builder.endpoint(&endpoint);
+                }
+                if let Some(account) = query.get("account").cloned().or_else(|| env("AZURE_STORAGE_ACCOUNT")) {
+                    builder = builder.account_name(&account);
+                }
+                if let Some(key) = env("AZURE_STORAGE_KEY") {
+                    builder = builder.account_key(&key);
+                }
+                Operator::new(builder).map_err(|error| invalid(&error.to_string()))?
+            }
+            "gcs" => {
+                let mut builder = services::Gcs::default().bucket(container).root(&root);
+                if let Some(path) = env("GOOGLE_APPLICATION_CREDENTIALS") {
+                    builder = builder.credential_path(&path);
+                }
+                if let Some(endpoint) = query.get("endpoint") {
+                    builder = builder.endpoint(endpoint);
+                }
+                Operator::new(builder).map_err(|error| invalid(&error.to_string()))?
+            }
+            _ => {
+                return Err(invalid(
+                    "supported schemes are fs:///path, s3://bucket/prefix, azblob://container/prefix, gcs://bucket/prefix and memory://",
+                ));
+            }
+        };
+        let operator = operator
+            .layer(
+                opendal::layers::TimeoutLayer::default()
+                    .with_timeout(std::time::Duration::from_secs(60))
+                    .with_io_timeout(std::time::Duration::from_secs(30)),
+            )
+            .layer(
+                opendal::layers::RetryLayer::default()
+                    .with_jitter()
+                    .with_max_times(3)
+                    .with_min_delay(std::time::Duration::from_millis(100))
+                    .with_max_delay(std::time::Duration::from_secs(5)),
+            )
+            .layer(opendal::layers::TracingLayer::default());
+        Storage::remote(operator, uri, &query)
+    }
+
+    fn remote(
+        operator: Operator,
+        uri: &str,
+        query: &std::collections::HashMap<String, String>,
+    ) -> Result<Storage, StorageError> {
+        let capability = operator.info().capability();
+        let number = |name: &str, default: usize| {
+            query
+                .get(name)
+                .and_then(|value| value.parse::<usize>().ok())
+                .filter(|value| *value > 0)
+                .unwrap_or(default)
+        };
+        Ok(Storage {
+            operator,
+            uri: uri.to_string(),
+            fs_root: None,
+            user_metadata: capability.write_with_user_metadata && capability.stat,
+            if_not_exists: capability.write_with_if_not_exists,
+            // S3 refuses parts under 5 MiB (but the last).
+            chunk_bytes: CHUNK_BYTES * number("chunk_mib", DEFAULT_CHUNK_MIB).max(5),
+            concurrency: number("concurrency", DEFAULT_CONCURRENCY),
+        })
     }
 
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// Whether narra's blake3 survives in this backend's user metadata.
+    pub fn keeps_user_metadata(&self) -> bool {
+        self.user_metadata
     }
 
     /// The file behind a key, for `fs://` roots: steps read stored originals in place from it.
@@ -137,6 +317,7 @@ impl Storage {
                 Ok(metadata) if metadata.is_file() => Ok(Some(ObjectStat {
                     size: metadata.len(),
                     change_token: file_change_token(&metadata),
+                    recorded_blake3: None,
                 })),
                 Ok(_) => Ok(None),
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -155,6 +336,10 @@ impl Storage {
                     .etag()
                     .map(|etag| ChangeToken::ETag(etag.to_string()))
                     .unwrap_or(ChangeToken::None),
+                recorded_blake3: metadata
+                    .user_metadata()
+                    .and_then(|user| user.get(BLAKE3_METADATA_KEY).map(str::to_string))
+                    .and_then(|hex| parse_hash(&hex)),
             })),
             Err(error) if error.kind() == ErrorKind::NotFound => Ok(None),
             Err(error) => Err(self.classify("checking", key, error)),
@@ -197,23 +382,39 @@ impl Storage {
         Ok(Some((size, hasher.finalize().into())))
     }
 
-    /// Writes a local file to `key`, streamed in chunks. On `fs://` roots the object is written to
-    /// a temp file, fsynced, renamed into place, and its directories fsynced: a crash leaves either
-    /// no object or the whole object at the key, never part of one.
-    pub async fn put_file(&self, key: &str, path: &Path) -> Result<ObjectStat, StorageError> {
+    /// Writes a local file to `key`, streamed in chunks (multipart with concurrency on object
+    /// stores, always closed or aborted). On `fs://` roots the object is written to a temp file,
+    /// fsynced, renamed into place, and its directories fsynced: a crash leaves either no object or
+    /// the whole object at the key, never part of one. An object-store multipart upload is not
+    /// visible at its key until it completes.
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &Path,
+        options: WriteOptions,
+    ) -> Result<Written, StorageError> {
         let read_failed = |error: std::io::Error| StorageError::Failed {
             action: "reading the local file for",
             key: key.to_string(),
             message: format!("{}: {error}", path.display()),
         };
+        let expected = tokio::fs::metadata(path).await.map_err(read_failed)?.len();
         let mut file = tokio::fs::File::open(path).await.map_err(read_failed)?;
-        let mut writer = self
+        let mut writer = match self
             .operator
             .writer_with(key)
-            .chunk(CHUNK_BYTES * 8)
-            .concurrent(4)
+            .chunk(self.chunk_bytes)
+            .concurrent(self.concurrency)
+            .if_not_exists(options.if_not_exists && self.if_not_exists)
+            .user_metadata(self.metadata_for(&options))
             .await
-            .map_err(|error| self.classify("writing", key, error))?;
+        {
+            Ok(writer) => writer,
+            Err(error) if error.kind() == ErrorKind::ConditionNotMatch => {
+                return Ok(Written::AlreadyExists);
+            }
+            Err(error) => return Err(self.classify("writing", key, error)),
+        };
         let mut buffer = vec![0u8; CHUNK_BYTES];
         loop {
             let count = match file.read(&mut buffer).await {
@@ -226,25 +427,58 @@ impl Storage {
             if count == 0 {
                 break;
             }
-            if let Err(error) = writer.write(Bytes::copy_from_slice(&buffer[..count])).await {
+            if let Err(error) = writer
+                .write(Bytes::copy_from_slice(&buffer[..count]))
+                .await
+            {
                 let _ = writer.abort().await;
                 return Err(self.classify("writing", key, error));
             }
         }
-        writer
-            .close()
-            .await
-            .map_err(|error| self.classify("writing", key, error))?;
-        self.after_write(key).await
+        match writer.close().await {
+            Ok(_) => {}
+            Err(error) if error.kind() == ErrorKind::ConditionNotMatch => {
+                return Ok(Written::AlreadyExists);
+            }
+            Err(error) => {
+                let _ = writer.abort().await;
+                return Err(self.classify("writing", key, error));
+            }
+        }
+        self.after_write(key, expected).await.map(Written::Written)
     }
 
     /// Writes a small object whole (the manifest and metadata records), atomically like `put_file`.
-    pub async fn put_bytes(&self, key: &str, bytes: Vec<u8>) -> Result<ObjectStat, StorageError> {
-        self.operator
-            .write(key, bytes)
+    pub async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        options: WriteOptions,
+    ) -> Result<Written, StorageError> {
+        let expected = bytes.len() as u64;
+        match self
+            .operator
+            .write_with(key, bytes)
+            .if_not_exists(options.if_not_exists && self.if_not_exists)
+            .user_metadata(self.metadata_for(&options))
             .await
-            .map_err(|error| self.classify("writing", key, error))?;
-        self.after_write(key).await
+        {
+            Ok(_) => {}
+            Err(error) if error.kind() == ErrorKind::ConditionNotMatch => {
+                return Ok(Written::AlreadyExists);
+            }
+            Err(error) => return Err(self.classify("writing", key, error)),
+        }
+        self.after_write(key, expected).await.map(Written::Written)
+    }
+
+    fn metadata_for(&self, options: &WriteOptions) -> Vec<(String, String)> {
+        match options.blake3 {
+            Some(hash) if self.user_metadata => {
+                vec![(BLAKE3_METADATA_KEY.to_string(), hash.to_hex())]
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Reads a whole small object.
@@ -297,7 +531,7 @@ impl Storage {
         Ok((size, hasher.finalize().into()))
     }
 
-    async fn after_write(&self, key: &str) -> Result<ObjectStat, StorageError> {
+    async fn after_write(&self, key: &str, expected: u64) -> Result<ObjectStat, StorageError> {
         if let (Some(root), Some(path)) = (&self.fs_root, self.local_path(key)) {
             // The rename is durable only once the directory entries that lead to it are.
             let root = root.clone();
@@ -311,34 +545,59 @@ impl Storage {
                     message: error.to_string(),
                 })?;
         }
-        self.stat(key)
+        let stat = self
+            .stat(key)
             .await?
-            .ok_or_else(|| StorageError::Unavailable {
-                action: "checking",
+            .ok_or_else(|| StorageError::ChecksumMismatch {
                 key: key.to_string(),
-                message: "the object is missing right after it was written".into(),
-            })
+                expected,
+                found: 0,
+            })?;
+        if stat.size != expected {
+            return Err(StorageError::ChecksumMismatch {
+                key: key.to_string(),
+                expected,
+                found: stat.size,
+            });
+        }
+        Ok(stat)
     }
 
     fn classify(&self, action: &'static str, key: &str, error: opendal::Error) -> StorageError {
-        let message = error.to_string();
-        let permanent = self.fs_root.is_some()
-            || matches!(
-                error.kind(),
-                ErrorKind::PermissionDenied | ErrorKind::ConfigInvalid | ErrorKind::NotADirectory
-            );
-        if permanent {
-            StorageError::Failed {
+        let message = crate::steps::redact::redact_text(&error.to_string());
+        let key = key.to_string();
+        if self.fs_root.is_some() {
+            return StorageError::Failed {
                 action,
-                key: key.to_string(),
+                key,
                 message,
-            }
-        } else {
-            StorageError::Unavailable {
+            };
+        }
+        // A signer that cannot load credentials reports an unexpected error, but no retry fixes it.
+        let credentials_missing = message.contains("credential");
+        match error.kind() {
+            _ if credentials_missing => StorageError::Auth {
                 action,
-                key: key.to_string(),
+                key,
                 message,
+            },
+            ErrorKind::PermissionDenied => StorageError::Auth {
+                action,
+                key,
+                message,
+            },
+            ErrorKind::ConfigInvalid | ErrorKind::NotADirectory | ErrorKind::IsADirectory => {
+                StorageError::Failed {
+                    action,
+                    key,
+                    message,
+                }
             }
+            _ => StorageError::Unavailable {
+                action,
+                key,
+                message,
+            },
         }
     }
 
@@ -357,6 +616,149 @@ impl Storage {
             }
         }
     }
+}
+
+/// One object found by [`Storage::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedObject {
+    pub key: String,
+    pub size: u64,
+    /// When the object was last written, where the backend says.
+    pub last_modified: Option<crate::engine::job::Timestamp>,
+}
+
+// Listing and deleting, for `narra cleanup` and `narra delete` only (`engine::cleanup`): the steps
+// never delete.
+impl Storage {
+    /// Every object under `prefix` (a directory such as `blobs/`, with its slash), recursively, in
+    /// key order. On `fs://` roots the temp directory of atomic writes ([`FS_ATOMIC_WRITE_DIR`]) is
+    /// listed only when asked for by name: its files are writes that never finished. Incomplete
+    /// multipart uploads are not objects and are never listed: no opendal backend lists them.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ListedObject>, StorageError> {
+        if let Some(root) = self.fs_root.clone() {
+            let prefix_owned = prefix.to_string();
+            let listed = tokio::task::spawn_blocking(move || list_fs(&root, &prefix_owned))
+                .await
+                .expect("listing does not panic");
+            return listed.map_err(|error| StorageError::Failed {
+                action: "listing",
+                key: prefix.to_string(),
+                message: error.to_string(),
+            });
+        }
+        let entries = match self.operator.list_with(prefix).recursive(true).await {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(self.classify("listing", prefix, error)),
+        };
+        let mut listed = Vec::with_capacity(entries.len());
+        for entry in entries {
+            if !entry.metadata().is_file() {
+                continue;
+            }
+            let key = entry.path().to_string();
+            // Some backends list names only: ask for the size and time where they are missing.
+            let metadata = if entry.metadata().content_length() == 0
+                || entry.metadata().last_modified().is_none()
+            {
+                match self.operator.stat(&key).await {
+                    Ok(metadata) => metadata,
+                    Err(error) if error.kind() == ErrorKind::NotFound => continue,
+                    Err(error) => return Err(self.classify("checking", &key, error)),
+                }
+            } else {
+                entry.metadata().clone()
+            };
+            listed.push(ListedObject {
+                key,
+                size: metadata.content_length(),
+                last_modified: metadata.last_modified().and_then(|time| {
+                    let time = std::time::SystemTime::from(time);
+                    time.duration_since(std::time::UNIX_EPOCH)
+                        .ok()
+                        .and_then(|since| i64::try_from(since.as_millis()).ok())
+                        .map(crate::engine::job::Timestamp)
+                }),
+            });
+        }
+        listed.sort_by(|left, right| left.key.cmp(&right.key));
+        Ok(listed)
+    }
+
+    /// Deletes an object. A key that holds nothing is not an error: deleting is idempotent.
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        if let (Some(root), Some(path)) = (self.fs_root.clone(), self.local_path(key)) {
+            let key_owned = key.to_string();
+            let removed = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                    Err(error) => return Err(error),
+                }
+                // The removal is durable once its directory entry is.
+                sync_parent_dirs(&root, &path)
+            })
+            .await
+            .expect("deleting does not panic");
+            return removed.map_err(|error| StorageError::Failed {
+                action: "deleting",
+                key: key_owned,
+                message: error.to_string(),
+            });
+        }
+        match self.operator.delete(key).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(self.classify("deleting", key, error)),
+        }
+    }
+}
+
+/// The files under `root/prefix`, as keys relative to `root`, skipping the atomic-write directory.
+fn list_fs(root: &Path, prefix: &str) -> std::io::Result<Vec<ListedObject>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut listed = Vec::new();
+    let mut pending = vec![root.join(prefix)];
+    while let Some(directory) = pending.pop() {
+        let entries = match std::fs::read_dir(&directory) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            let metadata = match entry.metadata() {
+                Ok(metadata) => metadata,
+                // Removed since the directory was read.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            };
+            let Ok(relative) = path.strip_prefix(root) else {
+                continue;
+            };
+            if relative.starts_with(FS_ATOMIC_WRITE_DIR) && !prefix.starts_with(FS_ATOMIC_WRITE_DIR) {
+                continue;
+            }
+            if metadata.is_dir() {
+                pending.push(path);
+            } else if metadata.is_file()
+                && let Some(key) = relative.to_str()
+            {
+                let millis = metadata
+                    .mtime()
+                    .saturating_mul(1_000)
+                    .saturating_add(metadata.mtime_nsec() / 1_000_000);
+                listed.push(ListedObject {
+                    key: key.to_string(),
+                    size: metadata.len(),
+                    last_modified: Some(crate::engine::job::Timestamp(millis)),
+                });
+            }
+        }
+    }
+    listed.sort_by(|left, right| left.key.cmp(&right.key));
+    Ok(listed)
 }
 
 /// The content-addressed key of a blob.
@@ -427,7 +829,14 @@ mod tests {
         let hash = Hash::of(&bytes);
         let key = blob_key(&hash, "bin");
 
-        let stat = storage.put_file(&key, &source).await.unwrap();
+        let stat = match storage
+            .put_file(&key, &source, WriteOptions::default())
+            .await
+            .unwrap()
+        {
+            Written::Written(stat) => stat,
+            Written::AlreadyExists => panic!("nothing was there"),
+        };
 
         assert_eq!(stat.size, bytes.len() as u64);
         assert!(matches!(stat.change_token, ChangeToken::File { .. }));
@@ -458,7 +867,7 @@ mod tests {
         let storage = Storage::from_uri(&format!("fs://{}", root.display())).unwrap();
         std::fs::write(root.join("blobs"), b"in the way").unwrap();
         let error = storage
-            .put_bytes("blobs/ab/abc.json", b"{}".to_vec())
+            .put_bytes("blobs/ab/abc.json", b"{}".to_vec(), WriteOptions::default())
             .await
             .unwrap_err();
         assert_eq!(error.class(), "storage_error");
@@ -474,7 +883,7 @@ mod tests {
             None
         );
         storage
-            .put_bytes("k.json", b"{\"a\":1}".to_vec())
+            .put_bytes("k.json", b"{\"a\":1}".to_vec(), WriteOptions::default())
             .await
             .unwrap();
         assert_eq!(
@@ -482,4 +891,9 @@ mod tests {
             b"{\"a\":1}"
         );
     }
+}
+
+/// A hex blake3 digest, as kept in user metadata.
+pub fn parse_hash(hex: &str) -> Option<Hash> {
+    blake3::Hash::from_hex(hex.trim()).ok().map(Hash::from)
 }

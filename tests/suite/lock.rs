@@ -1,0 +1,46 @@
+//! One process per home: a second one is refused, naming the holder, and corrupts nothing.
+
+use super::fixture::{Home, Origin, id_of, other_video, sample_video, wait_until};
+
+// Guards the home lock: while a worker holds the home, another command exits 3 naming the
+// worker's pid and changes nothing; once the worker stops, the store and its jobs are intact.
+#[test]
+fn a_second_process_exits_3_naming_the_holder_and_the_store_stays_intact() {
+    let home = Home::new();
+    let origin = Origin::start();
+    let url = origin.serve_video("sample.mp4", sample_video());
+    let ingested = home.one_job(&["ingest", &url], 0);
+    let jobs_before = home.json(&["jobs"], 0);
+
+    let mut worker = home.spawn(&["worker"]);
+    let pid = worker.id().to_string();
+    wait_until("the worker holds the home lock", || {
+        if let Some(status) = worker.has_exited() {
+            panic!("the worker exited early: {status}");
+        }
+        std::fs::read_to_string(home.lock_file()).is_ok_and(|text| text.trim() == pid)
+    });
+
+    let jobs = home.narra(&["jobs"]);
+    let other = other_video().to_str().expect("a UTF-8 path");
+    let ingest = home.narra(&["ingest", other]);
+
+    for (command, output) in [("jobs", &jobs), ("ingest", &ingest)] {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(3), "narra {command}: {stderr}");
+        assert!(
+            stderr.contains(&format!("pid {pid}")),
+            "narra {command} names the holder: {stderr}"
+        );
+        assert!(output.stdout.is_empty(), "narra {command} printed no data");
+    }
+    worker.interrupt_and_wait();
+    assert_eq!(
+        home.json(&["jobs"], 0),
+        jobs_before,
+        "the refused ingest created no job"
+    );
+    let show = home.show(&id_of(&ingested));
+    assert_eq!(show["status"], "succeeded");
+    assert_eq!(home.json(&["verify"], 0)[0]["ok"], true);
+}

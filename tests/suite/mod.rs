@@ -1,0 +1,16 @@
+//! The themed scenario modules and the fixture they share.
+
+mod fixture;
+
+mod bad_input;
+mod cancel;
+mod downloads;
+mod e2e;
+mod extract;
+mod idempotency;
+mod lock;
+mod logs;
+mod phases;
+mod resume;
+mod s3;
+mod tamper;
