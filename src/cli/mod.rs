@@ -4,6 +4,7 @@
 //! Data goes to stdout (text or, with `--json`, JSON only); logs go to stderr, always.
 
 pub mod doctor;
+pub mod maintenance;
 pub mod views;
 
 use std::io::Write;
@@ -15,11 +16,10 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::engine::Engine;
-use crate::engine::job::{JobId, Location, Status};
+use crate::engine::job::{JobId, Status};
 use crate::engine::orchestrator::{
     EngineError, SubmitOptions, reclaim_orphans, run_jobs, submit, work,
 };
-use crate::engine::verify::{OutputState, check_output};
 use crate::logging::LogFormat;
 use crate::storage::Storage;
 use crate::store::{HomeLock, JobFilter, LockError, SledStore, StoreError};
@@ -129,13 +129,14 @@ pub enum Command {
         #[arg(required = true)]
         ids: Vec<JobId>,
     },
-    /// Check that each job's video, audio and metadata exist and match their checkpoints.
+    /// Check that each job's video, audio, metadata object, manifest and metadata record exist and
+    /// match their checkpoints (runbook step 3). Exits 1 on any problem.
     Verify {
         /// Jobs to verify (default: every succeeded job).
         ids: Vec<JobId>,
-        /// Re-hash every artifact, even when its change token says it is unchanged.
-        #[arg(long)]
-        full: bool,
+        /// Stream and re-hash every object, even when its change token says it is unchanged.
+        #[arg(long, visible_alias = "full")]
+        deep: bool,
     },
     /// Re-derive a finished job's metadata record from its stored original, record what changed,
     /// and store the new record (a succeeded job runs again; only its store step does work).
@@ -146,6 +147,33 @@ pub enum Command {
         /// The least free space the scratch directory's file system must have, in MiB.
         #[arg(long, default_value_t = 1024)]
         scratch_min_free_mb: u64,
+    },
+    /// Audit jobs' checkpoint chains and idempotency from their event history (default: every
+    /// job). Exits 1 when any finding is a violation.
+    Audit {
+        ids: Vec<JobId>,
+    },
+    /// Runbook step 5: list stale scratch, orphan and partial objects, corrupt artifacts and the
+    /// jobs to reset (a dry run, with a plan id); `--confirm PLAN_ID` carries out that exact plan.
+    Cleanup {
+        /// Re-hash every stored artifact to find corruption (default: size and change token).
+        #[arg(long)]
+        deep: bool,
+        /// Unreferenced objects younger than this are left alone: they may be uploads in flight.
+        #[arg(long, default_value_t = crate::engine::cleanup::DEFAULT_MIN_AGE_S)]
+        min_age_s: u64,
+        /// Carry out the plan the dry run printed; refused if the plan changed since.
+        #[arg(long, value_name = "PLAN_ID")]
+        confirm: Option<String>,
+    },
+    /// Print the incident log: every action cleanup and delete took.
+    Incidents,
+    /// Delete a job's records and its artifacts no other job references (a takedown). Without
+    /// `--confirm`, prints what it would delete and changes nothing.
+    Delete {
+        id: JobId,
+        #[arg(long)]
+        confirm: bool,
     },
 }
 
@@ -230,6 +258,15 @@ fn absolute(path: &Path) -> Result<PathBuf, CliError> {
 
 /// Runs a parsed command line: the whole of `main`, short of process setup.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    // A worker stops gracefully on Ctrl-C; the handler is installed before anything else, so an
+    // early SIGINT is never the default "die at once".
+    let mut interrupt = match cli.command {
+        Command::Worker { .. } => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .map_err(|error| CliError::Other(error.into()))?,
+        ),
+        _ => None,
+    };
     // Doctor must answer when the home is missing, broken or held by another process.
     if let Command::Doctor {
         scratch_min_free_mb,
@@ -295,7 +332,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Worker { concurrency, drain } => {
             reclaim_orphans(engine).await?;
             let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
+                if let Some(interrupt) = interrupt.as_mut() {
+                    interrupt.recv().await;
+                }
                 tracing::warn!("interrupted: finishing the running jobs, claiming no new ones");
             };
             let jobs = work(engine, concurrency, drain, shutdown).await?;
@@ -455,132 +494,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Verify { ids, full } => {
-            let ids = if ids.is_empty() {
-                engine
-                    .store
-                    .jobs(&JobFilter {
-                        status: Some(Status::Succeeded),
-                        limit: usize::MAX,
-                    })
-                    .await?
-                    .into_iter()
-                    .map(|job| job.id)
-                    .collect()
-            } else {
-                ids
-            };
-            let mut all_ok = true;
-            let mut reports = Vec::new();
-            for id in ids {
-                let problems = verify_job(engine, id, full).await?;
-                all_ok &= problems.is_empty();
-                if json {
-                    reports.push(json!({"id": id.to_string(), "ok": problems.is_empty(), "problems": problems}));
-                } else if problems.is_empty() {
-                    writeln!(out, "{id}  ok").map_err(io)?;
-                } else {
-                    for problem in problems {
-                        writeln!(
-                            out,
-                            "{id}  {}",
-                            problem["message"].as_str().unwrap_or_default()
-                        )
-                        .map_err(io)?;
-                    }
-                }
-            }
-            if json {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&reports).expect("JSON")
-                )
-                .map_err(io)?;
-            }
-            Ok(if all_ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+        Command::Verify { ids, deep } => maintenance::verify(engine, &mut out, ids, deep, json).await,
+        Command::Audit { ids } => maintenance::audit(engine, &mut out, ids, json).await,
+        Command::Cleanup {
+            deep,
+            min_age_s,
+            confirm,
+        } => {
+            let options = crate::engine::cleanup::CleanupOptions { deep, min_age_s };
+            maintenance::cleanup(engine, &mut out, options, confirm, json).await
+        }
+        Command::Incidents => maintenance::incidents(engine, &mut out, json).await,
+        Command::Delete { id, confirm } => {
+            maintenance::delete(engine, &mut out, id, confirm, json).await
         }
     }
-}
-
-/// Runbook step 3 for one job: the stored video, audio, metadata object and manifest exist and match
-/// the store checkpoint, and the metadata record in the state store matches the extract checkpoint.
-pub async fn verify_job(
-    engine: &Engine,
-    id: JobId,
-    full: bool,
-) -> Result<Vec<serde_json::Value>, CliError> {
-    engine.store.job(id).await?.ok_or_else(|| not_found(id))?;
-    let checkpoints = engine.store.checkpoints(id).await?;
-    let mut problems = Vec::new();
-    let mut problem = |artifact: &str, location: String, kind: &str, message: String| {
-        problems.push(json!({"artifact": artifact, "location": location, "problem": kind, "message": message}));
-    };
-    let Some(store_checkpoint) = checkpoints
-        .iter()
-        .find(|checkpoint| checkpoint.step == "store")
-    else {
-        problem(
-            "all",
-            String::new(),
-            "not_stored",
-            "no store checkpoint: ingestion did not complete".into(),
-        );
-        return Ok(problems);
-    };
-    let mut outputs: Vec<_> = store_checkpoint.outputs.iter().collect();
-    if let Some(extract) = checkpoints
-        .iter()
-        .find(|checkpoint| checkpoint.step == "extract")
-    {
-        outputs.extend(
-            extract
-                .outputs
-                .iter()
-                .filter(|output| output.location == Location::State),
-        );
-    }
-    for output in outputs {
-        let state = check_output(engine, id, output, &checkpoints, full)
-            .await
-            .map_err(|error| CliError::Other(anyhow::anyhow!(error.to_string())))?;
-        let name = if output.location == Location::State {
-            "metadata_record"
-        } else {
-            output.name.as_str()
-        };
-        match state {
-            OutputState::Present(_) => {}
-            OutputState::Missing => problem(
-                name,
-                output.location.to_string(),
-                "missing",
-                format!("{name} is missing: {}", output.location),
-            ),
-            OutputState::Changed {
-                found_size,
-                found_blake3,
-            } => problem(
-                name,
-                output.location.to_string(),
-                "mismatch",
-                format!(
-                    "{name} at {} does not match its checkpoint: {found_size} bytes (expected {}), blake3 {} (expected {})",
-                    output.location,
-                    output.size,
-                    found_blake3
-                        .map(|hash| hash.to_hex())
-                        .unwrap_or_else(|| "not computed".into()),
-                    output.blake3
-                ),
-            ),
-        }
-    }
-    Ok(problems)
 }
 
 async fn run_doctor(global: &GlobalArgs, scratch_min_free_mb: u64) -> Result<ExitCode, CliError> {
@@ -604,6 +532,7 @@ async fn run_doctor(global: &GlobalArgs, scratch_min_free_mb: u64) -> Result<Exi
         ExitCode::from(1)
     })
 }
+
 
 fn print_jobs(
     out: &mut impl Write,
