@@ -1,11 +1,15 @@
 //! Process logging: tracing to stderr (text or JSON, filtered by `NARRA_LOG`), plus a layer that
 //! keeps every line emitted inside a job's span as that job's own log (runbook step 2).
 //!
-//! Logs never go to stdout: stdout carries only what users pipe. The job log layer hands lines to a
-//! `JobLogSink` (the state store) once one is attached; it never blocks on a flush.
+//! Logs never go to stdout: stdout carries only what users pipe. The job log layer keeps narra's own
+//! lines (target `narra...`) and queues them for a writer thread that hands them to a `JobLogSink`
+//! (the state store). It never writes to the store on the logging thread, which may be inside a
+//! store transaction, and never blocks: a full queue drops the line and counts it.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -17,7 +21,26 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::engine::job::{JobId, LogLine, Timestamp};
 use crate::store::JobLogSink;
 
-static JOB_LOG_SINK: OnceLock<Arc<dyn JobLogSink>> = OnceLock::new();
+/// What the writer thread is handed.
+enum JobLogMessage {
+    Line(JobId, LogLine),
+    /// Acknowledge once every line queued before this one has been handed to the sink.
+    Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// Lines waiting for the writer thread. The layer never writes to the store itself: the thread that
+/// logs may be inside a store transaction (sled logs while it commits), and writing from there would
+/// wait on the lock that very thread holds.
+static JOB_LOG_QUEUE: OnceLock<std::sync::mpsc::SyncSender<JobLogMessage>> = OnceLock::new();
+
+/// Lines dropped because the queue was full: job logs are best effort and never slow a job down.
+static JOB_LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// How many lines may wait for the writer thread.
+const JOB_LOG_QUEUE_LINES_MAX: usize = 4_096;
+
+/// How long `flush_job_logs` waits for the writer.
+const JOB_LOG_FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -30,9 +53,7 @@ pub enum LogFormat {
 /// second call does nothing.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_env("NARRA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry()
-        .with(filter)
-        .with(JobLogLayer);
+    let registry = tracing_subscriber::registry().with(filter).with(JobLogLayer);
     let result = match format {
         LogFormat::Text => registry
             .with(
@@ -55,9 +76,48 @@ pub fn init(format: LogFormat) {
     let _ = result;
 }
 
-/// From now on, lines inside job spans are also kept in `sink`. Only the first sink attached counts.
+/// From now on, narra's lines inside job spans are also kept in `sink`, written by a thread of
+/// their own. Only the first sink attached counts.
 pub fn attach_job_sink(sink: Arc<dyn JobLogSink>) {
-    let _ = JOB_LOG_SINK.set(sink);
+    if JOB_LOG_QUEUE.get().is_some() {
+        return;
+    }
+    let (sender, receiver) = std::sync::mpsc::sync_channel(JOB_LOG_QUEUE_LINES_MAX);
+    if JOB_LOG_QUEUE.set(sender).is_err() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("narra-job-log".into())
+        .spawn(move || {
+            for message in receiver {
+                match message {
+                    JobLogMessage::Line(job_id, line) => sink.append_log(job_id, line),
+                    JobLogMessage::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+    if spawned.is_err() {
+        JOB_LOG_DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Waits, for a bounded time, until every job log line queued so far is in the sink: called before
+/// the process exits, so `narra logs` run next sees every line.
+pub fn flush_job_logs() {
+    let Some(queue) = JOB_LOG_QUEUE.get() else {
+        return;
+    };
+    let (done, acknowledged) = std::sync::mpsc::sync_channel(1);
+    if queue.send(JobLogMessage::Flush(done)).is_ok() {
+        let _ = acknowledged.recv_timeout(JOB_LOG_FLUSH_WAIT);
+    }
+}
+
+/// How many job log lines were dropped because the writer could not keep up.
+pub fn job_log_lines_dropped() -> u64 {
+    JOB_LOG_DROPPED.load(Ordering::Relaxed)
 }
 
 /// The job id a span carries, stored in the span's extensions.
@@ -84,9 +144,13 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let Some(sink) = JOB_LOG_SINK.get() else {
+        let Some(queue) = JOB_LOG_QUEUE.get() else {
             return;
         };
+        // A job's log is narra's account of the job; libraries' own lines stay in the process log.
+        if !event.metadata().target().starts_with("narra") {
+            return;
+        }
         let Some(scope) = ctx.event_scope(event) else {
             return;
         };
@@ -96,14 +160,14 @@ where
         let Some(job_id) = job_id else { return };
         let mut visitor = MessageVisitor::default();
         event.record(&mut visitor);
-        sink.append_log(
-            job_id,
-            LogLine {
-                at: Timestamp::now(),
-                level: event.metadata().level().to_string(),
-                message: visitor.finish(),
-            },
-        );
+        let line = LogLine {
+            at: Timestamp::now(),
+            level: event.metadata().level().to_string(),
+            message: visitor.finish(),
+        };
+        if queue.try_send(JobLogMessage::Line(job_id, line)).is_err() {
+            JOB_LOG_DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

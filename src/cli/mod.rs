@@ -222,6 +222,13 @@ pub struct Home {
     _lock: HomeLock,
 }
 
+impl Drop for Home {
+    /// Job log lines reach the store before the lock is let go (fields drop after this runs).
+    fn drop(&mut self) {
+        crate::logging::flush_job_logs();
+    }
+}
+
 /// Opens a home: takes its lock, opens the state store, the storage and the workflows.
 pub fn open_home(global: &GlobalArgs) -> Result<Home, CliError> {
     let home = absolute(&global.home)?;
@@ -475,8 +482,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     "changes": reprobed.changes,
                     "republished": reprobed.republished,
                 });
-                writeln!(out, "{}", serde_json::to_string_pretty(&value).expect("JSON"))
-                    .map_err(io)?;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&value).expect("JSON")
+                )
+                .map_err(io)?;
             } else {
                 if reprobed.changes.is_empty() {
                     writeln!(out, "{id}  metadata record unchanged").map_err(io)?;
@@ -520,7 +531,12 @@ async fn run_doctor(global: &GlobalArgs, scratch_min_free_mb: u64) -> Result<Exi
             "ok": all_ok,
             "checks": checks.iter().map(doctor::Check::to_json).collect::<Vec<_>>(),
         });
-        writeln!(out, "{}", serde_json::to_string_pretty(&value).expect("JSON")).map_err(io)?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&value).expect("JSON")
+        )
+        .map_err(io)?;
     } else {
         for check in &checks {
             writeln!(out, "{}", check.to_text()).map_err(io)?;

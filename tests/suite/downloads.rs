@@ -206,6 +206,14 @@ impl ScriptedOrigin {
         etag
     }
 
+    /// Serves the sample video at `path`; returns its ETag.
+    fn put_sample(&self, path: &str) -> String {
+        self.put(
+            path,
+            std::fs::read(sample_video()).expect("read the sample"),
+        )
+    }
+
     fn put_resource(&self, path: &str, resource: Resource) {
         self.shared
             .resources
@@ -490,6 +498,11 @@ fn workflows(home: &Home, download_params: &str) -> String {
     dir.to_str().expect("a UTF-8 path").to_string()
 }
 
+/// `ingest URL` with the workflows of `dir`, asserting the exit code: the job.
+fn ingest(home: &Home, dir: &str, url: &str, expected_code: i32) -> Value {
+    home.one_job(&["--workflows", dir, "ingest", url], expected_code)
+}
+
 /// Runs `command` (which must print one job as JSON), asserting its exit code: that job.
 fn run_one_job(mut command: Command, expected_code: i32) -> (Value, Output) {
     let output = command.output().expect("narra runs");
@@ -584,15 +597,7 @@ fn a_dropped_connection_is_resumed_from_the_bytes_received() {
     let etag = origin.put("/media/clip.mp4", source);
     origin.script("/media/clip.mp4", [Behaviour::DropAfter(cut)]);
 
-    let job = home.one_job(
-        &[
-            "--workflows",
-            &dir,
-            "ingest",
-            &origin.url("/media/clip.mp4"),
-        ],
-        0,
-    );
+    let job = ingest(&home, &dir, &origin.url("/media/clip.mp4"), 0);
 
     assert_eq!(job["status"], "succeeded", "{job}");
     let log = origin.log_of("/media/clip.mp4");
@@ -623,10 +628,7 @@ fn a_file_changed_between_attempts_is_downloaded_again_from_zero() {
     let home = Home::new();
     let dir = workflows(&home, FAST);
     let origin = ScriptedOrigin::start();
-    let old_etag = origin.put(
-        "/media/clip.mp4",
-        std::fs::read(sample_video()).expect("read the sample"),
-    );
+    let old_etag = origin.put_sample("/media/clip.mp4");
     let new = std::fs::read(other_video()).expect("read the other video");
     let new_etag = etag_of(&new);
     assert_ne!(old_etag, new_etag);
@@ -639,15 +641,7 @@ fn a_file_changed_between_attempts_is_downloaded_again_from_zero() {
         ],
     );
 
-    let job = home.one_job(
-        &[
-            "--workflows",
-            &dir,
-            "ingest",
-            &origin.url("/media/clip.mp4"),
-        ],
-        0,
-    );
+    let job = ingest(&home, &dir, &origin.url("/media/clip.mp4"), 0);
 
     assert_eq!(job["status"], "succeeded", "{job}");
     let log = origin.log_of("/media/clip.mp4");
@@ -684,15 +678,7 @@ fn a_body_shorter_than_announced_is_never_accepted_and_is_resumed_later() {
     let etag = origin.put("/media/clip.mp4", source);
     origin.script("/media/clip.mp4", vec![Behaviour::DropAfter(CHUNK); 3]);
 
-    let failed = home.one_job(
-        &[
-            "--workflows",
-            &dir,
-            "ingest",
-            &origin.url("/media/clip.mp4"),
-        ],
-        1,
-    );
+    let failed = ingest(&home, &dir, &origin.url("/media/clip.mp4"), 1);
 
     let id = id_of(&failed);
     assert_eq!(failed["status"], "failed", "{failed}");
@@ -753,15 +739,7 @@ fn http_403_is_download_blocked_without_retry() {
     origin.put("/media/clip.mp4", b"never served".to_vec());
     origin.script("/media/clip.mp4", [Behaviour::Status(403, None)]);
 
-    let job = home.one_job(
-        &[
-            "--workflows",
-            &dir,
-            "ingest",
-            &origin.url("/media/clip.mp4"),
-        ],
-        1,
-    );
+    let job = ingest(&home, &dir, &origin.url("/media/clip.mp4"), 1);
 
     assert_failed_with(&job, "download_blocked");
     let message = job["error"]["message"].as_str().expect("a message");
@@ -776,15 +754,7 @@ fn http_404_is_not_found() {
     let dir = workflows(&home, FAST);
     let origin = ScriptedOrigin::start();
 
-    let job = home.one_job(
-        &[
-            "--workflows",
-            &dir,
-            "ingest",
-            &origin.url("/media/gone.mp4"),
-        ],
-        1,
-    );
+    let job = ingest(&home, &dir, &origin.url("/media/gone.mp4"), 1);
 
     assert_failed_with(&job, "not_found");
     assert_eq!(origin.log().len(), 1, "{:#?}", origin.log());
@@ -797,10 +767,7 @@ fn http_429_is_retried_after_the_wait_asked_for() {
     let home = Home::new();
     let dir = workflows(&home, FAST);
     let origin = ScriptedOrigin::start();
-    origin.put(
-        "/media/clip.mp4",
-        std::fs::read(sample_video()).expect("read the sample"),
-    );
+    origin.put_sample("/media/clip.mp4");
     origin.script("/media/clip.mp4", [Behaviour::Status(429, Some(1))]);
 
     let (job, output) = run_one_job(
@@ -830,21 +797,10 @@ fn http_500_is_retried_and_then_succeeds() {
     let home = Home::new();
     let dir = workflows(&home, FAST);
     let origin = ScriptedOrigin::start();
-    origin.put(
-        "/media/clip.mp4",
-        std::fs::read(sample_video()).expect("read the sample"),
-    );
+    origin.put_sample("/media/clip.mp4");
     origin.script("/media/clip.mp4", [Behaviour::Status(500, None)]);
 
-    let job = home.one_job(
-        &[
-            "--workflows",
-            &dir,
-            "ingest",
-            &origin.url("/media/clip.mp4"),
-        ],
-        0,
-    );
+    let job = ingest(&home, &dir, &origin.url("/media/clip.mp4"), 0);
 
     assert_eq!(job["status"], "succeeded", "{job}");
     let statuses: Vec<u16> = origin.log().iter().map(|served| served.status).collect();
@@ -865,21 +821,10 @@ fn a_stalled_body_is_a_network_timeout() {
         "connect_timeout_s = 5, read_timeout_s = 1, attempts_max = 1",
     );
     let origin = ScriptedOrigin::start();
-    origin.put(
-        "/media/clip.mp4",
-        std::fs::read(sample_video()).expect("read the sample"),
-    );
+    origin.put_sample("/media/clip.mp4");
     origin.script("/media/clip.mp4", [Behaviour::Stall(CHUNK)]);
 
-    let job = home.one_job(
-        &[
-            "--workflows",
-            &dir,
-            "ingest",
-            &origin.url("/media/clip.mp4"),
-        ],
-        1,
-    );
+    let job = ingest(&home, &dir, &origin.url("/media/clip.mp4"), 1);
 
     assert_failed_with(&job, "network_timeout");
     let log = origin.log();
@@ -976,10 +921,7 @@ fn redirects_are_followed_up_to_the_limit() {
     let home = Home::new();
     let dir = workflows(&home, FAST);
     let origin = ScriptedOrigin::start();
-    origin.put(
-        "/media/clip.mp4",
-        std::fs::read(sample_video()).expect("read the sample"),
-    );
+    origin.put_sample("/media/clip.mp4");
     for (chain, hops) in [("long", 6), ("short", 5)] {
         for hop in 0..hops {
             let next = if hop + 1 == hops {
@@ -991,7 +933,7 @@ fn redirects_are_followed_up_to_the_limit() {
         }
     }
 
-    let long = home.one_job(&["--workflows", &dir, "ingest", &origin.url("/long/0")], 1);
+    let long = ingest(&home, &dir, &origin.url("/long/0"), 1);
 
     assert_failed_with(&long, "http_error");
     let paths: Vec<String> = origin.log().into_iter().map(|served| served.path).collect();
@@ -1003,7 +945,7 @@ fn redirects_are_followed_up_to_the_limit() {
         "six hops, the last refused"
     );
 
-    let short = home.one_job(&["--workflows", &dir, "ingest", &origin.url("/short/0")], 0);
+    let short = ingest(&home, &dir, &origin.url("/short/0"), 0);
 
     assert_eq!(short["status"], "succeeded", "{short}");
     assert_eq!(origin.log_of("/media/clip.mp4").len(), 1);
@@ -1034,10 +976,7 @@ fn proxies_from_the_environment_are_ignored() {
         "connect_timeout_s = 2, read_timeout_s = 1, attempts_max = 1",
     );
     let origin = ScriptedOrigin::start();
-    origin.put(
-        "/media/clip.mp4",
-        std::fs::read(sample_video()).expect("read the sample"),
-    );
+    origin.put_sample("/media/clip.mp4");
     let trap = ProxyTrap::start();
     let proxies = proxy_env(&trap.url());
 
@@ -1091,20 +1030,9 @@ fn a_content_length_over_max_bytes_is_too_large_before_the_body() {
     let home = Home::new();
     let dir = workflows(&home, &format!("{FAST}, max_bytes = 1000"));
     let origin = ScriptedOrigin::start();
-    origin.put(
-        "/media/clip.mp4",
-        std::fs::read(sample_video()).expect("read the sample"),
-    );
+    origin.put_sample("/media/clip.mp4");
 
-    let job = home.one_job(
-        &[
-            "--workflows",
-            &dir,
-            "ingest",
-            &origin.url("/media/clip.mp4"),
-        ],
-        1,
-    );
+    let job = ingest(&home, &dir, &origin.url("/media/clip.mp4"), 1);
 
     assert_failed_with(&job, "too_large");
     let part = home
@@ -1125,21 +1053,10 @@ fn a_chunked_body_over_max_bytes_is_too_large_without_more_than_the_limit_on_dis
     let home = Home::new();
     let dir = workflows(&home, &format!("{FAST}, max_bytes = 1000"));
     let origin = ScriptedOrigin::start();
-    origin.put(
-        "/media/clip.mp4",
-        std::fs::read(sample_video()).expect("read the sample"),
-    );
+    origin.put_sample("/media/clip.mp4");
     origin.script("/media/clip.mp4", [Behaviour::Chunked]);
 
-    let job = home.one_job(
-        &[
-            "--workflows",
-            &dir,
-            "ingest",
-            &origin.url("/media/clip.mp4"),
-        ],
-        1,
-    );
+    let job = ingest(&home, &dir, &origin.url("/media/clip.mp4"), 1);
 
     assert_failed_with(&job, "too_large");
     let log = origin.log();
@@ -1160,21 +1077,18 @@ fn a_signed_urls_secrets_appear_in_no_output() {
     let home = Home::new();
     let dir = workflows(&home, FAST);
     let origin = ScriptedOrigin::start();
-    origin.put(
-        "/media/clip.mp4",
-        std::fs::read(sample_video()).expect("read the sample"),
-    );
+    origin.put_sample("/media/clip.mp4");
     let url =
         origin.url("/media/clip.mp4?X-Amz-Signature=SECRETSIG123&token=SECRETTOK456&quality=hd");
 
-    let mut ingest = home.command(&["--json", "--workflows", &dir, "ingest", &url]);
+    let mut command = home.command(&["--json", "--workflows", &dir, "ingest", &url]);
     // Debug lines of narra and of the HTTP client too. (Not sled's: see
     // `a_download_logged_at_debug_level_finishes`.)
-    ingest.env(
+    command.env(
         "NARRA_LOG",
         "narra=debug,reqwest=debug,hyper=debug,hyper_util=debug",
     );
-    let (job, output) = run_one_job(ingest, 0);
+    let (job, output) = run_one_job(command, 0);
 
     assert_eq!(job["status"], "succeeded", "{job}");
     let id = id_of(&job);
@@ -1229,10 +1143,7 @@ fn a_download_logged_at_debug_level_finishes() {
     let home = Home::new();
     let dir = workflows(&home, FAST);
     let origin = ScriptedOrigin::start();
-    origin.put(
-        "/media/clip.mp4",
-        std::fs::read(sample_video()).expect("read the sample"),
-    );
+    origin.put_sample("/media/clip.mp4");
     let mut command = home.command(&[
         "--json",
         "--workflows",
@@ -1285,10 +1196,7 @@ fn a_platform_page_is_downloaded_with_yt_dlp() {
     let home = Home::new();
     let dir = workflows(&home, &platform_params());
     let origin = ScriptedOrigin::start();
-    origin.put(
-        "/media/clip.mp4",
-        std::fs::read(sample_video()).expect("read the sample"),
-    );
+    origin.put_sample("/media/clip.mp4");
     let page = b"<html><body><video src=\"/media/clip.mp4\"></video></body></html>".to_vec();
     origin.put_resource(
         "/watch/page.html",
@@ -1300,15 +1208,7 @@ fn a_platform_page_is_downloaded_with_yt_dlp() {
         },
     );
 
-    let job = home.one_job(
-        &[
-            "--workflows",
-            &dir,
-            "ingest",
-            &origin.url("/watch/page.html"),
-        ],
-        0,
-    );
+    let job = ingest(&home, &dir, &origin.url("/watch/page.html"), 0);
 
     assert_eq!(job["status"], "succeeded", "{job}");
     let show = home.show(&id_of(&job));
@@ -1342,15 +1242,7 @@ fn a_missing_platform_page_is_not_found() {
     let dir = workflows(&home, &platform_params());
     let origin = ScriptedOrigin::start();
 
-    let job = home.one_job(
-        &[
-            "--workflows",
-            &dir,
-            "ingest",
-            &origin.url("/watch/missing.html"),
-        ],
-        1,
-    );
+    let job = ingest(&home, &dir, &origin.url("/watch/missing.html"), 1);
 
     assert_failed_with(&job, "not_found");
 }
@@ -1390,8 +1282,8 @@ fn download_peak_rss_kib(mib: u64) -> u64 {
     let stderr = String::from_utf8_lossy(&output.stderr);
     stderr
         .lines()
-        .filter_map(|line| line.strip_prefix("narra: peak_rss_kib="))
-        .last()
+        .rev()
+        .find_map(|line| line.strip_prefix("narra: peak_rss_kib="))
         .unwrap_or_else(|| panic!("narra reports its peak RSS:\n{stderr}"))
         .trim()
         .parse()
