@@ -619,6 +619,11 @@ fn a_dropped_connection_is_resumed_from_the_bytes_received() {
         blake3_hex(&stored_video(&home, &show)),
         blake3_hex(sample_video())
     );
+    // The job's recorded progress ends at the whole file, across the resume.
+    assert_eq!(show["progress"]["bytes_done"], size, "{}", show["progress"]);
+    assert_eq!(show["progress"]["bytes_total"], size, "{}", show["progress"]);
+    let jobs = home.json(&["jobs"], 0);
+    assert_eq!(jobs[0]["progress"]["bytes_done"], size, "{jobs}");
 }
 
 // Guards against splicing: when the remote file changes between attempts (new ETag), the resume

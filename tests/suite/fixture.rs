@@ -41,20 +41,8 @@ impl Home {
     }
 
     pub fn narra_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_narra"));
-        command
-            .arg("--home")
-            .arg(self.path())
-            .args(args)
-            .env_remove("NARRA_HOME")
-            .env_remove("NARRA_STORAGE")
-            .env_remove("NARRA_WORKFLOWS")
-            .env("NARRA_LOG", "info")
-            // The origin is on loopback; tests of the network guard remove this.
-            .env("NARRA_ALLOW_PRIVATE_NETWORK", "1");
-        for (key, value) in env {
-            command.env(key, value);
-        }
+        let mut command = self.command(args);
+        command.envs(env.iter().copied());
         command.output().expect("narra runs")
     }
 
