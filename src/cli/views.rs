@@ -176,6 +176,54 @@ pub fn event_json(event: &Event) -> Value {
         }
         EventKind::RetryRequested { reason } => put("reason", json!(reason)),
         EventKind::CancelRequested => {}
+        EventKind::AudioSelected {
+            stream_index,
+            codec,
+            language,
+            output,
+            container,
+            reason,
+        } => {
+            put("stream_index", json!(stream_index));
+            put("codec", json!(codec));
+            put("language", json!(language));
+            put("output", json!(output));
+            put("container", json!(container));
+            put("reason", json!(reason));
+        }
+        EventKind::Reprobed { changes } => put("changes", json!(changes)),
+        EventKind::StepRedone {
+            step,
+            cause,
+            reason,
+        } => {
+            put("step", json!(step));
+            put("cause", json!(cause));
+            put("reason", json!(reason));
+        }
+        EventKind::ObjectsWritten { step, keys } => {
+            put("step", json!(step));
+            put("keys", json!(keys));
+        }
+        EventKind::CheckpointRecorded {
+            step,
+            definition_hash,
+            input_hash,
+            outputs,
+        } => {
+            put("step", json!(step));
+            put("definition_hash", json!(definition_hash.to_hex()));
+            put("input_hash", json!(input_hash.to_hex()));
+            put(
+                "outputs",
+                json!(
+                    outputs
+                        .iter()
+                        .map(|(name, blake3)| json!({"name": name, "blake3": blake3.to_hex()}))
+                        .collect::<Vec<_>>()
+                ),
+            );
+        }
     }
     value
 }
@@ -278,41 +326,7 @@ pub fn job_text(
     if let Some(metadata) = metadata {
         line(String::new());
         line("metadata".to_string());
-        line(format!(
-            "  format {}  duration {}  size {}  bit rate {}",
-            metadata.format_name,
-            metadata
-                .duration_s
-                .map(|seconds| format!("{seconds:.3} s"))
-                .unwrap_or_else(|| "?".into()),
-            metadata
-                .size
-                .map(|size| size.to_string())
-                .unwrap_or_else(|| "?".into()),
-            metadata
-                .bit_rate
-                .map(|rate| rate.to_string())
-                .unwrap_or_else(|| "?".into()),
-        ));
-        for stream in &metadata.streams {
-            let mut text = format!(
-                "  stream {} {} {}",
-                stream.index,
-                stream.codec_type,
-                stream.codec_name.as_deref().unwrap_or("?")
-            );
-            if let (Some(width), Some(height)) = (stream.width, stream.height) {
-                text.push_str(&format!(" {width}x{height}"));
-            }
-            if let Some(rate) = stream.sample_rate {
-                text.push_str(&format!(" {rate} Hz"));
-            }
-            if let Some(channels) = stream.channels {
-                text.push_str(&format!(" {channels} ch"));
-            }
-            if let Some(duration) = stream.duration_s {
-                text.push_str(&format!(" {duration:.3} s"));
-            }
+        for text in metadata_text(metadata) {
             line(text);
         }
     }
@@ -326,6 +340,62 @@ pub fn job_text(
         ));
     }
     out
+}
+
+/// The metadata record for people: the format line, then a line per stream with what is known.
+pub fn metadata_text(metadata: &MediaMetadata) -> Vec<String> {
+    let view = metadata_json(metadata);
+    let known = |value: &Value| !value.is_null();
+    let number = |value: &Value, unit: &str| match value.as_f64() {
+        Some(number) => format!("{number:.3} {unit}"),
+        None => "?".to_string(),
+    };
+    let mut lines = vec![format!(
+        "  format {}  duration {}  start {}  size {}  bit rate {}",
+        metadata.format_name,
+        number(&view["duration_s"], "s"),
+        number(&view["start_time_s"], "s"),
+        view["size"],
+        view["bit_rate"],
+    )];
+    for stream in view["streams"].as_array().into_iter().flatten() {
+        let text_of = |key: &str| stream[key].as_str().unwrap_or("?").to_string();
+        let mut text = format!(
+            "  stream {} {} {}",
+            stream["index"],
+            text_of("codec_type"),
+            text_of("codec_name")
+        );
+        if known(&stream["profile"]) {
+            text.push_str(&format!(" ({})", text_of("profile")));
+        }
+        if known(&stream["width"]) && known(&stream["height"]) {
+            text.push_str(&format!(" {}x{}", stream["width"], stream["height"]));
+        }
+        if let Some(rate) = stream["frame_rate"].as_f64() {
+            text.push_str(&format!(" {rate:.3} fps"));
+        }
+        if known(&stream["sample_rate"]) {
+            text.push_str(&format!(" {} Hz", stream["sample_rate"]));
+        }
+        if known(&stream["channels"]) {
+            text.push_str(&format!(" {} ch", stream["channels"]));
+        }
+        if known(&stream["channel_layout"]) {
+            text.push_str(&format!(" {}", text_of("channel_layout")));
+        }
+        if known(&stream["language"]) {
+            text.push_str(&format!(" lang {}", text_of("language")));
+        }
+        if let Some(duration) = stream["duration_s"].as_f64() {
+            text.push_str(&format!(" {duration:.3} s"));
+        }
+        if let Some(start) = stream["start_time_s"].as_f64() {
+            text.push_str(&format!(" from {start:.3} s"));
+        }
+        lines.push(text);
+    }
+    lines
 }
 
 fn event_text(kind: &EventKind) -> String {
@@ -350,6 +420,52 @@ fn event_text(kind: &EventKind) -> String {
         }
         EventKind::RetryRequested { reason } => format!("retry requested ({reason})"),
         EventKind::CancelRequested => "cancel requested".to_string(),
+        EventKind::AudioSelected {
+            stream_index,
+            codec,
+            language,
+            output,
+            container,
+            reason,
+        } => format!(
+            "audio stream {stream_index} ({codec}{}) -> {output} .{container} ({reason})",
+            language
+                .as_deref()
+                .map(|language| format!(", {language}"))
+                .unwrap_or_default()
+        ),
+        EventKind::Reprobed { changes } if changes.is_empty() => {
+            "reprobed: the metadata record is unchanged".to_string()
+        }
+        EventKind::Reprobed { changes } => {
+            format!(
+                "reprobed: {} changed: {}",
+                changes.len(),
+                changes.join("; ")
+            )
+        }
+        EventKind::StepRedone {
+            step,
+            cause,
+            reason,
+        } => format!("step {step} runs again [{cause}] {reason}"),
+        EventKind::ObjectsWritten { step, keys } => {
+            format!("step {step} wrote {} objects: {}", keys.len(), keys.join(", "))
+        }
+        EventKind::CheckpointRecorded {
+            step,
+            input_hash,
+            outputs,
+            ..
+        } => format!(
+            "checkpoint {step}: input {} -> {}",
+            &input_hash.to_hex()[..16],
+            outputs
+                .iter()
+                .map(|(name, blake3)| format!("{name} {}", &blake3.to_hex()[..16]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 

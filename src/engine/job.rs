@@ -407,6 +407,47 @@ pub enum EventKind {
         reason: String,
     },
     CancelRequested,
+    // New variants go last: bincode stores a variant by its position.
+    /// The extract step chose an audio stream and how to write it.
+    AudioSelected {
+        stream_index: u32,
+        codec: String,
+        language: Option<String>,
+        /// `copy`, or the transcode target (`flac`, `wav`, `opus`, `mp3`).
+        output: String,
+        /// The audio file's container, as its extension.
+        container: String,
+        reason: String,
+    },
+    /// `narra reprobe` re-derived the metadata record from the stored original; `changes` lists
+    /// what differs from the record it replaced (empty: nothing).
+    Reprobed {
+        changes: Vec<String>,
+    },
+    /// A step that has a checkpoint runs again. `cause` is a stable code (`definition_changed`,
+    /// `inputs_changed`, `output_missing`, `output_changed`, `earlier_step_ran`); `reason` says it
+    /// in words. `narra audit` reads it: a step that runs again with no recorded cause is a finding.
+    StepRedone {
+        step: String,
+        cause: String,
+        reason: String,
+    },
+    /// The objects a run of `step` wrote (not those it found already stored with their bytes), so
+    /// `narra audit` can count the writes of each key over the job's history.
+    ObjectsWritten {
+        step: String,
+        keys: Vec<String>,
+    },
+    /// What a checkpoint recorded, written with it (after its `step_completed`): the history keeps
+    /// every run's hashes while the checkpoint keeps only the last, so `narra audit` can tell
+    /// whether two runs of the same definition on the same input gave the same outputs.
+    CheckpointRecorded {
+        step: String,
+        definition_hash: Hash,
+        input_hash: Hash,
+        /// Each output's name and blake3.
+        outputs: Vec<(String, Hash)>,
+    },
 }
 
 impl EventKind {
@@ -421,6 +462,11 @@ impl EventKind {
             EventKind::StepFailed { .. } => "step_failed",
             EventKind::RetryRequested { .. } => "retry_requested",
             EventKind::CancelRequested => "cancel_requested",
+            EventKind::AudioSelected { .. } => "audio_selected",
+            EventKind::Reprobed { .. } => "reprobed",
+            EventKind::StepRedone { .. } => "step_redone",
+            EventKind::ObjectsWritten { .. } => "objects_written",
+            EventKind::CheckpointRecorded { .. } => "checkpoint_recorded",
         }
     }
 
@@ -464,7 +510,7 @@ pub struct MediaMetadata {
     pub size: Option<u64>,
     pub bit_rate: Option<u64>,
     pub streams: Vec<StreamInfo>,
-    /// ffprobe's JSON output, as it printed it.
+    /// ffprobe's JSON output, as it printed it but for the local file name it read.
     pub raw: String,
 }
 
@@ -476,4 +522,21 @@ pub struct JobProgress {
     pub bytes_total: Option<u64>,
     pub rate_bytes_per_s: u64,
     pub updated_at: Timestamp,
+}
+
+/// One line of the incident log: an action `cleanup` or `delete` took (runbook step 5: "document
+/// cleanup in incident log"). Appended, never changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incident {
+    /// The position in the log, from 0.
+    pub seq: u64,
+    pub at: Timestamp,
+    /// Who acted: `$USER`, else `narra`.
+    pub actor: String,
+    /// `deleted_object`, `removed_scratch`, `reset_job`, `deleted_job`.
+    pub action: String,
+    pub job: Option<JobId>,
+    /// The object key or scratch path acted on.
+    pub key: Option<String>,
+    pub reason: String,
 }

@@ -38,6 +38,9 @@ pub enum OrchestratorOp {
     Reingest,
     /// running -> pending: the lease holder is gone (dead process, expired lease).
     Reclaim { reason: String },
+    /// succeeded|failed -> pending: `cleanup` removed artifacts the job's checkpoints name, so the
+    /// job must run again to restore them (runbook step 5, "reset job status").
+    Reset { reason: String },
 }
 
 impl OrchestratorOp {
@@ -52,6 +55,7 @@ impl OrchestratorOp {
             OrchestratorOp::Retry { .. } => "retry",
             OrchestratorOp::Reingest => "reingest",
             OrchestratorOp::Reclaim { .. } => "reclaim",
+            OrchestratorOp::Reset { .. } => "reset",
         }
     }
 }
@@ -246,6 +250,17 @@ pub fn apply_orchestrator(
             }
             set_status(&mut next, &mut events, Status::Pending, reason.clone());
         }
+        OrchestratorOp::Reset { reason } => match job.status {
+            // A cancelled job stays cancelled: someone decided it should not run. A pending or
+            // running job will verify its checkpoints anyway when it next runs.
+            Status::Succeeded | Status::Failed => {
+                events.push(EventKind::RetryRequested {
+                    reason: reason.clone(),
+                });
+                set_status(&mut next, &mut events, Status::Pending, reason.clone());
+            }
+            _ => return Err(not_allowed()),
+        },
     }
     next.updated_at = now;
     Ok(Transition { job: next, events })
@@ -282,9 +297,36 @@ pub fn check_token(job: &Job, token: u64) -> Result<(), Rejected> {
     }
 }
 
+/// Whether a job's records may be deleted (`narra delete`): never while it runs, since a worker
+/// holds its lease and would write to a job that no longer exists.
+pub fn check_deletable(job: &Job) -> Result<(), Rejected> {
+    if job.status == Status::Running {
+        return Err(Rejected::NotAllowed {
+            job_id: job.id,
+            op: "delete",
+            status: job.status,
+        });
+    }
+    Ok(())
+}
+
 /// Checks a lease token against a job, for writes that are not state transitions (checkpoints).
 pub fn check_lease(job: &Job, token: &LeaseToken) -> Result<(), Rejected> {
     check_token(job, token.fencing_token)
+}
+
+/// Checks that a job's metadata record may be replaced by `narra reprobe`: only while no worker
+/// may be writing it, i.e. when the job is succeeded, failed or cancelled.
+pub fn check_reprobe(job: &Job) -> Result<(), Rejected> {
+    if job.status.is_terminal() {
+        Ok(())
+    } else {
+        Err(Rejected::NotAllowed {
+            job_id: job.id,
+            op: "reprobe",
+            status: job.status,
+        })
+    }
 }
 
 /// The one place a status changes. Leaving `running` clears the phase, the lease and any cancel
@@ -344,6 +386,7 @@ mod tests {
         Reingest,
         Reclaim,
         SetPhase(TokenChoice, Phase),
+        Reset,
     }
 
     fn token_choice() -> impl Strategy<Value = TokenChoice> {
@@ -374,6 +417,7 @@ mod tests {
             1 => Just(GenOp::Reingest),
             2 => Just(GenOp::Reclaim),
             5 => (token_choice(), phase()).prop_map(|(token, phase)| GenOp::SetPhase(token, phase)),
+            1 => Just(GenOp::Reset),
         ]
     }
 
@@ -440,6 +484,9 @@ mod tests {
             GenOp::SetPhase(choice, phase) => Op::Worker(WorkerOp::SetPhase {
                 token: resolve(job, choice),
                 phase: *phase,
+            }),
+            GenOp::Reset => Op::Orchestrator(OrchestratorOp::Reset {
+                reason: "prop reset".to_string(),
             }),
         }
     }

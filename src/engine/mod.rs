@@ -5,9 +5,12 @@
 //! it talks to `store::StateStore` and `storage::Storage`. The orchestrator (`orchestrator.rs`) sees
 //! the store only as an `OrchestratorStore`, the worker (`worker.rs`) only as a `WorkerStore`.
 
+pub mod audit;
+pub mod cleanup;
 pub mod job;
 pub mod machine;
 pub mod orchestrator;
+pub mod reprobe;
 pub mod sources;
 pub mod verify;
 pub mod worker;

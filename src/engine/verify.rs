@@ -150,9 +150,10 @@ async fn check_at(
     }
 }
 
-/// The bytes a metadata record is hashed as: its JSON, compact, keys sorted.
+/// The bytes a metadata record is hashed as: its stored fields and raw JSON, compact, keys sorted
+/// (`extract::record_json`, whose shape does not follow what `show` displays).
 pub fn metadata_record_bytes(metadata: &crate::engine::job::MediaMetadata) -> Vec<u8> {
-    serde_json::to_vec(&crate::steps::extract::metadata_json(metadata))
+    serde_json::to_vec(&crate::steps::extract::record_json(metadata))
         .expect("JSON values serialize")
 }
 
@@ -199,5 +200,162 @@ where
             size,
             blake3: Some(hash),
         })
+    }
+}
+
+/// What `verify` found for one artifact of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArtifactState {
+    Ok,
+    Missing,
+    /// Found with other bytes: its size differs, or its blake3 (`found_blake3`, when computed).
+    Mismatch {
+        found_size: u64,
+        found_blake3: Option<Hash>,
+    },
+    /// It could not be checked (the object store failed).
+    Unreadable { message: String },
+}
+
+impl ArtifactState {
+    /// The stable word users see: `ok`, `missing`, `mismatch`, `unreadable`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ArtifactState::Ok => "ok",
+            ArtifactState::Missing => "missing",
+            ArtifactState::Mismatch { .. } => "mismatch",
+            ArtifactState::Unreadable { .. } => "unreadable",
+        }
+    }
+}
+
+/// One artifact of a job and its state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArtifactCheck {
+    /// `video`, `audio`, `metadata`, `platform_metadata`, `manifest` (stored objects) or
+    /// `metadata_record` (the record in the state store).
+    pub artifact: String,
+    pub location: Location,
+    pub size: u64,
+    pub blake3: Hash,
+    pub state: ArtifactState,
+}
+
+impl ArtifactCheck {
+    /// One sentence for people.
+    pub fn message(&self) -> String {
+        match &self.state {
+            ArtifactState::Ok => format!("{} ok at {}", self.artifact, self.location),
+            ArtifactState::Missing => format!("{} is missing: {}", self.artifact, self.location),
+            ArtifactState::Mismatch {
+                found_size,
+                found_blake3,
+            } => format!(
+                "{} at {} does not match its checkpoint: {found_size} bytes (expected {}), blake3 {} (expected {})",
+                self.artifact,
+                self.location,
+                self.size,
+                found_blake3
+                    .map(|hash| hash.to_hex())
+                    .unwrap_or_else(|| "not computed".into()),
+                self.blake3
+            ),
+            ArtifactState::Unreadable { message } => {
+                format!("{} at {} cannot be checked: {message}", self.artifact, self.location)
+            }
+        }
+    }
+}
+
+/// `verify` of one job (runbook step 3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobVerification {
+    pub job_id: JobId,
+    /// False when the job has no store checkpoint: ingestion did not complete, nothing to check.
+    pub stored: bool,
+    pub artifacts: Vec<ArtifactCheck>,
+}
+
+impl JobVerification {
+    pub fn ok(&self) -> bool {
+        self.stored
+            && self
+                .artifacts
+                .iter()
+                .all(|artifact| artifact.state == ArtifactState::Ok)
+    }
+
+    pub fn problems(&self) -> impl Iterator<Item = &ArtifactCheck> {
+        self.artifacts
+            .iter()
+            .filter(|artifact| artifact.state != ArtifactState::Ok)
+    }
+}
+
+/// Checks a job's stored video, audio, metadata object and manifest against its store checkpoint,
+/// and its metadata record against the extract checkpoint. Shallow by default: existence, size,
+/// and the change token (an object whose token changed is re-hashed); `deep` streams and re-hashes
+/// every object. A job with no store checkpoint comes back with `stored: false`.
+pub async fn verify_job(
+    engine: &Engine,
+    id: JobId,
+    checkpoints: &[Checkpoint],
+    deep: bool,
+) -> JobVerification {
+    let Some(store_checkpoint) = checkpoints
+        .iter()
+        .find(|checkpoint| checkpoint.step == "store")
+    else {
+        return JobVerification {
+            job_id: id,
+            stored: false,
+            artifacts: Vec::new(),
+        };
+    };
+    let mut outputs: Vec<(&str, &StepOutput)> = store_checkpoint
+        .outputs
+        .iter()
+        .map(|output| (output.name.as_str(), output))
+        .collect();
+    if let Some(extract) = checkpoints
+        .iter()
+        .find(|checkpoint| checkpoint.step == "extract")
+    {
+        outputs.extend(
+            extract
+                .outputs
+                .iter()
+                .filter(|output| output.location == Location::State)
+                .map(|output| ("metadata_record", output)),
+        );
+    }
+    let mut artifacts = Vec::with_capacity(outputs.len());
+    for (artifact, output) in outputs {
+        let state = match check_output(engine, id, output, checkpoints, deep).await {
+            Ok(OutputState::Present(_)) => ArtifactState::Ok,
+            Ok(OutputState::Missing) => ArtifactState::Missing,
+            Ok(OutputState::Changed {
+                found_size,
+                found_blake3,
+            }) => ArtifactState::Mismatch {
+                found_size,
+                found_blake3,
+            },
+            Err(error) => ArtifactState::Unreadable {
+                message: error.message,
+            },
+        };
+        artifacts.push(ArtifactCheck {
+            artifact: artifact.to_string(),
+            location: output.location.clone(),
+            size: output.size,
+            blake3: output.blake3,
+            state,
+        });
+    }
+    JobVerification {
+        job_id: id,
+        stored: true,
+        artifacts,
     }
 }

@@ -17,7 +17,7 @@ use crate::engine::job::{Checkpoint, Hash, Job, LeaseToken, Location, StepOutput
 use crate::engine::machine::Rejected;
 use crate::engine::verify::{OutputState, Resolved, check_output, metadata_record_bytes};
 use crate::steps::download::{DownloadContext, Progress, download};
-use crate::steps::extract::{extract_audio, probe, video_extension};
+use crate::steps::extract::{Tools, extract, video_extension};
 use crate::steps::store::{BlobInput, StoreInput, store};
 use crate::steps::{Cancel, ErrorClass, StepError};
 use crate::storage::file_change_token;
@@ -57,6 +57,7 @@ pub async fn execute(
         workflow,
         resolved: HashMap::new(),
         checkpoints: Vec::new(),
+        keys_written: Vec::new(),
     };
     run.execute().await
 }
@@ -71,10 +72,27 @@ struct Run<'a> {
     /// Verified or fresh outputs of the steps so far, by output name.
     resolved: HashMap<String, Resolved>,
     checkpoints: Vec<Checkpoint>,
+    /// The keys the store step's last run wrote, until the worker records them.
+    keys_written: Vec<String>,
 }
 
 /// A refused worker write means the lease is gone.
 struct LeaseLost;
+
+/// Why a step runs (again): a stable `cause` code for `narra audit`, and the reason in words.
+struct Redo {
+    cause: &'static str,
+    reason: String,
+}
+
+impl Redo {
+    fn event(&self) -> StepEvent {
+        StepEvent::Redone {
+            cause: self.cause.to_string(),
+            reason: self.reason.clone(),
+        }
+    }
+}
 
 impl<'a> Run<'a> {
     async fn execute(&mut self) -> Result<WorkOutcome, StepError> {
@@ -123,10 +141,25 @@ impl<'a> Run<'a> {
                         }
                         continue;
                     }
-                    Err(reason) => {
-                        tracing::info!(step = kind.name(), %reason, "step must run");
+                    Err(redo) => {
+                        tracing::info!(step = kind.name(), reason = %redo.reason, "step must run");
                         run_rest = true;
+                        if self.has_checkpoint(kind.name())
+                            && self.step_event(kind.name(), redo.event()).await.is_err()
+                        {
+                            return Ok(WorkOutcome::LeaseLost);
+                        }
                     }
+                }
+            } else if self.has_checkpoint(kind.name()) {
+                // Its checkpoint is not consulted: the step's input comes from a step that just
+                // ran, so the step runs with it.
+                let redo = Redo {
+                    cause: "earlier_step_ran",
+                    reason: "an earlier step ran again".into(),
+                };
+                if self.step_event(kind.name(), redo.event()).await.is_err() {
+                    return Ok(WorkOutcome::LeaseLost);
                 }
             }
             if self
@@ -166,6 +199,18 @@ impl<'a> Run<'a> {
                     return Err(error);
                 }
             };
+            if matches!(step, StepDef::Store(_)) {
+                // What this run wrote, recorded before the checkpoint: `narra audit` counts the
+                // writes of each key over the job's history.
+                let keys = std::mem::take(&mut self.keys_written);
+                if self
+                    .step_event(kind.name(), StepEvent::ObjectsWritten { keys })
+                    .await
+                    .is_err()
+                {
+                    return Ok(WorkOutcome::LeaseLost);
+                }
+            }
             let checkpoint = Checkpoint {
                 step: kind.name().to_string(),
                 definition_hash,
@@ -216,50 +261,68 @@ impl<'a> Run<'a> {
         Ok(WorkOutcome::Done)
     }
 
-    /// `Ok(Ok(outputs))` when the step is done, `Ok(Err(reason))` when it must run.
+    fn has_checkpoint(&self, step: &str) -> bool {
+        self.checkpoints
+            .iter()
+            .any(|checkpoint| checkpoint.step == step)
+    }
+
+    /// `Ok(Ok(outputs))` when the step is done, `Ok(Err(redo))` when it must run.
     async fn done(
         &self,
         step: &StepDef,
         definition_hash: Hash,
         input_hash: Hash,
-    ) -> Result<Result<Vec<Resolved>, String>, StepError> {
+    ) -> Result<Result<Vec<Resolved>, Redo>, StepError> {
         let name = step.kind().name();
         let Some(checkpoint) = self
             .checkpoints
             .iter()
             .find(|checkpoint| checkpoint.step == name)
         else {
-            return Ok(Err("no checkpoint".into()));
+            return Ok(Err(Redo {
+                cause: "no_checkpoint",
+                reason: "no checkpoint".into(),
+            }));
         };
         if checkpoint.definition_hash != definition_hash {
-            return Ok(Err("the step's definition changed".into()));
+            return Ok(Err(Redo {
+                cause: "definition_changed",
+                reason: "the step's definition changed".into(),
+            }));
         }
         if checkpoint.input_hash != input_hash {
-            return Ok(Err("the step's inputs changed".into()));
+            return Ok(Err(Redo {
+                cause: "inputs_changed",
+                reason: "the step's inputs changed".into(),
+            }));
         }
         let mut resolved = Vec::with_capacity(checkpoint.outputs.len());
         for output in &checkpoint.outputs {
             match check_output(self.engine, self.job.id, output, &self.checkpoints, false).await? {
                 OutputState::Present(found) => resolved.push(found),
                 OutputState::Missing => {
-                    return Ok(Err(format!(
-                        "output {} is missing from {}",
-                        output.name, output.location
-                    )));
+                    return Ok(Err(Redo {
+                        cause: "output_missing",
+                        reason: format!("output {} is missing from {}", output.name, output.location),
+                    }));
                 }
                 OutputState::Changed {
                     found_size,
                     found_blake3,
                 } => {
-                    return Ok(Err(format!(
-                        "output {} at {} changed: {} bytes, blake3 {}",
-                        output.name,
-                        output.location,
-                        found_size,
-                        found_blake3
-                            .map(|hash| hash.to_hex())
-                            .unwrap_or_else(|| "not computed".into())
-                    )));
+                    return Ok(Err(Redo {
+                        cause: "output_changed",
+                        reason: format!(
+                            "output {} at {} changed: {} bytes, blake3 {}",
+                            output.name,
+                            output.location,
+                            found_size,
+                            found_blake3
+                                .map(|hash| hash.to_hex())
+                                .unwrap_or_else(|| "not computed".into())
+                        ),
+                    }));
                 }
             }
         }
@@ -285,9 +348,18 @@ impl<'a> Run<'a> {
             progress: &progress,
         };
         let result = download(&self.job.source, &scratch_dir, &context, &mut self.cancel).await;
-        drop(progress);
-        // The reporter writes the final figures once the sender is gone, then ends.
-        let _ = reporter.await;
+        reporter.abort();
+        let last = *progress.borrow();
+        if last != Progress::default() {
+            // The final figures, so a finished download never shows as stuck short of its end.
+            let record = crate::engine::job::JobProgress {
+                bytes_done: last.bytes_done,
+                bytes_total: last.bytes_total,
+                rate_bytes_per_s: 0,
+                updated_at: Timestamp::now(),
+            };
+            let _ = self.store.set_progress(self.token, &record).await;
+        }
         let downloaded = result?;
         tracing::info!(bytes = downloaded.size, blake3 = %downloaded.blake3, "downloaded the original");
         let change_token = local_token(&downloaded.path).await?;
@@ -317,11 +389,10 @@ impl<'a> Run<'a> {
         &mut self,
     ) -> Result<(Vec<StepOutput>, Option<crate::engine::job::MediaMetadata>), StepError> {
         let video = self.local_copy("video", "original").await?;
-        let metadata = probe(&video, &mut self.cancel).await?;
         let scratch_dir = self.engine.scratch_dir(self.job.id);
-        let extracted = extract_audio(
+        let (metadata, extracted) = extract(
+            &Tools::from_env(),
             &video,
-            &metadata,
             self.workflow.extract(),
             &scratch_dir,
             &mut self.cancel,
@@ -330,7 +401,24 @@ impl<'a> Run<'a> {
         let (size, blake3) = crate::storage::hash_file(&extracted.audio_path)
             .await
             .map_err(|error| StepError::scratch("read", &extracted.audio_path, error))?;
-        tracing::info!(bytes = size, extension = %extracted.audio_extension, "extracted the audio");
+        tracing::info!(
+            bytes = size,
+            stream = extracted.track.stream_index,
+            output = extracted.output.mode,
+            extension = %extracted.audio_extension,
+            "extracted the audio: {}",
+            extracted.output.reason
+        );
+        // The choice is history: recorded before the checkpoint, whose write re-checks the lease.
+        let selected = StepEvent::AudioSelected {
+            stream_index: extracted.track.stream_index,
+            codec: extracted.track.codec.clone(),
+            language: extracted.track.language.clone(),
+            output: extracted.output.mode.to_string(),
+            container: extracted.audio_extension.clone(),
+            reason: format!("{}; {}", extracted.track.reason, extracted.output.reason),
+        };
+        let _ = self.step_event("extract", selected).await;
         let change_token = local_token(&extracted.audio_path).await?;
         let record = metadata_record_bytes(&metadata);
         Ok((
@@ -401,6 +489,7 @@ impl<'a> Run<'a> {
             objects_skipped = stored.objects_skipped,
             "stored the artifacts"
         );
+        self.keys_written = stored.keys_written.clone();
         Ok((stored.outputs, None))
     }
 
@@ -535,8 +624,8 @@ fn internal(error: crate::store::StoreError) -> StepError {
 /// How often download progress is written to the job.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
-/// Writes download progress to the store at most once every [`PROGRESS_EVERY`], plus once at the
-/// end, with the rate over the last interval.
+/// Writes download progress to the store at most once every [`PROGRESS_EVERY`], with the rate over
+/// the last interval. The caller aborts it when the download ends and writes the final figures.
 async fn report_progress(
     store: Arc<dyn WorkerStore>,
     token: LeaseToken,

@@ -814,6 +814,11 @@ fn sync_parent_dirs(root: &Path, path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A hex blake3 digest, as kept in user metadata.
+pub fn parse_hash(hex: &str) -> Option<Hash> {
+    blake3::Hash::from_hex(hex.trim()).ok().map(Hash::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -891,9 +896,4 @@ mod tests {
             b"{\"a\":1}"
         );
     }
-}
-
-/// A hex blake3 digest, as kept in user metadata.
-pub fn parse_hash(hex: &str) -> Option<Hash> {
-    blake3::Hash::from_hex(hex.trim()).ok().map(Hash::from)
 }

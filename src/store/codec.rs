@@ -252,7 +252,78 @@ pub(crate) mod strategies {
                 .prop_map(|(step, error)| EventKind::StepFailed { step, error }),
             any::<String>().prop_map(|reason| EventKind::RetryRequested { reason }),
             Just(EventKind::CancelRequested),
+            (
+                any::<u32>(),
+                any::<String>(),
+                proptest::option::of(any::<String>()),
+                any::<String>(),
+                any::<String>(),
+                any::<String>()
+            )
+                .prop_map(
+                    |(stream_index, codec, language, output, container, reason)| {
+                        EventKind::AudioSelected {
+                            stream_index,
+                            codec,
+                            language,
+                            output,
+                            container,
+                            reason,
+                        }
+                    }
+                ),
+            proptest::collection::vec(any::<String>(), 0..4)
+                .prop_map(|changes| EventKind::Reprobed { changes }),
+            (any::<String>(), any::<String>(), any::<String>()).prop_map(
+                |(step, cause, reason)| EventKind::StepRedone {
+                    step,
+                    cause,
+                    reason
+                }
+            ),
+            (
+                any::<String>(),
+                proptest::collection::vec(any::<String>(), 0..4)
+            )
+                .prop_map(|(step, keys)| EventKind::ObjectsWritten { step, keys }),
+            (
+                any::<String>(),
+                hash(),
+                hash(),
+                proptest::collection::vec((any::<String>(), hash()), 0..4)
+            )
+                .prop_map(|(step, definition_hash, input_hash, outputs)| {
+                    EventKind::CheckpointRecorded {
+                        step,
+                        definition_hash,
+                        input_hash,
+                        outputs,
+                    }
+                }),
         ]
+    }
+
+    pub fn incident() -> impl Strategy<Value = crate::engine::job::Incident> {
+        (
+            any::<u64>(),
+            timestamp(),
+            any::<String>(),
+            any::<String>(),
+            proptest::option::of(job_id()),
+            proptest::option::of(any::<String>()),
+            any::<String>(),
+        )
+            .prop_map(|(seq, at, actor, action, job, key, reason)| {
+                crate::engine::job::Incident {
+                    seq,
+                    at,
+                    actor,
+                    action,
+                    job,
+                    key,
+                    reason,
+                }
+            })
     }
 
     pub fn event() -> impl Strategy<Value = Event> {
@@ -432,6 +503,64 @@ mod tests {
         assert_eq!(events.len(), GOLDEN_EVENTS.len());
     }
 
+    fn golden_maintenance_events() -> Vec<Event> {
+        vec![
+            Event {
+                seq: 12,
+                at: Timestamp(1_700_000_002_000),
+                kind: EventKind::StepRedone {
+                    step: "store".to_string(),
+                    cause: "output_missing".to_string(),
+                    reason: "output video is missing".to_string(),
+                },
+            },
+            Event {
+                seq: 14,
+                at: Timestamp(1_700_000_003_000),
+                kind: EventKind::ObjectsWritten {
+                    step: "store".to_string(),
+                    keys: vec!["blobs/ab/ab.mp4".to_string(), "jobs/x/manifest.json".to_string()],
+                },
+            },
+            Event {
+                seq: 15,
+                at: Timestamp(1_700_000_003_500),
+                kind: EventKind::CheckpointRecorded {
+                    step: "extract".to_string(),
+                    definition_hash: Hash([0x11; 32]),
+                    input_hash: Hash([0xa5; 32]),
+                    outputs: vec![("audio".to_string(), Hash([0x01; 32]))],
+                },
+            },
+        ]
+    }
+
+    fn golden_incident() -> crate::engine::job::Incident {
+        crate::engine::job::Incident {
+            seq: 3,
+            at: Timestamp(1_700_000_004_000),
+            actor: "ops".to_string(),
+            action: "deleted_object".to_string(),
+            job: Some(JobId(0x0190_0000_0000_0000_0000_0000_0000_002a)),
+            key: Some("blobs/ab/ab.mp4".to_string()),
+            reason: "corrupt: blake3 mismatch".to_string(),
+        }
+    }
+
+    #[test]
+    fn maintenance_event_golden_bytes() {
+        let events = golden_maintenance_events();
+        for (event, golden_hex) in events.iter().zip(GOLDEN_MAINTENANCE_EVENTS) {
+            assert_golden(event, golden_hex);
+        }
+        assert_eq!(events.len(), GOLDEN_MAINTENANCE_EVENTS.len());
+    }
+
+    #[test]
+    fn incident_golden_bytes() {
+        assert_golden(&golden_incident(), GOLDEN_INCIDENT);
+    }
+
     #[test]
     fn metadata_golden_bytes() {
         assert_golden(&golden_metadata(), GOLDEN_METADATA);
@@ -509,6 +638,12 @@ mod tests {
         }
 
         #[test]
+        fn incident_round_trips(incident in strategies::incident()) {
+            let bytes = encode(&incident).expect("encode");
+            prop_assert_eq!(decode::<crate::engine::job::Incident>("incidents", b"k", &bytes).expect("decode"), incident);
+        }
+
+        #[test]
         fn event_round_trips(event in strategies::event()) {
             let bytes = encode(&event).expect("encode");
             prop_assert_eq!(decode::<Event>("events", b"k", &bytes).expect("decode"), event);
@@ -524,4 +659,12 @@ mod tests {
         "0109fdd0d7ca9f170300000608646f776e6c6f61640d636f72727570745f6d65646961136d6f6f762061746f6d206e6f7420666f756e64",
     ];
     const GOLDEN_METADATA: &str = "010b6d6f762c6d70342c6d346101000000000000294001fc0000100000010005617564696f0103616163000001fb80bb0102010000000000002940027b7d";
+    // The audit records (`step_redone`, `objects_written`, `checkpoint_recorded`, incidents), at
+    // SCHEMA_VERSION 1.
+    const GOLDEN_MAINTENANCE_EVENTS: [&str; 3] = [
+        "010cfda0dfca9f170300000b0573746f72650e6f75747075745f6d697373696e67176f757470757420766964656f206973206d697373696e67",
+        "010efd70e7ca9f170300000c0573746f7265020f626c6f62732f61622f61622e6d7034146a6f62732f782f6d616e69666573742e6a736f6e",
+        "010ffd58ebca9f170300000d07657874726163741111111111111111111111111111111111111111111111111111111111111111a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a50105617564696f0101010101010101010101010101010101010101010101010101010101010101",
+    ];
+    const GOLDEN_INCIDENT: &str = "0103fd40efca9f17030000036f70730e64656c657465645f6f626a65637401fe2a000000000000000000000000009001010f626c6f62732f61622f61622e6d703418636f72727570743a20626c616b6533206d69736d61746368";
 }

@@ -12,8 +12,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::{
-    JobFilter, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, StateStore, StepEvent, SubmitOutcome,
-    SubmitRequest,
+    JobFilter, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, NewIncident, StateStore, StepEvent,
+    SubmitOutcome, SubmitRequest,
 };
 use crate::engine::job::{
     ChangeToken, Checkpoint, ErrorInfo, Event, EventKind, Hash, Job, JobId, LeaseToken, Location,
@@ -49,6 +49,11 @@ where
     claim_next_picks_the_oldest_pending(&make_store().await).await;
     logs_are_ordered_and_bounded(&make_store().await).await;
     progress_needs_the_current_lease(&make_store().await).await;
+    reprobe_replaces_the_record_of_a_finished_job_only(&make_store().await).await;
+    blob_refs_follow_the_store_checkpoint(&make_store().await).await;
+    reset_returns_finished_jobs_to_pending(&make_store().await).await;
+    delete_removes_every_record_of_a_job(&make_store().await).await;
+    incidents_are_appended_in_order(&make_store().await).await;
 }
 
 fn request(key: &str) -> SubmitRequest {
@@ -522,9 +527,9 @@ pub async fn event_history_is_complete_and_in_order(store: &dyn StateStore) {
         .expect("current token");
 
     let events = store.events(job.id).await.expect("events");
-    assert_eq!(events.len(), 10, "{:?}", event_names(&events));
+    assert_eq!(events.len(), 11, "{:?}", event_names(&events));
     assert_eq!(
-        event_names(&events[..8]),
+        event_names(&events[..9]),
         vec![
             "submitted",
             "status_changed",
@@ -532,6 +537,7 @@ pub async fn event_history_is_complete_and_in_order(store: &dyn StateStore) {
             "phase_changed",
             "step_started",
             "step_completed",
+            "checkpoint_recorded",
             "phase_changed",
             "step_skipped",
         ]
@@ -570,11 +576,25 @@ pub async fn event_history_is_complete_and_in_order(store: &dyn StateStore) {
             outputs: 2
         }
     );
+    let download = checkpoint("download", 1);
+    assert_eq!(
+        events[6].kind,
+        EventKind::CheckpointRecorded {
+            step: "download".to_string(),
+            definition_hash: download.definition_hash,
+            input_hash: download.input_hash,
+            outputs: download
+                .outputs
+                .iter()
+                .map(|output| (output.name.clone(), output.blake3))
+                .collect(),
+        }
+    );
     // `complete` writes a status change and the phase's end, in the state machine's order.
-    let mut last_names = event_names(&events[8..]);
+    let mut last_names = event_names(&events[9..]);
     last_names.sort_unstable();
     assert_eq!(last_names, vec!["phase_changed", "status_changed"]);
-    assert!(events[8..].iter().any(|event| matches!(
+    assert!(events[9..].iter().any(|event| matches!(
         &event.kind,
         EventKind::StatusChanged {
             from: Some(Status::Running),
@@ -708,6 +728,88 @@ pub async fn checkpoints_and_metadata_read_back_equal(store: &dyn StateStore) {
         vec![]
     );
     assert_eq!(store.metadata(other.id).await.expect("metadata"), None);
+}
+
+/// `record_reprobe` replaces the metadata record and the extract checkpoint of a finished job, with
+/// a `reprobed` event, in one write; on a job a worker may be writing it writes nothing.
+pub async fn reprobe_replaces_the_record_of_a_finished_job_only(store: &dyn StateStore) {
+    let token = running_job(store, "reprobe").await;
+    let extract = checkpoint("extract", 200);
+    let metadata = media_metadata();
+    store
+        .record_checkpoint(&token, &extract, Some(&metadata))
+        .await
+        .expect("record_checkpoint")
+        .expect("current token");
+    let reprobed_metadata = MediaMetadata {
+        duration_s: Some(2.0),
+        ..metadata.clone()
+    };
+    let reprobed_checkpoint = Checkpoint {
+        outputs: vec![StepOutput {
+            blake3: Hash::of(b"the new record"),
+            ..extract.outputs[0].clone()
+        }],
+        ..extract.clone()
+    };
+    let changes = vec!["duration_s: 3.5 -> 2.0".to_string()];
+    let events_before = store.events(token.job_id).await.expect("events").len();
+
+    let refused = store
+        .record_reprobe(
+            token.job_id,
+            &reprobed_checkpoint,
+            &reprobed_metadata,
+            changes.clone(),
+        )
+        .await
+        .expect("record_reprobe");
+
+    expect_not_allowed(refused, "reprobe of a running job");
+    assert_eq!(
+        store.metadata(token.job_id).await.expect("metadata"),
+        Some(metadata.clone())
+    );
+    assert_eq!(
+        store.events(token.job_id).await.expect("events").len(),
+        events_before
+    );
+
+    let done = store
+        .complete(&token)
+        .await
+        .expect("complete")
+        .expect("current token");
+    let job = store
+        .record_reprobe(
+            token.job_id,
+            &reprobed_checkpoint,
+            &reprobed_metadata,
+            changes.clone(),
+        )
+        .await
+        .expect("record_reprobe")
+        .expect("a succeeded job may be reprobed");
+
+    assert_eq!(job.status, done.status, "a reprobe changes no status");
+    assert_eq!(job.ingestion_phase, None);
+    assert_eq!(
+        store.metadata(token.job_id).await.expect("metadata"),
+        Some(reprobed_metadata)
+    );
+    assert_eq!(
+        store
+            .checkpoint(token.job_id, "extract")
+            .await
+            .expect("checkpoint"),
+        Some(reprobed_checkpoint)
+    );
+    let events = store.events(token.job_id).await.expect("events");
+    assert_eq!(
+        events.last().map(|event| &event.kind),
+        Some(&EventKind::Reprobed { changes })
+    );
+    assert_eq!(read_job(store, token.job_id).await, job);
 }
 
 /// Step events are appended under the current lease only.
@@ -1195,4 +1297,348 @@ pub async fn logs_are_ordered_and_bounded(store: &dyn StateStore) {
         "cut no shorter than needed"
     );
     assert!(long.starts_with(cut.as_str()));
+}
+
+/// A store checkpoint whose outputs are the `blobs/` objects `blobs`, a manifest and a scratch file.
+fn store_checkpoint(id: JobId, blobs: &[&str], recorded_at: i64) -> Checkpoint {
+    let mut outputs: Vec<StepOutput> = blobs
+        .iter()
+        .map(|key| StepOutput {
+            name: format!("blob {key}"),
+            location: Location::Object((*key).to_string()),
+            size: 10,
+            blake3: Hash::of(key.as_bytes()),
+            change_token: ChangeToken::None,
+        })
+        .collect();
+    outputs.push(StepOutput {
+        name: "manifest".to_string(),
+        location: Location::Object(format!("jobs/{id}/manifest.json")),
+        size: 3,
+        blake3: Hash::of(b"{}"),
+        change_token: ChangeToken::None,
+    });
+    outputs.push(StepOutput {
+        name: "scratch".to_string(),
+        location: Location::Scratch("/scratch/blobs/not-an-object".to_string()),
+        size: 1,
+        blake3: Hash::of(b"s"),
+        change_token: ChangeToken::None,
+    });
+    Checkpoint {
+        step: "store".to_string(),
+        definition_hash: Hash::of(b"store"),
+        input_hash: Hash::of(b"input"),
+        outputs,
+        recorded_at: Timestamp(recorded_at),
+    }
+}
+
+/// The blob -> jobs index follows each job's store checkpoint, in the checkpoint's own write: it
+/// lists the `blobs/` objects only, is replaced when the store step is recorded again, ignores
+/// other steps and refused writes, and tells apart keys that are prefixes of each other.
+pub async fn blob_refs_follow_the_store_checkpoint(store: &dyn StateStore) {
+    let first = running_job(store, "refs-first").await;
+    let second = running_job(store, "refs-second").await;
+    let shared = "blobs/aa/aaaa.mp4";
+    let first_audio = "blobs/bb/bbbb.m4a";
+    let second_audio = "blobs/cc/cccc.m4a";
+    assert_eq!(store.jobs_referencing(shared).await.expect("refs"), vec![]);
+
+    for (token, blobs) in [(&first, [shared, first_audio]), (&second, [shared, second_audio])] {
+        store
+            .record_checkpoint(token, &store_checkpoint(token.job_id, &blobs, 10), None)
+            .await
+            .expect("record_checkpoint")
+            .expect("current token");
+    }
+    let mut both = vec![first.job_id, second.job_id];
+    both.sort();
+    assert_eq!(store.jobs_referencing(shared).await.expect("refs"), both);
+    assert_eq!(
+        store.jobs_referencing(first_audio).await.expect("refs"),
+        vec![first.job_id]
+    );
+    assert_eq!(
+        store
+            .jobs_referencing(&format!("jobs/{}/manifest.json", first.job_id))
+            .await
+            .expect("refs"),
+        vec![],
+        "manifests are not indexed"
+    );
+    assert_eq!(
+        store.jobs_referencing("blobs/aa/aaaa").await.expect("refs"),
+        vec![],
+        "a key that is a prefix of an indexed key names no job"
+    );
+
+    // Another step's checkpoint never touches the index, even when it names a blob.
+    let mut extract = store_checkpoint(first.job_id, &["blobs/dd/dddd.flac"], 20);
+    extract.step = "extract".to_string();
+    store
+        .record_checkpoint(&first, &extract, None)
+        .await
+        .expect("record_checkpoint")
+        .expect("current token");
+    assert_eq!(
+        store.jobs_referencing("blobs/dd/dddd.flac").await.expect("refs"),
+        vec![]
+    );
+
+    // Recording the store step again replaces the job's references.
+    let redone_audio = "blobs/ee/eeee.m4a";
+    store
+        .record_checkpoint(
+            &first,
+            &store_checkpoint(first.job_id, &[shared, redone_audio], 30),
+            None,
+        )
+        .await
+        .expect("record_checkpoint")
+        .expect("current token");
+    assert_eq!(store.jobs_referencing(first_audio).await.expect("refs"), vec![]);
+    assert_eq!(
+        store.jobs_referencing(redone_audio).await.expect("refs"),
+        vec![first.job_id]
+    );
+    assert_eq!(store.jobs_referencing(shared).await.expect("refs"), both);
+
+    // A refused checkpoint changes no reference.
+    store
+        .reclaim(second.job_id, "worker gone")
+        .await
+        .expect("reclaim")
+        .expect("reclaimable");
+    expect_fenced(
+        store
+            .record_checkpoint(
+                &second,
+                &store_checkpoint(second.job_id, &["blobs/ff/ffff.mp4"], 40),
+                None,
+            )
+            .await
+            .expect("record_checkpoint"),
+        "a store checkpoint under a stale token",
+    );
+    assert_eq!(
+        store.jobs_referencing("blobs/ff/ffff.mp4").await.expect("refs"),
+        vec![]
+    );
+
+    let mut expected = vec![
+        (shared.to_string(), both[0]),
+        (shared.to_string(), both[1]),
+        (second_audio.to_string(), second.job_id),
+        (redone_audio.to_string(), first.job_id),
+    ];
+    expected.sort();
+    assert_eq!(store.blob_refs().await.expect("blob_refs"), expected);
+}
+
+/// Reset sends a succeeded or failed job back to pending (cleanup removed its artifacts), with a
+/// `retry_requested` event; it leaves pending, running and cancelled jobs alone.
+pub async fn reset_returns_finished_jobs_to_pending(store: &dyn StateStore) {
+    let token = running_job(store, "reset").await;
+    expect_not_allowed(
+        store.reset(token.job_id, "x").await.expect("reset"),
+        "reset of a running job",
+    );
+    store
+        .complete(&token)
+        .await
+        .expect("complete")
+        .expect("current token");
+    let reset = store
+        .reset(token.job_id, "cleanup removed a corrupt artifact")
+        .await
+        .expect("reset")
+        .expect("succeeded is resettable");
+    assert_eq!(reset.status, Status::Pending);
+    assert_eq!(reset.ingestion_phase, None);
+    assert_eq!(read_job(store, token.job_id).await, reset);
+    let events = store.events(token.job_id).await.expect("events");
+    assert_eq!(
+        events[events.len() - 2].kind,
+        EventKind::RetryRequested {
+            reason: "cleanup removed a corrupt artifact".to_string()
+        }
+    );
+    assert_eq!(
+        events[events.len() - 1].kind,
+        EventKind::StatusChanged {
+            from: Some(Status::Succeeded),
+            to: Status::Pending,
+            reason: "cleanup removed a corrupt artifact".to_string()
+        }
+    );
+    expect_not_allowed(
+        store.reset(token.job_id, "again").await.expect("reset"),
+        "reset of a pending job",
+    );
+
+    let token = claim(store, token.job_id).await;
+    store
+        .fail(&token, error_info())
+        .await
+        .expect("fail")
+        .expect("current token");
+    let reset = store
+        .reset(token.job_id, "cleanup")
+        .await
+        .expect("reset")
+        .expect("failed is resettable");
+    assert_eq!(reset.status, Status::Pending);
+
+    let cancelled = submit_new(store, "reset-cancelled").await;
+    store
+        .cancel(cancelled.id)
+        .await
+        .expect("cancel")
+        .expect("pending is cancellable");
+    expect_not_allowed(
+        store.reset(cancelled.id, "x").await.expect("reset"),
+        "reset of a cancelled job",
+    );
+    let unknown = JobId::new();
+    assert_eq!(
+        store.reset(unknown, "x").await.expect("reset").map(|_| ()),
+        Err(Rejected::NotFound(unknown))
+    );
+}
+
+/// Delete removes every record of a job that is not running and nothing of any other job; its
+/// key becomes free, so submitting the source again makes a new job.
+pub async fn delete_removes_every_record_of_a_job(store: &dyn StateStore) {
+    let token = running_job(store, "delete-me").await;
+    let keeper = running_job(store, "keep-me").await;
+    let shared = "blobs/aa/shared.mp4";
+    let own = "blobs/bb/own.m4a";
+    store
+        .set_phase(&token, Phase::Storing)
+        .await
+        .expect("set_phase")
+        .expect("current token");
+    store
+        .record_checkpoint(&token, &checkpoint("download", 1), Some(&media_metadata()))
+        .await
+        .expect("record_checkpoint")
+        .expect("current token");
+    for (token, blobs) in [(&token, [shared, own]), (&keeper, [shared, "blobs/cc/keep.m4a"])] {
+        store
+            .record_checkpoint(token, &store_checkpoint(token.job_id, &blobs, 2), None)
+            .await
+            .expect("record_checkpoint")
+            .expect("current token");
+    }
+    store
+        .set_progress(
+            &token,
+            &crate::engine::job::JobProgress {
+                bytes_done: 1,
+                bytes_total: None,
+                rate_bytes_per_s: 1,
+                updated_at: Timestamp(1),
+            },
+        )
+        .await
+        .expect("set_progress")
+        .expect("current token");
+    store.append_log(
+        token.job_id,
+        LogLine {
+            at: Timestamp(1),
+            level: "INFO".to_string(),
+            message: "doomed".to_string(),
+        },
+    );
+    expect_not_allowed(
+        store.delete_job(token.job_id).await.expect("delete"),
+        "delete of a running job",
+    );
+    assert!(store.job(token.job_id).await.expect("job").is_some());
+    store
+        .complete(&token)
+        .await
+        .expect("complete")
+        .expect("current token");
+    let keeper_events = store.events(keeper.job_id).await.expect("events");
+
+    let deleted = store
+        .delete_job(token.job_id)
+        .await
+        .expect("delete")
+        .expect("a succeeded job is deletable");
+    assert_eq!(deleted.id, token.job_id);
+    let id = token.job_id;
+    assert_eq!(store.job(id).await.expect("job"), None);
+    assert_eq!(store.job_by_key("delete-me").await.expect("key"), None);
+    assert_eq!(store.checkpoints(id).await.expect("checkpoints"), vec![]);
+    assert_eq!(store.events(id).await.expect("events"), vec![]);
+    assert_eq!(store.metadata(id).await.expect("metadata"), None);
+    assert_eq!(store.logs(id).await.expect("logs"), vec![]);
+    assert_eq!(store.progress(id).await.expect("progress"), None);
+    assert_eq!(store.jobs_referencing(own).await.expect("refs"), vec![]);
+    assert_eq!(
+        store.jobs_referencing(shared).await.expect("refs"),
+        vec![keeper.job_id]
+    );
+    let all = store
+        .jobs(&JobFilter {
+            status: None,
+            limit: usize::MAX,
+        })
+        .await
+        .expect("jobs");
+    assert_eq!(all.iter().map(|job| job.id).collect::<Vec<_>>(), vec![keeper.job_id]);
+    let succeeded = store
+        .jobs(&JobFilter {
+            status: Some(Status::Succeeded),
+            limit: usize::MAX,
+        })
+        .await
+        .expect("jobs");
+    assert_eq!(succeeded, vec![]);
+    assert_eq!(store.events(keeper.job_id).await.expect("events"), keeper_events);
+    assert_eq!(
+        store.delete_job(id).await.expect("delete").map(|_| ()),
+        Err(Rejected::NotFound(id))
+    );
+
+    let again = submit_new(store, "delete-me").await;
+    assert_ne!(again.id, id, "a deleted job's key makes a new job");
+}
+
+/// The incident log numbers its lines from 0 and reads them back as written, oldest first.
+pub async fn incidents_are_appended_in_order(store: &dyn StateStore) {
+    assert_eq!(store.incidents().await.expect("incidents"), vec![]);
+    let job = submit_new(store, "incident").await;
+    let lines = [
+        ("deleted_object", Some(job.id), Some("blobs/aa/x.mp4"), "corrupt"),
+        ("removed_scratch", None, Some("/scratch/x"), "stale"),
+        ("reset_job", Some(job.id), None, "artifacts removed"),
+    ];
+    for (action, job, key, reason) in lines {
+        store
+            .record_incident(NewIncident {
+                actor: "ops".to_string(),
+                action: action.to_string(),
+                job,
+                key: key.map(str::to_string),
+                reason: reason.to_string(),
+            })
+            .await
+            .expect("record_incident");
+    }
+    let incidents = store.incidents().await.expect("incidents");
+    assert_eq!(incidents.len(), lines.len());
+    for (index, (incident, (action, job, key, reason))) in incidents.iter().zip(lines).enumerate() {
+        assert_eq!(incident.seq, u64::try_from(index).expect("small"));
+        assert_eq!(incident.actor, "ops");
+        assert_eq!(incident.action, action);
+        assert_eq!(incident.job, job);
+        assert_eq!(incident.key.as_deref(), key);
+        assert_eq!(incident.reason, reason);
+    }
+    assert!(incidents.windows(2).all(|pair| pair[0].at <= pair[1].at));
 }

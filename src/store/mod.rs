@@ -17,7 +17,7 @@ pub mod sled_store;
 use async_trait::async_trait;
 
 use crate::engine::job::{
-    Checkpoint, ErrorInfo, Event, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase, Status,
+    Checkpoint, ErrorInfo, Event, Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase, Status,
     WorkerId,
 };
 use crate::engine::machine::Rejected;
@@ -96,8 +96,30 @@ pub struct JobFilter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepEvent {
     Started,
-    Skipped { reason: String },
-    Failed { error: ErrorInfo },
+    Skipped {
+        reason: String,
+    },
+    Failed {
+        error: ErrorInfo,
+    },
+    /// The extract step's choice of audio stream and output (`EventKind::AudioSelected`).
+    AudioSelected {
+        stream_index: u32,
+        codec: String,
+        language: Option<String>,
+        output: String,
+        container: String,
+        reason: String,
+    },
+    /// The step has a checkpoint and runs again, for this cause (`EventKind::StepRedone`).
+    Redone {
+        cause: String,
+        reason: String,
+    },
+    /// The objects this run of the step wrote (`EventKind::ObjectsWritten`).
+    ObjectsWritten {
+        keys: Vec<String>,
+    },
 }
 
 /// Reads shared by every side.
@@ -114,6 +136,13 @@ pub trait JobReader: Send + Sync {
     async fn logs(&self, id: JobId) -> StoreResult<Vec<LogLine>>;
     /// The job's last recorded download progress.
     async fn progress(&self, id: JobId) -> StoreResult<Option<JobProgress>>;
+    /// The jobs whose store checkpoint names the object `key` (a blob under `blobs/`), in id order.
+    /// Kept in the same transaction as the checkpoint, so it never disagrees with the checkpoints.
+    async fn jobs_referencing(&self, key: &str) -> StoreResult<Vec<JobId>>;
+    /// Every (blob key, job) reference, ordered by key then job.
+    async fn blob_refs(&self) -> StoreResult<Vec<(String, JobId)>>;
+    /// The incident log, oldest first.
+    async fn incidents(&self) -> StoreResult<Vec<Incident>>;
 }
 
 /// The orchestrator's side: the global status. Nothing here can set a phase.
@@ -150,6 +179,19 @@ pub trait OrchestratorStore: JobReader {
     async fn retry(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
     async fn reingest(&self, id: JobId) -> StoreResult<Result<Job, Rejected>>;
     async fn reclaim(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
+    /// succeeded|failed -> pending after `cleanup` removed artifacts the job needs.
+    async fn reset(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
+    /// `narra reprobe`: replaces a finished job's metadata record and its extract checkpoint (whose
+    /// `metadata` output hashes the record) and appends a `reprobed` event listing `changes`, in one
+    /// transaction. Refused unless the job is succeeded, failed or cancelled, so no worker is
+    /// writing the same records. Names no status and no phase; neither changes.
+    async fn record_reprobe(
+        &self,
+        id: JobId,
+        checkpoint: &Checkpoint,
+        metadata: &MediaMetadata,
+        changes: Vec<String>,
+    ) -> StoreResult<Result<Job, Rejected>>;
 }
 
 /// The worker's side: execution details. Nothing here can set a status.
@@ -188,10 +230,31 @@ pub trait JobLogSink: Send + Sync {
     fn append_log(&self, id: JobId, line: LogLine);
 }
 
-/// A whole state store: both sides plus the log sink.
-pub trait StateStore: OrchestratorStore + WorkerStore + JobLogSink {}
+/// Operator maintenance (`cleanup`, `delete`): the incident log and removing a job's records.
+#[async_trait]
+pub trait MaintenanceStore: JobReader {
+    /// Appends a line to the incident log, flushed before it returns; `seq` is assigned here.
+    async fn record_incident(&self, incident: NewIncident) -> StoreResult<Incident>;
+    /// Removes every record of a job that is not running: the job, its key, its status-index
+    /// entry, checkpoints, events, metadata record, blob references, logs and progress. The
+    /// incident log keeps what was done.
+    async fn delete_job(&self, id: JobId) -> StoreResult<Result<Job, Rejected>>;
+}
 
-impl<T: OrchestratorStore + WorkerStore + JobLogSink> StateStore for T {}
+/// An incident line before the log numbers and dates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewIncident {
+    pub actor: String,
+    pub action: String,
+    pub job: Option<JobId>,
+    pub key: Option<String>,
+    pub reason: String,
+}
+
+/// A whole state store: both sides, maintenance, plus the log sink.
+pub trait StateStore: OrchestratorStore + WorkerStore + MaintenanceStore + JobLogSink {}
+
+impl<T: OrchestratorStore + WorkerStore + MaintenanceStore + JobLogSink> StateStore for T {}
 
 /// Bounds on what one job may accumulate.
 pub const LOG_LINES_MAX: usize = 2_000;

@@ -13,6 +13,15 @@
 //! | `events`       | job id ++ seq (u64 BE)            | `Event`         |
 //! | `metadata`     | job id                            | `MediaMetadata` |
 //! | `logs`         | job id ++ seq (u64 BE)            | `LogLine`       |
+//! | `progress`     | job id                            | `JobProgress`   |
+//! | `blob_refs`    | blob key, UTF-8, ++ 0 ++ job id   | empty           |
+//! | `incidents`    | seq (u64 BE)                      | `Incident`      |
+//!
+//! `blob_refs` is the blob -> jobs index: one entry per `blobs/` object a job's store checkpoint
+//! names. `record_checkpoint` of the store step replaces the job's entries in the same transaction
+//! as the checkpoint, and `delete_job` removes them in the job's, so the index never disagrees with
+//! the checkpoints (`check_consistency` checks it). A store that predates the index gets it built
+//! from the checkpoints when it is opened.
 //!
 //! The write protocol of every mutating operation:
 //! 1. One sled transaction over `jobs`, `keys`, `status_index`, `checkpoints`, `events` and
@@ -47,11 +56,11 @@ use sled::{IVec, Transactional};
 
 use super::codec;
 use super::{
-    JobFilter, JobLogSink, JobReader, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, OrchestratorStore,
-    StepEvent, StoreError, StoreResult, SubmitOutcome, SubmitRequest, Submitted, WorkerStore,
+    JobFilter, JobLogSink, JobReader, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, MaintenanceStore,
+    NewIncident, OrchestratorStore, StepEvent, StoreError, StoreResult, SubmitOutcome, SubmitRequest, Submitted, WorkerStore,
 };
 use crate::engine::job::{
-    Checkpoint, ErrorInfo, Event, EventKind, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase,
+    Checkpoint, ErrorInfo, Event, EventKind, Incident, Job, JobId, Location, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase,
     Status, Timestamp, WorkerId,
 };
 use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
@@ -68,6 +77,13 @@ const TREE_EVENTS: &str = "events";
 const TREE_METADATA: &str = "metadata";
 const TREE_LOGS: &str = "logs";
 const TREE_PROGRESS: &str = "progress";
+const TREE_BLOB_REFS: &str = "blob_refs";
+const TREE_INCIDENTS: &str = "incidents";
+
+/// The step whose checkpoint names the stored objects, and so feeds `blob_refs`.
+const STORE_STEP: &str = "store";
+/// Only content-addressed objects are indexed: a manifest belongs to one job by its key.
+const BLOB_PREFIX: &str = "blobs/";
 
 const JOB_ID_BYTES: usize = 16;
 const SEQ_KEY_BYTES: usize = JOB_ID_BYTES + 8;
@@ -84,6 +100,10 @@ pub struct SledStore {
     metadata: sled::Tree,
     logs: sled::Tree,
     progress: sled::Tree,
+    blob_refs: sled::Tree,
+    incidents: sled::Tree,
+    /// Serializes incident appends, which number the lines.
+    incident_lock: tokio::sync::Mutex<()>,
     /// The sequence number of the next log line, over all jobs: keys still sort per job by seq.
     log_seq_next: AtomicU64,
     /// Serializes flushes; see [`SledStore::flush`].
@@ -121,13 +141,45 @@ impl SledStore {
             metadata: db.open_tree(TREE_METADATA)?,
             logs,
             progress: db.open_tree(TREE_PROGRESS)?,
+            blob_refs: db.open_tree(TREE_BLOB_REFS)?,
+            incidents: db.open_tree(TREE_INCIDENTS)?,
+            incident_lock: tokio::sync::Mutex::new(()),
             db,
             log_seq_next: AtomicU64::new(log_seq_next),
             flush_lock: tokio::sync::Mutex::new(()),
             log_lines_dropped: AtomicU64::new(0),
         };
+        store.backfill_blob_refs()?;
         tracing::debug!(path = %path.display(), cache_capacity_bytes, "opened state store");
         Ok(store)
+    }
+
+    /// Builds `blob_refs` from the store checkpoints when the index is empty: a store written
+    /// before the index existed, or one with no stored job (then there is nothing to build).
+    fn backfill_blob_refs(&self) -> StoreResult<()> {
+        if !self.blob_refs.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        let mut count = 0usize;
+        for entry in self.checkpoints.iter() {
+            let (key, bytes) = entry?;
+            if key.get(JOB_ID_BYTES..) != Some(STORE_STEP.as_bytes()) {
+                continue;
+            }
+            let id = job_id_in(TREE_CHECKPOINTS, &key, &key[..JOB_ID_BYTES])?;
+            let checkpoint: Checkpoint = codec::decode(TREE_CHECKPOINTS, &key, &bytes)?;
+            for blob in referenced_blobs(&checkpoint) {
+                batch.insert(blob_ref_key(blob, id), Vec::new());
+                count += 1;
+            }
+        }
+        if count > 0 {
+            self.blob_refs.apply_batch(batch)?;
+            self.db.flush()?;
+            tracing::info!(references = count, "built the blob references index");
+        }
+        Ok(())
     }
 
     /// Where the store lives on disk.
@@ -215,11 +267,50 @@ impl SledStore {
                 ));
             }
         }
+        let mut expected_refs = BTreeSet::new();
+        for entry in self.checkpoints.iter() {
+            let (key, bytes) = entry?;
+            if key.get(JOB_ID_BYTES..) != Some(STORE_STEP.as_bytes()) {
+                continue;
+            }
+            let id = job_id_in(TREE_CHECKPOINTS, &key, &key[..JOB_ID_BYTES])?;
+            let checkpoint: Checkpoint = codec::decode(TREE_CHECKPOINTS, &key, &bytes)?;
+            if self.read_job(id)?.is_none() {
+                return Err(corrupt(
+                    TREE_CHECKPOINTS,
+                    &key,
+                    "checkpoint of a job that does not exist".to_string(),
+                ));
+            }
+            for blob in referenced_blobs(&checkpoint) {
+                expected_refs.insert(blob_ref_key(blob, id));
+            }
+        }
+        let found_refs = self
+            .blob_refs
+            .iter()
+            .keys()
+            .map(|key| key.map(|key| key.to_vec()))
+            .collect::<Result<BTreeSet<Vec<u8>>, _>>()?;
+        if let Some(extra) = found_refs.difference(&expected_refs).next() {
+            return Err(corrupt(
+                TREE_BLOB_REFS,
+                extra,
+                "reference no store checkpoint makes".to_string(),
+            ));
+        }
+        if let Some(missing) = expected_refs.difference(&found_refs).next() {
+            return Err(corrupt(
+                TREE_BLOB_REFS,
+                missing,
+                "a store checkpoint's blob is not indexed".to_string(),
+            ));
+        }
         Ok(())
     }
 
-    /// Runs `body` as one transaction over every tree but `logs`. A `Rejected` abort comes back as
-    /// the inner error, with nothing written.
+    /// Runs `body` as one transaction over every tree but `logs`, `progress` and `incidents`. A
+    /// `Rejected` abort comes back as the inner error, with nothing written.
     fn transact<T>(
         &self,
         body: impl Fn(&Tx<'_>) -> TxResult<T>,
@@ -231,9 +322,10 @@ impl SledStore {
             &self.checkpoints,
             &self.events,
             &self.metadata,
+            &self.blob_refs,
         );
         let result = trees.transaction(
-            |(jobs, keys, status_index, checkpoints, events, metadata)| {
+            |(jobs, keys, status_index, checkpoints, events, metadata, blob_refs)| {
                 body(&Tx {
                     jobs,
                     keys,
@@ -241,6 +333,7 @@ impl SledStore {
                     checkpoints,
                     events,
                     metadata,
+                    blob_refs,
                 })
             },
         );
@@ -404,6 +497,7 @@ struct Tx<'a> {
     checkpoints: &'a TransactionalTree,
     events: &'a TransactionalTree,
     metadata: &'a TransactionalTree,
+    blob_refs: &'a TransactionalTree,
 }
 
 impl Tx<'_> {
@@ -417,6 +511,33 @@ impl Tx<'_> {
 
     fn existing_job(&self, id: JobId) -> TxResult<Job> {
         self.job(id)?.ok_or_else(|| reject(Rejected::NotFound(id)))
+    }
+
+    /// The job's store checkpoint as stored, if any.
+    fn store_checkpoint(&self, id: JobId) -> TxResult<Option<Checkpoint>> {
+        let key = checkpoint_key(id, STORE_STEP);
+        match self.checkpoints.get(&key)? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(TREE_CHECKPOINTS, &key, &bytes)
+                .map(Some)
+                .map_err(store_abort),
+        }
+    }
+
+    /// Moves the job's blob references from what `before` names to what `after` names.
+    fn replace_blob_refs(
+        &self,
+        id: JobId,
+        before: Option<&Checkpoint>,
+        after: Option<&Checkpoint>,
+    ) -> TxResult<()> {
+        for blob in before.into_iter().flat_map(referenced_blobs) {
+            self.blob_refs.remove(blob_ref_key(blob, id))?;
+        }
+        for blob in after.into_iter().flat_map(referenced_blobs) {
+            self.blob_refs.insert(blob_ref_key(blob, id), Vec::new())?;
+        }
+        Ok(())
     }
 
     /// Writes a transition's job and appends its events; `before` is the job as it was read.
@@ -520,6 +641,47 @@ fn seq_key(id: JobId, seq: u64) -> [u8; SEQ_KEY_BYTES] {
     key[..JOB_ID_BYTES].copy_from_slice(&id.to_bytes());
     key[JOB_ID_BYTES..].copy_from_slice(&seq.to_be_bytes());
     key
+}
+
+/// The `blobs/` objects a store checkpoint names.
+fn referenced_blobs(checkpoint: &Checkpoint) -> impl Iterator<Item = &str> {
+    checkpoint
+        .outputs
+        .iter()
+        .filter_map(|output| match &output.location {
+            Location::Object(key) if key.starts_with(BLOB_PREFIX) => Some(key.as_str()),
+            _ => None,
+        })
+}
+
+/// `blob key ++ 0 ++ job id`: object keys hold no NUL, so a scan of `key ++ 0` finds exactly the
+/// jobs of one blob.
+fn blob_ref_key(blob: &str, id: JobId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(blob.len() + 1 + JOB_ID_BYTES);
+    key.extend_from_slice(blob.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&id.to_bytes());
+    key
+}
+
+fn blob_ref_prefix(blob: &str) -> Vec<u8> {
+    let mut prefix = Vec::with_capacity(blob.len() + 1);
+    prefix.extend_from_slice(blob.as_bytes());
+    prefix.push(0);
+    prefix
+}
+
+/// Splits a `blob_refs` key back into the blob key and the job.
+fn split_blob_ref(key: &[u8]) -> StoreResult<(String, JobId)> {
+    let split = key
+        .len()
+        .checked_sub(JOB_ID_BYTES + 1)
+        .filter(|&split| key[split] == 0)
+        .ok_or_else(|| corrupt(TREE_BLOB_REFS, key, "expected blob key ++ 0 ++ job id".into()))?;
+    let blob = std::str::from_utf8(&key[..split])
+        .map_err(|_| corrupt(TREE_BLOB_REFS, key, "blob key is not UTF-8".into()))?;
+    let id = job_id_in(TREE_BLOB_REFS, key, &key[split + 1..])?;
+    Ok((blob.to_string(), id))
 }
 
 fn checkpoint_key(id: JobId, step: &str) -> Vec<u8> {
@@ -697,6 +859,40 @@ impl JobReader for SledStore {
             lines.push(codec::decode(TREE_LOGS, &key, &bytes)?);
         }
         Ok(lines)
+    }
+
+    async fn jobs_referencing(&self, key: &str) -> StoreResult<Vec<JobId>> {
+        let mut ids = Vec::new();
+        for ref_key in self.blob_refs.scan_prefix(blob_ref_prefix(key)).keys() {
+            let (_, id) = split_blob_ref(&ref_key?)?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    async fn blob_refs(&self) -> StoreResult<Vec<(String, JobId)>> {
+        self.blob_refs
+            .iter()
+            .keys()
+            .map(|key| split_blob_ref(&key?))
+            .collect()
+    }
+
+    async fn incidents(&self) -> StoreResult<Vec<Incident>> {
+        let mut incidents = Vec::new();
+        for entry in self.incidents.iter() {
+            let (key, bytes) = entry?;
+            let incident: Incident = codec::decode(TREE_INCIDENTS, &key, &bytes)?;
+            if key.as_ref() != incident.seq.to_be_bytes() {
+                return Err(corrupt(
+                    TREE_INCIDENTS,
+                    &key,
+                    format!("record holds incident seq {}", incident.seq),
+                ));
+            }
+            incidents.push(incident);
+        }
+        Ok(incidents)
     }
 }
 
@@ -878,11 +1074,131 @@ impl OrchestratorStore for SledStore {
         self.orchestrate(id, &OrchestratorOp::Reingest).await
     }
 
+    async fn record_reprobe(
+        &self,
+        id: JobId,
+        checkpoint: &Checkpoint,
+        metadata: &MediaMetadata,
+        changes: Vec<String>,
+    ) -> StoreResult<Result<Job, Rejected>> {
+        let now = Timestamp::now();
+        let outcome = self.transact(|tx| {
+            let mut job = tx.existing_job(id)?;
+            machine::check_reprobe(&job).map_err(reject)?;
+            tx.checkpoints.insert(
+                checkpoint_key(id, &checkpoint.step),
+                encode_in_tx(checkpoint)?,
+            )?;
+            tx.metadata
+                .insert(&id.to_bytes()[..], encode_in_tx(metadata)?)?;
+            let reprobed = EventKind::Reprobed {
+                changes: changes.clone(),
+            };
+            tx.append_events(&mut job, vec![reprobed], now)?;
+            tx.put_job(Some(job.status), &job)?;
+            Ok(job)
+        })?;
+        if outcome.is_ok() {
+            self.flush().await?;
+        }
+        Ok(outcome)
+    }
+
     async fn reclaim(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
         let op = OrchestratorOp::Reclaim {
             reason: reason.to_string(),
         };
         self.orchestrate(id, &op).await
+    }
+
+    async fn reset(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::Reset {
+            reason: reason.to_string(),
+        };
+        self.orchestrate(id, &op).await
+    }
+}
+
+#[async_trait]
+impl MaintenanceStore for SledStore {
+    async fn record_incident(&self, incident: NewIncident) -> StoreResult<Incident> {
+        let _one_append_at_a_time = self.incident_lock.lock().await;
+        let seq = match self.incidents.last()? {
+            None => 0,
+            Some((key, _)) => {
+                let bytes = <[u8; 8]>::try_from(key.as_ref()).map_err(|_| {
+                    corrupt(TREE_INCIDENTS, &key, "expected a u64 sequence key".into())
+                })?;
+                u64::from_be_bytes(bytes).checked_add(1).ok_or_else(|| {
+                    corrupt(TREE_INCIDENTS, &key, "incident sequence exhausted".into())
+                })?
+            }
+        };
+        let incident = Incident {
+            seq,
+            at: Timestamp::now(),
+            actor: incident.actor,
+            action: incident.action,
+            job: incident.job,
+            key: incident.key,
+            reason: incident.reason,
+        };
+        self.incidents
+            .insert(seq.to_be_bytes(), codec::encode(&incident)?)?;
+        self.flush().await?;
+        tracing::info!(
+            seq,
+            actor = %incident.actor,
+            action = %incident.action,
+            job_id = ?incident.job.map(|id| id.to_string()),
+            key = ?incident.key,
+            "incident recorded: {}",
+            incident.reason
+        );
+        Ok(incident)
+    }
+
+    async fn delete_job(&self, id: JobId) -> StoreResult<Result<Job, Rejected>> {
+        // No iterator is open while the transaction runs (see `claim_oldest_pending`): the
+        // checkpoint keys are read first. A job that is not running gets no new checkpoint, and
+        // the transaction re-reads the job, so the list cannot go stale under it.
+        let checkpoint_keys = self
+            .checkpoints
+            .scan_prefix(id.to_bytes())
+            .keys()
+            .collect::<Result<Vec<IVec>, _>>()?;
+        let outcome = self.transact(|tx| {
+            let job = tx.existing_job(id)?;
+            machine::check_deletable(&job).map_err(reject)?;
+            let store_checkpoint = tx.store_checkpoint(id)?;
+            tx.replace_blob_refs(id, store_checkpoint.as_ref(), None)?;
+            for key in &checkpoint_keys {
+                tx.checkpoints.remove(key)?;
+            }
+            for seq in 0..job.events_next {
+                tx.events.remove(&seq_key(id, seq)[..])?;
+            }
+            tx.metadata.remove(&id.to_bytes()[..])?;
+            tx.status_index.remove(&index_key(job.status, id)[..])?;
+            tx.keys.remove(job.key.as_bytes())?;
+            tx.jobs.remove(&id.to_bytes()[..])?;
+            Ok(job)
+        })?;
+        let job = match outcome {
+            Ok(job) => job,
+            Err(rejected) => return Ok(Err(rejected)),
+        };
+        // Logs and progress live outside the transaction (they are best effort, see the module
+        // docs): a crash here leaves lines of a job that no longer exists, which nothing reads.
+        let mut batch = sled::Batch::default();
+        for key in self.logs.scan_prefix(id.to_bytes()).keys() {
+            batch.remove(key?);
+        }
+        self.logs.apply_batch(batch)?;
+        self.progress.remove(id.to_bytes())?;
+        self.flush().await?;
+        tracing::info!(job_id = %id, "deleted the job's records");
+        Ok(Ok(job))
     }
 }
 
@@ -920,6 +1236,10 @@ impl WorkerStore for SledStore {
         let outcome = self.transact(|tx| {
             let mut job = tx.existing_job(id)?;
             machine::check_lease(&job, token).map_err(reject)?;
+            if checkpoint.step == STORE_STEP {
+                let before = tx.store_checkpoint(id)?;
+                tx.replace_blob_refs(id, before.as_ref(), Some(checkpoint))?;
+            }
             tx.checkpoints.insert(
                 checkpoint_key(id, &checkpoint.step),
                 encode_in_tx(checkpoint)?,
@@ -932,7 +1252,17 @@ impl WorkerStore for SledStore {
                 step: checkpoint.step.clone(),
                 outputs: u32::try_from(checkpoint.outputs.len()).unwrap_or(u32::MAX),
             };
-            tx.append_events(&mut job, vec![completed], now)?;
+            let recorded = EventKind::CheckpointRecorded {
+                step: checkpoint.step.clone(),
+                definition_hash: checkpoint.definition_hash,
+                input_hash: checkpoint.input_hash,
+                outputs: checkpoint
+                    .outputs
+                    .iter()
+                    .map(|output| (output.name.clone(), output.blake3))
+                    .collect(),
+            };
+            tx.append_events(&mut job, vec![completed, recorded], now)?;
             tx.put_job(Some(job.status), &job)
         })?;
         if outcome.is_ok() {
@@ -954,6 +1284,27 @@ impl WorkerStore for SledStore {
             StepEvent::Started => EventKind::StepStarted { step },
             StepEvent::Skipped { reason } => EventKind::StepSkipped { step, reason },
             StepEvent::Failed { error } => EventKind::StepFailed { step, error },
+            StepEvent::AudioSelected {
+                stream_index,
+                codec,
+                language,
+                output,
+                container,
+                reason,
+            } => EventKind::AudioSelected {
+                stream_index,
+                codec,
+                language,
+                output,
+                container,
+                reason,
+            },
+            StepEvent::Redone { cause, reason } => EventKind::StepRedone {
+                step,
+                cause,
+                reason,
+            },
+            StepEvent::ObjectsWritten { keys } => EventKind::ObjectsWritten { step, keys },
         };
         let outcome = self.transact(|tx| {
             let mut job = tx.existing_job(token.job_id)?;
@@ -1224,6 +1575,56 @@ mod tests {
         let mut message = "abc".to_string();
         truncate_message(&mut message, 3);
         assert_eq!(message, "abc");
+    }
+
+    // Guards the blob index of stores written before it existed: opening one builds the index
+    // from the store checkpoints, and `check_consistency` names an index that lost an entry.
+    #[tokio::test]
+    async fn the_blob_index_is_built_when_a_store_without_one_is_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blob = "blobs/aa/aaaa.mp4";
+        let id = {
+            let store = open(dir.path());
+            let submitted = store.submit(&request("indexed")).await.expect("submit");
+            let (_, token) = store
+                .claim(submitted.job.id, &worker(), 60_000)
+                .await
+                .expect("claim")
+                .expect("claimable");
+            let checkpoint = Checkpoint {
+                step: STORE_STEP.to_string(),
+                definition_hash: Hash([1; 32]),
+                input_hash: Hash([2; 32]),
+                outputs: vec![StepOutput {
+                    name: "video".to_string(),
+                    location: Location::Object(blob.to_string()),
+                    size: 10,
+                    blake3: Hash([3; 32]),
+                    change_token: ChangeToken::None,
+                }],
+                recorded_at: Timestamp(1_000),
+            };
+            store
+                .record_checkpoint(&token, &checkpoint, None)
+                .await
+                .expect("record_checkpoint")
+                .expect("current token");
+            store.check_consistency().expect("consistent");
+            // What a store written before the index looks like.
+            store.blob_refs.clear().expect("clear");
+            match store.check_consistency() {
+                Err(StoreError::Corrupt { tree, reason, .. }) => {
+                    assert_eq!(tree, TREE_BLOB_REFS);
+                    assert!(reason.contains("not indexed"), "{reason}");
+                }
+                other => panic!("expected the missing reference to be named, got {other:?}"),
+            }
+            store.db.flush().expect("flush");
+            submitted.job.id
+        };
+        let store = open(dir.path());
+        assert_eq!(store.jobs_referencing(blob).await.expect("refs"), vec![id]);
+        store.check_consistency().expect("consistent after the rebuild");
     }
 
     #[tokio::test]

@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::engine::job::{Hash, Phase};
 
 /// The workflows compiled into the binary, by file name.
-pub const BUILTIN_WORKFLOWS: &[(&str, &str)] =
-    &[("ingest", include_str!("../../workflows/ingest.toml"))];
+pub const BUILTIN_WORKFLOWS: &[(&str, &str)] = &[
+    ("ingest", include_str!("../../workflows/ingest.toml")),
+    ("asr", include_str!("../../workflows/asr.toml")),
+];
 
 /// The workflow used when none is named.
 pub const DEFAULT_WORKFLOW: &str = "ingest";
@@ -64,7 +66,8 @@ impl StepKind {
     fn implementation_version(self) -> u32 {
         match self {
             StepKind::Download => 1,
-            StepKind::Extract => 1,
+            // 2: codec-aware copy containers, 16-bit transcodes, bit-exact output, probed output.
+            StepKind::Extract => 2,
             StepKind::Store => 1,
         }
     }
@@ -162,20 +165,100 @@ pub enum Downloader {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AudioMode {
-    /// Stream copy into a container matched to the source codec (no re-encoding).
+    /// Stream copy into a container matched to the source codec (no re-encoding); a codec with no
+    /// clean container is transcoded to the workflow's `fallback` target.
     Copy,
     Flac,
     Wav,
+    Opus,
+    Mp3,
 }
 
+impl AudioMode {
+    /// The transcode target, or `None` for a stream copy.
+    pub fn target(self) -> Option<TranscodeTarget> {
+        match self {
+            AudioMode::Copy => None,
+            AudioMode::Flac => Some(TranscodeTarget::Flac),
+            AudioMode::Wav => Some(TranscodeTarget::Wav),
+            AudioMode::Opus => Some(TranscodeTarget::Opus),
+            AudioMode::Mp3 => Some(TranscodeTarget::Mp3),
+        }
+    }
+}
+
+/// What audio is re-encoded to: FLAC and WAV as 16-bit PCM, Opus with libopus, MP3 with LAME.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TranscodeTarget {
+    Flac,
+    Wav,
+    Opus,
+    Mp3,
+}
+
+impl TranscodeTarget {
+    pub fn name(self) -> &'static str {
+        match self {
+            TranscodeTarget::Flac => "flac",
+            TranscodeTarget::Wav => "wav",
+            TranscodeTarget::Opus => "opus",
+            TranscodeTarget::Mp3 => "mp3",
+        }
+    }
+
+    /// The sample rates the target's encoder accepts; `None` when any rate in range is fine.
+    fn sample_rates(self) -> Option<&'static [u32]> {
+        match self {
+            TranscodeTarget::Flac | TranscodeTarget::Wav => None,
+            TranscodeTarget::Opus => Some(&[8_000, 12_000, 16_000, 24_000, 48_000]),
+            TranscodeTarget::Mp3 => Some(&[
+                8_000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000,
+            ]),
+        }
+    }
+
+    fn channels_max(self) -> u32 {
+        match self {
+            TranscodeTarget::Mp3 => 2,
+            _ => EXTRACT_CHANNELS_MAX,
+        }
+    }
+}
+
+/// The most channels a transcode may ask for.
+const EXTRACT_CHANNELS_MAX: u32 = 8;
+/// The sample rates a transcode may ask for.
+const EXTRACT_SAMPLE_RATE_MIN: u32 = 8_000;
+const EXTRACT_SAMPLE_RATE_MAX: u32 = 192_000;
+/// The most threads ffmpeg may be given.
+const EXTRACT_THREADS_MAX: u32 = 64;
+
+/// The extract step's parameters. `audio`, `sample_rate`, `channels`, `preferred_language` and
+/// (for `copy`) `fallback` change the output and are in the definition hash; threads and timeouts
+/// are not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExtractParams {
     pub audio: AudioMode,
-    /// Resample to this rate when transcoding; ignored by `copy`.
+    /// Resample to this rate when transcoding (the fallback included); ignored by a stream copy.
     pub sample_rate: Option<u32>,
-    /// Down- or up-mix to this many channels when transcoding; ignored by `copy`.
+    /// Down- or up-mix to this many channels when transcoding; ignored by a stream copy.
     pub channels: Option<u32>,
+    /// What `copy` transcodes to when the source codec has no clean container (ac3, big-endian PCM).
+    pub fallback: TranscodeTarget,
+    /// Take the first audio stream tagged with this language (as the container tags it, usually
+    /// ISO 639-2 such as `eng`), else the first audio stream.
+    pub preferred_language: Option<String>,
+    /// Threads ffmpeg may use for decoding, filtering and encoding.
+    pub threads: u32,
+    /// How long ffprobe may take to read the media.
+    pub probe_timeout_ms: u64,
+    /// ffmpeg's timeout: `timeout_base_ms` plus `timeout_ms_per_media_s` for every second of
+    /// media, at most `timeout_max_ms` (also the timeout when the duration is unknown).
+    pub timeout_base_ms: u64,
+    pub timeout_ms_per_media_s: u64,
+    pub timeout_max_ms: u64,
 }
 
 impl Default for ExtractParams {
@@ -184,7 +267,71 @@ impl Default for ExtractParams {
             audio: AudioMode::Copy,
             sample_rate: None,
             channels: None,
+            fallback: TranscodeTarget::Flac,
+            preferred_language: None,
+            threads: 2,
+            probe_timeout_ms: 60_000,
+            timeout_base_ms: 60_000,
+            timeout_ms_per_media_s: 500,
+            timeout_max_ms: 2 * 3600 * 1000,
         }
+    }
+}
+
+impl ExtractParams {
+    /// The target a transcode uses: the mode's own, or the fallback for `copy`.
+    pub fn transcode_target(&self) -> TranscodeTarget {
+        self.audio.target().unwrap_or(self.fallback)
+    }
+
+    /// Refuses parameters ffmpeg would reject at run time, so a workflow fails when it is loaded.
+    pub fn validate(&self) -> Result<(), String> {
+        let target = self.transcode_target();
+        if let Some(rate) = self.sample_rate {
+            if !(EXTRACT_SAMPLE_RATE_MIN..=EXTRACT_SAMPLE_RATE_MAX).contains(&rate) {
+                return Err(format!(
+                    "sample_rate {rate} is outside {EXTRACT_SAMPLE_RATE_MIN}..={EXTRACT_SAMPLE_RATE_MAX}"
+                ));
+            }
+            if let Some(rates) = target.sample_rates()
+                && !rates.contains(&rate)
+            {
+                return Err(format!(
+                    "sample_rate {rate} is not one {} supports ({rates:?})",
+                    target.name()
+                ));
+            }
+        }
+        if let Some(channels) = self.channels
+            && !(1..=target.channels_max()).contains(&channels)
+        {
+            return Err(format!(
+                "channels {channels} is outside 1..={} for {}",
+                target.channels_max(),
+                target.name()
+            ));
+        }
+        if let Some(language) = &self.preferred_language
+            && (language.is_empty()
+                || language.len() > 16
+                || !language
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        {
+            return Err(format!(
+                "preferred_language {language:?} is not a language tag such as \"eng\""
+            ));
+        }
+        if !(1..=EXTRACT_THREADS_MAX).contains(&self.threads) {
+            return Err(format!("threads must be in 1..={EXTRACT_THREADS_MAX}"));
+        }
+        if self.probe_timeout_ms == 0 || self.timeout_max_ms == 0 {
+            return Err("probe_timeout_ms and timeout_max_ms must be above 0".into());
+        }
+        if self.timeout_base_ms > self.timeout_max_ms {
+            return Err("timeout_base_ms must not exceed timeout_max_ms".into());
+        }
+        Ok(())
     }
 }
 
@@ -231,6 +378,9 @@ impl StepDef {
                 "audio": params.audio,
                 "sample_rate": params.sample_rate,
                 "channels": params.channels,
+                // The fallback only matters to a stream copy.
+                "fallback": (params.audio == AudioMode::Copy).then_some(params.fallback),
+                "preferred_language": params.preferred_language,
             }),
             StepDef::Store(_) => serde_json::json!({}),
         };
@@ -342,7 +492,13 @@ pub fn parse_workflow(file_name: &str, text: &str) -> Result<Workflow, WorkflowE
             |error: toml::de::Error| invalid(format!("step {}: {error}", step.kind.name()));
         steps.push(match step.kind {
             StepKind::Download => StepDef::Download(params.try_into().map_err(parse_error)?),
-            StepKind::Extract => StepDef::Extract(params.try_into().map_err(parse_error)?),
+            StepKind::Extract => {
+                let params: ExtractParams = params.try_into().map_err(parse_error)?;
+                params
+                    .validate()
+                    .map_err(|reason| invalid(format!("step extract: {reason}")))?;
+                StepDef::Extract(params)
+            }
             StepKind::Store => StepDef::Store(params.try_into().map_err(parse_error)?),
         });
     }
@@ -491,5 +647,85 @@ mod tests {
             registry.get("ingest").unwrap().extract().audio,
             AudioMode::Wav
         );
+    }
+
+    #[test]
+    fn builtin_asr_is_16_khz_mono_flac() {
+        let registry = WorkflowRegistry::builtin();
+        let params = registry.get("asr").unwrap().extract();
+        assert_eq!(params.audio, AudioMode::Flac);
+        assert_eq!(params.sample_rate, Some(16_000));
+        assert_eq!(params.channels, Some(1));
+    }
+
+    #[test]
+    fn only_output_affecting_extract_parameters_change_its_hash() {
+        let hash = |params: &ExtractParams| StepDef::Extract(params.clone()).definition_hash();
+        let base = ExtractParams::default();
+        let mut limits = base.clone();
+        limits.threads = 7;
+        limits.probe_timeout_ms = 1;
+        limits.timeout_base_ms = 1;
+        limits.timeout_ms_per_media_s = 1;
+        limits.timeout_max_ms = 2;
+        assert_eq!(
+            hash(&base),
+            hash(&limits),
+            "threads and timeouts change no byte"
+        );
+        let mut language = base.clone();
+        language.preferred_language = Some("fra".into());
+        assert_ne!(hash(&base), hash(&language));
+        let mut fallback = base.clone();
+        fallback.fallback = TranscodeTarget::Wav;
+        assert_ne!(
+            hash(&base),
+            hash(&fallback),
+            "a copy's fallback can change its output"
+        );
+        let flac = ExtractParams {
+            audio: AudioMode::Flac,
+            ..base.clone()
+        };
+        let flac_other_fallback = ExtractParams {
+            fallback: TranscodeTarget::Mp3,
+            ..flac.clone()
+        };
+        assert_eq!(
+            hash(&flac),
+            hash(&flac_other_fallback),
+            "a transcode has no fallback"
+        );
+    }
+
+    #[test]
+    fn extract_parameters_an_encoder_would_refuse_are_refused_when_loaded() {
+        let workflow = |params: &str| {
+            format!(
+                "name = \"x\"\n[[steps]]\nkind = \"download\"\n[[steps]]\nkind = \"extract\"\nparams = {{ {params} }}\n[[steps]]\nkind = \"store\"\n"
+            )
+        };
+        for (params, reason) in [
+            ("audio = \"opus\", sample_rate = 44100", "opus supports"),
+            ("audio = \"mp3\", channels = 6", "1..=2"),
+            (
+                "audio = \"copy\", fallback = \"opus\", sample_rate = 22050",
+                "opus supports",
+            ),
+            ("sample_rate = 1000", "outside"),
+            ("preferred_language = \"en g\"", "language tag"),
+            ("threads = 0", "threads"),
+            (
+                "timeout_base_ms = 10, timeout_max_ms = 5",
+                "timeout_base_ms",
+            ),
+        ] {
+            let error = parse_workflow("x", &workflow(params))
+                .expect_err(params)
+                .to_string();
+            assert!(error.contains(reason), "{params}: {error}");
+        }
+        let accepted = workflow("audio = \"opus\", sample_rate = 16000, channels = 1");
+        assert!(parse_workflow("x", &accepted).is_ok());
     }
 }

@@ -1,0 +1,316 @@
+//! `narra doctor`: can this machine run narra here? One check each for ffmpeg and ffprobe (found,
+//! their versions), the workflows, the encoders the workflows need, the state store, the storage
+//! backend's reachability and the free scratch space; each passes or says what is wrong.
+//!
+//! Doctor changes nothing: it does not create a home, a state store or a storage root that is
+//! missing (the first command that needs one does), and a home held by another narra process (a
+//! running worker) is reported as in use, not opened.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use super::GlobalArgs;
+use crate::engine::job::Status;
+use crate::steps::extract::{Tools, encoder_of, encoders, tool_version};
+use crate::storage::Storage;
+use crate::store::sled_store::DEFAULT_CACHE_CAPACITY_BYTES;
+use crate::store::{HomeLock, JobFilter, JobReader, LockError, SledStore};
+use crate::workflow::WorkflowRegistry;
+
+/// The object key whose `stat` proves the storage backend answers; it need not exist.
+const REACHABILITY_KEY: &str = "jobs/.narra-doctor";
+
+const MIB: u64 = 1024 * 1024;
+
+/// One check's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Check {
+    fn pass(name: &'static str, detail: String) -> Check {
+        Check {
+            name,
+            ok: true,
+            detail,
+        }
+    }
+
+    fn fail(name: &'static str, detail: String) -> Check {
+        Check {
+            name,
+            ok: false,
+            detail,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({"name": self.name, "ok": self.ok, "detail": self.detail})
+    }
+
+    pub fn to_text(&self) -> String {
+        let verdict = if self.ok { "ok" } else { "FAIL" };
+        format!("{verdict:<4}  {:<11}  {}", self.name, self.detail)
+    }
+}
+
+/// Runs every check for the home and storage `global` names.
+pub async fn run_checks(global: &GlobalArgs, scratch_free_min_bytes: u64) -> Vec<Check> {
+    let home = std::path::absolute(&global.home).unwrap_or_else(|_| global.home.clone());
+    let tools = Tools::from_env();
+    let mut checks = vec![
+        tool_check("ffmpeg", &tools.ffmpeg).await,
+        tool_check("ffprobe", &tools.ffprobe).await,
+    ];
+    let ffmpeg_found = checks[0].ok;
+    match WorkflowRegistry::load(global.workflows.as_deref()) {
+        Ok(registry) => {
+            let names: Vec<&str> = registry.names().collect();
+            checks.push(Check::pass("workflows", names.join(", ")));
+            if ffmpeg_found {
+                checks.push(encoder_check(&tools.ffmpeg, &registry).await);
+            }
+        }
+        Err(error) => checks.push(Check::fail("workflows", error.to_string())),
+    }
+    checks.push(state_check(&home).await);
+    checks.push(storage_check(global, &home).await);
+    checks.push(scratch_check(&home, scratch_free_min_bytes));
+    checks
+}
+
+async fn tool_check(name: &'static str, program: &Path) -> Check {
+    match tool_version(program).await {
+        Ok(version) => Check::pass(name, format!("{version} ({})", program.display())),
+        Err(reason) => Check::fail(
+            name,
+            format!("{reason} (install ffmpeg, or set NARRA_FFMPEG and NARRA_FFPROBE)"),
+        ),
+    }
+}
+
+/// Every encoder a workflow's transcode target (or a copy's fallback) needs is in this ffmpeg.
+async fn encoder_check(ffmpeg: &Path, registry: &WorkflowRegistry) -> Check {
+    let available: BTreeSet<String> = match encoders(ffmpeg).await {
+        Ok(encoders) => encoders.into_iter().collect(),
+        Err(reason) => return Check::fail("encoders", reason),
+    };
+    let mut needed: BTreeMap<&'static str, Vec<&str>> = BTreeMap::new();
+    for name in registry.names() {
+        if let Ok(workflow) = registry.get(name) {
+            let encoder = encoder_of(workflow.extract().transcode_target());
+            needed.entry(encoder).or_default().push(name);
+        }
+    }
+    let missing: Vec<String> = needed
+        .iter()
+        .filter(|(encoder, _)| !available.contains(**encoder))
+        .map(|(encoder, workflows)| format!("{encoder} (for {})", workflows.join(", ")))
+        .collect();
+    if missing.is_empty() {
+        let present: Vec<&str> = needed.keys().copied().collect();
+        Check::pass("encoders", format!("{} present", present.join(", ")))
+    } else {
+        Check::fail(
+            "encoders",
+            format!("this ffmpeg lacks {}", missing.join(", ")),
+        )
+    }
+}
+
+async fn state_check(home: &Path) -> Check {
+    let state = home.join("state");
+    if !state.exists() {
+        return Check::pass(
+            "state_store",
+            format!(
+                "{} does not exist yet; the first command creates it",
+                state.display()
+            ),
+        );
+    }
+    let _lock = match HomeLock::acquire(home) {
+        Ok(lock) => lock,
+        Err(LockError::Held { pid, .. }) => {
+            let holder = pid.map_or_else(|| "unknown pid".to_string(), |pid| format!("pid {pid}"));
+            return Check::pass(
+                "state_store",
+                format!(
+                    "{} is in use by a running narra process ({holder}); not opened",
+                    state.display()
+                ),
+            );
+        }
+        Err(error) => return Check::fail("state_store", error.to_string()),
+    };
+    let store = match SledStore::open(&state, DEFAULT_CACHE_CAPACITY_BYTES) {
+        Ok(store) => store,
+        Err(error) => {
+            return Check::fail(
+                "state_store",
+                format!("{} cannot be opened: {error}", state.display()),
+            );
+        }
+    };
+    if let Err(error) = store.check_consistency() {
+        return Check::fail(
+            "state_store",
+            format!("{} is inconsistent: {error}", state.display()),
+        );
+    }
+    let mut counts = Vec::new();
+    for status in Status::ALL {
+        let filter = JobFilter {
+            status: Some(status),
+            limit: usize::MAX,
+        };
+        match store.jobs(&filter).await {
+            Ok(jobs) => counts.push(format!("{} {status}", jobs.len())),
+            Err(error) => return Check::fail("state_store", error.to_string()),
+        }
+    }
+    Check::pass(
+        "state_store",
+        format!(
+            "{}: consistent; jobs: {}",
+            state.display(),
+            counts.join(", ")
+        ),
+    )
+}
+
+async fn storage_check(global: &GlobalArgs, home: &Path) -> Check {
+    let uri = global
+        .storage
+        .clone()
+        .unwrap_or_else(|| format!("fs://{}", home.join("objects").display()));
+    if let Some(root) = uri.strip_prefix("fs://").map(PathBuf::from)
+        && root.is_absolute()
+        && !root.exists()
+    {
+        let ancestor = nearest_existing(&root);
+        return if writable(&ancestor) {
+            Check::pass(
+                "storage",
+                format!("{uri}: not created yet; {} is writable", ancestor.display()),
+            )
+        } else {
+            Check::fail(
+                "storage",
+                format!(
+                    "{uri}: cannot be created: {} is not writable",
+                    ancestor.display()
+                ),
+            )
+        };
+    }
+    let storage = match Storage::from_uri(&uri) {
+        Ok(storage) => storage,
+        Err(error) => return Check::fail("storage", error.to_string()),
+    };
+    if let Err(error) = storage.stat(REACHABILITY_KEY).await {
+        return Check::fail("storage", format!("{uri} does not answer: {error}"));
+    }
+    if let Some(root) = storage.local_path("")
+        && !writable(&root)
+    {
+        return Check::fail(
+            "storage",
+            format!("{uri}: {} is not writable", root.display()),
+        );
+    }
+    Check::pass("storage", format!("{uri}: reachable"))
+}
+
+fn scratch_check(home: &Path, free_min_bytes: u64) -> Check {
+    let scratch = home.join("scratch");
+    let measured = nearest_existing(&scratch);
+    match free_bytes(&measured) {
+        Ok(free) if free >= free_min_bytes => Check::pass(
+            "scratch",
+            format!(
+                "{}: {} MiB free (at least {} MiB needed)",
+                scratch.display(),
+                free / MIB,
+                free_min_bytes / MIB
+            ),
+        ),
+        Ok(free) => Check::fail(
+            "scratch",
+            format!(
+                "{}: only {} MiB free, below the {} MiB needed",
+                scratch.display(),
+                free / MIB,
+                free_min_bytes / MIB
+            ),
+        ),
+        Err(error) => Check::fail(
+            "scratch",
+            format!(
+                "cannot measure free space at {}: {error}",
+                measured.display()
+            ),
+        ),
+    }
+}
+
+/// `path`, or its closest ancestor that exists (a missing home is measured where it would go).
+fn nearest_existing(path: &Path) -> PathBuf {
+    path.ancestors()
+        .find(|ancestor| ancestor.exists())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf()
+}
+
+fn c_path(path: &Path) -> std::io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("a path with a NUL byte"))
+}
+
+/// Whether this process may create files in directory `path`.
+fn writable(path: &Path) -> bool {
+    let Ok(path) = c_path(path) else {
+        return false;
+    };
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; access(2) only reads it.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
+}
+
+/// The bytes an unprivileged process may still write on the file system holding `path`.
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let path = c_path(path)?;
+    // SAFETY: statvfs is plain old data; all-zero bytes are a valid value of it.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and outlives the call; `stat` is a valid, writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The field types differ between platforms (u32 or u64); both widen losslessly.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, block_size) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+    Ok(blocks.saturating_mul(block_size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_is_measured_where_a_missing_directory_would_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("a/b/c");
+        assert_eq!(nearest_existing(&missing), dir.path());
+        assert!(free_bytes(dir.path()).unwrap() > 0);
+        assert!(writable(dir.path()));
+        let check = scratch_check(&missing, u64::MAX);
+        assert!(!check.ok, "{check:?}");
+        assert!(check.detail.contains("below"), "{check:?}");
+    }
+}

@@ -1,0 +1,256 @@
+//! Running ffmpeg-like tools: no shell, stdin closed, a process group of their own, bounded output
+//! capture, a timeout, and cancellation.
+//!
+//! On a timeout or a cancellation the whole process group is killed (SIGKILL) and the child reaped
+//! before [`run_process`] returns, so a tool that spawned helpers leaves none behind. A future
+//! dropped mid-run kills the group too. This module knows nothing of what the tools do; callers
+//! judge their output.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+use super::{Cancel, cancelled};
+
+/// The most of a tool's stderr kept (half from the start, half from the end).
+const STDERR_BYTES_MAX: usize = 16 * 1024;
+
+/// A subprocess that ran to its end.
+#[derive(Debug)]
+pub struct Finished {
+    pub success: bool,
+    pub stdout: Vec<u8>,
+    /// The first and last parts of stderr, lossily decoded.
+    pub stderr: String,
+}
+
+/// Why a subprocess did not run to its end.
+#[derive(Debug)]
+pub enum RunError {
+    Spawn(std::io::Error),
+    TimedOut,
+    Cancelled,
+    Wait(std::io::Error),
+}
+
+/// Kills a child's whole process group when asked or when dropped while armed. The group's id is
+/// the child's pid, which the kernel cannot hand out again before the child is reaped; the guard is
+/// disarmed when the child is reaped, so a kill can only ever reach the group the child led.
+struct ProcessGroup {
+    pgid: libc::pid_t,
+    armed: bool,
+}
+
+impl ProcessGroup {
+    fn kill(&mut self) {
+        if self.armed {
+            // SAFETY: kill(2) takes two integers and touches no memory of ours; a negative pid
+            // names the process group.
+            unsafe {
+                libc::kill(-self.pgid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a program (no shell) in a new process group, stdin closed, with bounded output capture,
+/// until it exits, `timeout` passes or `cancel` turns true. On a timeout or a cancellation the
+/// whole group is killed and the child reaped before this returns.
+pub async fn run_process(
+    program: &Path,
+    args: &[OsString],
+    stdout_max: usize,
+    timeout: Duration,
+    cancel: &mut Cancel,
+) -> Result<Finished, RunError> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(RunError::Spawn)?;
+    let pgid = child
+        .id()
+        .and_then(|pid| libc::pid_t::try_from(pid).ok())
+        .ok_or_else(|| RunError::Wait(std::io::Error::other("the child has no pid")))?;
+    let mut group = ProcessGroup { pgid, armed: true };
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let ended = {
+        let work = async {
+            let (stdout, stderr) = tokio::join!(
+                read_head(stdout, stdout_max),
+                read_head_and_tail(stderr, STDERR_BYTES_MAX)
+            );
+            (child.wait().await, stdout, stderr)
+        };
+        tokio::select! {
+            // Biased: a child that was just reaped is always taken as finished, never killed.
+            biased;
+            (status, stdout, stderr) = work => Ok((status, stdout, stderr)),
+            () = cancelled(cancel) => Err(RunError::Cancelled),
+            () = tokio::time::sleep(timeout) => Err(RunError::TimedOut),
+        }
+    };
+    match ended {
+        Ok((status, stdout, stderr)) => {
+            // Reaped: the pid may be reused from now on, so the group must never be signalled.
+            group.armed = false;
+            let status = status.map_err(RunError::Wait)?;
+            Ok(Finished {
+                success: status.success(),
+                stdout,
+                stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            })
+        }
+        Err(reason) => {
+            group.kill();
+            let _ = child.wait().await;
+            group.armed = false;
+            Err(reason)
+        }
+    }
+}
+
+/// Reads a pipe to its end, keeping the first `limit` bytes (the rest is drained, so the child
+/// never blocks on a full pipe).
+async fn read_head(mut pipe: impl tokio::io::AsyncRead + Unpin, limit: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(count) => {
+                let room = limit.saturating_sub(kept.len());
+                kept.extend_from_slice(&buffer[..count.min(room)]);
+            }
+        }
+    }
+    kept
+}
+
+/// Reads a pipe to its end, keeping its first and last `limit / 2` bytes: the first lines say
+/// what the input is, the last ones how the run ended.
+async fn read_head_and_tail(mut pipe: impl tokio::io::AsyncRead + Unpin, limit: usize) -> Vec<u8> {
+    let half = limit / 2;
+    let mut head = Vec::new();
+    let mut tail: VecDeque<u8> = VecDeque::new();
+    let mut dropped = false;
+    let mut buffer = [0u8; 8192];
+    loop {
+        match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(count) => {
+                let mut bytes = &buffer[..count];
+                let room = half.saturating_sub(head.len());
+                if room > 0 {
+                    let taken = bytes.len().min(room);
+                    head.extend_from_slice(&bytes[..taken]);
+                    bytes = &bytes[taken..];
+                }
+                tail.extend(bytes);
+                while tail.len() > half {
+                    tail.pop_front();
+                    dropped = true;
+                }
+            }
+        }
+    }
+    if dropped {
+        head.extend_from_slice(b"\n...\n");
+    }
+    head.extend(tail);
+    head
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `pid` is gone or dead (a zombie waiting for its new parent to reap it).
+    fn dead(pid: &str) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            // The state follows the parenthesised command name.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        }
+    }
+
+    // Guards the timeout: a process that never ends is stopped when its timeout passes.
+    #[tokio::test]
+    async fn a_process_past_its_timeout_is_killed() {
+        let (_sender, mut cancel) = tokio::sync::watch::channel(false);
+        let args = [OsString::from("600")];
+        let result = run_process(
+            Path::new("sleep"),
+            &args,
+            0,
+            Duration::from_millis(50),
+            &mut cancel,
+        )
+        .await;
+        assert!(matches!(result, Err(RunError::TimedOut)), "{result:?}");
+    }
+
+    // Guards the process-group kill: a grandchild of the stopped process (here `sleep`, started by
+    // `sh`) must die too, not linger as an orphan.
+    #[tokio::test]
+    async fn a_cancelled_process_group_is_killed_grandchildren_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("grandchild.pid");
+        let (sender, mut cancel) = tokio::sync::watch::channel(false);
+        let script = format!(
+            "sleep 600 & echo $! > {0}.tmp && mv {0}.tmp {0}; wait",
+            pid_file.display()
+        );
+        let args = [OsString::from("-c"), OsString::from(script)];
+        // Cancel once the grandchild exists, so the kill cannot race the shell starting it.
+        let canceller = tokio::spawn({
+            let pid_file = pid_file.clone();
+            async move {
+                while !pid_file.exists() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                sender.send(true).unwrap();
+                sender
+            }
+        });
+        let result = run_process(
+            Path::new("sh"),
+            &args,
+            0,
+            Duration::from_secs(600),
+            &mut cancel,
+        )
+        .await;
+        assert!(matches!(result, Err(RunError::Cancelled)), "{result:?}");
+        drop(canceller.await.unwrap());
+        let grandchild = std::fs::read_to_string(&pid_file).unwrap();
+        let grandchild = grandchild.trim();
+        // SIGKILL is delivered asynchronously; the deadline only bounds a hang.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !dead(grandchild) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the grandchild {grandchild} still runs"
+            );
+            std::thread::yield_now();
+        }
+    }
+}
