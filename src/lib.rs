@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod failpoint;
 pub mod logging;
 pub mod steps;
 pub mod storage;

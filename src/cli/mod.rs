@@ -150,9 +150,7 @@ pub enum Command {
     },
     /// Audit jobs' checkpoint chains and idempotency from their event history (default: every
     /// job). Exits 1 when any finding is a violation.
-    Audit {
-        ids: Vec<JobId>,
-    },
+    Audit { ids: Vec<JobId> },
     /// Runbook step 5: list stale scratch, orphan and partial objects, corrupt artifacts and the
     /// jobs to reset (a dry run, with a plan id); `--confirm PLAN_ID` carries out that exact plan.
     Cleanup {
@@ -505,7 +503,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 ExitCode::SUCCESS
             })
         }
-        Command::Verify { ids, deep } => maintenance::verify(engine, &mut out, ids, deep, json).await,
+        Command::Verify { ids, deep } => {
+            maintenance::verify(engine, &mut out, ids, deep, json).await
+        }
         Command::Audit { ids } => maintenance::audit(engine, &mut out, ids, json).await,
         Command::Cleanup {
             deep,
@@ -548,7 +548,6 @@ async fn run_doctor(global: &GlobalArgs, scratch_min_free_mb: u64) -> Result<Exi
         ExitCode::from(1)
     })
 }
-
 
 fn print_jobs(
     out: &mut impl Write,

@@ -450,7 +450,11 @@ fn event_text(kind: &EventKind) -> String {
             reason,
         } => format!("step {step} runs again [{cause}] {reason}"),
         EventKind::ObjectsWritten { step, keys } => {
-            format!("step {step} wrote {} objects: {}", keys.len(), keys.join(", "))
+            format!(
+                "step {step} wrote {} objects: {}",
+                keys.len(),
+                keys.join(", ")
+            )
         }
         EventKind::CheckpointRecorded {
             step,

@@ -24,6 +24,11 @@
 //! | `storage_disagrees` | violation (succeeded jobs), warning (others) | an artifact is missing or does not match its checkpoint (shallow `verify`) |
 //! | `index_disagrees` | violation | the blob -> jobs index does not list this job for a blob its checkpoint names |
 //!
+//! Limits: a store run that fails records no `objects_written` (a retry skips what it stored, so no
+//! write is counted twice); writes by other jobs are found through the blob index, so a job that no
+//! longer references a blob it once wrote is not compared; manifests are not compared across writes,
+//! since their bytes change with their job's outputs.
+//!
 //! This module only reads: it never writes to the state store or to storage.
 
 use std::collections::{BTreeMap, HashMap, HashSet};

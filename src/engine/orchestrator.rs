@@ -99,11 +99,15 @@ pub async fn reclaim_orphans(engine: &Engine) -> Result<Vec<Job>, EngineError> {
 /// Runs one pending job to a terminal status (or leaves it to whoever holds its lease).
 pub async fn run_job(engine: &Engine, id: JobId) -> Result<Job, EngineError> {
     let store: Arc<dyn OrchestratorStore> = engine.store.clone();
+    crate::failpoint!("claim.before");
     let (job, token) = match store
         .claim(id, &engine.worker_id, engine.lease_ttl_ms)
         .await?
     {
-        Ok(claimed) => claimed,
+        Ok(claimed) => {
+            crate::failpoint!("claim.after");
+            claimed
+        }
         Err(rejected) => {
             tracing::debug!(%rejected, "not claimed");
             return store
@@ -131,16 +135,26 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
         let outcome = execute(engine, &job, &token, cancel).await;
         keeper.abort();
         let result = match outcome {
-            Ok(WorkOutcome::Done) => store.complete(&token).await?,
+            Ok(WorkOutcome::Done) => {
+                crate::failpoint!("complete.before");
+                let completed = store.complete(&token).await?;
+                crate::failpoint!("complete.after");
+                completed
+            }
             Ok(WorkOutcome::CancelRequested) => store.confirm_cancel(&token).await?,
             Ok(WorkOutcome::LeaseLost) => {
                 tracing::warn!("the lease was lost; another claim owns the job now");
                 return store.job(job.id).await?.ok_or(EngineError::Rejected(Rejected::NotFound(job.id)));
             }
-            Err(error) => store.fail(&token, ErrorInfo {
-                class: error.class.as_str().to_string(),
-                message: error.message.clone(),
-            }).await?,
+            Err(error) => {
+                crate::failpoint!("fail.before");
+                let failed = store.fail(&token, ErrorInfo {
+                    class: error.class.as_str().to_string(),
+                    message: error.message.clone(),
+                }).await?;
+                crate::failpoint!("fail.after");
+                failed
+            }
         };
         match result {
             Ok(job) => {

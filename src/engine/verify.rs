@@ -214,7 +214,9 @@ pub enum ArtifactState {
         found_blake3: Option<Hash>,
     },
     /// It could not be checked (the object store failed).
-    Unreadable { message: String },
+    Unreadable {
+        message: String,
+    },
 }
 
 impl ArtifactState {
@@ -261,7 +263,10 @@ impl ArtifactCheck {
                 self.blake3
             ),
             ArtifactState::Unreadable { message } => {
-                format!("{} at {} cannot be checked: {message}", self.artifact, self.location)
+                format!(
+                    "{} at {} cannot be checked: {message}",
+                    self.artifact, self.location
+                )
             }
         }
     }

@@ -22,7 +22,7 @@ use crate::steps::store::{BlobInput, StoreInput, store};
 use crate::steps::{Cancel, ErrorClass, StepError};
 use crate::storage::file_change_token;
 use crate::store::{StepEvent, WorkerStore};
-use crate::workflow::{StepDef, Workflow};
+use crate::workflow::{StepDef, StepKind, Workflow};
 
 /// How a worker's run of a job ended, short of a step failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,12 +105,14 @@ impl<'a> Run<'a> {
         let mut run_rest = false;
         for step in self.workflow.steps.clone() {
             let kind = step.kind();
+            phase_failpoint(kind, Boundary::Before);
             if self
                 .write(self.store.set_phase(self.token, kind.phase()).await)
                 .is_err()
             {
                 return Ok(WorkOutcome::LeaseLost);
             }
+            phase_failpoint(kind, Boundary::After);
             let current = self.store.job(self.job.id).await.map_err(internal)?;
             if current.as_ref().is_some_and(|job| job.cancel_requested) || *self.cancel.borrow() {
                 return Ok(WorkOutcome::CancelRequested);
@@ -218,6 +220,7 @@ impl<'a> Run<'a> {
                 outputs,
                 recorded_at: Timestamp::now(),
             };
+            checkpoint_failpoint(kind, Boundary::Before);
             let recorded = self
                 .store
                 .record_checkpoint(self.token, &checkpoint, metadata.as_ref())
@@ -226,6 +229,7 @@ impl<'a> Run<'a> {
             if recorded.is_err() {
                 return Ok(WorkOutcome::LeaseLost);
             }
+            checkpoint_failpoint(kind, Boundary::After);
             tracing::info!(
                 step = kind.name(),
                 outputs = checkpoint.outputs.len(),
@@ -257,7 +261,9 @@ impl<'a> Run<'a> {
         }
         // The store step, the last one, has a durable checkpoint: the stored objects now stand for
         // the scratch files, which can go.
+        crate::failpoint!("scratch.remove.before");
         self.remove_scratch().await;
+        crate::failpoint!("scratch.remove.after");
         Ok(WorkOutcome::Done)
     }
 
@@ -304,7 +310,10 @@ impl<'a> Run<'a> {
                 OutputState::Missing => {
                     return Ok(Err(Redo {
                         cause: "output_missing",
-                        reason: format!("output {} is missing from {}", output.name, output.location),
+                        reason: format!(
+                            "output {} is missing from {}",
+                            output.name, output.location
+                        ),
                     }));
                 }
                 OutputState::Changed {
@@ -596,6 +605,37 @@ fn chain_hash<'o>(previous: Hash, outputs: impl Iterator<Item = &'o StepOutput>)
         hasher.update(&output.blake3.0);
     }
     hasher.finalize().into()
+}
+
+/// Which side of a protocol boundary a failpoint is on.
+#[derive(Clone, Copy)]
+enum Boundary {
+    Before,
+    After,
+}
+
+/// The failpoints around protocol step 1 (set the phase) of each step.
+fn phase_failpoint(kind: StepKind, boundary: Boundary) {
+    match (kind, boundary) {
+        (StepKind::Download, Boundary::Before) => crate::failpoint!("phase.downloading.before"),
+        (StepKind::Download, Boundary::After) => crate::failpoint!("phase.downloading.after"),
+        (StepKind::Extract, Boundary::Before) => crate::failpoint!("phase.processing.before"),
+        (StepKind::Extract, Boundary::After) => crate::failpoint!("phase.processing.after"),
+        (StepKind::Store, Boundary::Before) => crate::failpoint!("phase.storing.before"),
+        (StepKind::Store, Boundary::After) => crate::failpoint!("phase.storing.after"),
+    }
+}
+
+/// The failpoints around protocol step 5 (record the checkpoint) of each step.
+fn checkpoint_failpoint(kind: StepKind, boundary: Boundary) {
+    match (kind, boundary) {
+        (StepKind::Download, Boundary::Before) => crate::failpoint!("download.checkpoint.before"),
+        (StepKind::Download, Boundary::After) => crate::failpoint!("download.checkpoint.after"),
+        (StepKind::Extract, Boundary::Before) => crate::failpoint!("extract.checkpoint.before"),
+        (StepKind::Extract, Boundary::After) => crate::failpoint!("extract.checkpoint.after"),
+        (StepKind::Store, Boundary::Before) => crate::failpoint!("store.checkpoint.before"),
+        (StepKind::Store, Boundary::After) => crate::failpoint!("store.checkpoint.after"),
+    }
 }
 
 fn extension_of(resolved: &Resolved) -> Option<String> {

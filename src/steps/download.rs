@@ -175,11 +175,13 @@ pub async fn download(
         }
     };
     let part_path = scratch_dir.join(format!("{ORIGINAL_FILE}.part"));
+    crate::failpoint!("download.scratch.before");
     tokio::fs::rename(&part_path, &final_path)
         .await
         .map_err(|error| StepError::scratch("rename", &part_path, error))?;
     let _ = tokio::fs::remove_file(partial_meta_path(scratch_dir)).await;
     sync_dir(scratch_dir).await?;
+    crate::failpoint!("download.scratch.after");
     Ok(Downloaded {
         path: final_path,
         size,

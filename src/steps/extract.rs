@@ -302,10 +302,12 @@ pub async fn extract_audio(
     file.sync_all()
         .await
         .map_err(|error| StepError::scratch("sync", &temp_path, error))?;
+    crate::failpoint!("extract.scratch.before");
     tokio::fs::rename(&temp_path, &audio_path)
         .await
         .map_err(|error| StepError::scratch("rename", &temp_path, error))?;
     super::download::sync_dir(scratch_dir).await?;
+    crate::failpoint!("extract.scratch.after");
     Ok(Extracted {
         audio_path,
         audio_extension: plan.extension.to_string(),

@@ -210,6 +210,12 @@ async fn ensure_object(
         blake3: Some(blake3),
         if_not_exists: existing.is_none() && key.starts_with("blobs/"),
     };
+    let is_blob = key.starts_with("blobs/");
+    if is_blob {
+        crate::failpoint!("store.blob.before");
+    } else {
+        crate::failpoint!("store.manifest.before");
+    }
     let written = match payload {
         Payload::File(Some(path)) => {
             with_retry(input.unavailable_wait, || storage.put_file(key, path, options)).await?
@@ -227,6 +233,11 @@ async fn ensure_object(
             .await?
         }
     };
+    if is_blob {
+        crate::failpoint!("store.blob.after");
+    } else {
+        crate::failpoint!("store.manifest.after");
+    }
     match written {
         Written::Written(stat) => Ok((stat, true)),
         Written::AlreadyExists => {

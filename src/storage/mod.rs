@@ -435,6 +435,8 @@ impl Storage {
                 return Err(self.classify("writing", key, error));
             }
         }
+        // Every byte is in the temp file (in `.narra-tmp/` on `fs://`), nothing at the key yet.
+        crate::failpoint!("storage.put_file.before_close");
         match writer.close().await {
             Ok(_) => {}
             Err(error) if error.kind() == ErrorKind::ConditionNotMatch => {

@@ -519,7 +519,10 @@ mod tests {
                 at: Timestamp(1_700_000_003_000),
                 kind: EventKind::ObjectsWritten {
                     step: "store".to_string(),
-                    keys: vec!["blobs/ab/ab.mp4".to_string(), "jobs/x/manifest.json".to_string()],
+                    keys: vec![
+                        "blobs/ab/ab.mp4".to_string(),
+                        "jobs/x/manifest.json".to_string(),
+                    ],
                 },
             },
             Event {

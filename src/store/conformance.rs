@@ -1345,7 +1345,10 @@ pub async fn blob_refs_follow_the_store_checkpoint(store: &dyn StateStore) {
     let second_audio = "blobs/cc/cccc.m4a";
     assert_eq!(store.jobs_referencing(shared).await.expect("refs"), vec![]);
 
-    for (token, blobs) in [(&first, [shared, first_audio]), (&second, [shared, second_audio])] {
+    for (token, blobs) in [
+        (&first, [shared, first_audio]),
+        (&second, [shared, second_audio]),
+    ] {
         store
             .record_checkpoint(token, &store_checkpoint(token.job_id, &blobs, 10), None)
             .await
@@ -1382,7 +1385,10 @@ pub async fn blob_refs_follow_the_store_checkpoint(store: &dyn StateStore) {
         .expect("record_checkpoint")
         .expect("current token");
     assert_eq!(
-        store.jobs_referencing("blobs/dd/dddd.flac").await.expect("refs"),
+        store
+            .jobs_referencing("blobs/dd/dddd.flac")
+            .await
+            .expect("refs"),
         vec![]
     );
 
@@ -1397,7 +1403,10 @@ pub async fn blob_refs_follow_the_store_checkpoint(store: &dyn StateStore) {
         .await
         .expect("record_checkpoint")
         .expect("current token");
-    assert_eq!(store.jobs_referencing(first_audio).await.expect("refs"), vec![]);
+    assert_eq!(
+        store.jobs_referencing(first_audio).await.expect("refs"),
+        vec![]
+    );
     assert_eq!(
         store.jobs_referencing(redone_audio).await.expect("refs"),
         vec![first.job_id]
@@ -1422,7 +1431,10 @@ pub async fn blob_refs_follow_the_store_checkpoint(store: &dyn StateStore) {
         "a store checkpoint under a stale token",
     );
     assert_eq!(
-        store.jobs_referencing("blobs/ff/ffff.mp4").await.expect("refs"),
+        store
+            .jobs_referencing("blobs/ff/ffff.mp4")
+            .await
+            .expect("refs"),
         vec![]
     );
 
@@ -1524,7 +1536,10 @@ pub async fn delete_removes_every_record_of_a_job(store: &dyn StateStore) {
         .await
         .expect("record_checkpoint")
         .expect("current token");
-    for (token, blobs) in [(&token, [shared, own]), (&keeper, [shared, "blobs/cc/keep.m4a"])] {
+    for (token, blobs) in [
+        (&token, [shared, own]),
+        (&keeper, [shared, "blobs/cc/keep.m4a"]),
+    ] {
         store
             .record_checkpoint(token, &store_checkpoint(token.job_id, &blobs, 2), None)
             .await
@@ -1590,7 +1605,10 @@ pub async fn delete_removes_every_record_of_a_job(store: &dyn StateStore) {
         })
         .await
         .expect("jobs");
-    assert_eq!(all.iter().map(|job| job.id).collect::<Vec<_>>(), vec![keeper.job_id]);
+    assert_eq!(
+        all.iter().map(|job| job.id).collect::<Vec<_>>(),
+        vec![keeper.job_id]
+    );
     let succeeded = store
         .jobs(&JobFilter {
             status: Some(Status::Succeeded),
@@ -1599,7 +1617,10 @@ pub async fn delete_removes_every_record_of_a_job(store: &dyn StateStore) {
         .await
         .expect("jobs");
     assert_eq!(succeeded, vec![]);
-    assert_eq!(store.events(keeper.job_id).await.expect("events"), keeper_events);
+    assert_eq!(
+        store.events(keeper.job_id).await.expect("events"),
+        keeper_events
+    );
     assert_eq!(
         store.delete_job(id).await.expect("delete").map(|_| ()),
         Err(Rejected::NotFound(id))
@@ -1614,7 +1635,12 @@ pub async fn incidents_are_appended_in_order(store: &dyn StateStore) {
     assert_eq!(store.incidents().await.expect("incidents"), vec![]);
     let job = submit_new(store, "incident").await;
     let lines = [
-        ("deleted_object", Some(job.id), Some("blobs/aa/x.mp4"), "corrupt"),
+        (
+            "deleted_object",
+            Some(job.id),
+            Some("blobs/aa/x.mp4"),
+            "corrupt",
+        ),
         ("removed_scratch", None, Some("/scratch/x"), "stale"),
         ("reset_job", Some(job.id), None, "artifacts removed"),
     ];

@@ -1,4 +1,5 @@
-//! The state store: jobs, checkpoints, events, metadata records and job logs.
+//! The state store: jobs, checkpoints, events, metadata records, job logs, the blob -> jobs index
+//! and the incident log.
 //!
 //! Only this module imports sled. The store exposes domain operations, never a raw "put job": every
 //! status or phase change goes through `engine::machine`, and is written together with its events
@@ -17,8 +18,8 @@ pub mod sled_store;
 use async_trait::async_trait;
 
 use crate::engine::job::{
-    Checkpoint, ErrorInfo, Event, Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase, Status,
-    WorkerId,
+    Checkpoint, ErrorInfo, Event, Incident, Job, JobId, JobProgress, LeaseToken, LogLine,
+    MediaMetadata, Phase, Status, WorkerId,
 };
 use crate::engine::machine::Rejected;
 

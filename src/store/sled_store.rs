@@ -24,11 +24,13 @@
 //! from the checkpoints when it is opened.
 //!
 //! The write protocol of every mutating operation:
-//! 1. One sled transaction over `jobs`, `keys`, `status_index`, `checkpoints`, `events` and
-//!    `metadata` reads the job, asks `engine::machine` for the transition (a refusal aborts the
-//!    transaction, so a refused call writes nothing), checks the result's invariants, and writes
-//!    the job, its status-index entry, its events (and for `record_checkpoint` the checkpoint and
-//!    metadata record). A crash before the commit leaves none of it; the transaction is atomic.
+//! 1. One sled transaction over `jobs`, `keys`, `status_index`, `checkpoints`, `events`,
+//!    `metadata` and `blob_refs` reads the job, asks `engine::machine` for the transition (a
+//!    refusal aborts the transaction, so a refused call writes nothing), checks the result's
+//!    invariants, and writes the job, its status-index entry, its events (and for
+//!    `record_checkpoint` the checkpoint, metadata record and, for the store step, the job's
+//!    `blob_refs` entries). A crash before the commit leaves none of it; the transaction is
+//!    atomic. The incident log is appended on its own, one flushed insert per line.
 //! 2. A flush syncs sled's log to disk. A crash between commit and flush may lose the write,
 //!    but the caller has not been told it succeeded, so nothing acknowledged is lost.
 //! 3. Only then does the call return success.
@@ -57,11 +59,12 @@ use sled::{IVec, Transactional};
 use super::codec;
 use super::{
     JobFilter, JobLogSink, JobReader, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, MaintenanceStore,
-    NewIncident, OrchestratorStore, StepEvent, StoreError, StoreResult, SubmitOutcome, SubmitRequest, Submitted, WorkerStore,
+    NewIncident, OrchestratorStore, StepEvent, StoreError, StoreResult, SubmitOutcome,
+    SubmitRequest, Submitted, WorkerStore,
 };
 use crate::engine::job::{
-    Checkpoint, ErrorInfo, Event, EventKind, Incident, Job, JobId, Location, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase,
-    Status, Timestamp, WorkerId,
+    Checkpoint, ErrorInfo, Event, EventKind, Incident, Job, JobId, JobProgress, LeaseToken,
+    Location, LogLine, MediaMetadata, Phase, Status, Timestamp, WorkerId,
 };
 use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
 
@@ -677,7 +680,13 @@ fn split_blob_ref(key: &[u8]) -> StoreResult<(String, JobId)> {
         .len()
         .checked_sub(JOB_ID_BYTES + 1)
         .filter(|&split| key[split] == 0)
-        .ok_or_else(|| corrupt(TREE_BLOB_REFS, key, "expected blob key ++ 0 ++ job id".into()))?;
+        .ok_or_else(|| {
+            corrupt(
+                TREE_BLOB_REFS,
+                key,
+                "expected blob key ++ 0 ++ job id".into(),
+            )
+        })?;
     let blob = std::str::from_utf8(&key[..split])
         .map_err(|_| corrupt(TREE_BLOB_REFS, key, "blob key is not UTF-8".into()))?;
     let id = job_id_in(TREE_BLOB_REFS, key, &key[split + 1..])?;
@@ -1624,7 +1633,9 @@ mod tests {
         };
         let store = open(dir.path());
         assert_eq!(store.jobs_referencing(blob).await.expect("refs"), vec![id]);
-        store.check_consistency().expect("consistent after the rebuild");
+        store
+            .check_consistency()
+            .expect("consistent after the rebuild");
     }
 
     #[tokio::test]

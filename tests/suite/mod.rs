@@ -4,6 +4,7 @@ mod fixture;
 
 mod bad_input;
 mod cancel;
+mod crash;
 mod downloads;
 mod e2e;
 mod extract;
