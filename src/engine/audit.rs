@@ -315,6 +315,11 @@ pub fn analyze_history(
                     Some(_) => {}
                 }
             }
+            EventKind::Reprobed { .. } => {
+                // `reprobe` re-derived the metadata record on purpose: the extract step's recorded
+                // outputs start a new baseline, so a later extraction is compared with it afresh.
+                recorded.retain(|(step, _, _), _| step != "extract");
+            }
             EventKind::ObjectsWritten { step, keys } => {
                 for key in keys {
                     *analysis.writes.entry(key.clone()).or_insert(0) += 1;
@@ -973,6 +978,31 @@ mod tests {
                 ("outputs_differ", Severity::Violation)
             ]
         );
+    }
+
+    // Guards reprobe: a deliberate re-derivation of the metadata record starts a new extract
+    // baseline, so a later extraction is not reported as non-deterministic against the old one.
+    #[test]
+    fn a_reprobe_starts_a_new_extract_baseline() {
+        let mut history = History::default();
+        history.first_run();
+        history
+            .push(EventKind::Reprobed {
+                changes: vec!["duration_s".into()],
+            })
+            .claim()
+            .redo("download", "output_missing")
+            .push(EventKind::StepStarted {
+                step: "download".into(),
+            })
+            .complete("download", 1, &[("video", 11)])
+            .redo("extract", "earlier_step_ran")
+            .push(EventKind::StepStarted {
+                step: "extract".into(),
+            })
+            .complete("extract", 2, &[("audio", 29)]);
+        let analysis = analyze_history(JOB, &history.events, &[], &[]);
+        assert_eq!(kinds(&analysis), vec![("source_changed", Severity::Info)]);
     }
 
     #[test]
