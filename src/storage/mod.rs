@@ -583,6 +583,15 @@ impl Storage {
                 key,
                 message,
             },
+            // A write or listing answered "not found" means the bucket or container is missing: a
+            // configuration error that waiting will not fix.
+            ErrorKind::NotFound if action != "checking" && action != "reading" => {
+                StorageError::Failed {
+                    action,
+                    key,
+                    message: format!("the bucket or container does not exist: {message}"),
+                }
+            }
             ErrorKind::PermissionDenied => StorageError::Auth {
                 action,
                 key,
