@@ -2,6 +2,7 @@
 
 mod fixture;
 
+mod azblob;
 mod bad_input;
 mod cancel;
 mod crash;
@@ -15,5 +16,6 @@ mod maintenance;
 mod phases;
 mod resume;
 mod s3;
+mod soak;
 mod tamper;
 mod worker;

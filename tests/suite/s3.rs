@@ -41,7 +41,11 @@ impl Moto {
         wait_until("moto accepts connections", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        let created = http(Method::PUT, &format!("http://127.0.0.1:{port}/{BUCKET}"), Vec::new());
+        let created = http(
+            Method::PUT,
+            &format!("http://127.0.0.1:{port}/{BUCKET}"),
+            Vec::new(),
+        );
         assert!(created.0.is_success(), "create bucket: {created:?}");
         moto
     }
@@ -136,7 +140,10 @@ impl Proxy {
             mode: Arc::new(Mutex::new(Mode::Forward)),
             seen: Arc::default(),
             stalled: Arc::default(),
-            client: reqwest::Client::builder().no_proxy().build().expect("client"),
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("client"),
         };
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -204,7 +211,10 @@ async fn forward(
     match mode {
         Mode::Unavailable => {
             record(503);
-            return (StatusCode::SERVICE_UNAVAILABLE, "<Error><Code>ServiceUnavailable</Code></Error>")
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "<Error><Code>ServiceUnavailable</Code></Error>",
+            )
                 .into_response();
         }
         Mode::Denied => {
@@ -222,9 +232,16 @@ async fn forward(
         }
         _ => {}
     }
-    let url = format!("{}{}", state.upstream, uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let url = format!(
+        "{}{}",
+        state.upstream,
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
     let method_upstream = reqwest::Method::from_bytes(method.as_str().as_bytes()).expect("method");
-    let mut request = state.client.request(method_upstream, url).body(body.to_vec());
+    let mut request = state
+        .client
+        .request(method_upstream, url)
+        .body(body.to_vec());
     for (name, value) in &headers {
         if name != "host" && name != "content-length" {
             request = request.header(name.as_str(), value.as_bytes());
@@ -243,7 +260,12 @@ async fn forward(
     }
     let bytes = response.bytes().await.expect("body");
     record(status);
-    (StatusCode::from_u16(status).expect("status"), out_headers, bytes).into_response()
+    (
+        StatusCode::from_u16(status).expect("status"),
+        out_headers,
+        bytes,
+    )
+        .into_response()
 }
 
 /// moto accepts any credentials, but the S3 signer needs some.
@@ -287,8 +309,14 @@ fn ingest_json(home: &Home, storage: &str, args: &[&str], expected_code: i32) ->
 }
 
 fn show(home: &Home, storage: &str, id: &str) -> Value {
-    let output = narra(home, storage, &["--json", "show", id]).output().expect("narra runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = narra(home, storage, &["--json", "show", id])
+        .output()
+        .expect("narra runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).expect("JSON")
 }
 
@@ -307,9 +335,14 @@ fn s3_stores_once_and_a_rerun_writes_nothing() {
 
     let first = ingest_json(&home, &storage, &["ingest", &first_url], 0);
     let first_show = show(&home, &storage, &id_of(&first[0]));
-    let video_key = artifact(&first_show, "video")["key"].as_str().unwrap().to_string();
+    let video_key = artifact(&first_show, "video")["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(
-        blake3::hash(&moto.object(&video_key).expect("the video is in the bucket")).to_hex().to_string(),
+        blake3::hash(&moto.object(&video_key).expect("the video is in the bucket"))
+            .to_hex()
+            .to_string(),
         blake3_hex(sample_video())
     );
     let video_writes = |proxy: &Proxy| {
@@ -326,12 +359,21 @@ fn s3_stores_once_and_a_rerun_writes_nothing() {
     assert_ne!(id_of(&first[0]), id_of(&second[0]), "two sources, two jobs");
     let second_show = show(&home, &storage, &id_of(&second[0]));
     assert_eq!(artifact(&second_show, "video")["key"], video_key.as_str());
-    assert_eq!(video_writes(&proxy), after_first, "the shared video blob is not written again");
+    assert_eq!(
+        video_writes(&proxy),
+        after_first,
+        "the shared video blob is not written again"
+    );
 
     let writes_before = proxy.writes().len();
     let seq = first_show["events"].as_array().unwrap().len() as u64;
     ingest_json(&home, &storage, &["ingest", &first_url, "--reingest"], 0);
-    assert_eq!(proxy.writes().len(), writes_before, "{:?}", &proxy.writes()[writes_before..]);
+    assert_eq!(
+        proxy.writes().len(),
+        writes_before,
+        "{:?}",
+        &proxy.writes()[writes_before..]
+    );
     let rerun = show(&home, &storage, &id_of(&first[0]));
     let skipped: Vec<_> = step_events_after(&rerun, seq - 1)
         .into_iter()
@@ -339,8 +381,14 @@ fn s3_stores_once_and_a_rerun_writes_nothing() {
         .collect();
     assert_eq!(skipped.len(), 3, "{skipped:?}");
 
-    let verify = narra(&home, &storage, &["verify"]).output().expect("narra runs");
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    let verify = narra(&home, &storage, &["verify"])
+        .output()
+        .expect("narra runs");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
 
 // Guards storage outages: while the store answers 503 the job waits and retries inside the store
@@ -357,13 +405,25 @@ fn an_outage_during_store_is_waited_out_without_redownloading() {
 
     let child = spawn(&home, &storage, &["ingest", &url]);
     wait_until("the store step has met the outage a few times", || {
-        proxy.seen().iter().filter(|seen| seen.answered == 503).count() >= 3
+        proxy
+            .seen()
+            .iter()
+            .filter(|seen| seen.answered == 503)
+            .count()
+            >= 3
     });
     proxy.set_mode(Mode::Forward);
     let status = child.wait();
-    assert!(status.success(), "the job succeeds once the store is back: {status:?}");
+    assert!(
+        status.success(),
+        "the job succeeds once the store is back: {status:?}"
+    );
 
-    assert_eq!(origin.gets("outage/clip.mp4"), 1, "nothing is downloaded again");
+    assert_eq!(
+        origin.gets("outage/clip.mp4"),
+        1,
+        "nothing is downloaded again"
+    );
     let jobs = ingest_json(&home, &storage, &["jobs"], 0);
     let shown = show(&home, &storage, &id_of(&jobs[0]));
     assert_eq!(shown["status"], "succeeded");
@@ -417,9 +477,24 @@ fn large_video(dir: &std::path::Path) -> std::path::PathBuf {
     let path = dir.join("large.mkv");
     let status = Command::new("ffmpeg")
         .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
-        .args(["-f", "lavfi", "-i", "nullsrc=s=640x360:r=25,geq=random(1)*255:128:128"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "nullsrc=s=640x360:r=25,geq=random(1)*255:128:128",
+        ])
         .args(["-f", "lavfi", "-i", "sine=frequency=330:sample_rate=48000"])
-        .args(["-t", "2", "-c:v", "mpeg4", "-q:v", "1", "-c:a", "flac", "-shortest"])
+        .args([
+            "-t",
+            "2",
+            "-c:v",
+            "mpeg4",
+            "-q:v",
+            "1",
+            "-c:a",
+            "flac",
+            "-shortest",
+        ])
         .arg(&path)
         .status()
         .expect("ffmpeg runs");
@@ -439,9 +514,16 @@ fn a_process_killed_mid_upload_leaves_no_object_and_the_retry_completes_it() {
     let media = tempfile::tempdir().unwrap();
     let video = large_video(media.path());
     let size = std::fs::metadata(&video).unwrap().len();
-    assert!(size > 10 * 1024 * 1024, "the video needs several parts: {size} bytes");
+    assert!(
+        size > 10 * 1024 * 1024,
+        "the video needs several parts: {size} bytes"
+    );
     let url = origin.serve_video("large/clip.mkv", &video);
-    let video_key = format!("blobs/{}/{}.mkv", &blake3_hex(&video)[..2], blake3_hex(&video));
+    let video_key = format!(
+        "blobs/{}/{}.mkv",
+        &blake3_hex(&video)[..2],
+        blake3_hex(&video)
+    );
     proxy.set_mode(Mode::StallParts);
 
     let mut child = spawn(&home, &storage, &["ingest", &url]);
@@ -458,7 +540,10 @@ fn a_process_killed_mid_upload_leaves_no_object_and_the_retry_completes_it() {
     child.kill();
     assert_eq!(moto.object(&video_key), None, "no object at the final key");
     assert!(
-        proxy.seen().iter().any(|seen| seen.method == "POST" && seen.query.contains("uploads")),
+        proxy
+            .seen()
+            .iter()
+            .any(|seen| seen.method == "POST" && seen.query.contains("uploads")),
         "the upload was multipart: {:?}",
         proxy.seen()
     );
@@ -466,9 +551,21 @@ fn a_process_killed_mid_upload_leaves_no_object_and_the_retry_completes_it() {
     proxy.set_mode(Mode::Forward);
     let jobs = ingest_json(&home, &storage, &["jobs"], 0);
     let id = id_of(&jobs[0]);
-    assert_eq!(jobs[0]["status"], "running", "the killed process left it running");
+    assert_eq!(
+        jobs[0]["status"], "running",
+        "the killed process left it running"
+    );
     ingest_json(&home, &storage, &["retry", &id], 0);
-    let stored = moto.object(&video_key).expect("the retry completed the upload");
-    assert_eq!(blake3::hash(&stored).to_hex().to_string(), blake3_hex(&video));
-    assert_eq!(origin.gets("large/clip.mkv"), 1, "the verified download was not fetched again");
+    let stored = moto
+        .object(&video_key)
+        .expect("the retry completed the upload");
+    assert_eq!(
+        blake3::hash(&stored).to_hex().to_string(),
+        blake3_hex(&video)
+    );
+    assert_eq!(
+        origin.gets("large/clip.mkv"),
+        1,
+        "the verified download was not fetched again"
+    );
 }
