@@ -1,6 +1,6 @@
 //! End to end: real sources in, real artifacts out.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -25,14 +25,21 @@ fn http_and_local_sources_are_ingested_into_storage() {
     assert_eq!(jobs[1]["source"], local);
     for (job, source_file) in jobs.iter().zip([sample_video(), other_video()]) {
         assert_eq!(job["status"], "succeeded", "{job}");
-        assert_ingested(&home, &id_of(job), source_file);
+        let show = home.show(&id_of(job));
+        assert_ingested(&show, &id_of(job), source_file, &|key| home.object(key));
     }
     assert_eq!(origin.gets("media/sample.mp4"), 1);
 }
 
-/// Everything a succeeded job must show and have stored for `source_file`.
-fn assert_ingested(home: &Home, id: &str, source_file: &Path) {
-    let show = home.show(id);
+/// Everything a succeeded job must show and have stored for `source_file`. `object` gives a local
+/// file holding the object at a key (the file itself on `fs://`, a downloaded copy elsewhere), so
+/// the same checks run against every backend.
+pub(super) fn assert_ingested(
+    show: &Value,
+    id: &str,
+    source_file: &Path,
+    object: &dyn Fn(&str) -> PathBuf,
+) {
     assert_eq!(show["status"], "succeeded");
     assert_eq!(show["ingestion_phase"], Value::Null);
     assert_eq!(show["error"], Value::Null);
@@ -57,13 +64,13 @@ fn assert_ingested(home: &Home, id: &str, source_file: &Path) {
         ("audio", copy_extension(source_audio_codec)),
         ("metadata", "json"),
     ] {
-        assert_content_addressed(home, artifact(&show, kind), extension);
+        assert_content_addressed(object, artifact(show, kind), extension);
     }
 
     // The original: byte-identical to the source.
-    let video = artifact(&show, "video");
+    let video = artifact(show, "video");
     assert_eq!(video["blake3"], blake3_hex(source_file).as_str());
-    let stored_video = home.object(video["key"].as_str().expect("a key"));
+    let stored_video = object(video["key"].as_str().expect("a key"));
     assert!(
         std::fs::read(&stored_video).expect("the stored video")
             == std::fs::read(source_file).expect("the source"),
@@ -71,7 +78,7 @@ fn assert_ingested(home: &Home, id: &str, source_file: &Path) {
     );
 
     // The audio: audio-only, with the source's audio duration (a stream copy keeps it).
-    let stored_audio = home.object(artifact(&show, "audio")["key"].as_str().expect("a key"));
+    let stored_audio = object(artifact(show, "audio")["key"].as_str().expect("a key"));
     let audio_probe = ffprobe(&stored_audio);
     let stream_types: Vec<&Value> = audio_probe["streams"]
         .as_array()
@@ -91,7 +98,7 @@ fn assert_ingested(home: &Home, id: &str, source_file: &Path) {
     );
 
     // The metadata object: ffprobe's view of the source.
-    let stored_metadata = home.object(artifact(&show, "metadata")["key"].as_str().expect("a key"));
+    let stored_metadata = object(artifact(show, "metadata")["key"].as_str().expect("a key"));
     let metadata: Value =
         serde_json::from_slice(&std::fs::read(stored_metadata).expect("the metadata object"))
             .expect("the metadata object is JSON");
@@ -119,7 +126,7 @@ fn assert_ingested(home: &Home, id: &str, source_file: &Path) {
     let manifest_key = format!("jobs/{id}/manifest.json");
     assert_eq!(show["manifest"], manifest_key.as_str());
     let manifest: Value =
-        serde_json::from_slice(&std::fs::read(home.object(&manifest_key)).expect("the manifest"))
+        serde_json::from_slice(&std::fs::read(object(&manifest_key)).expect("the manifest"))
             .expect("the manifest is JSON");
     assert_eq!(manifest["job_id"], id);
     assert_eq!(manifest["source"], show["source"]);
@@ -128,11 +135,11 @@ fn assert_ingested(home: &Home, id: &str, source_file: &Path) {
 
 /// An artifact's key is `blobs/<2 hex>/<blake3>.<ext>`, and the object behind it has that size
 /// and hash.
-fn assert_content_addressed(home: &Home, artifact: &Value, extension: &str) {
+fn assert_content_addressed(object: &dyn Fn(&str) -> PathBuf, artifact: &Value, extension: &str) {
     let blake3 = artifact["blake3"].as_str().expect("a blake3");
     let key = artifact["key"].as_str().expect("a key");
     assert_eq!(key, format!("blobs/{}/{blake3}.{extension}", &blake3[..2]));
-    let stored = home.object(key);
+    let stored = object(key);
     assert_eq!(
         blake3_hex(&stored),
         blake3,
