@@ -53,7 +53,9 @@ pub enum LogFormat {
 /// second call does nothing.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_env("NARRA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter).with(JobLogLayer);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(JobLogLayer);
     let result = match format {
         LogFormat::Text => registry
             .with(
@@ -93,6 +95,7 @@ pub fn attach_job_sink(sink: Arc<dyn JobLogSink>) {
                 match message {
                     JobLogMessage::Line(job_id, line) => sink.append_log(job_id, line),
                     JobLogMessage::Flush(done) => {
+                        sink.flush_logs();
                         let _ = done.send(());
                     }
                 }

@@ -44,7 +44,14 @@ fn report_peak_rss() {
     let peak = status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
     if let Some(peak_kib) = peak {
         eprintln!("narra: peak_rss_kib={peak_kib}");
     }

@@ -209,6 +209,7 @@ impl From<EngineError> for CliError {
     fn from(error: EngineError) -> CliError {
         match error {
             EngineError::Workflow(error) => CliError::Usage(error.to_string()),
+            EngineError::Usage(message) => CliError::Usage(message),
             other => CliError::Other(other.into()),
         }
     }
@@ -356,7 +357,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     summary["progress"] = views::progress_json(progress.as_ref());
                     list.push(summary);
                 }
-                writeln!(out, "{}", serde_json::to_string_pretty(&list).expect("JSON")).map_err(io)?;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&list).expect("JSON")
+                )
+                .map_err(io)?;
             } else {
                 for job in &jobs {
                     let mut line = views::job_line(job);
@@ -390,7 +396,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let (head, rest) = text.split_once("\n\n").unwrap_or((text.as_str(), ""));
                 writeln!(out, "{head}").map_err(io)?;
                 if let Some(progress) = &progress {
-                    writeln!(out, "progress         {}", views::progress_text(progress)).map_err(io)?;
+                    writeln!(out, "progress         {}", views::progress_text(progress))
+                        .map_err(io)?;
                 }
                 write!(out, "\n{rest}").map_err(io)?;
             }

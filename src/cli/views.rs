@@ -14,7 +14,9 @@ use crate::steps::redact::redact_url;
 /// A default key is `<workflow>:<normalised source>`: redact the URL part.
 fn redact_url_in_key(key: &str) -> String {
     match key.split_once(':') {
-        Some((workflow, rest)) if rest.contains("://") => format!("{workflow}:{}", redact_url(rest)),
+        Some((workflow, rest)) if rest.contains("://") => {
+            format!("{workflow}:{}", redact_url(rest))
+        }
         _ => redact_url(key),
     }
 }

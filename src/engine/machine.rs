@@ -248,7 +248,17 @@ pub fn apply_orchestrator(
             if job.status != Status::Running {
                 return Err(not_allowed());
             }
-            set_status(&mut next, &mut events, Status::Pending, reason.clone());
+            // A cancel asked of a job whose process then died is honoured, not forgotten.
+            if job.cancel_requested {
+                set_status(
+                    &mut next,
+                    &mut events,
+                    Status::Cancelled,
+                    format!("{reason}; it had been asked to cancel"),
+                );
+            } else {
+                set_status(&mut next, &mut events, Status::Pending, reason.clone());
+            }
         }
         OrchestratorOp::Reset { reason } => match job.status {
             // A cancelled job stays cancelled: someone decided it should not run. A pending or

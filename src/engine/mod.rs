@@ -67,7 +67,10 @@ impl Engine {
     /// The guarded HTTP client for a workflow's download limits.
     pub fn http_client(&self, params: &DownloadParams) -> Result<reqwest::Client, StepError> {
         let key = (params.connect_timeout_s, params.user_agent.clone());
-        let mut clients = self.http_clients.lock().expect("the client cache is never poisoned");
+        let mut clients = self
+            .http_clients
+            .lock()
+            .expect("the client cache is never poisoned");
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }

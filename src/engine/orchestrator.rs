@@ -34,6 +34,9 @@ pub enum EngineError {
     Workflow(#[from] crate::workflow::WorkflowError),
     #[error("{0}")]
     Rejected(#[from] Rejected),
+    /// The request itself is wrong (a usage error).
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Submits sources idempotently: a key that has a job never gets a second one.
@@ -47,6 +50,11 @@ pub async fn submit(
         .clone()
         .unwrap_or_else(|| crate::workflow::DEFAULT_WORKFLOW.to_string());
     engine.workflows.get(&workflow_name)?;
+    if options.key.is_some() && sources.len() > 1 {
+        return Err(EngineError::Usage(
+            "--key names one job: give it with a single source".to_string(),
+        ));
+    }
     let current_dir = std::env::current_dir().unwrap_or_default();
     let mut submitted = Vec::with_capacity(sources.len());
     for source in sources {
@@ -126,14 +134,15 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
         let store: Arc<dyn OrchestratorStore> = engine.store.clone();
         tracing::info!(source = %crate::steps::redact::redact_url(&job.source), workflow = %job.workflow, attempt = job.attempts, "job started");
         let (cancel_sender, cancel) = tokio::sync::watch::channel(false);
-        let keeper = tokio::spawn(keep_lease(
+        // Aborted when dropped too, so a job future dropped mid-step stops renewing its lease.
+        let keeper = AbortOnDrop(tokio::spawn(keep_lease(
             store.clone(),
             token.clone(),
             engine.lease_ttl_ms,
             cancel_sender,
-        ));
+        )));
         let outcome = execute(engine, &job, &token, cancel).await;
-        keeper.abort();
+        drop(keeper);
         let result = match outcome {
             Ok(WorkOutcome::Done) => {
                 crate::failpoint!("complete.before");
@@ -227,19 +236,71 @@ pub async fn run_jobs(
             (index, run_job(&engine, id).await)
         });
     }
+    // One job's failure never stops the others: every task is awaited, and the first store error
+    // is reported once all have ended.
     let mut results: Vec<Option<Job>> = vec![None; ids.len()];
+    let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
-        let (index, result) = joined.expect("job tasks do not panic");
-        results[index] = Some(result?);
+        match joined {
+            Ok((index, Ok(job))) => results[index] = Some(job),
+            Ok((_, Err(error))) => {
+                tracing::error!(%error, "a job could not be run");
+                first_error.get_or_insert(error);
+            }
+            Err(join_error) => tracing::error!(%join_error, "a job task panicked"),
+        }
     }
-    Ok(results
-        .into_iter()
-        .map(|job| job.expect("every task reported"))
-        .collect())
+    if let Some(error) = first_error {
+        return Err(error);
+    }
+    let mut jobs = Vec::with_capacity(ids.len());
+    for (index, job) in results.into_iter().enumerate() {
+        match job {
+            Some(job) => jobs.push(job),
+            // A task that panicked: report the job as the store has it.
+            None => jobs.push(
+                engine
+                    .store
+                    .job(ids[index])
+                    .await?
+                    .ok_or(EngineError::Rejected(Rejected::NotFound(ids[index])))?,
+            ),
+        }
+    }
+    Ok(jobs)
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps a finished job in `finished` (drain mode only: a long-running worker keeps none), logs a
+/// failure to run one, and remembers the first store error.
+fn collect(
+    joined: Result<Result<Job, EngineError>, tokio::task::JoinError>,
+    drain: bool,
+    finished: &mut Vec<Job>,
+    first_error: &mut Option<EngineError>,
+) {
+    match joined {
+        Ok(Ok(job)) if drain => finished.push(job),
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            tracing::error!(%error, "a job could not be run");
+            first_error.get_or_insert(error);
+        }
+        Err(join_error) => tracing::error!(%join_error, "a job task panicked"),
+    }
 }
 
 /// Runs queued jobs, up to `concurrency` at once. With `drain`, returns once no job is pending and
-/// none is running; otherwise polls for new work until `shutdown` resolves.
+/// none is running, with the jobs it ran; otherwise polls for new work until `shutdown` resolves,
+/// and keeps no list of the jobs it ran (a long-running worker's memory must not grow with them).
 pub async fn work(
     engine: &Engine,
     concurrency: usize,
@@ -249,11 +310,14 @@ pub async fn work(
     let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let mut finished = Vec::new();
+    let mut first_error = None;
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
-            permit = semaphore.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            // Shutdown first: once asked to stop, no new job is claimed.
+            biased;
             () = &mut shutdown => break,
+            permit = semaphore.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
         match engine
             .store
@@ -274,25 +338,29 @@ pub async fn work(
                         break;
                     }
                     tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        biased;
                         () = &mut shutdown => break,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
                     }
                 } else {
                     // Wait for a running job to finish: it frees a slot, and there may be new work.
                     if let Some(joined) = tasks.join_next().await {
-                        finished.push(joined.expect("job tasks do not panic")?);
+                        collect(joined, drain, &mut finished, &mut first_error);
                     }
                 }
             }
         }
         while let Some(joined) = tasks.try_join_next() {
-            finished.push(joined.expect("job tasks do not panic")?);
+            collect(joined, drain, &mut finished, &mut first_error);
         }
     }
     while let Some(joined) = tasks.join_next().await {
-        finished.push(joined.expect("job tasks do not panic")?);
+        collect(joined, drain, &mut finished, &mut first_error);
     }
-    Ok(finished)
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(finished),
+    }
 }
 
 #[cfg(test)]

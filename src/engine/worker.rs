@@ -58,8 +58,19 @@ pub async fn execute(
         resolved: HashMap::new(),
         checkpoints: Vec::new(),
         keys_written: Vec::new(),
+        store_failure: std::sync::Mutex::new(None),
     };
-    run.execute().await
+    let outcome = run.execute().await;
+    // A write that failed because the state store itself failed is not a lost lease: the job must
+    // end failed (and be retried), not be left running for nobody.
+    let store_failure = run.store_failure.lock().expect("never poisoned").take();
+    match (outcome, store_failure) {
+        (Ok(WorkOutcome::LeaseLost), Some(message)) => Err(StepError::new(
+            ErrorClass::Internal,
+            format!("state store write failed: {message}"),
+        )),
+        (outcome, _) => outcome,
+    }
 }
 
 struct Run<'a> {
@@ -74,6 +85,8 @@ struct Run<'a> {
     checkpoints: Vec<Checkpoint>,
     /// The keys the store step's last run wrote, until the worker records them.
     keys_written: Vec<String>,
+    /// Set when a write failed because the state store failed (not because the lease was lost).
+    store_failure: std::sync::Mutex<Option<String>>,
 }
 
 /// A refused worker write means the lease is gone.
@@ -588,6 +601,7 @@ impl<'a> Run<'a> {
             }
             Err(error) => {
                 tracing::error!(%error, "state store write failed");
+                *self.store_failure.lock().expect("never poisoned") = Some(error.to_string());
                 Err(LeaseLost)
             }
         }
@@ -683,7 +697,11 @@ async fn report_progress(
         let current = *progress.borrow_and_update();
         let now = tokio::time::Instant::now();
         let elapsed_ms = now.duration_since(last_at).as_millis().max(1) as u64;
-        let rate_bytes_per_s = current.bytes_done.saturating_sub(last_bytes).saturating_mul(1000) / elapsed_ms;
+        let rate_bytes_per_s = current
+            .bytes_done
+            .saturating_sub(last_bytes)
+            .saturating_mul(1000)
+            / elapsed_ms;
         let record = crate::engine::job::JobProgress {
             bytes_done: current.bytes_done,
             bytes_total: current.bytes_total,

@@ -153,11 +153,13 @@ pub async fn download(
             SourceKind::Http(url) => download_http(url, scratch_dir, context)
                 .await
                 .map(|(size, blake3)| (size, blake3, None)),
-            SourceKind::Local(path) => {
-                copy_local(path, &scratch_dir.join(format!("{ORIGINAL_FILE}.part")), params)
-                    .await
-                    .map(|(size, blake3)| (size, blake3, None))
-            }
+            SourceKind::Local(path) => copy_local(
+                path,
+                &scratch_dir.join(format!("{ORIGINAL_FILE}.part")),
+                params,
+            )
+            .await
+            .map(|(size, blake3)| (size, blake3, None)),
         }
     };
     let (size, blake3, platform_metadata) = tokio::select! {
@@ -217,6 +219,8 @@ fn partial_meta_path(scratch_dir: &Path) -> PathBuf {
 struct AttemptFailure {
     error: StepError,
     retry_after: Option<Duration>,
+    /// Not worth another attempt in this step run, whatever the class says.
+    last: bool,
 }
 
 impl From<StepError> for AttemptFailure {
@@ -224,6 +228,7 @@ impl From<StepError> for AttemptFailure {
         AttemptFailure {
             error,
             retry_after: None,
+            last: false,
         }
     }
 }
@@ -239,7 +244,11 @@ async fn download_http(
         attempt += 1;
         match attempt_http(url, scratch_dir, context).await {
             Ok(done) => return Ok(done),
-            Err(failure) if failure.error.retryable() && attempt < params.attempts_max.max(1) => {
+            Err(failure)
+                if failure.error.retryable()
+                    && !failure.last
+                    && attempt < params.attempts_max.max(1) =>
+            {
                 let delay = match failure.retry_after {
                     Some(wait) => wait,
                     None => backoff(params, attempt),
@@ -328,7 +337,10 @@ async fn attempt_http(
                 .ok_or_else(|| {
                     StepError::new(
                         ErrorClass::HttpError,
-                        format!("HTTP {} from {host} without a Location", response.status().as_u16()),
+                        format!(
+                            "HTTP {} from {host} without a Location",
+                            response.status().as_u16()
+                        ),
                     )
                 })?;
             current = current.join(location).map_err(|error| {
@@ -386,13 +398,17 @@ async fn attempt_http(
             discard_partial(&part_path, &meta_path).await;
             return Err(StepError::new(
                 ErrorClass::NetworkError,
-                format!("{host} cannot serve the rest from byte {length} (HTTP 416); starting over"),
+                format!(
+                    "{host} cannot serve the rest from byte {length} (HTTP 416); starting over"
+                ),
             )
             .into());
         }
         (200, partial) => {
             if partial.is_some() {
-                tracing::warn!("the remote file changed (or ranges are not supported): starting over");
+                tracing::warn!(
+                    "the remote file changed (or ranges are not supported): starting over"
+                );
             }
             let total = response.content_length();
             if let Some(total) = total
@@ -405,17 +421,19 @@ async fn attempt_http(
                 validator: validator(&response).unwrap_or_default(),
                 total,
             };
-            if meta.validator.is_empty() {
-                let _ = tokio::fs::remove_file(&meta_path).await;
-            } else {
+            // The old validator goes first, then the old bytes, and only then is the new validator
+            // written: a crash at any point never pairs old bytes with the new file's validator
+            // (which would let a resume splice the two versions).
+            let _ = tokio::fs::remove_file(&meta_path).await;
+            let file = tokio::fs::File::create(&part_path)
+                .await
+                .map_err(|error| StepError::scratch("create", &part_path, error))?;
+            if !meta.validator.is_empty() {
                 let bytes = serde_json::to_vec(&meta).expect("JSON");
                 tokio::fs::write(&meta_path, bytes)
                     .await
                     .map_err(|error| StepError::scratch("write", &meta_path, error))?;
             }
-            let file = tokio::fs::File::create(&part_path)
-                .await
-                .map_err(|error| StepError::scratch("create", &part_path, error))?;
             (file, blake3::Hasher::new(), 0, total)
         }
         (code, _) if status.is_success() => {
@@ -430,19 +448,25 @@ async fn attempt_http(
             let error = http_status_error(&host, status);
             if code == 429 || code == 503 {
                 if let Some(Err(wanted)) = retry_after {
-                    return Err(StepError::new(
-                        ErrorClass::RateLimited,
-                        format!(
-                            "HTTP {code} from {host}: asked to wait {} s, more than retry_after_max_s = {}",
-                            wanted.as_secs(),
-                            params.retry_after_max_s
+                    // The server asked for a longer wait than we will spend in this step: give up
+                    // now (the class stays retryable for a later run), never hammer it sooner.
+                    return Err(AttemptFailure {
+                        error: StepError::new(
+                            ErrorClass::RateLimited,
+                            format!(
+                                "HTTP {code} from {host}: asked to wait {} s, more than retry_after_max_s = {}",
+                                wanted.as_secs(),
+                                params.retry_after_max_s
+                            ),
                         ),
-                    )
-                    .into());
+                        retry_after: None,
+                        last: true,
+                    });
                 }
                 return Err(AttemptFailure {
                     error,
                     retry_after: retry_after.and_then(Result::ok),
+                    last: false,
                 });
             }
             return Err(error.into());
@@ -461,7 +485,10 @@ async fn attempt_http(
                 close_part(&mut file, &part_path).await?;
                 return Err(StepError::new(
                     ErrorClass::NetworkTimeout,
-                    format!("no data from {host} for {} s after {size} bytes", params.read_timeout_s),
+                    format!(
+                        "no data from {host} for {} s after {size} bytes",
+                        params.read_timeout_s
+                    ),
                 )
                 .into());
             }
@@ -747,14 +774,19 @@ async fn download_platform(
     let params = context.params;
     let host = host_of(url);
     context.policy.check_url(url)?;
-    if let Some(domain) = url.host_str().filter(|_| matches!(url.host(), Some(url::Host::Domain(_)))) {
+    if let Some(domain) = url
+        .host_str()
+        .filter(|_| matches!(url.host(), Some(url::Host::Domain(_))))
+    {
         let port = url.port_or_known_default().unwrap_or(443);
-        let addresses = tokio::net::lookup_host((domain, port)).await.map_err(|error| {
-            StepError::new(
-                ErrorClass::NetworkError,
-                format!("cannot resolve {host}: {error}"),
-            )
-        })?;
+        let addresses = tokio::net::lookup_host((domain, port))
+            .await
+            .map_err(|error| {
+                StepError::new(
+                    ErrorClass::NetworkError,
+                    format!("cannot resolve {host}: {error}"),
+                )
+            })?;
         for address in addresses {
             context.policy.check_address(&host, address.ip())?;
         }
@@ -765,7 +797,12 @@ async fn download_platform(
         .map_err(|error| StepError::scratch("create", &work_dir, error))?;
     let common = |command: &mut tokio::process::Command| {
         command
-            .args(["--ignore-config", "--no-cache-dir", "--no-playlist", "--no-warnings"])
+            .args([
+                "--ignore-config",
+                "--no-cache-dir",
+                "--no-playlist",
+                "--no-warnings",
+            ])
             .args(["--socket-timeout", &params.read_timeout_s.to_string()]);
         if let Some(proxy) = &context.policy.proxy {
             command.args(["--proxy", proxy]);
@@ -777,7 +814,9 @@ async fn download_platform(
 
     let mut describe = tokio::process::Command::new(&params.yt_dlp);
     common(&mut describe);
-    describe.args(["-J", "-f", &params.yt_dlp_format]).arg(url.as_str());
+    describe
+        .args(["-J", "-f", &params.yt_dlp_format])
+        .arg(url.as_str());
     let description = run_yt_dlp(describe, &params.yt_dlp).await?;
     if !description.success {
         return Err(yt_dlp_error(&host, &description.stderr));
@@ -806,14 +845,22 @@ async fn download_platform(
     common(&mut fetch);
     fetch
         .args(["-f", &params.yt_dlp_format])
-        .args(["--abort-on-unavailable-fragments", "--continue", "--newline"])
+        .args([
+            "--abort-on-unavailable-fragments",
+            "--continue",
+            "--newline",
+        ])
         .args(["--max-filesize", &params.max_bytes.to_string()])
         .args(["--retries", &params.attempts_max.to_string()])
         .args([
             "--progress-template",
             "download:narra-progress %(progress.downloaded_bytes)s %(progress.total_bytes)s",
         ])
-        .args(["--print", "after_move:narra-file %(filepath)s", "--no-simulate"])
+        .args([
+            "--print",
+            "after_move:narra-file %(filepath)s",
+            "--no-simulate",
+        ])
         .arg("-o")
         .arg(&template)
         .arg(url.as_str());
@@ -885,6 +932,7 @@ async fn run_yt_dlp_with_progress(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
+    super::process::die_with_parent(&mut command);
     let mut child = command.spawn().map_err(|error| {
         StepError::new(
             ErrorClass::Internal,
@@ -933,7 +981,10 @@ async fn run_yt_dlp_with_progress(
     };
     let (stdout, stderr) = tokio::join!(read_stdout, read_stderr);
     let status = child.wait().await.map_err(|error| {
-        StepError::new(ErrorClass::Internal, format!("{program} did not run: {error}"))
+        StepError::new(
+            ErrorClass::Internal,
+            format!("{program} did not run: {error}"),
+        )
     })?;
     Ok(ProgramOutput {
         success: status.success(),
@@ -1081,7 +1132,10 @@ mod tests {
 
     #[test]
     fn content_ranges_parse_start_and_total() {
-        assert_eq!(parse_content_range("bytes 100-199/1000"), Some((100, Some(1000))));
+        assert_eq!(
+            parse_content_range("bytes 100-199/1000"),
+            Some((100, Some(1000)))
+        );
         assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, None)));
         assert_eq!(parse_content_range("items 0-1/2"), None);
         assert_eq!(parse_content_range("bytes x-1/2"), None);
@@ -1114,21 +1168,38 @@ mod tests {
         for attempt in 1..=10 {
             let ceiling = (100u64 << (attempt - 1)).min(1_000);
             let delay = backoff(&params, attempt).as_millis() as u64;
-            assert!(delay <= ceiling && delay >= ceiling / 2, "attempt {attempt}: {delay} ms");
+            assert!(
+                delay <= ceiling && delay >= ceiling / 2,
+                "attempt {attempt}: {delay} ms"
+            );
         }
     }
 
     #[test]
     fn yt_dlp_errors_map_to_classes() {
         let class = |line: &str| yt_dlp_error("www.youtube.com", line.as_bytes()).class;
-        assert_eq!(class("ERROR: [youtube] x: HTTP Error 403: Forbidden"), ErrorClass::DownloadBlocked);
         assert_eq!(
-            class("ERROR: [youtube] x: The uploader has not made this video available in your country"),
+            class("ERROR: [youtube] x: HTTP Error 403: Forbidden"),
             ErrorClass::DownloadBlocked
         );
-        assert_eq!(class("ERROR: [generic] Unable to download webpage: HTTP Error 404: Not Found"), ErrorClass::NotFound);
-        assert_eq!(class("ERROR: Unsupported URL: http://x/"), ErrorClass::UnsupportedSource);
-        assert_eq!(class("ERROR: HTTP Error 429: Too Many Requests"), ErrorClass::RateLimited);
+        assert_eq!(
+            class(
+                "ERROR: [youtube] x: The uploader has not made this video available in your country"
+            ),
+            ErrorClass::DownloadBlocked
+        );
+        assert_eq!(
+            class("ERROR: [generic] Unable to download webpage: HTTP Error 404: Not Found"),
+            ErrorClass::NotFound
+        );
+        assert_eq!(
+            class("ERROR: Unsupported URL: http://x/"),
+            ErrorClass::UnsupportedSource
+        );
+        assert_eq!(
+            class("ERROR: HTTP Error 429: Too Many Requests"),
+            ErrorClass::RateLimited
+        );
     }
 
     #[test]

@@ -73,7 +73,10 @@ impl NetworkPolicy {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(StepError::new(
                 ErrorClass::UnsupportedSource,
-                format!("scheme {:?} is not allowed for downloads (http and https only)", url.scheme()),
+                format!(
+                    "scheme {:?} is not allowed for downloads (http and https only)",
+                    url.scheme()
+                ),
             ));
         }
         match url.host() {
@@ -82,7 +85,10 @@ impl NetworkPolicy {
             Some(url::Host::Domain(_)) => Ok(()),
             None => Err(StepError::new(
                 ErrorClass::UnsupportedSource,
-                format!("URL {} has no host", super::redact::redact_url(url.as_str())),
+                format!(
+                    "URL {} has no host",
+                    super::redact::redact_url(url.as_str())
+                ),
             )),
         }
     }
@@ -185,9 +191,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let policy = self.policy.clone();
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addresses: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if addresses.is_empty() {
                 return Err(format!("{host} has no address").into());
             }
@@ -232,7 +237,10 @@ pub fn guarded_client(
         });
     if let Some(proxy) = &policy.proxy {
         let proxy = reqwest::Proxy::all(proxy.as_str()).map_err(|error| {
-            StepError::new(ErrorClass::Internal, format!("invalid NARRA_PROXY: {error}"))
+            StepError::new(
+                ErrorClass::Internal,
+                format!("invalid NARRA_PROXY: {error}"),
+            )
         })?;
         builder = builder.proxy(proxy);
     }
@@ -280,7 +288,12 @@ mod tests {
 
     #[test]
     fn public_addresses_are_allowed() {
-        for address in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"] {
+        for address in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(!refused(address), "{address} must be allowed");
         }
     }

@@ -64,6 +64,22 @@ impl Drop for ProcessGroup {
     }
 }
 
+/// Asks the kernel to SIGKILL the child when the thread that spawned it dies, so a narra killed
+/// by a signal (Ctrl-C on `ingest`, `kill -9`) never leaves ffmpeg writing into scratch behind it.
+/// Its own process group keeps it out of the terminal's SIGINT, so without this it would survive.
+pub fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
+    // async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Runs a program (no shell) in a new process group, stdin closed, with bounded output capture,
 /// until it exits, `timeout` passes or `cancel` turns true. On a timeout or a cancellation the
 /// whole group is killed and the child reaped before this returns.
@@ -82,6 +98,7 @@ pub async fn run_process(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    die_with_parent(&mut command);
     let mut child = command.spawn().map_err(RunError::Spawn)?;
     let pgid = child
         .id()

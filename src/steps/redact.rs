@@ -36,7 +36,9 @@ pub const REDACTED: &str = "REDACTED";
 
 fn is_secret(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    SECRET_PARAMS.contains(&lower.as_str()) || lower.ends_with("token") || lower.ends_with("signature")
+    SECRET_PARAMS.contains(&lower.as_str())
+        || lower.ends_with("token")
+        || lower.ends_with("signature")
 }
 
 /// The URL with secret query values and any password replaced by `REDACTED`. Text that is not a
@@ -85,7 +87,8 @@ pub fn redact_text(text: &str) -> String {
         .map(|word| {
             let trimmed = word.trim_end();
             let tail = &word[trimmed.len()..];
-            let core = trimmed.trim_matches(|c: char| matches!(c, '"' | '\'' | '(' | ')' | '<' | '>' | ','));
+            let core = trimmed
+                .trim_matches(|c: char| matches!(c, '"' | '\'' | '(' | ')' | '<' | '>' | ','));
             if core.contains("://") {
                 trimmed.replace(core, &redact_url(core)) + tail
             } else {
@@ -106,13 +109,21 @@ mod tests {
         assert!(!redacted.contains("deadbeef"), "{redacted}");
         assert!(!redacted.contains("AKIA"), "{redacted}");
         assert!(redacted.contains("quality=hd"), "{redacted}");
-        assert!(redacted.contains("X-Amz-Algorithm=AWS4-HMAC-SHA256"), "{redacted}");
-        assert!(redacted.starts_with("https://bucket.s3.amazonaws.com/v.mp4?"), "{redacted}");
+        assert!(
+            redacted.contains("X-Amz-Algorithm=AWS4-HMAC-SHA256"),
+            "{redacted}"
+        );
+        assert!(
+            redacted.starts_with("https://bucket.s3.amazonaws.com/v.mp4?"),
+            "{redacted}"
+        );
     }
 
     #[test]
     fn tokens_sigs_and_passwords_are_redacted() {
-        let redacted = redact_url("https://user:hunter2@cdn.example.com/a.mp4?token=abc123&sig=zzz&Expires=99");
+        let redacted = redact_url(
+            "https://user:hunter2@cdn.example.com/a.mp4?token=abc123&sig=zzz&Expires=99",
+        );
         for secret in ["hunter2", "abc123", "zzz", "99"] {
             assert!(!redacted.contains(secret), "{secret} in {redacted}");
         }
@@ -120,7 +131,11 @@ mod tests {
 
     #[test]
     fn urls_without_secrets_and_paths_are_unchanged() {
-        for text in ["https://cdn.example.com/a.mp4?quality=hd", "/srv/media/a.mp4", "not a url"] {
+        for text in [
+            "https://cdn.example.com/a.mp4?quality=hd",
+            "/srv/media/a.mp4",
+            "not a url",
+        ] {
             assert_eq!(redact_url(text), text);
         }
     }

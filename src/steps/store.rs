@@ -202,7 +202,10 @@ async fn ensure_object(
         if found == Some((size, blake3)) {
             return Ok((stat.clone(), false));
         }
-        tracing::warn!(key, "a stored object does not match its expected hash; rewriting it");
+        tracing::warn!(
+            key,
+            "a stored object does not match its expected hash; rewriting it"
+        );
     }
     // Content-addressed keys are created only if absent, where the backend can: a concurrent
     // writer of the same key writes the same bytes.
@@ -218,7 +221,10 @@ async fn ensure_object(
     }
     let written = match payload {
         Payload::File(Some(path)) => {
-            with_retry(input.unavailable_wait, || storage.put_file(key, path, options)).await?
+            with_retry(input.unavailable_wait, || {
+                storage.put_file(key, path, options)
+            })
+            .await?
         }
         Payload::File(None) => {
             return Err(StepError::new(

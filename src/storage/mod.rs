@@ -52,12 +52,8 @@ pub enum StorageError {
         message: String,
     },
     /// What was written does not read back as written.
-    #[error("{key} reads back as {found} bytes after writing {expected}")]
-    ChecksumMismatch {
-        key: String,
-        expected: u64,
-        found: u64,
-    },
+    #[error("{key}: {message}")]
+    ChecksumMismatch { key: String, message: String },
 }
 
 impl StorageError {
@@ -164,13 +160,10 @@ impl Storage {
                 .to_str()
                 .ok_or_else(|| invalid("the root is not UTF-8"))?;
             let atomic_dir = root.join(FS_ATOMIC_WRITE_DIR);
-            let builder = services::Fs::default().root(root_text).atomic_write_dir(
-                atomic_dir
-                    .to_str()
-                    .expect("a UTF-8 root joined with ASCII"),
-            );
-            let operator =
-                Operator::new(builder).map_err(|error| invalid(&error.to_string()))?;
+            let builder = services::Fs::default()
+                .root(root_text)
+                .atomic_write_dir(atomic_dir.to_str().expect("a UTF-8 root joined with ASCII"));
+            let operator = Operator::new(builder).map_err(|error| invalid(&error.to_string()))?;
             return Ok(Storage {
                 operator,
                 uri: uri.to_string(),
@@ -196,12 +189,18 @@ impl Storage {
         let container = parsed
             .host_str()
             .filter(|host| !host.is_empty())
-            .ok_or_else(|| invalid("the bucket or container is missing, as in s3://bucket/prefix"))?;
+            .ok_or_else(|| {
+                invalid("the bucket or container is missing, as in s3://bucket/prefix")
+            })?;
         let root = format!("/{}", parsed.path().trim_matches('/'));
         let operator = match parsed.scheme() {
             "s3" => {
                 let mut builder = services::S3::default().bucket(container).root(&root);
-                if let Some(endpoint) = query.get("endpoint").cloned().or_else(|| env("AWS_ENDPOINT_URL")) {
+                if let Some(endpoint) = query
+                    .get("endpoint")
+                    .cloned()
+                    .or_else(|| env("AWS_ENDPOINT_URL"))
+                {
                     builder = builder.endpoint(&endpoint);
                 }
                 let region = query
@@ -211,7 +210,9 @@ impl Storage {
                     .or_else(|| env("AWS_DEFAULT_REGION"))
                     .unwrap_or_else(|| "us-east-1".to_string());
                 builder = builder.region(&region);
-                if let (Some(key), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+                if let (Some(key), Some(secret)) =
+                    (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"))
+                {
                     builder = builder.access_key_id(&key).secret_access_key(&secret);
                     if let Some(token) = env("AWS_SESSION_TOKEN") {
                         builder = builder.session_token(&token);
@@ -227,10 +228,18 @@ impl Storage {
             }
             "azblob" => {
                 let mut builder = services::Azblob::default().container(container).root(&root);
-                if let Some(endpoint) = query.get("endpoint").cloned().or_else(|| env("AZURE_STORAGE_ENDPOINT")) {
+                if let Some(endpoint) = query
+                    .get("endpoint")
+                    .cloned()
+                    .or_else(|| env("AZURE_STORAGE_ENDPOINT"))
+                {
                     builder = builder.endpoint(&endpoint);
                 }
-                if let Some(account) = query.get("account").cloned().or_else(|| env("AZURE_STORAGE_ACCOUNT")) {
+                if let Some(account) = query
+                    .get("account")
+                    .cloned()
+                    .or_else(|| env("AZURE_STORAGE_ACCOUNT"))
+                {
                     builder = builder.account_name(&account);
                 }
                 if let Some(key) = env("AZURE_STORAGE_KEY") {
@@ -416,6 +425,10 @@ impl Storage {
             Err(error) => return Err(self.classify("writing", key, error)),
         };
         let mut buffer = vec![0u8; CHUNK_BYTES];
+        // What is uploaded is hashed on the way: a local file that changed since it was
+        // checkpointed must never land under a content-addressed name that is not its own.
+        let mut hasher = blake3::Hasher::new();
+        let mut sent = 0u64;
         loop {
             let count = match file.read(&mut buffer).await {
                 Ok(count) => count,
@@ -427,19 +440,34 @@ impl Storage {
             if count == 0 {
                 break;
             }
-            if let Err(error) = writer
-                .write(Bytes::copy_from_slice(&buffer[..count]))
-                .await
-            {
+            hasher.update(&buffer[..count]);
+            sent += count as u64;
+            if let Err(error) = writer.write(Bytes::copy_from_slice(&buffer[..count])).await {
                 let _ = writer.abort().await;
                 return Err(self.classify("writing", key, error));
             }
         }
         // Every byte is in the temp file (in `.narra-tmp/` on `fs://`), nothing at the key yet.
         crate::failpoint!("storage.put_file.before_close");
+        let sent_hash: Hash = hasher.finalize().into();
+        if sent != expected || options.blake3.is_some_and(|blake3| blake3 != sent_hash) {
+            let _ = writer.abort().await;
+            return Err(StorageError::ChecksumMismatch {
+                key: key.to_string(),
+                message: format!(
+                    "the local file changed while it was uploaded ({sent} bytes, blake3 {sent_hash}; expected {expected} bytes{}); nothing was written",
+                    options
+                        .blake3
+                        .map(|blake3| format!(", blake3 {blake3}"))
+                        .unwrap_or_default()
+                ),
+            });
+        }
         match writer.close().await {
             Ok(_) => {}
             Err(error) if error.kind() == ErrorKind::ConditionNotMatch => {
+                // Never leave a multipart upload open.
+                let _ = writer.abort().await;
                 return Ok(Written::AlreadyExists);
             }
             Err(error) => {
@@ -503,16 +531,25 @@ impl Storage {
             key: key.to_string(),
             message: format!("{}: {error}", target.display()),
         };
+        // A missing object is not an outage: nothing will bring it back by waiting.
+        let missing = |error: opendal::Error| {
+            if error.kind() == ErrorKind::NotFound {
+                StorageError::Failed {
+                    action: "reading",
+                    key: key.to_string(),
+                    message: "the object is missing".to_string(),
+                }
+            } else {
+                self.classify("reading", key, error)
+            }
+        };
         let reader = self
             .operator
             .reader_with(key)
             .chunk(CHUNK_BYTES)
             .await
-            .map_err(|error| self.classify("reading", key, error))?;
-        let mut stream = reader
-            .into_bytes_stream(..)
-            .await
-            .map_err(|error| self.classify("reading", key, error))?;
+            .map_err(missing)?;
+        let mut stream = reader.into_bytes_stream(..).await.map_err(missing)?;
         let mut file = tokio::fs::File::create(target)
             .await
             .map_err(write_failed)?;
@@ -552,14 +589,12 @@ impl Storage {
             .await?
             .ok_or_else(|| StorageError::ChecksumMismatch {
                 key: key.to_string(),
-                expected,
-                found: 0,
+                message: format!("missing right after writing {expected} bytes"),
             })?;
         if stat.size != expected {
             return Err(StorageError::ChecksumMismatch {
                 key: key.to_string(),
-                expected,
-                found: stat.size,
+                message: format!("reads back as {} bytes after writing {expected}", stat.size),
             });
         }
         Ok(stat)
@@ -748,7 +783,8 @@ fn list_fs(root: &Path, prefix: &str) -> std::io::Result<Vec<ListedObject>> {
             let Ok(relative) = path.strip_prefix(root) else {
                 continue;
             };
-            if relative.starts_with(FS_ATOMIC_WRITE_DIR) && !prefix.starts_with(FS_ATOMIC_WRITE_DIR) {
+            if relative.starts_with(FS_ATOMIC_WRITE_DIR) && !prefix.starts_with(FS_ATOMIC_WRITE_DIR)
+            {
                 continue;
             }
             if metadata.is_dir() {
@@ -865,6 +901,38 @@ mod tests {
             .unwrap()
             .count();
         assert_eq!(leftovers, 0, "the temp file was renamed into place");
+    }
+
+    // Guards content-addressed keys: bytes that do not hash to the name they are uploaded under
+    // (a local file that changed after its checkpoint) are never written there.
+    #[tokio::test]
+    async fn an_upload_whose_bytes_do_not_match_the_expected_hash_writes_nothing() {
+        for uri in ["memory://".to_string(), String::new()] {
+            let dir = tempfile::tempdir().unwrap();
+            let uri = if uri.is_empty() {
+                format!("fs://{}", dir.path().join("objects").display())
+            } else {
+                uri
+            };
+            let storage = Storage::from_uri(&uri).unwrap();
+            let source = dir.path().join("changed.bin");
+            std::fs::write(&source, b"the bytes that are there now").unwrap();
+            let expected = Hash::of(b"the bytes that were checkpointed");
+            let key = blob_key(&expected, "bin");
+            let options = WriteOptions {
+                blake3: Some(expected),
+                if_not_exists: true,
+            };
+
+            let error = storage.put_file(&key, &source, options).await.unwrap_err();
+
+            assert_eq!(error.class(), "checksum_mismatch", "{uri}: {error}");
+            assert_eq!(
+                storage.stat(&key).await.unwrap(),
+                None,
+                "{uri}: nothing at the key"
+            );
+        }
     }
 
     #[tokio::test]

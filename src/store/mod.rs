@@ -13,6 +13,8 @@
 pub mod codec;
 pub mod conformance;
 pub mod lock;
+#[cfg(test)]
+mod model_tests;
 pub mod sled_store;
 
 use async_trait::async_trait;
@@ -229,6 +231,8 @@ pub trait WorkerStore: JobReader {
 /// `tracing`, and must never block on I/O for long.
 pub trait JobLogSink: Send + Sync {
     fn append_log(&self, id: JobId, line: LogLine);
+    /// Makes the lines appended so far durable (called before a process lets go of the store).
+    fn flush_logs(&self) {}
 }
 
 /// Operator maintenance (`cleanup`, `delete`): the incident log and removing a job's records.

@@ -418,13 +418,19 @@ impl SledStore {
                 let job = tx.existing_job(id)?;
                 let transition = machine::apply_orchestrator(&job, op, now).map_err(reject)?;
                 tx.write_transition(Some(&job), transition, now)
-            })?;
+            });
             match outcome {
-                Ok(job) => return Ok(Some(job)),
+                Ok(Ok(job)) => return Ok(Some(job)),
                 // Another claimer got there first, or the job moved on: try the next one.
-                Err(rejected) => {
+                Ok(Err(rejected)) => {
                     tracing::trace!(job_id = %id, %rejected, "pending job no longer claimable");
                 }
+                // One unreadable record must not stop every other job: it stays pending, named
+                // here and by `check_consistency` (`narra doctor`), and is passed over.
+                Err(error @ StoreError::Corrupt { .. }) => {
+                    tracing::error!(job_id = %id, %error, "passing over a pending job whose record is corrupt");
+                }
+                Err(error) => return Err(error),
             }
             cursor = key.to_vec();
             cursor.push(0);
@@ -1365,11 +1371,17 @@ impl SledStore {
 }
 
 impl JobLogSink for SledStore {
-    /// Best effort and never flushed; see the module docs for the bound on a job's lines.
+    /// Best effort and not flushed line by line; see the module docs for the bound on a job's lines.
     fn append_log(&self, id: JobId, line: LogLine) {
         let mut line = line;
         truncate_message(&mut line.message, LOG_LINE_BYTES_MAX);
         if self.try_append_log(id, &line).is_err() {
+            self.log_lines_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn flush_logs(&self) {
+        if self.db.flush().is_err() {
             self.log_lines_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -1654,5 +1666,106 @@ mod tests {
             }
             other => panic!("expected Corrupt, got {other:?}"),
         }
+    }
+
+    // Guards fault isolation (issue 6): garbage in one job's record is an error that names the
+    // `jobs` tree and that job's key wherever the record is read, and `check_consistency` (what
+    // `narra doctor` runs) reports it; the other jobs still read, checkpoint and complete, and
+    // `claim_next` passes over the corrupt pending job instead of stopping every worker.
+    #[tokio::test]
+    async fn a_corrupted_job_record_is_named_and_leaves_the_other_jobs_working() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let corrupted = store.submit(&request("corrupted")).await.expect("submit");
+        let healthy = store.submit(&request("healthy")).await.expect("submit");
+        let corrupted_id = corrupted.job.id;
+        let key_hex = codec::hex(&corrupted_id.to_bytes());
+        // A torn or bit-rotted record: the schema byte survives, the rest is noise.
+        let mut garbage = vec![codec::SCHEMA_VERSION];
+        garbage.extend((0u8..61).map(|byte| byte.wrapping_mul(37) ^ 0xa5));
+        store
+            .jobs
+            .insert(corrupted_id.to_bytes(), garbage)
+            .expect("insert");
+
+        let names_the_job = |result: StoreResult<Option<Job>>| match result {
+            Err(error) => {
+                assert!(
+                    matches!(&error, StoreError::Corrupt { tree, key, .. } if *tree == TREE_JOBS && *key == key_hex),
+                    "{error:?}"
+                );
+                assert!(error.to_string().contains(&key_hex), "{error}");
+            }
+            other => panic!("expected Corrupt naming the job, got {other:?}"),
+        };
+        names_the_job(store.job(corrupted_id).await);
+        names_the_job(store.job_by_key("corrupted").await);
+        match store.check_consistency() {
+            Err(StoreError::Corrupt { tree, key, .. }) => {
+                assert_eq!((tree, key), (TREE_JOBS, key_hex.clone()));
+            }
+            other => panic!("check_consistency names the record, got {other:?}"),
+        }
+        // Listing every job reports the record rather than hiding it.
+        assert!(matches!(
+            store
+                .jobs(&JobFilter {
+                    status: None,
+                    limit: usize::MAX
+                })
+                .await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        // A transition of the corrupted job is refused as corrupt, writing nothing.
+        assert!(matches!(
+            store.cancel(corrupted_id).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+
+        let id = healthy.job.id;
+        assert_eq!(
+            store.job(id).await.expect("read").map(|job| job.status),
+            Some(Status::Pending)
+        );
+        let (_, token) = store
+            .claim_next(&worker(), 60_000)
+            .await
+            .expect("claim_next")
+            .expect("the healthy job is claimable");
+        assert_eq!(token.job_id, id);
+        store
+            .set_phase(&token, Phase::Downloading)
+            .await
+            .expect("set_phase")
+            .expect("current token");
+        let checkpoint = Checkpoint {
+            step: "download".to_string(),
+            definition_hash: Hash([1; 32]),
+            input_hash: Hash([2; 32]),
+            outputs: Vec::new(),
+            recorded_at: Timestamp::now(),
+        };
+        store
+            .record_checkpoint(&token, &checkpoint, None)
+            .await
+            .expect("record_checkpoint")
+            .expect("current token");
+        let done = store
+            .complete(&token)
+            .await
+            .expect("complete")
+            .expect("current token");
+        assert_eq!(done.status, Status::Succeeded);
+        let succeeded = store
+            .jobs(&JobFilter {
+                status: Some(Status::Succeeded),
+                limit: usize::MAX,
+            })
+            .await
+            .expect("the status index still lists the healthy job");
+        assert_eq!(
+            succeeded.iter().map(|job| job.id).collect::<Vec<_>>(),
+            vec![id]
+        );
     }
 }

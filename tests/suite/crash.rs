@@ -153,8 +153,8 @@ fn every_failpoint_crash_resumes_to_the_same_artifacts() {
 
     eprintln!("\ncrash matrix: {} failpoint passes", rows.len());
     eprintln!(
-        "{:<36} {:<10} {:<10} {:<26} {}",
-        "failpoint", "at crash", "resumed", "skipped as done", "GETs"
+        "{:<36} {:<10} {:<10} {:<26} GETs",
+        "failpoint", "at crash", "resumed", "skipped as done"
     );
     for row in &rows {
         eprintln!(

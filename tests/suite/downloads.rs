@@ -621,7 +621,11 @@ fn a_dropped_connection_is_resumed_from_the_bytes_received() {
     );
     // The job's recorded progress ends at the whole file, across the resume.
     assert_eq!(show["progress"]["bytes_done"], size, "{}", show["progress"]);
-    assert_eq!(show["progress"]["bytes_total"], size, "{}", show["progress"]);
+    assert_eq!(
+        show["progress"]["bytes_total"], size,
+        "{}",
+        show["progress"]
+    );
     let jobs = home.json(&["jobs"], 0);
     assert_eq!(jobs[0]["progress"]["bytes_done"], size, "{jobs}");
 }

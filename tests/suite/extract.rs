@@ -903,3 +903,54 @@ fn doctor_reports_tools_store_storage_and_scratch_and_fails_on_any_problem() {
     assert!(state.contains("in use") && state.contains(&pid), "{state}");
     worker.interrupt_and_wait();
 }
+
+// Guards against orphans: ffprobe and ffmpeg run in their own process group (out of reach of the
+// terminal's Ctrl-C), so when narra itself is killed they must die with it instead of writing on
+// into scratch.
+#[test]
+fn a_killed_narra_leaves_no_ffprobe_behind() {
+    let home = super::fixture::Home::new();
+    let tools = tempfile::tempdir().unwrap();
+    let pid_file = tools.path().join("ffprobe.pid");
+    let wrapper = tools.path().join("ffprobe");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho $$ > {}.tmp && mv {}.tmp {}\nexec sleep 600\n",
+            pid_file.display(),
+            pid_file.display(),
+            pid_file.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let source = super::fixture::sample_video().to_str().unwrap().to_string();
+    let child = home
+        .command(&["ingest", &source])
+        .env("NARRA_FFPROBE", &wrapper)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("narra starts");
+    let mut narra = super::fixture::ChildGuard::from_child(child);
+    super::fixture::wait_until("the stand-in ffprobe is running", || pid_file.exists());
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "ffprobe {pid} runs"
+    );
+
+    narra.kill();
+
+    super::fixture::wait_until("the orphaned ffprobe is gone", || {
+        // A zombie (state Z) is gone for our purposes: it no longer runs.
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat.split_whitespace().nth(2) == Some("Z"),
+            Err(_) => true,
+        }
+    });
+}

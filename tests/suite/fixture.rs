@@ -335,7 +335,9 @@ fn media_dir() -> &'static Path {
         .path()
 }
 
-fn generate(name: &str, seconds: f64, frequency: u32) -> PathBuf {
+/// Generates `name` in the shared media directory: `seconds` of test pattern and a sine tone at
+/// `frequency` Hz (H.264 + AAC in MP4). Each call runs ffmpeg.
+pub fn generate(name: &str, seconds: f64, frequency: u32) -> PathBuf {
     let path = media_dir().join(name);
     let status = Command::new("ffmpeg")
         .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])

@@ -9,6 +9,7 @@ mod crash;
 mod downloads;
 mod e2e;
 mod extract;
+mod faults;
 mod idempotency;
 mod lock;
 mod logs;

@@ -32,5 +32,9 @@ fn a_draining_worker_runs_every_submitted_job() {
     assert_eq!(origin.gets("two.mp4"), 1);
 
     let idle = home.json(&["worker", "--drain"], 0);
-    assert_eq!(idle.as_array().map(Vec::len), Some(0), "nothing left to run");
+    assert_eq!(
+        idle.as_array().map(Vec::len),
+        Some(0),
+        "nothing left to run"
+    );
 }
