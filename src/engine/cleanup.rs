@@ -463,13 +463,27 @@ async fn stale_scratch(
             continue;
         };
         let status = jobs.get(&job_id).map(|job| job.status);
+        let stale_entry = StaleScratch {
+            path,
+            job_id,
+            status,
+        };
         match status {
             Some(Status::Pending | Status::Running) => {}
-            _ => stale.push(StaleScratch {
-                path,
-                job_id,
-                status,
-            }),
+            None | Some(Status::Succeeded) => stale.push(stale_entry),
+            // A failed or cancelled job that never stored its artifacts keeps the only copy of its
+            // checkpointed outputs (and any resumable partial download) in scratch: removing it
+            // would make a retry download and extract again, or fail if the source is gone.
+            Some(Status::Failed | Status::Cancelled) => {
+                if engine.store.checkpoint(job_id, "store").await?.is_some() {
+                    stale.push(stale_entry);
+                } else {
+                    notes.push(format!(
+                        "{} holds the outputs job {job_id} resumes from: left alone",
+                        stale_entry.path.display()
+                    ));
+                }
+            }
         }
     }
     stale.sort_by(|left, right| left.path.cmp(&right.path));

@@ -478,3 +478,48 @@ fn delete_removes_a_job_and_only_the_artifacts_no_other_job_references() {
     let plan = home.json(&["cleanup", "--min-age-s", "0"], 0);
     assert_eq!(plan["deletions"], Value::Array(vec![]));
 }
+
+// Guards resumability against cleanup: a failed job that never stored its artifacts keeps its
+// scratch (the only copy of its checkpointed download and extraction), so cleanup leaves it alone,
+// and the retry after it still downloads nothing again.
+#[test]
+fn cleanup_keeps_the_scratch_a_failed_job_resumes_from() {
+    let home = Home::new();
+    let origin = Origin::start();
+    let url = origin.serve_video("kept.mp4", sample_video());
+    home.block_storage();
+    let failed = home.one_job(&["ingest", &url], 1);
+    let id = id_of(&failed);
+    let scratch = home.path().join("scratch").join(&id);
+    assert!(
+        scratch.join("original").exists(),
+        "the failed job's download is in scratch"
+    );
+    home.unblock_storage();
+
+    let plan = home.json(&["cleanup"], 0);
+    assert_eq!(plan["scratch"].as_array().map(Vec::len), Some(0), "{plan}");
+    assert!(
+        plan["notes"]
+            .as_array()
+            .expect("notes")
+            .iter()
+            .any(|note| note.as_str().is_some_and(|note| note.contains(&id))),
+        "{plan}"
+    );
+    let confirmed = home.narra(&[
+        "cleanup",
+        "--confirm",
+        plan["id"].as_str().expect("a plan id"),
+    ]);
+    assert!(
+        confirmed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&confirmed.stderr)
+    );
+    assert!(scratch.join("original").exists(), "cleanup left it alone");
+
+    let retried = home.one_job(&["retry", &id], 0);
+    assert_eq!(retried["status"], "succeeded");
+    assert_eq!(origin.gets("kept.mp4"), 1, "nothing downloaded again");
+}
