@@ -143,3 +143,25 @@ fn a_changed_extract_parameter_re_extracts_from_the_stored_original() {
     assert_eq!(streams.len(), 1, "{probe}");
     assert_eq!(streams[0]["codec_name"], "flac");
 }
+
+// Guards `--key` against silently dropping sources: one key names one job, so two sources under
+// one key are refused as a usage error and nothing is submitted.
+#[test]
+fn one_key_with_two_sources_is_a_usage_error() {
+    let home = Home::new();
+    let origin = Origin::start();
+    let first = origin.serve_video("k/a.mp4", sample_video());
+    let second = origin.serve_video("k/b.mp4", other_video());
+
+    let output = home.narra(&["ingest", "--key", "lecture-7", &first, &second]);
+
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--key"));
+    assert_eq!(origin.requests().len(), 0);
+    assert_eq!(home.json(&["jobs"], 0).as_array().map(Vec::len), Some(0));
+}
