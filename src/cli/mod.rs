@@ -3,6 +3,7 @@
 //!
 //! Data goes to stdout (text or, with `--json`, JSON only); logs go to stderr, always.
 
+pub mod backfill;
 pub mod doctor;
 pub mod maintenance;
 pub mod views;
@@ -16,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::engine::Engine;
-use crate::engine::job::{JobId, Status};
+use crate::engine::job::{BackfillId, JobId, Status};
 use crate::engine::orchestrator::{
     EngineError, SubmitOptions, reclaim_orphans, run_jobs, submit, work,
 };
@@ -109,6 +110,30 @@ pub enum Command {
         status: Option<Status>,
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Only the jobs of this backfill (`backfill --list` shows the ids).
+        #[arg(long, value_name = "ID")]
+        backfill: Option<BackfillId>,
+    },
+    /// Submit a manifest of sources in batches and run them; running it again resumes it.
+    Backfill {
+        /// One source per line, JSON Lines ({"source": ...}) or CSV with a `source` column; `-`
+        /// reads standard input.
+        #[arg(required_unless_present = "list")]
+        manifest: Option<String>,
+        /// The workflow of lines that name none (default: ingest).
+        #[arg(long)]
+        workflow: Option<String>,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Also retry jobs that failed with a permanent class (and cancelled ones).
+        #[arg(long)]
+        retry_permanent: bool,
+        /// Re-run succeeded jobs through their checkpoints: only missing or changed work is done.
+        #[arg(long)]
+        reingest: bool,
+        /// List the backfills instead: id, creation time, jobs, manifest.
+        #[arg(long, conflicts_with = "manifest")]
+        list: bool,
     },
     /// Show a job: status, phase, checkpoints, artifacts, metadata and events.
     Show { id: JobId },
@@ -347,8 +372,20 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             print_jobs(&mut out, &jobs, json)?;
             Ok(exit_for(&jobs))
         }
-        Command::Jobs { status, limit } => {
-            let jobs = engine.store.jobs(&JobFilter { status, limit }).await?;
+        Command::Jobs {
+            status,
+            limit,
+            backfill,
+        } => {
+            let jobs = match backfill {
+                None => engine.store.jobs(&JobFilter { status, limit }).await?,
+                Some(id) => {
+                    if !engine.store.backfills().await?.iter().any(|b| b.id == id) {
+                        return Err(CliError::Other(anyhow::anyhow!("backfill {id} not found")));
+                    }
+                    crate::engine::backfill::jobs_of_backfill(engine, id, status, limit).await?
+                }
+            };
             if json {
                 let mut list = Vec::with_capacity(jobs.len());
                 for job in &jobs {
@@ -474,6 +511,24 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             } else {
                 ExitCode::SUCCESS
             })
+        }
+        Command::Backfill { list: true, .. } => backfill::list(engine, &mut out, json).await,
+        Command::Backfill {
+            manifest,
+            workflow,
+            concurrency,
+            retry_permanent,
+            reingest,
+            list: false,
+        } => {
+            let manifest = manifest.expect("clap requires a manifest unless --list");
+            let options = crate::engine::backfill::BackfillOptions {
+                workflow,
+                concurrency,
+                retry_permanent,
+                reingest,
+            };
+            backfill::run(engine, &mut out, &manifest, options, json).await
         }
         Command::Doctor { .. } => unreachable!("doctor runs before the home is opened"),
         Command::Reprobe { id } => {

@@ -13,6 +13,15 @@ use super::job::{
     ErrorInfo, EventKind, Job, JobId, Lease, LeaseToken, Phase, Status, Timestamp, WorkerId,
 };
 
+/// Whether a job that failed with `error` may succeed on a later run without anyone changing
+/// anything: its stored class is one `ErrorClass::retryable` admits. An unknown class (one a later
+/// narra wrote, say) counts as permanent, so it is never retried in bulk by mistake.
+pub fn is_transient_failure(error: Option<&ErrorInfo>) -> bool {
+    error
+        .and_then(|error| crate::steps::ErrorClass::from_name(&error.class))
+        .is_some_and(crate::steps::ErrorClass::retryable)
+}
+
 /// Transitions of the global status, made by the orchestrator alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrchestratorOp {
@@ -372,6 +381,33 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    // Guards the resume rule of backfills: only the classes `ErrorClass::retryable` admits count
+    // as transient when read back from a stored job; an unknown class is permanent.
+    #[test]
+    fn transient_failures_are_the_retryable_classes_by_name() {
+        for class in crate::steps::ErrorClass::ALL {
+            assert_eq!(
+                crate::steps::ErrorClass::from_name(class.as_str()),
+                Some(class)
+            );
+            let error = ErrorInfo {
+                class: class.as_str().to_string(),
+                message: String::new(),
+            };
+            assert_eq!(
+                is_transient_failure(Some(&error)),
+                class.retryable(),
+                "{class}"
+            );
+        }
+        let unknown = ErrorInfo {
+            class: "from_the_future".to_string(),
+            message: String::new(),
+        };
+        assert!(!is_transient_failure(Some(&unknown)));
+        assert!(!is_transient_failure(None));
+    }
 
     /// Which token a generated write presents, resolved against the job when it is applied.
     #[derive(Debug, Clone)]

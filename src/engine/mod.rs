@@ -6,6 +6,7 @@
 //! the store only as an `OrchestratorStore`, the worker (`worker.rs`) only as a `WorkerStore`.
 
 pub mod audit;
+pub mod backfill;
 pub mod cleanup;
 pub mod job;
 pub mod machine;

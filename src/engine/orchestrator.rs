@@ -223,6 +223,17 @@ pub async fn run_jobs(
     ids: &[JobId],
     concurrency: usize,
 ) -> Result<Vec<Job>, EngineError> {
+    run_jobs_observed(engine, ids, concurrency, |_| {}).await
+}
+
+/// [`run_jobs`], handing each job to `on_finished` as it ends, in the order they end (progress
+/// reports: `narra backfill`).
+pub async fn run_jobs_observed(
+    engine: &Engine,
+    ids: &[JobId],
+    concurrency: usize,
+    mut on_finished: impl FnMut(&Job),
+) -> Result<Vec<Job>, EngineError> {
     let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (index, id) in ids.iter().copied().enumerate() {
@@ -242,7 +253,10 @@ pub async fn run_jobs(
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((index, Ok(job))) => results[index] = Some(job),
+            Ok((index, Ok(job))) => {
+                on_finished(&job);
+                results[index] = Some(job);
+            }
             Ok((_, Err(error))) => {
                 tracing::error!(%error, "a job could not be run");
                 first_error.get_or_insert(error);

@@ -62,6 +62,40 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// Every class, for reading one back from its stored name.
+    pub const ALL: [ErrorClass; 23] = [
+        ErrorClass::UnsupportedSource,
+        ErrorClass::DownloadBlocked,
+        ErrorClass::NotFound,
+        ErrorClass::RateLimited,
+        ErrorClass::NetworkTimeout,
+        ErrorClass::NetworkError,
+        ErrorClass::ServerError,
+        ErrorClass::HttpError,
+        ErrorClass::TruncatedDownload,
+        ErrorClass::TooLarge,
+        ErrorClass::ForbiddenAddress,
+        ErrorClass::CorruptMedia,
+        ErrorClass::NoAudioStream,
+        ErrorClass::UnsupportedCodec,
+        ErrorClass::ExtractTimeout,
+        ErrorClass::ExtractFailed,
+        ErrorClass::StorageUnavailable,
+        ErrorClass::StorageAuth,
+        ErrorClass::ChecksumMismatch,
+        ErrorClass::StorageError,
+        ErrorClass::ScratchError,
+        ErrorClass::Cancelled,
+        ErrorClass::Internal,
+    ];
+
+    /// The class stored as `name` (`ErrorInfo::class`), if it is one.
+    pub fn from_name(name: &str) -> Option<ErrorClass> {
+        ErrorClass::ALL
+            .into_iter()
+            .find(|class| class.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorClass::UnsupportedSource => "unsupported_source",

@@ -564,6 +564,19 @@ mod tests {
         assert_golden(&golden_incident(), GOLDEN_INCIDENT);
     }
 
+    fn golden_backfill() -> crate::engine::job::Backfill {
+        crate::engine::job::Backfill {
+            id: crate::engine::job::BackfillId(0x0190_0000_0000_0000_0000_0000_0000_0007),
+            manifest: "/srv/manifests/talks.csv".to_string(),
+            created_at: Timestamp(1_700_000_005_000),
+        }
+    }
+
+    #[test]
+    fn backfill_golden_bytes() {
+        assert_golden(&golden_backfill(), GOLDEN_BACKFILL);
+    }
+
     #[test]
     fn metadata_golden_bytes() {
         assert_golden(&golden_metadata(), GOLDEN_METADATA);
@@ -669,5 +682,6 @@ mod tests {
         "010efd70e7ca9f170300000c0573746f7265020f626c6f62732f61622f61622e6d7034146a6f62732f782f6d616e69666573742e6a736f6e",
         "010ffd58ebca9f170300000d07657874726163741111111111111111111111111111111111111111111111111111111111111111a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a50105617564696f0101010101010101010101010101010101010101010101010101010101010101",
     ];
+    const GOLDEN_BACKFILL: &str = "01fe07000000000000000000000000009001182f7372762f6d616e6966657374732f74616c6b732e637376fd10f7ca9f17030000";
     const GOLDEN_INCIDENT: &str = "0103fd40efca9f17030000036f70730e64656c657465645f6f626a65637401fe2a000000000000000000000000009001010f626c6f62732f61622f61622e6d703418636f72727570743a20626c616b6533206d69736d61746368";
 }

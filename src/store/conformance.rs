@@ -12,8 +12,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::{
-    JobFilter, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, NewIncident, StateStore, StepEvent,
-    SubmitOutcome, SubmitRequest,
+    BatchOptions, JobFilter, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, NewIncident, Resubmit,
+    SUBMIT_BATCH_MAX, StateStore, StepEvent, SubmitOutcome, SubmitRequest,
 };
 use crate::engine::job::{
     ChangeToken, Checkpoint, ErrorInfo, Event, EventKind, Hash, Job, JobId, LeaseToken, Location,
@@ -54,6 +54,7 @@ where
     reset_returns_finished_jobs_to_pending(&make_store().await).await;
     delete_removes_every_record_of_a_job(&make_store().await).await;
     incidents_are_appended_in_order(&make_store().await).await;
+    submit_batch_is_submit_in_bulk(&make_store().await).await;
 }
 
 fn request(key: &str) -> SubmitRequest {
@@ -1667,4 +1668,150 @@ pub async fn incidents_are_appended_in_order(store: &dyn StateStore) {
         assert_eq!(incident.reason, reason);
     }
     assert!(incidents.windows(2).all(|pair| pair[0].at <= pair[1].at));
+}
+
+/// `submit_batch` applies each request as `submit` would (idempotent by key, a key twice in one
+/// batch is one job), retries only transient failures when asked to, records every submitted job
+/// under its backfill, and takes batches longer than one transaction.
+pub async fn submit_batch_is_submit_in_bulk(store: &dyn StateStore) {
+    let backfill = store.open_backfill("/manifests/a.txt").await.expect("open");
+    let again = store
+        .open_backfill("/manifests/a.txt")
+        .await
+        .expect("reopen");
+    assert_eq!(again, backfill, "the same manifest is the same backfill");
+    // Backfill ids are ULIDs too: the listing's order is checked across a millisecond.
+    next_millisecond().await;
+    let other = store.open_backfill("/manifests/b.txt").await.expect("open");
+    assert_ne!(other.id, backfill.id);
+    assert_eq!(
+        store.backfills().await.expect("backfills"),
+        vec![backfill.clone(), other.clone()]
+    );
+
+    let options = BatchOptions {
+        resubmit: Resubmit::TransientFailures,
+        backfill: Some(backfill.id),
+    };
+    let first = store
+        .submit_batch(&[request("a"), request("b"), request("a")], &options)
+        .await
+        .expect("submit_batch");
+    let outcomes: Vec<_> = first.iter().map(|submitted| submitted.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            SubmitOutcome::Created,
+            SubmitOutcome::Created,
+            SubmitOutcome::Existing
+        ]
+    );
+    assert_eq!(first[0].job.id, first[2].job.id, "one key, one job");
+    assert_eq!(read_job(store, first[0].job.id).await, first[0].job);
+    let mut expected = vec![first[0].job.id, first[1].job.id];
+    expected.sort();
+    assert_eq!(
+        store
+            .backfill_jobs(backfill.id)
+            .await
+            .expect("backfill_jobs"),
+        expected
+    );
+    assert!(
+        store
+            .backfill_jobs(other.id)
+            .await
+            .expect("backfill_jobs")
+            .is_empty()
+    );
+
+    // Finished jobs of every kind, then a re-run that retries only the transient failure.
+    let transient = running_job(store, "transient").await;
+    let timeout = ErrorInfo {
+        class: "network_timeout".to_string(),
+        message: "timed out".to_string(),
+    };
+    store
+        .fail(&transient, timeout)
+        .await
+        .expect("fail")
+        .expect("token");
+    let permanent = running_job(store, "permanent").await;
+    store
+        .fail(&permanent, error_info())
+        .await
+        .expect("fail")
+        .expect("token");
+    let cancelled = submit_new(store, "cancelled").await;
+    store
+        .cancel(cancelled.id)
+        .await
+        .expect("cancel")
+        .expect("pending");
+    let done = running_job(store, "done").await;
+    store
+        .complete(&done)
+        .await
+        .expect("complete")
+        .expect("token");
+    let rerun = [
+        request("transient"),
+        request("permanent"),
+        request("cancelled"),
+        request("done"),
+    ];
+    let resumed = store
+        .submit_batch(&rerun, &options)
+        .await
+        .expect("submit_batch");
+    let states: Vec<_> = resumed
+        .iter()
+        .map(|submitted| (submitted.outcome, submitted.job.status))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (SubmitOutcome::Retried, Status::Pending),
+            (SubmitOutcome::Existing, Status::Failed),
+            (SubmitOutcome::Existing, Status::Cancelled),
+            (SubmitOutcome::Existing, Status::Succeeded),
+        ]
+    );
+
+    // The default is `submit`'s: every failed or cancelled job is retried, reingest when asked.
+    let mut everything = rerun.to_vec();
+    everything[3].reingest = true;
+    let retried = store
+        .submit_batch(&everything, &BatchOptions::default())
+        .await
+        .expect("submit_batch");
+    let outcomes: Vec<_> = retried.iter().map(|submitted| submitted.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            SubmitOutcome::Existing,
+            SubmitOutcome::Retried,
+            SubmitOutcome::Retried,
+            SubmitOutcome::Reingested
+        ]
+    );
+    assert!(
+        retried
+            .iter()
+            .all(|submitted| submitted.job.status == Status::Pending)
+    );
+
+    // Longer than one transaction: every request is applied, in order.
+    let many: Vec<SubmitRequest> = (0..SUBMIT_BATCH_MAX + 3)
+        .map(|index| request(&format!("many-{index}")))
+        .collect();
+    let submitted = store
+        .submit_batch(&many, &BatchOptions::default())
+        .await
+        .expect("submit_batch");
+    assert_eq!(submitted.len(), many.len());
+    for (request, submitted) in many.iter().zip(&submitted) {
+        assert_eq!(submitted.outcome, SubmitOutcome::Created);
+        assert_eq!(submitted.job.key, request.key);
+    }
 }

@@ -20,8 +20,8 @@ pub mod sled_store;
 use async_trait::async_trait;
 
 use crate::engine::job::{
-    Checkpoint, ErrorInfo, Event, Incident, Job, JobId, JobProgress, LeaseToken, LogLine,
-    MediaMetadata, Phase, Status, WorkerId,
+    Backfill, BackfillId, Checkpoint, ErrorInfo, Event, Incident, Job, JobId, JobProgress,
+    LeaseToken, LogLine, MediaMetadata, Phase, Status, WorkerId,
 };
 use crate::engine::machine::Rejected;
 
@@ -81,6 +81,31 @@ pub enum SubmitOutcome {
     /// A succeeded job was sent back to pending because `reingest` was asked.
     Reingested,
 }
+
+/// Which finished, unsucceeded jobs a submission of their key sends back to pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Resubmit {
+    /// Failed and cancelled jobs alike: what `submit` always does.
+    #[default]
+    FailedAndCancelled,
+    /// Only failed jobs whose error class is transient (`machine::is_transient_failure`): a
+    /// backfill re-run without `--retry-permanent`. Permanent failures and cancelled jobs are
+    /// returned as they are, with the outcome `Existing`.
+    TransientFailures,
+}
+
+/// How `submit_batch` applies its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BatchOptions {
+    pub resubmit: Resubmit,
+    /// The backfill the submitted jobs are recorded under (its `backfill_jobs` index), in the same
+    /// transaction as the submissions.
+    pub backfill: Option<BackfillId>,
+}
+
+/// The most submissions `submit_batch` applies in one transaction; a longer slice is applied in
+/// transactions of this many, all made durable by one flush at the end.
+pub const SUBMIT_BATCH_MAX: usize = 500;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submitted {
@@ -146,6 +171,11 @@ pub trait JobReader: Send + Sync {
     async fn blob_refs(&self) -> StoreResult<Vec<(String, JobId)>>;
     /// The incident log, oldest first.
     async fn incidents(&self) -> StoreResult<Vec<Incident>>;
+    /// Every backfill, oldest first.
+    async fn backfills(&self) -> StoreResult<Vec<Backfill>>;
+    /// The jobs recorded under a backfill, in id order (oldest first). A job deleted since
+    /// (`narra delete`) may still be named; readers skip ids that have no job.
+    async fn backfill_jobs(&self, id: BackfillId) -> StoreResult<Vec<JobId>>;
 }
 
 /// The orchestrator's side: the global status. Nothing here can set a phase.
@@ -153,6 +183,16 @@ pub trait JobReader: Send + Sync {
 pub trait OrchestratorStore: JobReader {
     /// Idempotent by key: never creates a second job for a key that has one.
     async fn submit(&self, request: &SubmitRequest) -> StoreResult<Submitted>;
+    /// Many submissions at once, each with `submit`'s semantics (but for `options.resubmit`), in
+    /// transactions of at most [`SUBMIT_BATCH_MAX`] and ONE flush before it returns; outcomes in
+    /// request order. A key twice in one batch is one job (the second sees the first).
+    async fn submit_batch(
+        &self,
+        requests: &[SubmitRequest],
+        options: &BatchOptions,
+    ) -> StoreResult<Vec<Submitted>>;
+    /// The backfill recorded for `manifest` (see `Backfill::manifest`), or a new one, flushed.
+    async fn open_backfill(&self, manifest: &str) -> StoreResult<Backfill>;
     /// Claims the oldest pending job, if any.
     async fn claim_next(
         &self,

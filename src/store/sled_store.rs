@@ -16,12 +16,18 @@
 //! | `progress`     | job id                            | `JobProgress`   |
 //! | `blob_refs`    | blob key, UTF-8, ++ 0 ++ job id   | empty           |
 //! | `incidents`    | seq (u64 BE)                      | `Incident`      |
+//! | `backfills`    | backfill id                       | `Backfill`      |
+//! | `backfill_jobs`| backfill id ++ job id             | empty           |
 //!
 //! `blob_refs` is the blob -> jobs index: one entry per `blobs/` object a job's store checkpoint
 //! names. `record_checkpoint` of the store step replaces the job's entries in the same transaction
 //! as the checkpoint, and `delete_job` removes them in the job's, so the index never disagrees with
 //! the checkpoints (`check_consistency` checks it). A store that predates the index gets it built
 //! from the checkpoints when it is opened.
+//!
+//! `backfill_jobs` is the backfill -> jobs index. `submit_batch` writes a batch's entries in the
+//! same transaction as its submissions, so a job submitted by a backfill is never missing from it;
+//! `delete_job` leaves the entries of a deleted job, which readers skip.
 //!
 //! The write protocol of every mutating operation:
 //! 1. One sled transaction over `jobs`, `keys`, `status_index`, `checkpoints`, `events`,
@@ -57,14 +63,15 @@ use sled::transaction::{
 use sled::{IVec, Transactional};
 
 use super::codec;
+use super::{BatchOptions, Resubmit, SUBMIT_BATCH_MAX};
 use super::{
     JobFilter, JobLogSink, JobReader, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, MaintenanceStore,
     NewIncident, OrchestratorStore, StepEvent, StoreError, StoreResult, SubmitOutcome,
     SubmitRequest, Submitted, WorkerStore,
 };
 use crate::engine::job::{
-    Checkpoint, ErrorInfo, Event, EventKind, Incident, Job, JobId, JobProgress, LeaseToken,
-    Location, LogLine, MediaMetadata, Phase, Status, Timestamp, WorkerId,
+    Backfill, BackfillId, Checkpoint, ErrorInfo, Event, EventKind, Incident, Job, JobId,
+    JobProgress, LeaseToken, Location, LogLine, MediaMetadata, Phase, Status, Timestamp, WorkerId,
 };
 use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
 
@@ -82,6 +89,8 @@ const TREE_LOGS: &str = "logs";
 const TREE_PROGRESS: &str = "progress";
 const TREE_BLOB_REFS: &str = "blob_refs";
 const TREE_INCIDENTS: &str = "incidents";
+const TREE_BACKFILLS: &str = "backfills";
+const TREE_BACKFILL_JOBS: &str = "backfill_jobs";
 
 /// The step whose checkpoint names the stored objects, and so feeds `blob_refs`.
 const STORE_STEP: &str = "store";
@@ -105,12 +114,20 @@ pub struct SledStore {
     progress: sled::Tree,
     blob_refs: sled::Tree,
     incidents: sled::Tree,
+    backfills: sled::Tree,
+    backfill_jobs: sled::Tree,
     /// Serializes incident appends, which number the lines.
     incident_lock: tokio::sync::Mutex<()>,
     /// The sequence number of the next log line, over all jobs: keys still sort per job by seq.
     log_seq_next: AtomicU64,
     /// Serializes flushes; see [`SledStore::flush`].
     flush_lock: tokio::sync::Mutex<()>,
+    /// Serializes `open_backfill`'s find-or-create.
+    backfill_lock: tokio::sync::Mutex<()>,
+    /// Flushes and committed transactions since the store was opened: what batching saves is
+    /// counted, not timed (`submit_batch`'s tests).
+    flushes: AtomicU64,
+    transactions: AtomicU64,
     /// Log lines that could not be written. They are counted, not logged: `append_log` is called
     /// from inside the tracing layer, and logging its own failure would feed the failure back in.
     log_lines_dropped: AtomicU64,
@@ -146,10 +163,15 @@ impl SledStore {
             progress: db.open_tree(TREE_PROGRESS)?,
             blob_refs: db.open_tree(TREE_BLOB_REFS)?,
             incidents: db.open_tree(TREE_INCIDENTS)?,
+            backfills: db.open_tree(TREE_BACKFILLS)?,
+            backfill_jobs: db.open_tree(TREE_BACKFILL_JOBS)?,
             incident_lock: tokio::sync::Mutex::new(()),
             db,
             log_seq_next: AtomicU64::new(log_seq_next),
             flush_lock: tokio::sync::Mutex::new(()),
+            backfill_lock: tokio::sync::Mutex::new(()),
+            flushes: AtomicU64::new(0),
+            transactions: AtomicU64::new(0),
             log_lines_dropped: AtomicU64::new(0),
         };
         store.backfill_blob_refs()?;
@@ -188,6 +210,16 @@ impl SledStore {
     /// Where the store lives on disk.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How many times the store flushed (synced its log) since it was opened.
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// How many transactions over the job trees committed since the store was opened.
+    pub fn transaction_count(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
     }
 
     /// How many log lines `append_log` failed to write since the store was opened.
@@ -341,7 +373,10 @@ impl SledStore {
             },
         );
         match result {
-            Ok(value) => Ok(Ok(value)),
+            Ok(value) => {
+                self.transactions.fetch_add(1, Ordering::Relaxed);
+                Ok(Ok(value))
+            }
             Err(TransactionError::Abort(TxAbort::Rejected(rejected))) => Ok(Err(rejected)),
             Err(TransactionError::Abort(TxAbort::Store(error))) => Err(error),
             Err(TransactionError::Storage(error)) => Err(StoreError::Sled(error)),
@@ -366,7 +401,58 @@ impl SledStore {
                     "the state store flush task failed: {join_error}"
                 )))
             })??;
+        self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// [`SledStore::transact`] with the `backfill_jobs` tree too: one batch of submissions and
+    /// their backfill entries commit together.
+    fn transact_with_backfill_jobs<T>(
+        &self,
+        body: impl Fn(&Tx<'_>, &TransactionalTree) -> TxResult<T>,
+    ) -> StoreResult<Result<T, Rejected>> {
+        let trees = (
+            &self.jobs,
+            &self.keys,
+            &self.status_index,
+            &self.checkpoints,
+            &self.events,
+            &self.metadata,
+            &self.blob_refs,
+            &self.backfill_jobs,
+        );
+        let result = trees.transaction(
+            |(
+                jobs,
+                keys,
+                status_index,
+                checkpoints,
+                events,
+                metadata,
+                blob_refs,
+                backfill_jobs,
+            )| {
+                let tx = Tx {
+                    jobs,
+                    keys,
+                    status_index,
+                    checkpoints,
+                    events,
+                    metadata,
+                    blob_refs,
+                };
+                body(&tx, backfill_jobs)
+            },
+        );
+        match result {
+            Ok(value) => {
+                self.transactions.fetch_add(1, Ordering::Relaxed);
+                Ok(Ok(value))
+            }
+            Err(TransactionError::Abort(TxAbort::Rejected(rejected))) => Ok(Err(rejected)),
+            Err(TransactionError::Abort(TxAbort::Store(error))) => Err(error),
+            Err(TransactionError::Storage(error)) => Err(StoreError::Sled(error)),
+        }
     }
 
     /// One orchestrator transition of one job: transaction, flush, and the log bound.
@@ -604,6 +690,83 @@ impl Tx<'_> {
     }
 }
 
+/// One submission inside a transaction: `submit`'s decision, shared with `submit_batch`.
+fn submit_in_tx(
+    tx: &Tx<'_>,
+    request: &SubmitRequest,
+    resubmit: Resubmit,
+    now: Timestamp,
+) -> TxResult<Submitted> {
+    let key = request.key.as_bytes();
+    let Some(id_bytes) = tx.keys.get(key)? else {
+        let transition = machine::new_job(
+            JobId::new(),
+            request.key.clone(),
+            request.source.clone(),
+            request.workflow.clone(),
+            now,
+        );
+        let job = tx.write_transition(None, transition, now)?;
+        tx.keys.insert(key, &job.id.to_bytes()[..])?;
+        return Ok(Submitted {
+            job,
+            outcome: SubmitOutcome::Created,
+        });
+    };
+    let id = job_id_in(TREE_KEYS, key, &id_bytes).map_err(store_abort)?;
+    let Some(job) = tx.job(id)? else {
+        return Err(store_abort(corrupt(
+            TREE_KEYS,
+            key,
+            format!("key names job {id}, which does not exist"),
+        )));
+    };
+    let (op, outcome) = match job.status {
+        Status::Pending | Status::Running => {
+            return Ok(Submitted {
+                job,
+                outcome: SubmitOutcome::Existing,
+            });
+        }
+        Status::Succeeded if !request.reingest => {
+            return Ok(Submitted {
+                job,
+                outcome: SubmitOutcome::Existing,
+            });
+        }
+        Status::Succeeded => (OrchestratorOp::Reingest, SubmitOutcome::Reingested),
+        // A backfill re-run leaves permanent failures and cancelled jobs alone.
+        Status::Failed | Status::Cancelled
+            if resubmit == Resubmit::TransientFailures
+                && !(job.status == Status::Failed
+                    && machine::is_transient_failure(job.error.as_ref())) =>
+        {
+            return Ok(Submitted {
+                job,
+                outcome: SubmitOutcome::Existing,
+            });
+        }
+        Status::Failed | Status::Cancelled => (
+            OrchestratorOp::Retry {
+                reason: "re-submitted".into(),
+            },
+            SubmitOutcome::Retried,
+        ),
+    };
+    let transition = machine::apply_orchestrator(&job, &op, now).map_err(|rejected| {
+        store_abort(corrupt(
+            TREE_JOBS,
+            &id.to_bytes(),
+            format!(
+                "the state machine refused {} during submit: {rejected}",
+                op.name()
+            ),
+        ))
+    })?;
+    let job = tx.write_transition(Some(&job), transition, now)?;
+    Ok(Submitted { job, outcome })
+}
+
 fn encode_in_tx<T: serde::Serialize>(value: &T) -> TxResult<Vec<u8>> {
     codec::encode(value).map_err(store_abort)
 }
@@ -636,6 +799,13 @@ fn job_id_in(tree: &'static str, key: &[u8], bytes: &[u8]) -> StoreResult<JobId>
     let bytes = <[u8; JOB_ID_BYTES]>::try_from(bytes)
         .map_err(|_| corrupt(tree, key, format!("expected a {JOB_ID_BYTES}-byte job id")))?;
     Ok(JobId::from_bytes(bytes))
+}
+
+fn backfill_job_key(backfill: BackfillId, id: JobId) -> [u8; 2 * JOB_ID_BYTES] {
+    let mut key = [0; 2 * JOB_ID_BYTES];
+    key[..JOB_ID_BYTES].copy_from_slice(&backfill.to_bytes());
+    key[JOB_ID_BYTES..].copy_from_slice(&id.to_bytes());
+    key
 }
 
 fn index_key(status: Status, id: JobId) -> [u8; 1 + JOB_ID_BYTES] {
@@ -909,71 +1079,43 @@ impl JobReader for SledStore {
         }
         Ok(incidents)
     }
+
+    async fn backfills(&self) -> StoreResult<Vec<Backfill>> {
+        let mut backfills = Vec::new();
+        for entry in self.backfills.iter() {
+            let (key, bytes) = entry?;
+            let backfill: Backfill = codec::decode(TREE_BACKFILLS, &key, &bytes)?;
+            if key.as_ref() != backfill.id.to_bytes() {
+                return Err(corrupt(
+                    TREE_BACKFILLS,
+                    &key,
+                    format!("record holds backfill {}", backfill.id),
+                ));
+            }
+            backfills.push(backfill);
+        }
+        Ok(backfills)
+    }
+
+    async fn backfill_jobs(&self, id: BackfillId) -> StoreResult<Vec<JobId>> {
+        let mut ids = Vec::new();
+        for key in self.backfill_jobs.scan_prefix(id.to_bytes()).keys() {
+            let key = key?;
+            ids.push(job_id_in(
+                TREE_BACKFILL_JOBS,
+                &key,
+                key.get(JOB_ID_BYTES..).unwrap_or_default(),
+            )?);
+        }
+        Ok(ids)
+    }
 }
 
 #[async_trait]
 impl OrchestratorStore for SledStore {
     async fn submit(&self, request: &SubmitRequest) -> StoreResult<Submitted> {
         let now = Timestamp::now();
-        let outcome = self.transact(|tx| {
-            let key = request.key.as_bytes();
-            let Some(id_bytes) = tx.keys.get(key)? else {
-                let transition = machine::new_job(
-                    JobId::new(),
-                    request.key.clone(),
-                    request.source.clone(),
-                    request.workflow.clone(),
-                    now,
-                );
-                let job = tx.write_transition(None, transition, now)?;
-                tx.keys.insert(key, &job.id.to_bytes()[..])?;
-                return Ok(Submitted {
-                    job,
-                    outcome: SubmitOutcome::Created,
-                });
-            };
-            let id = job_id_in(TREE_KEYS, key, &id_bytes).map_err(store_abort)?;
-            let Some(job) = tx.job(id)? else {
-                return Err(store_abort(corrupt(
-                    TREE_KEYS,
-                    key,
-                    format!("key names job {id}, which does not exist"),
-                )));
-            };
-            let (op, outcome) = match job.status {
-                Status::Pending | Status::Running => {
-                    return Ok(Submitted {
-                        job,
-                        outcome: SubmitOutcome::Existing,
-                    });
-                }
-                Status::Succeeded if !request.reingest => {
-                    return Ok(Submitted {
-                        job,
-                        outcome: SubmitOutcome::Existing,
-                    });
-                }
-                Status::Succeeded => (OrchestratorOp::Reingest, SubmitOutcome::Reingested),
-                Status::Failed | Status::Cancelled => (
-                    OrchestratorOp::Retry {
-                        reason: "re-submitted".into(),
-                    },
-                    SubmitOutcome::Retried,
-                ),
-            };
-            let transition = machine::apply_orchestrator(&job, &op, now).map_err(|rejected| {
-                store_abort(corrupt(
-                    TREE_JOBS,
-                    &id.to_bytes(),
-                    format!(
-                        "the state machine refused {} during submit: {rejected}",
-                        op.name()
-                    ),
-                ))
-            })?;
-            let job = tx.write_transition(Some(&job), transition, now)?;
-            Ok(Submitted { job, outcome })
-        })?;
+        let outcome = self.transact(|tx| submit_in_tx(tx, request, Resubmit::default(), now))?;
         let submitted = match outcome {
             Ok(submitted) => submitted,
             // The body refuses only through `store_abort`.
@@ -994,6 +1136,64 @@ impl OrchestratorStore for SledStore {
             "job submitted"
         );
         Ok(submitted)
+    }
+
+    async fn submit_batch(
+        &self,
+        requests: &[SubmitRequest],
+        options: &BatchOptions,
+    ) -> StoreResult<Vec<Submitted>> {
+        let mut submitted = Vec::with_capacity(requests.len());
+        for chunk in requests.chunks(SUBMIT_BATCH_MAX) {
+            let now = Timestamp::now();
+            let outcome = self.transact_with_backfill_jobs(|tx, backfill_jobs| {
+                let mut chunk_submitted = Vec::with_capacity(chunk.len());
+                for request in chunk {
+                    let one = submit_in_tx(tx, request, options.resubmit, now)?;
+                    if let Some(backfill) = options.backfill {
+                        backfill_jobs
+                            .insert(&backfill_job_key(backfill, one.job.id)[..], Vec::new())?;
+                    }
+                    chunk_submitted.push(one);
+                }
+                Ok(chunk_submitted)
+            })?;
+            match outcome {
+                Ok(chunk_submitted) => submitted.extend(chunk_submitted),
+                // The body refuses only through `store_abort`.
+                Err(rejected) => {
+                    return Err(corrupt(
+                        TREE_KEYS,
+                        b"",
+                        format!("a batch submit was refused: {rejected}"),
+                    ));
+                }
+            }
+        }
+        // One flush for the whole batch, before any of it is acknowledged (as `submit` does for
+        // one request, existing jobs included).
+        self.flush().await?;
+        tracing::debug!(requests = requests.len(), "batch submitted");
+        Ok(submitted)
+    }
+
+    async fn open_backfill(&self, manifest: &str) -> StoreResult<Backfill> {
+        let _one_at_a_time = self.backfill_lock.lock().await;
+        for backfill in self.backfills().await? {
+            if backfill.manifest == manifest {
+                return Ok(backfill);
+            }
+        }
+        let backfill = Backfill {
+            id: BackfillId::new(),
+            manifest: manifest.to_string(),
+            created_at: Timestamp::now(),
+        };
+        self.backfills
+            .insert(backfill.id.to_bytes(), codec::encode(&backfill)?)?;
+        self.flush().await?;
+        tracing::info!(backfill_id = %backfill.id, manifest, "backfill recorded");
+        Ok(backfill)
     }
 
     async fn claim_next(
@@ -1448,6 +1648,52 @@ mod tests {
 
     fn worker() -> WorkerId {
         WorkerId("test:1:1".to_string())
+    }
+
+    // Guards the point of `submit_batch`: a 2,000-line backfill costs one flush and a transaction
+    // per SUBMIT_BATCH_MAX submissions, not a flush and a transaction per line; and a re-run of
+    // the same batch (every job existing) costs the same, not more.
+    #[tokio::test]
+    async fn a_batch_of_2000_submissions_is_one_flush_and_four_transactions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        let backfill = store
+            .open_backfill("manifest")
+            .await
+            .expect("open_backfill");
+        let requests: Vec<SubmitRequest> = (0..2_000)
+            .map(|index| request(&format!("source-{}", index % 7 + index)))
+            .collect();
+        let options = crate::store::BatchOptions {
+            backfill: Some(backfill.id),
+            ..Default::default()
+        };
+        for _ in 0..2 {
+            let (flushes, transactions) = (store.flush_count(), store.transaction_count());
+            let submitted = store
+                .submit_batch(&requests, &options)
+                .await
+                .expect("submit_batch");
+            assert_eq!(submitted.len(), 2_000);
+            assert_eq!(store.flush_count() - flushes, 1, "one flush for the batch");
+            assert_eq!(
+                store.transaction_count() - transactions,
+                2_000_u64.div_ceil(u64::try_from(crate::store::SUBMIT_BATCH_MAX).expect("small")),
+                "one transaction per SUBMIT_BATCH_MAX submissions"
+            );
+        }
+        let distinct: BTreeSet<String> = requests.iter().map(|r| r.key.clone()).collect();
+        assert_eq!(
+            store.backfill_jobs(backfill.id).await.expect("jobs").len(),
+            distinct.len()
+        );
+        // One at a time, the same work would flush once per submission.
+        let flushes = store.flush_count();
+        for request in requests.iter().take(10) {
+            store.submit(request).await.expect("submit");
+        }
+        assert_eq!(store.flush_count() - flushes, 10);
+        store.check_consistency().expect("consistent");
     }
 
     #[tokio::test]

@@ -273,6 +273,15 @@ impl Origin {
             .insert(path.trim_start_matches('/').to_string(), status);
     }
 
+    /// Undoes `fail_with`: `path` is served again.
+    pub fn heal(&self, path: &str) {
+        self.state
+            .statuses
+            .lock()
+            .unwrap()
+            .remove(path.trim_start_matches('/'));
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
     }

@@ -3,6 +3,7 @@
 mod fixture;
 
 mod azblob;
+mod backfill;
 mod bad_input;
 mod cancel;
 mod crash;
