@@ -982,7 +982,7 @@ fn proxies_from_the_environment_are_ignored() {
     let home = Home::new();
     let dir = workflows(
         &home,
-        "connect_timeout_s = 2, read_timeout_s = 1, attempts_max = 1",
+        "connect_timeout_s = 5, read_timeout_s = 10, attempts_max = 1",
     );
     let origin = ScriptedOrigin::start();
     origin.put_sample("/media/clip.mp4");

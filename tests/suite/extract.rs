@@ -642,9 +642,16 @@ fn a_stuck_ffprobe_or_ffmpeg_is_killed_at_its_timeout_with_no_process_left() {
 
     let (probed, extracted) = runtime.block_on(async {
         let probed = probe(&tools, &fifo, &params, &mut cancel).await;
-        let metadata = probe(&Tools::default(), sample_video(), &params, &mut cancel)
-            .await
-            .expect("the sample probes");
+        // The real sample is probed under the default timeout: the tiny one is for the stuck
+        // tools only, and a loaded machine may take longer than it to probe real media.
+        let metadata = probe(
+            &Tools::default(),
+            sample_video(),
+            &ExtractParams::default(),
+            &mut cancel,
+        )
+        .await
+        .expect("the sample probes");
         let extracted =
             extract_audio(&tools, &fifo, &metadata, &params, &scratch, &mut cancel).await;
         (probed, extracted)
