@@ -5,7 +5,10 @@
 
 pub mod backfill;
 pub mod doctor;
+pub mod health;
 pub mod maintenance;
+pub mod signals;
+pub mod stuck;
 pub mod views;
 
 use std::io::Write;
@@ -64,6 +67,58 @@ pub struct GlobalArgs {
     pub log_format: LogFormat,
 }
 
+/// A bulk selection of jobs for `retry` and `cancel` instead of ids.
+#[derive(Debug, Args, Clone)]
+pub struct SelectionArgs {
+    /// Every job with this status.
+    #[arg(long)]
+    pub status: Option<Status>,
+    /// Only jobs whose last error has this class (`download_blocked`, ...).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Only the jobs of this backfill.
+    #[arg(long, value_name = "ID")]
+    pub backfill: Option<BackfillId>,
+}
+
+impl SelectionArgs {
+    fn selection(&self) -> crate::engine::stuck::Selection {
+        crate::engine::stuck::Selection {
+            status: self.status,
+            class: self.class.clone(),
+            backfill: self.backfill,
+        }
+    }
+}
+
+/// The ids given, or the jobs a selection names that `allowed` statuses admit (a bulk operation
+/// skips jobs it could not act on rather than refusing them one by one).
+async fn ids_or_selection(
+    engine: &Engine,
+    ids: Vec<JobId>,
+    selection: &SelectionArgs,
+    allowed: &[Status],
+) -> Result<Vec<JobId>, CliError> {
+    if !ids.is_empty() {
+        return Ok(ids);
+    }
+    let jobs = crate::engine::stuck::select_jobs(engine, &selection.selection()).await?;
+    Ok(jobs
+        .into_iter()
+        .filter(|job| allowed.contains(&job.status))
+        .map(|job| job.id)
+        .collect())
+}
+
+/// How a job-running command stops on SIGINT/SIGTERM.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct ShutdownArgs {
+    /// After SIGINT/SIGTERM, how long running steps may take to reach their checkpoint before
+    /// they are cancelled and their jobs released to pending.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub grace_s: u64,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Submit sources and run their jobs to completion in this process.
@@ -83,6 +138,8 @@ pub enum Command {
         /// Re-run succeeded jobs through their checkpoints: only missing or changed work is done.
         #[arg(long)]
         reingest: bool,
+        #[command(flatten)]
+        shutdown: ShutdownArgs,
     },
     /// Enqueue sources without running them; prints the job ids.
     Submit {
@@ -102,6 +159,8 @@ pub enum Command {
         /// Exit once no job is left to run.
         #[arg(long)]
         drain: bool,
+        #[command(flatten)]
+        shutdown: ShutdownArgs,
     },
     /// List jobs, newest first.
     Jobs {
@@ -113,6 +172,23 @@ pub enum Command {
         /// Only the jobs of this backfill (`backfill --list` shows the ids).
         #[arg(long, value_name = "ID")]
         backfill: Option<BackfillId>,
+        /// Only running jobs whose lease expired or that have not moved (no event, no download
+        /// progress) for `--stuck-after-s` seconds.
+        #[arg(long, conflicts_with_all = ["status", "backfill"])]
+        stuck: bool,
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::engine::stuck::DEFAULT_STUCK_AFTER_S)]
+        stuck_after_s: u64,
+    },
+    /// Return a job to pending (the runbook's "manually reset job status"): a running job whose
+    /// lease expired, or a succeeded or failed one. Recorded as an event and an incident.
+    Reset {
+        id: JobId,
+        /// Also reset a running job whose lease is still live (its holder may still be working).
+        #[arg(long)]
+        force: bool,
+        /// Why, for the event history and the incident log.
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// Submit a manifest of sources in batches and run them; running it again resumes it.
     Backfill {
@@ -134,6 +210,8 @@ pub enum Command {
         /// List the backfills instead: id, creation time, jobs, manifest.
         #[arg(long, conflicts_with = "manifest")]
         list: bool,
+        #[command(flatten)]
+        shutdown: ShutdownArgs,
     },
     /// Show a job: status, phase, checkpoints, artifacts, metadata and events.
     Show { id: JobId },
@@ -141,18 +219,24 @@ pub enum Command {
     Logs { id: JobId },
     /// Send failed or cancelled jobs back to pending and run them, resuming from their last done step.
     Retry {
-        #[arg(required = true)]
+        #[arg(required_unless_present_any = ["status", "class", "backfill"], conflicts_with_all = ["status", "class", "backfill"])]
         ids: Vec<JobId>,
+        #[command(flatten)]
+        selection: SelectionArgs,
         /// Only enqueue; a worker runs them.
         #[arg(long)]
         detach: bool,
         #[arg(long, default_value_t = 2)]
         concurrency: usize,
+        #[command(flatten)]
+        shutdown: ShutdownArgs,
     },
     /// Cancel jobs: pending or failed ones at once, running ones at their next step boundary.
     Cancel {
-        #[arg(required = true)]
+        #[arg(required_unless_present_any = ["status", "class", "backfill"], conflicts_with_all = ["status", "class", "backfill"])]
         ids: Vec<JobId>,
+        #[command(flatten)]
+        selection: SelectionArgs,
     },
     /// Check that each job's video, audio, metadata object, manifest and metadata record exist and
     /// match their checkpoints (runbook step 3). Exits 1 on any problem.
@@ -188,6 +272,18 @@ pub enum Command {
         /// Carry out the plan the dry run printed; refused if the plan changed since.
         #[arg(long, value_name = "PLAN_ID")]
         confirm: Option<String>,
+    },
+    /// The runbook's escalation signals: hosts with repeated failures, storage reachability and
+    /// failures, stuck jobs, corruption. Exits 1 when something calls for escalation.
+    Health {
+        /// A host with at least this many failed jobs in the window calls for escalation.
+        #[arg(long, default_value_t = 3)]
+        host_failures_min: usize,
+        /// How far back failures count, in seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
+        window_s: u64,
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::engine::stuck::DEFAULT_STUCK_AFTER_S)]
+        stuck_after_s: u64,
     },
     /// Print the incident log: every action cleanup and delete took.
     Incidents,
@@ -275,7 +371,20 @@ pub fn open_home(global: &GlobalArgs) -> Result<Home, CliError> {
         .map_err(|error| CliError::Usage(error.to_string()))?;
     let mut network = crate::steps::net::NetworkPolicy::from_env();
     network.allow_private_network |= global.allow_private_network;
-    let engine = Engine::new(store, storage, workflows, &home, network);
+    let mut engine = Engine::new(store, storage, workflows, &home, network);
+    // The lease length is a knob for tests and for stores shared by slow networks.
+    if let Ok(text) = std::env::var("NARRA_LEASE_TTL_MS") {
+        engine.lease_ttl_ms = text
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|ttl_ms| *ttl_ms > 0)
+            .ok_or_else(|| {
+                CliError::Usage(format!(
+                    "NARRA_LEASE_TTL_MS must be a positive number of milliseconds, not {text:?}"
+                ))
+            })?;
+    }
     Ok(Home {
         engine,
         _lock: lock,
@@ -289,15 +398,20 @@ fn absolute(path: &Path) -> Result<PathBuf, CliError> {
 
 /// Runs a parsed command line: the whole of `main`, short of process setup.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    // A worker stops gracefully on Ctrl-C; the handler is installed before anything else, so an
-    // early SIGINT is never the default "die at once".
-    let mut interrupt = match cli.command {
-        Command::Worker { .. } => Some(
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-                .map_err(|error| CliError::Other(error.into()))?,
-        ),
+    // Commands that run jobs stop gracefully on SIGINT/SIGTERM; the handlers are installed before
+    // anything else, so an early signal is never the default "die at once".
+    let shutdown = crate::engine::shutdown::Shutdown::new();
+    let grace_s = match &cli.command {
+        Command::Worker { shutdown, .. }
+        | Command::Ingest { shutdown, .. }
+        | Command::Retry { shutdown, .. }
+        | Command::Backfill { shutdown, .. } => Some(shutdown.grace_s),
         _ => None,
     };
+    if let Some(grace_s) = grace_s {
+        signals::install(shutdown.clone(), std::time::Duration::from_secs(grace_s))
+            .map_err(|error| CliError::Other(error.into()))?;
+    }
     // Doctor must answer when the home is missing, broken or held by another process.
     if let Command::Doctor {
         scratch_min_free_mb,
@@ -305,7 +419,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     {
         return run_doctor(&cli.global, scratch_min_free_mb).await;
     }
-    let home = open_home(&cli.global)?;
+    let mut home = open_home(&cli.global)?;
+    home.engine.shutdown = shutdown.clone();
     let engine = &home.engine;
     let json = cli.global.json;
     let mut out = std::io::stdout().lock();
@@ -316,6 +431,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             key,
             concurrency,
             reingest,
+            shutdown: _,
         } => {
             reclaim_orphans(engine).await?;
             let options = SubmitOptions {
@@ -360,23 +476,28 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Worker { concurrency, drain } => {
+        Command::Worker {
+            concurrency, drain, ..
+        } => {
             reclaim_orphans(engine).await?;
-            let shutdown = async {
-                if let Some(interrupt) = interrupt.as_mut() {
-                    interrupt.recv().await;
-                }
-                tracing::warn!("interrupted: finishing the running jobs, claiming no new ones");
-            };
-            let jobs = work(engine, concurrency, drain, shutdown).await?;
+            let jobs = work(engine, concurrency, drain, shutdown.draining()).await?;
             print_jobs(&mut out, &jobs, json)?;
+            // Stopped by a signal: the jobs it held are released, which is a clean exit.
+            if shutdown.is_draining() {
+                return Ok(ExitCode::SUCCESS);
+            }
             Ok(exit_for(&jobs))
         }
         Command::Jobs {
             status,
             limit,
             backfill,
+            stuck,
+            stuck_after_s,
         } => {
+            if stuck {
+                return stuck::list(engine, &mut out, stuck_after_s, json).await;
+            }
             let jobs = match backfill {
                 None => engine.store.jobs(&JobFilter { status, limit }).await?,
                 Some(id) => {
@@ -457,8 +578,17 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             ids,
             detach,
             concurrency,
+            selection,
+            ..
         } => {
             reclaim_orphans(engine).await?;
+            let ids = ids_or_selection(
+                engine,
+                ids,
+                &selection,
+                &[Status::Failed, Status::Cancelled, Status::Pending],
+            )
+            .await?;
             let mut refused = false;
             let mut queued = Vec::new();
             for id in ids {
@@ -493,7 +623,14 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 Ok(exit_for(&jobs))
             }
         }
-        Command::Cancel { ids } => {
+        Command::Cancel { ids, selection } => {
+            let ids = ids_or_selection(
+                engine,
+                ids,
+                &selection,
+                &[Status::Pending, Status::Failed, Status::Running],
+            )
+            .await?;
             let mut refused = false;
             let mut jobs = Vec::new();
             for id in ids {
@@ -520,6 +657,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             retry_permanent,
             reingest,
             list: false,
+            ..
         } => {
             let manifest = manifest.expect("clap requires a manifest unless --list");
             let options = crate::engine::backfill::BackfillOptions {
@@ -577,6 +715,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let options = crate::engine::cleanup::CleanupOptions { deep, min_age_s };
             maintenance::cleanup(engine, &mut out, options, confirm, json).await
         }
+        Command::Reset { id, force, reason } => {
+            stuck::reset(engine, &mut out, id, reason.as_deref(), force, json).await
+        }
+        Command::Health {
+            host_failures_min,
+            window_s,
+            stuck_after_s,
+        } => {
+            let options = crate::engine::health::HealthOptions {
+                host_failures_min,
+                window_s,
+                stuck_after_s,
+            };
+            health::health(engine, &mut out, options, json).await
+        }
         Command::Incidents => maintenance::incidents(engine, &mut out, json).await,
         Command::Delete { id, confirm } => {
             maintenance::delete(engine, &mut out, id, confirm, json).await
@@ -611,7 +764,7 @@ async fn run_doctor(global: &GlobalArgs, scratch_min_free_mb: u64) -> Result<Exi
     })
 }
 
-fn print_jobs(
+pub(crate) fn print_jobs(
     out: &mut impl Write,
     jobs: &[crate::engine::job::Job],
     json: bool,
@@ -644,6 +797,6 @@ fn not_found(id: JobId) -> CliError {
     CliError::Other(anyhow::anyhow!("job {id} not found"))
 }
 
-fn io(error: std::io::Error) -> CliError {
+pub(crate) fn io(error: std::io::Error) -> CliError {
     CliError::Other(error.into())
 }

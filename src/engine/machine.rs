@@ -50,6 +50,12 @@ pub enum OrchestratorOp {
     /// succeeded|failed -> pending: `cleanup` removed artifacts the job's checkpoints name, so the
     /// job must run again to restore them (runbook step 5, "reset job status").
     Reset { reason: String },
+    /// An operator's `narra reset`: running -> pending for a job whose lease expired (its holder is
+    /// gone or stuck), or any running job with `force`; succeeded|failed -> pending as [`Reset`].
+    /// The phase and lease are cleared in the same transition, like every move out of running.
+    ///
+    /// [`Reset`]: OrchestratorOp::Reset
+    ResetByOperator { reason: String, force: bool },
 }
 
 impl OrchestratorOp {
@@ -65,6 +71,7 @@ impl OrchestratorOp {
             OrchestratorOp::Reingest => "reingest",
             OrchestratorOp::Reclaim { .. } => "reclaim",
             OrchestratorOp::Reset { .. } => "reset",
+            OrchestratorOp::ResetByOperator { .. } => "reset",
         }
     }
 }
@@ -92,6 +99,15 @@ pub enum Rejected {
         job_id: JobId,
         op: &'static str,
         status: Status,
+    },
+    /// A running job whose lease has not expired: its holder may be working on it.
+    #[error(
+        "job {job_id} is running under a live lease (worker {worker_id}, expires {expires_at}): not reset without --force"
+    )]
+    LeaseLive {
+        job_id: JobId,
+        worker_id: String,
+        expires_at: String,
     },
 }
 
@@ -280,6 +296,37 @@ pub fn apply_orchestrator(
             }
             _ => return Err(not_allowed()),
         },
+        OrchestratorOp::ResetByOperator { reason, force } => match job.status {
+            Status::Running => {
+                if let Some(lease) = &job.lease
+                    && lease.expires_at > now
+                    && !force
+                {
+                    return Err(Rejected::LeaseLive {
+                        job_id: job.id,
+                        worker_id: lease.worker_id.0.clone(),
+                        expires_at: lease.expires_at.to_rfc3339(),
+                    });
+                }
+                events.push(EventKind::RetryRequested {
+                    reason: reason.clone(),
+                });
+                // As with reclaim, a cancel asked of the job is honoured, not forgotten.
+                let to = if job.cancel_requested {
+                    Status::Cancelled
+                } else {
+                    Status::Pending
+                };
+                set_status(&mut next, &mut events, to, reason.clone());
+            }
+            Status::Succeeded | Status::Failed => {
+                events.push(EventKind::RetryRequested {
+                    reason: reason.clone(),
+                });
+                set_status(&mut next, &mut events, Status::Pending, reason.clone());
+            }
+            _ => return Err(not_allowed()),
+        },
     }
     next.updated_at = now;
     Ok(Transition { job: next, events })
@@ -433,6 +480,7 @@ mod tests {
         Reclaim,
         SetPhase(TokenChoice, Phase),
         Reset,
+        ResetByOperator(bool),
     }
 
     fn token_choice() -> impl Strategy<Value = TokenChoice> {
@@ -464,6 +512,7 @@ mod tests {
             2 => Just(GenOp::Reclaim),
             5 => (token_choice(), phase()).prop_map(|(token, phase)| GenOp::SetPhase(token, phase)),
             1 => Just(GenOp::Reset),
+            1 => any::<bool>().prop_map(GenOp::ResetByOperator),
         ]
     }
 
@@ -533,6 +582,10 @@ mod tests {
             }),
             GenOp::Reset => Op::Orchestrator(OrchestratorOp::Reset {
                 reason: "prop reset".to_string(),
+            }),
+            GenOp::ResetByOperator(force) => Op::Orchestrator(OrchestratorOp::ResetByOperator {
+                reason: "prop operator reset".to_string(),
+                force: *force,
             }),
         }
     }
@@ -618,6 +671,15 @@ mod tests {
                 let Ok(Transition { job: next, events }) = result else {
                     continue;
                 };
+                // An operator's reset without --force never takes a job from a live lease.
+                if let Op::Orchestrator(OrchestratorOp::ResetByOperator { force: false, .. }) = &op
+                    && job.status == Status::Running
+                {
+                    prop_assert!(
+                        job.lease.as_ref().is_none_or(|lease| lease.expires_at <= now),
+                        "reset a job under a live lease: {:?}", job.lease
+                    );
+                }
                 prop_assert!(next.invariants_hold().is_ok(), "{:?}", next.invariants_hold());
                 prop_assert!(
                     next.ingestion_phase.is_none() || next.status == Status::Running,

@@ -8,11 +8,14 @@
 pub mod audit;
 pub mod backfill;
 pub mod cleanup;
+pub mod health;
 pub mod job;
 pub mod machine;
 pub mod orchestrator;
 pub mod reprobe;
+pub mod shutdown;
 pub mod sources;
+pub mod stuck;
 pub mod verify;
 pub mod worker;
 
@@ -41,6 +44,8 @@ pub struct Engine {
     /// Which addresses downloads may reach.
     pub network: NetworkPolicy,
     pub lease_ttl_ms: u64,
+    /// SIGINT/SIGTERM: claim no more, release running jobs (`engine::shutdown`).
+    pub shutdown: shutdown::Shutdown,
     /// Download clients by connect timeout and user agent: one connection pool each.
     http_clients: Arc<Mutex<HashMap<(u64, String), reqwest::Client>>>,
 }
@@ -61,6 +66,7 @@ impl Engine {
             worker_id: WorkerId(format!("{}:{}", hostname(), std::process::id())),
             network,
             lease_ttl_ms: LEASE_TTL_MS,
+            shutdown: shutdown::Shutdown::new(),
             http_clients: Arc::default(),
         }
     }

@@ -107,6 +107,13 @@ pub async fn reclaim_orphans(engine: &Engine) -> Result<Vec<Job>, EngineError> {
 /// Runs one pending job to a terminal status (or leaves it to whoever holds its lease).
 pub async fn run_job(engine: &Engine, id: JobId) -> Result<Job, EngineError> {
     let store: Arc<dyn OrchestratorStore> = engine.store.clone();
+    // Shutting down: a job not yet claimed stays as it is, for the next run.
+    if engine.shutdown.is_draining() {
+        return store
+            .job(id)
+            .await?
+            .ok_or(EngineError::Rejected(Rejected::NotFound(id)));
+    }
     crate::failpoint!("claim.before");
     let (job, token) = match store
         .claim(id, &engine.worker_id, engine.lease_ttl_ms)
@@ -140,6 +147,7 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
             token.clone(),
             engine.lease_ttl_ms,
             cancel_sender,
+            engine.shutdown.clone(),
         )));
         let outcome = execute(engine, &job, &token, cancel).await;
         drop(keeper);
@@ -151,6 +159,7 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
                 completed
             }
             Ok(WorkOutcome::CancelRequested) => store.confirm_cancel(&token).await?,
+            Ok(WorkOutcome::ShuttingDown) => release(store.as_ref(), &token).await?,
             Ok(WorkOutcome::LeaseLost) => {
                 tracing::warn!("the lease was lost; another claim owns the job now");
                 return store.job(job.id).await?.ok_or(EngineError::Rejected(Rejected::NotFound(job.id)));
@@ -183,19 +192,62 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
     .await
 }
 
-/// Renews the lease every third of its length and passes a cancel request (or a lost lease) to the
-/// worker through `cancel`.
+/// Gives a job this process holds back to `pending` because the process is shutting down (the
+/// reclaim transition: phase cleared, lease cleared, this token fenced from now on). A job whose
+/// lease is no longer ours is left to its new holder; one asked to cancel ends cancelled.
+async fn release(
+    store: &dyn OrchestratorStore,
+    token: &LeaseToken,
+) -> Result<Result<Job, Rejected>, EngineError> {
+    let current = store
+        .job(token.job_id)
+        .await?
+        .ok_or(EngineError::Rejected(Rejected::NotFound(token.job_id)))?;
+    let ours = current.status == Status::Running
+        && current
+            .lease
+            .as_ref()
+            .is_some_and(|lease| lease.fencing_token == token.fencing_token);
+    if !ours {
+        return Ok(Ok(current));
+    }
+    let released = store.reclaim(token.job_id, RELEASED_AT_SHUTDOWN).await?;
+    if released.is_ok() {
+        tracing::warn!("released at shutdown: back to pending, resumes from its checkpoints");
+    }
+    Ok(released)
+}
+
+/// The reason recorded when a shutting-down process gives a job back.
+pub const RELEASED_AT_SHUTDOWN: &str = "released: the worker shut down before the job finished";
+
+/// Renews the lease every third of its length and passes a cancel request, a lost lease or the end
+/// of the shutdown grace period to the worker through `cancel`.
 async fn keep_lease(
     store: Arc<dyn OrchestratorStore>,
     token: LeaseToken,
     lease_ttl_ms: u64,
     cancel: tokio::sync::watch::Sender<bool>,
+    shutdown: crate::engine::shutdown::Shutdown,
 ) {
     let renew_every = Duration::from_millis((lease_ttl_ms / 3).max(1));
     let poll_every = Duration::from_millis(250).min(renew_every);
     let mut since_renewal = Duration::ZERO;
+    let mut grace_over = false;
     loop {
-        tokio::time::sleep(poll_every).await;
+        if grace_over {
+            tokio::time::sleep(poll_every).await;
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep(poll_every) => {}
+                () = shutdown.expired() => {
+                    tracing::warn!("the shutdown grace period is over: cancelling the running step");
+                    grace_over = true;
+                    let _ = cancel.send(true);
+                    continue;
+                }
+            }
+        }
         since_renewal += poll_every;
         if since_renewal >= renew_every {
             since_renewal = Duration::ZERO;
@@ -459,6 +511,48 @@ mod tests {
             !engine.scratch_dir(id).join("original").exists(),
             "no partial download at the final name"
         );
+    }
+
+    // Guards graceful shutdown's two rules in the library: once draining, a job not yet claimed is
+    // left pending (not claimed), and a claimed job stops at its next step boundary and is released
+    // to pending with its phase cleared, rather than failed or cancelled.
+    #[tokio::test]
+    async fn a_draining_engine_claims_nothing_and_releases_at_the_step_boundary() {
+        let home = tempfile::tempdir().unwrap();
+        let engine = engine(home.path());
+        let submitted = submit(
+            &engine,
+            &["ftp://example.com/a.mp4".to_string()],
+            &SubmitOptions::default(),
+        )
+        .await
+        .unwrap();
+        let id = submitted[0].job.id;
+        let (job, token) = engine
+            .store
+            .claim(id, &engine.worker_id, engine.lease_ttl_ms)
+            .await
+            .unwrap()
+            .unwrap();
+        engine.shutdown.begin();
+
+        let released = run_claimed(&engine, job, token).await.unwrap();
+        assert_eq!(released.status, Status::Pending);
+        assert_eq!(released.ingestion_phase, None);
+        assert!(released.lease.is_none());
+        assert!(released.error.is_none(), "not failed: {:?}", released.error);
+        let events = engine.store.events(id).await.unwrap();
+        assert!(
+            events.iter().any(|event| matches!(
+                &event.kind,
+                crate::engine::job::EventKind::StatusChanged { reason, .. } if reason == RELEASED_AT_SHUTDOWN
+            )),
+            "{events:?}"
+        );
+
+        let untouched = run_job(&engine, id).await.unwrap();
+        assert_eq!(untouched.status, Status::Pending);
+        assert_eq!(untouched.attempts, 1, "not claimed again while draining");
     }
 
     // Guards that a job left running by a dead process is reclaimed with its old token fenced, and

@@ -33,6 +33,9 @@ pub enum WorkOutcome {
     CancelRequested,
     /// The lease was lost: another claim owns the job now, and this worker must write nothing more.
     LeaseLost,
+    /// The process is shutting down: the worker stopped at a step boundary, or its step was
+    /// cancelled when the grace period ran out. The orchestrator releases the job to `pending`.
+    ShuttingDown,
 }
 
 /// Runs a claimed job's workflow.
@@ -127,7 +130,14 @@ impl<'a> Run<'a> {
             }
             phase_failpoint(kind, Boundary::After);
             let current = self.store.job(self.job.id).await.map_err(internal)?;
-            if current.as_ref().is_some_and(|job| job.cancel_requested) || *self.cancel.borrow() {
+            if current.as_ref().is_some_and(|job| job.cancel_requested) {
+                return Ok(WorkOutcome::CancelRequested);
+            }
+            // Draining: the step before this one reached its checkpoint; start no other.
+            if self.engine.shutdown.is_draining() {
+                return Ok(WorkOutcome::ShuttingDown);
+            }
+            if *self.cancel.borrow() {
                 return Ok(WorkOutcome::CancelRequested);
             }
             let definition_hash = step.definition_hash();
@@ -209,6 +219,10 @@ impl<'a> Run<'a> {
                             .await;
                     }
                     if error.class == ErrorClass::Cancelled {
+                        // Cancelled by the grace period's end rather than by a cancel request.
+                        if self.engine.shutdown.is_draining() {
+                            return Ok(WorkOutcome::ShuttingDown);
+                        }
                         return Ok(WorkOutcome::CancelRequested);
                     }
                     return Err(error);

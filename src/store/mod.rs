@@ -224,6 +224,14 @@ pub trait OrchestratorStore: JobReader {
     async fn reclaim(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
     /// succeeded|failed -> pending after `cleanup` removed artifacts the job needs.
     async fn reset(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
+    /// An operator's `narra reset` (`machine::OrchestratorOp::ResetByOperator`): a running job
+    /// whose lease expired (or any, with `force`), or a succeeded or failed one, back to pending.
+    async fn reset_by_operator(
+        &self,
+        id: JobId,
+        reason: &str,
+        force: bool,
+    ) -> StoreResult<Result<Job, Rejected>>;
     /// `narra reprobe`: replaces a finished job's metadata record and its extract checkpoint (whose
     /// `metadata` output hashes the record) and appends a `reprobed` event listing `changes`, in one
     /// transaction. Refused unless the job is succeeded, failed or cancelled, so no worker is

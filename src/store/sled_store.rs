@@ -1332,6 +1332,19 @@ impl OrchestratorStore for SledStore {
         };
         self.orchestrate(id, &op).await
     }
+
+    async fn reset_by_operator(
+        &self,
+        id: JobId,
+        reason: &str,
+        force: bool,
+    ) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::ResetByOperator {
+            reason: reason.to_string(),
+            force,
+        };
+        self.orchestrate(id, &op).await
+    }
 }
 
 #[async_trait]

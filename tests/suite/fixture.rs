@@ -4,6 +4,7 @@
 //! tampering, snapshots of inode, size and mtime).
 
 use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -560,4 +561,76 @@ pub fn replayed_states(show: &Value) -> Vec<JobState> {
 /// A `(status, phase)` pair as written in the runbook's table.
 pub fn state(status: &str, phase: Option<&str>) -> JobState {
     (Some(status.to_string()), phase.map(str::to_string))
+}
+
+/// A loopback origin for one file that, while `stalling`, answers with the headers and the first
+/// bytes, reports that on `stalled`, and then holds the connection open sending nothing; once
+/// `stalling` is cleared it serves the whole file.
+pub struct StallingOrigin {
+    pub url: String,
+    stalling: Arc<std::sync::atomic::AtomicBool>,
+    stalled: std::sync::mpsc::Receiver<()>,
+}
+
+impl StallingOrigin {
+    pub fn start(body: Vec<u8>) -> StallingOrigin {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let url = format!("http://{}/stall.mp4", listener.local_addr().unwrap());
+        let stalling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (sender, stalled) = std::sync::mpsc::channel();
+        let serving = stalling.clone();
+        std::thread::spawn(move || {
+            // Stalled connections are kept here, open, for as long as the test runs.
+            let mut held: Vec<std::net::TcpStream> = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+                    match stream.read(&mut buffer) {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                if serving.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = stream.write_all(&body[..1000]);
+                    let _ = stream.flush();
+                    let _ = sender.send(());
+                    held.push(stream);
+                } else {
+                    let _ = stream.write_all(&body);
+                }
+            }
+        });
+        StallingOrigin {
+            url,
+            stalling,
+            stalled,
+        }
+    }
+
+    pub fn wait_for_stall(&self) {
+        self.stalled
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the download reached the origin");
+    }
+
+    pub fn fix(&self) {
+        self.stalling
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Sends the signal `name` (`TERM`, `INT`, `KILL`) to process `pid`.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name} {pid}");
 }

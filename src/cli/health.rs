@@ -1,0 +1,144 @@
+//! Output of `narra health` (the library side is `engine::health`): a line per signal, or JSON.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use crate::cli::{CliError, io};
+use crate::engine::Engine;
+use crate::engine::health::{HealthOptions, HealthReport, assess};
+use crate::engine::job::Timestamp;
+
+fn counts_text(counts: &std::collections::BTreeMap<String, usize>) -> String {
+    counts
+        .iter()
+        .map(|(class, count)| format!("{class} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn verdict(escalate: bool) -> &'static str {
+    if escalate { "ESCALATE" } else { "ok" }
+}
+
+pub fn report_json(report: &HealthReport) -> serde_json::Value {
+    json!({
+        "escalate": report.escalate(),
+        "escalations": report.escalations(),
+        "window_s": report.options.window_s,
+        "failed_recently": report.failed_recently,
+        "failing_hosts": report.hosts.iter().map(|host| json!({
+            "host": host.host,
+            "failures": host.failures,
+            "classes": host.classes,
+            "escalate": host.escalate,
+        })).collect::<Vec<_>>(),
+        "host_failures_min": report.options.host_failures_min,
+        "storage": {
+            "reachable": report.storage.reachable,
+            "detail": report.storage.detail,
+            "failures": report.storage.failures,
+            "escalate": report.storage_escalates(),
+        },
+        "stuck": report.stuck.iter().map(crate::cli::stuck::stuck_json).collect::<Vec<_>>(),
+        "corruption": {
+            "failures": report.corruption.failures,
+            "corrupt_artifacts_removed": report.corruption.corrupt_artifacts_removed,
+            "escalate": report.corruption_escalates(),
+        },
+    })
+}
+
+pub fn report_text(report: &HealthReport) -> String {
+    let mut lines = Vec::new();
+    let escalating: Vec<_> = report.hosts.iter().filter(|host| host.escalate).collect();
+    if escalating.is_empty() {
+        lines.push(format!(
+            "failing_hosts  ok        no host with {} or more failed jobs in the last {} s ({} failed)",
+            report.options.host_failures_min, report.options.window_s, report.failed_recently
+        ));
+    }
+    for host in escalating {
+        lines.push(format!(
+            "failing_hosts  ESCALATE  {}: {} failed jobs in the last {} s ({})",
+            host.host,
+            host.failures,
+            report.options.window_s,
+            counts_text(&host.classes)
+        ));
+    }
+    let mut storage = report.storage.detail.clone();
+    if !report.storage.failures.is_empty() {
+        storage.push_str(&format!(
+            "; jobs failed by storage: {}",
+            counts_text(&report.storage.failures)
+        ));
+    }
+    lines.push(format!(
+        "storage        {:<8}  {storage}",
+        verdict(report.storage_escalates())
+    ));
+    if report.stuck.is_empty() {
+        lines.push(format!(
+            "stuck_jobs     ok        none (lease expired, or no progress for {} s)",
+            report.options.stuck_after_s
+        ));
+    }
+    for stuck in &report.stuck {
+        lines.push(format!(
+            "stuck_jobs     ESCALATE  {}",
+            crate::cli::stuck::stuck_text(stuck)
+        ));
+    }
+    let corruption = if report.corruption_escalates() {
+        format!(
+            "jobs failed: {}; corrupt artifacts removed by cleanup: {}",
+            if report.corruption.failures.is_empty() {
+                "none".to_string()
+            } else {
+                counts_text(&report.corruption.failures)
+            },
+            report.corruption.corrupt_artifacts_removed
+        )
+    } else {
+        "no checksum mismatch and no corrupt artifact removed".to_string()
+    };
+    lines.push(format!(
+        "corruption     {:<8}  {corruption}",
+        verdict(report.corruption_escalates())
+    ));
+    let escalations = report.escalations();
+    lines.push(if escalations.is_empty() {
+        "nothing calls for escalation".to_string()
+    } else {
+        format!("escalate: {}", escalations.join(", "))
+    });
+    lines.join("\n")
+}
+
+/// `narra health`: exits 1 when something calls for escalation.
+pub async fn health(
+    engine: &Engine,
+    out: &mut impl Write,
+    options: HealthOptions,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let report = assess(engine, &options, Timestamp::now()).await?;
+    if json {
+        let value = report_json(&report);
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&value).expect("JSON")
+        )
+        .map_err(io)?;
+    } else {
+        writeln!(out, "{}", report_text(&report)).map_err(io)?;
+    }
+    Ok(if report.escalate() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
