@@ -71,12 +71,7 @@ pub async fn run(
     let _ = reporter.await;
     let summary = summary?;
     if json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&summary_json(&summary)).expect("JSON")
-        )
-        .map_err(io)?;
+        super::print_json(out, &summary_json(&summary))?;
     } else {
         write!(out, "{}", summary_text(&summary)).map_err(io)?;
     }
@@ -102,12 +97,7 @@ pub async fn list(engine: &Engine, out: &mut impl Write, json: bool) -> Result<E
                 })
             })
             .collect();
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&list).expect("JSON")
-        )
-        .map_err(io)?;
+        super::print_json(out, &list)?;
     } else {
         for (backfill, jobs) in &backfills {
             writeln!(

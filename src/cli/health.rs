@@ -127,12 +127,7 @@ pub async fn health(
     let report = assess(engine, &options, Timestamp::now()).await?;
     if json {
         let value = report_json(&report);
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&value).expect("JSON")
-        )
-        .map_err(io)?;
+        super::print_json(out, &value)?;
     } else {
         writeln!(out, "{}", report_text(&report)).map_err(io)?;
     }

@@ -21,18 +21,7 @@ use crate::engine::job::{Incident, JobId, Location, Status};
 use crate::engine::verify::{ArtifactState, JobVerification, verify_job};
 use crate::store::JobFilter;
 
-fn io(error: std::io::Error) -> CliError {
-    CliError::Other(error.into())
-}
-
-fn print_json(out: &mut impl Write, value: &Value) -> Result<(), CliError> {
-    writeln!(
-        out,
-        "{}",
-        serde_json::to_string_pretty(value).expect("JSON")
-    )
-    .map_err(io)
-}
+use super::{io, print_json};
 
 fn exit(ok: bool) -> ExitCode {
     if ok {

@@ -515,12 +515,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     summary["progress"] = views::progress_json(progress.as_ref());
                     list.push(summary);
                 }
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&list).expect("JSON")
-                )
-                .map_err(io)?;
+                print_json(&mut out, &list)?;
             } else {
                 for job in &jobs {
                     let mut line = views::job_line(job);
@@ -543,12 +538,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             if json {
                 let mut value = views::job_detail(&job, &checkpoints, metadata.as_ref(), &events);
                 value["progress"] = views::progress_json(progress.as_ref());
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&value).expect("JSON")
-                )
-                .map_err(io)?;
+                print_json(&mut out, &value)?;
             } else {
                 let text = views::job_text(&job, &checkpoints, metadata.as_ref(), &events);
                 let (head, rest) = text.split_once("\n\n").unwrap_or((text.as_str(), ""));
@@ -680,12 +670,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     "changes": reprobed.changes,
                     "republished": reprobed.republished,
                 });
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string_pretty(&value).expect("JSON")
-                )
-                .map_err(io)?;
+                print_json(&mut out, &value)?;
             } else {
                 if reprobed.changes.is_empty() {
                     writeln!(out, "{id}  metadata record unchanged").map_err(io)?;
@@ -746,12 +731,7 @@ async fn run_doctor(global: &GlobalArgs, scratch_min_free_mb: u64) -> Result<Exi
             "ok": all_ok,
             "checks": checks.iter().map(doctor::Check::to_json).collect::<Vec<_>>(),
         });
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&value).expect("JSON")
-        )
-        .map_err(io)?;
+        print_json(&mut out, &value)?;
     } else {
         for check in &checks {
             writeln!(out, "{}", check.to_text()).map_err(io)?;
@@ -771,12 +751,7 @@ pub(crate) fn print_jobs(
 ) -> Result<(), CliError> {
     if json {
         let list: Vec<_> = jobs.iter().map(views::job_summary).collect();
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&list).expect("JSON")
-        )
-        .map_err(io)?;
+        print_json(out, &list)?;
     } else {
         for job in jobs {
             writeln!(out, "{}", views::job_line(job)).map_err(io)?;
@@ -791,6 +766,19 @@ fn exit_for(jobs: &[crate::engine::job::Job]) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// Prints a JSON value, pretty, as one document on stdout.
+pub(crate) fn print_json(
+    out: &mut impl Write,
+    value: &impl serde::Serialize,
+) -> Result<(), CliError> {
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values serialize")
+    )
+    .map_err(io)
 }
 
 fn not_found(id: JobId) -> CliError {

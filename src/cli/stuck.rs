@@ -45,12 +45,7 @@ pub async fn list(
     let stuck = stuck_jobs(engine, stuck_after_s, Timestamp::now()).await?;
     if json {
         let list: Vec<_> = stuck.iter().map(stuck_json).collect();
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&list).expect("JSON")
-        )
-        .map_err(io)?;
+        super::print_json(out, &list)?;
     } else {
         for stuck in &stuck {
             writeln!(out, "{}", stuck_text(stuck)).map_err(io)?;
