@@ -779,6 +779,25 @@ fn corrupt(tree: &'static str, key: &[u8], reason: String) -> StoreError {
     }
 }
 
+/// Decodes every record of a scan and checks each against its key right after reading it back:
+/// `mismatch` names what is wrong, and the first wrong record is reported as corrupt.
+fn decode_checked<T: serde::de::DeserializeOwned>(
+    entries: impl Iterator<Item = sled::Result<(IVec, IVec)>>,
+    tree: &'static str,
+    mismatch: impl Fn(&[u8], &T) -> StoreResult<Option<String>>,
+) -> StoreResult<Vec<T>> {
+    let mut records = Vec::new();
+    for entry in entries {
+        let (key, bytes) = entry?;
+        let record: T = codec::decode(tree, &key, &bytes)?;
+        if let Some(reason) = mismatch(&key, &record)? {
+            return Err(corrupt(tree, &key, reason));
+        }
+        records.push(record);
+    }
+    Ok(records)
+}
+
 /// Decodes a job and checks it right after reading it back: its key and its invariants.
 fn decode_job(key: &[u8], bytes: &[u8]) -> StoreResult<Job> {
     let job: Job = codec::decode(TREE_JOBS, key, bytes)?;
@@ -1005,20 +1024,14 @@ impl JobReader for SledStore {
     }
 
     async fn events(&self, id: JobId) -> StoreResult<Vec<Event>> {
-        let mut events = Vec::new();
-        for entry in self.events.scan_prefix(id.to_bytes()) {
-            let (key, bytes) = entry?;
-            let event: Event = codec::decode(TREE_EVENTS, &key, &bytes)?;
-            if event.seq != seq_in(TREE_EVENTS, &key)? {
-                return Err(corrupt(
-                    TREE_EVENTS,
-                    &key,
-                    format!("record holds event seq {}", event.seq),
-                ));
-            }
-            events.push(event);
-        }
-        Ok(events)
+        decode_checked(
+            self.events.scan_prefix(id.to_bytes()),
+            TREE_EVENTS,
+            |key, event: &Event| {
+                Ok((seq_in(TREE_EVENTS, key)? != event.seq)
+                    .then(|| format!("record holds event seq {}", event.seq)))
+            },
+        )
     }
 
     async fn metadata(&self, id: JobId) -> StoreResult<Option<MediaMetadata>> {
@@ -1064,37 +1077,25 @@ impl JobReader for SledStore {
     }
 
     async fn incidents(&self) -> StoreResult<Vec<Incident>> {
-        let mut incidents = Vec::new();
-        for entry in self.incidents.iter() {
-            let (key, bytes) = entry?;
-            let incident: Incident = codec::decode(TREE_INCIDENTS, &key, &bytes)?;
-            if key.as_ref() != incident.seq.to_be_bytes() {
-                return Err(corrupt(
-                    TREE_INCIDENTS,
-                    &key,
-                    format!("record holds incident seq {}", incident.seq),
-                ));
-            }
-            incidents.push(incident);
-        }
-        Ok(incidents)
+        decode_checked(
+            self.incidents.iter(),
+            TREE_INCIDENTS,
+            |key, incident: &Incident| {
+                Ok((key != incident.seq.to_be_bytes())
+                    .then(|| format!("record holds incident seq {}", incident.seq)))
+            },
+        )
     }
 
     async fn backfills(&self) -> StoreResult<Vec<Backfill>> {
-        let mut backfills = Vec::new();
-        for entry in self.backfills.iter() {
-            let (key, bytes) = entry?;
-            let backfill: Backfill = codec::decode(TREE_BACKFILLS, &key, &bytes)?;
-            if key.as_ref() != backfill.id.to_bytes() {
-                return Err(corrupt(
-                    TREE_BACKFILLS,
-                    &key,
-                    format!("record holds backfill {}", backfill.id),
-                ));
-            }
-            backfills.push(backfill);
-        }
-        Ok(backfills)
+        decode_checked(
+            self.backfills.iter(),
+            TREE_BACKFILLS,
+            |key, backfill: &Backfill| {
+                Ok((key != backfill.id.to_bytes())
+                    .then(|| format!("record holds backfill {}", backfill.id)))
+            },
+        )
     }
 
     async fn backfill_jobs(&self, id: BackfillId) -> StoreResult<Vec<JobId>> {
