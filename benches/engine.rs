@@ -67,6 +67,9 @@ fn main() {
         fencing_token: 3,
         cancel_requested: false,
         events_next: 17,
+        priority: 0,
+        not_before: None,
+        crashes: None,
     };
     let rounds = 100_000;
     let codec = time(5, || {

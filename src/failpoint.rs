@@ -4,7 +4,10 @@
 //! `NARRA_FAILPOINT=NAME` makes the first pass through [`failpoint!`]`("NAME")` print
 //! `narra: failpoint fired: NAME` to stderr and abort the process (SIGABRT: no destructor runs, no
 //! buffer is flushed, no lock is released but by the kernel). `NARRA_FAILPOINT=NAME@N` fires on the
-//! N-th pass instead. Unset, a failpoint costs one read of an initialised `OnceLock`.
+//! N-th pass instead. `NARRA_FAILPOINT=NAME%TEXT` fires on every pass whose context contains
+//! TEXT, for failpoints placed with one (`failpoint!("job.start", &job.source)`): a "poisonous
+//! input" that kills every process that runs it, as the crash-loop tests need. Unset, a failpoint
+//! costs one read of an initialised `OnceLock`.
 //!
 //! Every name is listed in [`FAILPOINTS`], which the crash matrix (`tests/suite/crash.rs`) runs
 //! one by one, asserting each one fired; a unit test below checks that every listed name is placed
@@ -25,6 +28,8 @@ pub const FAILPOINTS: &[&str] = &[
     // Orchestrator: pending -> running (`OrchestratorStore::claim`, `claim_next`).
     "claim.before",
     "claim.after",
+    // Orchestrator: a claimed job about to run its steps (context: the job's source).
+    "job.start",
     // Worker: protocol step 1 for the download step (`WorkerStore::set_phase`).
     "phase.downloading.before",
     "phase.downloading.after",
@@ -67,9 +72,17 @@ pub const FAILPOINTS: &[&str] = &[
 /// The armed failpoint, read once from the environment.
 struct Armed {
     name: String,
-    /// Fires on this pass (1-based).
-    hit: u64,
+    when: When,
     passes: AtomicU64,
+}
+
+/// Which passes fire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum When {
+    /// This pass (1-based).
+    Pass(u64),
+    /// Every pass whose context contains this text.
+    Context(String),
 }
 
 fn armed() -> Option<&'static Armed> {
@@ -77,29 +90,45 @@ fn armed() -> Option<&'static Armed> {
     ARMED
         .get_or_init(|| {
             let spec = std::env::var(FAILPOINT_ENV).ok()?;
-            let (name, hit) = parse_spec(&spec)?;
+            let (name, when) = parse_spec(&spec)?;
             Some(Armed {
                 name: name.to_string(),
-                hit,
+                when,
                 passes: AtomicU64::new(0),
             })
         })
         .as_ref()
 }
 
-/// `NAME` or `NAME@N` (N >= 1); anything else arms nothing.
-fn parse_spec(spec: &str) -> Option<(&str, u64)> {
+/// `NAME`, `NAME@N` (N >= 1) or `NAME%TEXT` (TEXT not empty); anything else arms nothing.
+fn parse_spec(spec: &str) -> Option<(&str, When)> {
     let spec = spec.trim();
-    let (name, hit) = match spec.split_once('@') {
-        Some((name, hit)) => (name, hit.parse::<u64>().ok().filter(|&hit| hit >= 1)?),
-        None => (spec, 1),
+    let (name, when) = if let Some((name, text)) = spec.split_once('%') {
+        (name, When::Context(text.to_string()).check()?)
+    } else {
+        match spec.split_once('@') {
+            Some((name, hit)) => (
+                name,
+                When::Pass(hit.parse::<u64>().ok().filter(|&hit| hit >= 1)?),
+            ),
+            None => (spec, When::Pass(1)),
+        }
     };
-    (!name.is_empty()).then_some((name, hit))
+    (!name.is_empty()).then_some((name, when))
 }
 
-/// One pass through failpoint `name`: aborts the process if it is the armed one and this is the
-/// pass it fires on. Use [`failpoint!`].
-pub fn pass(name: &'static str) {
+impl When {
+    fn check(self) -> Option<When> {
+        match &self {
+            When::Context(text) if text.is_empty() => None,
+            _ => Some(self),
+        }
+    }
+}
+
+/// One pass through failpoint `name` (with `context`, for failpoints placed with one): aborts
+/// the process if it is the armed one and this is a pass it fires on. Use [`failpoint!`].
+pub fn pass(name: &'static str, context: Option<&str>) {
     let Some(armed) = armed() else {
         return;
     };
@@ -107,7 +136,11 @@ pub fn pass(name: &'static str) {
         return;
     }
     let passes = armed.passes.fetch_add(1, Ordering::Relaxed) + 1;
-    if passes != armed.hit {
+    let fires = match &armed.when {
+        When::Pass(hit) => passes == *hit,
+        When::Context(text) => context.is_some_and(|context| context.contains(text.as_str())),
+    };
+    if !fires {
         return;
     }
     let mut stderr = std::io::stderr().lock();
@@ -121,7 +154,10 @@ pub fn pass(name: &'static str) {
 #[macro_export]
 macro_rules! failpoint {
     ($name:literal) => {
-        $crate::failpoint::pass($name)
+        $crate::failpoint::pass($name, None)
+    };
+    ($name:literal, $context:expr) => {
+        $crate::failpoint::pass($name, Some($context))
     };
 }
 
@@ -131,11 +167,19 @@ mod tests {
 
     #[test]
     fn specs_name_a_failpoint_and_optionally_a_pass() {
-        assert_eq!(parse_spec("claim.before"), Some(("claim.before", 1)));
+        assert_eq!(
+            parse_spec("claim.before"),
+            Some(("claim.before", When::Pass(1)))
+        );
         assert_eq!(
             parse_spec("store.blob.after@3"),
-            Some(("store.blob.after", 3))
+            Some(("store.blob.after", When::Pass(3)))
         );
+        assert_eq!(
+            parse_spec("job.start%poison.mp4"),
+            Some(("job.start", When::Context("poison.mp4".to_string())))
+        );
+        assert_eq!(parse_spec("job.start%"), None);
         assert_eq!(parse_spec("store.blob.after@0"), None);
         assert_eq!(parse_spec("store.blob.after@x"), None);
         assert_eq!(parse_spec(""), None);

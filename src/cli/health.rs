@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::cli::{CliError, io};
 use crate::engine::Engine;
 use crate::engine::health::{HealthOptions, HealthReport, assess};
-use crate::engine::job::Timestamp;
+use crate::engine::job::{Breaker, HostState, Timestamp};
 
 fn counts_text(counts: &std::collections::BTreeMap<String, usize>) -> String {
     counts
@@ -47,7 +47,51 @@ pub fn report_json(report: &HealthReport) -> serde_json::Value {
             "corrupt_artifacts_removed": report.corruption.corrupt_artifacts_removed,
             "escalate": report.corruption_escalates(),
         },
+        "crash_loops": report.crash_loops.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+        "circuit_breakers": report.breakers.iter().map(breaker_json).collect::<Vec<_>>(),
     })
+}
+
+fn breaker_json(host: &HostState) -> serde_json::Value {
+    let (state, until, probe) = match &host.breaker {
+        Breaker::Closed => ("closed", None, None),
+        Breaker::Open { until, .. } => ("open", Some(until.to_rfc3339()), None),
+        Breaker::Probing { probe, .. } => ("probing", None, Some(probe.to_string())),
+    };
+    json!({
+        "host": host.host,
+        "state": state,
+        "until": until,
+        "probe": probe,
+        "recent_refusals": host.failures.iter().map(|failure| json!({
+            "at": failure.at.to_rfc3339(),
+            "class": failure.class,
+            "job": failure.job.to_string(),
+        })).collect::<Vec<_>>(),
+        "opened_total": host.opened_total,
+        "held_total": host.held_total,
+    })
+}
+
+fn breaker_text(host: &HostState) -> String {
+    let state = match &host.breaker {
+        Breaker::Closed => "closed".to_string(),
+        Breaker::Open { until, .. } => format!("open until {}", until.to_rfc3339()),
+        Breaker::Probing { probe, .. } => format!("testing the host with job {probe}"),
+    };
+    let classes: Vec<&str> = host
+        .failures
+        .iter()
+        .map(|failure| failure.class.as_str())
+        .collect();
+    format!(
+        "{}: {state}; its pending jobs are held ({} refusals in a row: {}; opened {} times, {} jobs held)",
+        host.host,
+        host.failures.len(),
+        classes.join(", "),
+        host.opened_total,
+        host.held_total
+    )
 }
 
 pub fn report_text(report: &HealthReport) -> String {
@@ -108,6 +152,30 @@ pub fn report_text(report: &HealthReport) -> String {
         "corruption     {:<8}  {corruption}",
         verdict(report.corruption_escalates())
     ));
+    if report.crash_loops.is_empty() {
+        lines.push(format!(
+            "crash_loops    ok        no job quarantined as crash_loop in the last {} s",
+            report.options.window_s
+        ));
+    } else {
+        lines.push(format!(
+            "crash_loops    ESCALATE  {} job(s) quarantined: their process died {} times at the same point: {}",
+            report.crash_loops.len(),
+            crate::engine::machine::CRASH_LOOP_DEATHS,
+            report
+                .crash_loops
+                .iter()
+                .map(|id| id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if report.breakers.is_empty() {
+        lines.push("circuit_open   ok        every source host's breaker is closed".to_string());
+    }
+    for host in &report.breakers {
+        lines.push(format!("circuit_open   ESCALATE  {}", breaker_text(host)));
+    }
     let escalations = report.escalations();
     lines.push(if escalations.is_empty() {
         "nothing calls for escalation".to_string()

@@ -119,6 +119,63 @@ pub struct ShutdownArgs {
     pub grace_s: u64,
 }
 
+/// How a job-running command schedules jobs (`engine::scheduling`). Each is also an environment
+/// variable, so a service's unit file can set them once.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct SchedulingArgs {
+    /// At most this many jobs of one source host run at once (0: no limit).
+    #[arg(long, env = "NARRA_HOST_CONCURRENCY", default_value_t = 4)]
+    pub host_concurrency: usize,
+    /// At most this many job starts per second on one source host (0: no limit).
+    #[arg(long, env = "NARRA_HOST_RATE", default_value_t = 0.0)]
+    pub host_rate: f64,
+    /// Refusals (403, 429, ...) in a row from one host that open its circuit breaker (0: never).
+    #[arg(long, env = "NARRA_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: usize,
+    /// The window those refusals must fall in.
+    #[arg(long, env = "NARRA_BREAKER_WINDOW_S", default_value_t = 600)]
+    pub breaker_window_s: u64,
+    /// How long an open breaker holds its host's jobs before a probe job tests it; doubled each
+    /// time the probe is refused, up to an hour.
+    #[arg(long, env = "NARRA_BREAKER_COOLDOWN_MS", default_value_t = 60_000)]
+    pub breaker_cooldown_ms: u64,
+    /// The delay before the first automatic retry of a transient failure; doubled per attempt, up
+    /// to 30 minutes. How many attempts a job gets is its workflow's `attempts_max`.
+    #[arg(long, env = "NARRA_RETRY_DELAY_MS", default_value_t = 30_000)]
+    pub retry_delay_ms: u64,
+}
+
+impl SchedulingArgs {
+    pub fn policy(&self) -> Result<crate::engine::scheduling::SchedulingPolicy, CliError> {
+        use crate::engine::scheduling::{BreakerPolicy, RetryPolicy, SchedulingPolicy};
+        if !self.host_rate.is_finite() || self.host_rate < 0.0 {
+            return Err(CliError::Usage(format!(
+                "--host-rate must be a number of job starts per second, 0 or more, not {}",
+                self.host_rate
+            )));
+        }
+        let host_start_interval_ms = if self.host_rate > 0.0 {
+            (1000.0 / self.host_rate).ceil() as u64
+        } else {
+            0
+        };
+        Ok(SchedulingPolicy {
+            host_running_max: self.host_concurrency,
+            host_start_interval_ms,
+            breaker: BreakerPolicy {
+                failures_max: self.breaker_failures,
+                window_ms: self.breaker_window_s.saturating_mul(1000),
+                cooldown_ms: self.breaker_cooldown_ms,
+                cooldown_max_ms: (60 * 60 * 1000).max(self.breaker_cooldown_ms),
+            },
+            retry: RetryPolicy {
+                delay_initial_ms: self.retry_delay_ms,
+                delay_max_ms: (30 * 60 * 1000).max(self.retry_delay_ms),
+            },
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Submit sources and run their jobs to completion in this process.
@@ -138,8 +195,13 @@ pub enum Command {
         /// Re-run succeeded jobs through their checkpoints: only missing or changed work is done.
         #[arg(long)]
         reingest: bool,
+        /// The new jobs' priority: higher runs first (default 10; backfill lines default to 0).
+        #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
+        priority: Option<i32>,
         #[command(flatten)]
         shutdown: ShutdownArgs,
+        #[command(flatten)]
+        scheduling: SchedulingArgs,
     },
     /// Enqueue sources without running them; prints the job ids.
     Submit {
@@ -151,6 +213,9 @@ pub enum Command {
         key: Option<String>,
         #[arg(long)]
         reingest: bool,
+        /// The new jobs' priority: higher runs first (default 10; backfill lines default to 0).
+        #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
+        priority: Option<i32>,
     },
     /// Run queued jobs.
     Worker {
@@ -161,6 +226,8 @@ pub enum Command {
         drain: bool,
         #[command(flatten)]
         shutdown: ShutdownArgs,
+        #[command(flatten)]
+        scheduling: SchedulingArgs,
     },
     /// List jobs, newest first.
     Jobs {
@@ -212,6 +279,8 @@ pub enum Command {
         list: bool,
         #[command(flatten)]
         shutdown: ShutdownArgs,
+        #[command(flatten)]
+        scheduling: SchedulingArgs,
     },
     /// Show a job: status, phase, checkpoints, artifacts, metadata and events.
     Show { id: JobId },
@@ -230,6 +299,8 @@ pub enum Command {
         concurrency: usize,
         #[command(flatten)]
         shutdown: ShutdownArgs,
+        #[command(flatten)]
+        scheduling: SchedulingArgs,
     },
     /// Cancel jobs: pending or failed ones at once, running ones at their next step boundary.
     Cancel {
@@ -401,12 +472,28 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     // Commands that run jobs stop gracefully on SIGINT/SIGTERM; the handlers are installed before
     // anything else, so an early signal is never the default "die at once".
     let shutdown = crate::engine::shutdown::Shutdown::new();
-    let grace_s = match &cli.command {
-        Command::Worker { shutdown, .. }
-        | Command::Ingest { shutdown, .. }
-        | Command::Retry { shutdown, .. }
-        | Command::Backfill { shutdown, .. } => Some(shutdown.grace_s),
-        _ => None,
+    let (grace_s, scheduling) = match &cli.command {
+        Command::Worker {
+            shutdown,
+            scheduling,
+            ..
+        }
+        | Command::Ingest {
+            shutdown,
+            scheduling,
+            ..
+        }
+        | Command::Retry {
+            shutdown,
+            scheduling,
+            ..
+        }
+        | Command::Backfill {
+            shutdown,
+            scheduling,
+            ..
+        } => (Some(shutdown.grace_s), Some(scheduling.policy()?)),
+        _ => (None, None),
     };
     if let Some(grace_s) = grace_s {
         signals::install(shutdown.clone(), std::time::Duration::from_secs(grace_s))
@@ -421,6 +508,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     }
     let mut home = open_home(&cli.global)?;
     home.engine.shutdown = shutdown.clone();
+    if let Some(scheduling) = scheduling {
+        home.engine.scheduling = scheduling;
+    }
     let engine = &home.engine;
     let json = cli.global.json;
     let mut out = std::io::stdout().lock();
@@ -431,13 +521,16 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             key,
             concurrency,
             reingest,
+            priority,
             shutdown: _,
+            scheduling: _,
         } => {
             reclaim_orphans(engine).await?;
             let options = SubmitOptions {
                 workflow,
                 key,
                 reingest,
+                priority,
             };
             let submitted = submit(engine, &sources, &options).await?;
             // The same source twice on one command line is one job, run once.
@@ -456,11 +549,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             workflow,
             key,
             reingest,
+            priority,
         } => {
             let options = SubmitOptions {
                 workflow,
                 key,
                 reingest,
+                priority,
             };
             let submitted = submit(engine, &sources, &options).await?;
             let jobs: Vec<_> = submitted

@@ -28,6 +28,9 @@ pub fn job_summary(job: &Job) -> Value {
         "source": redact_url(&job.source),
         "status": job.status.as_str(),
         "ingestion_phase": job.ingestion_phase.map(|phase| phase.as_str()),
+        "attempts": job.attempts,
+        "priority": job.priority,
+        "not_before": job.not_before.map(|at| at.to_rfc3339()),
         "error": error_json(job),
     })
 }
@@ -54,6 +57,15 @@ pub fn job_detail(
         "status": job.status.as_str(),
         "ingestion_phase": job.ingestion_phase.map(|phase| phase.as_str()),
         "attempts": job.attempts,
+        "priority": job.priority,
+        // A pending job is not claimed before this: an automatic retry's delay.
+        "not_before": job.not_before.map(|at| at.to_rfc3339()),
+        "crashes": job.crashes.map(|record| json!({
+            "count": record.count,
+            "phase": record.marker.phase.map(|phase| phase.as_str()),
+            "checkpoints": record.marker.checkpoints,
+            "bytes_done": record.marker.bytes_done,
+        })),
         "error": error_json(job),
         "created_at": job.created_at.to_rfc3339(),
         "updated_at": job.updated_at.to_rfc3339(),
@@ -244,6 +256,9 @@ pub fn job_line(job: &Job) -> String {
     if let Some(error) = &job.error {
         line.push_str(&format!("  [{}] {}", error.class, error.message));
     }
+    if let Some(not_before) = job.not_before {
+        line.push_str(&format!("  (retry at {})", not_before.to_rfc3339()));
+    }
     line
 }
 
@@ -271,6 +286,20 @@ pub fn job_text(
             .unwrap_or("null")
     ));
     line(format!("attempts         {}", job.attempts));
+    line(format!("priority         {}", job.priority));
+    if let Some(not_before) = job.not_before {
+        line(format!(
+            "next_attempt     not before {} (automatic retry)",
+            not_before.to_rfc3339()
+        ));
+    }
+    if let Some(crashes) = job.crashes {
+        line(format!(
+            "crashes          {} in a row at the same point (a crash_loop after {})",
+            crashes.count,
+            crate::engine::machine::CRASH_LOOP_DEATHS
+        ));
+    }
     match &job.error {
         Some(error) => line(format!(
             "error            [{}] {}",

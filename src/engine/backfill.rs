@@ -9,14 +9,16 @@
 //! It never renders anything (the CLI draws the progress bar and prints the summary) and never
 //! writes a job but through `OrchestratorStore::submit_batch` and `orchestrator::run_jobs`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::engine::Engine;
-use crate::engine::job::{Backfill, BackfillId, EventKind, Job, JobId, Location, Phase, Status};
-use crate::engine::orchestrator::{EngineError, run_jobs_observed};
+use crate::engine::job::{
+    Backfill, BackfillId, EventKind, Job, JobId, Location, PRIORITY_BACKFILL, Phase, Status,
+};
+use crate::engine::orchestrator::{EngineError, ScheduleOptions, Until, schedule};
 use crate::engine::sources::{canonical_source, idempotency_key};
 use crate::store::{BatchOptions, JobFilter, Resubmit, SUBMIT_BATCH_MAX, SubmitRequest};
 
@@ -51,7 +53,8 @@ pub struct ManifestEntry {
     pub source: String,
     pub workflow: Option<String>,
     pub key: Option<String>,
-    /// Parsed and checked; jobs have no priority yet, so it is not used.
+    /// The job's priority (`Job::priority`, higher runs first), within
+    /// [`PRIORITY_MIN`]..=[`PRIORITY_MAX`]; [`PRIORITY_BACKFILL`] when the line gives none.
     pub priority: Option<i64>,
 }
 
@@ -197,7 +200,8 @@ fn parse_json_line(line: usize, text: &str) -> Result<ManifestEntry, String> {
         Some(value) => Some(
             value
                 .as_i64()
-                .ok_or_else(|| "\"priority\" is not an integer".to_string())?,
+                .ok_or_else(|| "\"priority\" is not an integer".to_string())
+                .and_then(check_priority)?,
         ),
     };
     Ok(ManifestEntry {
@@ -256,7 +260,8 @@ fn parse_csv_row(header: &CsvHeader, line: usize, text: &str) -> Result<Manifest
         None => None,
         Some(text) => Some(
             text.parse::<i64>()
-                .map_err(|_| format!("priority {text:?} is not an integer"))?,
+                .map_err(|_| format!("priority {text:?} is not an integer"))
+                .and_then(check_priority)?,
         ),
     };
     Ok(ManifestEntry {
@@ -266,6 +271,20 @@ fn parse_csv_row(header: &CsvHeader, line: usize, text: &str) -> Result<Manifest
         key: optional(header.key),
         priority,
     })
+}
+
+/// The lowest and highest priority a manifest line may give.
+pub const PRIORITY_MIN: i64 = -1_000;
+pub const PRIORITY_MAX: i64 = 1_000;
+
+fn check_priority(priority: i64) -> Result<i64, String> {
+    if (PRIORITY_MIN..=PRIORITY_MAX).contains(&priority) {
+        Ok(priority)
+    } else {
+        Err(format!(
+            "priority {priority} is outside {PRIORITY_MIN}..={PRIORITY_MAX}"
+        ))
+    }
 }
 
 /// Splits one CSV line (RFC 4180 quoting: `"a, b"`, `""` for a quote). A quoted field cannot span
@@ -400,11 +419,17 @@ pub async fn submit_manifest(
             .key
             .clone()
             .unwrap_or_else(|| idempotency_key(&source, &workflow));
+        // Parsing checked the range.
+        let priority = entry
+            .priority
+            .and_then(|priority| i32::try_from(priority).ok())
+            .unwrap_or(PRIORITY_BACKFILL);
         requests.push(SubmitRequest {
             key,
             source,
             workflow,
             reingest: options.reingest,
+            priority,
         });
     }
     bad_lines.sort_by_key(|bad| bad.line);
@@ -571,13 +596,31 @@ pub async fn run_backfill(
             }
         }
     };
+    // The backfill process runs the whole queue, not only its own jobs: while it holds the home,
+    // jobs submitted or retried by other commands (over the home's socket) are run too, live
+    // submissions first (they have the higher priority). It returns once the queue is drained.
     let runner = async move {
-        let result = run_jobs_observed(engine, &ids, concurrency, |job| {
-            let _ = finished_sender.send(job.clone());
+        let ours: BTreeSet<JobId> = ids.iter().copied().collect();
+        let options = ScheduleOptions {
+            concurrency,
+            only: None,
+            until: Until::Drained,
+        };
+        let result = schedule(engine, &options, std::future::pending(), |job| {
+            if ours.contains(&job.id) {
+                let _ = finished_sender.send(job.clone());
+            }
         })
         .await;
         drop(finished_sender);
-        result
+        result?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for &id in &ids {
+            if let Some(job) = engine.store.job(id).await? {
+                jobs.push(job);
+            }
+        }
+        Ok::<_, EngineError>(jobs)
     };
     let in_flight = AbortOnDrop(tokio::spawn(in_flight));
     let (ran_jobs, ()) = tokio::join!(runner, counter);

@@ -957,6 +957,7 @@ mod tests {
                     source: format!("https://example.com/{job}.mp4"),
                     workflow: "ingest".into(),
                     reingest: false,
+                    priority: crate::engine::job::PRIORITY_LIVE,
                 })
                 .await
                 .expect("submit");

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use crate::engine::Engine;
 use crate::engine::backfill::source_host;
-use crate::engine::job::{Incident, Job, Status, Timestamp};
+use crate::engine::job::{Breaker, HostState, Incident, Job, JobId, Status, Timestamp};
 use crate::engine::orchestrator::EngineError;
 use crate::engine::stuck::{StuckJob, stuck_jobs};
 use crate::store::JobFilter;
@@ -78,6 +78,10 @@ pub struct HealthReport {
     pub storage: StorageHealth,
     pub stuck: Vec<StuckJob>,
     pub corruption: CorruptionHealth,
+    /// Jobs quarantined as `crash_loop` in the window: their process died again and again.
+    pub crash_loops: Vec<JobId>,
+    /// Hosts whose circuit breaker is open or testing a probe: their jobs are held.
+    pub breakers: Vec<HostState>,
 }
 
 impl HealthReport {
@@ -103,6 +107,12 @@ impl HealthReport {
         }
         if self.corruption_escalates() {
             reasons.push("corruption");
+        }
+        if !self.crash_loops.is_empty() {
+            reasons.push("crash_loops");
+        }
+        if !self.breakers.is_empty() {
+            reasons.push("circuit_open");
         }
         reasons
     }
@@ -215,6 +225,23 @@ pub async fn assess(
         failures: classes_among(&failed, since, CORRUPTION_CLASSES),
         corrupt_artifacts_removed: corrupt_removals(&incidents, since),
     };
+    let crash_loops = failed
+        .iter()
+        .filter(|job| {
+            job.updated_at >= since
+                && job.error.as_ref().is_some_and(|error| {
+                    error.class == crate::steps::ErrorClass::CrashLoop.as_str()
+                })
+        })
+        .map(|job| job.id)
+        .collect();
+    let breakers = engine
+        .store
+        .hosts()
+        .await?
+        .into_iter()
+        .filter(|host| host.breaker != Breaker::Closed)
+        .collect();
     Ok(HealthReport {
         options: options.clone(),
         failed_recently,
@@ -222,13 +249,15 @@ pub async fn assess(
         storage,
         stuck,
         corruption,
+        crash_loops,
+        breakers,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::job::{ErrorInfo, JobId};
+    use crate::engine::job::ErrorInfo;
 
     fn failed(id: u128, source: &str, class: &str, at: i64) -> Job {
         let mut job = crate::engine::machine::new_job(
@@ -236,6 +265,7 @@ mod tests {
             format!("key-{id}"),
             source.into(),
             "ingest".into(),
+            crate::engine::job::PRIORITY_LIVE,
             Timestamp(0),
         )
         .job;

@@ -235,6 +235,38 @@ pub struct Job {
     pub cancel_requested: bool,
     /// The sequence number the next event of this job gets.
     pub events_next: u64,
+    /// Pending jobs are claimed highest priority first, then oldest first. Set at submission
+    /// ([`PRIORITY_LIVE`] for `submit`/`ingest`, [`PRIORITY_BACKFILL`] for manifest lines unless
+    /// the line gives one) and never changed after.
+    pub priority: i32,
+    /// A pending job is not claimed before this: the delay of an automatic retry.
+    pub not_before: Option<Timestamp>,
+    /// Deaths of the processes that ran this job with no progress in between (crash-loop
+    /// quarantine, `engine::machine`); cleared when the job finishes.
+    pub crashes: Option<CrashRecord>,
+}
+
+/// The priority of jobs submitted one by one (`submit`, `ingest`, the API).
+pub const PRIORITY_LIVE: i32 = 10;
+/// The priority of a backfill's jobs when its manifest line gives none: below live submissions,
+/// so a backfill never starves new work.
+pub const PRIORITY_BACKFILL: i32 = 0;
+
+/// Where a job was when the process running it died: its phase, how many steps had a checkpoint,
+/// and the running step's recorded byte offset. Two deaths at the same marker mean the job made no
+/// progress in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressMarker {
+    pub phase: Option<Phase>,
+    pub checkpoints: u32,
+    pub bytes_done: u64,
+}
+
+/// How many times in a row a job's process died at the same [`ProgressMarker`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashRecord {
+    pub marker: ProgressMarker,
+    pub count: u32,
 }
 
 impl Job {
@@ -606,6 +638,58 @@ pub struct Backfill {
     /// Running a manifest of the same name again resumes this backfill.
     pub manifest: String,
     pub created_at: Timestamp,
+}
+
+/// One failure of a blocking class (`engine::scheduling::BLOCKING_CLASSES`) from a source host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFailure {
+    pub at: Timestamp,
+    pub class: String,
+    pub job: JobId,
+}
+
+/// A source host's circuit breaker (`engine::scheduling`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Breaker {
+    /// Jobs from the host run as usual.
+    Closed,
+    /// The host's pending jobs are held (not claimed) until `until`; then one probe job runs.
+    Open { until: Timestamp, cooldown_ms: u64 },
+    /// `probe` tests the host; no other job of the host is claimed until it ends.
+    Probing { probe: JobId, cooldown_ms: u64 },
+}
+
+/// What narra knows of one source host (`engine::backfill::source_host`): its breaker, its
+/// recent blocking failures and its request-rate clock. Kept in the state store, so it holds
+/// across restarts (and, with a shared store, across a fleet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostState {
+    pub host: String,
+    pub breaker: Breaker,
+    /// Blocking failures since the host last answered a job, oldest first; at most
+    /// `engine::scheduling::HOST_FAILURES_KEPT`.
+    pub failures: Vec<HostFailure>,
+    /// The earliest time the next job from this host may start (the per-host rate limit).
+    pub next_start_at: Timestamp,
+    /// How many times the breaker opened: an escalation counter that is never reset.
+    pub opened_total: u64,
+    /// Jobs sent back to pending because the breaker was open, without spending an attempt.
+    pub held_total: u64,
+    pub updated_at: Timestamp,
+}
+
+impl HostState {
+    pub fn new(host: &str, now: Timestamp) -> HostState {
+        HostState {
+            host: host.to_string(),
+            breaker: Breaker::Closed,
+            failures: Vec::new(),
+            next_start_at: Timestamp(0),
+            opened_total: 0,
+            held_total: 0,
+            updated_at: now,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,12 @@
 //! it is not running.
 
 use super::job::{
-    ErrorInfo, EventKind, Job, JobId, Lease, LeaseToken, Phase, Status, Timestamp, WorkerId,
+    CrashRecord, ErrorInfo, EventKind, Job, JobId, Lease, LeaseToken, Phase, ProgressMarker,
+    Status, Timestamp, WorkerId,
 };
+
+/// How many deaths at the same [`ProgressMarker`] quarantine a job as `crash_loop`.
+pub const CRASH_LOOP_DEATHS: u32 = 3;
 
 /// Whether a job that failed with `error` may succeed on a later run without anyone changing
 /// anything: its stored class is one `ErrorClass::retryable` admits. An unknown class (one a later
@@ -45,8 +49,26 @@ pub enum OrchestratorOp {
     Retry { reason: String },
     /// succeeded -> pending: run the workflow again; done steps are skipped.
     Reingest,
-    /// running -> pending: the lease holder is gone (dead process, expired lease).
+    /// running -> pending: the lease holder let go of the job (graceful shutdown) or is gone
+    /// and no death is to be counted.
     Reclaim { reason: String },
+    /// running -> pending for a job found running when a process opens a store it holds alone:
+    /// the process that ran it died at `marker`. The [`CRASH_LOOP_DEATHS`]th death in a row at the
+    /// same marker fails the job with the class `crash_loop` instead.
+    ReclaimOrphan {
+        reason: String,
+        marker: ProgressMarker,
+    },
+    /// running -> pending after a transient failure, not to be claimed before `not_before`: an
+    /// automatic retry. The error is kept as the job's last error.
+    RetryLater {
+        token: u64,
+        error: ErrorInfo,
+        not_before: Timestamp,
+    },
+    /// running -> pending without spending the attempt: the job's source host is held by its
+    /// circuit breaker (or storing is paused), through no fault of the job's.
+    Hold { token: u64, reason: String },
     /// succeeded|failed -> pending: `cleanup` removed artifacts the job's checkpoints name, so the
     /// job must run again to restore them (runbook step 5, "reset job status").
     Reset { reason: String },
@@ -70,6 +92,9 @@ impl OrchestratorOp {
             OrchestratorOp::Retry { .. } => "retry",
             OrchestratorOp::Reingest => "reingest",
             OrchestratorOp::Reclaim { .. } => "reclaim",
+            OrchestratorOp::ReclaimOrphan { .. } => "reclaim",
+            OrchestratorOp::RetryLater { .. } => "retry_later",
+            OrchestratorOp::Hold { .. } => "hold",
             OrchestratorOp::Reset { .. } => "reset",
             OrchestratorOp::ResetByOperator { .. } => "reset",
         }
@@ -124,6 +149,7 @@ pub fn new_job(
     key: String,
     source: String,
     workflow: String,
+    priority: i32,
     now: Timestamp,
 ) -> Transition {
     let job = Job {
@@ -141,6 +167,9 @@ pub fn new_job(
         fencing_token: 0,
         cancel_requested: false,
         events_next: 0,
+        priority,
+        not_before: None,
+        crashes: None,
     };
     Transition {
         job,
@@ -186,6 +215,7 @@ pub fn apply_orchestrator(
                 expires_at: now.plus_ms(*lease_ttl_ms),
             });
             next.attempts = job.attempts.saturating_add(1);
+            next.not_before = None;
             set_status(
                 &mut next,
                 &mut events,
@@ -284,6 +314,70 @@ pub fn apply_orchestrator(
             } else {
                 set_status(&mut next, &mut events, Status::Pending, reason.clone());
             }
+        }
+        OrchestratorOp::ReclaimOrphan { reason, marker } => {
+            if job.status != Status::Running {
+                return Err(not_allowed());
+            }
+            let count = match job.crashes {
+                Some(record) if record.marker == *marker => record.count.saturating_add(1),
+                _ => 1,
+            };
+            if job.cancel_requested {
+                set_status(
+                    &mut next,
+                    &mut events,
+                    Status::Cancelled,
+                    format!("{reason}; it had been asked to cancel"),
+                );
+            } else if count >= CRASH_LOOP_DEATHS {
+                let error = ErrorInfo {
+                    class: crate::steps::ErrorClass::CrashLoop.as_str().to_string(),
+                    message: format!(
+                        "the process running this job died {count} times in a row {} with no progress in between; quarantined",
+                        marker_words(marker)
+                    ),
+                };
+                next.error = Some(error.clone());
+                set_status(
+                    &mut next,
+                    &mut events,
+                    Status::Failed,
+                    format!("{}: {}", error.class, error.message),
+                );
+            } else {
+                set_status(&mut next, &mut events, Status::Pending, reason.clone());
+                next.crashes = Some(CrashRecord {
+                    marker: *marker,
+                    count,
+                });
+            }
+        }
+        OrchestratorOp::RetryLater {
+            token,
+            error,
+            not_before,
+        } => {
+            check_token(job, *token)?;
+            next.error = Some(error.clone());
+            set_status(
+                &mut next,
+                &mut events,
+                Status::Pending,
+                format!(
+                    "{}: {}; retried automatically after {}",
+                    error.class,
+                    error.message,
+                    not_before.to_rfc3339()
+                ),
+            );
+            next.not_before = Some(*not_before);
+        }
+        OrchestratorOp::Hold { token, reason } => {
+            check_token(job, *token)?;
+            // The claim that started this run is given back: holding spends no attempt.
+            next.attempts = job.attempts.saturating_sub(1);
+            set_status(&mut next, &mut events, Status::Pending, reason.clone());
         }
         OrchestratorOp::Reset { reason } => match job.status {
             // A cancelled job stays cancelled: someone decided it should not run. A pending or
@@ -395,6 +489,15 @@ pub fn check_reprobe(job: &Job) -> Result<(), Rejected> {
     }
 }
 
+/// A death's marker in words, for the `crash_loop` message.
+fn marker_words(marker: &ProgressMarker) -> String {
+    let phase = marker.phase.map_or("before any phase", Phase::as_str);
+    format!(
+        "at the same point ({phase}, {} step checkpoint(s), byte offset {})",
+        marker.checkpoints, marker.bytes_done
+    )
+}
+
 /// The one place a status changes. Leaving `running` clears the phase, the lease and any cancel
 /// request in the same transition: the phase's life is bounded by `running`.
 fn set_status(job: &mut Job, events: &mut Vec<EventKind>, to: Status, reason: String) {
@@ -411,6 +514,10 @@ fn set_status(job: &mut Job, events: &mut Vec<EventKind>, to: Status, reason: St
         job.ingestion_phase = None;
         job.lease = None;
         job.cancel_requested = false;
+        job.not_before = None;
+    }
+    if to.is_terminal() {
+        job.crashes = None;
     }
     job.status = to;
     events.push(EventKind::StatusChanged {
@@ -636,6 +743,7 @@ mod tests {
                 "key".to_string(),
                 "https://example.com/a.mp4".to_string(),
                 "ingest".to_string(),
+                0,
                 now,
             );
             prop_assert!(job.invariants_hold().is_ok());

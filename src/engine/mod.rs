@@ -13,6 +13,7 @@ pub mod job;
 pub mod machine;
 pub mod orchestrator;
 pub mod reprobe;
+pub mod scheduling;
 pub mod shutdown;
 pub mod sources;
 pub mod stuck;
@@ -44,6 +45,8 @@ pub struct Engine {
     /// Which addresses downloads may reach.
     pub network: NetworkPolicy,
     pub lease_ttl_ms: u64,
+    /// Per-host limits, breakers and automatic retries (`engine::scheduling`).
+    pub scheduling: scheduling::SchedulingPolicy,
     /// SIGINT/SIGTERM: claim no more, release running jobs (`engine::shutdown`).
     pub shutdown: shutdown::Shutdown,
     /// Download clients by connect timeout and user agent: one connection pool each.
@@ -66,6 +69,7 @@ impl Engine {
             worker_id: WorkerId(format!("{}:{}", hostname(), std::process::id())),
             network,
             lease_ttl_ms: LEASE_TTL_MS,
+            scheduling: scheduling::SchedulingPolicy::default(),
             shutdown: shutdown::Shutdown::new(),
             http_clients: Arc::default(),
         }

@@ -11,11 +11,18 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use crate::engine::Engine;
-use crate::engine::job::{ErrorInfo, Job, JobId, LeaseToken, Status};
+use std::collections::BTreeSet;
+
+use crate::engine::backfill::source_host;
+use crate::engine::job::{ErrorInfo, Job, JobId, LeaseToken, PRIORITY_LIVE, Status, Timestamp};
 use crate::engine::machine::Rejected;
+use crate::engine::scheduling::HostOutcome;
 use crate::engine::sources::{canonical_source, idempotency_key};
 use crate::engine::worker::{WorkOutcome, execute};
-use crate::store::{JobFilter, OrchestratorStore, StoreError, SubmitRequest, Submitted};
+use crate::store::{
+    ClaimNext, ClaimRequest, JobFilter, NewIncident, OrchestratorStore, StoreError, SubmitRequest,
+    Submitted,
+};
 
 /// What a caller asks to submit.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +31,8 @@ pub struct SubmitOptions {
     /// The caller's own idempotency key; the normalised source is used when there is none.
     pub key: Option<String>,
     pub reingest: bool,
+    /// The new jobs' priority (`Job::priority`); [`PRIORITY_LIVE`] when `None`.
+    pub priority: Option<i32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +77,7 @@ pub async fn submit(
             source,
             workflow: workflow_name.clone(),
             reingest: options.reingest,
+            priority: options.priority.unwrap_or(PRIORITY_LIVE),
         };
         let result = engine.store.submit(&request).await?;
         tracing::info!(job_id = %result.job.id, outcome = ?result.outcome, source = %crate::steps::redact::redact_url(&request.source), "submitted");
@@ -91,9 +101,13 @@ pub async fn reclaim_orphans(engine: &Engine) -> Result<Vec<Job>, EngineError> {
     for job in running {
         match engine
             .store
-            .reclaim(job.id, "reclaimed: the process that ran it is gone")
+            .reclaim_orphan(job.id, "reclaimed: the process that ran it is gone")
             .await?
         {
+            Ok(job) if job.status == Status::Failed => {
+                tracing::error!(job_id = %job.id, "quarantined: its process died again and again at the same point (crash_loop)");
+                reclaimed.push(job);
+            }
             Ok(job) => {
                 tracing::warn!(job_id = %job.id, "reclaimed a job left running by a dead process");
                 reclaimed.push(job);
@@ -104,7 +118,9 @@ pub async fn reclaim_orphans(engine: &Engine) -> Result<Vec<Job>, EngineError> {
     Ok(reclaimed)
 }
 
-/// Runs one pending job to a terminal status (or leaves it to whoever holds its lease).
+/// Claims one pending job by id and runs it to a terminal status (or leaves it to whoever holds
+/// its lease), whatever the scheduling rules say: for tests and tools; commands go through
+/// [`schedule`].
 pub async fn run_job(engine: &Engine, id: JobId) -> Result<Job, EngineError> {
     let store: Arc<dyn OrchestratorStore> = engine.store.clone();
     // Shutting down: a job not yet claimed stays as it is, for the next run.
@@ -114,15 +130,11 @@ pub async fn run_job(engine: &Engine, id: JobId) -> Result<Job, EngineError> {
             .await?
             .ok_or(EngineError::Rejected(Rejected::NotFound(id)));
     }
-    crate::failpoint!("claim.before");
     let (job, token) = match store
         .claim(id, &engine.worker_id, engine.lease_ttl_ms)
         .await?
     {
-        Ok(claimed) => {
-            crate::failpoint!("claim.after");
-            claimed
-        }
+        Ok(claimed) => claimed,
         Err(rejected) => {
             tracing::debug!(%rejected, "not claimed");
             return store
@@ -149,10 +161,12 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
             cancel_sender,
             engine.shutdown.clone(),
         )));
+        crate::failpoint!("job.start", &job.source);
         let outcome = execute(engine, &job, &token, cancel).await;
         drop(keeper);
         let result = match outcome {
             Ok(WorkOutcome::Done) => {
+                record_host_outcome(engine, &job, None).await?;
                 crate::failpoint!("complete.before");
                 let completed = store.complete(&token).await?;
                 crate::failpoint!("complete.after");
@@ -165,13 +179,32 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
                 return store.job(job.id).await?.ok_or(EngineError::Rejected(Rejected::NotFound(job.id)));
             }
             Err(error) => {
-                crate::failpoint!("fail.before");
-                let failed = store.fail(&token, ErrorInfo {
+                let error_info = ErrorInfo {
                     class: error.class.as_str().to_string(),
                     message: error.message.clone(),
-                }).await?;
-                crate::failpoint!("fail.after");
-                failed
+                };
+                let verdict = record_host_outcome(engine, &job, Some(error.class.as_str())).await?;
+                let attempts_max = engine
+                    .workflows
+                    .get(&job.workflow)
+                    .map_or(1, |workflow| workflow.attempts_max);
+                if verdict.hold {
+                    tracing::warn!(class = %error_info.class, "held: the source host's circuit breaker is open; the attempt is not counted");
+                    store.hold(&token, &format!(
+                        "held: the circuit breaker of host {} is open ({}: {})",
+                        source_host(&job.source), error_info.class, error_info.message
+                    )).await?
+                } else if error.class.retryable() && job.attempts < attempts_max {
+                    let delay_ms = engine.scheduling.retry.delay_ms(job.attempts);
+                    let not_before = Timestamp::now().plus_ms(delay_ms);
+                    tracing::warn!(class = %error_info.class, attempt = job.attempts, attempts_max, delay_ms, "transient failure: retried automatically after a delay");
+                    store.retry_later(&token, error_info, not_before).await?
+                } else {
+                    crate::failpoint!("fail.before");
+                    let failed = store.fail(&token, error_info).await?;
+                    crate::failpoint!("fail.after");
+                    failed
+                }
             }
         };
         match result {
@@ -190,6 +223,43 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
     }
     .instrument(span)
     .await
+}
+
+/// Records a finished run on its source host's breaker (`engine::scheduling`), and an opened
+/// breaker in the incident log: it is an escalation the runbook asks for.
+async fn record_host_outcome(
+    engine: &Engine,
+    job: &Job,
+    class: Option<&str>,
+) -> Result<crate::engine::scheduling::OutcomeVerdict, EngineError> {
+    let Some(outcome) = HostOutcome::of_run(class) else {
+        return Ok(Default::default());
+    };
+    let host = source_host(&job.source);
+    let verdict = engine
+        .store
+        .record_host_outcome(&host, job.id, &outcome, &engine.scheduling)
+        .await?;
+    if verdict.opened {
+        let breaker = &engine.scheduling.breaker;
+        tracing::error!(host = %host, "circuit breaker opened: the host's jobs are held (not failed) until a probe job gets through");
+        engine
+            .store
+            .record_incident(NewIncident {
+                actor: "narra".to_string(),
+                action: "circuit_opened".to_string(),
+                job: Some(job.id),
+                key: Some(host.clone()),
+                reason: format!(
+                    "{} refusals ({}) from {host} in a row within {} s: its pending jobs are held, then one probe job tests it",
+                    breaker.failures_max,
+                    class.unwrap_or("unknown"),
+                    breaker.window_ms / 1000
+                ),
+            })
+            .await?;
+    }
+    Ok(verdict)
 }
 
 /// Gives a job this process holds back to `pending` because the process is shutting down (the
@@ -279,59 +349,31 @@ pub async fn run_jobs(
 }
 
 /// [`run_jobs`], handing each job to `on_finished` as it ends, in the order they end (progress
-/// reports: `narra backfill`).
+/// reports). The jobs go through the same scheduler as `work` ([`schedule`]): per-host limits,
+/// breakers and retry delays apply, and the call returns once none of them is pending or running
+/// (a job retried automatically is waited for).
 pub async fn run_jobs_observed(
     engine: &Engine,
     ids: &[JobId],
     concurrency: usize,
-    mut on_finished: impl FnMut(&Job),
+    on_finished: impl FnMut(&Job),
 ) -> Result<Vec<Job>, EngineError> {
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, id) in ids.iter().copied().enumerate() {
-        let engine = engine.clone();
-        let semaphore = semaphore.clone();
-        tasks.spawn(async move {
-            let _permit = semaphore
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
-            (index, run_job(&engine, id).await)
-        });
-    }
-    // One job's failure never stops the others: every task is awaited, and the first store error
-    // is reported once all have ended.
-    let mut results: Vec<Option<Job>> = vec![None; ids.len()];
-    let mut first_error = None;
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((index, Ok(job))) => {
-                on_finished(&job);
-                results[index] = Some(job);
-            }
-            Ok((_, Err(error))) => {
-                tracing::error!(%error, "a job could not be run");
-                first_error.get_or_insert(error);
-            }
-            Err(join_error) => tracing::error!(%join_error, "a job task panicked"),
-        }
-    }
-    if let Some(error) = first_error {
-        return Err(error);
-    }
+    let only: BTreeSet<JobId> = ids.iter().copied().collect();
+    let options = ScheduleOptions {
+        concurrency,
+        only: Some(&only),
+        until: Until::Drained,
+    };
+    schedule(engine, &options, std::future::pending(), on_finished).await?;
     let mut jobs = Vec::with_capacity(ids.len());
-    for (index, job) in results.into_iter().enumerate() {
-        match job {
-            Some(job) => jobs.push(job),
-            // A task that panicked: report the job as the store has it.
-            None => jobs.push(
-                engine
-                    .store
-                    .job(ids[index])
-                    .await?
-                    .ok_or(EngineError::Rejected(Rejected::NotFound(ids[index])))?,
-            ),
-        }
+    for &id in ids {
+        jobs.push(
+            engine
+                .store
+                .job(id)
+                .await?
+                .ok_or(EngineError::Rejected(Rejected::NotFound(id)))?,
+        );
     }
     Ok(jobs)
 }
@@ -345,38 +387,52 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Keeps a finished job in `finished` (drain mode only: a long-running worker keeps none), logs a
-/// failure to run one, and remembers the first store error.
-fn collect(
-    joined: Result<Result<Job, EngineError>, tokio::task::JoinError>,
-    drain: bool,
-    finished: &mut Vec<Job>,
-    first_error: &mut Option<EngineError>,
-) {
-    match joined {
-        Ok(Ok(job)) if drain => finished.push(job),
-        Ok(Ok(_)) => {}
+/// When [`schedule`] returns (besides its shutdown future resolving).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Once no job (of those asked for) is pending and none is running: jobs waiting for a retry
+    /// delay or a breaker's cool-down are waited for.
+    Drained,
+    /// Never: a long-running worker.
+    Shutdown,
+}
+
+/// What [`schedule`] runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ScheduleOptions<'a> {
+    pub concurrency: usize,
+    /// Only these jobs; every queued job when `None`.
+    pub only: Option<&'a BTreeSet<JobId>>,
+    pub until: Until,
+}
+
+/// How long an idle scheduler waits before asking the store again when it knows no better time.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+/// The longest a waiting scheduler sleeps at once, so new work and shutdowns are seen.
+const WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// Runs queued jobs, up to `options.concurrency` at once, in the store's claim order (priority,
+/// then age) under its scheduling rules (`engine::scheduling`), handing each finished job to
+/// `on_finished`. Returns when `shutdown` resolves (no new job is claimed; running ones end as
+/// the shutdown rules say) or, with [`Until::Drained`], when nothing is left to run.
+pub async fn schedule(
+    engine: &Engine,
+    options: &ScheduleOptions<'_>,
+    shutdown: impl Future<Output = ()>,
+    mut on_finished: impl FnMut(&Job),
+) -> Result<(), EngineError> {
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(options.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut first_error = None;
+    let mut finish = |joined: Result<Result<Job, EngineError>, tokio::task::JoinError>,
+                      first_error: &mut Option<EngineError>| match joined {
+        Ok(Ok(job)) => on_finished(&job),
         Ok(Err(error)) => {
             tracing::error!(%error, "a job could not be run");
             first_error.get_or_insert(error);
         }
         Err(join_error) => tracing::error!(%join_error, "a job task panicked"),
-    }
-}
-
-/// Runs queued jobs, up to `concurrency` at once. With `drain`, returns once no job is pending and
-/// none is running, with the jobs it ran; otherwise polls for new work until `shutdown` resolves,
-/// and keeps no list of the jobs it ran (a long-running worker's memory must not grow with them).
-pub async fn work(
-    engine: &Engine,
-    concurrency: usize,
-    drain: bool,
-    shutdown: impl Future<Output = ()>,
-) -> Result<Vec<Job>, EngineError> {
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut finished = Vec::new();
-    let mut first_error = None;
+    };
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -385,48 +441,90 @@ pub async fn work(
             () = &mut shutdown => break,
             permit = semaphore.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
-        match engine
-            .store
-            .claim_next(&engine.worker_id, engine.lease_ttl_ms)
-            .await?
-        {
-            Some((job, token)) => {
+        if engine.shutdown.is_draining() {
+            break;
+        }
+        let request = ClaimRequest {
+            worker_id: &engine.worker_id,
+            lease_ttl_ms: engine.lease_ttl_ms,
+            policy: &engine.scheduling,
+            only: options.only,
+        };
+        crate::failpoint!("claim.before");
+        let claimed = engine.store.claim_next(&request).await?;
+        let wait_until = match claimed {
+            ClaimNext::Claimed(job, token) => {
+                crate::failpoint!("claim.after");
                 let engine = engine.clone();
                 tasks.spawn(async move {
                     let _permit = permit;
-                    run_claimed(&engine, job, token).await
+                    run_claimed(&engine, *job, token).await
                 });
-            }
-            None => {
-                drop(permit);
-                if tasks.is_empty() {
-                    if drain {
-                        break;
-                    }
-                    tokio::select! {
-                        biased;
-                        () = &mut shutdown => break,
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                } else {
-                    // Wait for a running job to finish: it frees a slot, and there may be new work.
-                    if let Some(joined) = tasks.join_next().await {
-                        collect(joined, drain, &mut finished, &mut first_error);
-                    }
+                while let Some(joined) = tasks.try_join_next() {
+                    finish(joined, &mut first_error);
                 }
+                continue;
             }
-        }
-        while let Some(joined) = tasks.try_join_next() {
-            collect(joined, drain, &mut finished, &mut first_error);
+            ClaimNext::Wait { until } => until,
+            ClaimNext::Empty => {
+                if tasks.is_empty() && options.until == Until::Drained {
+                    break;
+                }
+                None
+            }
+        };
+        drop(permit);
+        // Nothing may start now: wait for a running job to end (it frees a slot and a host), for
+        // the time the store named, or for a while (new work, another process's jobs).
+        let pause = match wait_until {
+            Some(until) => {
+                let ms = u64::try_from(until.0.saturating_sub(Timestamp::now().0)).unwrap_or(0);
+                Duration::from_millis(ms).clamp(Duration::from_millis(10), WAIT_MAX)
+            }
+            None => IDLE_POLL,
+        };
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => finish(joined, &mut first_error),
+            () = tokio::time::sleep(pause) => {}
         }
     }
     while let Some(joined) = tasks.join_next().await {
-        collect(joined, drain, &mut finished, &mut first_error);
+        finish(joined, &mut first_error);
     }
     match first_error {
         Some(error) => Err(error),
-        None => Ok(finished),
+        None => Ok(()),
     }
+}
+
+/// Runs queued jobs, up to `concurrency` at once. With `drain`, returns once no job is pending and
+/// none is running, with the jobs it ran; otherwise runs until `shutdown` resolves, and keeps no
+/// list of the jobs it ran (a long-running worker's memory must not grow with them).
+pub async fn work(
+    engine: &Engine,
+    concurrency: usize,
+    drain: bool,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Vec<Job>, EngineError> {
+    let options = ScheduleOptions {
+        concurrency,
+        only: None,
+        until: if drain {
+            Until::Drained
+        } else {
+            Until::Shutdown
+        },
+    };
+    let mut finished = Vec::new();
+    schedule(engine, &options, shutdown, |job| {
+        if drain {
+            finished.push(job.clone());
+        }
+    })
+    .await?;
+    Ok(finished)
 }
 
 #[cfg(test)]

@@ -231,6 +231,7 @@ mod tests {
             "key".into(),
             "http://example.com/a.mp4".into(),
             "ingest".into(),
+            crate::engine::job::PRIORITY_LIVE,
             Timestamp(0),
         )
         .job;

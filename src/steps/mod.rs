@@ -59,11 +59,14 @@ pub enum ErrorClass {
     ScratchError,
     Cancelled,
     Internal,
+    /// The process running the job died three times at the same point with no progress in
+    /// between: the job is quarantined so one poisonous input cannot take workers down again.
+    CrashLoop,
 }
 
 impl ErrorClass {
     /// Every class, for reading one back from its stored name.
-    pub const ALL: [ErrorClass; 23] = [
+    pub const ALL: [ErrorClass; 24] = [
         ErrorClass::UnsupportedSource,
         ErrorClass::DownloadBlocked,
         ErrorClass::NotFound,
@@ -87,6 +90,7 @@ impl ErrorClass {
         ErrorClass::ScratchError,
         ErrorClass::Cancelled,
         ErrorClass::Internal,
+        ErrorClass::CrashLoop,
     ];
 
     /// The class stored as `name` (`ErrorInfo::class`), if it is one.
@@ -121,6 +125,7 @@ impl ErrorClass {
             ErrorClass::ScratchError => "scratch_error",
             ErrorClass::Cancelled => "cancelled",
             ErrorClass::Internal => "internal",
+            ErrorClass::CrashLoop => "crash_loop",
         }
     }
 

@@ -14,9 +14,18 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::StoreError;
+use crate::engine::job::Job;
 
-/// The version of the record layout this narra writes and reads.
-pub const SCHEMA_VERSION: u8 = 1;
+/// The version of the record layout this narra writes.
+///
+/// - 1: the first layout.
+/// - 2: `Job` gained `priority`, `not_before` and `crashes` (at the end). No other record changed,
+///   so every other record type reads the same under 1 and 2; a version-1 job is read by
+///   [`decode_job`] through [`legacy::JobV1`], and `SledStore::open` rewrites old stores once.
+pub const SCHEMA_VERSION: u8 = 2;
+
+/// The oldest version this narra still reads.
+pub const SCHEMA_VERSION_MIN: u8 = 1;
 
 fn bincode_config() -> bincode::config::Configuration {
     bincode::config::standard()
@@ -47,22 +56,96 @@ pub fn decode<T: DeserializeOwned>(
     let Some((&version, body)) = bytes.split_first() else {
         return Err(corrupt("empty record".to_string()));
     };
-    if version != SCHEMA_VERSION {
+    if !(SCHEMA_VERSION_MIN..=SCHEMA_VERSION).contains(&version) {
         return Err(StoreError::UnsupportedSchema {
             found: version,
             supported: SCHEMA_VERSION,
         });
     }
+    decode_body(body).map_err(corrupt)
+}
+
+/// Decodes exactly one value from `body` (no schema byte).
+fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     let (value, bytes_read) = bincode::serde::decode_from_slice::<T, _>(body, bincode_config())
-        .map_err(|error| corrupt(format!("cannot decode record: {error}")))?;
+        .map_err(|error| format!("cannot decode record: {error}"))?;
     if bytes_read != body.len() {
-        return Err(corrupt(format!(
+        return Err(format!(
             "{} trailing bytes after a {}-byte record",
             body.len() - bytes_read,
             bytes_read
-        )));
+        ));
     }
     Ok(value)
+}
+
+/// Decodes a job record of any version this narra reads: a version-1 job gets the defaults of
+/// the fields version 2 added (the live priority, no retry delay, no crash record).
+pub fn decode_job(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<Job, StoreError> {
+    match bytes.first() {
+        Some(1) => {
+            let old: legacy::JobV1 =
+                decode_body(&bytes[1..]).map_err(|reason| StoreError::Corrupt {
+                    tree,
+                    key: hex(key),
+                    reason,
+                })?;
+            Ok(old.into())
+        }
+        _ => decode(tree, key, bytes),
+    }
+}
+
+/// Record layouts of earlier schema versions, read once and converted.
+pub mod legacy {
+    use serde::Deserialize;
+
+    use crate::engine::job::{
+        ErrorInfo, Job, JobId, Lease, PRIORITY_LIVE, Phase, Status, Timestamp,
+    };
+
+    /// `Job` as schema version 1 stored it.
+    #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+    pub struct JobV1 {
+        pub id: JobId,
+        pub key: String,
+        pub source: String,
+        pub workflow: String,
+        pub status: Status,
+        pub ingestion_phase: Option<Phase>,
+        pub attempts: u32,
+        pub error: Option<ErrorInfo>,
+        pub created_at: Timestamp,
+        pub updated_at: Timestamp,
+        pub lease: Option<Lease>,
+        pub fencing_token: u64,
+        pub cancel_requested: bool,
+        pub events_next: u64,
+    }
+
+    impl From<JobV1> for Job {
+        fn from(old: JobV1) -> Job {
+            Job {
+                id: old.id,
+                key: old.key,
+                source: old.source,
+                workflow: old.workflow,
+                status: old.status,
+                ingestion_phase: old.ingestion_phase,
+                attempts: old.attempts,
+                error: old.error,
+                created_at: old.created_at,
+                updated_at: old.updated_at,
+                lease: old.lease,
+                fencing_token: old.fencing_token,
+                cancel_requested: old.cancel_requested,
+                events_next: old.events_next,
+                priority: PRIORITY_LIVE,
+                not_before: None,
+                crashes: None,
+            }
+        }
+    }
 }
 
 /// Lower-case hex, for naming keys in corruption reports.
@@ -83,8 +166,8 @@ pub(crate) mod strategies {
     use proptest::prelude::*;
 
     use crate::engine::job::{
-        ChangeToken, Checkpoint, ErrorInfo, Event, EventKind, Hash, Job, JobId, Lease, Location,
-        Phase, Status, StepOutput, Timestamp, WorkerId,
+        ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event, EventKind, Hash, Job, JobId, Lease,
+        Location, Phase, ProgressMarker, Status, StepOutput, Timestamp, WorkerId,
     };
 
     pub fn job_id() -> impl Strategy<Value = JobId> {
@@ -145,6 +228,11 @@ pub(crate) mod strategies {
                 any::<bool>(),
                 any::<u64>(),
             ),
+            (
+                any::<i32>(),
+                proptest::option::of(timestamp()),
+                proptest::option::of(crash_record()),
+            ),
         )
             .prop_map(
                 |(
@@ -158,6 +246,7 @@ pub(crate) mod strategies {
                         cancel_requested,
                         events_next,
                     ),
+                    (priority, not_before, crashes),
                 )| Job {
                     id,
                     key,
@@ -173,8 +262,28 @@ pub(crate) mod strategies {
                     fencing_token,
                     cancel_requested,
                     events_next,
+                    priority,
+                    not_before,
+                    crashes,
                 },
             )
+    }
+
+    pub fn crash_record() -> impl Strategy<Value = CrashRecord> {
+        (
+            proptest::option::of(phase()),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u32>(),
+        )
+            .prop_map(|(phase, checkpoints, bytes_done, count)| CrashRecord {
+                marker: ProgressMarker {
+                    phase,
+                    checkpoints,
+                    bytes_done,
+                },
+                count,
+            })
     }
 
     pub fn location() -> impl Strategy<Value = Location> {
@@ -341,8 +450,9 @@ mod tests {
 
     use super::*;
     use crate::engine::job::{
-        ChangeToken, Checkpoint, ErrorInfo, Event, EventKind, Hash, Job, JobId, Lease, Location,
-        MediaMetadata, Phase, Status, StepOutput, StreamInfo, Timestamp, WorkerId,
+        ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event, EventKind, Hash, Job, JobId, Lease,
+        Location, MediaMetadata, Phase, ProgressMarker, Status, StepOutput, StreamInfo, Timestamp,
+        WorkerId,
     };
 
     fn golden_job() -> Job {
@@ -368,6 +478,16 @@ mod tests {
             fencing_token: 7,
             cancel_requested: true,
             events_next: 300,
+            priority: -5,
+            not_before: Some(Timestamp(1_700_000_200_000)),
+            crashes: Some(CrashRecord {
+                marker: ProgressMarker {
+                    phase: Some(Phase::Processing),
+                    checkpoints: 1,
+                    bytes_done: 65_536,
+                },
+                count: 2,
+            }),
         }
     }
 
@@ -473,20 +593,42 @@ mod tests {
     where
         T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
     {
+        // The golden bytes carry the version the layout was last changed in; the body must be
+        // the same under every later version, and the bytes as first written must still decode.
         let bytes = encode(value).expect("encode");
+        assert_eq!(bytes[0], SCHEMA_VERSION);
         assert_eq!(
-            hex(&bytes),
-            golden_hex,
+            hex(&bytes[1..]),
+            golden_hex[2..],
             "the encoding of a stored record changed: bump SCHEMA_VERSION and migrate, do not just \
              update the golden bytes"
         );
         let decoded: T = decode("test", b"key", &from_hex(golden_hex)).expect("decode golden");
+        assert_eq!(&decoded, value);
+        let decoded: T = decode("test", b"key", &bytes).expect("decode current");
         assert_eq!(&decoded, value);
     }
 
     #[test]
     fn job_golden_bytes() {
         assert_golden(&golden_job(), GOLDEN_JOB);
+        assert_eq!(
+            decode_job("jobs", b"key", &from_hex(GOLDEN_JOB)).expect("decode_job"),
+            golden_job()
+        );
+    }
+
+    // Guards the version-1 migration: a job written by schema version 1 still reads, with the
+    // defaults of the fields version 2 added, and the generic decoder does not misread it.
+    #[test]
+    fn version_1_jobs_read_with_the_new_fields_defaulted() {
+        let old = decode_job("jobs", b"key", &from_hex(GOLDEN_JOB_V1)).expect("decode v1 job");
+        let mut expected = golden_job();
+        expected.priority = crate::engine::job::PRIORITY_LIVE;
+        expected.not_before = None;
+        expected.crashes = None;
+        assert_eq!(old, expected);
+        assert!(decode::<Job>("jobs", b"key", &from_hex(GOLDEN_JOB_V1)).is_err());
     }
 
     #[test]
@@ -667,7 +809,8 @@ mod tests {
     }
 
     // Golden bytes, produced once by `encode` at SCHEMA_VERSION 1.
-    const GOLDEN_JOB: &str = "01fe2a0000000000000000000000000090011968747470733a2f2f6578616d706c652e636f6d2f612e6d70341968747470733a2f2f6578616d706c652e636f6d2f612e6d703406696e67657374010101030110646f776e6c6f61645f626c6f636b65640d34303320466f7262696464656efd00d0ca9f17030000fd8094ce9f170300000109686f73743a34323a3107fde07ecf9f170300000701fb2c01";
+    const GOLDEN_JOB_V1: &str = "01fe2a0000000000000000000000000090011968747470733a2f2f6578616d706c652e636f6d2f612e6d70341968747470733a2f2f6578616d706c652e636f6d2f612e6d703406696e67657374010101030110646f776e6c6f61645f626c6f636b65640d34303320466f7262696464656efd00d0ca9f17030000fd8094ce9f170300000109686f73743a34323a3107fde07ecf9f170300000701fb2c01";
+    const GOLDEN_JOB: &str = "02fe2a0000000000000000000000000090011968747470733a2f2f6578616d706c652e636f6d2f612e6d70341968747470733a2f2f6578616d706c652e636f6d2f612e6d703406696e67657374010101030110646f776e6c6f61645f626c6f636b65640d34303320466f7262696464656efd00d0ca9f17030000fd8094ce9f170300000109686f73743a34323a3107fde07ecf9f170300000701fb2c010901fd80ead09f1703000001010101fc0000010002";
     const GOLDEN_CHECKPOINT: &str = "0107657874726163741111111111111111111111111111111111111111111111111111111111111111a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a50305617564696f00182f746d702f6e617272612f6a6f622f617564696f2e6d3461fc00001000010101010101010101010101010101010101010101010101010101010101010100fbd204fc00001000090673746f72656401106a6f62732f612f617564696f2e6d3461c8020202020202020202020202020202020202020202020202020202020202020201052261626322086d657461646174610200030303030303030303030303030303030303030303030303030303030303030302fd80ead09f17030000";
     const GOLDEN_EVENTS: [&str; 3] = [
         "0100fd00d0ca9f17030000010000097375626d6974746564",

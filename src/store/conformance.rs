@@ -12,14 +12,15 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::{
-    BatchOptions, JobFilter, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, NewIncident, Resubmit,
-    SUBMIT_BATCH_MAX, StateStore, StepEvent, SubmitOutcome, SubmitRequest,
+    BatchOptions, ClaimNext, ClaimRequest, JobFilter, LOG_LINE_BYTES_MAX, LOG_LINES_MAX,
+    NewIncident, Resubmit, SUBMIT_BATCH_MAX, StateStore, StepEvent, SubmitOutcome, SubmitRequest,
 };
 use crate::engine::job::{
     ChangeToken, Checkpoint, ErrorInfo, Event, EventKind, Hash, Job, JobId, LeaseToken, Location,
     LogLine, MediaMetadata, Phase, Status, StepOutput, StreamInfo, Timestamp, WorkerId,
 };
 use crate::engine::machine::Rejected;
+use crate::engine::scheduling::{BreakerPolicy, HostOutcome, RetryPolicy, SchedulingPolicy};
 
 /// A lease long enough that no check sees it expire.
 const LEASE_TTL_MS: u64 = 60_000;
@@ -55,6 +56,229 @@ where
     delete_removes_every_record_of_a_job(&make_store().await).await;
     incidents_are_appended_in_order(&make_store().await).await;
     submit_batch_is_submit_in_bulk(&make_store().await).await;
+    claims_go_by_priority_then_age(&make_store().await).await;
+    retry_later_waits_and_hold_gives_the_attempt_back(&make_store().await).await;
+    host_limits_and_breakers_gate_claims(&make_store().await).await;
+    orphans_that_die_at_the_same_point_are_quarantined(&make_store().await).await;
+}
+
+/// Higher priority first, then oldest first; `only` limits the claim to some jobs.
+pub async fn claims_go_by_priority_then_age(store: &dyn StateStore) {
+    let mut ids = Vec::new();
+    for (key, priority) in [
+        ("low", 0),
+        ("high-old", 10),
+        ("high-new", 10),
+        ("negative", -3),
+    ] {
+        let mut request = request(key);
+        request.priority = priority;
+        ids.push(store.submit(&request).await.expect("submit").job.id);
+        next_millisecond().await;
+    }
+    let only: std::collections::BTreeSet<JobId> = [ids[0], ids[3]].into_iter().collect();
+    let (job, _) = claim_next_with(store, &worker(1), &open_policy(), Some(&only))
+        .await
+        .expect("one of the two");
+    assert_eq!(job.id, ids[0], "only the jobs asked for are claimed");
+    let mut order = Vec::new();
+    while let Some((job, _)) = claim_next_as(store, &worker(1)).await {
+        order.push(job.id);
+    }
+    assert_eq!(order, vec![ids[1], ids[2], ids[3]]);
+    let listed = store.job(ids[1]).await.expect("read").expect("exists");
+    assert_eq!(listed.priority, 10);
+}
+
+/// An automatic retry is pending with its error and is not claimed before its time; a held job
+/// gets its attempt back.
+pub async fn retry_later_waits_and_hold_gives_the_attempt_back(store: &dyn StateStore) {
+    let delayed = submit_new(store, "delayed").await.id;
+    let (_, token) = claim_next_as(store, &worker(1)).await.expect("claimed");
+    let not_before = Timestamp::now().plus_ms(3_600_000);
+    let error = ErrorInfo {
+        class: "server_error".to_string(),
+        message: "HTTP 503".to_string(),
+    };
+    let job = store
+        .retry_later(&token, error.clone(), not_before)
+        .await
+        .expect("retry_later")
+        .expect("the lease holder may");
+    assert_eq!(job.status, Status::Pending);
+    assert_eq!(job.not_before, Some(not_before));
+    assert_eq!(job.error, Some(error));
+    assert_eq!(job.attempts, 1);
+    let request = ClaimRequest {
+        worker_id: &worker(1),
+        lease_ttl_ms: LEASE_TTL_MS,
+        policy: &open_policy(),
+        only: None,
+    };
+    assert_eq!(
+        store.claim_next(&request).await.expect("claim_next"),
+        ClaimNext::Wait {
+            until: Some(not_before)
+        }
+    );
+    let stale = store
+        .retry_later(&token, job.error.clone().expect("error"), not_before)
+        .await
+        .expect("retry_later");
+    assert!(matches!(stale, Err(Rejected::Fenced { .. })), "{stale:?}");
+    // An operator's retry runs it now.
+    store
+        .cancel(delayed)
+        .await
+        .expect("cancel")
+        .expect("pending is cancellable");
+    let retried = store
+        .retry(delayed, "operator")
+        .await
+        .expect("retry")
+        .expect("cancelled is retryable");
+    assert_eq!(retried.not_before, None);
+
+    let (_, token) = claim_next_as(store, &worker(2)).await.expect("claimed now");
+    let held = store
+        .hold(&token, "held: breaker open")
+        .await
+        .expect("hold")
+        .expect("the lease holder may");
+    assert_eq!(held.status, Status::Pending);
+    assert_eq!(held.attempts, 1, "the held run's attempt is given back");
+    assert!(held.lease.is_none());
+}
+
+/// A host at its concurrency limit or behind an open breaker starts no job; other hosts do; the
+/// breaker's state reads back through `hosts`.
+pub async fn host_limits_and_breakers_gate_claims(store: &dyn StateStore) {
+    let mut policy = open_policy();
+    policy.host_running_max = 1;
+    let mut on_a = Vec::new();
+    for key in ["a1", "a2", "a3"] {
+        let mut request = request(key);
+        request.source = format!("https://a.example:8443/{key}.mp4");
+        on_a.push(store.submit(&request).await.expect("submit").job.id);
+        next_millisecond().await;
+    }
+    let on_b = submit_new(store, "b1").await.id;
+    let (first, first_token) = claim_next_with(store, &worker(1), &policy, None)
+        .await
+        .expect("claimed");
+    assert_eq!(first.id, on_a[0]);
+    let (second, _) = claim_next_with(store, &worker(1), &policy, None)
+        .await
+        .expect("claimed");
+    assert_eq!(second.id, on_b, "host a is at its limit; host b is not");
+    let request = ClaimRequest {
+        worker_id: &worker(1),
+        lease_ttl_ms: LEASE_TTL_MS,
+        policy: &policy,
+        only: None,
+    };
+    assert_eq!(
+        store.claim_next(&request).await.expect("claim_next"),
+        ClaimNext::Wait { until: None },
+        "pending jobs wait for a running one to end"
+    );
+
+    let refused = HostOutcome::Blocked {
+        class: "download_blocked".to_string(),
+    };
+    let host = "a.example:8443";
+    let verdict = store
+        .record_host_outcome(host, on_a[0], &refused, &policy)
+        .await
+        .expect("record");
+    assert!(!verdict.opened && !verdict.hold);
+    store
+        .fail(
+            &first_token,
+            ErrorInfo {
+                class: "download_blocked".to_string(),
+                message: "HTTP 403".to_string(),
+            },
+        )
+        .await
+        .expect("fail")
+        .expect("the lease holder may");
+    let verdict = store
+        .record_host_outcome(host, on_a[0], &refused, &policy)
+        .await
+        .expect("record");
+    assert!(verdict.opened, "the second refusal in a row opens it");
+    match store.claim_next(&request).await.expect("claim_next") {
+        ClaimNext::Wait { until: Some(until) } => assert!(until > Timestamp::now()),
+        other => panic!("host a's jobs are held while its breaker is open: {other:?}"),
+    }
+    let hosts = store.hosts().await.expect("hosts");
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].host, host);
+    assert_eq!(hosts[0].opened_total, 1);
+    assert!(matches!(
+        hosts[0].breaker,
+        crate::engine::job::Breaker::Open { .. }
+    ));
+    let untouched = store.job(on_a[1]).await.expect("read").expect("exists");
+    assert_eq!(untouched.attempts, 0, "held jobs spend no attempt");
+}
+
+/// The third death in a row at the same point fails the job as `crash_loop`; progress in between
+/// starts the count again.
+pub async fn orphans_that_die_at_the_same_point_are_quarantined(store: &dyn StateStore) {
+    let moving = submit_new(store, "moving").await.id;
+    for bytes_done in [10, 20, 30, 40] {
+        let (_, token) = claim_next_as(store, &worker(1)).await.expect("claimed");
+        store
+            .set_progress(
+                &token,
+                &crate::engine::job::JobProgress {
+                    bytes_done,
+                    bytes_total: None,
+                    rate_bytes_per_s: 0,
+                    updated_at: Timestamp::now(),
+                },
+            )
+            .await
+            .expect("progress")
+            .expect("the lease holder may");
+        let job = store
+            .reclaim_orphan(moving, "died")
+            .await
+            .expect("reclaim")
+            .expect("running is reclaimable");
+        assert_eq!(job.status, Status::Pending, "progress was made each time");
+        assert_eq!(job.crashes.expect("recorded").count, 1);
+    }
+    store
+        .cancel(moving)
+        .await
+        .expect("cancel")
+        .expect("pending");
+
+    let stuck = submit_new(store, "stuck").await.id;
+    for death in 1..=3 {
+        let (_, token) = claim_next_as(store, &worker(1)).await.expect("claimed");
+        store
+            .set_phase(&token, Phase::Processing)
+            .await
+            .expect("phase")
+            .expect("the lease holder may");
+        let job = store
+            .reclaim_orphan(stuck, "died")
+            .await
+            .expect("reclaim")
+            .expect("running is reclaimable");
+        if death < 3 {
+            assert_eq!(job.status, Status::Pending);
+            assert_eq!(job.crashes.expect("recorded").count, death);
+        } else {
+            assert_eq!(job.status, Status::Failed);
+            assert_eq!(job.error.expect("error").class, "crash_loop");
+            assert_eq!(job.crashes, None);
+        }
+    }
 }
 
 fn request(key: &str) -> SubmitRequest {
@@ -63,6 +287,48 @@ fn request(key: &str) -> SubmitRequest {
         source: format!("https://example.com/{key}.mp4"),
         workflow: "ingest".to_string(),
         reingest: false,
+        priority: crate::engine::job::PRIORITY_LIVE,
+    }
+}
+
+/// A scheduling policy with no per-host limit and a breaker that opens after two refusals.
+fn open_policy() -> SchedulingPolicy {
+    SchedulingPolicy {
+        host_running_max: 0,
+        host_start_interval_ms: 0,
+        breaker: BreakerPolicy {
+            failures_max: 2,
+            window_ms: 60_000,
+            cooldown_ms: 60_000,
+            cooldown_max_ms: 120_000,
+        },
+        retry: RetryPolicy::default(),
+    }
+}
+
+/// `claim_next` under [`open_policy`]: the claimed job and its token, or `None`.
+pub async fn claim_next_as(
+    store: &dyn StateStore,
+    worker_id: &WorkerId,
+) -> Option<(Job, LeaseToken)> {
+    claim_next_with(store, worker_id, &open_policy(), None).await
+}
+
+async fn claim_next_with(
+    store: &dyn StateStore,
+    worker_id: &WorkerId,
+    policy: &SchedulingPolicy,
+    only: Option<&std::collections::BTreeSet<JobId>>,
+) -> Option<(Job, LeaseToken)> {
+    let request = ClaimRequest {
+        worker_id,
+        lease_ttl_ms: LEASE_TTL_MS,
+        policy,
+        only,
+    };
+    match store.claim_next(&request).await.expect("claim_next") {
+        ClaimNext::Claimed(job, token) => Some((*job, token)),
+        ClaimNext::Wait { .. } | ClaimNext::Empty => None,
     }
 }
 
@@ -1171,13 +1437,7 @@ pub async fn jobs_lists_newest_first_and_filters_by_status(store: &dyn StateStor
 /// `claim_next` takes the oldest pending job, skips jobs that are not pending, and returns None
 /// when there is nothing to claim.
 pub async fn claim_next_picks_the_oldest_pending(store: &dyn StateStore) {
-    assert_eq!(
-        store
-            .claim_next(&worker(1), LEASE_TTL_MS)
-            .await
-            .expect("claim_next"),
-        None
-    );
+    assert_eq!(claim_next_as(store, &worker(1)).await, None);
     let mut ids = Vec::new();
     for key in ["a", "b", "c"] {
         ids.push(submit_new(store, key).await.id);
@@ -1189,10 +1449,8 @@ pub async fn claim_next_picks_the_oldest_pending(store: &dyn StateStore) {
         .expect("cancel")
         .expect("pending is cancellable");
 
-    let (job, token) = store
-        .claim_next(&worker(1), LEASE_TTL_MS)
+    let (job, token) = claim_next_as(store, &worker(1))
         .await
-        .expect("claim_next")
         .expect("a pending job");
     assert_eq!(job.id, ids[0]);
     assert_eq!(job.status, Status::Running);
@@ -1200,19 +1458,11 @@ pub async fn claim_next_picks_the_oldest_pending(store: &dyn StateStore) {
     assert_eq!(token.fencing_token, job.fencing_token);
     assert_eq!(read_job(store, ids[0]).await, job);
 
-    let (job, _) = store
-        .claim_next(&worker(2), LEASE_TTL_MS)
+    let (job, _) = claim_next_as(store, &worker(2))
         .await
-        .expect("claim_next")
         .expect("a pending job");
     assert_eq!(job.id, ids[2], "the cancelled job is skipped");
-    assert_eq!(
-        store
-            .claim_next(&worker(3), LEASE_TTL_MS)
-            .await
-            .expect("claim_next"),
-        None
-    );
+    assert_eq!(claim_next_as(store, &worker(3)).await, None);
 
     // A reclaimed job is pending again and is claimed before newer jobs.
     let newer = submit_new(store, "d").await;
@@ -1221,18 +1471,14 @@ pub async fn claim_next_picks_the_oldest_pending(store: &dyn StateStore) {
         .await
         .expect("reclaim")
         .expect("running is reclaimable");
-    let (job, token) = store
-        .claim_next(&worker(4), LEASE_TTL_MS)
+    let (job, token) = claim_next_as(store, &worker(4))
         .await
-        .expect("claim_next")
         .expect("a pending job");
     assert_eq!(job.id, ids[0]);
     assert_eq!(job.attempts, 2);
     assert_eq!(token.fencing_token, 2);
-    let (job, _) = store
-        .claim_next(&worker(4), LEASE_TTL_MS)
+    let (job, _) = claim_next_as(store, &worker(4))
         .await
-        .expect("claim_next")
         .expect("a pending job");
     assert_eq!(job.id, newer.id);
 }

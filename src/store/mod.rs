@@ -17,13 +17,16 @@ pub mod lock;
 mod model_tests;
 pub mod sled_store;
 
+use std::collections::BTreeSet;
+
 use async_trait::async_trait;
 
 use crate::engine::job::{
-    Backfill, BackfillId, Checkpoint, ErrorInfo, Event, Incident, Job, JobId, JobProgress,
-    LeaseToken, LogLine, MediaMetadata, Phase, Status, WorkerId,
+    Backfill, BackfillId, Checkpoint, ErrorInfo, Event, HostState, Incident, Job, JobId,
+    JobProgress, LeaseToken, LogLine, MediaMetadata, Phase, Status, Timestamp, WorkerId,
 };
 use crate::engine::machine::Rejected;
+use crate::engine::scheduling::{HostOutcome, OutcomeVerdict, SchedulingPolicy};
 
 pub use lock::{HomeLock, LockError};
 pub use sled_store::SledStore;
@@ -67,6 +70,31 @@ pub struct SubmitRequest {
     pub workflow: String,
     /// Re-run a succeeded job's workflow; done steps are skipped.
     pub reingest: bool,
+    /// The new job's priority (`Job::priority`); an existing job keeps its own.
+    pub priority: i32,
+}
+
+/// What `claim_next` may claim, and by which rules.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    pub worker_id: &'a WorkerId,
+    pub lease_ttl_ms: u64,
+    pub policy: &'a SchedulingPolicy,
+    /// Only these jobs (a command running the jobs it was given); all pending jobs when `None`.
+    pub only: Option<&'a BTreeSet<JobId>>,
+}
+
+/// What `claim_next` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimNext {
+    /// The job, now running under the returned lease.
+    Claimed(Box<Job>, LeaseToken),
+    /// Pending jobs exist, but none may start now: a retry delay, a breaker's cool-down or a
+    /// rate limit ends at `until`; with `None`, a running job must end first (a concurrency limit,
+    /// a running probe).
+    Wait { until: Option<Timestamp> },
+    /// No pending job (of those asked for).
+    Empty,
 }
 
 /// What `submit` did.
@@ -176,6 +204,8 @@ pub trait JobReader: Send + Sync {
     /// The jobs recorded under a backfill, in id order (oldest first). A job deleted since
     /// (`narra delete`) may still be named; readers skip ids that have no job.
     async fn backfill_jobs(&self, id: BackfillId) -> StoreResult<Vec<JobId>>;
+    /// Every source host narra has a breaker or rate state for, by name.
+    async fn hosts(&self) -> StoreResult<Vec<HostState>>;
 }
 
 /// The orchestrator's side: the global status. Nothing here can set a phase.
@@ -193,13 +223,11 @@ pub trait OrchestratorStore: JobReader {
     ) -> StoreResult<Vec<Submitted>>;
     /// The backfill recorded for `manifest` (see `Backfill::manifest`), or a new one, flushed.
     async fn open_backfill(&self, manifest: &str) -> StoreResult<Backfill>;
-    /// Claims the oldest pending job, if any.
-    async fn claim_next(
-        &self,
-        worker_id: &WorkerId,
-        lease_ttl_ms: u64,
-    ) -> StoreResult<Option<(Job, LeaseToken)>>;
-    /// Claims one pending job by id.
+    /// Claims the pending job that comes first (highest priority, then oldest) among those the
+    /// scheduling rules let start now (`engine::scheduling::admit`: retry delays, per-host
+    /// limits, breakers), recording the start on its host in the same call.
+    async fn claim_next(&self, request: &ClaimRequest<'_>) -> StoreResult<ClaimNext>;
+    /// Claims one pending job by id, whatever the scheduling rules say (tests, tools).
     async fn claim(
         &self,
         id: JobId,
@@ -217,11 +245,32 @@ pub trait OrchestratorStore: JobReader {
         token: &LeaseToken,
         error: ErrorInfo,
     ) -> StoreResult<Result<Job, Rejected>>;
+    /// running -> pending after a transient failure, not claimed before `not_before`.
+    async fn retry_later(
+        &self,
+        token: &LeaseToken,
+        error: ErrorInfo,
+        not_before: Timestamp,
+    ) -> StoreResult<Result<Job, Rejected>>;
+    /// running -> pending without spending the attempt (its host's breaker is open).
+    async fn hold(&self, token: &LeaseToken, reason: &str) -> StoreResult<Result<Job, Rejected>>;
+    /// Records how a run of `job` went on its source host's breaker (`engine::scheduling`).
+    async fn record_host_outcome(
+        &self,
+        host: &str,
+        job: JobId,
+        outcome: &HostOutcome,
+        policy: &SchedulingPolicy,
+    ) -> StoreResult<OutcomeVerdict>;
     async fn cancel(&self, id: JobId) -> StoreResult<Result<Job, Rejected>>;
     async fn confirm_cancel(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>>;
     async fn retry(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
     async fn reingest(&self, id: JobId) -> StoreResult<Result<Job, Rejected>>;
+    /// running -> pending: the holder let go of the job (graceful shutdown).
     async fn reclaim(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
+    /// running -> pending for a job whose process died; the store reads where the job was (its
+    /// phase, checkpoints and progress) for the crash-loop rule (`OrchestratorOp::ReclaimOrphan`).
+    async fn reclaim_orphan(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
     /// succeeded|failed -> pending after `cleanup` removed artifacts the job needs.
     async fn reset(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
     /// An operator's `narra reset` (`machine::OrchestratorOp::ResetByOperator`): a running job

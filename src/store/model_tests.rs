@@ -31,6 +31,7 @@ use crate::engine::job::{
     Status, StepOutput, Timestamp, WorkerId,
 };
 use crate::engine::machine::Rejected;
+use crate::store::conformance::claim_next_as;
 
 const STEPS: [&str; 3] = ["download", "extract", "store"];
 const KEYS: usize = 2;
@@ -318,6 +319,7 @@ async fn apply(
                 source: format!("https://example.com/{key}.mp4"),
                 workflow: "ingest".into(),
                 reingest: *reingest,
+                priority: crate::engine::job::PRIORITY_LIVE,
             };
             let submitted = store.submit(&request).await.expect("submit");
             if model.jobs.len() <= *key {
@@ -376,10 +378,7 @@ async fn apply(
             }
         }
         Op::ClaimNext => {
-            let claimed = store
-                .claim_next(&worker, LEASE_TTL_MS)
-                .await
-                .expect("claim_next");
+            let claimed = claim_next_as(&store, &worker).await;
             // The oldest pending job, by id (ids are ULIDs: creation order, to the millisecond).
             let oldest = model
                 .jobs

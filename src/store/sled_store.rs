@@ -50,7 +50,7 @@
 //! log buffer, and at worst waits for a concurrent flush's fsync (sled serializes transactions
 //! against flushes with one process-wide lock). The flush itself runs on tokio's blocking pool.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,17 +63,20 @@ use sled::transaction::{
 use sled::{IVec, Transactional};
 
 use super::codec;
-use super::{BatchOptions, Resubmit, SUBMIT_BATCH_MAX};
+use super::{BatchOptions, ClaimNext, ClaimRequest, Resubmit, SUBMIT_BATCH_MAX};
 use super::{
     JobFilter, JobLogSink, JobReader, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, MaintenanceStore,
     NewIncident, OrchestratorStore, StepEvent, StoreError, StoreResult, SubmitOutcome,
     SubmitRequest, Submitted, WorkerStore,
 };
+use crate::engine::backfill::source_host;
 use crate::engine::job::{
-    Backfill, BackfillId, Checkpoint, ErrorInfo, Event, EventKind, Incident, Job, JobId,
-    JobProgress, LeaseToken, Location, LogLine, MediaMetadata, Phase, Status, Timestamp, WorkerId,
+    Backfill, BackfillId, Checkpoint, ErrorInfo, Event, EventKind, HostState, Incident, Job, JobId,
+    JobProgress, LeaseToken, Location, LogLine, MediaMetadata, Phase, ProgressMarker, Status,
+    Timestamp, WorkerId,
 };
 use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
+use crate::engine::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, SchedulingPolicy};
 
 /// The page cache narra asks sled for unless told otherwise. sled's own default is 1 GiB, far more
 /// than a job table needs.
@@ -91,6 +94,14 @@ const TREE_BLOB_REFS: &str = "blob_refs";
 const TREE_INCIDENTS: &str = "incidents";
 const TREE_BACKFILLS: &str = "backfills";
 const TREE_BACKFILL_JOBS: &str = "backfill_jobs";
+const TREE_QUEUE: &str = "queue";
+const TREE_HOSTS: &str = "hosts";
+const TREE_META: &str = "meta";
+
+/// The `meta` key holding the schema version the store's records were last migrated to.
+const META_SCHEMA: &[u8] = b"schema";
+/// How many queue entries a claim reads at a time (no iterator is open while it claims).
+const QUEUE_SCAN_BATCH: usize = 256;
 
 /// The step whose checkpoint names the stored objects, and so feeds `blob_refs`.
 const STORE_STEP: &str = "store";
@@ -116,6 +127,15 @@ pub struct SledStore {
     incidents: sled::Tree,
     backfills: sled::Tree,
     backfill_jobs: sled::Tree,
+    /// Pending jobs in claim order: see [`queue_key`].
+    queue: sled::Tree,
+    /// Source host -> `HostState`.
+    hosts: sled::Tree,
+    /// Store-wide settings: the schema version.
+    meta: sled::Tree,
+    /// Serializes `claim_next` and `record_host_outcome`: a host's limits are checked and its
+    /// state written by one caller at a time.
+    schedule_lock: tokio::sync::Mutex<()>,
     /// Serializes incident appends, which number the lines.
     incident_lock: tokio::sync::Mutex<()>,
     /// The sequence number of the next log line, over all jobs: keys still sort per job by seq.
@@ -165,6 +185,10 @@ impl SledStore {
             incidents: db.open_tree(TREE_INCIDENTS)?,
             backfills: db.open_tree(TREE_BACKFILLS)?,
             backfill_jobs: db.open_tree(TREE_BACKFILL_JOBS)?,
+            queue: db.open_tree(TREE_QUEUE)?,
+            hosts: db.open_tree(TREE_HOSTS)?,
+            meta: db.open_tree(TREE_META)?,
+            schedule_lock: tokio::sync::Mutex::new(()),
             incident_lock: tokio::sync::Mutex::new(()),
             db,
             log_seq_next: AtomicU64::new(log_seq_next),
@@ -174,9 +198,58 @@ impl SledStore {
             transactions: AtomicU64::new(0),
             log_lines_dropped: AtomicU64::new(0),
         };
+        store.migrate()?;
         store.backfill_blob_refs()?;
         tracing::debug!(path = %path.display(), cache_capacity_bytes, "opened state store");
         Ok(store)
+    }
+
+    /// Brings a store written by an older schema version up to [`codec::SCHEMA_VERSION`], once:
+    /// every job is rewritten in the current layout (`codec::decode_job` reads the old one) and the
+    /// claim queue is built from the pending jobs. Other records read the same under every version
+    /// and are left as they are. Flushed before the store is used.
+    fn migrate(&self) -> StoreResult<()> {
+        let current = self
+            .meta
+            .get(META_SCHEMA)?
+            .and_then(|bytes| bytes.first().copied());
+        if current == Some(codec::SCHEMA_VERSION) {
+            return Ok(());
+        }
+        if let Some(found) = current
+            && found > codec::SCHEMA_VERSION
+        {
+            return Err(StoreError::UnsupportedSchema {
+                found,
+                supported: codec::SCHEMA_VERSION,
+            });
+        }
+        let mut jobs = sled::Batch::default();
+        let mut queue = sled::Batch::default();
+        let mut count = 0usize;
+        for entry in self.jobs.iter() {
+            let (key, bytes) = entry?;
+            let job = decode_job(&key, &bytes)?;
+            jobs.insert(key, codec::encode(&job)?);
+            if job.status == Status::Pending {
+                queue.insert(&queue_key(job.priority, job.id)[..], queue_value(&job));
+            }
+            count += 1;
+        }
+        self.jobs.apply_batch(jobs)?;
+        self.queue.clear()?;
+        self.queue.apply_batch(queue)?;
+        self.meta.insert(META_SCHEMA, &[codec::SCHEMA_VERSION])?;
+        self.db.flush()?;
+        if count > 0 {
+            tracing::info!(
+                jobs = count,
+                from = current.unwrap_or(1),
+                to = codec::SCHEMA_VERSION,
+                "migrated the state store's records"
+            );
+        }
+        Ok(())
     }
 
     /// Builds `blob_refs` from the store checkpoints when the index is empty: a store written
@@ -290,6 +363,31 @@ impl SledStore {
                 "index entry for no job with that status".to_string(),
             ));
         }
+        let mut expected_queue = std::collections::BTreeMap::new();
+        for entry in self.jobs.iter() {
+            let (key, bytes) = entry?;
+            let job = decode_job(&key, &bytes)?;
+            if job.status == Status::Pending {
+                expected_queue.insert(queue_key(job.priority, job.id).to_vec(), queue_value(&job));
+            }
+        }
+        for entry in self.queue.iter() {
+            let (key, value) = entry?;
+            if expected_queue.remove(&key[..]).as_deref() != Some(&value[..]) {
+                return Err(corrupt(
+                    TREE_QUEUE,
+                    &key,
+                    "queue entry for no pending job, or with another host or time".to_string(),
+                ));
+            }
+        }
+        if let Some((missing, _)) = expected_queue.first_key_value() {
+            return Err(corrupt(
+                TREE_QUEUE,
+                missing,
+                "a pending job is not queued".to_string(),
+            ));
+        }
         for entry in self.keys.iter() {
             let (key, id_bytes) = entry?;
             let id = job_id_in(TREE_KEYS, &key, &id_bytes)?;
@@ -358,9 +456,10 @@ impl SledStore {
             &self.events,
             &self.metadata,
             &self.blob_refs,
+            &self.queue,
         );
         let result = trees.transaction(
-            |(jobs, keys, status_index, checkpoints, events, metadata, blob_refs)| {
+            |(jobs, keys, status_index, checkpoints, events, metadata, blob_refs, queue)| {
                 body(&Tx {
                     jobs,
                     keys,
@@ -369,6 +468,7 @@ impl SledStore {
                     events,
                     metadata,
                     blob_refs,
+                    queue,
                 })
             },
         );
@@ -419,6 +519,7 @@ impl SledStore {
             &self.events,
             &self.metadata,
             &self.blob_refs,
+            &self.queue,
             &self.backfill_jobs,
         );
         let result = trees.transaction(
@@ -430,6 +531,7 @@ impl SledStore {
                 events,
                 metadata,
                 blob_refs,
+                queue,
                 backfill_jobs,
             )| {
                 let tx = Tx {
@@ -440,6 +542,7 @@ impl SledStore {
                     events,
                     metadata,
                     blob_refs,
+                    queue,
                 };
                 body(&tx, backfill_jobs)
             },
@@ -479,48 +582,169 @@ impl SledStore {
         Ok(Ok(job))
     }
 
-    /// Claims the oldest job that is still pending when its transaction runs. No sled iterator is
-    /// open while a transaction runs (sled 0.34 has had deadlocks between the two,
-    /// spacejam/sled#1301), so each candidate is found by a fresh one-step range read.
-    fn claim_oldest_pending(&self, op: &OrchestratorOp) -> StoreResult<Option<Job>> {
+    /// `claim_next`'s search, called under `schedule_lock`: walks the queue in claim order and
+    /// claims the first job the scheduling rules admit, recording its start on its host. No sled
+    /// iterator is open while a transaction runs (sled 0.34 has had deadlocks between the two,
+    /// spacejam/sled#1301): candidates are read in batches, then claimed one by one.
+    fn claim_first_admitted(&self, request: &ClaimRequest<'_>) -> StoreResult<ClaimNext> {
         let now = Timestamp::now();
-        let prefix = Status::Pending.index_byte();
-        // The smallest key not yet tried.
-        let mut cursor = vec![prefix];
-        loop {
-            let candidate = self
-                .status_index
-                .range(cursor.as_slice()..)
-                .next()
-                .transpose()?;
-            let Some((key, _)) = candidate else {
-                return Ok(None);
-            };
-            if key.first() != Some(&prefix) {
-                return Ok(None);
-            }
+        let op = OrchestratorOp::Claim {
+            worker_id: request.worker_id.clone(),
+            lease_ttl_ms: request.lease_ttl_ms,
+        };
+        // The running jobs, by host: what the concurrency limit and a probe's liveness need.
+        let mut running_ids = BTreeSet::new();
+        let mut running_by_host: HashMap<String, usize> = HashMap::new();
+        for key in self
+            .status_index
+            .scan_prefix([Status::Running.index_byte()])
+            .keys()
+        {
+            let key = key?;
             let id = job_id_in(TREE_STATUS_INDEX, &key, &key[1..])?;
-            let outcome = self.transact(|tx| {
-                let job = tx.existing_job(id)?;
-                let transition = machine::apply_orchestrator(&job, op, now).map_err(reject)?;
-                tx.write_transition(Some(&job), transition, now)
-            });
-            match outcome {
-                Ok(Ok(job)) => return Ok(Some(job)),
-                // Another claimer got there first, or the job moved on: try the next one.
-                Ok(Err(rejected)) => {
-                    tracing::trace!(job_id = %id, %rejected, "pending job no longer claimable");
-                }
-                // One unreadable record must not stop every other job: it stays pending, named
-                // here and by `check_consistency` (`narra doctor`), and is passed over.
-                Err(error @ StoreError::Corrupt { .. }) => {
-                    tracing::error!(job_id = %id, %error, "passing over a pending job whose record is corrupt");
-                }
-                Err(error) => return Err(error),
+            if let Some(job) = self.read_job(id)?
+                && job.status == Status::Running
+            {
+                *running_by_host.entry(source_host(&job.source)).or_default() += 1;
+                running_ids.insert(id);
             }
-            cursor = key.to_vec();
-            cursor.push(0);
         }
+        let mut host_states: HashMap<String, Option<HostState>> = HashMap::new();
+        // Hosts that may not start a job in this call: each is judged once.
+        let mut refused_hosts: BTreeSet<String> = BTreeSet::new();
+        let mut wait_until: Option<Timestamp> = None;
+        let mut any_pending = false;
+        let mut cursor: Option<Vec<u8>> = None;
+        loop {
+            let batch = self.queue_candidates(request.only, cursor.as_deref())?;
+            let Some((last_key, _)) = batch.last() else {
+                break;
+            };
+            let next_cursor = {
+                let mut next = last_key.clone();
+                next.push(0);
+                next
+            };
+            for (key, value) in &batch {
+                let (id, not_before, host) = match split_queue_entry(key, value) {
+                    Ok(entry) => entry,
+                    Err(error) => {
+                        tracing::error!(%error, "passing over a corrupt queue entry");
+                        continue;
+                    }
+                };
+                any_pending = true;
+                if not_before > now {
+                    wait_until = Some(wait_until.map_or(not_before, |until| until.min(not_before)));
+                    continue;
+                }
+                if refused_hosts.contains(&host) {
+                    continue;
+                }
+                if !host_states.contains_key(&host) {
+                    let state = self.read_host(&host)?;
+                    host_states.insert(host.clone(), state);
+                }
+                let state = host_states.get(&host).and_then(Option::as_ref);
+                let running_on_host = running_by_host.get(&host).copied().unwrap_or(0);
+                let probe =
+                    match scheduling::admit(state, running_on_host, request.policy, now, |id| {
+                        running_ids.contains(&id)
+                    }) {
+                        Admission::Start { probe } => probe,
+                        Admission::NotBefore(until) => {
+                            wait_until =
+                                Some(wait_until.map_or(until, |earliest| earliest.min(until)));
+                            refused_hosts.insert(host);
+                            continue;
+                        }
+                        Admission::Busy => {
+                            refused_hosts.insert(host);
+                            continue;
+                        }
+                    };
+                let outcome = self.transact(|tx| {
+                    let job = tx.existing_job(id)?;
+                    let transition = machine::apply_orchestrator(&job, &op, now).map_err(reject)?;
+                    tx.write_transition(Some(&job), transition, now)
+                });
+                match outcome {
+                    Ok(Ok(job)) => {
+                        let mut state =
+                            state.cloned().unwrap_or_else(|| HostState::new(&host, now));
+                        let before = state.clone();
+                        scheduling::record_start(&mut state, id, probe, request.policy, now);
+                        if probe {
+                            tracing::warn!(host = %host, job_id = %id, "circuit breaker: a probe job tests the host");
+                        }
+                        if state.next_start_at != before.next_start_at
+                            || state.breaker != before.breaker
+                        {
+                            self.hosts.insert(host.as_bytes(), codec::encode(&state)?)?;
+                        }
+                        let token = LeaseToken {
+                            job_id: job.id,
+                            fencing_token: job.fencing_token,
+                        };
+                        return Ok(ClaimNext::Claimed(Box::new(job), token));
+                    }
+                    // The job moved on since the queue was read: try the next one.
+                    Ok(Err(rejected)) => {
+                        tracing::trace!(job_id = %id, %rejected, "pending job no longer claimable");
+                    }
+                    // One unreadable record must not stop every other job: it stays pending, named
+                    // here and by `check_consistency` (`narra doctor`), and is passed over.
+                    Err(error @ StoreError::Corrupt { .. }) => {
+                        tracing::error!(job_id = %id, %error, "passing over a pending job whose record is corrupt");
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            if request.only.is_some() {
+                break;
+            }
+            cursor = Some(next_cursor);
+        }
+        Ok(if any_pending {
+            ClaimNext::Wait { until: wait_until }
+        } else {
+            ClaimNext::Empty
+        })
+    }
+
+    /// The next queue entries in claim order from `cursor`: a batch of the whole queue, or, for
+    /// a claim limited to some jobs, all of those that are pending (read by id, not by scanning).
+    fn queue_candidates(
+        &self,
+        only: Option<&BTreeSet<JobId>>,
+        cursor: Option<&[u8]>,
+    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        let Some(only) = only else {
+            return self
+                .queue
+                .range(cursor.unwrap_or_default()..)
+                .take(QUEUE_SCAN_BATCH)
+                .map(|entry| entry.map(|(key, value)| (key.to_vec(), value.to_vec())))
+                .collect::<Result<_, _>>()
+                .map_err(StoreError::from);
+        };
+        let mut entries = Vec::new();
+        for &id in only {
+            if let Some(job) = self.read_job(id)?
+                && job.status == Status::Pending
+            {
+                entries.push((queue_key(job.priority, id).to_vec(), queue_value(&job)));
+            }
+        }
+        entries.sort();
+        Ok(entries)
+    }
+
+    fn read_host(&self, host: &str) -> StoreResult<Option<HostState>> {
+        self.hosts
+            .get(host.as_bytes())?
+            .map(|bytes| codec::decode(TREE_HOSTS, host.as_bytes(), &bytes))
+            .transpose()
     }
 
     fn read_job(&self, id: JobId) -> StoreResult<Option<Job>> {
@@ -593,6 +817,7 @@ struct Tx<'a> {
     events: &'a TransactionalTree,
     metadata: &'a TransactionalTree,
     blob_refs: &'a TransactionalTree,
+    queue: &'a TransactionalTree,
 }
 
 impl Tx<'_> {
@@ -678,6 +903,14 @@ impl Tx<'_> {
             )));
         }
         self.jobs.insert(&key[..], encode_in_tx(job)?)?;
+        // The queue holds exactly the pending jobs, with what a claim checks before reading them.
+        if status_before == Some(Status::Pending) {
+            self.queue.remove(&queue_key(job.priority, job.id)[..])?;
+        }
+        if job.status == Status::Pending {
+            self.queue
+                .insert(&queue_key(job.priority, job.id)[..], queue_value(job))?;
+        }
         if status_before != Some(job.status) {
             if let Some(status_before) = status_before {
                 self.status_index
@@ -704,6 +937,7 @@ fn submit_in_tx(
             request.key.clone(),
             request.source.clone(),
             request.workflow.clone(),
+            request.priority,
             now,
         );
         let job = tx.write_transition(None, transition, now)?;
@@ -800,7 +1034,7 @@ fn decode_checked<T: serde::de::DeserializeOwned>(
 
 /// Decodes a job and checks it right after reading it back: its key and its invariants.
 fn decode_job(key: &[u8], bytes: &[u8]) -> StoreResult<Job> {
-    let job: Job = codec::decode(TREE_JOBS, key, bytes)?;
+    let job: Job = codec::decode_job(TREE_JOBS, key, bytes)?;
     if job.id.to_bytes() != key {
         return Err(corrupt(
             TREE_JOBS,
@@ -832,6 +1066,39 @@ fn index_key(status: Status, id: JobId) -> [u8; 1 + JOB_ID_BYTES] {
     key[0] = status.index_byte();
     key[1..].copy_from_slice(&id.to_bytes());
     key
+}
+
+/// A pending job's place in the claim queue: priority descending, then id (age) ascending.
+fn queue_key(priority: i32, id: JobId) -> [u8; 4 + JOB_ID_BYTES] {
+    // Flipping the sign bit orders i32s as u32s; inverting all bits puts the highest first.
+    let order = !((priority as u32) ^ 0x8000_0000);
+    let mut key = [0; 4 + JOB_ID_BYTES];
+    key[..4].copy_from_slice(&order.to_be_bytes());
+    key[4..].copy_from_slice(&id.to_bytes());
+    key
+}
+
+/// What a claim needs to know of a pending job before reading it: when it may start
+/// (`Job::not_before`, 8 big-endian bytes, `i64::MIN` for now) and its source host (the rest).
+fn queue_value(job: &Job) -> Vec<u8> {
+    let host = crate::engine::backfill::source_host(&job.source);
+    let mut value = Vec::with_capacity(8 + host.len());
+    value.extend_from_slice(&job.not_before.map_or(i64::MIN, |at| at.0).to_be_bytes());
+    value.extend_from_slice(host.as_bytes());
+    value
+}
+
+/// Reads a queue entry: the job, when it may start, and its host.
+fn split_queue_entry(key: &[u8], value: &[u8]) -> StoreResult<(JobId, Timestamp, String)> {
+    let id = job_id_in(TREE_QUEUE, key, key.get(4..).unwrap_or_default())?;
+    let not_before = value
+        .get(..8)
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+        .map(i64::from_be_bytes)
+        .ok_or_else(|| corrupt(TREE_QUEUE, key, "value shorter than 8 bytes".to_string()))?;
+    let host = std::str::from_utf8(&value[8..])
+        .map_err(|_| corrupt(TREE_QUEUE, key, "host is not UTF-8".to_string()))?;
+    Ok((id, Timestamp(not_before), host.to_string()))
 }
 
 fn seq_key(id: JobId, seq: u64) -> [u8; SEQ_KEY_BYTES] {
@@ -1110,6 +1377,15 @@ impl JobReader for SledStore {
         }
         Ok(ids)
     }
+
+    async fn hosts(&self) -> StoreResult<Vec<HostState>> {
+        let mut hosts = Vec::new();
+        for entry in self.hosts.iter() {
+            let (key, bytes) = entry?;
+            hosts.push(codec::decode(TREE_HOSTS, &key, &bytes)?);
+        }
+        Ok(hosts)
+    }
 }
 
 #[async_trait]
@@ -1197,25 +1473,16 @@ impl OrchestratorStore for SledStore {
         Ok(backfill)
     }
 
-    async fn claim_next(
-        &self,
-        worker_id: &WorkerId,
-        lease_ttl_ms: u64,
-    ) -> StoreResult<Option<(Job, LeaseToken)>> {
-        let op = OrchestratorOp::Claim {
-            worker_id: worker_id.clone(),
-            lease_ttl_ms,
+    async fn claim_next(&self, request: &ClaimRequest<'_>) -> StoreResult<ClaimNext> {
+        let claimed = {
+            let _one_scheduler = self.schedule_lock.lock().await;
+            self.claim_first_admitted(request)?
         };
-        let Some(job) = self.claim_oldest_pending(&op)? else {
-            return Ok(None);
-        };
-        self.flush().await?;
-        tracing::debug!(job_id = %job.id, worker_id = %worker_id, token = job.fencing_token, "job claimed");
-        let token = LeaseToken {
-            job_id: job.id,
-            fencing_token: job.fencing_token,
-        };
-        Ok(Some((job, token)))
+        if let ClaimNext::Claimed(job, _) = &claimed {
+            self.flush().await?;
+            tracing::debug!(job_id = %job.id, worker_id = %request.worker_id, token = job.fencing_token, "job claimed");
+        }
+        Ok(claimed)
     }
 
     async fn claim(
@@ -1327,6 +1594,82 @@ impl OrchestratorStore for SledStore {
         self.orchestrate(id, &op).await
     }
 
+    async fn reclaim_orphan(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
+        // Where the job was when its process died. Nothing writes to an orphan while its
+        // reclaim is decided: its process is gone, and this process holds the store alone.
+        let Some(job) = self.read_job(id)? else {
+            return Ok(Err(Rejected::NotFound(id)));
+        };
+        let checkpoints = self.checkpoints.scan_prefix(id.to_bytes()).keys().count();
+        let bytes_done = match self.progress.get(id.to_bytes())? {
+            Some(bytes) => {
+                codec::decode::<JobProgress>(TREE_PROGRESS, &id.to_bytes(), &bytes)?.bytes_done
+            }
+            None => 0,
+        };
+        let op = OrchestratorOp::ReclaimOrphan {
+            reason: reason.to_string(),
+            marker: ProgressMarker {
+                phase: job.ingestion_phase,
+                checkpoints: u32::try_from(checkpoints).unwrap_or(u32::MAX),
+                bytes_done,
+            },
+        };
+        self.orchestrate(id, &op).await
+    }
+
+    async fn retry_later(
+        &self,
+        token: &LeaseToken,
+        error: ErrorInfo,
+        not_before: Timestamp,
+    ) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::RetryLater {
+            token: token.fencing_token,
+            error,
+            not_before,
+        };
+        self.orchestrate(token.job_id, &op).await
+    }
+
+    async fn hold(&self, token: &LeaseToken, reason: &str) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::Hold {
+            token: token.fencing_token,
+            reason: reason.to_string(),
+        };
+        self.orchestrate(token.job_id, &op).await
+    }
+
+    async fn record_host_outcome(
+        &self,
+        host: &str,
+        job: JobId,
+        outcome: &HostOutcome,
+        policy: &SchedulingPolicy,
+    ) -> StoreResult<OutcomeVerdict> {
+        let _one_scheduler = self.schedule_lock.lock().await;
+        let now = Timestamp::now();
+        let before = self.read_host(host)?;
+        if before.is_none() && *outcome == HostOutcome::Answered {
+            return Ok(OutcomeVerdict::default());
+        }
+        let mut state = before.clone().unwrap_or_else(|| HostState::new(host, now));
+        let verdict = scheduling::record_outcome(&mut state, job, outcome, &policy.breaker, now);
+        let changed = before.is_none_or(|before| {
+            before.breaker != state.breaker
+                || before.failures != state.failures
+                || before.held_total != state.held_total
+        });
+        if changed {
+            self.hosts.insert(host.as_bytes(), codec::encode(&state)?)?;
+            // The job's own transition follows and flushes; an opened breaker is flushed now.
+            if verdict.opened {
+                self.flush().await?;
+            }
+        }
+        Ok(verdict)
+    }
+
     async fn reset(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
         let op = OrchestratorOp::Reset {
             reason: reason.to_string(),
@@ -1409,6 +1752,7 @@ impl MaintenanceStore for SledStore {
             }
             tx.metadata.remove(&id.to_bytes()[..])?;
             tx.status_index.remove(&index_key(job.status, id)[..])?;
+            tx.queue.remove(&queue_key(job.priority, id)[..])?;
             tx.keys.remove(job.key.as_bytes())?;
             tx.jobs.remove(&id.to_bytes()[..])?;
             Ok(job)
@@ -1568,7 +1912,7 @@ impl SledStore {
             let Some(bytes) = jobs.get(key)? else {
                 return Ok(Err(Rejected::NotFound(token.job_id)));
             };
-            let job: Job = codec::decode(TREE_JOBS, &key, &bytes)
+            let job: Job = codec::decode_job(TREE_JOBS, &key, &bytes)
                 .map_err(ConflictableTransactionError::Abort)?;
             if let Err(rejected) = machine::check_lease(&job, token) {
                 return Ok(Err(rejected));
@@ -1657,6 +2001,7 @@ mod tests {
             source: format!("https://example.com/{key}.mp4"),
             workflow: "ingest".to_string(),
             reingest: false,
+            priority: crate::engine::job::PRIORITY_LIVE,
         }
     }
 
@@ -1817,10 +2162,8 @@ mod tests {
             claimers.push(tokio::spawn(async move {
                 let worker_id = WorkerId(format!("test:1:{claimer}"));
                 let mut claimed = Vec::new();
-                while let Some((job, _token)) = store
-                    .claim_next(&worker_id, 60_000)
-                    .await
-                    .expect("claim_next")
+                while let Some((job, _token)) =
+                    crate::store::conformance::claim_next_as(store.as_ref(), &worker_id).await
                 {
                     claimed.push(job.id);
                 }
@@ -1987,10 +2330,8 @@ mod tests {
             store.job(id).await.expect("read").map(|job| job.status),
             Some(Status::Pending)
         );
-        let (_, token) = store
-            .claim_next(&worker(), 60_000)
+        let (_, token) = crate::store::conformance::claim_next_as(&store, &worker())
             .await
-            .expect("claim_next")
             .expect("the healthy job is claimable");
         assert_eq!(token.job_id, id);
         store

@@ -398,8 +398,14 @@ impl StepDef {
 pub struct Workflow {
     pub name: String,
     pub description: String,
+    /// Runs a job gets when it fails with a transient class: after the first, each is an
+    /// automatic retry after a growing delay (`engine::scheduling::RetryPolicy`). 1 retries never.
+    pub attempts_max: u32,
     pub steps: Vec<StepDef>,
 }
+
+/// A workflow's `attempts_max` when its file gives none.
+pub const JOB_ATTEMPTS_MAX_DEFAULT: u32 = 3;
 
 impl Workflow {
     pub fn download(&self) -> &DownloadParams {
@@ -439,6 +445,8 @@ struct WorkflowFile {
     name: String,
     #[serde(default)]
     description: String,
+    #[serde(default)]
+    attempts_max: Option<u32>,
     steps: Vec<StepFile>,
 }
 
@@ -502,9 +510,16 @@ pub fn parse_workflow(file_name: &str, text: &str) -> Result<Workflow, WorkflowE
             StepKind::Store => StepDef::Store(params.try_into().map_err(parse_error)?),
         });
     }
+    let attempts_max = file.attempts_max.unwrap_or(JOB_ATTEMPTS_MAX_DEFAULT);
+    if !(1..=100).contains(&attempts_max) {
+        return Err(invalid(format!(
+            "attempts_max must be between 1 and 100, not {attempts_max}"
+        )));
+    }
     Ok(Workflow {
         name: file.name,
         description: file.description,
+        attempts_max,
         steps,
     })
 }

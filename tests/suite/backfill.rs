@@ -62,11 +62,15 @@ fn one_attempt_workflows(home: &Home) -> String {
     const DOWNLOAD_PARAMS: &str =
         "params = { connect_timeout_s = 10, read_timeout_s = 30, total_timeout_s = 21600 }";
     assert!(BUILTIN.contains(DOWNLOAD_PARAMS), "{BUILTIN}");
-    let text = BUILTIN.replacen(
-        DOWNLOAD_PARAMS,
-        "params = { connect_timeout_s = 5, read_timeout_s = 5, attempts_max = 1 }",
-        1,
-    );
+    // One attempt of the download step, and one run of the job (no automatic retry).
+    assert!(BUILTIN.contains("\nattempts_max = 3\n"), "{BUILTIN}");
+    let text = BUILTIN
+        .replacen(
+            DOWNLOAD_PARAMS,
+            "params = { connect_timeout_s = 5, read_timeout_s = 5, attempts_max = 1 }",
+            1,
+        )
+        .replacen("\nattempts_max = 3\n", "\nattempts_max = 1\n", 1);
     let dir = home.dir.path().join("workflows");
     std::fs::create_dir_all(&dir).expect("create the workflows directory");
     std::fs::write(dir.join("ingest.toml"), text).expect("write ingest.toml");

@@ -60,7 +60,9 @@ impl Home {
             .env_remove("NARRA_STORAGE")
             .env_remove("NARRA_WORKFLOWS")
             .env("NARRA_LOG", "info")
-            .env("NARRA_ALLOW_PRIVATE_NETWORK", "1");
+            .env("NARRA_ALLOW_PRIVATE_NETWORK", "1")
+            // Automatic retries come after a fraction of a second, not half a minute.
+            .env("NARRA_RETRY_DELAY_MS", "200");
         command
     }
 

@@ -19,6 +19,7 @@ mod maintenance;
 mod phases;
 mod resume;
 mod s3;
+mod scheduling;
 mod shutdown;
 mod soak;
 mod stuck;
