@@ -24,6 +24,9 @@ pub struct SubmitOptions {
     /// The caller's own idempotency key; the normalised source is used when there is none.
     pub key: Option<String>,
     pub reingest: bool,
+    /// What relative local paths are resolved against: the submitting client's working directory
+    /// when another process serves the command (`cli::remote`); this process's when `None`.
+    pub base_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +58,10 @@ pub async fn submit(
             "--key names one job: give it with a single source".to_string(),
         ));
     }
-    let current_dir = std::env::current_dir().unwrap_or_default();
+    let current_dir = match &options.base_dir {
+        Some(base_dir) => base_dir.clone(),
+        None => std::env::current_dir().unwrap_or_default(),
+    };
     let mut submitted = Vec::with_capacity(sources.len());
     for source in sources {
         let source = canonical_source(source, &current_dir);
