@@ -24,11 +24,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            let mut message = error.to_string();
-            if let narra::cli::CliError::Other(inner) = &error {
-                message = format!("{inner:#}");
-            }
-            eprintln!("narra: {message}");
+            eprintln!("narra: {}", error.message());
             ExitCode::from(error.exit_code())
         }
     }

@@ -40,6 +40,7 @@ fn read_manifest(path: &str) -> Result<String, CliError> {
 pub async fn run(
     engine: &Engine,
     out: &mut impl Write,
+    err: &mut impl Write,
     path: &str,
     options: BackfillOptions,
     json: bool,
@@ -52,9 +53,15 @@ pub async fn run(
     let submission = submit_manifest(engine, &name, &manifest, &options).await?;
     drop(manifest);
     for bad in &submission.bad_lines {
-        eprintln!("narra: {path}:{}: {}; line skipped", bad.line, bad.reason);
+        writeln!(
+            err,
+            "narra: {path}:{}: {}; line skipped",
+            bad.line, bad.reason
+        )
+        .map_err(io)?;
     }
-    eprintln!(
+    writeln!(
+        err,
         "narra: backfill {} ({} manifest): {} jobs, {} to run, {} recognised without running; {} bad lines",
         submission.backfill.id,
         submission.format.as_str(),
@@ -62,7 +69,8 @@ pub async fn run(
         submission.to_run(),
         submission.jobs() - submission.to_run(),
         submission.bad_lines.len()
-    );
+    )
+    .map_err(io)?;
     let progress = Arc::new(Mutex::new(BackfillProgress::default()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let reporter = tokio::spawn(report_progress(progress.clone(), stopped));

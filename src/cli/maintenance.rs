@@ -14,8 +14,8 @@ use super::CliError;
 use crate::engine::Engine;
 use crate::engine::audit::{JobAudit, audit_jobs};
 use crate::engine::cleanup::{
-    CleanupError, CleanupOptions, DeletionReason, Executed, Plan, Takedown, actor_from_env,
-    execute, execute_takedown, plan, plan_takedown,
+    CleanupError, CleanupOptions, DeletionReason, Executed, Plan, Takedown, execute,
+    execute_takedown, plan, plan_takedown,
 };
 use crate::engine::job::{Incident, JobId, Location, Status};
 use crate::engine::verify::{ArtifactState, JobVerification, verify_job};
@@ -300,10 +300,12 @@ fn cleanup_error(error: CleanupError) -> CliError {
 pub async fn cleanup(
     engine: &Engine,
     out: &mut impl Write,
+    err: &mut impl Write,
     options: CleanupOptions,
     confirm: Option<String>,
-    json: bool,
+    context: &super::Context,
 ) -> Result<ExitCode, CliError> {
+    let json = context.json;
     let Some(plan_id) = confirm else {
         let plan = plan(engine, &options).await.map_err(cleanup_error)?;
         if json {
@@ -331,7 +333,7 @@ pub async fn cleanup(
         }
         return Ok(ExitCode::SUCCESS);
     };
-    match execute(engine, &options, &plan_id, &actor_from_env()).await {
+    match execute(engine, &options, &plan_id, &context.actor).await {
         Ok(executed) => {
             if json {
                 print_json(out, &executed_json(&executed))?;
@@ -343,7 +345,7 @@ pub async fn cleanup(
             Ok(exit(executed.skipped.is_empty()))
         }
         Err(error @ CleanupError::PlanChanged { .. }) => {
-            eprintln!("narra: {error}");
+            writeln!(err, "narra: {error}").map_err(io)?;
             Ok(ExitCode::from(1))
         }
         Err(error) => Err(cleanup_error(error)),
@@ -514,19 +516,21 @@ pub fn incident_text(incident: &Incident) -> String {
 pub async fn delete(
     engine: &Engine,
     out: &mut impl Write,
+    err: &mut impl Write,
     id: JobId,
     confirm: bool,
-    json: bool,
+    context: &super::Context,
 ) -> Result<ExitCode, CliError> {
+    let json = context.json;
     let result = if confirm {
-        execute_takedown(engine, id, &actor_from_env()).await
+        execute_takedown(engine, id, &context.actor).await
     } else {
         plan_takedown(engine, id).await
     };
     let takedown = match result {
         Ok(takedown) => takedown,
         Err(CleanupError::Rejected(rejected)) => {
-            eprintln!("narra: {rejected}");
+            writeln!(err, "narra: {rejected}").map_err(io)?;
             return Ok(ExitCode::from(1));
         }
         Err(error) => return Err(cleanup_error(error)),

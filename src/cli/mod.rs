@@ -7,6 +7,7 @@ pub mod backfill;
 pub mod doctor;
 pub mod health;
 pub mod maintenance;
+pub mod remote;
 pub mod signals;
 pub mod stuck;
 pub mod views;
@@ -367,6 +368,32 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The subcommand's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Ingest { .. } => "ingest",
+            Command::Submit { .. } => "submit",
+            Command::Worker { .. } => "worker",
+            Command::Jobs { .. } => "jobs",
+            Command::Reset { .. } => "reset",
+            Command::Backfill { .. } => "backfill",
+            Command::Show { .. } => "show",
+            Command::Logs { .. } => "logs",
+            Command::Retry { .. } => "retry",
+            Command::Cancel { .. } => "cancel",
+            Command::Verify { .. } => "verify",
+            Command::Reprobe { .. } => "reprobe",
+            Command::Doctor { .. } => "doctor",
+            Command::Audit { .. } => "audit",
+            Command::Cleanup { .. } => "cleanup",
+            Command::Health { .. } => "health",
+            Command::Incidents => "incidents",
+            Command::Delete { .. } => "delete",
+        }
+    }
+}
+
 /// A failure of a command as a whole, with its exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -382,6 +409,14 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// The one line the user is told (after `narra: `): the whole cause chain of an `Other`.
+    pub fn message(&self) -> String {
+        match self {
+            CliError::Other(inner) => format!("{inner:#}"),
+            other => other.to_string(),
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
@@ -407,10 +442,37 @@ impl From<EngineError> for CliError {
     }
 }
 
-/// An opened home: the lock, the engine over it.
+/// An opened home: the lock, the engine over it, and (once `serve` is called) the socket through
+/// which other narra processes run their commands meanwhile.
 pub struct Home {
     pub engine: Engine,
+    // Declared before the lock, so it is dropped first: the socket file is gone before another
+    // process can take the home and bind its own.
+    server: Option<remote::Server>,
     _lock: HomeLock,
+}
+
+impl Home {
+    /// Serves other narra processes' commands on `<home>/narra.sock` until `close` (or drop). A
+    /// socket that cannot be set up is logged and does without: this process's own command runs
+    /// the same, and the others are told the home is held, as they were before sockets.
+    pub fn serve(&mut self, holder: remote::Holder) {
+        match remote::Server::start(self.engine.clone(), holder) {
+            Ok(server) => self.server = Some(server),
+            Err(error) => tracing::warn!(
+                %error,
+                "cannot listen on {}: other narra commands will find the home held",
+                remote::socket_path(&self.engine.home).display()
+            ),
+        }
+    }
+
+    /// Stops serving, letting commands already started for other processes finish.
+    pub async fn close(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.close().await;
+        }
+    }
 }
 
 impl Drop for Home {
@@ -458,6 +520,7 @@ pub fn open_home(global: &GlobalArgs) -> Result<Home, CliError> {
     }
     Ok(Home {
         engine,
+        server: None,
         _lock: lock,
     })
 }
@@ -506,15 +569,64 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     {
         return run_doctor(&cli.global, scratch_min_free_mb).await;
     }
-    let mut home = open_home(&cli.global)?;
-    home.engine.shutdown = shutdown.clone();
+    // While another process holds the home, that process runs the command for us.
+    let mut home = match remote::open_or_forward(&cli.global, &shutdown).await? {
+        remote::Opened::Home(home) => *home,
+        remote::Opened::Forwarded(code) => return Ok(code),
+    };
+    home.engine.shutdown = shutdown;
     if let Some(scheduling) = scheduling {
         home.engine.scheduling = scheduling;
     }
-    let engine = &home.engine;
-    let json = cli.global.json;
-    let mut out = std::io::stdout().lock();
-    match cli.command {
+    // From here until the home is closed, other narra processes are served through the socket.
+    home.serve(remote::Holder::new(&cli.command));
+    let context = Context {
+        json: cli.global.json,
+        cwd: None,
+        actor: crate::engine::cleanup::actor_from_env(),
+        served: None,
+    };
+    let result = dispatch(
+        &home.engine,
+        cli.command,
+        &context,
+        &mut std::io::stdout().lock(),
+        &mut std::io::stderr(),
+    )
+    .await;
+    home.close().await;
+    result
+}
+
+/// What a command runs with besides its own arguments.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// `--json`: JSON on stdout instead of text.
+    pub json: bool,
+    /// The directory relative local paths (`submit`) are resolved against: the client's, for a
+    /// served command; `None`, this process's working directory.
+    pub cwd: Option<PathBuf>,
+    /// Who acts, for the incident log and the events of `reset`, `cleanup` and `delete`: `$USER`
+    /// of the process the command was typed in.
+    pub actor: String,
+    /// Set when this process holds the home and serves the command for another process
+    /// (`remote`): the jobs it finds running are its own, alive, and it runs no job for a client.
+    pub served: Option<remote::Holder>,
+}
+
+/// Runs one command against an opened engine, writing data to `out` and messages for the user to
+/// `err`: the same function for a command run here and one served for another process (whose
+/// `out` and `err` go back to it), which must be one `remote::served_remotely` admits.
+pub async fn dispatch(
+    engine: &Engine,
+    command: Command,
+    context: &Context,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> Result<ExitCode, CliError> {
+    let json = context.json;
+    let mut out = out;
+    match command {
         Command::Ingest {
             sources,
             workflow,
@@ -531,6 +643,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 key,
                 reingest,
                 priority,
+                base_dir: context.cwd.clone(),
             };
             let submitted = submit(engine, &sources, &options).await?;
             // The same source twice on one command line is one job, run once.
@@ -556,6 +669,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 key,
                 reingest,
                 priority,
+                base_dir: context.cwd.clone(),
             };
             let submitted = submit(engine, &sources, &options).await?;
             let jobs: Vec<_> = submitted
@@ -575,10 +689,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             concurrency, drain, ..
         } => {
             reclaim_orphans(engine).await?;
-            let jobs = work(engine, concurrency, drain, shutdown.draining()).await?;
+            let jobs = work(engine, concurrency, drain, engine.shutdown.draining()).await?;
             print_jobs(&mut out, &jobs, json)?;
             // Stopped by a signal: the jobs it held are released, which is a clean exit.
-            if shutdown.is_draining() {
+            if engine.shutdown.is_draining() {
                 return Ok(ExitCode::SUCCESS);
             }
             Ok(exit_for(&jobs))
@@ -666,7 +780,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             selection,
             ..
         } => {
-            reclaim_orphans(engine).await?;
+            // A served retry leaves the running jobs alone: they are the holder's, alive.
+            if context.served.is_none() {
+                reclaim_orphans(engine).await?;
+            }
             let ids = ids_or_selection(
                 engine,
                 ids,
@@ -691,11 +808,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     }) => queued.push(engine.store.job(id).await?.ok_or_else(|| not_found(id))?),
                     Err(rejected) => {
                         refused = true;
-                        eprintln!("narra: {rejected}");
+                        writeln!(err, "narra: {rejected}").map_err(io)?;
                     }
                 }
             }
-            let jobs = if detach {
+            let jobs = if let Some(holder) = &context.served {
+                // The holder's own work goes on; the jobs wait in the queue it may be running.
+                if !queued.is_empty() {
+                    let note = holder.queued_note(queued.len(), engine.shutdown.is_draining());
+                    writeln!(err, "narra: {note}").map_err(io)?;
+                }
+                queued
+            } else if detach {
                 queued
             } else {
                 let ids: Vec<JobId> = queued.iter().map(|job| job.id).collect();
@@ -723,7 +847,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     Ok(job) => jobs.push(job),
                     Err(rejected) => {
                         refused = true;
-                        eprintln!("narra: {rejected}");
+                        writeln!(err, "narra: {rejected}").map_err(io)?;
                     }
                 }
             }
@@ -751,7 +875,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 retry_permanent,
                 reingest,
             };
-            backfill::run(engine, &mut out, &manifest, options, json).await
+            backfill::run(engine, &mut out, err, &manifest, options, json).await
         }
         Command::Doctor { .. } => unreachable!("doctor runs before the home is opened"),
         Command::Reprobe { id } => {
@@ -793,10 +917,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             confirm,
         } => {
             let options = crate::engine::cleanup::CleanupOptions { deep, min_age_s };
-            maintenance::cleanup(engine, &mut out, options, confirm, json).await
+            maintenance::cleanup(engine, &mut out, err, options, confirm, context).await
         }
         Command::Reset { id, force, reason } => {
-            stuck::reset(engine, &mut out, id, reason.as_deref(), force, json).await
+            stuck::reset(engine, &mut out, err, id, reason.as_deref(), force, context).await
         }
         Command::Health {
             host_failures_min,
@@ -812,7 +936,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Incidents => maintenance::incidents(engine, &mut out, json).await,
         Command::Delete { id, confirm } => {
-            maintenance::delete(engine, &mut out, id, confirm, json).await
+            maintenance::delete(engine, &mut out, err, id, confirm, context).await
         }
     }
 }

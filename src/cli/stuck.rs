@@ -58,19 +58,20 @@ pub async fn list(
 pub async fn reset(
     engine: &Engine,
     out: &mut impl Write,
+    err: &mut impl Write,
     id: JobId,
     reason: Option<&str>,
     force: bool,
-    json: bool,
+    context: &crate::cli::Context,
 ) -> Result<ExitCode, CliError> {
-    let actor = crate::engine::cleanup::actor_from_env();
-    match reset_job(engine, id, &actor, reason, force).await? {
+    let json = context.json;
+    match reset_job(engine, id, &context.actor, reason, force).await? {
         Ok(job) => {
             crate::cli::print_jobs(out, std::slice::from_ref(&job), json)?;
             Ok(ExitCode::SUCCESS)
         }
         Err(rejected) => {
-            eprintln!("narra: {rejected}");
+            writeln!(err, "narra: {rejected}").map_err(io)?;
             Ok(ExitCode::from(1))
         }
     }

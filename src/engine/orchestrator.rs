@@ -33,6 +33,9 @@ pub struct SubmitOptions {
     pub reingest: bool,
     /// The new jobs' priority (`Job::priority`); [`PRIORITY_LIVE`] when `None`.
     pub priority: Option<i32>,
+    /// What relative local paths are resolved against: the submitting client's working directory
+    /// when another process serves the command (`cli::remote`); this process's when `None`.
+    pub base_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +67,10 @@ pub async fn submit(
             "--key names one job: give it with a single source".to_string(),
         ));
     }
-    let current_dir = std::env::current_dir().unwrap_or_default();
+    let current_dir = match &options.base_dir {
+        Some(base_dir) => base_dir.clone(),
+        None => std::env::current_dir().unwrap_or_default(),
+    };
     let mut submitted = Vec::with_capacity(sources.len());
     for source in sources {
         let source = canonical_source(source, &current_dir);

@@ -1,11 +1,14 @@
-//! One process per home: a second one is refused, naming the holder, and corrupts nothing.
+//! One process per home: a second one that would run jobs is refused, naming the holder, and
+//! corrupts nothing (the commands the holder serves instead are in `ipc.rs`).
 
 use super::fixture::{Home, Origin, id_of, other_video, sample_video, wait_until};
 
-// Guards the home lock: while a worker holds the home, another command exits 3 naming the
-// worker's pid and changes nothing; once the worker stops, the store and its jobs are intact.
+// Guards the home lock: while a worker holds the home, another process's `ingest`, `worker` or
+// `backfill` (commands that run jobs where they run, which the holder does not serve) exits 3
+// naming the worker's pid and changes nothing; once the worker stops, the store and its jobs are
+// intact.
 #[test]
-fn a_second_process_exits_3_naming_the_holder_and_the_store_stays_intact() {
+fn a_second_process_that_would_run_jobs_exits_3_naming_the_holder_and_the_store_stays_intact() {
     let home = Home::new();
     let origin = Origin::start();
     let url = origin.serve_video("sample.mp4", sample_video());
@@ -21,15 +24,23 @@ fn a_second_process_exits_3_naming_the_holder_and_the_store_stays_intact() {
         std::fs::read_to_string(home.lock_file()).is_ok_and(|text| text.trim() == pid)
     });
 
-    let jobs = home.narra(&["jobs"]);
     let other = other_video().to_str().expect("a UTF-8 path");
+    let manifest = home.dir.path().join("manifest.txt");
+    std::fs::write(&manifest, format!("{other}\n")).expect("write the manifest");
     let ingest = home.narra(&["ingest", other]);
+    let second_worker = home.narra(&["worker", "--drain"]);
+    let backfill = home.narra(&["backfill", manifest.to_str().expect("a UTF-8 path")]);
 
-    for (command, output) in [("jobs", &jobs), ("ingest", &ingest)] {
+    for (command, output) in [
+        ("ingest", &ingest),
+        ("worker", &second_worker),
+        ("backfill", &backfill),
+    ] {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(3), "narra {command}: {stderr}");
         assert!(
-            stderr.contains(&format!("pid {pid}")),
+            stderr.contains(&format!("held by pid {pid} (narra worker)"))
+                && stderr.contains(&format!("`narra {command}`")),
             "narra {command} names the holder: {stderr}"
         );
         assert!(output.stdout.is_empty(), "narra {command} printed no data");

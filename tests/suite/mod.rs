@@ -13,6 +13,7 @@ mod extract;
 mod faults;
 mod health;
 mod idempotency;
+mod ipc;
 mod lock;
 mod logs;
 mod maintenance;
