@@ -18,6 +18,15 @@
 //! | `incidents`    | seq (u64 BE)                      | `Incident`      |
 //! | `backfills`    | backfill id                       | `Backfill`      |
 //! | `backfill_jobs`| backfill id ++ job id             | empty           |
+//! | `event_summaries` | job id                         | `EventSummary`  |
+//! | `pruned`       | job id                            | `PrunedJob`     |
+//!
+//! `event_summaries` bounds each job's history (`compaction.rs`): appending past the store's
+//! `events_max` folds the oldest events into the job's summary and removes them, in the append's
+//! transaction, so a job's events are always `summary.events_compacted..events_next`.
+//!
+//! `pruned` holds what `narra prune` left of a job (`prune.rs`): the job's other records are gone,
+//! but its `blob_refs` entries stay under its id, so its blobs stay referenced.
 //!
 //! `blob_refs` is the blob -> jobs index: one entry per `blobs/` object a job's store checkpoint
 //! names. `record_checkpoint` of the store step replaces the job's entries in the same transaction
@@ -31,12 +40,12 @@
 //!
 //! The write protocol of every mutating operation:
 //! 1. One sled transaction over `jobs`, `keys`, `status_index`, `checkpoints`, `events`,
-//!    `metadata` and `blob_refs` reads the job, asks `engine::machine` for the transition (a
-//!    refusal aborts the transaction, so a refused call writes nothing), checks the result's
-//!    invariants, and writes the job, its status-index entry, its events (and for
-//!    `record_checkpoint` the checkpoint, metadata record and, for the store step, the job's
-//!    `blob_refs` entries). A crash before the commit leaves none of it; the transaction is
-//!    atomic. The incident log is appended on its own, one flushed insert per line.
+//!    `metadata`, `blob_refs` and `event_summaries` reads the job, asks `engine::machine` for the
+//!    transition (a refusal aborts the transaction, so a refused call writes nothing), checks the
+//!    result's invariants, and writes the job, its status-index entry, its events (folding the
+//!    oldest into its summary past the bound; and for `record_checkpoint` the checkpoint, metadata
+//!    record and, for the store step, the job's `blob_refs` entries). A crash before the commit
+//!    leaves none of it; the transaction is atomic. The incident log is appended on its own, one flushed insert per line.
 //! 2. A flush syncs sled's log to disk. A crash between commit and flush may lose the write,
 //!    but the caller has not been told it succeeded, so nothing acknowledged is lost.
 //! 3. Only then does the call return success.
@@ -70,10 +79,17 @@ use super::{
     SubmitRequest, Submitted, WorkerStore,
 };
 use crate::engine::job::{
-    Backfill, BackfillId, Checkpoint, ErrorInfo, Event, EventKind, Incident, Job, JobId,
-    JobProgress, LeaseToken, Location, LogLine, MediaMetadata, Phase, Status, Timestamp, WorkerId,
+    Backfill, BackfillId, Checkpoint, ErrorInfo, Event, EventKind, EventSummary, Incident, Job,
+    JobId, JobProgress, LeaseToken, Location, LogLine, MediaMetadata, Phase, PrunedJob, Status,
+    Timestamp, WorkerId,
 };
 use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
+
+mod compaction;
+mod prune;
+mod retry_from;
+
+pub use prune::StoreStats;
 
 /// The page cache narra asks sled for unless told otherwise. sled's own default is 1 GiB, far more
 /// than a job table needs.
@@ -91,6 +107,8 @@ const TREE_BLOB_REFS: &str = "blob_refs";
 const TREE_INCIDENTS: &str = "incidents";
 const TREE_BACKFILLS: &str = "backfills";
 const TREE_BACKFILL_JOBS: &str = "backfill_jobs";
+const TREE_EVENT_SUMMARIES: &str = "event_summaries";
+const TREE_PRUNED: &str = "pruned";
 
 /// The step whose checkpoint names the stored objects, and so feeds `blob_refs`.
 const STORE_STEP: &str = "store";
@@ -116,6 +134,10 @@ pub struct SledStore {
     incidents: sled::Tree,
     backfills: sled::Tree,
     backfill_jobs: sled::Tree,
+    event_summaries: sled::Tree,
+    pruned: sled::Tree,
+    /// The most events a job holds (`store::EVENTS_MAX` unless set lower for a test).
+    events_max: AtomicU64,
     /// Serializes incident appends, which number the lines.
     incident_lock: tokio::sync::Mutex<()>,
     /// The sequence number of the next log line, over all jobs: keys still sort per job by seq.
@@ -165,6 +187,9 @@ impl SledStore {
             incidents: db.open_tree(TREE_INCIDENTS)?,
             backfills: db.open_tree(TREE_BACKFILLS)?,
             backfill_jobs: db.open_tree(TREE_BACKFILL_JOBS)?,
+            event_summaries: db.open_tree(TREE_EVENT_SUMMARIES)?,
+            pruned: db.open_tree(TREE_PRUNED)?,
+            events_max: AtomicU64::new(super::EVENTS_MAX),
             incident_lock: tokio::sync::Mutex::new(()),
             db,
             log_seq_next: AtomicU64::new(log_seq_next),
@@ -229,7 +254,10 @@ impl SledStore {
 
     /// Checks the trees against each other: every job decodes and holds its invariants, the
     /// status index has exactly one entry per job, under its status, every idempotency key names a
-    /// job with that key and back, and each job's events are numbered `0..events_next` with no gap.
+    /// job with that key and back, each job's events are numbered from its summary's
+    /// `events_compacted` (0 without one) to `events_next` with no gap, every summary and tombstone
+    /// agrees with its key and its job, and the blob index names exactly the blobs of the store
+    /// checkpoints and of the pruned jobs.
     /// Reads every record: for tests and offline checks, not for the hot path.
     pub fn check_consistency(&self) -> StoreResult<()> {
         let mut index_keys = self
@@ -260,7 +288,8 @@ impl SledStore {
                     ),
                 ));
             }
-            let mut seq_expected = 0;
+            // The compacted events are in the job's summary; the rest follow with no gap.
+            let mut seq_expected = self.events_compacted(&job)?;
             for event_key in self.events.scan_prefix(&key).keys() {
                 let event_key = event_key?;
                 if seq_in(TREE_EVENTS, &event_key)? != seq_expected {
@@ -321,6 +350,7 @@ impl SledStore {
                 expected_refs.insert(blob_ref_key(blob, id));
             }
         }
+        expected_refs.extend(self.pruned_blob_refs()?);
         let found_refs = self
             .blob_refs
             .iter()
@@ -341,11 +371,13 @@ impl SledStore {
                 "a store checkpoint's blob is not indexed".to_string(),
             ));
         }
-        Ok(())
+        self.check_event_summaries()?;
+        self.check_pruned()
     }
 
-    /// Runs `body` as one transaction over every tree but `logs`, `progress` and `incidents`. A
-    /// `Rejected` abort comes back as the inner error, with nothing written.
+    /// Runs `body` as one transaction over every tree but `logs`, `progress`, `incidents`,
+    /// `backfills`, `backfill_jobs` and `pruned`. A `Rejected` abort comes back as the inner
+    /// error, with nothing written.
     fn transact<T>(
         &self,
         body: impl Fn(&Tx<'_>) -> TxResult<T>,
@@ -358,9 +390,20 @@ impl SledStore {
             &self.events,
             &self.metadata,
             &self.blob_refs,
+            &self.event_summaries,
         );
+        let events_max = self.events_max();
         let result = trees.transaction(
-            |(jobs, keys, status_index, checkpoints, events, metadata, blob_refs)| {
+            |(
+                jobs,
+                keys,
+                status_index,
+                checkpoints,
+                events,
+                metadata,
+                blob_refs,
+                event_summaries,
+            )| {
                 body(&Tx {
                     jobs,
                     keys,
@@ -369,6 +412,8 @@ impl SledStore {
                     events,
                     metadata,
                     blob_refs,
+                    event_summaries,
+                    events_max,
                 })
             },
         );
@@ -420,7 +465,9 @@ impl SledStore {
             &self.metadata,
             &self.blob_refs,
             &self.backfill_jobs,
+            &self.event_summaries,
         );
+        let events_max = self.events_max();
         let result = trees.transaction(
             |(
                 jobs,
@@ -431,6 +478,7 @@ impl SledStore {
                 metadata,
                 blob_refs,
                 backfill_jobs,
+                event_summaries,
             )| {
                 let tx = Tx {
                     jobs,
@@ -440,6 +488,8 @@ impl SledStore {
                     events,
                     metadata,
                     blob_refs,
+                    event_summaries,
+                    events_max,
                 };
                 body(&tx, backfill_jobs)
             },
@@ -593,6 +643,9 @@ struct Tx<'a> {
     events: &'a TransactionalTree,
     metadata: &'a TransactionalTree,
     blob_refs: &'a TransactionalTree,
+    event_summaries: &'a TransactionalTree,
+    /// The store's bound on a job's events, for `append_events`.
+    events_max: u64,
 }
 
 impl Tx<'_> {
@@ -648,7 +701,8 @@ impl Tx<'_> {
         Ok(job)
     }
 
-    /// Appends events at the job's `events_next`, advancing it; the caller then writes the job.
+    /// Appends events at the job's `events_next`, advancing it, and folds the oldest into the
+    /// job's summary when it holds more than the bound; the caller then writes the job.
     fn append_events(&self, job: &mut Job, kinds: Vec<EventKind>, now: Timestamp) -> TxResult<()> {
         for kind in kinds {
             let seq = job.events_next;
@@ -663,7 +717,7 @@ impl Tx<'_> {
                 ))
             })?;
         }
-        Ok(())
+        self.bound_history(job)
     }
 
     /// Writes the job and moves its status-index entry. A job that breaks its invariants is a bug
@@ -1034,6 +1088,14 @@ impl JobReader for SledStore {
         )
     }
 
+    async fn event_summary(&self, id: JobId) -> StoreResult<Option<EventSummary>> {
+        self.read_event_summary(id)
+    }
+
+    fn events_max(&self) -> u64 {
+        self.events_max.load(Ordering::Relaxed)
+    }
+
     async fn metadata(&self, id: JobId) -> StoreResult<Option<MediaMetadata>> {
         let key = id.to_bytes();
         self.metadata
@@ -1085,6 +1147,10 @@ impl JobReader for SledStore {
                     .then(|| format!("record holds incident seq {}", incident.seq)))
             },
         )
+    }
+
+    async fn pruned_job(&self, id: JobId) -> StoreResult<Option<PrunedJob>> {
+        self.read_pruned(id)
     }
 
     async fn backfills(&self) -> StoreResult<Vec<Backfill>> {
@@ -1290,6 +1356,16 @@ impl OrchestratorStore for SledStore {
         self.orchestrate(id, &OrchestratorOp::Reingest).await
     }
 
+    async fn retry_from(
+        &self,
+        id: JobId,
+        step: &str,
+        later_steps: &[String],
+        reason: &str,
+    ) -> StoreResult<Result<Job, Rejected>> {
+        self.retry_job_from(id, step, later_steps, reason).await
+    }
+
     async fn record_reprobe(
         &self,
         id: JobId,
@@ -1404,9 +1480,7 @@ impl MaintenanceStore for SledStore {
             for key in &checkpoint_keys {
                 tx.checkpoints.remove(key)?;
             }
-            for seq in 0..job.events_next {
-                tx.events.remove(&seq_key(id, seq)[..])?;
-            }
+            tx.remove_history(&job)?;
             tx.metadata.remove(&id.to_bytes()[..])?;
             tx.status_index.remove(&index_key(job.status, id)[..])?;
             tx.keys.remove(job.key.as_bytes())?;
@@ -1428,6 +1502,14 @@ impl MaintenanceStore for SledStore {
         self.flush().await?;
         tracing::info!(job_id = %id, "deleted the job's records");
         Ok(Ok(job))
+    }
+
+    async fn prune_jobs(
+        &self,
+        ids: &[JobId],
+        cutoff: Timestamp,
+    ) -> StoreResult<Vec<Result<PrunedJob, Rejected>>> {
+        self.prune(ids, cutoff).await
     }
 }
 
@@ -1615,6 +1697,10 @@ mod tests {
         SledStore::open(path, 8 * 1024 * 1024).expect("open sled store")
     }
 
+    /// The event bound of the conformance suite's stores: above the longest history a check
+    /// writes by hand, far below `store::EVENTS_MAX`.
+    const CONFORMANCE_EVENTS_MAX: u64 = 16;
+
     /// A factory of fresh stores, each in its own directory under one temp dir.
     struct Stores {
         parent: tempfile::TempDir,
@@ -1629,9 +1715,13 @@ mod tests {
             }
         }
 
+        /// A fresh store with a small event bound, so that every check also runs over
+        /// compacted histories.
         fn fresh(&self) -> SledStore {
             let index = self.count.fetch_add(1, Ordering::Relaxed);
-            open(&self.parent.path().join(format!("store-{index}")))
+            let store = open(&self.parent.path().join(format!("store-{index}")));
+            store.set_events_max(CONFORMANCE_EVENTS_MAX);
+            store
         }
     }
 

@@ -21,6 +21,7 @@ mod resume;
 mod s3;
 mod shutdown;
 mod soak;
+mod state_growth;
 mod stuck;
 mod tamper;
 mod worker;
