@@ -1,6 +1,8 @@
 //! `narra doctor`: can this machine run narra here? One check each for ffmpeg and ffprobe (found,
 //! their versions), the workflows, the encoders the workflows need, the state store, the storage
-//! backend's reachability and the free scratch space; each passes or says what is wrong.
+//! backend's reachability and the free scratch space; each passes or says what is wrong. The state
+//! store's check also reports its size on disk and what it holds (jobs by status, events held and
+//! compacted, pruned jobs), in words and, with `--json`, as the check's `stats`.
 //!
 //! Doctor changes nothing: it does not create a home, a state store or a storage root that is
 //! missing (the first command that needs one does), and a home held by another narra process (a
@@ -14,11 +16,11 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use super::GlobalArgs;
-use crate::engine::job::Status;
 use crate::steps::extract::{Tools, encoder_of, encoders, tool_version};
 use crate::storage::Storage;
 use crate::store::sled_store::DEFAULT_CACHE_CAPACITY_BYTES;
-use crate::store::{HomeLock, JobFilter, JobReader, LockError, SledStore};
+use crate::store::sled_store::StoreStats;
+use crate::store::{HomeLock, LockError, SledStore};
 use crate::workflow::WorkflowRegistry;
 
 /// The object key whose `stat` proves the storage backend answers; it need not exist.
@@ -32,6 +34,8 @@ pub struct Check {
     pub name: &'static str,
     pub ok: bool,
     pub detail: String,
+    /// Figures behind the detail, for `--json` (`Value::Null`: none).
+    pub stats: Value,
 }
 
 impl Check {
@@ -40,6 +44,7 @@ impl Check {
             name,
             ok: true,
             detail,
+            stats: Value::Null,
         }
     }
 
@@ -48,11 +53,20 @@ impl Check {
             name,
             ok: false,
             detail,
+            stats: Value::Null,
         }
     }
 
+    fn with_stats(self, stats: Value) -> Check {
+        Check { stats, ..self }
+    }
+
     pub fn to_json(&self) -> Value {
-        json!({"name": self.name, "ok": self.ok, "detail": self.detail})
+        let mut value = json!({"name": self.name, "ok": self.ok, "detail": self.detail});
+        if !self.stats.is_null() {
+            value["stats"] = self.stats.clone();
+        }
+        value
     }
 
     pub fn to_text(&self) -> String {
@@ -139,14 +153,25 @@ async fn state_check(home: &Path) -> Check {
     let _lock = match HomeLock::acquire(home) {
         Ok(lock) => lock,
         Err(LockError::Held { pid, .. }) => {
+            // sled allows one process per database: the size is read from the files instead.
             let holder = pid.map_or_else(|| "unknown pid".to_string(), |pid| format!("pid {pid}"));
-            return Check::pass(
-                "state_store",
-                format!(
-                    "{} is in use by a running narra process ({holder}); not opened",
-                    state.display()
-                ),
+            let size = directory_size(&state);
+            let detail = format!(
+                "{} is in use by a running narra process ({holder}); not opened; {}",
+                state.display(),
+                match &size {
+                    Ok(bytes) => format!("{} on disk", size_text(*bytes)),
+                    Err(error) => format!("size unknown: {error}"),
+                }
             );
+            let check = Check::pass("state_store", detail);
+            return match size {
+                Ok(bytes) => check.with_stats(json!({
+                    "size_on_disk_bytes": bytes,
+                    "measured_from": "files",
+                })),
+                Err(_) => check,
+            };
         }
         Err(error) => return Check::fail("state_store", error.to_string()),
     };
@@ -165,25 +190,80 @@ async fn state_check(home: &Path) -> Check {
             format!("{} is inconsistent: {error}", state.display()),
         );
     }
-    let mut counts = Vec::new();
-    for status in Status::ALL {
-        let filter = JobFilter {
-            status: Some(status),
-            limit: usize::MAX,
-        };
-        match store.jobs(&filter).await {
-            Ok(jobs) => counts.push(format!("{} {status}", jobs.len())),
-            Err(error) => return Check::fail("state_store", error.to_string()),
-        }
-    }
+    let stats = match store.stats() {
+        Ok(stats) => stats,
+        Err(error) => return Check::fail("state_store", error.to_string()),
+    };
     Check::pass(
         "state_store",
-        format!(
-            "{}: consistent; jobs: {}",
-            state.display(),
-            counts.join(", ")
-        ),
+        format!("{}: consistent; {}", state.display(), stats_text(&stats)),
     )
+    .with_stats(stats_json(&stats))
+}
+
+/// `jobs: 0 pending, ...; 1.2 MiB on disk; events: ...`.
+fn stats_text(stats: &StoreStats) -> String {
+    let jobs: Vec<String> = stats
+        .jobs_by_status
+        .iter()
+        .map(|(status, count)| format!("{count} {status}"))
+        .collect();
+    format!(
+        "jobs: {}; {} on disk; events: {} held, {} compacted into {} summaries (at most {} per job); {} pruned jobs",
+        jobs.join(", "),
+        size_text(stats.size_on_disk_bytes),
+        stats.events_held,
+        stats.events_compacted,
+        stats.event_summaries,
+        stats.events_max,
+        stats.pruned_jobs
+    )
+}
+
+fn stats_json(stats: &StoreStats) -> Value {
+    json!({
+        "size_on_disk_bytes": stats.size_on_disk_bytes,
+        "measured_from": "sled",
+        "jobs": stats
+            .jobs_by_status
+            .iter()
+            .map(|(status, count)| (status.as_str().to_string(), json!(count)))
+            .collect::<serde_json::Map<String, Value>>(),
+        "events_held": stats.events_held,
+        "events_compacted": stats.events_compacted,
+        "event_summaries": stats.event_summaries,
+        "events_max": stats.events_max,
+        "pruned_jobs": stats.pruned_jobs,
+        "blob_refs": stats.blob_refs,
+        "log_lines": stats.log_lines,
+    })
+}
+
+/// Bytes in MiB with one decimal (KiB below one MiB).
+fn size_text(bytes: u64) -> String {
+    if bytes < MIB {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / MIB as f64)
+    }
+}
+
+/// The bytes of every regular file under `dir`.
+fn directory_size(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0u64;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current)? {
+            let entry = entry?;
+            let metadata = entry.metadata()?;
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            } else {
+                total = total.saturating_add(metadata.len());
+            }
+        }
+    }
+    Ok(total)
 }
 
 async fn storage_check(global: &GlobalArgs, home: &Path) -> Check {

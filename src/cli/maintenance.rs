@@ -1,6 +1,7 @@
 //! The maintenance commands' glue and output: `verify` (runbook step 3), `audit`, `cleanup`
-//! (runbook step 5), `incidents` and `delete`. The behaviour lives in `engine::verify`,
-//! `engine::audit` and `engine::cleanup`; this file only calls them and prints what they return.
+//! (runbook step 5), `incidents`, `delete`, `prune` and `retry --from STEP`. The behaviour lives in
+//! `engine::verify`, `engine::audit`, `engine::cleanup`, `engine::prune` and `engine::retry`; this
+//! file only calls them and prints what they return.
 //!
 //! Exit codes: 0 when nothing is wrong (and for dry runs), 1 when a check found a problem, an audit
 //! found a violation, or a confirmed plan no longer matches.
@@ -17,9 +18,10 @@ use crate::engine::cleanup::{
     CleanupError, CleanupOptions, DeletionReason, Executed, Plan, Takedown, execute,
     execute_takedown, plan, plan_takedown,
 };
-use crate::engine::job::{Incident, JobId, Location, Status};
+use crate::engine::job::{Incident, JobId, Location, Status, Timestamp};
+use crate::engine::prune::{PruneOptions, PrunePlan, Pruned, duration_text, parse_duration};
 use crate::engine::verify::{ArtifactState, JobVerification, verify_job};
-use crate::store::JobFilter;
+use crate::store::{JobFilter, SledStore};
 
 use super::{io, print_json};
 
@@ -587,5 +589,232 @@ pub fn takedown_text(takedown: &Takedown, done: bool) -> Vec<String> {
             takedown.job.id
         ));
     }
+    lines
+}
+
+/// `NARRA_EVENTS_MAX`: the most events a job holds in this home's store, instead of
+/// `store::EVENTS_MAX` (tests force compaction with a small one).
+pub fn bound_events_from_env(store: &SledStore) -> Result<(), CliError> {
+    let Ok(text) = std::env::var("NARRA_EVENTS_MAX") else {
+        return Ok(());
+    };
+    let events_max = text
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|events_max| *events_max > 0)
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "NARRA_EVENTS_MAX must be a positive number of events, not {text:?}"
+            ))
+        })?;
+    store.set_events_max(events_max);
+    Ok(())
+}
+
+/// The error for a job id with no job: one `narra prune` removed is named as such.
+pub async fn missing_job(engine: &Engine, id: JobId) -> CliError {
+    match engine.store.pruned_job(id).await {
+        Ok(Some(pruned)) => CliError::Other(anyhow::anyhow!(
+            "job {id} was pruned at {} ({}, last updated {}); its objects stay in storage{}",
+            pruned.pruned_at.to_rfc3339(),
+            pruned.status,
+            pruned.updated_at.to_rfc3339(),
+            pruned
+                .manifest
+                .map(|key| format!(" (manifest {key})"))
+                .unwrap_or_default()
+        )),
+        Ok(None) => CliError::Other(anyhow::anyhow!("job {id} not found")),
+        Err(error) => error.into(),
+    }
+}
+
+/// What `retry --from STEP` was asked besides the jobs.
+#[derive(Debug, Clone)]
+pub struct RetryFrom {
+    pub step: String,
+    pub detach: bool,
+    pub concurrency: usize,
+}
+
+/// `narra retry (ID... | --status S [--class C] [--backfill ID]) --from STEP`: exit 2 when STEP is
+/// not a step of a selected job's workflow (nothing changed), 1 when a job was refused (pending or
+/// running) or did not succeed.
+pub async fn retry_from(
+    engine: &Engine,
+    out: &mut impl Write,
+    ids: Vec<JobId>,
+    selection: &super::SelectionArgs,
+    options: RetryFrom,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    crate::engine::orchestrator::reclaim_orphans(engine).await?;
+    let ids = super::ids_or_selection(
+        engine,
+        ids,
+        selection,
+        &[Status::Succeeded, Status::Failed, Status::Cancelled],
+    )
+    .await?;
+    let reason = format!("asked by {}", crate::engine::cleanup::actor_from_env());
+    let outcomes = crate::engine::retry::retry_from(engine, &ids, &options.step, &reason).await?;
+    let mut refused = false;
+    let mut queued = Vec::new();
+    for (_, outcome) in outcomes {
+        match outcome {
+            Ok(job) => queued.push(job),
+            Err(rejected) => {
+                refused = true;
+                eprintln!("narra: {rejected}");
+            }
+        }
+    }
+    let jobs = if options.detach {
+        queued
+    } else {
+        let ids: Vec<JobId> = queued.iter().map(|job| job.id).collect();
+        crate::engine::orchestrator::run_jobs(engine, &ids, options.concurrency).await?
+    };
+    super::print_jobs(out, &jobs, json)?;
+    Ok(if refused {
+        ExitCode::from(1)
+    } else {
+        super::exit_for(&jobs)
+    })
+}
+
+/// `narra prune --older-than D [--status S...] [--confirm]`: without `--confirm`, lists what would
+/// go and exits 0; with it, exits 1 when a listed job was left alone (it changed meanwhile).
+pub async fn prune(
+    engine: &Engine,
+    out: &mut impl Write,
+    older_than: &str,
+    statuses: Vec<Status>,
+    confirm: bool,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let options = PruneOptions {
+        older_than_ms: parse_duration(older_than).map_err(CliError::Usage)?,
+        statuses,
+    };
+    let now = Timestamp::now();
+    if !confirm {
+        let plan = crate::engine::prune::plan(engine, &options, now).await?;
+        if json {
+            print_json(out, &prune_plan_json(&plan, &options))?;
+        } else {
+            for line in prune_plan_text(&plan, &options) {
+                writeln!(out, "{line}").map_err(io)?;
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pruned = crate::engine::prune::execute(
+        engine,
+        &options,
+        &crate::engine::cleanup::actor_from_env(),
+        now,
+    )
+    .await?;
+    if json {
+        print_json(out, &pruned_json(&pruned, &options))?;
+    } else {
+        for line in pruned_text(&pruned) {
+            writeln!(out, "{line}").map_err(io)?;
+        }
+    }
+    Ok(exit(pruned.refused.is_empty()))
+}
+
+fn statuses_text(plan: &PrunePlan) -> String {
+    plan.statuses
+        .iter()
+        .map(|status| status.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `{dry_run: true, older_than, cutoff, statuses, count, jobs: [{id, source, status, ..., updated_at}]}`.
+pub fn prune_plan_json(plan: &PrunePlan, options: &PruneOptions) -> Value {
+    json!({
+        "dry_run": true,
+        "older_than": duration_text(options.older_than_ms),
+        "cutoff": plan.cutoff.to_rfc3339(),
+        "statuses": plan.statuses.iter().map(|status| status.as_str()).collect::<Vec<_>>(),
+        "count": plan.jobs.len(),
+        "jobs": plan.jobs.iter().map(|job| {
+            let mut summary = super::views::job_summary(job);
+            summary["updated_at"] = json!(job.updated_at.to_rfc3339());
+            summary
+        }).collect::<Vec<_>>(),
+    })
+}
+
+pub fn prune_plan_text(plan: &PrunePlan, options: &PruneOptions) -> Vec<String> {
+    let mut lines = vec![format!(
+        "{} finished jobs ({}) last updated before {} would be pruned",
+        plan.jobs.len(),
+        statuses_text(plan),
+        plan.cutoff.to_rfc3339()
+    )];
+    for job in &plan.jobs {
+        lines.push(format!(
+            "  {}  updated {}",
+            super::views::job_line(job),
+            job.updated_at.to_rfc3339()
+        ));
+    }
+    if !plan.jobs.is_empty() {
+        lines.push(format!(
+            "dry run: nothing was changed. Their objects and manifests stay in storage either way. To prune them: narra prune --older-than {}{} --confirm",
+            duration_text(options.older_than_ms),
+            options
+                .statuses
+                .iter()
+                .map(|status| format!(" --status {status}"))
+                .collect::<String>()
+        ));
+    }
+    lines
+}
+
+/// `{dry_run: false, older_than, cutoff, statuses, count, pruned: [id], refused: [{id, reason}],
+/// incident}`.
+pub fn pruned_json(pruned: &Pruned, options: &PruneOptions) -> Value {
+    json!({
+        "dry_run": false,
+        "older_than": duration_text(options.older_than_ms),
+        "cutoff": pruned.plan.cutoff.to_rfc3339(),
+        "statuses": pruned.plan.statuses.iter().map(|status| status.as_str()).collect::<Vec<_>>(),
+        "count": pruned.pruned.len(),
+        "pruned": pruned.pruned.iter().map(|tombstone| tombstone.id.to_string()).collect::<Vec<_>>(),
+        "refused": pruned.refused.iter().map(|(id, reason)| json!({
+            "id": id.to_string(),
+            "reason": reason,
+        })).collect::<Vec<_>>(),
+        "incident": pruned.incident.as_ref().map(|incident| incident.seq),
+    })
+}
+
+pub fn pruned_text(pruned: &Pruned) -> Vec<String> {
+    let mut lines = Vec::new();
+    for tombstone in &pruned.pruned {
+        lines.push(format!(
+            "  pruned {}  {}  updated {}",
+            tombstone.id,
+            tombstone.status,
+            tombstone.updated_at.to_rfc3339()
+        ));
+    }
+    for (id, reason) in &pruned.refused {
+        lines.push(format!("  NOT PRUNED {id}: {reason}"));
+    }
+    lines.push(format!(
+        "{} finished jobs ({}) last updated before {} pruned; their objects and manifests stay in storage; see `narra incidents`",
+        pruned.pruned.len(),
+        statuses_text(&pruned.plan),
+        pruned.plan.cutoff.to_rfc3339()
+    ));
     lines
 }

@@ -293,6 +293,10 @@ pub enum Command {
         ids: Vec<JobId>,
         #[command(flatten)]
         selection: SelectionArgs,
+        /// Redo from this step: its checkpoint and those of the steps after it are discarded
+        /// first (succeeded jobs too; never pending or running ones).
+        #[arg(long, value_name = "STEP")]
+        from: Option<String>,
         /// Only enqueue; a worker runs them.
         #[arg(long)]
         detach: bool,
@@ -366,6 +370,18 @@ pub enum Command {
         #[arg(long)]
         confirm: bool,
     },
+    /// Remove the state of finished jobs last updated longer ago than `--older-than`, keeping
+    /// their objects and manifests in storage. Without `--confirm`, lists them and changes nothing.
+    Prune {
+        /// A whole number and a unit: 30d, 12h, 90m, 45s.
+        #[arg(long, value_name = "DURATION")]
+        older_than: String,
+        /// Only jobs with these statuses (succeeded, failed, cancelled; default: all three).
+        #[arg(long, num_args = 1..)]
+        status: Vec<Status>,
+        #[arg(long)]
+        confirm: bool,
+    },
 }
 
 impl Command {
@@ -390,6 +406,7 @@ impl Command {
             Command::Health { .. } => "health",
             Command::Incidents => "incidents",
             Command::Delete { .. } => "delete",
+            Command::Prune { .. } => "prune",
         }
     }
 }
@@ -493,6 +510,7 @@ pub fn open_home(global: &GlobalArgs) -> Result<Home, CliError> {
         &home.join("state"),
         crate::store::sled_store::DEFAULT_CACHE_CAPACITY_BYTES,
     )?);
+    maintenance::bound_events_from_env(&store)?;
     crate::logging::attach_job_sink(store.clone());
     let storage_uri = global
         .storage
@@ -739,17 +757,24 @@ pub async fn dispatch(
             Ok(ExitCode::SUCCESS)
         }
         Command::Show { id } => {
-            let job = engine.store.job(id).await?.ok_or_else(|| not_found(id))?;
+            let Some(job) = engine.store.job(id).await? else {
+                return Err(maintenance::missing_job(engine, id).await);
+            };
             let checkpoints = engine.store.checkpoints(id).await?;
             let metadata = engine.store.metadata(id).await?;
+            let summary = engine.store.event_summary(id).await?;
             let events = engine.store.events(id).await?;
             let progress = engine.store.progress(id).await?;
+            let history = views::History {
+                summary: summary.as_ref(),
+                events: &events,
+            };
             if json {
-                let mut value = views::job_detail(&job, &checkpoints, metadata.as_ref(), &events);
+                let mut value = views::job_detail(&job, &checkpoints, metadata.as_ref(), &history);
                 value["progress"] = views::progress_json(progress.as_ref());
                 print_json(&mut out, &value)?;
             } else {
-                let text = views::job_text(&job, &checkpoints, metadata.as_ref(), &events);
+                let text = views::job_text(&job, &checkpoints, metadata.as_ref(), &history);
                 let (head, rest) = text.split_once("\n\n").unwrap_or((text.as_str(), ""));
                 writeln!(out, "{head}").map_err(io)?;
                 if let Some(progress) = &progress {
@@ -772,6 +797,21 @@ pub async fn dispatch(
                 writeln!(out, "{text}").map_err(io)?;
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Retry {
+            ids,
+            selection,
+            from: Some(step),
+            detach,
+            concurrency,
+            ..
+        } => {
+            let options = maintenance::RetryFrom {
+                step,
+                detach,
+                concurrency,
+            };
+            maintenance::retry_from(engine, &mut out, ids, &selection, options, json).await
         }
         Command::Retry {
             ids,
@@ -938,6 +978,11 @@ pub async fn dispatch(
         Command::Delete { id, confirm } => {
             maintenance::delete(engine, &mut out, err, id, confirm, context).await
         }
+        Command::Prune {
+            older_than,
+            status,
+            confirm,
+        } => maintenance::prune(engine, &mut out, &older_than, status, confirm, json).await,
     }
 }
 

@@ -6,7 +6,8 @@
 use serde_json::{Value, json};
 
 use crate::engine::job::{
-    ChangeToken, Checkpoint, Event, EventKind, Job, LogLine, MediaMetadata, StepOutput,
+    ChangeToken, Checkpoint, Event, EventKind, EventSummary, Job, LogLine, MediaMetadata,
+    StepOutput,
 };
 use crate::steps::extract::metadata_json;
 use crate::steps::redact::redact_url;
@@ -42,12 +43,21 @@ fn error_json(job: &Job) -> Value {
     }
 }
 
-/// The whole job, as `show --json` prints it.
+/// A job's event history as the store keeps it: the summary of its compacted events, if any, and
+/// the events it still holds.
+#[derive(Debug, Clone, Copy)]
+pub struct History<'a> {
+    pub summary: Option<&'a EventSummary>,
+    pub events: &'a [Event],
+}
+
+/// The whole job, as `show --json` prints it. `events` lists the events still held;
+/// `events_compacted` says how many older ones were folded into `events_summary`.
 pub fn job_detail(
     job: &Job,
     checkpoints: &[Checkpoint],
     metadata: Option<&MediaMetadata>,
-    events: &[Event],
+    history: &History<'_>,
 ) -> Value {
     json!({
         "id": job.id.to_string(),
@@ -83,8 +93,58 @@ pub fn job_detail(
             .and_then(|checkpoint| checkpoint.output("manifest"))
             .map(location_text),
         "metadata": metadata.map(metadata_json),
-        "events": events.iter().map(event_json).collect::<Vec<_>>(),
+        "events_compacted": history.summary.map_or(0, |summary| summary.events_compacted),
+        "events_summary": history.summary.map(event_summary_json),
+        "events": history.events.iter().map(event_json).collect::<Vec<_>>(),
     })
+}
+
+/// `{events, first_at, last_at, kinds: {kind: count}, steps: [{step, executed, completed,
+/// skipped, failed, redone, objects_written: [{key, count}]}], status, ingestion_phase}`: what the
+/// compacted events left.
+pub fn event_summary_json(summary: &EventSummary) -> Value {
+    json!({
+        "events": summary.events_compacted,
+        "first_at": summary.first_at.to_rfc3339(),
+        "last_at": summary.last_at.to_rfc3339(),
+        "kinds": summary
+            .kinds
+            .iter()
+            .map(|(kind, count)| (kind.clone(), json!(count)))
+            .collect::<serde_json::Map<String, Value>>(),
+        "steps": summary.steps.iter().map(|step| json!({
+            "step": step.step,
+            "executed": step.executed,
+            "completed": step.completed,
+            "skipped": step.skipped,
+            "failed": step.failed,
+            "redone": step.redone,
+            "objects_written": step.objects_written.iter().map(|(key, count)| json!({
+                "key": key,
+                "count": count,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "status": summary.status.map(|status| status.as_str()),
+        "ingestion_phase": summary.phase.map(|phase| phase.as_str()),
+    })
+}
+
+/// The summary for people: one line for the span, one per step.
+pub fn event_summary_text(summary: &EventSummary) -> Vec<String> {
+    let mut lines = vec![format!(
+        "  {} older events compacted ({} to {}):",
+        summary.events_compacted,
+        summary.first_at.to_rfc3339(),
+        summary.last_at.to_rfc3339()
+    )];
+    for step in &summary.steps {
+        let written: u64 = step.objects_written.iter().map(|(_, count)| count).sum();
+        lines.push(format!(
+            "    step {:<9} executed {}, completed {}, skipped {}, failed {}, redone {}; {} object writes",
+            step.step, step.executed, step.completed, step.skipped, step.failed, step.redone, written
+        ));
+    }
+    lines
 }
 
 /// `[{kind, key, size, blake3}]` for the video, audio and metadata objects the store step wrote.
@@ -267,7 +327,7 @@ pub fn job_text(
     job: &Job,
     checkpoints: &[Checkpoint],
     metadata: Option<&MediaMetadata>,
-    events: &[Event],
+    history: &History<'_>,
 ) -> String {
     let mut out = String::new();
     let mut line = |text: String| {
@@ -363,7 +423,12 @@ pub fn job_text(
     }
     line(String::new());
     line("events".to_string());
-    for event in events {
+    if let Some(summary) = history.summary {
+        for text in event_summary_text(summary) {
+            line(text);
+        }
+    }
+    for event in history.events {
         line(format!(
             "  {}  {}",
             event.at.to_rfc3339(),

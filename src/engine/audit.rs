@@ -3,8 +3,10 @@
 //!
 //! The history is the evidence. The worker records why a step that has a checkpoint runs again
 //! (`step_redone`), which objects each store run wrote (`objects_written`), and the store records
-//! every checkpoint's hashes with it (`checkpoint_recorded`). [`analyze_history`] is a pure function
-//! of those events, the incident log and the writes other jobs made of the same blobs; [`audit_job`]
+//! every checkpoint's hashes with it (`checkpoint_recorded`). [`analyze`] is a pure function of
+//! those events (read through `engine::history::fold`, which also reads the summary compaction left
+//! of a long history's oldest events, so compaction never changes an answer), the incident log and
+//! the writes other jobs made of the same blobs; [`audit_job`]
 //! adds what only the state store and the object store can say (the current checkpoints, whether
 //! storage agrees with them, whether the manifest's blobs exist, whether the blob index agrees).
 //!
@@ -23,38 +25,27 @@
 //! | `manifest_unreadable` | violation | the store checkpoint names a manifest that is missing or not a manifest |
 //! | `storage_disagrees` | violation (succeeded jobs), warning (others) | an artifact is missing or does not match its checkpoint (shallow `verify`) |
 //! | `index_disagrees` | violation | the blob -> jobs index does not list this job for a blob its checkpoint names |
+//! | `history_truncated` | warning | a compacted history held more findings or blob writes than its summary keeps (`engine::history`'s bounds) |
 //!
 //! Limits: a store run that fails records no `objects_written` (a retry skips what it stored, so no
 //! write is counted twice); writes by other jobs are found through the blob index, so a job that no
 //! longer references a blob it once wrote is not compared; manifests are not compared across writes,
-//! since their bytes change with their job's outputs.
+//! since their bytes change with their job's outputs. `narra retry --from STEP` records
+//! `step_redone {checkpoint_discarded}` for each checkpoint it discards: the step's next run is then
+//! a first run, not a re-run.
 //!
 //! This module only reads: it never writes to the state store or to storage.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::engine::Engine;
+use crate::engine::history::{self, BLOB_PREFIX};
 use crate::engine::job::{
-    Checkpoint, Event, EventKind, Hash, Incident, Job, JobId, Location, Status, Timestamp,
+    Checkpoint, Event, EventSummary, Hash, HistoryFindingKind, Incident, Job, JobId, Location,
+    Status, Timestamp,
 };
 use crate::engine::verify::{JobVerification, verify_job};
 use crate::store::{JobFilter, StoreError};
-
-/// Redo causes that mean an output failed verification: a rewrite in the same run is a repair.
-const VERIFICATION_FAILURES: [&str; 2] = ["output_missing", "output_changed"];
-
-/// Every cause the worker records.
-const KNOWN_CAUSES: [&str; 5] = [
-    "definition_changed",
-    "inputs_changed",
-    "output_missing",
-    "output_changed",
-    "earlier_step_ran",
-];
-
-/// Only content-addressed keys are compared across writes: the key fixes the bytes, so writing one
-/// twice is writing the same bytes twice. A manifest's bytes change with its job's outputs.
-const BLOB_PREFIX: &str = "blobs/";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Severity {
@@ -118,287 +109,258 @@ pub struct BlobWrite {
     pub key: String,
 }
 
-/// The blob writes recorded in a history.
-pub fn blob_writes(job_id: JobId, events: &[Event]) -> Vec<BlobWrite> {
-    events
+/// The blob writes recorded in a history: those of the summary of its compacted events, then those
+/// of the events still held.
+pub fn blob_writes(
+    job_id: JobId,
+    summary: Option<&EventSummary>,
+    events: &[Event],
+) -> Vec<BlobWrite> {
+    folded_blob_writes(&history::fold_all(job_id, summary, events))
+}
+
+fn folded_blob_writes(folded: &EventSummary) -> Vec<BlobWrite> {
+    folded
+        .audit
+        .blob_writes
         .iter()
-        .filter_map(|event| match &event.kind {
-            EventKind::ObjectsWritten { keys, .. } => Some((event.at, keys)),
-            _ => None,
-        })
-        .flat_map(|(at, keys)| {
-            keys.iter()
-                .filter(|key| key.starts_with(BLOB_PREFIX))
-                .map(move |key| BlobWrite {
-                    job_id,
-                    at,
-                    key: key.clone(),
-                })
+        .map(|write| BlobWrite {
+            job_id: folded.job_id,
+            at: write.at,
+            key: write.key.clone(),
         })
         .collect()
 }
 
-/// Reads a job's history: the per-step counts, this job's writes, and the findings the events
-/// alone support. `other_writes` are blob writes by other jobs; `incidents` is the incident log.
+/// Reads a whole job history (no event compacted): see [`analyze`].
 pub fn analyze_history(
     job_id: JobId,
     events: &[Event],
     other_writes: &[BlobWrite],
     incidents: &[Incident],
 ) -> HistoryAnalysis {
-    let mut analysis = HistoryAnalysis {
-        legacy: events
-            .iter()
-            .any(|event| matches!(event.kind, EventKind::StepCompleted { .. }))
-            && !events.iter().any(|event| {
-                matches!(
-                    event.kind,
-                    EventKind::CheckpointRecorded { .. } | EventKind::ObjectsWritten { .. }
-                )
-            }),
-        ..HistoryAnalysis::default()
-    };
-    let mut counts: Vec<(String, StepCounts)> = Vec::new();
-    let mut completed_ever: HashSet<String> = HashSet::new();
-    // Per run (from one claim to the next).
-    let mut started_in_run: Vec<String> = Vec::new();
-    let mut skipped_in_run: HashSet<String> = HashSet::new();
-    let mut redo_pending: HashMap<String, String> = HashMap::new();
-    let mut verification_failed_in_run = false;
-    // (step, definition, input) -> the first outputs recorded for it, with the event's seq.
-    let mut recorded: HashMap<RunSlot, (u64, Vec<(String, Hash)>)> = HashMap::new();
-    // Blob key -> when this job last wrote it.
-    let mut own_writes: HashMap<String, Timestamp> = HashMap::new();
+    analyze(job_id, None, events, other_writes, incidents)
+}
 
-    let rerun_severity = if analysis.legacy {
+/// Reads a job's history, the summary of its compacted events first (`engine::history`): the
+/// per-step counts, this job's writes, and the findings the events alone support. `other_writes`
+/// are blob writes by other jobs; `incidents` is the incident log. The answer does not depend on
+/// how much of the history was compacted.
+pub fn analyze(
+    job_id: JobId,
+    summary: Option<&EventSummary>,
+    events: &[Event],
+    other_writes: &[BlobWrite],
+    incidents: &[Incident],
+) -> HistoryAnalysis {
+    evaluate(
+        &history::fold_all(job_id, summary, events),
+        other_writes,
+        incidents,
+    )
+}
+
+/// The findings of a folded history: what the fold met, worded, and each blob write judged
+/// against the writes before it (this job's and other jobs') and the incident log.
+fn evaluate(
+    folded: &EventSummary,
+    other_writes: &[BlobWrite],
+    incidents: &[Incident],
+) -> HistoryAnalysis {
+    let job_id = folded.job_id;
+    let audit = &folded.audit;
+    let legacy = audit.saw_step_completed && !audit.saw_audit_events;
+    let rerun_severity = if legacy {
         Severity::Warning
     } else {
         Severity::Violation
     };
+    let count = |count: u64| u32::try_from(count).unwrap_or(u32::MAX);
+    let steps = folded
+        .steps
+        .iter()
+        .map(|step| {
+            (
+                step.step.clone(),
+                StepCounts {
+                    executed: count(step.executed),
+                    completed: count(step.completed),
+                    skipped: count(step.skipped),
+                    failed: count(step.failed),
+                    redone: count(step.redone),
+                },
+            )
+        })
+        .collect();
+    let writes = history::writes(folded)
+        .into_iter()
+        .map(|(key, times)| (key, count(times)))
+        .collect();
 
-    for event in events {
-        match &event.kind {
-            EventKind::StatusChanged {
-                to: Status::Running,
-                ..
-            } => {
-                started_in_run.clear();
-                skipped_in_run.clear();
-                redo_pending.clear();
-                verification_failed_in_run = false;
-            }
-            EventKind::StepRedone { step, cause, .. } => {
-                let index = counts_of(&mut counts, step);
-                counts[index].1.redone += 1;
-                if VERIFICATION_FAILURES.contains(&cause.as_str()) {
-                    verification_failed_in_run = true;
-                }
-                redo_pending.insert(step.clone(), cause.clone());
-            }
-            EventKind::StepStarted { step } => {
-                let index = counts_of(&mut counts, step);
-                counts[index].1.executed += 1;
-                if skipped_in_run.contains(step) {
-                    analysis.findings.push(Finding {
-                        kind: "rerun_after_skip",
-                        severity: Severity::Violation,
-                        step: Some(step.clone()),
-                        key: None,
-                        seq: Some(event.seq),
-                        message: format!(
-                            "step {step} ran after it was skipped as verified in the same run"
-                        ),
-                    });
-                }
-                let cause = redo_pending.remove(step);
-                if completed_ever.contains(step) {
-                    match cause.as_deref() {
-                        None => analysis.findings.push(Finding {
-                            kind: "rerun_without_cause",
-                            severity: rerun_severity,
-                            step: Some(step.clone()),
-                            key: None,
-                            seq: Some(event.seq),
-                            message: if analysis.legacy {
-                                format!(
-                                    "step {step} ran again with no recorded cause (the history predates recorded causes)"
-                                )
-                            } else {
-                                format!(
-                                    "step {step} ran again though it had a checkpoint, and no cause was recorded"
-                                )
-                            },
-                        }),
-                        Some("earlier_step_ran") if started_in_run.is_empty() => {
-                            analysis.findings.push(Finding {
-                                kind: "rerun_cause_false",
-                                severity: Severity::Violation,
-                                step: Some(step.clone()),
-                                key: None,
-                                seq: Some(event.seq),
-                                message: format!(
-                                    "step {step} ran again because an earlier step ran, but none ran in this run"
-                                ),
-                            })
-                        }
-                        Some(cause) if !KNOWN_CAUSES.contains(&cause) => {
-                            analysis.findings.push(Finding {
-                                kind: "rerun_without_cause",
-                                severity: Severity::Warning,
-                                step: Some(step.clone()),
-                                key: None,
-                                seq: Some(event.seq),
-                                message: format!(
-                                    "step {step} ran again for an unknown cause {cause:?}"
-                                ),
-                            })
-                        }
-                        Some(_) => {}
-                    }
-                }
-                started_in_run.push(step.clone());
-            }
-            EventKind::StepCompleted { step, .. } => {
-                let index = counts_of(&mut counts, step);
-                counts[index].1.completed += 1;
-                completed_ever.insert(step.clone());
-            }
-            EventKind::StepSkipped { step, .. } => {
-                let index = counts_of(&mut counts, step);
-                counts[index].1.skipped += 1;
-                skipped_in_run.insert(step.clone());
-            }
-            EventKind::StepFailed { step, .. } => {
-                let index = counts_of(&mut counts, step);
-                counts[index].1.failed += 1;
-            }
-            EventKind::CheckpointRecorded {
-                step,
-                definition_hash,
-                input_hash,
+    let mut findings: Vec<Finding> = Vec::new();
+    for found in &audit.findings {
+        let step = found.step.as_str();
+        let (kind, severity, message) = match &found.kind {
+            HistoryFindingKind::RerunAfterSkip => (
+                "rerun_after_skip",
+                Severity::Violation,
+                format!("step {step} ran after it was skipped as verified in the same run"),
+            ),
+            HistoryFindingKind::RerunWithoutCause => (
+                "rerun_without_cause",
+                rerun_severity,
+                if legacy {
+                    format!(
+                        "step {step} ran again with no recorded cause (the history predates recorded causes)"
+                    )
+                } else {
+                    format!(
+                        "step {step} ran again though it had a checkpoint, and no cause was recorded"
+                    )
+                },
+            ),
+            HistoryFindingKind::RerunCauseFalse => (
+                "rerun_cause_false",
+                Severity::Violation,
+                format!(
+                    "step {step} ran again because an earlier step ran, but none ran in this run"
+                ),
+            ),
+            HistoryFindingKind::RerunUnknownCause { cause } => (
+                "rerun_without_cause",
+                Severity::Warning,
+                format!("step {step} ran again for an unknown cause {cause:?}"),
+            ),
+            HistoryFindingKind::OutputsDiffer {
+                first_seq,
+                first,
                 outputs,
             } => {
-                let mut outputs = outputs.clone();
-                outputs.sort();
-                let slot = (step.clone(), *definition_hash, *input_hash);
-                match recorded.get(&slot) {
-                    None => {
-                        recorded.insert(slot, (event.seq, outputs));
-                    }
-                    Some((first_seq, first)) if *first != outputs => {
-                        let (kind, severity, what) = if step == "download" {
-                            (
-                                "source_changed",
-                                Severity::Info,
-                                "the origin served other bytes for the same source",
-                            )
-                        } else {
-                            (
-                                "outputs_differ",
-                                Severity::Violation,
-                                "the step is not deterministic",
-                            )
-                        };
-                        analysis.findings.push(Finding {
-                            kind,
-                            severity,
-                            step: Some(step.clone()),
-                            key: None,
-                            seq: Some(event.seq),
-                            message: format!(
-                                "step {step} recorded {} for the same definition and input as event {first_seq} ({}): {what}",
-                                outputs_text(&outputs),
-                                outputs_text(first)
-                            ),
-                        });
-                    }
-                    Some(_) => {}
-                }
+                let (kind, severity, what) = if step == "download" {
+                    (
+                        "source_changed",
+                        Severity::Info,
+                        "the origin served other bytes for the same source",
+                    )
+                } else {
+                    (
+                        "outputs_differ",
+                        Severity::Violation,
+                        "the step is not deterministic",
+                    )
+                };
+                (
+                    kind,
+                    severity,
+                    format!(
+                        "step {step} recorded {} for the same definition and input as event {first_seq} ({}): {what}",
+                        outputs_text(outputs),
+                        outputs_text(first)
+                    ),
+                )
             }
-            EventKind::Reprobed { .. } => {
-                // `reprobe` re-derived the metadata record on purpose: the extract step's recorded
-                // outputs start a new baseline, so a later extraction is compared with it afresh.
-                recorded.retain(|(step, _, _), _| step != "extract");
-            }
-            EventKind::ObjectsWritten { step, keys } => {
-                for key in keys {
-                    *analysis.writes.entry(key.clone()).or_insert(0) += 1;
-                    if !key.starts_with(BLOB_PREFIX) {
-                        continue;
-                    }
-                    let own_prior = own_writes.get(key).map(|at| (*at, job_id));
-                    let other_prior = other_writes
-                        .iter()
-                        .filter(|write| {
-                            write.key == *key && write.job_id != job_id && write.at < event.at
-                        })
-                        .map(|write| (write.at, write.job_id))
-                        .max();
-                    let prior = own_prior.into_iter().chain(other_prior).max();
-                    if let Some((prior_at, prior_job)) = prior {
-                        let deleted_between = incidents.iter().any(|incident| {
-                            incident.key.as_deref() == Some(key.as_str())
-                                && incident.action == "deleted_object"
-                                && incident.at >= prior_at
-                                && incident.at <= event.at
-                        });
-                        let by = if prior_job == job_id {
-                            "this job".to_string()
-                        } else {
-                            format!("job {prior_job}")
-                        };
-                        let finding = if verification_failed_in_run || deleted_between {
-                            Finding {
-                                kind: "object_restored",
-                                severity: Severity::Info,
-                                step: Some(step.clone()),
-                                key: Some(key.clone()),
-                                seq: Some(event.seq),
-                                message: format!(
-                                    "{key} was written again after {by} wrote it, once {}",
-                                    if deleted_between {
-                                        "cleanup had deleted it"
-                                    } else {
-                                        "a verification failure showed it missing or changed"
-                                    }
-                                ),
-                            }
-                        } else {
-                            Finding {
-                                kind: "object_rewritten",
-                                severity: Severity::Violation,
-                                step: Some(step.clone()),
-                                key: Some(key.clone()),
-                                seq: Some(event.seq),
-                                message: format!(
-                                    "{key} was written again after {by} wrote it at {}, and nothing showed it missing or changed",
-                                    prior_at.to_rfc3339()
-                                ),
-                            }
-                        };
-                        analysis.findings.push(finding);
-                    }
-                    own_writes.insert(key.clone(), event.at);
-                }
-            }
-            _ => {}
-        }
+        };
+        findings.push(Finding {
+            kind,
+            severity,
+            step: Some(found.step.clone()),
+            key: None,
+            seq: Some(found.seq),
+            message,
+        });
     }
-    analysis.steps = counts;
-    analysis
-}
 
-/// A step run on one definition and one input: its outputs should always be the same.
-type RunSlot = (String, Hash, Hash);
-
-/// The index of `step` in `counts`, adding it on first sight.
-fn counts_of(counts: &mut Vec<(String, StepCounts)>, step: &str) -> usize {
-    match counts.iter().position(|(name, _)| name == step) {
-        Some(index) => index,
-        None => {
-            counts.push((step.to_string(), StepCounts::default()));
-            counts.len() - 1
+    // Blob key -> when this job last wrote it.
+    let mut own_writes: HashMap<&str, Timestamp> = HashMap::new();
+    for write in &audit.blob_writes {
+        let key = write.key.as_str();
+        let own_prior = own_writes.get(key).map(|at| (*at, job_id));
+        let other_prior = other_writes
+            .iter()
+            .filter(|other| other.key == key && other.job_id != job_id && other.at < write.at)
+            .map(|other| (other.at, other.job_id))
+            .max();
+        let prior = own_prior.into_iter().chain(other_prior).max();
+        if let Some((prior_at, prior_job)) = prior {
+            let deleted_between = incidents.iter().any(|incident| {
+                incident.key.as_deref() == Some(key)
+                    && incident.action == "deleted_object"
+                    && incident.at >= prior_at
+                    && incident.at <= write.at
+            });
+            let by = if prior_job == job_id {
+                "this job".to_string()
+            } else {
+                format!("job {prior_job}")
+            };
+            let finding = if write.after_verification_failure || deleted_between {
+                Finding {
+                    kind: "object_restored",
+                    severity: Severity::Info,
+                    step: Some(write.step.clone()),
+                    key: Some(write.key.clone()),
+                    seq: Some(write.seq),
+                    message: format!(
+                        "{key} was written again after {by} wrote it, once {}",
+                        if deleted_between {
+                            "cleanup had deleted it"
+                        } else {
+                            "a verification failure showed it missing or changed"
+                        }
+                    ),
+                }
+            } else {
+                Finding {
+                    kind: "object_rewritten",
+                    severity: Severity::Violation,
+                    step: Some(write.step.clone()),
+                    key: Some(write.key.clone()),
+                    seq: Some(write.seq),
+                    message: format!(
+                        "{key} was written again after {by} wrote it at {}, and nothing showed it missing or changed",
+                        prior_at.to_rfc3339()
+                    ),
+                }
+            };
+            findings.push(finding);
         }
+        own_writes.insert(key, write.at);
+    }
+    // In history order, as the events met them (a stable sort keeps each event's own order).
+    findings.sort_by_key(|finding| finding.seq);
+
+    if audit.findings_dropped > 0 {
+        findings.push(Finding {
+            kind: "history_truncated",
+            severity: Severity::Warning,
+            step: None,
+            key: None,
+            seq: None,
+            message: format!(
+                "{} more findings of this history were counted but not kept (the first {} are)",
+                audit.findings_dropped,
+                history::HISTORY_FINDINGS_MAX
+            ),
+        });
+    }
+    if audit.blob_writes_dropped > 0 {
+        findings.push(Finding {
+            kind: "history_truncated",
+            severity: Severity::Warning,
+            step: None,
+            key: None,
+            seq: None,
+            message: format!(
+                "the {} oldest blob writes of this history were counted but not kept: rewrites of them are not judged",
+                audit.blob_writes_dropped
+            ),
+        });
+    }
+    HistoryAnalysis {
+        steps,
+        writes,
+        findings,
+        legacy,
     }
 }
 
@@ -472,7 +434,7 @@ pub async fn audit_jobs(engine: &Engine, ids: &[JobId]) -> Result<Vec<JobAudit>,
         jobs
     };
     let incidents = engine.store.incidents().await?;
-    let mut histories: HashMap<JobId, Vec<Event>> = HashMap::new();
+    let mut histories: HashMap<JobId, Vec<BlobWrite>> = HashMap::new();
     let mut audits = Vec::with_capacity(jobs.len());
     for job in jobs {
         audits.push(audit_job(engine, job, &incidents, &mut histories).await?);
@@ -480,33 +442,39 @@ pub async fn audit_jobs(engine: &Engine, ids: &[JobId]) -> Result<Vec<JobAudit>,
     Ok(audits)
 }
 
-/// Audits one job. `histories` caches the event histories of jobs read so far (other jobs'
-/// histories are read for the blobs this job wrote, found through the blob index).
+/// Audits one job. `histories` caches the blob writes of the jobs read so far (other jobs'
+/// histories are read for the blobs this job wrote, found through the blob index). A history is
+/// its compacted summary and the events still held, read as one.
 pub async fn audit_job(
     engine: &Engine,
     job: Job,
     incidents: &[Incident],
-    histories: &mut HashMap<JobId, Vec<Event>>,
+    histories: &mut HashMap<JobId, Vec<BlobWrite>>,
 ) -> Result<JobAudit, AuditError> {
+    let summary = engine.store.event_summary(job.id).await?;
     let events = engine.store.events(job.id).await?;
     let checkpoints = engine.store.checkpoints(job.id).await?;
+    let folded = history::fold_all(job.id, summary.as_ref(), &events);
+    let own_writes = folded_blob_writes(&folded);
 
     // Other jobs that wrote the same blobs are the ones the index says reference them.
     let mut other_writes = Vec::new();
     let mut others_read = HashSet::new();
-    for write in blob_writes(job.id, &events) {
+    for write in &own_writes {
         for other in engine.store.jobs_referencing(&write.key).await? {
             if other == job.id || !others_read.insert(other) {
                 continue;
             }
             if let std::collections::hash_map::Entry::Vacant(slot) = histories.entry(other) {
-                slot.insert(engine.store.events(other).await?);
+                let other_summary = engine.store.event_summary(other).await?;
+                let other_events = engine.store.events(other).await?;
+                slot.insert(blob_writes(other, other_summary.as_ref(), &other_events));
             }
-            other_writes.extend(blob_writes(other, &histories[&other]));
+            other_writes.extend(histories[&other].iter().cloned());
         }
     }
-    let analysis = analyze_history(job.id, &events, &other_writes, incidents);
-    histories.insert(job.id, events);
+    let analysis = evaluate(&folded, &other_writes, incidents);
+    histories.insert(job.id, own_writes);
 
     let mut steps: Vec<StepAudit> = Vec::new();
     let workflow_steps: Vec<String> = engine
@@ -669,7 +637,7 @@ mod tests {
     //! injected violation is named.
 
     use super::*;
-    use crate::engine::job::ErrorInfo;
+    use crate::engine::job::{ErrorInfo, EventKind};
 
     const JOB: JobId = JobId(1);
     const OTHER: JobId = JobId(2);
@@ -1065,5 +1033,280 @@ mod tests {
             manifest_blob_keys(br#"{"artifacts": [{"kind": "x"}]}"#),
             None
         );
+    }
+
+    /// A worker's writes to one claimed job of a real store.
+    struct Run<'a> {
+        store: &'a crate::store::SledStore,
+        token: crate::engine::job::LeaseToken,
+    }
+
+    impl Run<'_> {
+        async fn claim(store: &crate::store::SledStore, id: JobId) -> Run<'_> {
+            use crate::store::OrchestratorStore;
+            let worker = crate::engine::job::WorkerId("audit:1:1".into());
+            let (_, token) = store
+                .claim(id, &worker, 60_000)
+                .await
+                .expect("claim")
+                .expect("a pending job");
+            Run { store, token }
+        }
+
+        async fn event(&self, step: &str, event: crate::store::StepEvent) -> &Self {
+            use crate::store::WorkerStore;
+            self.store
+                .record_step_event(&self.token, step, event)
+                .await
+                .expect("step event")
+                .expect("current token");
+            self
+        }
+
+        async fn start(&self, step: &str) -> &Self {
+            self.event(step, crate::store::StepEvent::Started).await
+        }
+
+        async fn skip(&self, step: &str) -> &Self {
+            let skipped = crate::store::StepEvent::Skipped {
+                reason: "checkpoint verified".into(),
+            };
+            self.event(step, skipped).await
+        }
+
+        async fn redo(&self, step: &str, cause: &str) -> &Self {
+            let redone = crate::store::StepEvent::Redone {
+                cause: cause.into(),
+                reason: cause.into(),
+            };
+            self.event(step, redone).await
+        }
+
+        async fn wrote(&self, keys: &[&str]) -> &Self {
+            let written = crate::store::StepEvent::ObjectsWritten {
+                keys: keys.iter().map(|key| key.to_string()).collect(),
+            };
+            self.event("store", written).await
+        }
+
+        async fn checkpoint(&self, step: &str, input: u8, outputs: &[(&str, &str, u8)]) -> &Self {
+            use crate::store::WorkerStore;
+            let checkpoint = Checkpoint {
+                step: step.into(),
+                definition_hash: Hash([u8::try_from(step.len()).expect("short"); 32]),
+                input_hash: Hash([input; 32]),
+                outputs: outputs
+                    .iter()
+                    .map(|(name, key, byte)| crate::engine::job::StepOutput {
+                        name: (*name).into(),
+                        location: Location::Object((*key).into()),
+                        size: 1,
+                        blake3: Hash([*byte; 32]),
+                        change_token: crate::engine::job::ChangeToken::None,
+                    })
+                    .collect(),
+                recorded_at: Timestamp::now(),
+            };
+            self.store
+                .record_checkpoint(&self.token, &checkpoint, None)
+                .await
+                .expect("record_checkpoint")
+                .expect("current token");
+            self
+        }
+
+        async fn complete(&self) {
+            use crate::store::OrchestratorStore;
+            self.store
+                .complete(&self.token)
+                .await
+                .expect("complete")
+                .expect("current token");
+        }
+
+        async fn fail(&self) {
+            use crate::store::OrchestratorStore;
+            let error = ErrorInfo {
+                class: "network_error".into(),
+                message: "gone".into(),
+            };
+            self.store
+                .fail(&self.token, error)
+                .await
+                .expect("fail")
+                .expect("current token");
+        }
+    }
+
+    const VIDEO: &str = "blobs/aa/video.mp4";
+    const AUDIO: &str = "blobs/bb/audio.m4a";
+
+    // Guards item 9's promise to `audit`: once a job's history outgrows the bound, its oldest
+    // events (here, those holding a non-deterministic extraction, a repair write and a re-run with
+    // no cause) are folded into its summary, and the audit of that job, and of another job whose
+    // write is judged against its writes, is exactly what it was over the whole history.
+    #[tokio::test]
+    async fn an_audit_is_the_same_before_and_after_compaction() {
+        use crate::store::{JobReader, OrchestratorStore};
+        let home = tempfile::tempdir().expect("tempdir");
+        let store = std::sync::Arc::new(
+            crate::store::SledStore::open(&home.path().join("state"), 8 * 1024 * 1024)
+                .expect("open"),
+        );
+        let engine = Engine::new(
+            store.clone(),
+            crate::storage::Storage::from_uri("memory://").expect("memory storage"),
+            crate::workflow::WorkflowRegistry::builtin(),
+            home.path(),
+            crate::steps::net::NetworkPolicy::default(),
+        );
+        let submit = |key: &str| crate::store::SubmitRequest {
+            key: key.into(),
+            source: format!("https://example.com/{key}.mp4"),
+            workflow: "ingest".into(),
+            reingest: false,
+            priority: crate::engine::job::PRIORITY_LIVE,
+        };
+        let a = store.submit(&submit("a")).await.expect("submit").job.id;
+        let b = store.submit(&submit("b")).await.expect("submit").job.id;
+        let stored = [("video", VIDEO, 10), ("audio", AUDIO, 20)];
+
+        let run = Run::claim(&store, a).await;
+        run.start("download")
+            .await
+            .checkpoint("download", 1, &[("video", VIDEO, 10)])
+            .await;
+        run.start("extract")
+            .await
+            .checkpoint("extract", 2, &[("audio", AUDIO, 20)])
+            .await;
+        run.start("store")
+            .await
+            .wrote(&[VIDEO, AUDIO, "jobs/a/manifest.json"])
+            .await;
+        run.checkpoint("store", 3, &stored).await.complete().await;
+        // Another run extracts other audio from the same input, and repairs the video.
+        store
+            .reingest(a)
+            .await
+            .expect("reingest")
+            .expect("succeeded");
+        let run = Run::claim(&store, a).await;
+        run.skip("download")
+            .await
+            .redo("extract", "output_changed")
+            .await;
+        run.start("extract")
+            .await
+            .checkpoint("extract", 2, &[("audio", AUDIO, 29)])
+            .await;
+        run.redo("store", "earlier_step_ran")
+            .await
+            .start("store")
+            .await;
+        run.wrote(&[VIDEO])
+            .await
+            .checkpoint("store", 3, &stored)
+            .await
+            .complete()
+            .await;
+        // A download that runs again for no recorded cause.
+        store
+            .reingest(a)
+            .await
+            .expect("reingest")
+            .expect("succeeded");
+        let run = Run::claim(&store, a).await;
+        run.start("download")
+            .await
+            .checkpoint("download", 1, &[("video", VIDEO, 10)])
+            .await;
+        run.skip("extract")
+            .await
+            .skip("store")
+            .await
+            .complete()
+            .await;
+        // Then a long, clean tail of runs that skip everything, and a failure.
+        for _ in 0..12 {
+            store
+                .reingest(a)
+                .await
+                .expect("reingest")
+                .expect("succeeded");
+            let run = Run::claim(&store, a).await;
+            run.skip("download")
+                .await
+                .skip("extract")
+                .await
+                .skip("store")
+                .await;
+            run.complete().await;
+        }
+        store
+            .reingest(a)
+            .await
+            .expect("reingest")
+            .expect("succeeded");
+        Run::claim(&store, a).await.fail().await;
+        // Job b writes the audio a had written, with nothing showing it missing.
+        let run = Run::claim(&store, b).await;
+        run.start("store").await.wrote(&[AUDIO]).await;
+        run.checkpoint("store", 4, &[("audio", AUDIO, 20)])
+            .await
+            .complete()
+            .await;
+
+        assert_eq!(store.event_summary(a).await.expect("summary"), None);
+        let before = audit_jobs(&engine, &[a, b]).await.expect("audit");
+        let kinds = |audit: &JobAudit| -> Vec<&'static str> {
+            audit.findings.iter().map(|finding| finding.kind).collect()
+        };
+        for kind in ["outputs_differ", "object_restored", "rerun_without_cause"] {
+            assert!(
+                kinds(&before[0]).contains(&kind),
+                "{:?}",
+                before[0].findings
+            );
+        }
+        assert!(
+            kinds(&before[1]).contains(&"object_rewritten"),
+            "{:?}",
+            before[1].findings
+        );
+        let last_finding_seq = before[0]
+            .findings
+            .iter()
+            .filter_map(|finding| finding.seq)
+            .max()
+            .expect("findings about events");
+
+        // Lower the bound; the next append (a cancel of the failed job) compacts the history.
+        store.set_events_max(10);
+        store
+            .cancel(a)
+            .await
+            .expect("cancel")
+            .expect("a failed job");
+        let summary = store
+            .event_summary(a)
+            .await
+            .expect("summary")
+            .expect("compacted");
+        assert!(
+            summary.events_compacted > last_finding_seq,
+            "every event a finding is about was compacted: {} <= {last_finding_seq}",
+            summary.events_compacted
+        );
+        assert!(store.events(a).await.expect("events").len() <= 10);
+        store.check_consistency().expect("consistent");
+
+        let after = audit_jobs(&engine, &[a, b]).await.expect("audit");
+        for (before, after) in before.iter().zip(&after) {
+            assert_eq!(after.steps, before.steps);
+            assert_eq!(after.writes, before.writes);
+            assert_eq!(after.storage, before.storage);
+            assert_eq!(after.findings, before.findings);
+        }
     }
 }

@@ -673,6 +673,10 @@ pub async fn plan_takedown(engine: &Engine, id: JobId) -> Result<Takedown, Clean
             }
         }
     }
+    // What the job ever wrote: the compacted part of its history keeps the keys too.
+    if let Some(summary) = engine.store.event_summary(id).await? {
+        keys.extend(crate::engine::history::writes(&summary).into_keys());
+    }
     for event in engine.store.events(id).await? {
         if let crate::engine::job::EventKind::ObjectsWritten { keys: written, .. } = event.kind {
             keys.extend(written);

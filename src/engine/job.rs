@@ -1,4 +1,5 @@
-//! The job model: ids, status, ingestion phase, leases, errors, checkpoints and events.
+//! The job model: ids, status, ingestion phase, leases, errors, checkpoints and events, and what a
+//! job leaves when its events are compacted (`EventSummary`) or it is pruned (`PrunedJob`).
 //!
 //! These are plain data. They know nothing of sled, opendal or ffmpeg; the rules for how a job may
 //! change live in `engine::machine`, and the encoding of these records lives in `store::codec`.
@@ -690,6 +691,153 @@ impl HostState {
             updated_at: now,
         }
     }
+}
+
+// Records of state growth (issue 7, item 9): compacted event histories and pruned jobs. New
+// records go last, and nothing above changes for them.
+
+/// What a job keeps of the events compaction folded away (the store's `event_summaries` tree):
+/// the counts people read (`show`), the status and phase the history had reached, and the state of
+/// `narra audit`'s fold after the last folded event, so that an audit of the summary and the events
+/// still held gives the answer the whole history gave. `engine::history::fold` is the one function
+/// that builds it, for compaction and for `audit` alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSummary {
+    pub job_id: JobId,
+    /// How many events were folded in: the job's events `0..events_compacted`.
+    pub events_compacted: u64,
+    /// When the first and the last folded event happened.
+    pub first_at: Timestamp,
+    pub last_at: Timestamp,
+    /// How many folded events of each kind (`EventKind::name`), in first-seen order.
+    pub kinds: Vec<(String, u64)>,
+    /// Per step, in first-seen order.
+    pub steps: Vec<StepSummary>,
+    /// The status and the phase after the last folded event: a replay of the history starts here.
+    pub status: Option<Status>,
+    pub phase: Option<Phase>,
+    /// What `audit` reads beyond the counts.
+    pub audit: AuditState,
+}
+
+/// How one step went over the folded events.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepSummary {
+    pub step: String,
+    /// `step_started` events: how many times the step executed.
+    pub executed: u64,
+    pub completed: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    /// `step_redone` events.
+    pub redone: u64,
+    /// Each object key a run of this step wrote (`objects_written`), with how many times.
+    pub objects_written: Vec<(String, u64)>,
+}
+
+/// The part of `narra audit`'s fold over a history that is not a count (see `engine::audit`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditState {
+    /// The history holds a `step_completed`, and an audit event (`checkpoint_recorded` or
+    /// `objects_written`): a history with the first and not the second predates recorded causes.
+    pub saw_step_completed: bool,
+    pub saw_audit_events: bool,
+    /// The steps the history says have a checkpoint: completed, and not discarded since.
+    pub checkpointed: Vec<String>,
+    /// The run (from one claim to the next) the last folded event belongs to.
+    pub run: RunState,
+    /// The first outputs recorded for each step definition and input.
+    pub recorded: Vec<RecordedOutputs>,
+    /// Every write of a content-addressed blob, oldest first; beyond a bound the oldest are dropped
+    /// and counted.
+    pub blob_writes: Vec<BlobWriteRecord>,
+    pub blob_writes_dropped: u64,
+    /// The findings the history alone supports, oldest first; beyond a bound the newest are
+    /// counted, not kept.
+    pub findings: Vec<HistoryFinding>,
+    pub findings_dropped: u64,
+}
+
+/// What one run has done so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Steps started in this run, in order.
+    pub started: Vec<String>,
+    /// Steps skipped as verified in this run.
+    pub skipped: Vec<String>,
+    /// Step -> the cause of its `step_redone`, until the step starts.
+    pub redo_pending: Vec<(String, String)>,
+    /// A step of this run failed verification (`output_missing`, `output_changed`).
+    pub verification_failed: bool,
+}
+
+/// The outputs a step first recorded for one definition and one input (`checkpoint_recorded`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedOutputs {
+    pub step: String,
+    pub definition_hash: Hash,
+    pub input_hash: Hash,
+    /// The event that recorded them.
+    pub seq: u64,
+    /// Name and blake3 of each output, sorted.
+    pub outputs: Vec<(String, Hash)>,
+}
+
+/// One write of a blob (`blobs/...`) by a run of `step`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobWriteRecord {
+    /// The `objects_written` event.
+    pub seq: u64,
+    pub at: Timestamp,
+    pub step: String,
+    pub key: String,
+    /// A step of the same run had failed verification before it: the write may be a repair.
+    pub after_verification_failure: bool,
+}
+
+/// A finding the event history alone supports, as the fold met it (`engine::audit` words it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryFinding {
+    /// The event it is about.
+    pub seq: u64,
+    pub step: String,
+    pub kind: HistoryFindingKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HistoryFindingKind {
+    /// The step ran after it was skipped as verified in the same run.
+    RerunAfterSkip,
+    /// The step had a checkpoint, ran again, and no cause was recorded.
+    RerunWithoutCause,
+    /// The recorded cause is `earlier_step_ran`, but no step ran before it in that run.
+    RerunCauseFalse,
+    /// The recorded cause is not one narra writes.
+    RerunUnknownCause { cause: String },
+    /// The step recorded other outputs for a definition and input it had recorded before.
+    OutputsDiffer {
+        first_seq: u64,
+        first: Vec<(String, Hash)>,
+        outputs: Vec<(String, Hash)>,
+    },
+}
+
+/// What is left of a job `narra prune` removed (the store's `pruned` tree): what it was, and the
+/// blobs its store checkpoint named. Those blobs' `blob_refs` entries stay under the job's id, so
+/// `cleanup` still counts them as referenced; its manifest stays in storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrunedJob {
+    pub id: JobId,
+    pub key: String,
+    pub workflow: String,
+    pub status: Status,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub pruned_at: Timestamp,
+    /// The `blobs/` objects its store checkpoint named.
+    pub blobs: Vec<String>,
+    /// Its manifest's key, when it had stored one.
+    pub manifest: Option<String>,
 }
 
 #[cfg(test)]

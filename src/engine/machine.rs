@@ -10,8 +10,8 @@
 //! it is not running.
 
 use super::job::{
-    CrashRecord, ErrorInfo, EventKind, Job, JobId, Lease, LeaseToken, Phase, ProgressMarker,
-    Status, Timestamp, WorkerId,
+    Checkpoint, CrashRecord, ErrorInfo, EventKind, Job, JobId, Lease, LeaseToken, Location, Phase,
+    ProgressMarker, Status, Timestamp, WorkerId,
 };
 
 /// How many deaths at the same [`ProgressMarker`] quarantine a job as `crash_loop`.
@@ -133,6 +133,13 @@ pub enum Rejected {
         job_id: JobId,
         worker_id: String,
         expires_at: String,
+    },
+    /// `prune` found the job updated since its cutoff: it is no longer old enough.
+    #[error("job {job_id} was updated at {updated_at}, after the cutoff {cutoff}: not pruned")]
+    UpdatedSince {
+        job_id: JobId,
+        updated_at: String,
+        cutoff: String,
     },
 }
 
@@ -475,6 +482,120 @@ pub fn check_lease(job: &Job, token: &LeaseToken) -> Result<(), Rejected> {
     check_token(job, token.fencing_token)
 }
 
+/// What `narra retry --from STEP` writes besides the job: see [`retry_from`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryFrom {
+    pub transition: Transition,
+    /// Kept checkpoints that changed: a scratch output whose bytes a discarded checkpoint had
+    /// stored now names that stored copy.
+    pub repointed: Vec<Checkpoint>,
+}
+
+/// `narra retry --from STEP`: a succeeded, failed or cancelled job goes back to pending with the
+/// checkpoints of `step` and every later step (`discarded`, in workflow order, those the job has)
+/// gone. Each discard is recorded as `step_redone {checkpoint_discarded}`, so `audit` reads the
+/// step's next run as a first run; then `retry_requested` and the status change, as a retry.
+///
+/// A finished job's scratch outputs are gone once its store step ran: until then the stored objects
+/// stood for them through the store checkpoint, which this discards. So each scratch output of a
+/// `kept` checkpoint whose bytes (size and blake3) a discarded checkpoint stored is re-pointed at
+/// that object, with its change token: the next run verifies the kept step there and skips it,
+/// instead of downloading again.
+pub fn retry_from(
+    job: &Job,
+    step: &str,
+    discarded: &[Checkpoint],
+    kept: &[Checkpoint],
+    reason: &str,
+    now: Timestamp,
+) -> Result<RetryFrom, Rejected> {
+    if !job.status.is_terminal() {
+        return Err(Rejected::NotAllowed {
+            job_id: job.id,
+            op: "retry --from",
+            status: job.status,
+        });
+    }
+    let mut next = job.clone();
+    let mut events: Vec<EventKind> = discarded
+        .iter()
+        .map(|checkpoint| EventKind::StepRedone {
+            step: checkpoint.step.clone(),
+            cause: crate::engine::history::CHECKPOINT_DISCARDED.to_string(),
+            reason: format!("retry --from {step}: its checkpoint was discarded ({reason})"),
+        })
+        .collect();
+    let what = if discarded.is_empty() {
+        "no checkpoint to discard".to_string()
+    } else {
+        format!(
+            "discarded the checkpoints of {}",
+            discarded
+                .iter()
+                .map(|checkpoint| checkpoint.step.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let reason = format!("retry from {step} ({reason}): {what}");
+    events.push(EventKind::RetryRequested {
+        reason: reason.clone(),
+    });
+    set_status(&mut next, &mut events, Status::Pending, reason);
+    next.updated_at = now;
+
+    let stored: Vec<_> = discarded
+        .iter()
+        .flat_map(|checkpoint| &checkpoint.outputs)
+        .filter(|output| matches!(output.location, Location::Object(_)))
+        .collect();
+    let mut repointed = Vec::new();
+    for checkpoint in kept {
+        let mut changed = checkpoint.clone();
+        let mut any = false;
+        for output in &mut changed.outputs {
+            if !matches!(output.location, Location::Scratch(_)) {
+                continue;
+            }
+            if let Some(copy) = stored
+                .iter()
+                .find(|copy| copy.blake3 == output.blake3 && copy.size == output.size)
+            {
+                output.location = copy.location.clone();
+                output.change_token = copy.change_token.clone();
+                any = true;
+            }
+        }
+        if any {
+            repointed.push(changed);
+        }
+    }
+    Ok(RetryFrom {
+        transition: Transition { job: next, events },
+        repointed,
+    })
+}
+
+/// Checks that `narra prune` may remove a job's records: it is finished (succeeded, failed or
+/// cancelled: never pending or running) and was last updated before `cutoff`.
+pub fn check_prunable(job: &Job, cutoff: Timestamp) -> Result<(), Rejected> {
+    if !job.status.is_terminal() {
+        return Err(Rejected::NotAllowed {
+            job_id: job.id,
+            op: "prune",
+            status: job.status,
+        });
+    }
+    if job.updated_at >= cutoff {
+        return Err(Rejected::UpdatedSince {
+            job_id: job.id,
+            updated_at: job.updated_at.to_rfc3339(),
+            cutoff: cutoff.to_rfc3339(),
+        });
+    }
+    Ok(())
+}
+
 /// Checks that a job's metadata record may be replaced by `narra reprobe`: only while no worker
 /// may be writing it, i.e. when the job is succeeded, failed or cancelled.
 pub fn check_reprobe(job: &Job) -> Result<(), Rejected> {
@@ -561,6 +682,154 @@ mod tests {
         };
         assert!(!is_transient_failure(Some(&unknown)));
         assert!(!is_transient_failure(None));
+    }
+
+    fn finished(status: Status) -> Job {
+        let mut job = new_job(
+            JobId(7),
+            "k".into(),
+            "https://example.com/a.mp4".into(),
+            "ingest".into(),
+            0,
+            Timestamp(1_000),
+        )
+        .job;
+        job.status = status;
+        job.events_next = 10;
+        job
+    }
+
+    fn checkpoint(step: &str, outputs: Vec<crate::engine::job::StepOutput>) -> Checkpoint {
+        Checkpoint {
+            step: step.into(),
+            definition_hash: crate::engine::job::Hash([1; 32]),
+            input_hash: crate::engine::job::Hash([2; 32]),
+            outputs,
+            recorded_at: Timestamp(2_000),
+        }
+    }
+
+    fn output(name: &str, location: Location, byte: u8) -> crate::engine::job::StepOutput {
+        crate::engine::job::StepOutput {
+            name: name.into(),
+            location,
+            size: 10,
+            blake3: crate::engine::job::Hash([byte; 32]),
+            change_token: crate::engine::job::ChangeToken::None,
+        }
+    }
+
+    // Guards `retry --from`: only finished jobs go back (never pending or running ones); each
+    // discarded checkpoint is recorded as `checkpoint_discarded`, before the retry's own events;
+    // and a kept scratch output whose bytes the discarded store step stored now names that object,
+    // so the next run verifies it there instead of downloading again.
+    #[test]
+    fn retry_from_discards_later_checkpoints_and_repoints_scratch_outputs() {
+        let video = output("video", Location::Scratch("/s/original".into()), 5);
+        let platform = output(
+            "platform_metadata",
+            Location::Scratch("/s/info.json".into()),
+            6,
+        );
+        let download = checkpoint("download", vec![video, platform]);
+        let extract = checkpoint(
+            "extract",
+            vec![output("audio", Location::Scratch("/s/audio.m4a".into()), 7)],
+        );
+        let mut stored_video = output("video", Location::Object("blobs/05/v.mp4".into()), 5);
+        stored_video.change_token = crate::engine::job::ChangeToken::ETag("e".into());
+        let store = checkpoint(
+            "store",
+            vec![
+                stored_video,
+                output("audio", Location::Object("blobs/07/a.m4a".into()), 7),
+            ],
+        );
+        for status in [Status::Succeeded, Status::Failed, Status::Cancelled] {
+            let job = finished(status);
+            let decided = retry_from(
+                &job,
+                "extract",
+                &[extract.clone(), store.clone()],
+                std::slice::from_ref(&download),
+                "by ops",
+                Timestamp(3_000),
+            )
+            .expect("a finished job may be retried from a step");
+            let next = &decided.transition.job;
+            assert_eq!(next.status, Status::Pending);
+            assert_eq!(next.updated_at, Timestamp(3_000));
+            assert!(next.invariants_hold().is_ok());
+            let names: Vec<&str> = decided
+                .transition
+                .events
+                .iter()
+                .map(EventKind::name)
+                .collect();
+            assert_eq!(
+                names,
+                vec![
+                    "step_redone",
+                    "step_redone",
+                    "retry_requested",
+                    "status_changed"
+                ]
+            );
+            assert!(matches!(
+                &decided.transition.events[0],
+                EventKind::StepRedone { step, cause, .. }
+                    if step == "extract" && cause == crate::engine::history::CHECKPOINT_DISCARDED
+            ));
+            assert!(matches!(
+                &decided.transition.events[2],
+                EventKind::RetryRequested { reason } if reason.contains("extract, store")
+            ));
+            assert_eq!(decided.repointed.len(), 1);
+            let repointed = &decided.repointed[0];
+            assert_eq!(
+                repointed.outputs[0].location,
+                Location::Object("blobs/05/v.mp4".into())
+            );
+            assert_eq!(
+                repointed.outputs[0].change_token,
+                crate::engine::job::ChangeToken::ETag("e".into())
+            );
+            // No stored copy of these bytes: it stays where it was.
+            assert_eq!(repointed.outputs[1], download.outputs[1]);
+        }
+        for status in [Status::Pending, Status::Running] {
+            let mut job = finished(status);
+            if status == Status::Running {
+                job.lease = Some(Lease {
+                    worker_id: WorkerId("w".into()),
+                    fencing_token: 0,
+                    expires_at: Timestamp(9_000),
+                });
+            }
+            assert!(matches!(
+                retry_from(&job, "store", &[], &[], "x", Timestamp(3_000)),
+                Err(Rejected::NotAllowed {
+                    op: "retry --from",
+                    ..
+                })
+            ));
+        }
+    }
+
+    // Guards prune's rule: never a pending or running job, never one updated at or after the cutoff.
+    #[test]
+    fn only_finished_jobs_older_than_the_cutoff_are_prunable() {
+        for status in Status::ALL {
+            let job = finished(status);
+            let older = check_prunable(&job, Timestamp(1_001));
+            assert_eq!(older.is_ok(), status.is_terminal(), "{status}");
+            if status.is_terminal() {
+                assert!(matches!(
+                    check_prunable(&job, Timestamp(1_000)),
+                    Err(Rejected::UpdatedSince { .. })
+                ));
+            }
+        }
     }
 
     /// Which token a generated write presents, resolved against the job when it is applied.

@@ -724,6 +724,127 @@ mod tests {
         assert_golden(&golden_metadata(), GOLDEN_METADATA);
     }
 
+    /// [`assert_golden`] for records whose golden bytes are written without the version byte:
+    /// the expected encoding is `[SCHEMA_VERSION] ++ body`, so a schema bump leaves them alone.
+    fn assert_golden_body<T>(value: &T, body_hex: &str)
+    where
+        T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        assert_golden(value, &format!("{}{body_hex}", hex(&[SCHEMA_VERSION])));
+    }
+
+    fn golden_event_summary() -> crate::engine::job::EventSummary {
+        use crate::engine::job::{
+            AuditState, BlobWriteRecord, EventSummary, HistoryFinding, HistoryFindingKind,
+            RecordedOutputs, RunState, StepSummary,
+        };
+        EventSummary {
+            job_id: JobId(0x0190_0000_0000_0000_0000_0000_0000_002a),
+            events_compacted: 750,
+            first_at: Timestamp(1_700_000_000_000),
+            last_at: Timestamp(1_700_000_900_000),
+            kinds: vec![
+                ("step_started".to_string(), 3),
+                ("status_changed".to_string(), 2),
+            ],
+            steps: vec![StepSummary {
+                step: "store".to_string(),
+                executed: 3,
+                completed: 2,
+                skipped: 1,
+                failed: 1,
+                redone: 1,
+                objects_written: vec![("blobs/ab/ab.mp4".to_string(), 2)],
+            }],
+            status: Some(Status::Succeeded),
+            phase: Some(Phase::Storing),
+            audit: AuditState {
+                saw_step_completed: true,
+                saw_audit_events: true,
+                checkpointed: vec!["download".to_string()],
+                run: RunState {
+                    started: vec!["download".to_string()],
+                    skipped: vec!["extract".to_string()],
+                    redo_pending: vec![("store".to_string(), "output_missing".to_string())],
+                    verification_failed: true,
+                },
+                recorded: vec![RecordedOutputs {
+                    step: "extract".to_string(),
+                    definition_hash: Hash([0x11; 32]),
+                    input_hash: Hash([0xa5; 32]),
+                    seq: 9,
+                    outputs: vec![("audio".to_string(), Hash([0x01; 32]))],
+                }],
+                blob_writes: vec![BlobWriteRecord {
+                    seq: 14,
+                    at: Timestamp(1_700_000_003_000),
+                    step: "store".to_string(),
+                    key: "blobs/ab/ab.mp4".to_string(),
+                    after_verification_failure: false,
+                }],
+                blob_writes_dropped: 1,
+                findings: vec![
+                    HistoryFinding {
+                        seq: 20,
+                        step: "download".to_string(),
+                        kind: HistoryFindingKind::RerunAfterSkip,
+                    },
+                    HistoryFinding {
+                        seq: 21,
+                        step: "download".to_string(),
+                        kind: HistoryFindingKind::RerunWithoutCause,
+                    },
+                    HistoryFinding {
+                        seq: 22,
+                        step: "extract".to_string(),
+                        kind: HistoryFindingKind::RerunCauseFalse,
+                    },
+                    HistoryFinding {
+                        seq: 23,
+                        step: "extract".to_string(),
+                        kind: HistoryFindingKind::RerunUnknownCause {
+                            cause: "x".to_string(),
+                        },
+                    },
+                    HistoryFinding {
+                        seq: 24,
+                        step: "extract".to_string(),
+                        kind: HistoryFindingKind::OutputsDiffer {
+                            first_seq: 9,
+                            first: vec![("audio".to_string(), Hash([0x01; 32]))],
+                            outputs: vec![("audio".to_string(), Hash([0x02; 32]))],
+                        },
+                    },
+                ],
+                findings_dropped: 2,
+            },
+        }
+    }
+
+    fn golden_pruned_job() -> crate::engine::job::PrunedJob {
+        crate::engine::job::PrunedJob {
+            id: JobId(0x0190_0000_0000_0000_0000_0000_0000_002a),
+            key: "ingest:https://example.com/a.mp4".to_string(),
+            workflow: "ingest".to_string(),
+            status: Status::Failed,
+            created_at: Timestamp(1_700_000_000_000),
+            updated_at: Timestamp(1_700_000_123_456),
+            pruned_at: Timestamp(1_702_592_123_456),
+            blobs: vec!["blobs/ab/ab.mp4".to_string()],
+            manifest: Some("jobs/x/manifest.json".to_string()),
+        }
+    }
+
+    #[test]
+    fn event_summary_golden_bytes() {
+        assert_golden_body(&golden_event_summary(), GOLDEN_EVENT_SUMMARY_BODY);
+    }
+
+    #[test]
+    fn pruned_job_golden_bytes() {
+        assert_golden_body(&golden_pruned_job(), GOLDEN_PRUNED_JOB_BODY);
+    }
+
     #[test]
     fn another_schema_version_is_unsupported() {
         let mut bytes = encode(&golden_job()).expect("encode");
@@ -827,4 +948,8 @@ mod tests {
     ];
     const GOLDEN_BACKFILL: &str = "01fe07000000000000000000000000009001182f7372762f6d616e6966657374732f74616c6b732e637376fd10f7ca9f17030000";
     const GOLDEN_INCIDENT: &str = "0103fd40efca9f17030000036f70730e64656c657465645f6f626a65637401fe2a000000000000000000000000009001010f626c6f62732f61622f61622e6d703418636f72727570743a20626c616b6533206d69736d61746368";
+    // The state-growth records (event summaries, pruned-job tombstones), without the version byte
+    // (see `assert_golden_body`).
+    const GOLDEN_EVENT_SUMMARY_BODY: &str = "fe2a000000000000000000000000009001fbee02fd00d0ca9f17030000fd4047e69f17030000020c737465705f73746172746564030e7374617475735f6368616e67656402010573746f72650302010101010f626c6f62732f61622f61622e6d7034020102010201010108646f776e6c6f61640108646f776e6c6f6164010765787472616374010573746f72650e6f75747075745f6d697373696e67010107657874726163741111111111111111111111111111111111111111111111111111111111111111a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5090105617564696f0101010101010101010101010101010101010101010101010101010101010101010efd70e7ca9f170300000573746f72650f626c6f62732f61622f61622e6d70340001051408646f776e6c6f6164001508646f776e6c6f6164011607657874726163740217076578747261637403017818076578747261637404090105617564696f01010101010101010101010101010101010101010101010101010101010101010105617564696f020202020202020202020202020202020202020202020202020202020202020202";
+    const GOLDEN_PRUNED_JOB_BODY: &str = "fe2a00000000000000000000000000900120696e676573743a68747470733a2f2f6578616d706c652e636f6d2f612e6d703406696e6765737403fd00d0ca9f17030000fd8094ce9f17030000fd8024ccd418030000010f626c6f62732f61622f61622e6d703401146a6f62732f782f6d616e69666573742e6a736f6e";
 }

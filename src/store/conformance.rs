@@ -60,6 +60,9 @@ where
     retry_later_waits_and_hold_gives_the_attempt_back(&make_store().await).await;
     host_limits_and_breakers_gate_claims(&make_store().await).await;
     orphans_that_die_at_the_same_point_are_quarantined(&make_store().await).await;
+    events_are_bounded_and_folded_into_a_summary(&make_store().await).await;
+    retry_from_discards_the_step_and_those_after_it(&make_store().await).await;
+    prune_removes_a_finished_job_but_keeps_its_blob_references(&make_store().await).await;
 }
 
 /// Higher priority first, then oldest first; `only` limits the claim to some jobs.
@@ -2060,4 +2063,378 @@ pub async fn submit_batch_is_submit_in_bulk(store: &dyn StateStore) {
         assert_eq!(submitted.outcome, SubmitOutcome::Created);
         assert_eq!(submitted.job.key, request.key);
     }
+}
+
+/// A job holds at most `events_max()` events: past the bound the oldest are folded into its
+/// summary in the append's own write, so the summary and the events held always add up to the
+/// whole history (numbered with no gap), the counts in the summary are the folded events', a
+/// refused write changes neither, and deleting the job removes the summary too.
+pub async fn events_are_bounded_and_folded_into_a_summary(store: &dyn StateStore) {
+    let events_max = store.events_max();
+    let token = running_job(store, "bounded").await;
+    let id = token.job_id;
+    assert_eq!(store.event_summary(id).await.expect("summary"), None);
+    let rounds = events_max * 2 + 5;
+    let mut appended = 3; // submitted, pending, running
+    for round in 0..rounds {
+        store
+            .record_step_event(&token, "download", StepEvent::Started)
+            .await
+            .expect("step event")
+            .expect("current token");
+        appended += 1;
+        if round % 4 == 0 {
+            store
+                .record_step_event(
+                    &token,
+                    "store",
+                    StepEvent::ObjectsWritten {
+                        keys: vec![
+                            format!("blobs/aa/{}.mp4", round % 8),
+                            "jobs/x/manifest.json".into(),
+                        ],
+                    },
+                )
+                .await
+                .expect("step event")
+                .expect("current token");
+            appended += 1;
+        }
+        let held = store.events(id).await.expect("events");
+        assert!(
+            u64::try_from(held.len()).expect("small") <= events_max,
+            "{} events held, bound {events_max}",
+            held.len()
+        );
+    }
+
+    let job = read_job(store, id).await;
+    assert_eq!(job.events_next, appended);
+    let held = store.events(id).await.expect("events");
+    let summary = store
+        .event_summary(id)
+        .await
+        .expect("summary")
+        .expect("a history past the bound has a summary");
+    assert_eq!(summary.job_id, id);
+    assert_eq!(
+        summary.events_compacted + u64::try_from(held.len()).expect("small"),
+        job.events_next,
+        "the summary and the events held are the whole history"
+    );
+    for (offset, event) in held.iter().enumerate() {
+        assert_eq!(
+            event.seq,
+            summary.events_compacted + u64::try_from(offset).expect("small"),
+            "gapless after the summary"
+        );
+    }
+    assert_eq!(
+        summary.kinds.iter().map(|(_, count)| count).sum::<u64>(),
+        summary.events_compacted
+    );
+    // The claim was folded: a replay starts from the summary's status.
+    assert_eq!(summary.status, Some(Status::Running));
+    let held_started = held
+        .iter()
+        .filter(|event| matches!(event.kind, EventKind::StepStarted { .. }))
+        .count();
+    let download = summary
+        .steps
+        .iter()
+        .find(|step| step.step == "download")
+        .expect("download in the summary");
+    assert_eq!(
+        download.executed + u64::try_from(held_started).expect("small"),
+        rounds,
+        "every start is counted once, folded or held"
+    );
+    let manifest_writes_held = held
+        .iter()
+        .filter(|event| matches!(event.kind, EventKind::ObjectsWritten { .. }))
+        .count();
+    let manifest_writes_folded = summary
+        .steps
+        .iter()
+        .flat_map(|step| &step.objects_written)
+        .find(|(key, _)| key == "jobs/x/manifest.json")
+        .map_or(0, |(_, count)| *count);
+    assert_eq!(
+        manifest_writes_folded + u64::try_from(manifest_writes_held).expect("small"),
+        rounds.div_ceil(4)
+    );
+
+    // A refused write past the bound changes nothing.
+    let stale = LeaseToken {
+        job_id: id,
+        fencing_token: token.fencing_token + 1,
+    };
+    expect_fenced(
+        store
+            .record_step_event(&stale, "download", StepEvent::Started)
+            .await
+            .expect("step event"),
+        "a write under a future token",
+    );
+    assert_eq!(store.events(id).await.expect("events"), held);
+    assert_eq!(
+        store.event_summary(id).await.expect("summary"),
+        Some(summary)
+    );
+
+    store
+        .complete(&token)
+        .await
+        .expect("complete")
+        .expect("current token");
+    store
+        .delete_job(id)
+        .await
+        .expect("delete")
+        .expect("a succeeded job is deletable");
+    assert_eq!(store.event_summary(id).await.expect("summary"), None);
+    assert_eq!(store.events(id).await.expect("events"), vec![]);
+}
+
+/// A download checkpoint whose video is in scratch, an extract checkpoint, and a store checkpoint
+/// that stored the same video bytes as a blob (and the audio).
+fn rewind_checkpoints(id: JobId) -> [Checkpoint; 3] {
+    let video = Hash::of(b"video");
+    let download = Checkpoint {
+        step: "download".to_string(),
+        definition_hash: Hash::of(b"download"),
+        input_hash: Hash::of(b"source"),
+        outputs: vec![StepOutput {
+            name: "video".to_string(),
+            location: Location::Scratch("/scratch/original".to_string()),
+            size: 100,
+            blake3: video,
+            change_token: ChangeToken::File {
+                inode: 1,
+                size: 100,
+                mtime_ns: 1,
+            },
+        }],
+        recorded_at: Timestamp(1),
+    };
+    let mut store = store_checkpoint(id, &["blobs/aa/audio.m4a"], 3);
+    store.outputs.insert(
+        0,
+        StepOutput {
+            name: "video".to_string(),
+            location: Location::Object("blobs/vv/video.mp4".to_string()),
+            size: 100,
+            blake3: video,
+            change_token: ChangeToken::ETag("\"v\"".to_string()),
+        },
+    );
+    [download, checkpoint("extract", 2), store]
+}
+
+/// `retry_from` sends a finished job back to pending with the step's checkpoint and the later
+/// ones gone (the blob references with the store checkpoint), records each discard, re-points a
+/// kept scratch output at the stored copy of its bytes, and is refused for a job that is pending,
+/// running or unknown, changing nothing.
+pub async fn retry_from_discards_the_step_and_those_after_it(store: &dyn StateStore) {
+    let token = running_job(store, "rewind").await;
+    let id = token.job_id;
+    let [download, extract, stored] = rewind_checkpoints(id);
+    for checkpoint in [&download, &extract, &stored] {
+        store
+            .record_checkpoint(&token, checkpoint, None)
+            .await
+            .expect("record_checkpoint")
+            .expect("current token");
+    }
+    let later = vec!["store".to_string()];
+    let running = read_job(store, id).await;
+    expect_not_allowed(
+        store
+            .retry_from(id, "extract", &later, "too early")
+            .await
+            .expect("retry_from"),
+        "retry --from of a running job",
+    );
+    assert_eq!(read_job(store, id).await, running);
+    assert_eq!(store.checkpoints(id).await.expect("checkpoints").len(), 3);
+    store
+        .complete(&token)
+        .await
+        .expect("complete")
+        .expect("current token");
+    let before = read_job(store, id).await.events_next;
+
+    let retried = store
+        .retry_from(id, "extract", &later, "by conformance")
+        .await
+        .expect("retry_from")
+        .expect("a succeeded job may be retried from a step");
+
+    assert_eq!(retried.status, Status::Pending);
+    assert_eq!(retried.ingestion_phase, None);
+    let checkpoints = store.checkpoints(id).await.expect("checkpoints");
+    assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    assert_eq!(checkpoints[0].step, "download");
+    assert_eq!(
+        checkpoints[0].outputs[0].location,
+        Location::Object("blobs/vv/video.mp4".to_string()),
+        "the video now stands at its stored copy"
+    );
+    assert_eq!(
+        checkpoints[0].outputs[0].change_token,
+        stored.outputs[0].change_token
+    );
+    assert_eq!(checkpoints[0].outputs[0].blake3, download.outputs[0].blake3);
+    assert_eq!(
+        store
+            .jobs_referencing("blobs/aa/audio.m4a")
+            .await
+            .expect("refs"),
+        vec![],
+        "the blob references went with the store checkpoint"
+    );
+    let events = store.events(id).await.expect("events");
+    let new: Vec<&Event> = events.iter().filter(|event| event.seq >= before).collect();
+    assert_eq!(
+        new.iter()
+            .map(|event| event.kind.name())
+            .collect::<Vec<_>>(),
+        vec![
+            "step_redone",
+            "step_redone",
+            "retry_requested",
+            "status_changed"
+        ]
+    );
+    for (event, step) in new.iter().zip(["extract", "store"]) {
+        assert!(
+            matches!(&event.kind, EventKind::StepRedone { step: redone, cause, .. }
+                if redone == step && cause == "checkpoint_discarded"),
+            "{event:?}"
+        );
+    }
+
+    let pending = read_job(store, id).await;
+    expect_not_allowed(
+        store
+            .retry_from(id, "download", &[], "again")
+            .await
+            .expect("retry_from"),
+        "retry --from of a pending job",
+    );
+    assert_eq!(read_job(store, id).await, pending);
+    assert_eq!(store.checkpoints(id).await.expect("checkpoints").len(), 1);
+    let unknown = JobId(u128::MAX);
+    assert_eq!(
+        store
+            .retry_from(unknown, "extract", &later, "x")
+            .await
+            .expect("retry_from")
+            .map(|_| ()),
+        Err(Rejected::NotFound(unknown))
+    );
+}
+
+/// `prune_jobs` removes the records of finished jobs last updated before the cutoff, as
+/// `delete_job` does, but their blob references stay beside a tombstone; it refuses (changing
+/// nothing) a pending, running, unknown or too recent job; and the pruned job's key is free.
+pub async fn prune_removes_a_finished_job_but_keeps_its_blob_references(store: &dyn StateStore) {
+    let old = running_job(store, "prune-old").await;
+    let running = running_job(store, "prune-running").await;
+    let pending = submit_new(store, "prune-pending").await;
+    let shared = "blobs/aa/shared.mp4";
+    let own = "blobs/bb/own.m4a";
+    store
+        .record_checkpoint(&old, &checkpoint("download", 1), Some(&media_metadata()))
+        .await
+        .expect("record_checkpoint")
+        .expect("current token");
+    for (token, blobs) in [
+        (&old, [shared, own]),
+        (&running, [shared, "blobs/cc/c.m4a"]),
+    ] {
+        store
+            .record_checkpoint(token, &store_checkpoint(token.job_id, &blobs, 2), None)
+            .await
+            .expect("record_checkpoint")
+            .expect("current token");
+    }
+    store.append_log(
+        old.job_id,
+        LogLine {
+            at: Timestamp(1),
+            level: "INFO".to_string(),
+            message: "pruned soon".to_string(),
+        },
+    );
+    let finished = store
+        .complete(&old)
+        .await
+        .expect("complete")
+        .expect("current token");
+    let refs_before = store.blob_refs().await.expect("blob_refs");
+
+    // Updated after the cutoff: not old enough.
+    let too_recent = store
+        .prune_jobs(&[old.job_id], finished.updated_at)
+        .await
+        .expect("prune_jobs");
+    assert!(
+        matches!(too_recent.as_slice(), [Err(Rejected::UpdatedSince { .. })]),
+        "{too_recent:?}"
+    );
+    assert_eq!(read_job(store, old.job_id).await, finished);
+
+    let unknown = JobId(u128::MAX);
+    let cutoff = Timestamp::now().plus_ms(60_000);
+    let running_before = read_job(store, running.job_id).await;
+    let outcomes = store
+        .prune_jobs(&[old.job_id, running.job_id, pending.id, unknown], cutoff)
+        .await
+        .expect("prune_jobs");
+    assert_eq!(outcomes.len(), 4);
+    let tombstone = outcomes[0]
+        .clone()
+        .expect("a succeeded job older than the cutoff");
+    expect_not_allowed(outcomes[1].clone(), "prune of a running job");
+    expect_not_allowed(outcomes[2].clone(), "prune of a pending job");
+    assert_eq!(outcomes[3], Err(Rejected::NotFound(unknown)));
+
+    let id = old.job_id;
+    assert_eq!(tombstone.id, id);
+    assert_eq!(tombstone.status, Status::Succeeded);
+    assert_eq!(tombstone.key, "prune-old");
+    assert_eq!(tombstone.updated_at, finished.updated_at);
+    assert_eq!(tombstone.blobs, vec![shared.to_string(), own.to_string()]);
+    assert_eq!(tombstone.manifest, Some(format!("jobs/{id}/manifest.json")));
+    assert_eq!(store.pruned_job(id).await.expect("pruned"), Some(tombstone));
+    assert_eq!(store.job(id).await.expect("job"), None);
+    assert_eq!(store.job_by_key("prune-old").await.expect("key"), None);
+    assert_eq!(store.checkpoints(id).await.expect("checkpoints"), vec![]);
+    assert_eq!(store.events(id).await.expect("events"), vec![]);
+    assert_eq!(store.event_summary(id).await.expect("summary"), None);
+    assert_eq!(store.metadata(id).await.expect("metadata"), None);
+    assert_eq!(store.logs(id).await.expect("logs"), vec![]);
+    assert_eq!(
+        store.blob_refs().await.expect("blob_refs"),
+        refs_before,
+        "the pruned job's blobs stay referenced"
+    );
+    assert!(
+        store
+            .jobs_referencing(own)
+            .await
+            .expect("refs")
+            .contains(&id)
+    );
+    assert_eq!(read_job(store, running.job_id).await, running_before);
+    assert_eq!(read_job(store, pending.id).await.status, Status::Pending);
+    assert_eq!(store.pruned_job(pending.id).await.expect("pruned"), None);
+    assert_eq!(
+        store.prune_jobs(&[id], cutoff).await.expect("prune_jobs"),
+        vec![Err(Rejected::NotFound(id))]
+    );
+
+    let again = submit_new(store, "prune-old").await;
+    assert_ne!(again.id, id, "a pruned job's key makes a new job");
 }

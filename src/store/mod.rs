@@ -1,5 +1,5 @@
-//! The state store: jobs, checkpoints, events, metadata records, job logs, the blob -> jobs index
-//! and the incident log.
+//! The state store: jobs, checkpoints, events (bounded: the oldest are folded into a summary),
+//! metadata records, job logs, the blob -> jobs index, pruned-job tombstones and the incident log.
 //!
 //! Only this module imports sled. The store exposes domain operations, never a raw "put job": every
 //! status or phase change goes through `engine::machine`, and is written together with its events
@@ -22,8 +22,9 @@ use std::collections::BTreeSet;
 use async_trait::async_trait;
 
 use crate::engine::job::{
-    Backfill, BackfillId, Checkpoint, ErrorInfo, Event, HostState, Incident, Job, JobId,
-    JobProgress, LeaseToken, LogLine, MediaMetadata, Phase, Status, Timestamp, WorkerId,
+    Backfill, BackfillId, Checkpoint, ErrorInfo, Event, EventSummary, HostState, Incident, Job,
+    JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase, PrunedJob, Status, Timestamp,
+    WorkerId,
 };
 use crate::engine::machine::Rejected;
 use crate::engine::scheduling::{HostOutcome, OutcomeVerdict, SchedulingPolicy};
@@ -187,7 +188,14 @@ pub trait JobReader: Send + Sync {
     /// The job's checkpoints, in the order the steps were recorded.
     async fn checkpoints(&self, id: JobId) -> StoreResult<Vec<Checkpoint>>;
     async fn checkpoint(&self, id: JobId, step: &str) -> StoreResult<Option<Checkpoint>>;
+    /// The job's events still held, oldest first: at most [`JobReader::events_max`]. The older
+    /// ones were folded into [`JobReader::event_summary`] (`engine::history`), in the transaction
+    /// that appended past the bound.
     async fn events(&self, id: JobId) -> StoreResult<Vec<Event>>;
+    /// What the job's compacted events left: `None` while none was compacted.
+    async fn event_summary(&self, id: JobId) -> StoreResult<Option<EventSummary>>;
+    /// The most events a job holds (see [`EVENTS_MAX`]).
+    fn events_max(&self) -> u64;
     async fn metadata(&self, id: JobId) -> StoreResult<Option<MediaMetadata>>;
     async fn logs(&self, id: JobId) -> StoreResult<Vec<LogLine>>;
     /// The job's last recorded download progress.
@@ -199,6 +207,8 @@ pub trait JobReader: Send + Sync {
     async fn blob_refs(&self) -> StoreResult<Vec<(String, JobId)>>;
     /// The incident log, oldest first.
     async fn incidents(&self) -> StoreResult<Vec<Incident>>;
+    /// What is left of a job `narra prune` removed, if `id` is one.
+    async fn pruned_job(&self, id: JobId) -> StoreResult<Option<PrunedJob>>;
     /// Every backfill, oldest first.
     async fn backfills(&self) -> StoreResult<Vec<Backfill>>;
     /// The jobs recorded under a backfill, in id order (oldest first). A job deleted since
@@ -266,6 +276,18 @@ pub trait OrchestratorStore: JobReader {
     async fn confirm_cancel(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>>;
     async fn retry(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
     async fn reingest(&self, id: JobId) -> StoreResult<Result<Job, Rejected>>;
+    /// `narra retry --from STEP` (`machine::retry_from`): a succeeded, failed or cancelled job back
+    /// to pending, with the checkpoints of `step` and of `later_steps` (the steps after it, in
+    /// workflow order) discarded, the job's blob references with the store checkpoint, and each
+    /// discard recorded as an event, in one transaction. Earlier checkpoints whose scratch outputs
+    /// the discarded ones had stored name those stored copies from then on.
+    async fn retry_from(
+        &self,
+        id: JobId,
+        step: &str,
+        later_steps: &[String],
+        reason: &str,
+    ) -> StoreResult<Result<Job, Rejected>>;
     /// running -> pending: the holder let go of the job (graceful shutdown).
     async fn reclaim(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
     /// running -> pending for a job whose process died; the store reads where the job was (its
@@ -332,7 +354,8 @@ pub trait JobLogSink: Send + Sync {
     fn flush_logs(&self) {}
 }
 
-/// Operator maintenance (`cleanup`, `delete`): the incident log and removing a job's records.
+/// Operator maintenance (`cleanup`, `delete`, `prune`): the incident log and removing a job's
+/// records.
 #[async_trait]
 pub trait MaintenanceStore: JobReader {
     /// Appends a line to the incident log, flushed before it returns; `seq` is assigned here.
@@ -341,6 +364,16 @@ pub trait MaintenanceStore: JobReader {
     /// entry, checkpoints, events, metadata record, blob references, logs and progress. The
     /// incident log keeps what was done.
     async fn delete_job(&self, id: JobId) -> StoreResult<Result<Job, Rejected>>;
+    /// `narra prune`: removes the records of each job that is succeeded, failed or cancelled and
+    /// was last updated before `cutoff` (`machine::check_prunable`, decided again in each job's
+    /// transaction), as `delete_job` does, but for its blob references: they stay, under the job's
+    /// id, beside a [`PrunedJob`] tombstone, so the blobs stay referenced. One transaction per
+    /// job and one flush at the end; outcomes in `ids` order.
+    async fn prune_jobs(
+        &self,
+        ids: &[JobId],
+        cutoff: Timestamp,
+    ) -> StoreResult<Vec<Result<PrunedJob, Rejected>>>;
 }
 
 /// An incident line before the log numbers and dates it.
@@ -360,4 +393,7 @@ impl<T: OrchestratorStore + WorkerStore + MaintenanceStore + JobLogSink> StateSt
 
 /// Bounds on what one job may accumulate.
 pub const LOG_LINES_MAX: usize = 2_000;
+/// The most events a job holds: appending past it folds the oldest into the job's event summary,
+/// in the same transaction (a store may be opened with a smaller bound for tests).
+pub const EVENTS_MAX: u64 = 1_000;
 pub const LOG_LINE_BYTES_MAX: usize = 4_096;

@@ -1,5 +1,6 @@
 //! A model-based test of the real sled store: random sequences of submit, claim, phase, step done,
-//! step failed, complete, cancel, retry, reingest, lease expiry, crash and restart, applied to a
+//! step failed, complete, cancel, retry, retry from a step, reingest, prune, lease expiry, crash and
+//! restart, applied to a
 //! `SledStore` on disk and to a plain in-memory model written from the runbook's rules; after every
 //! operation the store must agree with the model ("act like the model, even after crashes").
 //!
@@ -14,8 +15,11 @@
 //! while running, a lease exactly while running and carrying the current token), no job lost or
 //! duplicated (every key names its job), fencing (a write under any token but the current one is
 //! refused and changes nothing, not even the job's `updated_at`), a succeeded job has every step's
-//! checkpoint, the stores' trees agree (`check_consistency`), and the job's status/phase history
-//! replayed from its events passes only through rows of the phase table and ends where the job is.
+//! checkpoint, the stores' trees agree (`check_consistency`), the job's status/phase history
+//! replayed from its events passes only through rows of the phase table and ends where the job is,
+//! and no job holds more than the store's event bound (set to [`EVENTS_MAX`] here, so most
+//! sequences compact): a replay starts from the summary of the compacted events, and the summary
+//! and the events held add up to the whole history.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -23,8 +27,8 @@ use std::path::Path;
 use proptest::prelude::*;
 
 use super::{
-    JobFilter, JobReader, OrchestratorStore, SledStore, StepEvent, SubmitOutcome, SubmitRequest,
-    WorkerStore,
+    JobFilter, JobReader, MaintenanceStore, OrchestratorStore, SledStore, StepEvent, SubmitOutcome,
+    SubmitRequest, WorkerStore,
 };
 use crate::engine::job::{
     ChangeToken, Checkpoint, ErrorInfo, EventKind, Hash, Job, JobId, LeaseToken, Location, Phase,
@@ -36,6 +40,8 @@ use crate::store::conformance::claim_next_as;
 const STEPS: [&str; 3] = ["download", "extract", "store"];
 const KEYS: usize = 2;
 const LEASE_TTL_MS: u64 = 60_000;
+/// The event bound of the model's store: a job's first run already outgrows it.
+const EVENTS_MAX: u64 = 6;
 
 /// Which token a worker write presents, resolved against the model when it is applied.
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +94,16 @@ enum Op {
         job: usize,
     },
     Reingest {
+        job: usize,
+    },
+    /// `retry --from STEP`: a finished job back to pending without the checkpoints of
+    /// `STEPS[step..]`.
+    RetryFrom {
+        job: usize,
+        step: usize,
+    },
+    /// `prune` with a cutoff in the future: the job goes if it is finished, its key is free.
+    Prune {
         job: usize,
     },
     LeaseExpiry {
@@ -164,6 +180,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(job, token)| Op::ConfirmCancel { job, token }),
         2 => job.clone().prop_map(|job| Op::Retry { job }),
         1 => job.clone().prop_map(|job| Op::Reingest { job }),
+        1 => (job.clone(), 0..STEPS.len()).prop_map(|(job, step)| Op::RetryFrom { job, step }),
+        1 => job.clone().prop_map(|job| Op::Prune { job }),
         1 => job.prop_map(|job| Op::LeaseExpiry { job }),
         1 => Just(Op::Crash),
         1 => Just(Op::Restart),
@@ -262,7 +280,10 @@ fn open(path: &Path) -> SledStore {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         match SledStore::open(path, 4 * 1024 * 1024) {
-            Ok(store) => return store,
+            Ok(store) => {
+                store.set_events_max(EVENTS_MAX);
+                return store;
+            }
             Err(error)
                 if std::time::Instant::now() < deadline
                     && error.to_string().contains("could not acquire lock") =>
@@ -581,6 +602,52 @@ async fn apply(
                 assert_refused(&store, modeled.id, &before, outcome, false).await?;
             }
         }
+        Op::RetryFrom { job, step } => {
+            let Some(modeled) = target(*job) else {
+                return Ok(store);
+            };
+            let before = store.job(modeled.id).await.expect("read").expect("exists");
+            let later: Vec<String> = STEPS[step + 1..].iter().map(|s| s.to_string()).collect();
+            let outcome = store
+                .retry_from(modeled.id, STEPS[*step], &later, "model retry from")
+                .await
+                .expect("retry_from");
+            if modeled.status.is_terminal() {
+                prop_assert!(outcome.is_ok(), "{outcome:?}");
+                let modeled = model.jobs[*job].as_mut().expect("modeled");
+                for discarded in &STEPS[*step..] {
+                    modeled.steps_done.remove(discarded);
+                }
+                modeled.set_status(Status::Pending);
+            } else {
+                assert_refused(&store, modeled.id, &before, outcome, false).await?;
+            }
+        }
+        Op::Prune { job } => {
+            let Some(modeled) = target(*job) else {
+                return Ok(store);
+            };
+            let before = store.job(modeled.id).await.expect("read").expect("exists");
+            let cutoff = Timestamp::now().plus_ms(60_000);
+            let outcomes = store
+                .prune_jobs(&[modeled.id], cutoff)
+                .await
+                .expect("prune_jobs");
+            prop_assert_eq!(outcomes.len(), 1);
+            let outcome = outcomes.into_iter().next().expect("one outcome");
+            if modeled.status.is_terminal() {
+                prop_assert!(outcome.is_ok(), "{outcome:?}");
+                let pruned = store.pruned_job(modeled.id).await.expect("pruned");
+                prop_assert_eq!(
+                    pruned.map(|tombstone| tombstone.status),
+                    Some(modeled.status)
+                );
+                prop_assert!(store.job(modeled.id).await.expect("read").is_none());
+                model.jobs[*job] = None;
+            } else {
+                assert_refused(&store, modeled.id, &before, outcome, false).await?;
+            }
+        }
         Op::LeaseExpiry { job } => {
             let Some(modeled) = target(*job) else {
                 return Ok(store);
@@ -691,12 +758,28 @@ async fn check(store: &SledStore, model: &Model) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// The job's (status, phase) history from its events alone: every state is a row of the phase
-/// table, and the last is where the job is.
+/// The job's (status, phase) history from its events alone, starting where the summary of its
+/// compacted events left it: every state is a row of the phase table, and the last is where the
+/// job is. The history holds at most the bound, and with the summary adds up to `events_next`.
 async fn replay(store: &SledStore, job: &Job) -> Result<(), TestCaseError> {
-    let mut status = None;
-    let mut phase = None;
-    for event in store.events(job.id).await.expect("events") {
+    let summary = store.event_summary(job.id).await.expect("summary");
+    let events = store.events(job.id).await.expect("events");
+    prop_assert!(
+        u64::try_from(events.len()).expect("small") <= EVENTS_MAX,
+        "{} events held, bound {}",
+        events.len(),
+        EVENTS_MAX
+    );
+    let compacted = summary
+        .as_ref()
+        .map_or(0, |summary| summary.events_compacted);
+    prop_assert_eq!(
+        compacted + u64::try_from(events.len()).expect("small"),
+        job.events_next
+    );
+    let mut status = summary.as_ref().and_then(|summary| summary.status);
+    let mut phase = summary.as_ref().and_then(|summary| summary.phase);
+    for event in events {
         match event.kind {
             EventKind::StatusChanged { from, to, .. } => {
                 prop_assert_eq!(from, status, "a status event's from disagrees with history");

@@ -18,6 +18,15 @@
 //! | `incidents`    | seq (u64 BE)                      | `Incident`      |
 //! | `backfills`    | backfill id                       | `Backfill`      |
 //! | `backfill_jobs`| backfill id ++ job id             | empty           |
+//! | `event_summaries` | job id                         | `EventSummary`  |
+//! | `pruned`       | job id                            | `PrunedJob`     |
+//!
+//! `event_summaries` bounds each job's history (`compaction.rs`): appending past the store's
+//! `events_max` folds the oldest events into the job's summary and removes them, in the append's
+//! transaction, so a job's events are always `summary.events_compacted..events_next`.
+//!
+//! `pruned` holds what `narra prune` left of a job (`prune.rs`): the job's other records are gone,
+//! but its `blob_refs` entries stay under its id, so its blobs stay referenced.
 //!
 //! `blob_refs` is the blob -> jobs index: one entry per `blobs/` object a job's store checkpoint
 //! names. `record_checkpoint` of the store step replaces the job's entries in the same transaction
@@ -31,12 +40,12 @@
 //!
 //! The write protocol of every mutating operation:
 //! 1. One sled transaction over `jobs`, `keys`, `status_index`, `checkpoints`, `events`,
-//!    `metadata` and `blob_refs` reads the job, asks `engine::machine` for the transition (a
-//!    refusal aborts the transaction, so a refused call writes nothing), checks the result's
-//!    invariants, and writes the job, its status-index entry, its events (and for
-//!    `record_checkpoint` the checkpoint, metadata record and, for the store step, the job's
-//!    `blob_refs` entries). A crash before the commit leaves none of it; the transaction is
-//!    atomic. The incident log is appended on its own, one flushed insert per line.
+//!    `metadata`, `blob_refs` and `event_summaries` reads the job, asks `engine::machine` for the
+//!    transition (a refusal aborts the transaction, so a refused call writes nothing), checks the
+//!    result's invariants, and writes the job, its status-index entry, its events (folding the
+//!    oldest into its summary past the bound; and for `record_checkpoint` the checkpoint, metadata
+//!    record and, for the store step, the job's `blob_refs` entries). A crash before the commit
+//!    leaves none of it; the transaction is atomic. The incident log is appended on its own, one flushed insert per line.
 //! 2. A flush syncs sled's log to disk. A crash between commit and flush may lose the write,
 //!    but the caller has not been told it succeeded, so nothing acknowledged is lost.
 //! 3. Only then does the call return success.
@@ -71,12 +80,18 @@ use super::{
 };
 use crate::engine::backfill::source_host;
 use crate::engine::job::{
-    Backfill, BackfillId, Checkpoint, ErrorInfo, Event, EventKind, HostState, Incident, Job, JobId,
-    JobProgress, LeaseToken, Location, LogLine, MediaMetadata, Phase, ProgressMarker, Status,
-    Timestamp, WorkerId,
+    Backfill, BackfillId, Checkpoint, ErrorInfo, Event, EventKind, EventSummary, HostState,
+    Incident, Job, JobId, JobProgress, LeaseToken, Location, LogLine, MediaMetadata, Phase,
+    ProgressMarker, PrunedJob, Status, Timestamp, WorkerId,
 };
 use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
 use crate::engine::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, SchedulingPolicy};
+
+mod compaction;
+mod prune;
+mod retry_from;
+
+pub use prune::StoreStats;
 
 /// The page cache narra asks sled for unless told otherwise. sled's own default is 1 GiB, far more
 /// than a job table needs.
@@ -102,6 +117,8 @@ const TREE_META: &str = "meta";
 const META_SCHEMA: &[u8] = b"schema";
 /// How many queue entries a claim reads at a time (no iterator is open while it claims).
 const QUEUE_SCAN_BATCH: usize = 256;
+const TREE_EVENT_SUMMARIES: &str = "event_summaries";
+const TREE_PRUNED: &str = "pruned";
 
 /// The step whose checkpoint names the stored objects, and so feeds `blob_refs`.
 const STORE_STEP: &str = "store";
@@ -136,6 +153,10 @@ pub struct SledStore {
     /// Serializes `claim_next` and `record_host_outcome`: a host's limits are checked and its
     /// state written by one caller at a time.
     schedule_lock: tokio::sync::Mutex<()>,
+    event_summaries: sled::Tree,
+    pruned: sled::Tree,
+    /// The most events a job holds (`store::EVENTS_MAX` unless set lower for a test).
+    events_max: AtomicU64,
     /// Serializes incident appends, which number the lines.
     incident_lock: tokio::sync::Mutex<()>,
     /// The sequence number of the next log line, over all jobs: keys still sort per job by seq.
@@ -189,6 +210,9 @@ impl SledStore {
             hosts: db.open_tree(TREE_HOSTS)?,
             meta: db.open_tree(TREE_META)?,
             schedule_lock: tokio::sync::Mutex::new(()),
+            event_summaries: db.open_tree(TREE_EVENT_SUMMARIES)?,
+            pruned: db.open_tree(TREE_PRUNED)?,
+            events_max: AtomicU64::new(super::EVENTS_MAX),
             incident_lock: tokio::sync::Mutex::new(()),
             db,
             log_seq_next: AtomicU64::new(log_seq_next),
@@ -302,7 +326,10 @@ impl SledStore {
 
     /// Checks the trees against each other: every job decodes and holds its invariants, the
     /// status index has exactly one entry per job, under its status, every idempotency key names a
-    /// job with that key and back, and each job's events are numbered `0..events_next` with no gap.
+    /// job with that key and back, each job's events are numbered from its summary's
+    /// `events_compacted` (0 without one) to `events_next` with no gap, every summary and tombstone
+    /// agrees with its key and its job, and the blob index names exactly the blobs of the store
+    /// checkpoints and of the pruned jobs.
     /// Reads every record: for tests and offline checks, not for the hot path.
     pub fn check_consistency(&self) -> StoreResult<()> {
         let mut index_keys = self
@@ -333,7 +360,8 @@ impl SledStore {
                     ),
                 ));
             }
-            let mut seq_expected = 0;
+            // The compacted events are in the job's summary; the rest follow with no gap.
+            let mut seq_expected = self.events_compacted(&job)?;
             for event_key in self.events.scan_prefix(&key).keys() {
                 let event_key = event_key?;
                 if seq_in(TREE_EVENTS, &event_key)? != seq_expected {
@@ -419,6 +447,7 @@ impl SledStore {
                 expected_refs.insert(blob_ref_key(blob, id));
             }
         }
+        expected_refs.extend(self.pruned_blob_refs()?);
         let found_refs = self
             .blob_refs
             .iter()
@@ -439,11 +468,13 @@ impl SledStore {
                 "a store checkpoint's blob is not indexed".to_string(),
             ));
         }
-        Ok(())
+        self.check_event_summaries()?;
+        self.check_pruned()
     }
 
-    /// Runs `body` as one transaction over every tree but `logs`, `progress` and `incidents`. A
-    /// `Rejected` abort comes back as the inner error, with nothing written.
+    /// Runs `body` as one transaction over every tree but `logs`, `progress`, `incidents`,
+    /// `backfills`, `backfill_jobs` and `pruned`. A `Rejected` abort comes back as the inner
+    /// error, with nothing written.
     fn transact<T>(
         &self,
         body: impl Fn(&Tx<'_>) -> TxResult<T>,
@@ -457,9 +488,21 @@ impl SledStore {
             &self.metadata,
             &self.blob_refs,
             &self.queue,
+            &self.event_summaries,
         );
+        let events_max = self.events_max();
         let result = trees.transaction(
-            |(jobs, keys, status_index, checkpoints, events, metadata, blob_refs, queue)| {
+            |(
+                jobs,
+                keys,
+                status_index,
+                checkpoints,
+                events,
+                metadata,
+                blob_refs,
+                queue,
+                event_summaries,
+            )| {
                 body(&Tx {
                     jobs,
                     keys,
@@ -469,6 +512,8 @@ impl SledStore {
                     metadata,
                     blob_refs,
                     queue,
+                    event_summaries,
+                    events_max,
                 })
             },
         );
@@ -521,7 +566,9 @@ impl SledStore {
             &self.blob_refs,
             &self.queue,
             &self.backfill_jobs,
+            &self.event_summaries,
         );
+        let events_max = self.events_max();
         let result = trees.transaction(
             |(
                 jobs,
@@ -533,6 +580,7 @@ impl SledStore {
                 blob_refs,
                 queue,
                 backfill_jobs,
+                event_summaries,
             )| {
                 let tx = Tx {
                     jobs,
@@ -543,6 +591,8 @@ impl SledStore {
                     metadata,
                     blob_refs,
                     queue,
+                    event_summaries,
+                    events_max,
                 };
                 body(&tx, backfill_jobs)
             },
@@ -818,6 +868,9 @@ struct Tx<'a> {
     metadata: &'a TransactionalTree,
     blob_refs: &'a TransactionalTree,
     queue: &'a TransactionalTree,
+    event_summaries: &'a TransactionalTree,
+    /// The store's bound on a job's events, for `append_events`.
+    events_max: u64,
 }
 
 impl Tx<'_> {
@@ -873,7 +926,8 @@ impl Tx<'_> {
         Ok(job)
     }
 
-    /// Appends events at the job's `events_next`, advancing it; the caller then writes the job.
+    /// Appends events at the job's `events_next`, advancing it, and folds the oldest into the
+    /// job's summary when it holds more than the bound; the caller then writes the job.
     fn append_events(&self, job: &mut Job, kinds: Vec<EventKind>, now: Timestamp) -> TxResult<()> {
         for kind in kinds {
             let seq = job.events_next;
@@ -888,7 +942,7 @@ impl Tx<'_> {
                 ))
             })?;
         }
-        Ok(())
+        self.bound_history(job)
     }
 
     /// Writes the job and moves its status-index entry. A job that breaks its invariants is a bug
@@ -1301,6 +1355,14 @@ impl JobReader for SledStore {
         )
     }
 
+    async fn event_summary(&self, id: JobId) -> StoreResult<Option<EventSummary>> {
+        self.read_event_summary(id)
+    }
+
+    fn events_max(&self) -> u64 {
+        self.events_max.load(Ordering::Relaxed)
+    }
+
     async fn metadata(&self, id: JobId) -> StoreResult<Option<MediaMetadata>> {
         let key = id.to_bytes();
         self.metadata
@@ -1352,6 +1414,10 @@ impl JobReader for SledStore {
                     .then(|| format!("record holds incident seq {}", incident.seq)))
             },
         )
+    }
+
+    async fn pruned_job(&self, id: JobId) -> StoreResult<Option<PrunedJob>> {
+        self.read_pruned(id)
     }
 
     async fn backfills(&self) -> StoreResult<Vec<Backfill>> {
@@ -1557,6 +1623,16 @@ impl OrchestratorStore for SledStore {
         self.orchestrate(id, &OrchestratorOp::Reingest).await
     }
 
+    async fn retry_from(
+        &self,
+        id: JobId,
+        step: &str,
+        later_steps: &[String],
+        reason: &str,
+    ) -> StoreResult<Result<Job, Rejected>> {
+        self.retry_job_from(id, step, later_steps, reason).await
+    }
+
     async fn record_reprobe(
         &self,
         id: JobId,
@@ -1747,9 +1823,7 @@ impl MaintenanceStore for SledStore {
             for key in &checkpoint_keys {
                 tx.checkpoints.remove(key)?;
             }
-            for seq in 0..job.events_next {
-                tx.events.remove(&seq_key(id, seq)[..])?;
-            }
+            tx.remove_history(&job)?;
             tx.metadata.remove(&id.to_bytes()[..])?;
             tx.status_index.remove(&index_key(job.status, id)[..])?;
             tx.queue.remove(&queue_key(job.priority, id)[..])?;
@@ -1772,6 +1846,14 @@ impl MaintenanceStore for SledStore {
         self.flush().await?;
         tracing::info!(job_id = %id, "deleted the job's records");
         Ok(Ok(job))
+    }
+
+    async fn prune_jobs(
+        &self,
+        ids: &[JobId],
+        cutoff: Timestamp,
+    ) -> StoreResult<Vec<Result<PrunedJob, Rejected>>> {
+        self.prune(ids, cutoff).await
     }
 }
 
@@ -1959,6 +2041,10 @@ mod tests {
         SledStore::open(path, 8 * 1024 * 1024).expect("open sled store")
     }
 
+    /// The event bound of the conformance suite's stores: above the longest history a check
+    /// writes by hand, far below `store::EVENTS_MAX`.
+    const CONFORMANCE_EVENTS_MAX: u64 = 16;
+
     /// A factory of fresh stores, each in its own directory under one temp dir.
     struct Stores {
         parent: tempfile::TempDir,
@@ -1973,9 +2059,13 @@ mod tests {
             }
         }
 
+        /// A fresh store with a small event bound, so that every check also runs over
+        /// compacted histories.
         fn fresh(&self) -> SledStore {
             let index = self.count.fetch_add(1, Ordering::Relaxed);
-            open(&self.parent.path().join(format!("store-{index}")))
+            let store = open(&self.parent.path().join(format!("store-{index}")));
+            store.set_events_max(CONFORMANCE_EVENTS_MAX);
+            store
         }
     }
 

@@ -23,6 +23,7 @@ mod s3;
 mod scheduling;
 mod shutdown;
 mod soak;
+mod state_growth;
 mod stuck;
 mod tamper;
 mod worker;
