@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use crate::engine::backfill::source_host;
 use crate::engine::job::{ErrorInfo, Job, JobId, LeaseToken, PRIORITY_LIVE, Status, Timestamp};
 use crate::engine::machine::Rejected;
-use crate::engine::scheduling::HostOutcome;
+use crate::engine::scheduling::{HostOutcome, STORAGE_BREAKER};
 use crate::engine::sources::{canonical_source, idempotency_key};
 use crate::engine::worker::{WorkOutcome, execute};
 use crate::store::{
@@ -195,10 +195,15 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
                     .get(&job.workflow)
                     .map_or(1, |workflow| workflow.attempts_max);
                 if verdict.hold {
-                    tracing::warn!(class = %error_info.class, "held: the source host's circuit breaker is open; the attempt is not counted");
+                    let held_by = if HostOutcome::of_storage(Some(error.class.as_str())).is_some() {
+                        "the storage's circuit breaker is open: storing is paused".to_string()
+                    } else {
+                        format!("the circuit breaker of host {} is open", source_host(&job.source))
+                    };
+                    tracing::warn!(class = %error_info.class, "held: {held_by}; the attempt is not counted");
                     store.hold(&token, &format!(
-                        "held: the circuit breaker of host {} is open ({}: {})",
-                        source_host(&job.source), error_info.class, error_info.message
+                        "held: {held_by} ({}: {})",
+                        error_info.class, error_info.message
                     )).await?
                 } else if error.class.retryable() && job.attempts < attempts_max {
                     let delay_ms = engine.scheduling.retry.delay_ms(job.attempts);
@@ -238,15 +243,41 @@ async fn record_host_outcome(
     job: &Job,
     class: Option<&str>,
 ) -> Result<crate::engine::scheduling::OutcomeVerdict, EngineError> {
+    let mut verdict = crate::engine::scheduling::OutcomeVerdict::default();
+    if let Some(outcome) = HostOutcome::of_storage(class) {
+        let mut storage_policy = engine.scheduling.clone();
+        storage_policy.breaker = storage_policy.breaker.for_storage();
+        let storage = engine
+            .store
+            .record_host_outcome(STORAGE_BREAKER, job.id, &outcome, &storage_policy)
+            .await?;
+        if storage.opened {
+            tracing::error!(
+                "the storage does not answer: storing is paused (no job is claimed) until a probe job gets through"
+            );
+            engine
+                .store
+                .record_incident(NewIncident {
+                    actor: "narra".to_string(),
+                    action: "circuit_opened".to_string(),
+                    job: Some(job.id),
+                    key: Some(STORAGE_BREAKER.to_string()),
+                    reason: "the storage did not answer (storage_unavailable): no job is claimed until one probe job stores again".to_string(),
+                })
+                .await?;
+        }
+        verdict.hold |= storage.hold;
+    }
     let Some(outcome) = HostOutcome::of_run(class) else {
-        return Ok(Default::default());
+        return Ok(verdict);
     };
     let host = source_host(&job.source);
-    let verdict = engine
+    let host_verdict = engine
         .store
         .record_host_outcome(&host, job.id, &outcome, &engine.scheduling)
         .await?;
-    if verdict.opened {
+    verdict.hold |= host_verdict.hold;
+    if host_verdict.opened {
         let breaker = &engine.scheduling.breaker;
         tracing::error!(host = %host, "circuit breaker opened: the host's jobs are held (not failed) until a probe job gets through");
         engine
@@ -418,8 +449,8 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 const WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// Runs queued jobs, up to `options.concurrency` at once, in the store's claim order (priority,
-/// then age) under its scheduling rules (`engine::scheduling`), handing each finished job to
-/// `on_finished`. Returns when `shutdown` resolves (no new job is claimed; running ones end as
+/// then age) under its scheduling rules (`engine::scheduling`), handing each job that reached a
+/// terminal status to `on_finished`. Returns when `shutdown` resolves (no new job is claimed; running ones end as
 /// the shutdown rules say) or, with [`Until::Drained`], when nothing is left to run.
 pub async fn schedule(
     engine: &Engine,
@@ -432,7 +463,10 @@ pub async fn schedule(
     let mut first_error = None;
     let mut finish = |joined: Result<Result<Job, EngineError>, tokio::task::JoinError>,
                       first_error: &mut Option<EngineError>| match joined {
-        Ok(Ok(job)) => on_finished(&job),
+        // A run that ended pending (an automatic retry, a held job, a release at shutdown) is not
+        // the job's end: it is handed over when it ends.
+        Ok(Ok(job)) if job.status.is_terminal() => on_finished(&job),
+        Ok(Ok(_)) => {}
         Ok(Err(error)) => {
             tracing::error!(%error, "a job could not be run");
             first_error.get_or_insert(error);

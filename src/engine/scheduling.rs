@@ -18,6 +18,13 @@ use crate::engine::job::{Breaker, HostFailure, HostState, JobId, Timestamp};
 /// Error classes that say the host refused us, not that one input is bad.
 pub const BLOCKING_CLASSES: &[&str] = &["download_blocked", "rate_limited"];
 
+/// The name the storage backend's breaker is kept under, beside the source hosts. One
+/// `storage_unavailable` failure opens it: while it is open no job is claimed at all (every job
+/// ends by storing), and jobs that fail with `storage_unavailable` meanwhile are held, not failed;
+/// after the cool-down one probe job tests the storage. Storing pauses globally instead of
+/// failing jobs one by one.
+pub const STORAGE_BREAKER: &str = "(storage)";
+
 /// The most blocking failures kept per host (only the last `failures_max` matter).
 pub const HOST_FAILURES_KEPT: usize = 64;
 
@@ -52,6 +59,17 @@ pub struct BreakerPolicy {
     /// The first cool-down; it doubles each time a probe is refused, up to `cooldown_max_ms`.
     pub cooldown_ms: u64,
     pub cooldown_max_ms: u64,
+}
+
+impl BreakerPolicy {
+    /// The storage backend's breaker: as this one, but one failure opens it (the store step has
+    /// already waited for the storage to come back before it failed).
+    pub fn for_storage(&self) -> BreakerPolicy {
+        BreakerPolicy {
+            failures_max: self.failures_max.min(1),
+            ..self.clone()
+        }
+    }
 }
 
 impl Default for BreakerPolicy {
@@ -140,6 +158,19 @@ fn admit_closed(
     }
 }
 
+/// Makes `job` the probe of an open (or abandoned-probe) breaker.
+pub fn start_probe(state: &mut HostState, job: JobId, policy: &SchedulingPolicy, now: Timestamp) {
+    let cooldown_ms = match state.breaker {
+        Breaker::Open { cooldown_ms, .. } | Breaker::Probing { cooldown_ms, .. } => cooldown_ms,
+        Breaker::Closed => policy.breaker.cooldown_ms,
+    };
+    state.breaker = Breaker::Probing {
+        probe: job,
+        cooldown_ms,
+    };
+    state.updated_at = now;
+}
+
 /// Records a claim's start on the host's state.
 pub fn record_start(
     state: &mut HostState,
@@ -152,14 +183,7 @@ pub fn record_start(
         state.next_start_at = now.plus_ms(policy.host_start_interval_ms);
     }
     if probe {
-        let cooldown_ms = match state.breaker {
-            Breaker::Open { cooldown_ms, .. } | Breaker::Probing { cooldown_ms, .. } => cooldown_ms,
-            Breaker::Closed => policy.breaker.cooldown_ms,
-        };
-        state.breaker = Breaker::Probing {
-            probe: job,
-            cooldown_ms,
-        };
+        start_probe(state, job, policy, now);
     }
     state.updated_at = now;
 }
@@ -193,6 +217,18 @@ const HOST_NEUTRAL_CLASSES: &[&str] = &[
 ];
 
 impl HostOutcome {
+    /// What a finished run (`None` for success, else its error class) says about the storage
+    /// backend's breaker ([`STORAGE_BREAKER`]).
+    pub fn of_storage(class: Option<&str>) -> Option<HostOutcome> {
+        match class {
+            None => Some(HostOutcome::Answered),
+            Some("storage_unavailable") => Some(HostOutcome::Blocked {
+                class: "storage_unavailable".to_string(),
+            }),
+            Some(_) => None,
+        }
+    }
+
     /// The outcome a finished run stands for: `None` for success, else its error class. `None`
     /// back when the run says nothing about the host.
     pub fn of_run(class: Option<&str>) -> Option<HostOutcome> {

@@ -659,6 +659,19 @@ impl SledStore {
                 running_ids.insert(id);
             }
         }
+        // Storing is paused: no job is claimed until the storage breaker's cool-down ends, and
+        // then only one, its probe (`scheduling::STORAGE_BREAKER`).
+        let storage_state = self.read_host(scheduling::STORAGE_BREAKER)?;
+        let storage_probe =
+            match scheduling::admit(storage_state.as_ref(), 0, request.policy, now, |id| {
+                running_ids.contains(&id)
+            }) {
+                Admission::Start { probe } => probe,
+                Admission::NotBefore(until) => {
+                    return Ok(self.waiting(request.only, Some(until))?);
+                }
+                Admission::Busy => return Ok(self.waiting(request.only, None)?),
+            };
         let mut host_states: HashMap<String, Option<HostState>> = HashMap::new();
         // Hosts that may not start a job in this call: each is judged once.
         let mut refused_hosts: BTreeSet<String> = BTreeSet::new();
@@ -732,6 +745,14 @@ impl SledStore {
                         {
                             self.hosts.insert(host.as_bytes(), codec::encode(&state)?)?;
                         }
+                        if storage_probe && let Some(mut storage) = storage_state.clone() {
+                            scheduling::start_probe(&mut storage, id, request.policy, now);
+                            tracing::warn!(job_id = %id, "storing is paused: a probe job tests the storage");
+                            self.hosts.insert(
+                                scheduling::STORAGE_BREAKER.as_bytes(),
+                                codec::encode(&storage)?,
+                            )?;
+                        }
                         let token = LeaseToken {
                             job_id: job.id,
                             fencing_token: job.fencing_token,
@@ -757,6 +778,21 @@ impl SledStore {
         }
         Ok(if any_pending {
             ClaimNext::Wait { until: wait_until }
+        } else {
+            ClaimNext::Empty
+        })
+    }
+
+    /// What `claim_next` says when nothing may start: `Wait` if any job (of those asked for) is
+    /// pending, else `Empty`.
+    fn waiting(
+        &self,
+        only: Option<&BTreeSet<JobId>>,
+        until: Option<Timestamp>,
+    ) -> StoreResult<ClaimNext> {
+        let any_pending = !self.queue_candidates(only, None)?.is_empty();
+        Ok(if any_pending {
+            ClaimNext::Wait { until }
         } else {
             ClaimNext::Empty
         })

@@ -62,7 +62,9 @@ impl Home {
             .env("NARRA_LOG", "info")
             .env("NARRA_ALLOW_PRIVATE_NETWORK", "1")
             // Automatic retries come after a fraction of a second, not half a minute.
-            .env("NARRA_RETRY_DELAY_MS", "200");
+            .env("NARRA_RETRY_DELAY_MS", "200")
+            // And an open circuit breaker (a refusing host, storage down) tests again as soon.
+            .env("NARRA_BREAKER_COOLDOWN_MS", "300");
         command
     }
 

@@ -606,3 +606,111 @@ fn a_process_killed_mid_upload_leaves_no_object_and_the_retry_completes_it() {
         "the verified download was not fetched again"
     );
 }
+
+// Guards the storage breaker: one `storage_unavailable` failure pauses storing globally. No job is
+// claimed while it is open (nothing more is downloaded), the jobs that meet the outage meanwhile
+// are held rather than failed, the opening is an incident that `health` reports while the worker
+// runs (over the home's socket), and once the storage answers a probe job gets through and every
+// job succeeds, each downloaded once.
+#[test]
+fn a_storage_outage_pauses_storing_instead_of_failing_jobs_one_by_one() {
+    const BUILTIN: &str = include_str!("../../workflows/ingest.toml");
+    const STORE_PARAMS: &str = "params = { storage_unavailable_wait_s = 60 }";
+    assert!(BUILTIN.contains(STORE_PARAMS), "{BUILTIN}");
+    let home = Home::new();
+    let workflows = home.dir.path().join("workflows");
+    std::fs::create_dir_all(&workflows).expect("create the workflows directory");
+    std::fs::write(
+        workflows.join("ingest.toml"),
+        BUILTIN.replacen(
+            STORE_PARAMS,
+            "params = { storage_unavailable_wait_s = 1 }",
+            1,
+        ),
+    )
+    .expect("write ingest.toml");
+    let workflows = workflows.to_str().expect("UTF-8").to_string();
+    let moto = Moto::start();
+    let proxy = Proxy::start(&moto);
+    let storage = proxy.storage_uri("");
+    let origin = Origin::start();
+    let paths: Vec<String> = (0..5).map(|index| format!("pause/{index}.mp4")).collect();
+    let mut submit = vec!["--workflows", workflows.as_str(), "submit"];
+    let urls: Vec<String> = paths
+        .iter()
+        .map(|path| origin.serve_video(path, sample_video()))
+        .collect();
+    submit.extend(urls.iter().map(String::as_str));
+    ingest_json(&home, &storage, &submit, 0);
+    proxy.set_mode(Mode::Unavailable);
+
+    let worker = spawn(
+        &home,
+        &storage,
+        &[
+            "--workflows",
+            &workflows,
+            "worker",
+            "--drain",
+            "--concurrency",
+            "2",
+            "--breaker-cooldown-ms",
+            "2000",
+        ],
+    );
+    let incidents = || {
+        let output = narra(&home, &storage, &["--json", "incidents"])
+            .output()
+            .expect("narra runs");
+        serde_json::from_slice::<Value>(&output.stdout).unwrap_or(Value::Null)
+    };
+    wait_until("the storage breaker opened", || {
+        incidents().as_array().is_some_and(|incidents| {
+            incidents.iter().any(|incident| {
+                incident["action"] == "circuit_opened" && incident["key"] == "(storage)"
+            })
+        })
+    });
+    let health = narra(&home, &storage, &["--json", "health"])
+        .output()
+        .expect("narra runs");
+    let health: Value = serde_json::from_slice(&health.stdout).expect("health JSON");
+    assert!(
+        health["circuit_breakers"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .any(|breaker| breaker["host"] == "(storage)"),
+        "{health}"
+    );
+    let downloaded: usize = paths.iter().map(|path| origin.gets(path)).sum();
+    assert!(
+        downloaded <= 2,
+        "no job started while storing is paused: {downloaded}"
+    );
+    proxy.set_mode(Mode::Forward);
+    let status = worker.wait();
+    let log = std::fs::read_to_string(home.dir.path().join("child.log")).unwrap_or_default();
+    assert!(status.success(), "{status:?}\n{log}");
+
+    let jobs = ingest_json(&home, &storage, &["jobs"], 0);
+    assert_eq!(jobs.len(), paths.len());
+    for job in &jobs {
+        assert_eq!(job["status"], "succeeded", "{job}");
+    }
+    for path in &paths {
+        assert_eq!(origin.gets(path), 1, "{path} downloaded once");
+    }
+    let attempts: Vec<u64> = jobs
+        .iter()
+        .map(|job| {
+            show(&home, &storage, &id_of(job))["attempts"]
+                .as_u64()
+                .expect("attempts")
+        })
+        .collect();
+    assert!(
+        attempts.iter().filter(|&&attempts| attempts > 1).count() <= 1,
+        "only the job that met the outage first spent an attempt on it: {attempts:?}"
+    );
+}
