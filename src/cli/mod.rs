@@ -512,7 +512,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 for job in &jobs {
                     let mut summary = views::job_summary(job);
                     let progress = engine.store.progress(job.id).await?;
-                    summary["progress"] = views::progress_json(progress.as_ref());
+                    summary["progress"] = views::progress_json(job, progress.as_ref());
                     list.push(summary);
                 }
                 print_json(&mut out, &list)?;
@@ -522,7 +522,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     if job.status == Status::Running
                         && let Some(progress) = engine.store.progress(job.id).await?
                     {
-                        line.push_str(&format!("  {}", views::progress_text(&progress)));
+                        line.push_str(&format!("  {}", views::progress_text(job, &progress)));
                     }
                     writeln!(out, "{line}").map_err(io)?;
                 }
@@ -537,15 +537,23 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let progress = engine.store.progress(id).await?;
             if json {
                 let mut value = views::job_detail(&job, &checkpoints, metadata.as_ref(), &events);
-                value["progress"] = views::progress_json(progress.as_ref());
+                value["progress"] = views::progress_json(&job, progress.as_ref());
                 print_json(&mut out, &value)?;
             } else {
                 let text = views::job_text(&job, &checkpoints, metadata.as_ref(), &events);
                 let (head, rest) = text.split_once("\n\n").unwrap_or((text.as_str(), ""));
                 writeln!(out, "{head}").map_err(io)?;
-                if let Some(progress) = &progress {
-                    writeln!(out, "progress         {}", views::progress_text(progress))
-                        .map_err(io)?;
+                // A finished job's record at zero (a step that failed before any byte) says nothing.
+                if let Some(progress) = progress
+                    .as_ref()
+                    .filter(|progress| job.status == Status::Running || progress.bytes_done > 0)
+                {
+                    writeln!(
+                        out,
+                        "progress         {}",
+                        views::progress_text(&job, progress)
+                    )
+                    .map_err(io)?;
                 }
                 write!(out, "\n{rest}").map_err(io)?;
             }

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::engine::job::{JobId, WorkerId};
 use crate::steps::StepError;
+use crate::steps::extract::Tools;
 use crate::steps::net::NetworkPolicy;
 use crate::storage::Storage;
 use crate::store::StateStore;
@@ -43,6 +44,8 @@ pub struct Engine {
     pub worker_id: WorkerId,
     /// Which addresses downloads may reach.
     pub network: NetworkPolicy,
+    /// The ffmpeg and ffprobe the extract step and `reprobe` run (`NARRA_FFMPEG`, `NARRA_FFPROBE`).
+    pub tools: Tools,
     pub lease_ttl_ms: u64,
     /// SIGINT/SIGTERM: claim no more, release running jobs (`engine::shutdown`).
     pub shutdown: shutdown::Shutdown,
@@ -65,6 +68,7 @@ impl Engine {
             home: home.to_path_buf(),
             worker_id: WorkerId(format!("{}:{}", hostname(), std::process::id())),
             network,
+            tools: Tools::from_env(),
             lease_ttl_ms: LEASE_TTL_MS,
             shutdown: shutdown::Shutdown::new(),
             http_clients: Arc::default(),
