@@ -739,7 +739,7 @@ pub async fn dispatch(
                 for job in &jobs {
                     let mut summary = views::job_summary(job);
                     let progress = engine.store.progress(job.id).await?;
-                    summary["progress"] = views::progress_json(progress.as_ref());
+                    summary["progress"] = views::progress_json(job, progress.as_ref());
                     list.push(summary);
                 }
                 print_json(&mut out, &list)?;
@@ -749,7 +749,7 @@ pub async fn dispatch(
                     if job.status == Status::Running
                         && let Some(progress) = engine.store.progress(job.id).await?
                     {
-                        line.push_str(&format!("  {}", views::progress_text(&progress)));
+                        line.push_str(&format!("  {}", views::progress_text(job, &progress)));
                     }
                     writeln!(out, "{line}").map_err(io)?;
                 }
@@ -771,15 +771,23 @@ pub async fn dispatch(
             };
             if json {
                 let mut value = views::job_detail(&job, &checkpoints, metadata.as_ref(), &history);
-                value["progress"] = views::progress_json(progress.as_ref());
+                value["progress"] = views::progress_json(&job, progress.as_ref());
                 print_json(&mut out, &value)?;
             } else {
                 let text = views::job_text(&job, &checkpoints, metadata.as_ref(), &history);
                 let (head, rest) = text.split_once("\n\n").unwrap_or((text.as_str(), ""));
                 writeln!(out, "{head}").map_err(io)?;
-                if let Some(progress) = &progress {
-                    writeln!(out, "progress         {}", views::progress_text(progress))
-                        .map_err(io)?;
+                // A finished job's record at zero (a step that failed before any byte) says nothing.
+                if let Some(progress) = progress
+                    .as_ref()
+                    .filter(|progress| job.status == Status::Running || progress.bytes_done > 0)
+                {
+                    writeln!(
+                        out,
+                        "progress         {}",
+                        views::progress_text(&job, progress)
+                    )
+                    .map_err(io)?;
                 }
                 write!(out, "\n{rest}").map_err(io)?;
             }

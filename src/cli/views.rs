@@ -6,8 +6,8 @@
 use serde_json::{Value, json};
 
 use crate::engine::job::{
-    ChangeToken, Checkpoint, Event, EventKind, EventSummary, Job, LogLine, MediaMetadata,
-    StepOutput,
+    ChangeToken, Checkpoint, Event, EventKind, EventSummary, Job, JobProgress, LogLine,
+    MediaMetadata, Phase, StepOutput,
 };
 use crate::steps::extract::metadata_json;
 use crate::steps::redact::redact_url;
@@ -582,10 +582,23 @@ pub fn log_line_json(line: &LogLine) -> Value {
     json!({"at": line.at.to_rfc3339(), "level": line.level, "message": line.message})
 }
 
-/// `{bytes_done, bytes_total, rate_bytes_per_s, updated_at}` or null.
-pub fn progress_json(progress: Option<&crate::engine::job::JobProgress>) -> Value {
+/// The step a job's progress record belongs to, by the job's phase: `download`, `extract` or
+/// `store`. The worker starts a fresh record as it enters each phase, so while the job runs its
+/// record is its phase's step's; a job with no phase (not running) has no step to name.
+pub fn progress_step(job: &Job) -> Option<&'static str> {
+    job.ingestion_phase.map(|phase| match phase {
+        Phase::Downloading => "download",
+        Phase::Processing => "extract",
+        Phase::Storing => "store",
+    })
+}
+
+/// `{step, bytes_done, bytes_total, rate_bytes_per_s, updated_at}` or null; `step` is
+/// [`progress_step`]'s.
+pub fn progress_json(job: &Job, progress: Option<&JobProgress>) -> Value {
     match progress {
         Some(progress) => json!({
+            "step": progress_step(job),
             "bytes_done": progress.bytes_done,
             "bytes_total": progress.bytes_total,
             "rate_bytes_per_s": progress.rate_bytes_per_s,
@@ -595,17 +608,100 @@ pub fn progress_json(progress: Option<&crate::engine::job::JobProgress>) -> Valu
     }
 }
 
-/// `12.5 MiB of 40.0 MiB (31%) at 3.2 MiB/s`.
-pub fn progress_text(progress: &crate::engine::job::JobProgress) -> String {
+/// The progress record for people, labelled by the job's phase: `downloading 12.0 MiB of 60.0 MiB
+/// (20%) at 3.2 MiB/s`, `extracting: 3.1 MiB written at 1.0 MiB/s`, `storing 40.0 MiB of 63.0 MiB
+/// (63%) at 9.5 MiB/s`; unlabelled (`12.5 MiB of 40.0 MiB (31%) at 0.0 MiB/s`, the last step's
+/// final figures) for a job that is not running.
+pub fn progress_text(job: &Job, progress: &JobProgress) -> String {
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-    let mut text = format!("{:.1} MiB", mib(progress.bytes_done));
+    let mut figures = format!("{:.1} MiB", mib(progress.bytes_done));
+    if job.ingestion_phase == Some(Phase::Processing) {
+        figures.push_str(" written");
+    }
     if let Some(total) = progress.bytes_total.filter(|total| *total > 0) {
-        text.push_str(&format!(
+        figures.push_str(&format!(
             " of {:.1} MiB ({}%)",
             mib(total),
             progress.bytes_done.saturating_mul(100) / total
         ));
     }
-    text.push_str(&format!(" at {:.1} MiB/s", mib(progress.rate_bytes_per_s)));
-    text
+    figures.push_str(&format!(" at {:.1} MiB/s", mib(progress.rate_bytes_per_s)));
+    match job.ingestion_phase {
+        Some(Phase::Downloading) => format!("downloading {figures}"),
+        Some(Phase::Processing) => format!("extracting: {figures}"),
+        Some(Phase::Storing) => format!("storing {figures}"),
+        None => figures,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::job::{JobId, Status, Timestamp};
+
+    fn job_in(phase: Option<Phase>) -> Job {
+        let mut job = crate::engine::machine::new_job(
+            JobId(1),
+            "key".into(),
+            "http://example.com/a.mp4".into(),
+            "ingest".into(),
+            crate::engine::job::PRIORITY_LIVE,
+            Timestamp(0),
+        )
+        .job;
+        if phase.is_some() {
+            job.status = Status::Running;
+        }
+        job.ingestion_phase = phase;
+        job
+    }
+
+    // Guards the progress labels: each phase names what its step is doing, the JSON names the
+    // step, and a job that is not running shows its last figures unlabelled with no step.
+    #[test]
+    fn progress_is_labelled_by_the_phase_it_belongs_to() {
+        let mib = 1024 * 1024;
+        let record = |done: u64, total: Option<u64>| JobProgress {
+            bytes_done: done,
+            bytes_total: total,
+            rate_bytes_per_s: 2 * mib,
+            updated_at: Timestamp(0),
+        };
+        let cases = [
+            (
+                Some(Phase::Downloading),
+                record(12 * mib, Some(60 * mib)),
+                "downloading 12.0 MiB of 60.0 MiB (20%) at 2.0 MiB/s",
+                Value::from("download"),
+            ),
+            (
+                Some(Phase::Processing),
+                record(3 * mib + mib / 10, None),
+                "extracting: 3.1 MiB written at 2.0 MiB/s",
+                Value::from("extract"),
+            ),
+            (
+                Some(Phase::Storing),
+                record(40 * mib, Some(64 * mib)),
+                "storing 40.0 MiB of 64.0 MiB (62%) at 2.0 MiB/s",
+                Value::from("store"),
+            ),
+            (
+                None,
+                record(64 * mib, Some(64 * mib)),
+                "64.0 MiB of 64.0 MiB (100%) at 2.0 MiB/s",
+                Value::Null,
+            ),
+        ];
+        for (phase, record, text, step) in cases {
+            let job = job_in(phase);
+            assert_eq!(progress_text(&job, &record), text);
+            let json = progress_json(&job, Some(&record));
+            assert_eq!(json["step"], step, "{json}");
+            assert_eq!(json["bytes_done"], record.bytes_done, "{json}");
+            assert_eq!(json["bytes_total"], json!(record.bytes_total), "{json}");
+            assert_eq!(json["rate_bytes_per_s"], 2 * mib, "{json}");
+        }
+        assert_eq!(progress_json(&job_in(None), None), Value::Null);
+    }
 }

@@ -555,8 +555,9 @@ pub struct MediaMetadata {
     pub raw: String,
 }
 
-/// A running download's progress, kept apart from the job record and written at most about once a
-/// second, never per chunk.
+/// A running step's progress (bytes downloaded, bytes of audio written, bytes sent to storage), kept
+/// apart from the job record, started at zero as each phase begins and written at most about once a
+/// second, never per chunk. Which step it belongs to is the job's phase's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobProgress {
     pub bytes_done: u64,

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::engine::job::{JobId, WorkerId};
 use crate::steps::StepError;
+use crate::steps::extract::Tools;
 use crate::steps::net::NetworkPolicy;
 use crate::storage::Storage;
 use crate::store::StateStore;
@@ -47,6 +48,8 @@ pub struct Engine {
     pub worker_id: WorkerId,
     /// Which addresses downloads may reach.
     pub network: NetworkPolicy,
+    /// The ffmpeg and ffprobe the extract step and `reprobe` run (`NARRA_FFMPEG`, `NARRA_FFPROBE`).
+    pub tools: Tools,
     pub lease_ttl_ms: u64,
     /// Per-host limits, breakers and automatic retries (`engine::scheduling`).
     pub scheduling: scheduling::SchedulingPolicy,
@@ -71,6 +74,7 @@ impl Engine {
             home: home.to_path_buf(),
             worker_id: WorkerId(format!("{}:{}", hostname(), std::process::id())),
             network,
+            tools: Tools::from_env(),
             lease_ttl_ms: LEASE_TTL_MS,
             scheduling: scheduling::SchedulingPolicy::default(),
             shutdown: shutdown::Shutdown::new(),

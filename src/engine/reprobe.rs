@@ -27,7 +27,7 @@ use crate::engine::machine;
 use crate::engine::orchestrator::{EngineError, run_jobs};
 use crate::engine::verify::{OutputState, check_output, metadata_record_bytes};
 use crate::steps::StepError;
-use crate::steps::extract::{Tools, metadata_changes, probe};
+use crate::steps::extract::{metadata_changes, probe};
 use crate::store::StoreError;
 
 /// What a reprobe did.
@@ -107,9 +107,9 @@ pub async fn reprobe(engine: &Engine, id: JobId) -> Result<Reprobed, ReprobeErro
         .unwrap_or_default();
     // Nobody cancels a reprobe; its probe is bounded by the workflow's probe timeout.
     let (_never_cancelled, mut cancel) = tokio::sync::watch::channel(false);
-    let tools = Tools::from_env();
+    let tools = &engine.tools;
     let probed = match (&original.local_path, &original.object_key) {
-        (Some(path), _) => probe(&tools, path, &params, &mut cancel).await,
+        (Some(path), _) => probe(tools, path, &params, &mut cancel).await,
         (None, Some(key)) => {
             let temp_dir = engine.home.join("scratch").join(format!("{id}.reprobe"));
             tokio::fs::create_dir_all(&temp_dir)
@@ -119,7 +119,7 @@ pub async fn reprobe(engine: &Engine, id: JobId) -> Result<Reprobed, ReprobeErro
                 })?;
             let copy = temp_dir.join("original");
             let probed = match engine.storage.read_to_file(key, &copy).await {
-                Ok(_) => probe(&tools, &copy, &params, &mut cancel).await,
+                Ok(_) => probe(tools, &copy, &params, &mut cancel).await,
                 Err(error) => Err(StepError::from(error)),
             };
             let _ = tokio::fs::remove_dir_all(&temp_dir).await;

@@ -20,7 +20,7 @@ pub const DEFAULT_STUCK_AFTER_S: u64 = 600;
 pub enum StuckReason {
     /// Its lease expired at this time: the process holding it is gone or hung.
     LeaseExpired { expired_at: Timestamp },
-    /// Nothing moved (no event, no download progress) since this time.
+    /// Nothing moved (no event, no step progress) since this time.
     NoProgress { since: Timestamp },
 }
 
@@ -48,7 +48,7 @@ impl StuckReason {
 #[derive(Debug, Clone)]
 pub struct StuckJob {
     pub job: Job,
-    /// When anything last moved: the latest event or download progress record.
+    /// When anything last moved: the latest event or progress record.
     pub last_moved_at: Timestamp,
     pub reasons: Vec<StuckReason>,
 }
@@ -246,7 +246,8 @@ mod tests {
     }
 
     // Guards the two stuck rules: an expired lease, and no event or progress for the window, where
-    // download progress counts as movement even when no event was written.
+    // a step's progress (download, extract or store) counts as movement even when no event was
+    // written.
     #[test]
     fn a_running_job_is_stuck_when_its_lease_expired_or_nothing_moved() {
         let live_and_moving = running(10_000, 0);
@@ -306,7 +307,7 @@ mod tests {
                 Timestamp(3_000)
             )
             .is_none(),
-            "download progress is movement"
+            "step progress is movement"
         );
         let mut pending = running(0, 0);
         pending.status = Status::Pending;

@@ -6,6 +6,11 @@
 //! The runner finds the first step that is not done, and runs it and every step after it. A step is
 //! done when its checkpoint's definition hash and input hash match and every output verifies
 //! (`engine::verify`). Done steps get a `step_skipped` event and are not run again.
+//!
+//! Progress: each step reports its figures (bytes downloaded, bytes of audio written, bytes sent to
+//! storage) through a watch channel, and a task writes them to the job's progress record at most
+//! about once a second, plus the final figures when the step ends. The record is started afresh,
+//! at zero, as the worker enters each phase, so it always describes the current phase's step.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,13 +18,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::Engine;
-use crate::engine::job::{Checkpoint, Hash, Job, LeaseToken, Location, StepOutput, Timestamp};
+use crate::engine::job::{
+    Checkpoint, Hash, Job, JobProgress, LeaseToken, Location, StepOutput, Timestamp,
+};
 use crate::engine::machine::Rejected;
 use crate::engine::verify::{OutputState, Resolved, check_output, metadata_record_bytes};
-use crate::steps::download::{DownloadContext, Progress, download};
-use crate::steps::extract::{Tools, extract, video_extension};
+use crate::steps::download::{DownloadContext, download};
+use crate::steps::extract::{extract, video_extension};
 use crate::steps::store::{BlobInput, StoreInput, store};
-use crate::steps::{Cancel, ErrorClass, StepError};
+use crate::steps::{Cancel, ErrorClass, Progress, ProgressSender, StepError};
 use crate::storage::file_change_token;
 use crate::store::{StepEvent, WorkerStore};
 use crate::workflow::{StepDef, StepKind, Workflow};
@@ -122,6 +129,20 @@ impl<'a> Run<'a> {
         for step in self.workflow.steps.clone() {
             let kind = step.kind();
             phase_failpoint(kind, Boundary::Before);
+            // The step's progress starts at zero. Written before the phase, whose write is flushed,
+            // so the two are durable together: after a crash the phase is never found beside the
+            // previous step's figures, and a step that dies before reporting anything leaves the
+            // same record every time.
+            if self
+                .write(
+                    self.store
+                        .set_progress(self.token, &progress_record(Progress::default(), 0))
+                        .await,
+                )
+                .is_err()
+            {
+                return Ok(WorkOutcome::LeaseLost);
+            }
             if self
                 .write(self.store.set_phase(self.token, kind.phase()).await)
                 .is_err()
@@ -294,6 +315,33 @@ impl<'a> Run<'a> {
         Ok(WorkOutcome::Done)
     }
 
+    /// Starts writing what the step about to run reports to the job (see [`write_progress`]).
+    fn report_progress(&self) -> ProgressReporter {
+        let (progress, receiver) = tokio::sync::watch::channel(Progress::default());
+        let task = tokio::spawn(write_progress(
+            self.store.clone(),
+            self.token.clone(),
+            receiver,
+        ));
+        ProgressReporter { progress, task }
+    }
+
+    /// Stops the step's progress writer and records the step's final figures, so a step that
+    /// ended never shows short of where it got.
+    async fn end_progress(&self, reporter: ProgressReporter) {
+        // Awaited after the abort: a write the task is in the middle of (its thread may be
+        // descheduled there) must land before the final figures, never after them.
+        reporter.task.abort();
+        let _ = reporter.task.await;
+        let last = *reporter.progress.borrow();
+        if last != Progress::default() {
+            let _ = self
+                .store
+                .set_progress(self.token, &progress_record(last, 0))
+                .await;
+        }
+    }
+
     fn has_checkpoint(&self, step: &str) -> bool {
         self.checkpoints
             .iter()
@@ -371,31 +419,15 @@ impl<'a> Run<'a> {
         let scratch_dir = self.engine.scratch_dir(self.job.id);
         let params = self.workflow.download().clone();
         let client = self.engine.http_client(&params)?;
-        let (progress, progress_receiver) = tokio::sync::watch::channel(Progress::default());
-        let reporter = tokio::spawn(report_progress(
-            self.store.clone(),
-            self.token.clone(),
-            progress_receiver,
-        ));
+        let reporter = self.report_progress();
         let context = DownloadContext {
             params: &params,
             client: &client,
             policy: &self.engine.network,
-            progress: &progress,
+            progress: &reporter.progress,
         };
         let result = download(&self.job.source, &scratch_dir, &context, &mut self.cancel).await;
-        reporter.abort();
-        let last = *progress.borrow();
-        if last != Progress::default() {
-            // The final figures, so a finished download never shows as stuck short of its end.
-            let record = crate::engine::job::JobProgress {
-                bytes_done: last.bytes_done,
-                bytes_total: last.bytes_total,
-                rate_bytes_per_s: 0,
-                updated_at: Timestamp::now(),
-            };
-            let _ = self.store.set_progress(self.token, &record).await;
-        }
+        self.end_progress(reporter).await;
         let downloaded = result?;
         tracing::info!(bytes = downloaded.size, blake3 = %downloaded.blake3, "downloaded the original");
         let change_token = local_token(&downloaded.path).await?;
@@ -426,14 +458,18 @@ impl<'a> Run<'a> {
     ) -> Result<(Vec<StepOutput>, Option<crate::engine::job::MediaMetadata>), StepError> {
         let video = self.local_copy("video", "original").await?;
         let scratch_dir = self.engine.scratch_dir(self.job.id);
-        let (metadata, extracted) = extract(
-            &Tools::from_env(),
+        let reporter = self.report_progress();
+        let result = extract(
+            &self.engine.tools,
             &video,
             self.workflow.extract(),
             &scratch_dir,
+            &reporter.progress,
             &mut self.cancel,
         )
-        .await?;
+        .await;
+        self.end_progress(reporter).await;
+        let (metadata, extracted) = result?;
         let (size, blake3) = crate::storage::hash_file(&extracted.audio_path)
             .await
             .map_err(|error| StepError::scratch("read", &extracted.audio_path, error))?;
@@ -519,7 +555,10 @@ impl<'a> Run<'a> {
             previous_outputs: &previous_outputs,
             unavailable_wait: Duration::from_secs(self.workflow.store().storage_unavailable_wait_s),
         };
-        let stored = store(&self.engine.storage, &input).await?;
+        let reporter = self.report_progress();
+        let result = store(&self.engine.storage, &input, &reporter.progress).await;
+        self.end_progress(reporter).await;
+        let stored = result?;
         tracing::info!(
             objects_written = stored.objects_written,
             objects_skipped = stored.objects_skipped,
@@ -689,12 +728,27 @@ fn internal(error: crate::store::StoreError) -> StepError {
     StepError::new(ErrorClass::Internal, format!("state store: {error}"))
 }
 
-/// How often download progress is written to the job.
+/// How often a step's progress is written to the job.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
-/// Writes download progress to the store at most once every [`PROGRESS_EVERY`], with the rate over
-/// the last interval. The caller aborts it when the download ends and writes the final figures.
-async fn report_progress(
+/// A running step's progress channel and the task that writes it to the job.
+struct ProgressReporter {
+    progress: ProgressSender,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn progress_record(progress: Progress, rate_bytes_per_s: u64) -> JobProgress {
+    JobProgress {
+        bytes_done: progress.bytes_done,
+        bytes_total: progress.bytes_total,
+        rate_bytes_per_s,
+        updated_at: Timestamp::now(),
+    }
+}
+
+/// Writes a step's progress to the store at most once every [`PROGRESS_EVERY`], with the rate over
+/// the last interval. The worker aborts it when the step ends and writes the final figures.
+async fn write_progress(
     store: Arc<dyn WorkerStore>,
     token: LeaseToken,
     mut progress: tokio::sync::watch::Receiver<Progress>,
@@ -716,13 +770,10 @@ async fn report_progress(
             .saturating_sub(last_bytes)
             .saturating_mul(1000)
             / elapsed_ms;
-        let record = crate::engine::job::JobProgress {
-            bytes_done: current.bytes_done,
-            bytes_total: current.bytes_total,
-            rate_bytes_per_s,
-            updated_at: Timestamp::now(),
-        };
-        match store.set_progress(&token, &record).await {
+        match store
+            .set_progress(&token, &progress_record(current, rate_bytes_per_s))
+            .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(error) => tracing::debug!(%error, "cannot record progress"),

@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::net::{NetworkPolicy, forbidden_cause};
 use super::redact::{redact_text, redact_url};
-use super::{Cancel, ErrorClass, StepError, cancelled};
+use super::{Cancel, ErrorClass, Progress, ProgressSender, StepError, cancelled};
 use crate::engine::job::Hash;
 use crate::workflow::{DownloadParams, Downloader};
 
@@ -44,15 +44,6 @@ pub struct Downloaded {
     /// yt-dlp's JSON description of the video, for platform sources.
     pub platform_metadata: Option<PathBuf>,
 }
-
-/// Bytes so far, for progress reports. The worker writes it to the job at most about once a second.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Progress {
-    pub bytes_done: u64,
-    pub bytes_total: Option<u64>,
-}
-
-pub type ProgressSender = tokio::sync::watch::Sender<Progress>;
 
 /// Where a source points.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,6 +22,11 @@
 //! after it passed and was synced, so a file at the final name is whole and checked; a failure
 //! removes the temp file and leaves no audio behind.
 //!
+//! Progress: ffmpeg writes its `-progress` report (`key=value` blocks, about two a second) to
+//! stdout, which is read as it comes ([`ProgressParser`], one bounded partial line at most) while
+//! stderr is captured for judging as before. The bytes of audio written so far (`total_size`) go to
+//! the step's [`ProgressSender`]; the total is unknown until the end, so it is never guessed.
+//!
 //! This module never touches the state store: the worker records what it returns.
 
 use std::collections::BTreeMap;
@@ -31,8 +36,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::process::{RunError, run_process};
-use super::{Cancel, ErrorClass, StepError};
+use super::process::{RunError, run_process, run_process_streaming};
+use super::{Cancel, ErrorClass, ProgressSender, StepError};
 use crate::engine::job::{MediaMetadata, StreamInfo};
 use crate::workflow::{AudioMode, ExtractParams, TranscodeTarget};
 
@@ -46,6 +51,10 @@ const FFPROBE_OUTPUT_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// The longest quoted ffmpeg line in an error message.
 const QUOTED_LINE_CHARS_MAX: usize = 300;
+
+/// The longest line of ffmpeg's `-progress` report kept; its lines are under 40 bytes. A longer
+/// line is dropped whole, so no output makes the reader buffer more than this.
+pub const PROGRESS_LINE_BYTES_MAX: usize = 1024;
 
 /// How far the extracted audio's duration may be from the source stream's: the larger of these.
 const DURATION_TOLERANCE_MIN_S: f64 = 0.2;
@@ -189,15 +198,26 @@ pub struct Extracted {
 }
 
 /// Probes `input` and extracts its audio into `scratch_dir`: the metadata record and the audio.
+/// The bytes of audio written so far go to `progress` while ffmpeg runs.
 pub async fn extract(
     tools: &Tools,
     input: &Path,
     params: &ExtractParams,
     scratch_dir: &Path,
+    progress: &ProgressSender,
     cancel: &mut Cancel,
 ) -> Result<(MediaMetadata, Extracted), StepError> {
     let metadata = probe(tools, input, params, cancel).await?;
-    let extracted = extract_audio(tools, input, &metadata, params, scratch_dir, cancel).await?;
+    let extracted = extract_audio(
+        tools,
+        input,
+        &metadata,
+        params,
+        scratch_dir,
+        progress,
+        cancel,
+    )
+    .await?;
     Ok((metadata, extracted))
 }
 
@@ -268,13 +288,15 @@ pub async fn probe(
     Ok(metadata)
 }
 
-/// Extracts the chosen audio stream of `input` into `scratch_dir`, and checks the result.
+/// Extracts the chosen audio stream of `input` into `scratch_dir`, and checks the result. The bytes
+/// of audio written so far go to `progress` while ffmpeg runs.
 pub async fn extract_audio(
     tools: &Tools,
     input: &Path,
     metadata: &MediaMetadata,
     params: &ExtractParams,
     scratch_dir: &Path,
+    progress: &ProgressSender,
     cancel: &mut Cancel,
 ) -> Result<Extracted, StepError> {
     let track = choose_track(metadata, params)?;
@@ -285,7 +307,7 @@ pub async fn extract_audio(
     let temp_path = scratch_dir.join(format!("tmp-audio.{}", plan.extension));
     let audio_path = scratch_dir.join(format!("audio.{}", plan.extension));
     let written = write_checked(
-        tools, input, metadata, params, &track, &plan, &temp_path, cancel,
+        tools, input, metadata, params, &track, &plan, &temp_path, progress, cancel,
     )
     .await;
     let duration_s = match written {
@@ -328,6 +350,7 @@ async fn write_checked(
     track: &TrackChoice,
     plan: &OutputPlan,
     temp_path: &Path,
+    progress: &ProgressSender,
     cancel: &mut Cancel,
 ) -> Result<Option<f64>, StepError> {
     let estimated_duration_s = source_audio_duration(metadata, track.stream_index);
@@ -337,7 +360,18 @@ async fn write_checked(
     let source_duration_s =
         estimated_duration_s.filter(|_| declares_durations(&metadata.format_name));
     let args = ffmpeg_args(input, track, plan, params.threads, temp_path);
-    let finished = run_process(&tools.ffmpeg, &args, 0, timeout, cancel)
+    let mut parser = ProgressParser::default();
+    let mut on_stdout = |chunk: &[u8]| {
+        if let Some(bytes_written) = parser.feed(chunk).and_then(|block| block.total_size) {
+            progress.send_if_modified(|progress| {
+                let before = *progress;
+                progress.bytes_done = bytes_written;
+                progress.bytes_total = None;
+                *progress != before
+            });
+        }
+    };
+    let finished = run_process_streaming(&tools.ffmpeg, &args, &mut on_stdout, timeout, cancel)
         .await
         .map_err(|error| run_failure(error, "ffmpeg", &tools.ffmpeg, timeout))?;
     let stream = format!("audio stream {} ({})", track.stream_index, track.codec);
@@ -686,9 +720,11 @@ fn ffmpeg_args(
     threads: u32,
     output: &Path,
 ) -> Vec<OsString> {
+    // `-progress pipe:1`: the progress report on stdout, read as it comes; stderr keeps only the
+    // messages that are judged. It is opened while the options are parsed, before any input.
     let mut args: Vec<OsString> = ["-nostdin", "-hide_banner", "-nostats"]
         .iter()
-        .chain(&["-loglevel", "warning", "-y"])
+        .chain(&["-progress", "pipe:1", "-loglevel", "warning", "-y"])
         .map(OsString::from)
         .collect();
     args.extend(input_args(input, threads));
@@ -725,6 +761,94 @@ fn ffmpeg_args(
     args.push(plan.container.muxer.into());
     args.push(file_url(output));
     args
+}
+
+/// What one block of ffmpeg's `-progress` report says, as far as narra reads it. A value a block
+/// does not give (or gives as `N/A`) keeps the last one known.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FfmpegProgress {
+    /// Bytes of output written so far (`total_size`).
+    pub total_size: Option<u64>,
+    /// Media time written so far, in microseconds (`out_time_us`; else `out_time_ms`, which ffmpeg
+    /// also prints in microseconds).
+    pub out_time_us: Option<u64>,
+    /// The block ended with `progress=end`: ffmpeg is done.
+    pub end: bool,
+}
+
+/// Reads ffmpeg's `-progress` report from chunks as they arrive, however they split it: `key=value`
+/// lines in blocks, each ended by `progress=continue` or `progress=end`. A block counts only once
+/// its `progress=` line arrived, so a half-read block never reports. Unknown keys, lines without
+/// `=` and values that are not numbers are ignored. At most one partial line of
+/// [`PROGRESS_LINE_BYTES_MAX`] bytes is kept: a longer line is dropped whole, never cut and read.
+#[derive(Debug, Default)]
+pub struct ProgressParser {
+    /// The current line so far.
+    line: Vec<u8>,
+    /// The current line passed the limit: its bytes are dropped until its end.
+    overlong: bool,
+    /// An `out_time_us` line was read: `out_time_ms` is then ignored.
+    reads_out_time_us: bool,
+    /// The values known so far, from this block and those before it.
+    known: FfmpegProgress,
+}
+
+impl ProgressParser {
+    /// Reads a chunk: the last block it completed, if any.
+    pub fn feed(&mut self, chunk: &[u8]) -> Option<FfmpegProgress> {
+        let mut completed = None;
+        let mut rest = chunk;
+        while let Some(at) = rest.iter().position(|byte| *byte == b'\n') {
+            self.extend_line(&rest[..at]);
+            if let Some(block) = self.end_line() {
+                completed = Some(block);
+            }
+            rest = &rest[at + 1..];
+        }
+        self.extend_line(rest);
+        completed
+    }
+
+    fn extend_line(&mut self, bytes: &[u8]) {
+        if self.overlong {
+            return;
+        }
+        if self.line.len() + bytes.len() > PROGRESS_LINE_BYTES_MAX {
+            self.overlong = true;
+            self.line = Vec::new();
+            return;
+        }
+        self.line.extend_from_slice(bytes);
+    }
+
+    /// Reads the line just ended: the block, when the line ends one.
+    fn end_line(&mut self) -> Option<FfmpegProgress> {
+        let line = std::mem::take(&mut self.line);
+        if std::mem::take(&mut self.overlong) {
+            return None;
+        }
+        let line = std::str::from_utf8(&line).ok()?;
+        let (key, value) = line.split_once('=')?;
+        let value = value.trim();
+        let number = || value.parse::<u64>().ok();
+        match key.trim() {
+            "total_size" => self.known.total_size = number().or(self.known.total_size),
+            "out_time_us" => {
+                self.reads_out_time_us = true;
+                self.known.out_time_us = number().or(self.known.out_time_us);
+            }
+            // ffmpeg before 4.1 prints only this one, in microseconds despite its name.
+            "out_time_ms" if !self.reads_out_time_us => {
+                self.known.out_time_us = number().or(self.known.out_time_us);
+            }
+            "progress" if value == "continue" || value == "end" => {
+                self.known.end = value == "end";
+                return Some(self.known);
+            }
+            _ => {}
+        }
+        None
+    }
 }
 
 /// A local path as a `file:` URL, so a file named like a protocol (`http:x`) is still a file.
@@ -1617,6 +1741,138 @@ mod tests {
                 "{refused}"
             );
         }
+    }
+
+    // Guards the progress report's place in the hardened command line: on stdout, with the stats
+    // line off, and the input still a `file:` URL behind both whitelists.
+    #[test]
+    fn ffmpeg_reports_progress_on_stdout_and_keeps_its_hardening() {
+        let metadata = parse_probe(mp4_probe()).unwrap();
+        let plan = plan_output(&metadata, &track("aac"), &ExtractParams::default());
+        let args = ffmpeg_args(
+            Path::new("/scratch/original"),
+            &track("aac"),
+            &plan,
+            2,
+            Path::new("/scratch/tmp-audio.m4a"),
+        );
+        let args: Vec<&str> = args.iter().map(|arg| arg.to_str().unwrap()).collect();
+        assert!(args.windows(2).any(|pair| pair == ["-progress", "pipe:1"]));
+        assert!(args.contains(&"-nostats") && args.contains(&"-nostdin"));
+        let input_at = args.iter().position(|arg| *arg == "-i").unwrap();
+        assert_eq!(args[input_at + 1], "file:/scratch/original");
+        assert!(
+            args[..input_at]
+                .windows(2)
+                .any(|pair| pair == ["-protocol_whitelist", "file"])
+        );
+        assert!(
+            args[..input_at]
+                .windows(2)
+                .any(|pair| pair == ["-format_whitelist", FORMAT_WHITELIST])
+        );
+        assert_eq!(args.last(), Some(&"file:/scratch/tmp-audio.m4a"));
+    }
+
+    /// Two blocks as ffmpeg 5.1 prints them for an audio-only output.
+    const TWO_BLOCKS: &str = "bitrate=N/A\ntotal_size=8367\nout_time_us=0\nout_time_ms=0\n\
+                              out_time=00:00:00.000000\ndup_frames=0\ndrop_frames=0\nspeed=   0x\n\
+                              progress=continue\nbitrate=  50.2kbits/s\ntotal_size=3767891\n\
+                              out_time_us=600003625\nout_time_ms=600003625\n\
+                              out_time=00:10:00.003625\ndup_frames=0\ndrop_frames=0\n\
+                              speed= 872x\nprogress=end\n";
+
+    // Guards block reading: a block counts when its `progress=` line ends, a chunk that completes
+    // two gives the last, and bytes split anywhere (here one at a time) give the same blocks.
+    #[test]
+    fn progress_blocks_are_read_whole_however_the_pipe_splits_them() {
+        let first = FfmpegProgress {
+            total_size: Some(8367),
+            out_time_us: Some(0),
+            end: false,
+        };
+        let last = FfmpegProgress {
+            total_size: Some(3_767_891),
+            out_time_us: Some(600_003_625),
+            end: true,
+        };
+        assert_eq!(
+            ProgressParser::default().feed(TWO_BLOCKS.as_bytes()),
+            Some(last)
+        );
+
+        let mut parser = ProgressParser::default();
+        let mut blocks = Vec::new();
+        for byte in TWO_BLOCKS.as_bytes() {
+            blocks.extend(parser.feed(std::slice::from_ref(byte)));
+        }
+        assert_eq!(blocks, [first, last]);
+
+        let mut parser = ProgressParser::default();
+        assert_eq!(parser.feed(b"total_si"), None);
+        assert_eq!(
+            parser.feed(b"ze=100\nprogress=cont"),
+            None,
+            "the block is not over"
+        );
+        assert_eq!(parser.feed(b"inue").map(|block| block.total_size), None);
+        assert_eq!(
+            parser.feed(b"\r\n").map(|block| block.total_size),
+            Some(Some(100)),
+            "a CRLF line ending is a line ending"
+        );
+    }
+
+    // Guards against garbage: lines that are not `key=value`, unknown keys, values that are not
+    // numbers (`N/A` included) and unknown `progress=` values change nothing and end no block.
+    #[test]
+    fn garbage_in_the_progress_report_is_ignored() {
+        let mut parser = ProgressParser::default();
+        parser.feed(b"total_size=100\nout_time_us=5\nprogress=continue\n");
+        let garbage: &[u8] = b"garbage\n\xff\xfe=\x00\n=\n\ntotal_size=abc\ntotal_size=N/A\n\
+                               total_size=-3\nout_time_us=\nfps=12\nprogress=maybe\n";
+        assert_eq!(parser.feed(garbage), None);
+        assert_eq!(
+            parser.feed(b"progress=continue\n"),
+            Some(FfmpegProgress {
+                total_size: Some(100),
+                out_time_us: Some(5),
+                end: false,
+            })
+        );
+        // Without `out_time_us`, as ffmpeg before 4.1 prints it.
+        let mut old = ProgressParser::default();
+        let block = old.feed(b"out_time_ms=2000000\nprogress=end\n").unwrap();
+        assert_eq!(block.out_time_us, Some(2_000_000));
+        assert!(block.end);
+    }
+
+    // Guards the memory bound: an endless line keeps at most the limit in memory, and an overlong
+    // line is dropped whole; the value at its start is never read from a cut.
+    #[test]
+    fn overlong_progress_lines_are_bounded_and_dropped_whole() {
+        let mut parser = ProgressParser::default();
+        parser.feed(b"total_size=5\nprogress=continue\n");
+        parser.feed(b"total_size=9");
+        for _ in 0..1000 {
+            assert_eq!(parser.feed(&[b' '; 4096]), None);
+            assert!(parser.line.len() <= PROGRESS_LINE_BYTES_MAX);
+        }
+        let block = parser.feed(b"\nprogress=continue\n").unwrap();
+        assert_eq!(block.total_size, Some(5), "the overlong line was not read");
+        let next = parser.feed(b"total_size=7\nprogress=end\n").unwrap();
+        assert_eq!(next.total_size, Some(7), "lines after it are read again");
+
+        let mut parser = ProgressParser::default();
+        let just_fits = format!(
+            "total_size={:0>width$}\nprogress=end\n",
+            42,
+            width = PROGRESS_LINE_BYTES_MAX - "total_size=".len()
+        );
+        assert_eq!(
+            parser.feed(just_fits.as_bytes()).unwrap().total_size,
+            Some(42)
+        );
     }
 
     #[test]

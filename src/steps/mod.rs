@@ -197,6 +197,18 @@ impl From<crate::storage::StorageError> for StepError {
     }
 }
 
+/// A running step's figures so far: bytes downloaded, bytes of audio written, bytes sent to
+/// storage. Steps send it into a [`ProgressSender`]; the worker writes the latest figures to the job
+/// at most about once a second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub bytes_done: u64,
+    pub bytes_total: Option<u64>,
+}
+
+/// Where a step reports its [`Progress`]. Sending never waits, whoever reads (or nobody).
+pub type ProgressSender = tokio::sync::watch::Sender<Progress>;
+
 /// A cancellation signal a step watches while it waits on a transfer or a subprocess.
 pub type Cancel = tokio::sync::watch::Receiver<bool>;
 

@@ -80,6 +80,15 @@ pub fn die_with_parent(command: &mut Command) {
     }
 }
 
+/// What becomes of a tool's stdout. Either way the pipe is read to its end as the tool writes, so
+/// the tool never blocks on a full pipe.
+enum Stdout<'a> {
+    /// The first this many bytes are kept in [`Finished::stdout`]; the rest is dropped.
+    Head(usize),
+    /// Each chunk is handed over as it arrives, and nothing is kept.
+    Each(&'a mut (dyn FnMut(&[u8]) + Send)),
+}
+
 /// Runs a program (no shell) in a new process group, stdin closed, with bounded output capture,
 /// until it exits, `timeout` passes or `cancel` turns true. On a timeout or a cancellation the
 /// whole group is killed and the child reaped before this returns.
@@ -87,6 +96,30 @@ pub async fn run_process(
     program: &Path,
     args: &[OsString],
     stdout_max: usize,
+    timeout: Duration,
+    cancel: &mut Cancel,
+) -> Result<Finished, RunError> {
+    run(program, args, Stdout::Head(stdout_max), timeout, cancel).await
+}
+
+/// [`run_process`], with each chunk of stdout handed to `on_stdout` as it arrives instead of kept
+/// ([`Finished::stdout`] is empty): for tools that report as they go (ffmpeg's `-progress`).
+/// `on_stdout` runs on the task that drains the pipe, so it must return at once: no I/O, no
+/// waiting, and memory of its own bounded.
+pub async fn run_process_streaming(
+    program: &Path,
+    args: &[OsString],
+    on_stdout: &mut (dyn FnMut(&[u8]) + Send),
+    timeout: Duration,
+    cancel: &mut Cancel,
+) -> Result<Finished, RunError> {
+    run(program, args, Stdout::Each(on_stdout), timeout, cancel).await
+}
+
+async fn run(
+    program: &Path,
+    args: &[OsString],
+    stdout_sink: Stdout<'_>,
     timeout: Duration,
     cancel: &mut Cancel,
 ) -> Result<Finished, RunError> {
@@ -109,10 +142,17 @@ pub async fn run_process(
     let stderr = child.stderr.take().expect("stderr is piped");
     let ended = {
         let work = async {
-            let (stdout, stderr) = tokio::join!(
-                read_head(stdout, stdout_max),
-                read_head_and_tail(stderr, STDERR_BYTES_MAX)
-            );
+            let read_stdout = async {
+                match stdout_sink {
+                    Stdout::Head(limit) => read_head(stdout, limit).await,
+                    Stdout::Each(on_chunk) => {
+                        read_each(stdout, on_chunk).await;
+                        Vec::new()
+                    }
+                }
+            };
+            let (stdout, stderr) =
+                tokio::join!(read_stdout, read_head_and_tail(stderr, STDERR_BYTES_MAX));
             (child.wait().await, stdout, stderr)
         };
         tokio::select! {
@@ -158,6 +198,20 @@ async fn read_head(mut pipe: impl tokio::io::AsyncRead + Unpin, limit: usize) ->
         }
     }
     kept
+}
+
+/// Reads a pipe to its end, handing each chunk to `on_chunk` as it arrives.
+async fn read_each(
+    mut pipe: impl tokio::io::AsyncRead + Unpin,
+    on_chunk: &mut (dyn FnMut(&[u8]) + Send),
+) {
+    let mut buffer = [0u8; 8192];
+    loop {
+        match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(count) => on_chunk(&buffer[..count]),
+        }
+    }
 }
 
 /// Reads a pipe to its end, keeping its first and last `limit / 2` bytes: the first lines say
@@ -223,6 +277,39 @@ mod tests {
         )
         .await;
         assert!(matches!(result, Err(RunError::TimedOut)), "{result:?}");
+    }
+
+    // Guards streamed stdout: every byte reaches the handler, in order, however the pipe splits
+    // it, and a tool writing far more than a pipe holds runs to its end instead of blocking.
+    #[tokio::test]
+    async fn streamed_stdout_reaches_the_handler_whole_and_never_fills_the_pipe() {
+        let (_sender, mut cancel) = tokio::sync::watch::channel(false);
+        let bytes_max = 4 * 1024 * 1024;
+        let args = [
+            OsString::from("-c"),
+            OsString::from(format!("head -c {bytes_max} /dev/zero; echo end")),
+        ];
+        let mut seen = 0usize;
+        let mut tail = Vec::new();
+        let mut on_stdout = |chunk: &[u8]| {
+            seen += chunk.len();
+            tail.extend_from_slice(chunk);
+            let keep_from = tail.len().saturating_sub(4);
+            tail.drain(..keep_from);
+        };
+        let finished = run_process_streaming(
+            Path::new("sh"),
+            &args,
+            &mut on_stdout,
+            Duration::from_secs(600),
+            &mut cancel,
+        )
+        .await
+        .unwrap();
+        assert!(finished.success);
+        assert!(finished.stdout.is_empty(), "nothing is kept");
+        assert_eq!(seen, bytes_max + "end\n".len());
+        assert_eq!(tail, b"end\n");
     }
 
     // Guards the process-group kill: a grandchild of the stopped process (here `sleep`, started by

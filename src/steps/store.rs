@@ -4,13 +4,20 @@
 //! An object that already exists with the expected size and blake3 is not written again. The
 //! manifest is written last, after every blob it names is durably stored, so a manifest's presence
 //! implies complete artifacts. The manifest has no timestamps: rewriting it is byte-identical.
+//!
+//! Progress: `bytes_total` is the sum of the file blobs' sizes (video, audio, platform metadata),
+//! and `bytes_done` the bytes of them handled so far: a blob counts whole once it is stored or found
+//! already stored (skipped blobs count as done, so a finished run always ends at its total), and a
+//! blob being uploaded counts the bytes sent so far (back to none of it if the upload is retried
+//! or fails).
+//! The metadata record and the manifest, a few KiB written whole, are not counted.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{ErrorClass, StepError};
+use super::{ErrorClass, Progress, ProgressSender, StepError};
 use crate::engine::job::{ChangeToken, Hash, JobId, Location, MediaMetadata, StepOutput};
 use crate::storage::{
     ObjectStat, Storage, StorageError, WriteOptions, Written, blob_key, manifest_key,
@@ -56,7 +63,13 @@ pub struct Stored {
     pub keys_written: Vec<String>,
 }
 
-pub async fn store(storage: &Storage, input: &StoreInput<'_>) -> Result<Stored, StepError> {
+/// Stores the blobs, the metadata record and the manifest, reporting the blobs' bytes to
+/// `progress` as it goes (see the module's docs for what counts).
+pub async fn store(
+    storage: &Storage,
+    input: &StoreInput<'_>,
+    progress: &ProgressSender,
+) -> Result<Stored, StepError> {
     let mut outputs = Vec::new();
     let mut objects_written = 0;
     let mut objects_skipped = 0;
@@ -72,11 +85,40 @@ pub async fn store(storage: &Storage, input: &StoreInput<'_>) -> Result<Stored, 
         }
     };
 
+    let bytes_total = input
+        .blobs
+        .iter()
+        .fold(0u64, |total, blob| total.saturating_add(blob.size));
+    let mut bytes_stored = 0u64;
+    progress.send_replace(Progress {
+        bytes_done: 0,
+        bytes_total: Some(bytes_total),
+    });
     for blob in &input.blobs {
         let key = blob_key(&blob.blake3, &blob.extension);
         let payload = Payload::File(blob.local_path.clone());
-        let (stat, written) =
-            ensure_object(storage, input, &key, blob.size, blob.blake3, &payload).await?;
+        let on_sent = |sent: u64| {
+            progress.send_modify(|progress| {
+                progress.bytes_done = bytes_stored.saturating_add(sent.min(blob.size));
+            });
+        };
+        let ensured = ensure_object(
+            storage,
+            input,
+            &key,
+            blob.size,
+            blob.blake3,
+            &payload,
+            &on_sent,
+        )
+        .await;
+        if ensured.is_err() {
+            // What was sent of a blob that is not stored does not count.
+            progress.send_modify(|progress| progress.bytes_done = bytes_stored);
+        }
+        let (stat, written) = ensured?;
+        bytes_stored = bytes_stored.saturating_add(blob.size);
+        progress.send_modify(|progress| progress.bytes_done = bytes_stored);
         put(written);
         artifacts.push(serde_json::json!({
             "kind": blob.name, "key": key, "size": blob.size, "blake3": blob.blake3.to_hex(),
@@ -96,6 +138,7 @@ pub async fn store(storage: &Storage, input: &StoreInput<'_>) -> Result<Stored, 
         metadata_size,
         metadata_hash,
         &Payload::Bytes(metadata_bytes),
+        &|_| {},
     )
     .await?;
     put(written);
@@ -132,6 +175,7 @@ pub async fn store(storage: &Storage, input: &StoreInput<'_>) -> Result<Stored, 
         manifest_size,
         manifest_hash,
         &Payload::Bytes(manifest_bytes),
+        &|_| {},
     )
     .await?;
     put(written);
@@ -172,7 +216,8 @@ fn output(name: &str, key: String, size: u64, blake3: Hash, stat: ObjectStat) ->
 /// Makes sure `key` holds exactly the expected bytes: returns the object's stat and whether it had
 /// to be written. Skips by hash, never by ETag: an existing object counts when its recorded blake3
 /// (user metadata, where the backend keeps it) matches, when its change token is the one this step
-/// recorded last time, or when re-hashing it gives the expected blake3.
+/// recorded last time, or when re-hashing it gives the expected blake3. A file upload reports the
+/// bytes sent so far to `on_sent`.
 async fn ensure_object(
     storage: &Storage,
     input: &StoreInput<'_>,
@@ -180,6 +225,7 @@ async fn ensure_object(
     size: u64,
     blake3: Hash,
     payload: &Payload,
+    on_sent: &(dyn Fn(u64) + Sync),
 ) -> Result<(ObjectStat, bool), StepError> {
     let previous_token = input
         .previous_outputs
@@ -222,7 +268,7 @@ async fn ensure_object(
     let written = match payload {
         Payload::File(Some(path)) => {
             with_retry(input.unavailable_wait, || {
-                storage.put_file(key, path, options)
+                storage.put_file_reporting(key, path, options, on_sent)
             })
             .await?
         }
@@ -332,6 +378,134 @@ mod tests {
         .await;
         assert_eq!(result.unwrap(), 7);
         assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    fn metadata() -> MediaMetadata {
+        MediaMetadata {
+            format_name: "mov,mp4,m4a,3gp,3g2,mj2".into(),
+            duration_s: Some(1.0),
+            size: None,
+            bit_rate: None,
+            streams: Vec::new(),
+            raw: "{}".into(),
+        }
+    }
+
+    /// A blob of `size` bytes of `fill`, written to a file in `dir`.
+    fn blob(dir: &std::path::Path, name: &'static str, size: usize, fill: u8) -> BlobInput {
+        let bytes = vec![fill; size];
+        let path = dir.join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        BlobInput {
+            name,
+            local_path: Some(path),
+            size: size as u64,
+            blake3: Hash::of(&bytes),
+            extension: "bin".into(),
+        }
+    }
+
+    // Guards store-step progress: the total is the blobs' bytes, the figures only grow, a finished
+    // run ends at the total, and so does a run that found every blob already stored (skipped blobs
+    // count as done). `storage`'s tests show that an upload reports after each chunk.
+    #[tokio::test]
+    async fn store_progress_sums_the_blobs_and_counts_skipped_ones_as_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::from_uri("memory://").unwrap();
+        let chunk = crate::storage::CHUNK_BYTES;
+        let blobs = vec![
+            blob(dir.path(), "video", 3 * chunk + 1, 1),
+            blob(dir.path(), "audio", chunk / 2, 2),
+        ];
+        let total = (3 * chunk + 1 + chunk / 2) as u64;
+        let metadata = metadata();
+        let input = StoreInput {
+            job_id: JobId(1),
+            source: "/media/clip.mp4",
+            workflow: "ingest",
+            blobs,
+            metadata: &metadata,
+            previous_outputs: &[],
+            unavailable_wait: Duration::ZERO,
+        };
+        let (progress, mut receiver) = tokio::sync::watch::channel(Progress::default());
+        // Sees the figures whenever the step waits; which ones it sees depends on scheduling.
+        let observer = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while receiver.changed().await.is_ok() {
+                seen.push(*receiver.borrow_and_update());
+            }
+            seen
+        });
+
+        let stored = store(&storage, &input, &progress).await.unwrap();
+
+        assert_eq!(stored.objects_written, 4);
+        let done = Progress {
+            bytes_done: total,
+            bytes_total: Some(total),
+        };
+        assert_eq!(*progress.borrow(), done);
+        drop(progress);
+        let seen = observer.await.unwrap();
+        assert!(
+            seen.iter().all(|seen| seen.bytes_total == Some(total)),
+            "{seen:?}"
+        );
+        assert!(
+            seen.windows(2)
+                .all(|pair| pair[0].bytes_done <= pair[1].bytes_done),
+            "{seen:?}"
+        );
+
+        let (again, _) = tokio::sync::watch::channel(Progress::default());
+        let stored = store(&storage, &input, &again).await.unwrap();
+        assert_eq!(stored.objects_written, 0, "everything was already stored");
+        assert_eq!(*again.borrow(), done);
+    }
+
+    // Guards the sum across objects: a blob whose upload fails counts for nothing, even when all
+    // its bytes were sent before the failure (a local file that changed since its checkpoint), and
+    // the blobs stored before it count whole.
+    #[tokio::test]
+    async fn a_failed_upload_leaves_progress_at_the_blobs_stored_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let video = blob(dir.path(), "video", 1000, 1);
+        let audio = blob(dir.path(), "audio", 500, 2);
+        let mut missing = audio.clone();
+        missing.local_path = Some(dir.path().join("gone"));
+        let mut changed = audio.clone();
+        changed.local_path = Some(dir.path().join("changed"));
+        std::fs::write(dir.path().join("changed"), vec![3u8; 500]).unwrap();
+        let metadata = metadata();
+        for (failing, class) in [
+            (missing, ErrorClass::StorageError),
+            (changed, ErrorClass::ChecksumMismatch),
+        ] {
+            let storage = Storage::from_uri("memory://").unwrap();
+            let input = StoreInput {
+                job_id: JobId(1),
+                source: "/media/clip.mp4",
+                workflow: "ingest",
+                blobs: vec![video.clone(), failing],
+                metadata: &metadata,
+                previous_outputs: &[],
+                unavailable_wait: Duration::ZERO,
+            };
+            let (progress, _) = tokio::sync::watch::channel(Progress::default());
+
+            let error = store(&storage, &input, &progress).await.unwrap_err();
+
+            assert_eq!(error.class, class, "{error}");
+            assert_eq!(
+                *progress.borrow(),
+                Progress {
+                    bytes_done: 1000,
+                    bytes_total: Some(1500),
+                },
+                "{class}"
+            );
+        }
     }
 
     // Guards that a local storage error fails at once, without retries.

@@ -402,6 +402,19 @@ impl Storage {
         path: &Path,
         options: WriteOptions,
     ) -> Result<Written, StorageError> {
+        self.put_file_reporting(key, path, options, &|_| {}).await
+    }
+
+    /// [`Storage::put_file`], calling `on_sent` with the bytes handed to the writer so far after
+    /// each chunk (an object store may still be uploading the last parts until the close). It runs
+    /// between chunks of the upload, so it must return at once.
+    pub async fn put_file_reporting(
+        &self,
+        key: &str,
+        path: &Path,
+        options: WriteOptions,
+        on_sent: &(dyn Fn(u64) + Sync),
+    ) -> Result<Written, StorageError> {
         let read_failed = |error: std::io::Error| StorageError::Failed {
             action: "reading the local file for",
             key: key.to_string(),
@@ -446,6 +459,7 @@ impl Storage {
                 let _ = writer.abort().await;
                 return Err(self.classify("writing", key, error));
             }
+            on_sent(sent);
         }
         // Every byte is in the temp file (in `.narra-tmp/` on `fs://`), nothing at the key yet.
         crate::failpoint!("storage.put_file.before_close");
@@ -901,6 +915,47 @@ mod tests {
             .unwrap()
             .count();
         assert_eq!(leftovers, 0, "the temp file was renamed into place");
+    }
+
+    // Guards upload progress: every chunk handed to the writer is reported, the figures only
+    // grow, and the last one is the file's size.
+    #[tokio::test]
+    async fn an_upload_reports_the_bytes_sent_after_each_chunk() {
+        for uri in ["memory://".to_string(), String::new()] {
+            let dir = tempfile::tempdir().unwrap();
+            let uri = if uri.is_empty() {
+                format!("fs://{}", dir.path().join("objects").display())
+            } else {
+                uri
+            };
+            let storage = Storage::from_uri(&uri).unwrap();
+            let source = dir.path().join("source.bin");
+            let size = 2 * CHUNK_BYTES + 5;
+            std::fs::write(&source, vec![7u8; size]).unwrap();
+            let sent = std::sync::Mutex::new(Vec::new());
+
+            let written = storage
+                .put_file_reporting(
+                    "blobs/aa/source.bin",
+                    &source,
+                    WriteOptions::default(),
+                    &|bytes| sent.lock().unwrap().push(bytes),
+                )
+                .await
+                .unwrap();
+
+            assert!(matches!(written, Written::Written(_)), "{uri}");
+            let sent = sent.into_inner().unwrap();
+            assert!(
+                sent.len() >= 3,
+                "{uri}: one report a chunk at least: {sent:?}"
+            );
+            assert!(
+                sent.windows(2).all(|pair| pair[0] < pair[1]),
+                "{uri}: {sent:?}"
+            );
+            assert_eq!(sent.last(), Some(&(size as u64)), "{uri}");
+        }
     }
 
     // Guards content-addressed keys: bytes that do not hash to the name they are uploaded under

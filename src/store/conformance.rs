@@ -1115,7 +1115,7 @@ pub async fn step_events_need_the_current_lease(store: &dyn StateStore) {
     );
 }
 
-/// Download progress is recorded under the current lease only, and reads back as written.
+/// Step progress is recorded under the current lease only, and reads back as written.
 pub async fn progress_needs_the_current_lease(store: &dyn StateStore) {
     let token = running_job(store, "progress").await;
     assert_eq!(store.progress(token.job_id).await.expect("progress"), None);

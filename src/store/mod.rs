@@ -198,7 +198,7 @@ pub trait JobReader: Send + Sync {
     fn events_max(&self) -> u64;
     async fn metadata(&self, id: JobId) -> StoreResult<Option<MediaMetadata>>;
     async fn logs(&self, id: JobId) -> StoreResult<Vec<LogLine>>;
-    /// The job's last recorded download progress.
+    /// The job's last recorded step progress (the current phase's step while it runs).
     async fn progress(&self, id: JobId) -> StoreResult<Option<JobProgress>>;
     /// The jobs whose store checkpoint names the object `key` (a blob under `blobs/`), in id order.
     /// Kept in the same transaction as the checkpoint, so it never disagrees with the checkpoints.
@@ -338,7 +338,7 @@ pub trait WorkerStore: JobReader {
         step: &str,
         event: StepEvent,
     ) -> StoreResult<Result<(), Rejected>>;
-    /// Records download progress under the current lease. Informational: not flushed.
+    /// Records a step's progress under the current lease. Informational: not flushed.
     async fn set_progress(
         &self,
         token: &LeaseToken,

@@ -668,9 +668,9 @@ impl SledStore {
             }) {
                 Admission::Start { probe } => probe,
                 Admission::NotBefore(until) => {
-                    return Ok(self.waiting(request.only, Some(until))?);
+                    return self.waiting(request.only, Some(until));
                 }
-                Admission::Busy => return Ok(self.waiting(request.only, None)?),
+                Admission::Busy => return self.waiting(request.only, None),
             };
         let mut host_states: HashMap<String, Option<HostState>> = HashMap::new();
         // Hosts that may not start a job in this call: each is judged once.

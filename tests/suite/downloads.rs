@@ -587,7 +587,8 @@ fn has_download_checkpoint(show: &Value) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 // Guards resume: after a connection drops mid-body, the step's own retry asks only for the rest
-// (`Range` from the bytes kept, `If-Range` with the ETag), and the stored video is the source.
+// (`Range` from the bytes kept, `If-Range` with the ETag), the download's progress ends at the whole
+// file, and the stored video is the source.
 #[test]
 fn a_dropped_connection_is_resumed_from_the_bytes_received() {
     let home = Home::new();
@@ -603,7 +604,30 @@ fn a_dropped_connection_is_resumed_from_the_bytes_received() {
     let etag = origin.put("/media/clip.mp4", source);
     origin.script("/media/clip.mp4", [Behaviour::DropAfter(cut)]);
 
-    let job = ingest(&home, &dir, &origin.url("/media/clip.mp4"), 0);
+    // Stopped right after the download's checkpoint, while the job's progress record is still the
+    // download's (later steps start their own), then resumed.
+    let stop = "download.checkpoint.after";
+    let output = home
+        .command(&[
+            "--workflows",
+            &dir,
+            "ingest",
+            &origin.url("/media/clip.mp4"),
+        ])
+        .env(narra::failpoint::FAILPOINT_ENV, stop)
+        .output()
+        .expect("narra runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("narra: failpoint fired: {stop}")),
+        "{stderr}"
+    );
+    let jobs = home.json(&["jobs"], 0);
+    let progress = &jobs[0]["progress"];
+    assert_eq!(progress["step"], "download", "{progress}");
+    assert_eq!(progress["bytes_done"], size, "{progress}");
+    assert_eq!(progress["bytes_total"], size, "{progress}");
+    let job = home.one_job(&["--workflows", &dir, "retry", &id_of(&jobs[0])], 0);
 
     assert_eq!(job["status"], "succeeded", "{job}");
     let log = origin.log_of("/media/clip.mp4");
@@ -625,15 +649,6 @@ fn a_dropped_connection_is_resumed_from_the_bytes_received() {
         blake3_hex(&stored_video(&home, &show)),
         blake3_hex(sample_video())
     );
-    // The job's recorded progress ends at the whole file, across the resume.
-    assert_eq!(show["progress"]["bytes_done"], size, "{}", show["progress"]);
-    assert_eq!(
-        show["progress"]["bytes_total"], size,
-        "{}",
-        show["progress"]
-    );
-    let jobs = home.json(&["jobs"], 0);
-    assert_eq!(jobs[0]["progress"]["bytes_done"], size, "{jobs}");
 }
 
 // Guards against splicing: when the remote file changes between attempts (new ETag), the resume

@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use narra::engine::job::{Hash, JobId, Location, WorkerId};
 use narra::engine::verify::metadata_record_bytes;
-use narra::steps::ErrorClass;
 use narra::steps::extract::{Tools, extract_audio, probe};
+use narra::steps::{ErrorClass, Progress};
 use narra::store::sled_store::DEFAULT_CACHE_CAPACITY_BYTES;
 use narra::store::{JobReader, OrchestratorStore, SledStore, WorkerStore};
 use narra::workflow::ExtractParams;
@@ -652,8 +652,17 @@ fn a_stuck_ffprobe_or_ffmpeg_is_killed_at_its_timeout_with_no_process_left() {
         )
         .await
         .expect("the sample probes");
-        let extracted =
-            extract_audio(&tools, &fifo, &metadata, &params, &scratch, &mut cancel).await;
+        let (progress, _) = tokio::sync::watch::channel(Progress::default());
+        let extracted = extract_audio(
+            &tools,
+            &fifo,
+            &metadata,
+            &params,
+            &scratch,
+            &progress,
+            &mut cancel,
+        )
+        .await;
         (probed, extracted)
     });
 
