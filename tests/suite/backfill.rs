@@ -313,3 +313,77 @@ fn two_thousand_lines_from_stdin_are_a_few_jobs_and_resume_as_one_backfill() {
     assert_eq!(again["ran"], 0, "{again}");
     assert_eq!(origin.gets("media/sample.mp4"), 1);
 }
+
+// Guards a large mixed backfill (the 200 lines): good sources, refusals (403), missing
+// videos (404), corrupt files, duplicate lines and bad lines finish with the right counts by class
+// and the bad lines named by number; run again, the succeeded jobs are recognised at once and
+// nothing is downloaded or run.
+#[test]
+fn a_mixed_backfill_of_200_lines_counts_each_class_and_resumes_with_no_work() {
+    let home = Home::new();
+    let origin = Origin::start();
+    let mut lines = Vec::new();
+    let mut bad = Vec::new();
+    let mut good = Vec::new();
+    for index in 0..200 {
+        let line = match index % 20 {
+            // 403: refused, never retried by a re-run.
+            3 | 13 => {
+                let path = format!("refused/{index}.mp4");
+                origin.serve_video(&path, sample_video());
+                origin.fail_with(&path, 403);
+                origin.url(&path)
+            }
+            // 404: never served.
+            7 | 17 => origin.url(&format!("missing/{index}.mp4")),
+            // Not media at all.
+            9 => {
+                let path = format!("corrupt/{index}.mp4");
+                origin.put(&path, b"this is not a video".repeat(100));
+                origin.url(&path)
+            }
+            // A duplicate of the line before: the same job.
+            11 => lines.last().cloned().expect("a line before"),
+            // A line that is not a source.
+            19 => {
+                bad.push(index as u64 + 1);
+                "http://bad host/x.mp4".to_string()
+            }
+            _ => {
+                let url = origin.serve_video(&format!("good/{index}.mp4"), sample_video());
+                good.push(format!("good/{index}.mp4"));
+                url
+            }
+        };
+        lines.push(line);
+    }
+    assert_eq!(lines.len(), 200);
+    let path = manifest(&home, "mixed.txt", &(lines.join("\n") + "\n"));
+
+    let (summary, stderr) = backfill(&home, &[&path, "--concurrency", "4"], 1);
+    assert_eq!(bad_line_numbers(&summary), bad);
+    for line in &bad {
+        assert!(stderr.contains(&format!("mixed.txt:{line}: ")), "{stderr}");
+    }
+    // 200 lines: 10 bad, 10 duplicates; 20 refused, 20 missing, 10 corrupt, the rest good.
+    assert_eq!(
+        summary["by_status"],
+        serde_json::json!({"succeeded": good.len(), "failed": 50}),
+        "{summary}"
+    );
+    assert_eq!(
+        summary["failures_by_class"],
+        serde_json::json!({"download_blocked": 20, "not_found": 20, "corrupt_media": 10})
+    );
+    let gets: usize = good.iter().map(|path| origin.gets(path)).sum();
+    assert_eq!(gets, good.len(), "each good video downloaded once");
+
+    let (again, _) = backfill(&home, &[&path], 1);
+    assert_eq!(again["ran"], 0, "{again}");
+    assert_eq!(
+        again["by_status"],
+        serde_json::json!({"succeeded": good.len(), "failed": 50})
+    );
+    let gets_again: usize = good.iter().map(|path| origin.gets(path)).sum();
+    assert_eq!(gets_again, gets, "nothing downloaded again");
+}
