@@ -424,10 +424,21 @@ async fn measure_floors(
     // byte for byte, or the floor would measure some other work.
     let step_dir = dir.join("check-step");
     let mut step_cancel = cancel.clone();
-    let (_, extracted) =
-        narra::steps::extract::extract(tools, &files[0], params, &step_dir, &mut step_cancel)
-            .await
-            .expect("the extract step extracts a test video");
+    // The step reports progress as it runs; nobody reads it here.
+    let (progress, _) = tokio::sync::watch::channel(narra::steps::Progress {
+        bytes_done: 0,
+        bytes_total: None,
+    });
+    let (_, extracted) = narra::steps::extract::extract(
+        tools,
+        &files[0],
+        params,
+        &step_dir,
+        &progress,
+        &mut step_cancel,
+    )
+    .await
+    .expect("the extract step extracts a test video");
     let raw_output = dir.join("check-raw.m4a");
     run_extract_invocations(tools, params, &files[0], &raw_output, &cancel).await;
     assert!(
@@ -450,7 +461,7 @@ async fn measure_floors(
         let mut step_cancel = cancel.clone();
         let scratch = dir.join(format!("step-{index}"));
         let started = Instant::now();
-        narra::steps::extract::extract(tools, file, params, &scratch, &mut step_cancel)
+        narra::steps::extract::extract(tools, file, params, &scratch, &progress, &mut step_cancel)
             .await
             .expect("the extract step extracts a test video");
         step.push(started.elapsed());
