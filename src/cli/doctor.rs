@@ -363,20 +363,7 @@ fn writable(path: &Path) -> bool {
     unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
 }
 
-/// The bytes an unprivileged process may still write on the file system holding `path`.
-fn free_bytes(path: &Path) -> std::io::Result<u64> {
-    let path = c_path(path)?;
-    // SAFETY: statvfs is plain old data; all-zero bytes are a valid value of it.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `path` is NUL-terminated and outlives the call; `stat` is a valid, writable statvfs.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // The field types differ between platforms (u32 or u64); both widen losslessly.
-    #[allow(clippy::useless_conversion)]
-    let (blocks, block_size) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
-    Ok(blocks.saturating_mul(block_size))
-}
+use crate::steps::free_bytes;
 
 #[cfg(test)]
 mod tests {

@@ -49,6 +49,11 @@ pub fn report_json(report: &HealthReport) -> serde_json::Value {
         },
         "crash_loops": report.crash_loops.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
         "circuit_breakers": report.breakers.iter().map(breaker_json).collect::<Vec<_>>(),
+        "waiting_for_scratch": report.waiting_for_scratch.iter().map(|job| json!({
+            "id": job.id.to_string(),
+            "reason": job.error.as_ref().map(|error| error.message.clone()),
+            "not_before": job.not_before.map(|at| at.to_rfc3339()),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -175,6 +180,16 @@ pub fn report_text(report: &HealthReport) -> String {
     }
     for host in &report.breakers {
         lines.push(format!("circuit_open   ESCALATE  {}", breaker_text(host)));
+    }
+    match report.waiting_for_scratch.first() {
+        None => lines.push("scratch_space  ok        no job waits for scratch space".to_string()),
+        Some(job) => lines.push(format!(
+            "scratch_space  ESCALATE  {} job(s) wait for scratch space: {}",
+            report.waiting_for_scratch.len(),
+            job.error
+                .as_ref()
+                .map_or(String::new(), |error| error.message.clone())
+        )),
     }
     let escalations = report.escalations();
     lines.push(if escalations.is_empty() {

@@ -82,6 +82,8 @@ pub struct HealthReport {
     pub crash_loops: Vec<JobId>,
     /// Hosts whose circuit breaker is open or testing a probe: their jobs are held.
     pub breakers: Vec<HostState>,
+    /// Pending jobs waiting for scratch space (`scratch_low`), with why.
+    pub waiting_for_scratch: Vec<Job>,
 }
 
 impl HealthReport {
@@ -113,6 +115,9 @@ impl HealthReport {
         }
         if !self.breakers.is_empty() {
             reasons.push("circuit_open");
+        }
+        if !self.waiting_for_scratch.is_empty() {
+            reasons.push("scratch_space");
         }
         reasons
     }
@@ -242,6 +247,20 @@ pub async fn assess(
         .into_iter()
         .filter(|host| host.breaker != Breaker::Closed)
         .collect();
+    let waiting_for_scratch = engine
+        .store
+        .jobs(&JobFilter {
+            status: Some(Status::Pending),
+            limit: usize::MAX,
+        })
+        .await?
+        .into_iter()
+        .filter(|job| {
+            job.error
+                .as_ref()
+                .is_some_and(|error| error.class == crate::steps::ErrorClass::ScratchLow.as_str())
+        })
+        .collect();
     Ok(HealthReport {
         options: options.clone(),
         failed_recently,
@@ -251,6 +270,7 @@ pub async fn assess(
         corruption,
         crash_loops,
         breakers,
+        waiting_for_scratch,
     })
 }
 

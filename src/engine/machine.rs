@@ -67,8 +67,13 @@ pub enum OrchestratorOp {
         not_before: Timestamp,
     },
     /// running -> pending without spending the attempt: the job's source host is held by its
-    /// circuit breaker (or storing is paused), through no fault of the job's.
-    Hold { token: u64, reason: String },
+    /// circuit breaker (or storing is paused, or scratch space is short), through no fault of the
+    /// job's. With `until`, it is not claimed before then and `error` says why it waits.
+    Hold {
+        token: u64,
+        reason: String,
+        until: Option<(Timestamp, ErrorInfo)>,
+    },
     /// succeeded|failed -> pending: `cleanup` removed artifacts the job's checkpoints name, so the
     /// job must run again to restore them (runbook step 5, "reset job status").
     Reset { reason: String },
@@ -380,11 +385,19 @@ pub fn apply_orchestrator(
             );
             next.not_before = Some(*not_before);
         }
-        OrchestratorOp::Hold { token, reason } => {
+        OrchestratorOp::Hold {
+            token,
+            reason,
+            until,
+        } => {
             check_token(job, *token)?;
             // The claim that started this run is given back: holding spends no attempt.
             next.attempts = job.attempts.saturating_sub(1);
             set_status(&mut next, &mut events, Status::Pending, reason.clone());
+            if let Some((not_before, error)) = until {
+                next.not_before = Some(*not_before);
+                next.error = Some(error.clone());
+            }
         }
         OrchestratorOp::Reset { reason } => match job.status {
             // A cancelled job stays cancelled: someone decided it should not run. A pending or

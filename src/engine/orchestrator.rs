@@ -204,7 +204,13 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
                     store.hold(&token, &format!(
                         "held: {held_by} ({}: {})",
                         error_info.class, error_info.message
-                    )).await?
+                    ), None).await?
+                } else if error.class == crate::steps::ErrorClass::ScratchLow {
+                    let not_before =
+                        Timestamp::now().plus_ms(engine.scheduling.retry.delay_initial_ms);
+                    tracing::warn!("{}; the job waits, its attempt not counted", error_info.message);
+                    let reason = format!("waiting for scratch space: {}", error_info.message);
+                    store.hold(&token, &reason, Some((not_before, error_info))).await?
                 } else if error.class.retryable() && job.attempts < attempts_max {
                     let delay_ms = engine.scheduling.retry.delay_ms(job.attempts);
                     let not_before = Timestamp::now().plus_ms(delay_ms);

@@ -214,6 +214,7 @@ const HOST_NEUTRAL_CLASSES: &[&str] = &[
     "cancelled",
     "internal",
     "crash_loop",
+    "scratch_low",
 ];
 
 impl HostOutcome {

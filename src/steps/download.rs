@@ -408,6 +408,7 @@ async fn attempt_http(
                 discard_partial(&part_path, &meta_path).await;
                 return Err(too_large(&host, total, params).into());
             }
+            ensure_scratch_room(&part_path, total.unwrap_or(0), params)?;
             let meta = PartialMeta {
                 validator: validator(&response).unwrap_or_default(),
                 total,
@@ -1070,6 +1071,32 @@ fn transport_error(host: &str, error: &reqwest::Error) -> StepError {
         cause = inner.source();
     }
     StepError::new(class, redact_text(&message))
+}
+
+/// Refuses to start writing `needed` bytes next to `part_path` when the file system would be left
+/// with less than the workflow's `scratch_reserve_mb`: the job waits instead of filling the disk.
+fn ensure_scratch_room(
+    part_path: &Path,
+    needed: u64,
+    params: &DownloadParams,
+) -> Result<(), StepError> {
+    let dir = part_path.parent().unwrap_or(part_path);
+    let reserve = params.scratch_reserve_mb.saturating_mul(1024 * 1024);
+    let free = super::free_bytes(dir)
+        .map_err(|error| StepError::scratch("measure free space in", dir, error))?;
+    if free < reserve.saturating_add(needed) {
+        return Err(StepError::new(
+            ErrorClass::ScratchLow,
+            format!(
+                "{} MiB free in {}, below the reserve of {} MiB plus the {} MiB announced: the download waits for space",
+                free / (1024 * 1024),
+                dir.display(),
+                params.scratch_reserve_mb,
+                needed.div_ceil(1024 * 1024)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

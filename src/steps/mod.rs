@@ -59,6 +59,9 @@ pub enum ErrorClass {
     ScratchError,
     Cancelled,
     Internal,
+    /// Free scratch space is below the workflow's `scratch_reserve_mb` plus the size the source
+    /// announced: the download is not started and the job waits, spending no attempt.
+    ScratchLow,
     /// The process running the job died three times at the same point with no progress in
     /// between: the job is quarantined so one poisonous input cannot take workers down again.
     CrashLoop,
@@ -66,7 +69,7 @@ pub enum ErrorClass {
 
 impl ErrorClass {
     /// Every class, for reading one back from its stored name.
-    pub const ALL: [ErrorClass; 24] = [
+    pub const ALL: [ErrorClass; 25] = [
         ErrorClass::UnsupportedSource,
         ErrorClass::DownloadBlocked,
         ErrorClass::NotFound,
@@ -91,6 +94,7 @@ impl ErrorClass {
         ErrorClass::Cancelled,
         ErrorClass::Internal,
         ErrorClass::CrashLoop,
+        ErrorClass::ScratchLow,
     ];
 
     /// The class stored as `name` (`ErrorInfo::class`), if it is one.
@@ -126,6 +130,7 @@ impl ErrorClass {
             ErrorClass::Cancelled => "cancelled",
             ErrorClass::Internal => "internal",
             ErrorClass::CrashLoop => "crash_loop",
+            ErrorClass::ScratchLow => "scratch_low",
         }
     }
 
@@ -218,4 +223,21 @@ pub async fn cancelled(cancel: &mut Cancel) {
         // The sender is gone: nobody can cancel any more.
         std::future::pending::<()>().await;
     }
+}
+
+/// The bytes an unprivileged process may still write on the file system holding `path`.
+pub fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("a path with a NUL byte"))?;
+    // SAFETY: statvfs is plain old data; all-zero bytes are a valid value of it.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and outlives the call; `stat` is a valid, writable statvfs.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The field types differ between platforms (u32 or u64); both widen losslessly.
+    #[allow(clippy::useless_conversion)]
+    let (blocks, block_size) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+    Ok(blocks.saturating_mul(block_size))
 }

@@ -144,7 +144,7 @@ pub async fn retry_later_waits_and_hold_gives_the_attempt_back(store: &dyn State
 
     let (_, token) = claim_next_as(store, &worker(2)).await.expect("claimed now");
     let held = store
-        .hold(&token, "held: breaker open")
+        .hold(&token, "held: breaker open", None)
         .await
         .expect("hold")
         .expect("the lease holder may");

@@ -262,8 +262,14 @@ pub trait OrchestratorStore: JobReader {
         error: ErrorInfo,
         not_before: Timestamp,
     ) -> StoreResult<Result<Job, Rejected>>;
-    /// running -> pending without spending the attempt (its host's breaker is open).
-    async fn hold(&self, token: &LeaseToken, reason: &str) -> StoreResult<Result<Job, Rejected>>;
+    /// running -> pending without spending the attempt (its host's breaker is open; with `until`,
+    /// not claimed before that time, keeping the error that made it wait).
+    async fn hold(
+        &self,
+        token: &LeaseToken,
+        reason: &str,
+        until: Option<(Timestamp, ErrorInfo)>,
+    ) -> StoreResult<Result<Job, Rejected>>;
     /// Records how a run of `job` went on its source host's breaker (`engine::scheduling`).
     async fn record_host_outcome(
         &self,

@@ -93,6 +93,9 @@ pub struct DownloadParams {
     pub retry_after_max_s: u64,
     /// The largest download accepted (`too_large` beyond it).
     pub max_bytes: u64,
+    /// A download does not start while the scratch file system has less free space than this
+    /// plus the size the source announces: the job waits (`scratch_low`, no attempt spent).
+    pub scratch_reserve_mb: u64,
     /// Redirect hops followed, each checked by the network guard.
     pub redirects_max: u32,
     /// `auto` (yt-dlp for hosts on `platform_hosts`, HTTP otherwise), `http` or `yt-dlp`.
@@ -117,6 +120,7 @@ impl Default for DownloadParams {
             backoff_max_ms: 30_000,
             retry_after_max_s: 300,
             max_bytes: 50 * 1024 * 1024 * 1024,
+            scratch_reserve_mb: 512,
             redirects_max: 5,
             downloader: Downloader::Auto,
             platform_hosts: [

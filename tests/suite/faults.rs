@@ -53,12 +53,26 @@ impl Drop for Tmpfs {
 
 // Guards the scratch-full promise: a download that runs out of scratch space fails the job with
 // `scratch_error` and a message saying so, records no checkpoint and leaves nothing at the final
-// name; once space returns, a retry downloads, extracts and stores the job, and it verifies.
+// name; once space returns, a retry downloads, extracts and stores the job, and it verifies. The
+// source announces no size and the scratch reserve is 0, so the download starts (a source that
+// announces more than the free space waits instead: `scheduling.rs`).
 #[test]
 fn a_full_scratch_disk_fails_the_job_clearly_and_a_retry_recovers_once_space_returns() {
+    const BUILTIN: &str = include_str!("../../workflows/ingest.toml");
+    const DOWNLOAD_PARAMS: &str =
+        "params = { connect_timeout_s = 10, read_timeout_s = 30, total_timeout_s = 21600 }";
     let home = Home::new();
     let origin = Origin::start();
     let url = origin.serve_video("videos/sample.mp4", sample_video());
+    origin.unannounce("videos/sample.mp4");
+    let workflows = home.dir.path().join("workflows");
+    std::fs::create_dir_all(&workflows).expect("create the workflows directory");
+    std::fs::write(
+        workflows.join("ingest.toml"),
+        BUILTIN.replacen(DOWNLOAD_PARAMS, "params = { scratch_reserve_mb = 0 }", 1),
+    )
+    .expect("write ingest.toml");
+    let workflows = workflows.to_str().expect("UTF-8").to_string();
     let video_bytes = std::fs::metadata(sample_video()).expect("the sample").len();
     assert!(
         video_bytes > 16 * 1024,
@@ -72,7 +86,7 @@ fn a_full_scratch_disk_fails_the_job_clearly_and_a_retry_recovers_once_space_ret
         return;
     };
 
-    let failed = home.one_job(&["ingest", &url], 1);
+    let failed = home.one_job(&["--workflows", &workflows, "ingest", &url], 1);
     let id = id_of(&failed);
     assert_eq!(failed["status"], "failed");
     assert_eq!(
@@ -97,7 +111,7 @@ fn a_full_scratch_disk_fails_the_job_clearly_and_a_retry_recovers_once_space_ret
     );
 
     tmpfs.resize("8m");
-    let retried = home.one_job(&["retry", &id], 0);
+    let retried = home.one_job(&["--workflows", &workflows, "retry", &id], 0);
     assert_eq!(retried["status"], "succeeded", "{retried}");
     assert_eq!(home.json(&["verify", &id], 0)[0]["ok"], true);
     assert_eq!(home.json(&["audit", &id], 0)[0]["violations"], 0);

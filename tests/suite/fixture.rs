@@ -221,6 +221,8 @@ struct OriginState {
     files: Arc<Mutex<std::collections::HashMap<String, Arc<Vec<u8>>>>>,
     log: Arc<Mutex<Vec<Request>>>,
     statuses: Arc<Mutex<std::collections::HashMap<String, u16>>>,
+    /// Paths served without a Content-Length (chunked): a source that announces no size.
+    unannounced: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// A loopback HTTP origin serving files from memory, with a log of every request.
@@ -267,6 +269,15 @@ impl Origin {
     pub fn serve_video(&self, path: &str, video: &Path) -> String {
         self.put(path, std::fs::read(video).expect("read the video"));
         self.url(path)
+    }
+
+    /// Serves `path` without announcing its size (chunked transfer encoding).
+    pub fn unannounce(&self, path: &str) {
+        self.state
+            .unannounced
+            .lock()
+            .unwrap()
+            .insert(path.trim_start_matches('/').to_string());
     }
 
     /// Makes `path` answer with `status` and no body.
@@ -325,7 +336,14 @@ async fn serve(
         return StatusCode::from_u16(*status).unwrap().into_response();
     }
     let file = state.files.lock().unwrap().get(&path).cloned();
+    let unannounced = state.unannounced.lock().unwrap().contains(&path);
     match file {
+        Some(bytes) if unannounced => {
+            let body = axum::body::Body::from_stream(futures::stream::once(async move {
+                Ok::<_, std::io::Error>(bytes.as_ref().clone())
+            }));
+            (StatusCode::OK, body).into_response()
+        }
         Some(bytes) => (StatusCode::OK, bytes.as_ref().clone()).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }

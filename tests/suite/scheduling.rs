@@ -327,3 +327,69 @@ fn a_job_killed_three_times_while_making_progress_is_not_quarantined() {
     assert_eq!(show["status"], "succeeded", "{show}");
     assert_eq!(show["attempts"], 4);
 }
+
+// Guards the scratch reserve: a download that would leave less free scratch space than the
+// workflow's reserve is not started; the job waits pending (no attempt spent, no partial file),
+// `health` says why while the worker runs, and once space is there (here: a smaller reserve) it
+// succeeds.
+#[test]
+fn a_download_waits_for_scratch_space_and_health_says_why() {
+    const BUILTIN: &str = include_str!("../../workflows/ingest.toml");
+    const DOWNLOAD_PARAMS: &str =
+        "params = { connect_timeout_s = 10, read_timeout_s = 30, total_timeout_s = 21600 }";
+    let home = Home::new();
+    let origin = Origin::start();
+    let url = origin.serve_video("media/big.mp4", sample_video());
+    let dir = home.dir.path().join("workflows");
+    std::fs::create_dir_all(&dir).expect("create the workflows directory");
+    let write_reserve = |reserve_mb: u64| {
+        let text = BUILTIN.replacen(
+            DOWNLOAD_PARAMS,
+            &format!("params = {{ scratch_reserve_mb = {reserve_mb} }}"),
+            1,
+        );
+        std::fs::write(dir.join("ingest.toml"), text).expect("write ingest.toml");
+    };
+    // A reserve no disk has: 100 TiB.
+    write_reserve(100 * 1024 * 1024);
+    let dir_arg = dir.to_str().expect("UTF-8").to_string();
+    let job = home.one_job(&["--workflows", &dir_arg, "submit", &url], 0);
+    let id = id_of(&job);
+
+    let worker = home.spawn(&["--workflows", &dir_arg, "worker"]);
+    wait_until("the job waits for scratch space", || {
+        let show = home.show(&id);
+        show["status"] == "pending" && show["error"]["class"] == "scratch_low"
+    });
+    let health = home.json(&["health"], 1);
+    let waiting = health["waiting_for_scratch"].as_array().expect("a list");
+    assert_eq!(waiting.len(), 1, "{health}");
+    assert_eq!(waiting[0]["id"], id.as_str());
+    assert!(
+        health["escalations"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .any(|name| name == "scratch_space"),
+        "{health}"
+    );
+    let show = home.show(&id);
+    assert_eq!(show["attempts"], 0, "waiting spends no attempt: {show}");
+    assert!(
+        !home
+            .path()
+            .join("scratch")
+            .join(&id)
+            .join("original.part")
+            .exists(),
+        "no download was started"
+    );
+    assert!(worker.interrupt_and_wait().success());
+
+    write_reserve(1);
+    let output = home.narra(&["--workflows", &dir_arg, "worker", "--drain"]);
+    assert!(output.status.success());
+    let show = home.show(&id);
+    assert_eq!(show["status"], "succeeded", "{show}");
+    assert_eq!(show["attempts"], 1, "{show}");
+}
