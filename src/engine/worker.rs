@@ -580,11 +580,22 @@ impl<'a> Run<'a> {
         } else {
             Some(self.local_copy(name, name).await?)
         };
+        // A scratch file's checkpoint recorded its change token when it hashed it: while the file
+        // keeps that token, an `fs://` store may link it instead of copying and re-hashing it.
+        let hashed_at = match &resolved.output.location {
+            Location::Scratch(path)
+                if local_path.as_deref() == Some(std::path::Path::new(path)) =>
+            {
+                Some(resolved.output.change_token.clone())
+            }
+            _ => None,
+        };
         Ok(BlobInput {
             name,
             local_path,
             size: resolved.output.size,
             blake3: resolved.output.blake3,
+            hashed_at,
             extension,
         })
     }

@@ -33,6 +33,10 @@ pub struct BlobInput {
     pub local_path: Option<PathBuf>,
     pub size: u64,
     pub blake3: Hash,
+    /// `local_path`'s change token when its blake3 was computed (from the checkpoint that recorded
+    /// it), if known: while the file still has it, an `fs://` store links the file into place
+    /// instead of copying it (`Storage::put_local_file`).
+    pub hashed_at: Option<ChangeToken>,
     pub extension: String,
 }
 
@@ -96,7 +100,7 @@ pub async fn store(
     });
     for blob in &input.blobs {
         let key = blob_key(&blob.blake3, &blob.extension);
-        let payload = Payload::File(blob.local_path.clone());
+        let payload = Payload::File(blob.local_path.clone(), blob.hashed_at.clone());
         let on_sent = |sent: u64| {
             progress.send_modify(|progress| {
                 progress.bytes_done = bytes_stored.saturating_add(sent.min(blob.size));
@@ -199,7 +203,8 @@ pub async fn store(
 }
 
 enum Payload {
-    File(Option<PathBuf>),
+    /// A local file, with its change token when it was hashed.
+    File(Option<PathBuf>, Option<ChangeToken>),
     Bytes(Vec<u8>),
 }
 
@@ -266,13 +271,13 @@ async fn ensure_object(
         crate::failpoint!("store.manifest.before");
     }
     let written = match payload {
-        Payload::File(Some(path)) => {
+        Payload::File(Some(path), hashed_at) => {
             with_retry(input.unavailable_wait, || {
-                storage.put_file_reporting(key, path, options, on_sent)
+                storage.put_local_file(key, path, options, hashed_at.as_ref(), on_sent)
             })
             .await?
         }
-        Payload::File(None) => {
+        Payload::File(None, _) => {
             return Err(StepError::new(
                 ErrorClass::Internal,
                 format!("no local copy of {key} to upload"),
@@ -401,6 +406,7 @@ mod tests {
             local_path: Some(path),
             size: size as u64,
             blake3: Hash::of(&bytes),
+            hashed_at: None,
             extension: "bin".into(),
         }
     }

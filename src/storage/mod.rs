@@ -462,7 +462,7 @@ impl Storage {
             on_sent(sent);
         }
         // Every byte is in the temp file (in `.narra-tmp/` on `fs://`), nothing at the key yet.
-        crate::failpoint!("storage.put_file.before_close");
+        before_close_failpoint();
         let sent_hash: Hash = hasher.finalize().into();
         if sent != expected || options.blake3.is_some_and(|blake3| blake3 != sent_hash) {
             let _ = writer.abort().await;
@@ -490,6 +490,54 @@ impl Storage {
             }
         }
         self.after_write(key, expected).await.map(Written::Written)
+    }
+
+    /// [`Storage::put_file_reporting`] for a local file whose blake3 the caller computed when the
+    /// file had the change token `hashed_at` (inode, size, mtime). On `fs://` roots, when the file
+    /// still has that token and lies on the root's filesystem, it is hard-linked into place instead
+    /// of copied: linked into the temp directory, fsynced (its data already is: the steps fsync
+    /// what they write), renamed to the key, and the key's directories fsynced, the same protocol
+    /// as a copy. Its bytes are then not hashed again: the unchanged token stands for them, as it
+    /// does when `verify` or the runner skips a done step. Anything else (another filesystem, a
+    /// changed token, no token, an object store) goes through the streamed, hashed copy.
+    pub async fn put_local_file(
+        &self,
+        key: &str,
+        path: &Path,
+        options: WriteOptions,
+        hashed_at: Option<&ChangeToken>,
+        on_sent: &(dyn Fn(u64) + Sync),
+    ) -> Result<Written, StorageError> {
+        if let (Some(root), Some(target), Some(token)) =
+            (&self.fs_root, self.local_path(key), hashed_at)
+            && matches!(token, ChangeToken::File { .. })
+        {
+            let linked = {
+                let root = root.clone();
+                let source = path.to_path_buf();
+                let token = token.clone();
+                tokio::task::spawn_blocking(move || {
+                    link_into_place(&root, &source, &target, &token)
+                })
+                .await
+                .expect("linking does not panic")
+            };
+            match linked {
+                Ok(Some(size)) => {
+                    on_sent(size);
+                    return self.after_write(key, size).await.map(Written::Written);
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    return Err(StorageError::Failed {
+                        action: "linking",
+                        key: key.to_string(),
+                        message: format!("{}: {error}", path.display()),
+                    });
+                }
+            }
+        }
+        self.put_file_reporting(key, path, options, on_sent).await
     }
 
     /// Writes a small object whole (the manifest and metadata records), atomically like `put_file`.
@@ -862,6 +910,55 @@ pub async fn hash_file(path: &Path) -> std::io::Result<(u64, Hash)> {
     .expect("hashing does not panic")
 }
 
+/// Hard-links `source` to `target` through the temp directory under `root` (see
+/// [`Storage::put_local_file`]): its size once the link is renamed into place, or `None` when it
+/// cannot be linked (another filesystem, links refused) or no longer has the change token `token`,
+/// and nothing was done. The caller fsyncs the target's directories.
+fn link_into_place(
+    root: &Path,
+    source: &Path,
+    target: &Path,
+    token: &ChangeToken,
+) -> std::io::Result<Option<u64>> {
+    if file_change_token(&std::fs::metadata(source)?) != *token {
+        return Ok(None);
+    }
+    let temp = root.join(FS_ATOMIC_WRITE_DIR).join(format!(
+        "link-{}-{}",
+        std::process::id(),
+        ulid::Ulid::new()
+    ));
+    if std::fs::hard_link(source, &temp).is_err() {
+        return Ok(None);
+    }
+    let placed = (|| {
+        // The name may have been replaced between the check and the link: what was linked is
+        // judged.
+        let linked = std::fs::metadata(&temp)?;
+        if file_change_token(&linked) != *token {
+            return Ok(None);
+        }
+        std::fs::File::open(&temp)?.sync_all()?;
+        before_close_failpoint();
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::rename(&temp, target)?;
+        Ok(Some(linked.len()))
+    })();
+    // Whatever did not land at the key leaves no temp link behind.
+    if !matches!(placed, Ok(Some(_))) {
+        let _ = std::fs::remove_file(&temp);
+    }
+    placed
+}
+
+/// The boundary both ways of writing a file pass (the streamed copy and the link): every byte in
+/// the temp path, nothing at the key yet. One placement, so the crash matrix counts it once.
+fn before_close_failpoint() {
+    crate::failpoint!("storage.put_file.before_close");
+}
+
 /// Fsyncs every directory from `path`'s parent up to and including `root`.
 fn sync_parent_dirs(root: &Path, path: &Path) -> std::io::Result<()> {
     let mut directory = path.parent();
@@ -915,6 +1012,88 @@ mod tests {
             .unwrap()
             .count();
         assert_eq!(leftovers, 0, "the temp file was renamed into place");
+    }
+
+    // Guards the link path of `put_local_file` on `fs://`: a file whose change token is the one it
+    // was hashed at lands at the key as the same inode (no copy), whole, with no temp file left;
+    // a file changed since (another token) is copied and hashed instead, so its new bytes are
+    // refused under the old hash; without a token it is copied.
+    #[tokio::test]
+    async fn fs_put_local_file_links_an_unchanged_file_and_copies_otherwise() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("objects");
+        let storage = Storage::from_uri(&format!("fs://{}", root.display())).unwrap();
+        let source = dir.path().join("source.bin");
+        let bytes: Vec<u8> = (0..CHUNK_BYTES + 5).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&source, &bytes).unwrap();
+        let hash = Hash::of(&bytes);
+        let token = file_change_token(&std::fs::metadata(&source).unwrap());
+        let options = WriteOptions {
+            blake3: Some(hash),
+            if_not_exists: true,
+        };
+        let sent = std::sync::Mutex::new(Vec::new());
+        let on_sent = |bytes: u64| sent.lock().unwrap().push(bytes);
+
+        let key = blob_key(&hash, "bin");
+        let written = storage
+            .put_local_file(&key, &source, options, Some(&token), &on_sent)
+            .await
+            .unwrap();
+
+        let Written::Written(stat) = written else {
+            panic!("nothing was there")
+        };
+        assert_eq!(stat.size, bytes.len() as u64);
+        assert_eq!(std::fs::read(root.join(&key)).unwrap(), bytes);
+        let object_inode = std::fs::metadata(root.join(&key)).unwrap().ino();
+        assert_eq!(
+            object_inode,
+            std::fs::metadata(&source).unwrap().ino(),
+            "linked"
+        );
+        assert_eq!(*sent.lock().unwrap(), vec![bytes.len() as u64]);
+        assert_eq!(
+            std::fs::read_dir(root.join(FS_ATOMIC_WRITE_DIR))
+                .unwrap()
+                .count(),
+            0,
+            "the temp link was renamed into place"
+        );
+
+        // Changed since it was hashed: copied and hashed, and refused under the old hash.
+        let changed = dir.path().join("changed.bin");
+        std::fs::write(&changed, &bytes).unwrap();
+        let changed_token = file_change_token(&std::fs::metadata(&changed).unwrap());
+        std::fs::write(&changed, vec![7u8; bytes.len()]).unwrap();
+        let error = storage
+            .put_local_file(
+                "blobs/other.bin",
+                &changed,
+                options,
+                Some(&changed_token),
+                &|_| {},
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, StorageError::ChecksumMismatch { .. }),
+            "{error}"
+        );
+        assert!(!root.join("blobs/other.bin").exists());
+
+        // No token: copied (another inode).
+        let copied_key = "blobs/copied.bin";
+        storage
+            .put_local_file(copied_key, &source, options, None, &|_| {})
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(root.join(copied_key)).unwrap(), bytes);
+        assert_ne!(
+            std::fs::metadata(root.join(copied_key)).unwrap().ino(),
+            object_inode
+        );
     }
 
     // Guards upload progress: every chunk handed to the writer is reported, the figures only
