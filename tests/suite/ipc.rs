@@ -182,11 +182,19 @@ fn while_a_worker_runs_other_processes_inspect_submit_retry_and_verify() {
 }
 
 // Guards "inspect without stopping a backfill": while a backfill's download is stalled, another
-// process lists the backfill and its running job (phase downloading), and cancels it; the
-// backfill sees the cancel, ends, and exits 0.
+// process lists the backfill and its running job (phase downloading), shows it, verifies an
+// earlier job, retries a failed one (which the backfill then runs to success) and cancels the
+// stalled one; the backfill sees the cancel, ends, and exits 0.
 #[test]
 fn while_a_backfill_runs_another_process_lists_its_jobs_and_cancels_one() {
     let home = Home::new();
+    // Before the backfill: one job that succeeded, one that failed (its video was missing).
+    let healthy = Origin::start();
+    let done_url = healthy.serve_video("media/done.mp4", sample_video());
+    let done = home.one_job(&["ingest", &done_url], 0);
+    let missing_url = healthy.url("media/later.mp4");
+    let failed = home.one_job(&["ingest", &missing_url], 1);
+    assert_eq!(failed["error"]["class"], "not_found", "{failed}");
     let origin = StallingOrigin::start(std::fs::read(sample_video()).unwrap());
     let manifest = home.dir.path().join("manifest.txt");
     std::fs::write(&manifest, format!("{}\n", origin.url)).unwrap();
@@ -207,6 +215,20 @@ fn while_a_backfill_runs_another_process_lists_its_jobs_and_cancels_one() {
     let id = id_of(&jobs[0]);
     assert_eq!(jobs[0]["status"], "running", "{jobs}");
     assert_eq!(jobs[0]["ingestion_phase"], "downloading", "{jobs}");
+    assert_eq!(home.show(&id)["status"], "running");
+
+    // verify and retry are served by the backfill, which runs the retried job from its queue.
+    let verified = home.json(&["verify", &id_of(&done)], 0);
+    assert_eq!(verified[0]["ok"], true, "{verified}");
+    healthy.serve_video("media/later.mp4", sample_video());
+    let retry = home.narra(&["retry", &id_of(&failed)]);
+    assert!(
+        String::from_utf8_lossy(&retry.stdout).contains(&id_of(&failed)),
+        "{retry:?}"
+    );
+    wait_until("the backfill runs the retried job", || {
+        home.show(&id_of(&failed))["status"] == "succeeded"
+    });
 
     let cancelled = home.one_job(&["cancel", &id], 0);
     assert_eq!(
