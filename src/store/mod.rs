@@ -1,10 +1,12 @@
 //! The state store: jobs, checkpoints, events (bounded: the oldest are folded into a summary),
 //! metadata records, job logs, the blob -> jobs index, pruned-job tombstones and the incident log.
 //!
-//! Only this module imports sled. The store exposes domain operations, never a raw "put job": every
-//! status or phase change goes through `engine::machine`, and is written together with its events
-//! (and, for `record_checkpoint`, the checkpoint) in one transaction that is flushed before the call
-//! returns, so nothing acknowledged is lost in a crash.
+//! Only this module imports sled and tokio-postgres: `sled_store` is the embedded store of one
+//! machine, `pg_store` the shared store of a fleet on PostgreSQL, and both pass `conformance`.
+//! The store exposes domain operations, never a raw "put job": every status or phase change goes
+//! through `engine::machine`, and is written together with its events (and, for
+//! `record_checkpoint`, the checkpoint) in one transaction that is durable before the call returns,
+//! so nothing acknowledged is lost in a crash.
 //!
 //! The ownership rule is in the traits: [`OrchestratorStore`] can move a job's status but has no
 //! operation that names a phase; [`WorkerStore`] can set the phase and record checkpoints but has no
@@ -15,6 +17,7 @@ pub mod conformance;
 pub mod lock;
 #[cfg(test)]
 mod model_tests;
+pub mod pg_store;
 pub mod sled_store;
 
 use std::collections::BTreeSet;
@@ -30,6 +33,7 @@ use crate::engine::machine::Rejected;
 use crate::engine::scheduling::{HostOutcome, OutcomeVerdict, SchedulingPolicy};
 
 pub use lock::{HomeLock, LockError};
+pub use pg_store::PgStore;
 pub use sled_store::SledStore;
 
 /// Store failures: the store itself is broken or unreachable. Refused transitions are not here:
@@ -52,6 +56,18 @@ pub enum StoreError {
     UnsupportedSchema { found: u8, supported: u8 },
     #[error("cannot encode record: {0}")]
     Encode(String),
+    #[error("state store error (PostgreSQL): {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No connection to the PostgreSQL server could be had from the pool.
+    #[error("state store connection pool: {0}")]
+    Pool(String),
+    #[error(
+        "the PostgreSQL schema is at migration {found}, newer than this narra knows ({supported})"
+    )]
+    UnsupportedMigration { found: i32, supported: i32 },
+    /// The `--state` URI names no state store narra knows.
+    #[error("invalid state store URI {uri:?}: {reason}")]
+    InvalidUri { uri: String, reason: String },
 }
 
 impl StoreError {
@@ -397,3 +413,9 @@ pub const LOG_LINES_MAX: usize = 2_000;
 /// in the same transaction (a store may be opened with a smaller bound for tests).
 pub const EVENTS_MAX: u64 = 1_000;
 pub const LOG_LINE_BYTES_MAX: usize = 4_096;
+
+/// How many events a job holds right after its history was compacted: three quarters of the
+/// bound, and at least one. Every store compacts to the same point.
+pub(crate) fn events_kept(events_max: u64) -> u64 {
+    (events_max - events_max / 4).max(1)
+}
