@@ -207,6 +207,7 @@ pub fn served_remotely(command: &Command) -> bool {
             | Command::Backfill { list: false, .. }
             | Command::Reprobe { .. }
             | Command::Doctor { .. }
+            | Command::Migrate
     )
 }
 
@@ -571,7 +572,7 @@ pub async fn open_or_forward(
     let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
     let mut request = None;
     loop {
-        let held = match open_home(global) {
+        let held = match open_home(global).await {
             Ok(home) => return Ok(Opened::Home(Box::new(home))),
             Err(CliError::Locked(held @ LockError::Held { .. })) => held,
             Err(error) => return Err(error),

@@ -230,6 +230,15 @@ impl PgStore {
     /// Connects to the server `uri` names (`postgres://user:password@host:port/database`, plain
     /// TCP or a Unix socket directory as `host`), and applies the schema migrations it lacks.
     pub async fn open(uri: &str) -> StoreResult<PgStore> {
+        let store = PgStore::connect(uri).await?;
+        store.migrate().await?;
+        tracing::debug!(uri = %store.display, "opened state store");
+        Ok(store)
+    }
+
+    /// Sets up the pool without touching the schema (`narra migrate` applies it then). No
+    /// connection is made until the first use.
+    pub async fn connect(uri: &str) -> StoreResult<PgStore> {
         let (config, options, display) = parse_uri(uri)?;
         let manager = Manager::from_config(
             config,
@@ -248,8 +257,7 @@ impl PgStore {
             display,
             events_max: AtomicU64::new(super::EVENTS_MAX),
         };
-        store.migrate().await?;
-        tracing::debug!(uri = %store.display, pool_max = options.pool_max, "opened state store");
+        tracing::debug!(uri = %store.display, pool_max = options.pool_max, "state store pool");
         Ok(store)
     }
 
@@ -257,6 +265,23 @@ impl PgStore {
     pub async fn migrate(&self) -> StoreResult<Vec<i32>> {
         let mut client = self.client().await?;
         schema::migrate(&mut client).await
+    }
+
+    /// The newest migration the schema has had (0 for an empty database).
+    pub async fn schema_version(&self) -> StoreResult<i32> {
+        let client = self.client().await?;
+        let exists: Option<String> = client
+            .query_one("SELECT to_regclass('schema_migrations')::text", &[])
+            .await?
+            .get(0);
+        if exists.is_none() {
+            return Ok(0);
+        }
+        let version: Option<i32> = client
+            .query_one("SELECT max(version) FROM schema_migrations", &[])
+            .await?
+            .get(0);
+        Ok(version.unwrap_or(0))
     }
 
     /// The URI the store was opened with, its password hidden.
@@ -1467,6 +1492,10 @@ impl JobReader for PgStore {
 
 #[async_trait]
 impl OrchestratorStore for PgStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn submit(&self, request: &SubmitRequest) -> StoreResult<Submitted> {
         let now = Timestamp::now();
         let outcome = transaction!(self, tx => {

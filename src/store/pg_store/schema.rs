@@ -108,14 +108,22 @@ pub async fn migrate(client: &mut Client) -> StoreResult<Vec<i32>> {
             &[&SCHEMA_LOCK],
         )
         .await?;
-    transaction
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                version     integer PRIMARY KEY,
-                applied_at  timestamptz NOT NULL DEFAULT now()
-            )",
-        )
-        .await?;
+    // Checked rather than `CREATE TABLE IF NOT EXISTS`, whose notice the server would send on
+    // every start; the advisory lock keeps the check and the creation together.
+    let table: Option<String> = transaction
+        .query_one("SELECT to_regclass('schema_migrations')::text", &[])
+        .await?
+        .get(0);
+    if table.is_none() {
+        transaction
+            .batch_execute(
+                "CREATE TABLE schema_migrations (
+                    version     integer PRIMARY KEY,
+                    applied_at  timestamptz NOT NULL DEFAULT now()
+                )",
+            )
+            .await?;
+    }
     let found: Option<i32> = transaction
         .query_one("SELECT max(version) FROM schema_migrations", &[])
         .await?
