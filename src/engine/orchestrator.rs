@@ -537,13 +537,16 @@ pub async fn schedule(
                 let ms = u64::try_from(until.0.saturating_sub(Timestamp::now().0)).unwrap_or(0);
                 Duration::from_millis(ms).clamp(Duration::from_millis(10), WAIT_MAX)
             }
+            // A shared store wakes this wait itself when work arrives or a job of any process
+            // stops (`OrchestratorStore::wait_for_work`): no need to ask it often.
+            None if engine.store.shared() => WAIT_MAX,
             None => IDLE_POLL,
         };
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => finish(joined, &mut first_error),
-            () = tokio::time::sleep(pause) => {}
+            () = engine.store.wait_for_work(pause) => {}
         }
     }
     while let Some(joined) = tasks.join_next().await {

@@ -287,6 +287,13 @@ pub trait OrchestratorStore: JobReader {
     fn shared(&self) -> bool {
         false
     }
+
+    /// Waits until there may be work to claim, or `timeout`: what an idle scheduler does between
+    /// two `claim_next` calls. A store that cannot tell sleeps `timeout`; PostgreSQL wakes on
+    /// `NOTIFY` from any process (`pg_store/listen.rs`).
+    async fn wait_for_work(&self, timeout: std::time::Duration) {
+        tokio::time::sleep(timeout).await;
+    }
     /// Idempotent by key: never creates a second job for a key that has one.
     async fn submit(&self, request: &SubmitRequest) -> StoreResult<Submitted>;
     /// Many submissions at once, each with `submit`'s semantics (but for `options.resubmit`), in

@@ -33,8 +33,9 @@
 //! scheduling rules admit is locked with `FOR UPDATE SKIP LOCKED`: a job another transaction is
 //! changing (a cancel, an operator's reset) is passed over, not waited for.
 //!
-//! Wake-ups: a transaction that makes a job pending sends `NOTIFY narra_jobs` (delivered at commit).
-//! Nothing LISTENs yet: the scheduler still polls (see `docs/DEPLOYMENT.md`).
+//! Wake-ups: a transaction that makes a job pending, or stops a running one, sends
+//! `NOTIFY narra_jobs` (delivered at commit); `wait_for_work` LISTENs (`listen.rs`), so an idle
+//! scheduler wakes when there is something to claim instead of polling often.
 //!
 //! Job logs are best effort, as in sled: `append_log` (synchronous, called from the tracing layer)
 //! buffers a line, and a task writes the buffer (`logs.rs`).
@@ -70,11 +71,13 @@ use crate::engine::job::{
 use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
 use crate::engine::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, SchedulingPolicy};
 
+mod listen;
 mod logs;
 pub mod schema;
 #[cfg(test)]
 pub(crate) mod test_server;
 
+use listen::Listener;
 use logs::LogBuffer;
 
 /// Connections the pool opens at most, unless the URI's `pool_max` says otherwise. Each running
@@ -160,6 +163,8 @@ pub struct PgStore {
     /// The most events a job holds (`store::EVENTS_MAX` unless set lower for a test).
     events_max: AtomicU64,
     logs: Arc<LogBuffer>,
+    /// Wakes `wait_for_work` on `NOTIFY narra_jobs` (`listen.rs`).
+    listener: Listener,
 }
 
 impl fmt::Debug for PgStore {
@@ -240,6 +245,7 @@ impl PgStore {
     /// connection is made until the first use.
     pub async fn connect(uri: &str) -> StoreResult<PgStore> {
         let (config, options, display) = parse_uri(uri)?;
+        let listener = Listener::new(config.clone());
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -256,6 +262,7 @@ impl PgStore {
             pool,
             display,
             events_max: AtomicU64::new(super::EVENTS_MAX),
+            listener,
         };
         tracing::debug!(uri = %store.display, pool_max = options.pool_max, "state store pool");
         Ok(store)
@@ -946,7 +953,12 @@ impl Tx<'_> {
                 ],
             )
             .await?;
-        if job.status == Status::Pending && status_before != Some(Status::Pending) {
+        // New work, or a slot and a host freed: what an idle scheduler waits for.
+        let became_pending =
+            job.status == Status::Pending && status_before != Some(Status::Pending);
+        let stopped_running =
+            status_before == Some(Status::Running) && job.status != Status::Running;
+        if became_pending || stopped_running {
             self.sql
                 .execute("SELECT pg_notify($1, '')", &[&JOBS_CHANNEL])
                 .await?;
@@ -1494,6 +1506,10 @@ impl JobReader for PgStore {
 impl OrchestratorStore for PgStore {
     fn shared(&self) -> bool {
         true
+    }
+
+    async fn wait_for_work(&self, timeout: std::time::Duration) {
+        self.listener.wait(timeout).await;
     }
 
     async fn submit(&self, request: &SubmitRequest) -> StoreResult<Submitted> {
@@ -2335,6 +2351,62 @@ mod tests {
         assert_eq!(channel, JOBS_CHANNEL);
         drop(client);
         driver.abort();
+        server.cleanup().await;
+    }
+
+    // Guards waking idle workers through LISTEN/NOTIFY: a scheduler waiting for work (with a
+    // timeout far beyond the test's patience) returns when another process submits a job, and
+    // again when another process's running job ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_wait_ends_when_another_process_submits_or_finishes_a_job() {
+        let server = test_server::TestServer::start().await;
+        let uri = server.fresh_schema("wakeup").await;
+        let waiting = Arc::new(PgStore::open(&uri).await.expect("open"));
+        let other = PgStore::open(&uri).await.expect("open");
+        assert!(
+            waiting
+                .listener
+                .listening(std::time::Duration::from_secs(30))
+                .await,
+            "the listener subscribes"
+        );
+        let patience = std::time::Duration::from_secs(60);
+        let forever = std::time::Duration::from_secs(24 * 3600);
+
+        let wait = tokio::spawn({
+            let waiting = Arc::clone(&waiting);
+            async move { waiting.wait_for_work(forever).await }
+        });
+        let submitted = other.submit(&request("wake")).await.expect("submit");
+        tokio::time::timeout(patience, wait)
+            .await
+            .expect("the submission wakes the wait")
+            .expect("wait task");
+
+        let (_, token) = other
+            .claim(submitted.job.id, &WorkerId("other:1".into()), 60_000)
+            .await
+            .expect("claim")
+            .expect("claimable");
+        // The claim made no job pending; a permit it may have left is used up here.
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(1),
+            waiting.wait_for_work(forever),
+        )
+        .await;
+        let wait = tokio::spawn({
+            let waiting = Arc::clone(&waiting);
+            async move { waiting.wait_for_work(forever).await }
+        });
+        other
+            .complete(&token)
+            .await
+            .expect("complete")
+            .expect("current token");
+        tokio::time::timeout(patience, wait)
+            .await
+            .expect("a job that stops running wakes the wait")
+            .expect("wait task");
         server.cleanup().await;
     }
 
