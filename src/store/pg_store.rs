@@ -74,8 +74,8 @@ use crate::engine::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, Sc
 mod listen;
 mod logs;
 pub mod schema;
-#[cfg(test)]
-pub(crate) mod test_server;
+#[doc(hidden)]
+pub mod test_server;
 
 use listen::Listener;
 use logs::LogBuffer;

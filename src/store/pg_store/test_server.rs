@@ -1,6 +1,7 @@
-//! A PostgreSQL server for tests: the one `NARRA_TEST_POSTGRES_URL` names (CI starts one, see
-//! `.ci/setup`), or else a throwaway cluster this process starts in a temp dir (`initdb`, then
-//! `pg_ctl start` on a free loopback port) and stops when the `TestServer` is dropped.
+//! A PostgreSQL server for tests (the library's and `tests/`'s; nothing else uses it): the one
+//! `NARRA_TEST_POSTGRES_URL` names (CI starts one, see `.ci/setup`), or else a throwaway cluster
+//! this process starts in a temp dir (`initdb`, then `pg_ctl start` on a free loopback port) and
+//! stops, and removes, when the `TestServer` is dropped.
 //!
 //! PostgreSQL refuses to run as root: as root, the cluster runs as the `postgres` user when there
 //! is one, else as `nobody`, through `runuser`. Each test store gets a schema of its own
@@ -21,7 +22,7 @@ pub struct TestServer {
 }
 
 struct Cluster {
-    _dir: tempfile::TempDir,
+    dir: PathBuf,
     data: PathBuf,
     pg_ctl: PathBuf,
     user: Option<String>,
@@ -34,6 +35,7 @@ impl Drop for Cluster {
             .arg(&self.data)
             .args(["-m", "immediate", "-w", "stop"])
             .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -107,11 +109,16 @@ fn start_cluster() -> TestServer {
         )
     });
     let user = server_user();
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = std::env::temp_dir().join(format!(
+        "narra-pg-{}-{}",
+        std::process::id(),
+        SCHEMA_SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create the cluster's directory");
     if let Some(user) = &user {
-        chown(dir.path(), user);
+        chown(&dir, user);
     }
-    let data = dir.path().join("data");
+    let data = dir.join("data");
     let initdb = as_user(user.as_deref(), &bin.join("initdb"))
         .arg("-D")
         .arg(&data)
@@ -129,14 +136,14 @@ fn start_cluster() -> TestServer {
         .port();
     let options = format!(
         "-h 127.0.0.1 -p {port} -k {} -F -c max_connections=200",
-        dir.path().display()
+        dir.display()
     );
     let pg_ctl = bin.join("pg_ctl");
     let cluster = Cluster {
         data: data.clone(),
         pg_ctl: pg_ctl.clone(),
         user: user.clone(),
-        _dir: dir,
+        dir,
     };
     let started = as_user(user.as_deref(), &pg_ctl)
         .arg("-D")
