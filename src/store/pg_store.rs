@@ -1003,15 +1003,16 @@ impl Tx<'_> {
         only: Option<&[Vec<u8>]>,
         cursor: Option<&(i32, Vec<u8>)>,
     ) -> TxResult<Vec<Candidate>> {
-        let pending = status_column(Status::Pending);
+        // `status = 0` is written out (pending's column value, `status_column`), so that the
+        // planner matches the `jobs_pending` partial index whatever plan it caches.
         let rows = match (only, cursor) {
             (Some(_), Some(_)) => Vec::new(),
             (Some(only), None) => {
                 self.sql
                     .query(
                         "SELECT id, priority, not_before, host FROM jobs
-                         WHERE status = $1 AND id = ANY($2) ORDER BY priority DESC, id",
-                        &[&pending, &only],
+                         WHERE status = 0 AND id = ANY($1) ORDER BY priority DESC, id",
+                        &[&only],
                     )
                     .await?
             }
@@ -1019,8 +1020,8 @@ impl Tx<'_> {
                 self.sql
                     .query(
                         "SELECT id, priority, not_before, host FROM jobs
-                         WHERE status = $1 ORDER BY priority DESC, id LIMIT $2",
-                        &[&pending, &QUEUE_SCAN_BATCH],
+                         WHERE status = 0 ORDER BY priority DESC, id LIMIT $1",
+                        &[&QUEUE_SCAN_BATCH],
                     )
                     .await?
             }
@@ -1028,9 +1029,9 @@ impl Tx<'_> {
                 self.sql
                     .query(
                         "SELECT id, priority, not_before, host FROM jobs
-                         WHERE status = $1 AND (priority < $2 OR (priority = $2 AND id > $3))
-                         ORDER BY priority DESC, id LIMIT $4",
-                        &[&pending, priority, id, &QUEUE_SCAN_BATCH],
+                         WHERE status = 0 AND (priority < $1 OR (priority = $1 AND id > $2))
+                         ORDER BY priority DESC, id LIMIT $3",
+                        &[priority, id, &QUEUE_SCAN_BATCH],
                     )
                     .await?
             }
@@ -2408,6 +2409,67 @@ mod tests {
             .expect("a job that stops running wakes the wait")
             .expect("wait task");
         server.cleanup().await;
+    }
+
+    // Guards fault isolation on PostgreSQL (issue 6, as sled's test of the same name): garbage in
+    // one job's record is an error naming the `jobs` table and that job wherever it is read, and
+    // `check_consistency` reports it; `claim_next` passes over it and the other jobs still run.
+    #[tokio::test]
+    async fn a_corrupted_job_record_is_named_and_leaves_the_other_jobs_working() {
+        let server = test_server::TestServer::start().await;
+        let uri = server.fresh_schema("corrupt").await;
+        let store = PgStore::open(&uri).await.expect("open");
+        let corrupted = store.submit(&request("corrupted")).await.expect("submit");
+        let healthy = store.submit(&request("healthy")).await.expect("submit");
+        let corrupted_id = corrupted.job.id;
+        let key_hex = codec::hex(&corrupted_id.to_bytes());
+        let mut garbage = vec![codec::SCHEMA_VERSION];
+        garbage.extend((0u8..61).map(|byte| byte.wrapping_mul(37) ^ 0xa5));
+        store
+            .client()
+            .await
+            .expect("client")
+            .execute(
+                "UPDATE jobs SET record = $1 WHERE id = $2",
+                &[&garbage, &id_bytes(corrupted_id)],
+            )
+            .await
+            .expect("corrupt the record");
+
+        let names_the_job = |result: StoreResult<Option<Job>>| match result {
+            Err(StoreError::Corrupt { tree, key, .. }) => {
+                assert_eq!((tree, key.as_str()), (TABLE_JOBS, key_hex.as_str()));
+            }
+            other => panic!("expected Corrupt naming the job, got {other:?}"),
+        };
+        names_the_job(store.job(corrupted_id).await);
+        names_the_job(store.job_by_key("corrupted").await);
+        assert!(matches!(
+            store.check_consistency().await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            store.cancel(corrupted_id).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        let (_, token) = conformance::claim_next_as(&store, &WorkerId("test:1:1".into()))
+            .await
+            .expect("the healthy job is claimable");
+        assert_eq!(token.job_id, healthy.job.id);
+        let done = store
+            .complete(&token)
+            .await
+            .expect("complete")
+            .expect("current token");
+        assert_eq!(done.status, Status::Succeeded);
+        server.cleanup().await;
+    }
+
+    // Guards the literal `status = 0` of the claim queries and the `jobs_pending` index.
+    #[test]
+    fn pending_is_status_zero() {
+        assert_eq!(status_column(Status::Pending), 0);
+        assert!(schema::MIGRATIONS[0].1.contains("WHERE status = 0"));
     }
 
     #[test]
