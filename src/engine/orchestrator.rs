@@ -490,6 +490,10 @@ pub async fn schedule(
         Err(join_error) => tracing::error!(%join_error, "a job task panicked"),
     };
     tokio::pin!(shutdown);
+    // On a shared store, a process that died (or stopped) leaves running jobs nobody will end:
+    // a running scheduler takes over those whose lease expired, once per lease length.
+    let sweep_every = Duration::from_millis(engine.lease_ttl_ms);
+    let mut next_sweep = tokio::time::Instant::now();
     loop {
         let permit = tokio::select! {
             // Shutdown first: once asked to stop, no new job is claimed.
@@ -499,6 +503,10 @@ pub async fn schedule(
         };
         if engine.shutdown.is_draining() {
             break;
+        }
+        if engine.store.shared() && tokio::time::Instant::now() >= next_sweep {
+            reclaim_orphans(engine).await?;
+            next_sweep = tokio::time::Instant::now() + sweep_every;
         }
         let request = ClaimRequest {
             worker_id: &engine.worker_id,
@@ -821,6 +829,60 @@ mod tests {
             .set_phase(&dead_token, Phase::Downloading)
             .await
             .unwrap();
+        assert!(matches!(stale, Err(Rejected::Fenced { .. })), "{stale:?}");
+        server.cleanup().await;
+    }
+
+    // Guards takeover in a fleet: a job whose holder died (its lease expired, nobody will renew
+    // it) is reclaimed by a scheduler already running elsewhere, and run again there.
+    #[tokio::test]
+    async fn a_running_scheduler_takes_over_a_job_whose_lease_expired() {
+        let server = crate::store::pg_store::test_server::TestServer::start().await;
+        let uri = server.fresh_schema("takeover").await;
+        let home = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::PgStore::open(&uri).await.unwrap());
+        let engine = Engine::new(
+            store,
+            Storage::from_uri("memory://").unwrap(),
+            WorkflowRegistry::builtin(),
+            home.path(),
+            crate::steps::net::NetworkPolicy::default(),
+        );
+        let submitted = submit(
+            &engine,
+            &["ftp://example.com/dead.mp4".to_string()],
+            &SubmitOptions::default(),
+        )
+        .await
+        .unwrap();
+        let id = submitted[0].job.id;
+        let dead = crate::engine::job::WorkerId("dead-machine:1".to_string());
+        let (_, dead_token) = engine.store.claim(id, &dead, 1).await.unwrap().unwrap();
+        let lease_end = engine
+            .store
+            .job(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .lease
+            .unwrap()
+            .expires_at;
+        while Timestamp::now() <= lease_end {
+            tokio::task::yield_now().await;
+        }
+
+        let finished = work(&engine, 1, true, std::future::pending())
+            .await
+            .unwrap();
+
+        assert_eq!(
+            finished.iter().map(|job| job.id).collect::<Vec<_>>(),
+            vec![id]
+        );
+        let job = engine.store.job(id).await.unwrap().unwrap();
+        assert_eq!(job.status, Status::Failed);
+        assert_eq!(job.attempts, 2, "run again after the takeover");
+        let stale = engine.store.complete(&dead_token).await.unwrap();
         assert!(matches!(stale, Err(Rejected::Fenced { .. })), "{stale:?}");
         server.cleanup().await;
     }
