@@ -478,7 +478,8 @@ pub struct Home {
     // Declared before the lock, so it is dropped first: the socket file is gone before another
     // process can take the home and bind its own.
     server: Option<remote::Server>,
-    _lock: Option<HomeLock>,
+    /// `None` for a PostgreSQL home, which is not locked.
+    lock: Option<HomeLock>,
 }
 
 impl Home {
@@ -487,7 +488,7 @@ impl Home {
     /// the same, and the others are told the home is held, as they were before sockets.
     pub fn serve(&mut self, holder: remote::Holder) {
         // A shared store needs no go-between: other processes open it themselves.
-        if self._lock.is_none() {
+        if self.lock.is_none() {
             return;
         }
         match remote::Server::start(self.engine.clone(), holder) {
@@ -577,7 +578,7 @@ pub async fn open_home(global: &GlobalArgs) -> Result<Home, CliError> {
     Ok(Home {
         engine,
         server: None,
-        _lock: lock,
+        lock,
     })
 }
 

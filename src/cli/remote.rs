@@ -198,7 +198,8 @@ impl Holder {
 /// Whether the holder runs `command` for another process. Not the commands that run jobs in the
 /// process that runs them (`worker`, `ingest`, `backfill MANIFEST`: the holder's own work owns
 /// the home), nor `reprobe`, which must not run while a worker may write the job and runs it again
-/// itself, nor `doctor`, which never needs the home.
+/// itself, nor `doctor` and `migrate`, which never need the home. (With the state on PostgreSQL
+/// nothing is served: the home is not locked, and every process opens the store itself.)
 pub fn served_remotely(command: &Command) -> bool {
     !matches!(
         command,
