@@ -94,7 +94,11 @@ pub async fn run_checks(global: &GlobalArgs, scratch_free_min_bytes: u64) -> Vec
         }
         Err(error) => checks.push(Check::fail("workflows", error.to_string())),
     }
-    checks.push(state_check(&home).await);
+    checks.push(match super::state_uri(global, &home) {
+        Ok(crate::store::StateUri::Postgres(uri)) => postgres_state_check(&uri).await,
+        Ok(crate::store::StateUri::Sled(path)) => state_check(&home, &path).await,
+        Err(error) => Check::fail("state_store", error.message()),
+    });
     checks.push(storage_check(global, &home).await);
     checks.push(scratch_check(&home, scratch_free_min_bytes));
     checks
@@ -139,8 +143,38 @@ async fn encoder_check(ffmpeg: &Path, registry: &WorkflowRegistry) -> Check {
     }
 }
 
-async fn state_check(home: &Path) -> Check {
-    let state = home.join("state");
+/// A PostgreSQL state store: reachable, at this narra's schema, and consistent. Nothing is
+/// migrated here (`narra migrate` does).
+async fn postgres_state_check(uri: &str) -> Check {
+    let shown = crate::store::pg_store::redact(uri);
+    let store = match crate::store::PgStore::connect(uri).await {
+        Ok(store) => store,
+        Err(error) => return Check::fail("state_store", format!("{shown}: {error}")),
+    };
+    let latest = crate::store::pg_store::schema::latest_version();
+    match store.schema_version().await {
+        Ok(version) if version == latest => {}
+        Ok(version) => {
+            return Check::fail(
+                "state_store",
+                format!(
+                    "{shown}: schema at migration {version}, this narra's is {latest} (run `narra migrate`)"
+                ),
+            );
+        }
+        Err(error) => return Check::fail("state_store", format!("{shown}: {error}")),
+    }
+    match store.check_consistency().await {
+        Ok(()) => Check::pass(
+            "state_store",
+            format!("{shown}: consistent; schema at migration {latest}"),
+        ),
+        Err(error) => Check::fail("state_store", format!("{shown} is inconsistent: {error}")),
+    }
+}
+
+async fn state_check(home: &Path, state: &Path) -> Check {
+    let state = state.to_path_buf();
     if !state.exists() {
         return Check::pass(
             "state_store",

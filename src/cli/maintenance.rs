@@ -21,7 +21,7 @@ use crate::engine::cleanup::{
 use crate::engine::job::{Incident, JobId, Location, Status, Timestamp};
 use crate::engine::prune::{PruneOptions, PrunePlan, Pruned, duration_text, parse_duration};
 use crate::engine::verify::{ArtifactState, JobVerification, verify_job};
-use crate::store::{JobFilter, SledStore};
+use crate::store::JobFilter;
 
 use super::{io, print_json};
 
@@ -593,10 +593,10 @@ pub fn takedown_text(takedown: &Takedown, done: bool) -> Vec<String> {
 }
 
 /// `NARRA_EVENTS_MAX`: the most events a job holds in this home's store, instead of
-/// `store::EVENTS_MAX` (tests force compaction with a small one).
-pub fn bound_events_from_env(store: &SledStore) -> Result<(), CliError> {
+/// `store::EVENTS_MAX` (tests force compaction with a small one); `None` when it is not set.
+pub fn events_max_from_env() -> Result<Option<u64>, CliError> {
     let Ok(text) = std::env::var("NARRA_EVENTS_MAX") else {
-        return Ok(());
+        return Ok(None);
     };
     let events_max = text
         .trim()
@@ -608,8 +608,7 @@ pub fn bound_events_from_env(store: &SledStore) -> Result<(), CliError> {
                 "NARRA_EVENTS_MAX must be a positive number of events, not {text:?}"
             ))
         })?;
-    store.set_events_max(events_max);
-    Ok(())
+    Ok(Some(events_max))
 }
 
 /// The error for a job id with no job: one `narra prune` removed is named as such.

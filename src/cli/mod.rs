@@ -27,7 +27,9 @@ use crate::engine::orchestrator::{
 };
 use crate::logging::LogFormat;
 use crate::storage::Storage;
-use crate::store::{HomeLock, JobFilter, LockError, SledStore, StoreError};
+use crate::store::{
+    HomeLock, JobFilter, LockError, PgStore, SledStore, StateStore, StateUri, StoreError,
+};
 use crate::workflow::WorkflowRegistry;
 
 /// narra: durable, resumable video ingestion (download -> extract audio -> store).
@@ -50,6 +52,10 @@ pub struct GlobalArgs {
         default_value = "./narra-data"
     )]
     pub home: PathBuf,
+    /// The state store (jobs, checkpoints, events): sled://<path> (default: sled://<home>/state) or
+    /// postgres://user:password@host:port/database, a store several narra processes share.
+    #[arg(long, global = true, env = "NARRA_STATE")]
+    pub state: Option<String>,
     /// Where artifacts are stored: fs:///absolute/path or memory:// (default: fs://<home>/objects).
     #[arg(long, global = true, env = "NARRA_STORAGE")]
     pub storage: Option<String>,
@@ -363,6 +369,10 @@ pub enum Command {
     },
     /// Print the incident log: every action cleanup and delete took.
     Incidents,
+    /// Bring the state store's schema up to this narra's: on PostgreSQL, apply the migrations
+    /// the database lacks (every process also does on start) and list them; sled migrates its
+    /// records whenever it is opened.
+    Migrate,
     /// Delete a job's records and its artifacts no other job references (a takedown). Without
     /// `--confirm`, prints what it would delete and changes nothing.
     Delete {
@@ -405,6 +415,7 @@ impl Command {
             Command::Cleanup { .. } => "cleanup",
             Command::Health { .. } => "health",
             Command::Incidents => "incidents",
+            Command::Migrate => "migrate",
             Command::Delete { .. } => "delete",
             Command::Prune { .. } => "prune",
         }
@@ -460,13 +471,15 @@ impl From<EngineError> for CliError {
 }
 
 /// An opened home: the lock, the engine over it, and (once `serve` is called) the socket through
-/// which other narra processes run their commands meanwhile.
+/// which other narra processes run their commands meanwhile. A home whose state is on PostgreSQL
+/// is not locked: the store is shared by design, and every process opens it itself.
 pub struct Home {
     pub engine: Engine,
     // Declared before the lock, so it is dropped first: the socket file is gone before another
     // process can take the home and bind its own.
     server: Option<remote::Server>,
-    _lock: HomeLock,
+    /// `None` for a PostgreSQL home, which is not locked.
+    lock: Option<HomeLock>,
 }
 
 impl Home {
@@ -474,6 +487,10 @@ impl Home {
     /// socket that cannot be set up is logged and does without: this process's own command runs
     /// the same, and the others are told the home is held, as they were before sockets.
     pub fn serve(&mut self, holder: remote::Holder) {
+        // A shared store needs no go-between: other processes open it themselves.
+        if self.lock.is_none() {
+            return;
+        }
         match remote::Server::start(self.engine.clone(), holder) {
             Ok(server) => self.server = Some(server),
             Err(error) => tracing::warn!(
@@ -499,18 +516,40 @@ impl Drop for Home {
     }
 }
 
-/// Opens a home: takes its lock, opens the state store, the storage and the workflows.
-pub fn open_home(global: &GlobalArgs) -> Result<Home, CliError> {
+/// The state URI of `--state` / `NARRA_STATE`, read against the home.
+pub fn state_uri(global: &GlobalArgs, home: &Path) -> Result<StateUri, CliError> {
+    StateUri::parse(global.state.as_deref(), home)
+        .map_err(|error| CliError::Usage(error.to_string()))
+}
+
+/// Opens a home: opens the state store (taking the home's lock when the store is sled, which one
+/// process holds at a time), the storage and the workflows.
+pub async fn open_home(global: &GlobalArgs) -> Result<Home, CliError> {
     let home = absolute(&global.home)?;
     std::fs::create_dir_all(&home).map_err(|error| {
         CliError::Usage(format!("cannot create home {}: {error}", home.display()))
     })?;
-    let lock = HomeLock::acquire(&home).map_err(CliError::Locked)?;
-    let store = Arc::new(SledStore::open(
-        &home.join("state"),
-        crate::store::sled_store::DEFAULT_CACHE_CAPACITY_BYTES,
-    )?);
-    maintenance::bound_events_from_env(&store)?;
+    let events_max = maintenance::events_max_from_env()?;
+    let (store, lock): (Arc<dyn StateStore>, Option<HomeLock>) = match state_uri(global, &home)? {
+        StateUri::Sled(path) => {
+            let lock = HomeLock::acquire(&home).map_err(CliError::Locked)?;
+            let store = SledStore::open(
+                &path,
+                crate::store::sled_store::DEFAULT_CACHE_CAPACITY_BYTES,
+            )?;
+            if let Some(events_max) = events_max {
+                store.set_events_max(events_max);
+            }
+            (Arc::new(store), Some(lock))
+        }
+        StateUri::Postgres(uri) => {
+            let store = PgStore::open(&uri).await?;
+            if let Some(events_max) = events_max {
+                store.set_events_max(events_max);
+            }
+            (Arc::new(store), None)
+        }
+    };
     crate::logging::attach_job_sink(store.clone());
     let storage_uri = global
         .storage
@@ -539,7 +578,7 @@ pub fn open_home(global: &GlobalArgs) -> Result<Home, CliError> {
     Ok(Home {
         engine,
         server: None,
-        _lock: lock,
+        lock,
     })
 }
 
@@ -586,6 +625,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     } = cli.command
     {
         return run_doctor(&cli.global, scratch_min_free_mb).await;
+    }
+    if let Command::Migrate = cli.command {
+        return run_migrate(&cli.global).await;
     }
     // While another process holds the home, that process runs the command for us.
     let mut home = match remote::open_or_forward(&cli.global, &shutdown).await? {
@@ -926,6 +968,7 @@ pub async fn dispatch(
             backfill::run(engine, &mut out, err, &manifest, options, json).await
         }
         Command::Doctor { .. } => unreachable!("doctor runs before the home is opened"),
+        Command::Migrate => unreachable!("migrate runs before the home is opened"),
         Command::Reprobe { id } => {
             reclaim_orphans(engine).await?;
             let reprobed = crate::engine::reprobe::reprobe(engine, id)
@@ -992,6 +1035,53 @@ pub async fn dispatch(
             confirm,
         } => maintenance::prune(engine, &mut out, &older_than, status, confirm, json).await,
     }
+}
+
+/// `narra migrate`: see `Command::Migrate`.
+async fn run_migrate(global: &GlobalArgs) -> Result<ExitCode, CliError> {
+    let home = absolute(&global.home)?;
+    let state = state_uri(global, &home)?;
+    let (applied, version, note) = match &state {
+        StateUri::Postgres(uri) => {
+            let store = PgStore::connect(uri).await?;
+            let applied = store.migrate().await?;
+            let note = if applied.is_empty() {
+                "the schema was up to date".to_string()
+            } else {
+                format!("applied migrations {applied:?}")
+            };
+            (
+                applied,
+                crate::store::pg_store::schema::latest_version(),
+                note,
+            )
+        }
+        StateUri::Sled(_) => {
+            let note = match open_home(global).await {
+                Ok(_home) => "sled's records are migrated when it is opened: done".to_string(),
+                Err(CliError::Locked(LockError::Held { pid, .. })) => format!(
+                    "the home is held by {}, which opened (and so migrated) the store",
+                    pid.map_or_else(|| "another process".to_string(), |pid| format!("pid {pid}"))
+                ),
+                Err(error) => return Err(error),
+            };
+            (
+                Vec::new(),
+                i32::from(crate::store::codec::SCHEMA_VERSION),
+                note,
+            )
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if global.json {
+        print_json(
+            &mut out,
+            &json!({"state": state.display(), "applied": applied, "version": version}),
+        )?;
+    } else {
+        writeln!(out, "{}: schema version {version}; {note}", state.display()).map_err(io)?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_doctor(global: &GlobalArgs, scratch_min_free_mb: u64) -> Result<ExitCode, CliError> {

@@ -198,7 +198,8 @@ impl Holder {
 /// Whether the holder runs `command` for another process. Not the commands that run jobs in the
 /// process that runs them (`worker`, `ingest`, `backfill MANIFEST`: the holder's own work owns
 /// the home), nor `reprobe`, which must not run while a worker may write the job and runs it again
-/// itself, nor `doctor`, which never needs the home.
+/// itself, nor `doctor` and `migrate`, which never need the home. (With the state on PostgreSQL
+/// nothing is served: the home is not locked, and every process opens the store itself.)
 pub fn served_remotely(command: &Command) -> bool {
     !matches!(
         command,
@@ -207,6 +208,7 @@ pub fn served_remotely(command: &Command) -> bool {
             | Command::Backfill { list: false, .. }
             | Command::Reprobe { .. }
             | Command::Doctor { .. }
+            | Command::Migrate
     )
 }
 
@@ -571,7 +573,7 @@ pub async fn open_or_forward(
     let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
     let mut request = None;
     loop {
-        let held = match open_home(global) {
+        let held = match open_home(global).await {
             Ok(home) => return Ok(Opened::Home(Box::new(home))),
             Err(CliError::Locked(held @ LockError::Held { .. })) => held,
             Err(error) => return Err(error),

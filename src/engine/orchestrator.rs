@@ -95,6 +95,12 @@ pub async fn submit(
 /// Every job found `running` when a process opens a store it holds alone belongs to a dead
 /// process: it goes back to `pending` (its old fencing token is dead with it) and resumes from its
 /// checkpoints when next claimed.
+///
+/// A store other processes share (`OrchestratorStore::shared`, PostgreSQL) is not held alone: a
+/// running job there is an orphan only once its lease has expired, since its holder renews the
+/// lease while it lives. (Between this read and the reclaim a holder may renew; the reclaim then
+/// takes a live job, and the holder's next write is refused by its stale fencing token: work is
+/// repeated, never overwritten.)
 pub async fn reclaim_orphans(engine: &Engine) -> Result<Vec<Job>, EngineError> {
     let running = engine
         .store
@@ -103,8 +109,18 @@ pub async fn reclaim_orphans(engine: &Engine) -> Result<Vec<Job>, EngineError> {
             limit: usize::MAX,
         })
         .await?;
+    let shared = engine.store.shared();
+    let now = crate::engine::job::Timestamp::now();
     let mut reclaimed = Vec::with_capacity(running.len());
     for job in running {
+        if shared
+            && job
+                .lease
+                .as_ref()
+                .is_some_and(|lease| lease.expires_at > now)
+        {
+            continue;
+        }
         match engine
             .store
             .reclaim_orphan(job.id, "reclaimed: the process that ran it is gone")
@@ -480,6 +496,10 @@ pub async fn schedule(
         Err(join_error) => tracing::error!(%join_error, "a job task panicked"),
     };
     tokio::pin!(shutdown);
+    // On a shared store, a process that died (or stopped) leaves running jobs nobody will end:
+    // a running scheduler takes over those whose lease expired, once per lease length.
+    let sweep_every = Duration::from_millis(engine.lease_ttl_ms);
+    let mut next_sweep = tokio::time::Instant::now();
     loop {
         let permit = tokio::select! {
             // Shutdown first: once asked to stop, no new job is claimed.
@@ -489,6 +509,10 @@ pub async fn schedule(
         };
         if engine.shutdown.is_draining() {
             break;
+        }
+        if engine.store.shared() && tokio::time::Instant::now() >= next_sweep {
+            reclaim_orphans(engine).await?;
+            next_sweep = tokio::time::Instant::now() + sweep_every;
         }
         let request = ClaimRequest {
             worker_id: &engine.worker_id,
@@ -527,13 +551,16 @@ pub async fn schedule(
                 let ms = u64::try_from(until.0.saturating_sub(Timestamp::now().0)).unwrap_or(0);
                 Duration::from_millis(ms).clamp(Duration::from_millis(10), WAIT_MAX)
             }
+            // A shared store wakes this wait itself when work arrives or a job of any process
+            // stops (`OrchestratorStore::wait_for_work`): no need to ask it often.
+            None if engine.store.shared() => WAIT_MAX,
             None => IDLE_POLL,
         };
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => finish(joined, &mut first_error),
-            () = tokio::time::sleep(pause) => {}
+            () = engine.store.wait_for_work(pause) => {}
         }
     }
     while let Some(joined) = tasks.join_next().await {
@@ -734,5 +761,135 @@ mod tests {
         assert_eq!(finished.status, Status::Failed);
         assert_eq!(finished.error.unwrap().class, "unsupported_source");
         assert_eq!(finished.attempts, 2);
+    }
+
+    // Guards a fleet sharing one PostgreSQL store: a process that starts does not take the
+    // running jobs of the processes still alive (their leases are live), only those whose lease
+    // expired; a lease holder that lost its job that way is fenced.
+    #[tokio::test]
+    async fn on_a_shared_store_only_jobs_with_expired_leases_are_orphans() {
+        let server = crate::store::pg_store::test_server::TestServer::start().await;
+        let uri = server.fresh_schema("orphans").await;
+        let home = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::PgStore::open(&uri).await.unwrap());
+        let engine = Engine::new(
+            store,
+            Storage::from_uri("memory://").unwrap(),
+            WorkflowRegistry::builtin(),
+            home.path(),
+            crate::steps::net::NetworkPolicy::default(),
+        );
+        let mut ids = Vec::new();
+        for key in ["alive", "dead"] {
+            let submitted = submit(
+                &engine,
+                &[format!("https://example.com/{key}.mp4")],
+                &SubmitOptions::default(),
+            )
+            .await
+            .unwrap();
+            ids.push(submitted[0].job.id);
+        }
+        let worker = crate::engine::job::WorkerId("other-machine:1".to_string());
+        let (_, alive_token) = engine
+            .store
+            .claim(ids[0], &worker, 600_000)
+            .await
+            .unwrap()
+            .unwrap();
+        // A lease of 1 ms has expired by the time the reclaim reads it.
+        let (_, dead_token) = engine
+            .store
+            .claim(ids[1], &worker, 1)
+            .await
+            .unwrap()
+            .unwrap();
+        let lease_end = engine
+            .store
+            .job(ids[1])
+            .await
+            .unwrap()
+            .unwrap()
+            .lease
+            .unwrap()
+            .expires_at;
+        while crate::engine::job::Timestamp::now() <= lease_end {
+            tokio::task::yield_now().await;
+        }
+
+        let reclaimed = reclaim_orphans(&engine).await.unwrap();
+        assert_eq!(
+            reclaimed.iter().map(|job| job.id).collect::<Vec<_>>(),
+            vec![ids[1]]
+        );
+        let alive = engine.store.job(ids[0]).await.unwrap().unwrap();
+        assert_eq!(alive.status, Status::Running);
+        engine
+            .store
+            .set_phase(&alive_token, Phase::Downloading)
+            .await
+            .unwrap()
+            .expect("the live holder keeps its job");
+        let stale = engine
+            .store
+            .set_phase(&dead_token, Phase::Downloading)
+            .await
+            .unwrap();
+        assert!(matches!(stale, Err(Rejected::Fenced { .. })), "{stale:?}");
+        server.cleanup().await;
+    }
+
+    // Guards takeover in a fleet: a job whose holder died (its lease expired, nobody will renew
+    // it) is reclaimed by a scheduler already running elsewhere, and run again there.
+    #[tokio::test]
+    async fn a_running_scheduler_takes_over_a_job_whose_lease_expired() {
+        let server = crate::store::pg_store::test_server::TestServer::start().await;
+        let uri = server.fresh_schema("takeover").await;
+        let home = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::PgStore::open(&uri).await.unwrap());
+        let engine = Engine::new(
+            store,
+            Storage::from_uri("memory://").unwrap(),
+            WorkflowRegistry::builtin(),
+            home.path(),
+            crate::steps::net::NetworkPolicy::default(),
+        );
+        let submitted = submit(
+            &engine,
+            &["ftp://example.com/dead.mp4".to_string()],
+            &SubmitOptions::default(),
+        )
+        .await
+        .unwrap();
+        let id = submitted[0].job.id;
+        let dead = crate::engine::job::WorkerId("dead-machine:1".to_string());
+        let (_, dead_token) = engine.store.claim(id, &dead, 1).await.unwrap().unwrap();
+        let lease_end = engine
+            .store
+            .job(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .lease
+            .unwrap()
+            .expires_at;
+        while Timestamp::now() <= lease_end {
+            tokio::task::yield_now().await;
+        }
+
+        let finished = work(&engine, 1, true, std::future::pending())
+            .await
+            .unwrap();
+
+        assert_eq!(
+            finished.iter().map(|job| job.id).collect::<Vec<_>>(),
+            vec![id]
+        );
+        let job = engine.store.job(id).await.unwrap().unwrap();
+        assert_eq!(job.status, Status::Failed);
+        assert_eq!(job.attempts, 2, "run again after the takeover");
+        let stale = engine.store.complete(&dead_token).await.unwrap();
+        assert!(matches!(stale, Err(Rejected::Fenced { .. })), "{stale:?}");
+        server.cleanup().await;
     }
 }

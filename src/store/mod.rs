@@ -1,10 +1,12 @@
 //! The state store: jobs, checkpoints, events (bounded: the oldest are folded into a summary),
 //! metadata records, job logs, the blob -> jobs index, pruned-job tombstones and the incident log.
 //!
-//! Only this module imports sled. The store exposes domain operations, never a raw "put job": every
-//! status or phase change goes through `engine::machine`, and is written together with its events
-//! (and, for `record_checkpoint`, the checkpoint) in one transaction that is flushed before the call
-//! returns, so nothing acknowledged is lost in a crash.
+//! Only this module imports sled and tokio-postgres: `sled_store` is the embedded store of one
+//! machine, `pg_store` the shared store of a fleet on PostgreSQL, and both pass `conformance`.
+//! The store exposes domain operations, never a raw "put job": every status or phase change goes
+//! through `engine::machine`, and is written together with its events (and, for
+//! `record_checkpoint`, the checkpoint) in one transaction that is durable before the call returns,
+//! so nothing acknowledged is lost in a crash.
 //!
 //! The ownership rule is in the traits: [`OrchestratorStore`] can move a job's status but has no
 //! operation that names a phase; [`WorkerStore`] can set the phase and record checkpoints but has no
@@ -15,6 +17,7 @@ pub mod conformance;
 pub mod lock;
 #[cfg(test)]
 mod model_tests;
+pub mod pg_store;
 pub mod sled_store;
 
 use std::collections::BTreeSet;
@@ -30,7 +33,52 @@ use crate::engine::machine::Rejected;
 use crate::engine::scheduling::{HostOutcome, OutcomeVerdict, SchedulingPolicy};
 
 pub use lock::{HomeLock, LockError};
+pub use pg_store::PgStore;
 pub use sled_store::SledStore;
+
+/// Which state store a home uses: `--state` / `NARRA_STATE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateUri {
+    /// `sled://<path>`: the embedded store of one machine (the default, `sled://<home>/state`).
+    Sled(std::path::PathBuf),
+    /// `postgres://...` (or `postgresql://`): the store a fleet shares (`pg_store`).
+    Postgres(String),
+}
+
+impl StateUri {
+    /// Reads a state URI; `None` is the home's own sled store. A relative sled path is relative
+    /// to the home.
+    pub fn parse(uri: Option<&str>, home: &std::path::Path) -> StoreResult<StateUri> {
+        let Some(uri) = uri.map(str::trim).filter(|uri| !uri.is_empty()) else {
+            return Ok(StateUri::Sled(home.join("state")));
+        };
+        if let Some(path) = uri.strip_prefix("sled://") {
+            if path.is_empty() {
+                return Err(StoreError::InvalidUri {
+                    uri: uri.to_string(),
+                    reason: "sled:// needs a path, e.g. sled:///var/lib/narra/state".to_string(),
+                });
+            }
+            return Ok(StateUri::Sled(home.join(path)));
+        }
+        if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
+            pg_store::parse_uri(uri)?;
+            return Ok(StateUri::Postgres(uri.to_string()));
+        }
+        Err(StoreError::InvalidUri {
+            uri: pg_store::redact(uri),
+            reason: "expected sled://<path> or postgres://user@host/database".to_string(),
+        })
+    }
+
+    /// The URI as it may be shown: a password is hidden.
+    pub fn display(&self) -> String {
+        match self {
+            StateUri::Sled(path) => format!("sled://{}", path.display()),
+            StateUri::Postgres(uri) => pg_store::redact(uri),
+        }
+    }
+}
 
 /// Store failures: the store itself is broken or unreachable. Refused transitions are not here:
 /// they come back as the inner [`Rejected`] of a nested result.
@@ -52,6 +100,18 @@ pub enum StoreError {
     UnsupportedSchema { found: u8, supported: u8 },
     #[error("cannot encode record: {0}")]
     Encode(String),
+    #[error("state store error (PostgreSQL): {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No connection to the PostgreSQL server could be had from the pool.
+    #[error("state store connection pool: {0}")]
+    Pool(String),
+    #[error(
+        "the PostgreSQL schema is at migration {found}, newer than this narra knows ({supported})"
+    )]
+    UnsupportedMigration { found: i32, supported: i32 },
+    /// The `--state` URI names no state store narra knows.
+    #[error("invalid state store URI {uri:?}: {reason}")]
+    InvalidUri { uri: String, reason: String },
 }
 
 impl StoreError {
@@ -221,6 +281,19 @@ pub trait JobReader: Send + Sync {
 /// The orchestrator's side: the global status. Nothing here can set a phase.
 #[async_trait]
 pub trait OrchestratorStore: JobReader {
+    /// Whether other processes use this store at the same time (a fleet on PostgreSQL). Then a
+    /// job running when this process starts is not an orphan merely because this process holds
+    /// the home: only one whose lease has expired is (`orchestrator::reclaim_orphans`).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Waits until there may be work to claim, or `timeout`: what an idle scheduler does between
+    /// two `claim_next` calls. A store that cannot tell sleeps `timeout`; PostgreSQL wakes on
+    /// `NOTIFY` from any process (`pg_store/listen.rs`).
+    async fn wait_for_work(&self, timeout: std::time::Duration) {
+        tokio::time::sleep(timeout).await;
+    }
     /// Idempotent by key: never creates a second job for a key that has one.
     async fn submit(&self, request: &SubmitRequest) -> StoreResult<Submitted>;
     /// Many submissions at once, each with `submit`'s semantics (but for `options.resubmit`), in
@@ -403,3 +476,44 @@ pub const LOG_LINES_MAX: usize = 2_000;
 /// in the same transaction (a store may be opened with a smaller bound for tests).
 pub const EVENTS_MAX: u64 = 1_000;
 pub const LOG_LINE_BYTES_MAX: usize = 4_096;
+
+/// How many events a job holds right after its history was compacted: three quarters of the
+/// bound, and at least one. Every store compacts to the same point.
+pub(crate) fn events_kept(events_max: u64) -> u64 {
+    (events_max - events_max / 4).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_uris_name_sled_by_default_and_postgres_when_asked() {
+        let home = std::path::Path::new("/srv/narra");
+        assert_eq!(
+            StateUri::parse(None, home).expect("default"),
+            StateUri::Sled(home.join("state"))
+        );
+        assert_eq!(
+            StateUri::parse(Some("sled:///var/lib/narra"), home).expect("absolute"),
+            StateUri::Sled("/var/lib/narra".into())
+        );
+        assert_eq!(
+            StateUri::parse(Some("sled://other"), home).expect("relative to the home"),
+            StateUri::Sled(home.join("other"))
+        );
+        let uri = "postgres://narra:secret@db:5432/narra";
+        let parsed = StateUri::parse(Some(uri), home).expect("postgres");
+        assert_eq!(parsed, StateUri::Postgres(uri.to_string()));
+        assert!(!parsed.display().contains("secret"), "{}", parsed.display());
+        for bad in ["sled://", "mysql://db/narra", "/var/lib/narra"] {
+            assert!(
+                matches!(
+                    StateUri::parse(Some(bad), home),
+                    Err(StoreError::InvalidUri { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,11 +1,13 @@
-//! A model-based test of the real sled store: random sequences of submit, claim, phase, step done,
+//! A model-based test of the real stores: random sequences of submit, claim, phase, step done,
 //! step failed, complete, cancel, retry, retry from a step, reingest, prune, lease expiry, crash and
-//! restart, applied to a
-//! `SledStore` on disk and to a plain in-memory model written from the runbook's rules; after every
+//! restart, applied to a `SledStore` on disk (or a `PgStore` in a schema of its own, on a real
+//! PostgreSQL server) and to a plain in-memory model written from the runbook's rules; after every
 //! operation the store must agree with the model ("act like the model, even after crashes").
+//! The PostgreSQL run has fewer cases (`NARRA_PG_MODEL_CASES`, default 64): each operation is a
+//! round trip to a server.
 //!
-//! `Crash` drops the store without anything further (every acknowledged write was flushed before
-//! it was acknowledged) and reopens it; `Restart` does the same and then reclaims every running
+//! `Crash` drops the store without anything further (every acknowledged write was flushed, or
+//! committed, before it was acknowledged) and reopens it; `Restart` does the same and then reclaims every running
 //! job, as a job-running command does when it opens a home (`orchestrator::reclaim_orphans`).
 //! Lease expiry is a reclaim of one running job. A real process crash, with sled's files cut at an
 //! arbitrary instant, is the crash matrix's and the soak's business (`tests/suite/crash.rs`,
@@ -22,13 +24,14 @@
 //! and the events held add up to the whole history.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use async_trait::async_trait;
 use proptest::prelude::*;
 
 use super::{
-    JobFilter, JobReader, MaintenanceStore, OrchestratorStore, SledStore, StepEvent, SubmitOutcome,
-    SubmitRequest, WorkerStore,
+    JobFilter, JobReader, MaintenanceStore, OrchestratorStore, PgStore, SledStore, StateStore,
+    StepEvent, StoreResult, SubmitOutcome, SubmitRequest, WorkerStore,
 };
 use crate::engine::job::{
     ChangeToken, Checkpoint, ErrorInfo, EventKind, Hash, Job, JobId, LeaseToken, Location, Phase,
@@ -273,6 +276,53 @@ fn checkpoint(step: &str) -> Checkpoint {
     }
 }
 
+/// Where a case's store lives, and what the test needs of it beyond the traits: to be opened
+/// again after a drop (a crash), and to check its records against each other.
+#[async_trait]
+trait Backend: Sync {
+    type Store: StateStore;
+    async fn open(&self) -> Self::Store;
+    async fn check_consistency(&self, store: &Self::Store) -> StoreResult<()>;
+}
+
+struct SledBackend {
+    path: PathBuf,
+}
+
+#[async_trait]
+impl Backend for SledBackend {
+    type Store = SledStore;
+
+    async fn open(&self) -> SledStore {
+        open(&self.path)
+    }
+
+    async fn check_consistency(&self, store: &SledStore) -> StoreResult<()> {
+        store.check_consistency()
+    }
+}
+
+struct PgBackend {
+    uri: String,
+}
+
+#[async_trait]
+impl Backend for PgBackend {
+    type Store = PgStore;
+
+    async fn open(&self) -> PgStore {
+        let store = PgStore::open(&self.uri)
+            .await
+            .expect("open the PostgreSQL store");
+        store.set_events_max(EVENTS_MAX);
+        store
+    }
+
+    async fn check_consistency(&self, store: &PgStore) -> StoreResult<()> {
+        store.check_consistency().await
+    }
+}
+
 /// Opens the store, waiting for a dropped instance to let go of it: sled's own threads may hold
 /// the last reference to the old database (and its file lock) for a moment after the drop.
 fn open(path: &Path) -> SledStore {
@@ -304,7 +354,7 @@ fn lease_token(id: JobId, fencing_token: u64) -> LeaseToken {
 
 /// A refused write is refused for the reason the model gives, and writes nothing.
 async fn assert_refused<T: std::fmt::Debug>(
-    store: &SledStore,
+    store: &dyn StateStore,
     id: JobId,
     before: &Job,
     outcome: Result<T, Rejected>,
@@ -324,12 +374,12 @@ async fn assert_refused<T: std::fmt::Debug>(
 }
 
 /// Applies one operation to the store and the model; returns the store (reopened by a crash).
-async fn apply(
-    path: &Path,
-    mut store: SledStore,
+async fn apply<B: Backend>(
+    backend: &B,
+    mut store: B::Store,
     model: &mut Model,
     op: &Op,
-) -> Result<SledStore, TestCaseError> {
+) -> Result<B::Store, TestCaseError> {
     let worker = WorkerId("model:1:1".to_string());
     // The job an operation names, with its record as it was before the operation.
     let target = |job: usize| model.job(job).cloned();
@@ -666,12 +716,12 @@ async fn apply(
         }
         Op::Crash => {
             drop(store);
-            store = open(path);
+            store = backend.open().await;
         }
         Op::Work { .. } => unreachable!("expanded before it is applied"),
         Op::Restart => {
             drop(store);
-            store = open(path);
+            store = backend.open().await;
             let running = store
                 .jobs(&JobFilter {
                     status: Some(Status::Running),
@@ -694,7 +744,11 @@ async fn apply(
 }
 
 /// The store agrees with the model, and every invariant holds.
-async fn check(store: &SledStore, model: &Model) -> Result<(), TestCaseError> {
+async fn check<B: Backend>(
+    backend: &B,
+    store: &B::Store,
+    model: &Model,
+) -> Result<(), TestCaseError> {
     let modeled: Vec<&ModelJob> = model.jobs.iter().flatten().collect();
     let all = store
         .jobs(&JobFilter {
@@ -752,7 +806,7 @@ async fn check(store: &SledStore, model: &Model) -> Result<(), TestCaseError> {
         }
         replay(store, &job).await?;
     }
-    if let Err(error) = store.check_consistency() {
+    if let Err(error) = backend.check_consistency(store).await {
         prop_assert!(false, "inconsistent store: {error}");
     }
     Ok(())
@@ -761,7 +815,7 @@ async fn check(store: &SledStore, model: &Model) -> Result<(), TestCaseError> {
 /// The job's (status, phase) history from its events alone, starting where the summary of its
 /// compacted events left it: every state is a row of the phase table, and the last is where the
 /// job is. The history holds at most the bound, and with the summary adds up to `events_next`.
-async fn replay(store: &SledStore, job: &Job) -> Result<(), TestCaseError> {
+async fn replay(store: &dyn StateStore, job: &Job) -> Result<(), TestCaseError> {
     let summary = store.event_summary(job.id).await.expect("summary");
     let events = store.events(job.id).await.expect("events");
     prop_assert!(
@@ -828,19 +882,58 @@ proptest! {
             .build()
             .expect("a runtime");
         let dir = scratch_dir();
-        let path = dir.path().join("state");
+        let backend = SledBackend { path: dir.path().join("state") };
+        runtime.block_on(run_case(&backend, &ops))?;
+    }
+}
+
+/// One case: the ops, each followed by a check, then a last crash and check.
+async fn run_case<B: Backend>(backend: &B, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut store = backend.open().await;
+    let mut model = Model::default();
+    // Every sequence starts with a job, so that more of it exercises one.
+    let first = Op::Submit {
+        key: 0,
+        reingest: false,
+    };
+    for op in std::iter::once(first).chain(ops.iter().flat_map(expand)) {
+        store = apply(backend, store, &mut model, &op).await?;
+        check(backend, &store, &model).await?;
+    }
+    // A last restart: what was acknowledged is all still there.
+    store = apply(backend, store, &mut model, &Op::Crash).await?;
+    check(backend, &store, &model).await
+}
+
+// The same model, on PostgreSQL: each case in a fresh schema of one server (a throwaway cluster,
+// or `NARRA_TEST_POSTGRES_URL`'s).
+#[test]
+fn the_postgres_store_acts_like_the_model_even_after_crashes() {
+    let cases = std::env::var("NARRA_PG_MODEL_CASES")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .unwrap_or(64);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let server = runtime.block_on(super::pg_store::test_server::TestServer::start());
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let result = runner.run(&prop::collection::vec(op(), 1..16), |ops| {
         runtime.block_on(async {
-            let mut store = open(&path);
-            let mut model = Model::default();
-            // Every sequence starts with a job, so that more of it exercises one.
-            let first = Op::Submit { key: 0, reingest: false };
-            for op in std::iter::once(first).chain(ops.iter().flat_map(expand)) {
-                store = apply(&path, store, &mut model, &op).await?;
-                check(&store, &model).await?;
-            }
-            // A last restart: what was acknowledged is all still there.
-            store = apply(&path, store, &mut model, &Op::Crash).await?;
-            check(&store, &model).await
-        })?;
+            let backend = PgBackend {
+                uri: server.fresh_schema("model").await,
+            };
+            run_case(&backend, &ops).await
+        })
+    });
+    runtime.block_on(server.cleanup());
+    if let Err(error) = result {
+        panic!("{error}");
     }
 }

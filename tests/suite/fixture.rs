@@ -58,6 +58,7 @@ impl Home {
             .args(args)
             .env_remove("NARRA_HOME")
             .env_remove("NARRA_STORAGE")
+            .env_remove("NARRA_STATE")
             .env_remove("NARRA_WORKFLOWS")
             .env("NARRA_LOG", "info")
             .env("NARRA_ALLOW_PRIVATE_NETWORK", "1")

@@ -18,6 +18,7 @@ mod lock;
 mod logs;
 mod maintenance;
 mod phases;
+mod postgres;
 mod progress;
 mod resume;
 mod s3;

@@ -15,11 +15,7 @@ use crate::engine::history;
 use crate::engine::job::{Event, EventSummary, Job, JobId};
 use crate::store::StoreResult;
 
-/// How many events a job holds right after its history was compacted: three quarters of the
-/// bound, and at least one.
-pub(super) fn events_kept(events_max: u64) -> u64 {
-    (events_max - events_max / 4).max(1)
-}
+use crate::store::events_kept;
 
 /// Decodes a summary and checks it right after reading it back: it is the summary of the job its
 /// key names.
