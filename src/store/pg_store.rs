@@ -1672,10 +1672,16 @@ impl OrchestratorStore for PgStore {
         self.orchestrate(token.job_id, &op).await
     }
 
-    async fn hold(&self, token: &LeaseToken, reason: &str) -> StoreResult<Result<Job, Rejected>> {
+    async fn hold(
+        &self,
+        token: &LeaseToken,
+        reason: &str,
+        until: Option<(Timestamp, ErrorInfo)>,
+    ) -> StoreResult<Result<Job, Rejected>> {
         let op = OrchestratorOp::Hold {
             token: token.fencing_token,
             reason: reason.to_string(),
+            until,
         };
         self.orchestrate(token.job_id, &op).await
     }
