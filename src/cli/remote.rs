@@ -169,7 +169,12 @@ impl Holder {
             command: command.name(),
             runs_queue: matches!(
                 command,
-                Command::Worker { .. } | Command::Backfill { list: false, .. }
+                Command::Worker { .. }
+                    | Command::Serve {
+                        no_worker: false,
+                        ..
+                    }
+                    | Command::Backfill { list: false, .. }
             ),
         }
     }
@@ -203,6 +208,7 @@ pub fn served_remotely(command: &Command) -> bool {
     !matches!(
         command,
         Command::Worker { .. }
+            | Command::Serve { .. }
             | Command::Ingest { .. }
             | Command::Backfill { list: false, .. }
             | Command::Reprobe { .. }
@@ -753,6 +759,7 @@ mod tests {
         for argv in [
             &["narra", "worker"][..],
             &["narra", "worker", "--drain"],
+            &["narra", "serve"],
             &["narra", "ingest", "x.mp4"],
             &["narra", "backfill", "manifest.txt"],
             &["narra", "reprobe", "01M8HBG81MHAXSJF1KSJWXGZRJ"],
@@ -778,6 +785,8 @@ mod tests {
     #[test]
     fn the_holder_runs_the_queue_only_as_a_worker_or_a_backfill() {
         assert!(Holder::new(&parse(&["narra", "worker"])).runs_queue);
+        assert!(Holder::new(&parse(&["narra", "serve"])).runs_queue);
+        assert!(!Holder::new(&parse(&["narra", "serve", "--no-worker"])).runs_queue);
         assert!(Holder::new(&parse(&["narra", "backfill", "m.txt"])).runs_queue);
         assert!(!Holder::new(&parse(&["narra", "backfill", "--list"])).runs_queue);
         assert!(!Holder::new(&parse(&["narra", "jobs"])).runs_queue);

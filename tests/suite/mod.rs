@@ -2,6 +2,7 @@
 
 mod fixture;
 
+mod api;
 mod azblob;
 mod backfill;
 mod bad_input;
