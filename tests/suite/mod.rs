@@ -6,6 +6,7 @@ mod api;
 mod azblob;
 mod backfill;
 mod bad_input;
+mod browser;
 mod cancel;
 mod crash;
 mod downloads;
