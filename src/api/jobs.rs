@@ -39,7 +39,10 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
-/// `GET /jobs`: newest first, `{jobs: [summary + progress (+ stuck)], next_cursor}`.
+/// `GET /jobs`: newest first, `{jobs: [summary + progress (+ stuck)], next_cursor}`. The filters
+/// other than status are applied here, over the jobs the store's status index gives, so a page
+/// costs a read of the jobs of that status (of every job without one); the cursor is a job id,
+/// stable while jobs are added (new ones sort before it).
 pub async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,

@@ -25,9 +25,9 @@
 //! Bytes (arguments, the directory, the output) are a JSON string when they are UTF-8, else an
 //! array of byte values ([`WireBytes`]).
 //!
-//! This module never runs a job for a client, nor a command that would: `worker`, `ingest`,
-//! `backfill MANIFEST` and `reprobe` are refused ([`served_remotely`]), and a served `retry` only
-//! queues.
+//! This module never runs a job for a client, nor a command that would: `worker`, `serve`,
+//! `ingest`, `backfill MANIFEST` and `reprobe` are refused ([`served_remotely`]), and a served
+//! `retry` only queues.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -156,7 +156,8 @@ pub struct Holder {
     pub pid: u32,
     /// The holder's command, for messages: `worker`, `backfill`, ...
     pub command: &'static str,
-    /// Whether the holder claims whatever is queued (`worker`, `backfill`), so that a job a
+    /// Whether the holder claims whatever is queued (`worker`, `serve` without `--no-worker`,
+    /// `backfill`), so that a job a
     /// client queues is run without anyone starting a worker.
     pub runs_queue: bool,
 }
