@@ -63,6 +63,11 @@ impl Server {
         }
     }
 
+    /// SIGINT, as Ctrl-C: the exit status once `serve` has stopped.
+    pub fn stop(self) -> std::process::ExitStatus {
+        self._child.interrupt_and_wait()
+    }
+
     /// A request; the status and the raw body.
     pub fn raw(
         &self,
@@ -426,8 +431,9 @@ fn a_failed_job_is_found_retried_from_a_step_reset_and_cancelled() {
 }
 
 // Guards listing: newest first, cursor pagination that visits every job once, filters by status,
-// phase and host, and bad filters as 400. With --no-worker the jobs stay pending; a server without
-// a token is read-only (403), and serve refuses a non-loopback address without a token.
+// phase and host, and bad filters as 400. With --no-worker the jobs stay pending; SIGINT stops
+// serve with exit 0 and frees the home; a server without a token is read-only (403), and serve
+// refuses a non-loopback address without a token.
 #[test]
 fn jobs_page_through_a_cursor_and_a_tokenless_server_is_read_only() {
     let home = Home::new();
@@ -476,7 +482,10 @@ fn jobs_page_through_a_cursor_and_a_tokenless_server_is_read_only() {
     ] {
         assert_error(server.call("GET", bad, None, None), 400, "bad_request");
     }
-    drop(server);
+    // SIGINT stops serve cleanly and lets the home go: the CLI opens it itself again.
+    assert!(server.stop().success());
+    let listed = home.json(&["jobs"], 0);
+    assert_eq!(listed.as_array().unwrap().len(), 5);
 
     let read_only = Server::start_env(&home, &["--no-worker"], &[]);
     assert_error(
