@@ -28,7 +28,12 @@ impl Server {
     }
 
     pub fn start_env(home: &Home, args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut full = vec!["serve", "--bind", "127.0.0.1:0"];
+        Server::start_bind(home, "127.0.0.1:0", args, env)
+    }
+
+    /// `narra serve --bind BIND ARGS`; an unspecified address is reached through loopback.
+    pub fn start_bind(home: &Home, bind: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut full = vec!["serve", "--bind", bind];
         full.extend_from_slice(args);
         let stderr = std::fs::File::create(home.dir.path().join("serve.stderr")).unwrap();
         let mut command = home.command(&full);
@@ -47,6 +52,7 @@ impl Server {
         std::io::BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read the served URL");
+        let line = line.replace("http://0.0.0.0:", "http://127.0.0.1:");
         assert!(
             line.starts_with("http://127.0.0.1:"),
             "narra serve printed {line:?}; stderr:\n{}",
@@ -432,8 +438,8 @@ fn a_failed_job_is_found_retried_from_a_step_reset_and_cancelled() {
 
 // Guards listing: newest first, cursor pagination that visits every job once, filters by status,
 // phase and host, and bad filters as 400. With --no-worker the jobs stay pending; SIGINT stops
-// serve with exit 0 and frees the home; a server without a token is read-only (403), and serve
-// refuses a non-loopback address without a token.
+// serve with exit 0 and frees the home; a server without a token is read-only (403); on a
+// non-loopback address reads need the token too, and serve refuses one without a token.
 #[test]
 fn jobs_page_through_a_cursor_and_a_tokenless_server_is_read_only() {
     let home = Home::new();
@@ -500,6 +506,28 @@ fn jobs_page_through_a_cursor_and_a_tokenless_server_is_read_only() {
     );
     assert_eq!(read_only.get("/jobs")["jobs"].as_array().unwrap().len(), 5);
     drop(read_only);
+
+    // On an address other than loopback, reads need the token too; the console page does not.
+    let exposed = Server::start_bind(
+        &home,
+        "0.0.0.0:0",
+        &["--no-worker"],
+        &[("NARRA_API_TOKEN", TOKEN)],
+    );
+    assert_error(
+        exposed.call("GET", "/jobs", None, None),
+        401,
+        "unauthorized",
+    );
+    assert_error(
+        exposed.call("GET", "/metrics", Some("wrong-token-0123456789"), None),
+        403,
+        "forbidden",
+    );
+    let (status, listed) = exposed.call("GET", "/jobs", Some(TOKEN), None);
+    assert_eq!((status, listed["jobs"].as_array().unwrap().len()), (200, 5));
+    assert_eq!(exposed.raw("GET", "/", None, None).0, 200);
+    drop(exposed);
 
     let refused = home
         .command(&["serve", "--bind", "0.0.0.0:0"])
