@@ -1,9 +1,10 @@
 //! narra: a durable workflow engine for video ingestion.
 //!
 //! Every ingestion job is a persisted workflow of checkpointed steps (download -> extract -> store).
-//! The binary in `main.rs` is a thin shell over this library: the CLI, the tests and (later) the
+//! The binary in `main.rs` is a thin shell over this library: the CLI, the tests and the
 //! HTTP API all call the same functions. See `docs/ARCHITECTURE.md` for the map.
 
+pub mod api;
 pub mod cli;
 pub mod engine;
 pub mod failpoint;

@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod health;
 pub mod maintenance;
 pub mod remote;
+pub mod serve;
 pub mod signals;
 pub mod stuck;
 pub mod views;
@@ -236,6 +237,24 @@ pub enum Command {
         #[command(flatten)]
         scheduling: SchedulingArgs,
     },
+    /// Serve the HTTP API and the admin console on `--bind`, and run queued jobs like `worker`
+    /// (unless `--no-worker`). Mutations need `NARRA_API_TOKEN`; a non-loopback address is refused
+    /// without it. Prints the URL it serves on stdout.
+    Serve {
+        /// The address to listen on; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: std::net::SocketAddr,
+        /// Only serve: run no jobs (another `narra worker` cannot run while this holds the home,
+        /// so queued jobs wait until it ends).
+        #[arg(long)]
+        no_worker: bool,
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+        #[command(flatten)]
+        shutdown: ShutdownArgs,
+        #[command(flatten)]
+        scheduling: SchedulingArgs,
+    },
     /// List jobs, newest first.
     Jobs {
         /// pending, running, succeeded (or completed), failed or cancelled.
@@ -401,6 +420,7 @@ impl Command {
             Command::Ingest { .. } => "ingest",
             Command::Submit { .. } => "submit",
             Command::Worker { .. } => "worker",
+            Command::Serve { .. } => "serve",
             Command::Jobs { .. } => "jobs",
             Command::Reset { .. } => "reset",
             Command::Backfill { .. } => "backfill",
@@ -598,6 +618,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             scheduling,
             ..
         }
+        | Command::Serve {
+            shutdown,
+            scheduling,
+            ..
+        }
         | Command::Ingest {
             shutdown,
             scheduling,
@@ -757,6 +782,12 @@ pub async fn dispatch(
             }
             Ok(exit_for(&jobs))
         }
+        Command::Serve {
+            bind,
+            no_worker,
+            concurrency,
+            ..
+        } => serve::serve(engine, &mut out, bind, no_worker, concurrency).await,
         Command::Jobs {
             status,
             limit,

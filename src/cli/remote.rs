@@ -25,9 +25,9 @@
 //! Bytes (arguments, the directory, the output) are a JSON string when they are UTF-8, else an
 //! array of byte values ([`WireBytes`]).
 //!
-//! This module never runs a job for a client, nor a command that would: `worker`, `ingest`,
-//! `backfill MANIFEST` and `reprobe` are refused ([`served_remotely`]), and a served `retry` only
-//! queues.
+//! This module never runs a job for a client, nor a command that would: `worker`, `serve`,
+//! `ingest`, `backfill MANIFEST` and `reprobe` are refused ([`served_remotely`]), and a served
+//! `retry` only queues.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -156,7 +156,8 @@ pub struct Holder {
     pub pid: u32,
     /// The holder's command, for messages: `worker`, `backfill`, ...
     pub command: &'static str,
-    /// Whether the holder claims whatever is queued (`worker`, `backfill`), so that a job a
+    /// Whether the holder claims whatever is queued (`worker`, `serve` without `--no-worker`,
+    /// `backfill`), so that a job a
     /// client queues is run without anyone starting a worker.
     pub runs_queue: bool,
 }
@@ -169,7 +170,12 @@ impl Holder {
             command: command.name(),
             runs_queue: matches!(
                 command,
-                Command::Worker { .. } | Command::Backfill { list: false, .. }
+                Command::Worker { .. }
+                    | Command::Serve {
+                        no_worker: false,
+                        ..
+                    }
+                    | Command::Backfill { list: false, .. }
             ),
         }
     }
@@ -204,6 +210,7 @@ pub fn served_remotely(command: &Command) -> bool {
     !matches!(
         command,
         Command::Worker { .. }
+            | Command::Serve { .. }
             | Command::Ingest { .. }
             | Command::Backfill { list: false, .. }
             | Command::Reprobe { .. }
@@ -755,6 +762,7 @@ mod tests {
         for argv in [
             &["narra", "worker"][..],
             &["narra", "worker", "--drain"],
+            &["narra", "serve"],
             &["narra", "ingest", "x.mp4"],
             &["narra", "backfill", "manifest.txt"],
             &["narra", "reprobe", "01M8HBG81MHAXSJF1KSJWXGZRJ"],
@@ -780,6 +788,8 @@ mod tests {
     #[test]
     fn the_holder_runs_the_queue_only_as_a_worker_or_a_backfill() {
         assert!(Holder::new(&parse(&["narra", "worker"])).runs_queue);
+        assert!(Holder::new(&parse(&["narra", "serve"])).runs_queue);
+        assert!(!Holder::new(&parse(&["narra", "serve", "--no-worker"])).runs_queue);
         assert!(Holder::new(&parse(&["narra", "backfill", "m.txt"])).runs_queue);
         assert!(!Holder::new(&parse(&["narra", "backfill", "--list"])).runs_queue);
         assert!(!Holder::new(&parse(&["narra", "jobs"])).runs_queue);

@@ -2,9 +2,11 @@
 
 mod fixture;
 
+mod api;
 mod azblob;
 mod backfill;
 mod bad_input;
+mod browser;
 mod cancel;
 mod crash;
 mod downloads;

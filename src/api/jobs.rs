@@ -1,0 +1,362 @@
+//! `/jobs`: list, submit, show, events, logs, retry (optionally from a step), cancel, reset. Each
+//! handler calls what the matching CLI command calls and answers with `cli::views` shapes.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{API_ACTOR, ApiError, ApiState, Body, parse_job_id};
+use crate::cli::views;
+use crate::engine::backfill::source_host;
+use crate::engine::job::{Job, JobId, Status, Timestamp};
+use crate::engine::machine::Rejected;
+use crate::engine::orchestrator::{SubmitOptions, submit};
+use crate::steps::{ErrorClass, StepError};
+use crate::store::{JobFilter, SubmitOutcome};
+
+/// A page holds this many jobs unless `limit` says otherwise.
+pub const PAGE_DEFAULT: usize = 50;
+/// The most jobs one page holds.
+pub const PAGE_MAX: usize = 1_000;
+
+/// `GET /jobs` filters; every one optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub phase: Option<String>,
+    /// The error class of the job's last failure.
+    pub class: Option<String>,
+    /// The source's host (and port), as `health` names it; `local` for files.
+    pub host: Option<String>,
+    /// Only running jobs that look stuck (`narra jobs --stuck`).
+    pub stuck: Option<bool>,
+    pub stuck_after_s: Option<u64>,
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page: jobs older than it.
+    pub cursor: Option<String>,
+}
+
+/// `GET /jobs`: newest first, `{jobs: [summary + progress (+ stuck)], next_cursor}`. The filters
+/// other than status are applied here, over the jobs the store's status index gives, so a page
+/// costs a read of the jobs of that status (of every job without one); the cursor is a job id,
+/// stable while jobs are added (new ones sort before it).
+pub async fn list(
+    State(state): State<ApiState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let engine = &state.engine;
+    let status = query
+        .status
+        .as_deref()
+        .map(|text| text.parse::<Status>())
+        .transpose()
+        .map_err(|error| ApiError::bad_request(format!("status: {error}")))?;
+    if let Some(phase) = query.phase.as_deref()
+        && !["downloading", "processing", "storing"].contains(&phase)
+    {
+        return Err(ApiError::bad_request(format!(
+            "phase {phase:?} is not one of downloading, processing, storing"
+        )));
+    }
+    let limit = query.limit.unwrap_or(PAGE_DEFAULT);
+    if limit == 0 || limit > PAGE_MAX {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {PAGE_MAX}, not {limit}"
+        )));
+    }
+    let cursor = query.cursor.as_deref().map(parse_job_id).transpose()?;
+    // Stuck jobs carry why; the others are read from the store's status index.
+    let mut candidates: Vec<(Job, Option<Value>)> = if query.stuck.unwrap_or(false) {
+        let stuck_after_s = query
+            .stuck_after_s
+            .unwrap_or(crate::engine::stuck::DEFAULT_STUCK_AFTER_S);
+        crate::engine::stuck::stuck_jobs(engine, stuck_after_s, Timestamp::now())
+            .await?
+            .into_iter()
+            .map(|stuck| {
+                let detail = crate::cli::stuck::stuck_json(&stuck);
+                (stuck.job, Some(detail))
+            })
+            .collect()
+    } else {
+        engine
+            .store
+            .jobs(&JobFilter {
+                status,
+                limit: usize::MAX,
+            })
+            .await?
+            .into_iter()
+            .map(|job| (job, None))
+            .collect()
+    };
+    // Job ids are ULIDs: newest first is descending id order, which is also the cursor's order.
+    candidates.sort_by_key(|(job, _)| std::cmp::Reverse(job.id));
+    let mut page = Vec::new();
+    let mut more = false;
+    for (job, stuck) in candidates {
+        if cursor.is_some_and(|cursor| job.id >= cursor)
+            || status.is_some_and(|status| job.status != status)
+            || query
+                .phase
+                .as_deref()
+                .is_some_and(|phase| job.ingestion_phase.map(|p| p.as_str()) != Some(phase))
+            || query.class.as_deref().is_some_and(|class| {
+                job.error.as_ref().map(|error| error.class.as_str()) != Some(class)
+            })
+            || query
+                .host
+                .as_deref()
+                .is_some_and(|host| source_host(&job.source) != host)
+        {
+            continue;
+        }
+        if page.len() == limit {
+            more = true;
+            break;
+        }
+        let mut summary = match stuck {
+            Some(detail) => detail,
+            None => views::job_summary(&job),
+        };
+        summary["progress"] =
+            views::progress_json(&job, engine.store.progress(job.id).await?.as_ref());
+        summary["source_host"] = json!(source_host(&job.source));
+        summary["updated_at"] = json!(job.updated_at.to_rfc3339());
+        page.push((job.id, summary));
+    }
+    let next_cursor = if more {
+        page.last().map(|(id, _)| id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "jobs": page.into_iter().map(|(_, summary)| summary).collect::<Vec<_>>(),
+        "next_cursor": next_cursor,
+    })))
+}
+
+/// `POST /jobs` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub source: String,
+    pub workflow: Option<String>,
+    /// The caller's own idempotency key (signed or expiring URLs).
+    pub key: Option<String>,
+    pub priority: Option<i32>,
+    /// Completion webhooks are not implemented yet: refused rather than silently ignored.
+    pub callback_url: Option<String>,
+}
+
+/// Checks a source the API may submit: an `http(s)` URL that passes the download guard's checks
+/// that need no connection (`NetworkPolicy::check_url`: scheme, IP literals). A host name that
+/// resolves to a private address is stopped by the same guard when the download connects.
+pub fn check_source(state: &ApiState, source: &str) -> Result<(), ApiError> {
+    let url = url::Url::parse(source.trim()).map_err(|_| {
+        ApiError::from(StepError::new(
+            ErrorClass::UnsupportedSource,
+            "the API takes http(s) URLs only: local paths are refused (use the CLI on the host)",
+        ))
+    })?;
+    state.engine.network.check_url(&url)?;
+    Ok(())
+}
+
+/// `POST /jobs`: idempotent submission, 201 with a new job, 200 with the existing one.
+pub async fn create(
+    State(state): State<ApiState>,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let request: CreateRequest = body.json()?;
+    if request.callback_url.is_some() {
+        return Err(ApiError::bad_request(
+            "callback_url: completion webhooks are not supported yet",
+        ));
+    }
+    if let Some(priority) = request.priority
+        && !(-1000..=1000).contains(&priority)
+    {
+        return Err(ApiError::bad_request(format!(
+            "priority must be -1000 to 1000, not {priority}"
+        )));
+    }
+    check_source(&state, &request.source)?;
+    let options = SubmitOptions {
+        workflow: request.workflow,
+        key: request.key,
+        reingest: false,
+        priority: request.priority,
+        base_dir: None,
+    };
+    let mut submitted = submit(
+        &state.engine,
+        &[request.source.trim().to_string()],
+        &options,
+    )
+    .await?;
+    let submitted = submitted.pop().expect("one source gives one submission");
+    let status = match submitted.outcome {
+        SubmitOutcome::Created => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    let mut value = views::job_summary(&submitted.job);
+    value["outcome"] = json!(match submitted.outcome {
+        SubmitOutcome::Created => "created",
+        SubmitOutcome::Existing => "existing",
+        SubmitOutcome::Retried => "retried",
+        SubmitOutcome::Reingested => "reingested",
+    });
+    Ok((status, Json(value)))
+}
+
+/// The job, or 404 (naming a prune when `narra prune` removed it).
+async fn job_or_404(state: &ApiState, id: JobId) -> Result<Job, ApiError> {
+    if let Some(job) = state.engine.store.job(id).await? {
+        return Ok(job);
+    }
+    match state.engine.store.pruned_job(id).await? {
+        Some(pruned) => Err(ApiError::not_found(format!(
+            "job {id} was pruned at {} ({}, last updated {}); its objects stay in storage",
+            pruned.pruned_at.to_rfc3339(),
+            pruned.status,
+            pruned.updated_at.to_rfc3339()
+        ))),
+        None => Err(ApiError::job_not_found(id)),
+    }
+}
+
+/// `GET /jobs/{id}`: what `narra --json show ID` prints.
+pub async fn show(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_job_id(&id)?;
+    let engine = &state.engine;
+    let job = job_or_404(&state, id).await?;
+    let checkpoints = engine.store.checkpoints(id).await?;
+    let metadata = engine.store.metadata(id).await?;
+    let summary = engine.store.event_summary(id).await?;
+    let events = engine.store.events(id).await?;
+    let progress = engine.store.progress(id).await?;
+    let history = views::History {
+        summary: summary.as_ref(),
+        events: &events,
+    };
+    let mut value = views::job_detail(&job, &checkpoints, metadata.as_ref(), &history);
+    value["progress"] = views::progress_json(&job, progress.as_ref());
+    Ok(Json(value))
+}
+
+/// `GET /jobs/{id}/events`: `{events_compacted, events_summary, events}`.
+pub async fn events(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_job_id(&id)?;
+    job_or_404(&state, id).await?;
+    let summary = state.engine.store.event_summary(id).await?;
+    let events = state.engine.store.events(id).await?;
+    Ok(Json(json!({
+        "events_compacted": summary.as_ref().map_or(0, |summary| summary.events_compacted),
+        "events_summary": summary.as_ref().map(views::event_summary_json),
+        "events": events.iter().map(views::event_json).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /jobs/{id}/logs`: the job's own log lines, as `narra --json logs ID` prints them.
+pub async fn logs(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_job_id(&id)?;
+    job_or_404(&state, id).await?;
+    let lines = state.engine.store.logs(id).await?;
+    Ok(Json(json!({
+        "lines": lines.iter().map(views::log_line_json).collect::<Vec<_>>(),
+    })))
+}
+
+/// `POST /jobs/{id}/retry` body: `{"from": STEP}` redoes from that step (`retry --from`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    pub from: Option<String>,
+}
+
+/// `POST /jobs/{id}/retry`: back to pending (the worker of `serve` runs it).
+pub async fn retry(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_job_id(&id)?;
+    let request: RetryRequest = body.json_or_default()?;
+    job_or_404(&state, id).await?;
+    let engine = &state.engine;
+    let job = match request.from {
+        Some(step) => {
+            let reason = format!("asked by {API_ACTOR}");
+            let mut outcomes =
+                crate::engine::retry::retry_from(engine, &[id], &step, &reason).await?;
+            let (_, outcome) = outcomes.pop().expect("one id gives one outcome");
+            outcome?
+        }
+        None => match engine
+            .store
+            .retry(id, "retry requested by an operator (api)")
+            .await?
+        {
+            Ok(job) => job,
+            // As `narra retry`: a pending job needs no transition, it is simply run.
+            Err(Rejected::NotAllowed {
+                status: Status::Pending,
+                ..
+            }) => job_or_404(&state, id).await?,
+            Err(rejected) => return Err(rejected.into()),
+        },
+    };
+    Ok(Json(views::job_summary(&job)))
+}
+
+/// `POST /jobs/{id}/cancel`: as `narra cancel ID`.
+pub async fn cancel(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_job_id(&id)?;
+    let job = state.engine.store.cancel(id).await??;
+    Ok(Json(views::job_summary(&job)))
+}
+
+/// `POST /jobs/{id}/reset` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /jobs/{id}/reset`: as `narra reset ID [--force] [--reason TEXT]`, by actor `api`.
+pub async fn reset(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let id = parse_job_id(&id)?;
+    let request: ResetRequest = body.json_or_default()?;
+    let job = crate::engine::stuck::reset_job(
+        &state.engine,
+        id,
+        API_ACTOR,
+        request.reason.as_deref(),
+        request.force,
+    )
+    .await??;
+    Ok(Json(views::job_summary(&job)))
+}

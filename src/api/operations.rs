@@ -1,0 +1,223 @@
+//! Backfills, verify, cleanup and health over HTTP: the runbook's steps 3 and 5 and its escalation
+//! signals, through the engine functions `narra backfill`, `verify`, `cleanup` and `health` call.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{API_ACTOR, ApiError, ApiState, Body, parse_job_id};
+use crate::cli::maintenance::{executed_json, plan_json, verification_json};
+use crate::engine::backfill::{BackfillOptions, jobs_of_backfill, parse_manifest, submit_manifest};
+use crate::engine::cleanup::{CleanupOptions, DEFAULT_MIN_AGE_S, execute, plan};
+use crate::engine::job::{BackfillId, Timestamp};
+
+/// `POST /backfills` query: the manifest's name (running the same name again resumes its
+/// backfill; default: the blake3 of the body) and the workflow of lines that name none.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillQuery {
+    pub name: Option<String>,
+    pub workflow: Option<String>,
+}
+
+/// `POST /backfills`: the body is a manifest (lines, JSON Lines or CSV, as `narra backfill`
+/// reads). Every source must be an `http(s)` URL the download guard admits; otherwise nothing is
+/// submitted (400 naming the lines). The jobs are queued for the worker of `serve`.
+pub async fn create_backfill(
+    State(state): State<ApiState>,
+    query: Result<Query<BackfillQuery>, axum::extract::rejection::QueryRejection>,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let text = std::str::from_utf8(&body.0)
+        .map_err(|_| ApiError::bad_request("the manifest is not UTF-8 text"))?;
+    let name = match &query.name {
+        Some(name) if !name.trim().is_empty() => format!("api:{}", name.trim()),
+        _ => format!(
+            "api:{}",
+            &blake3::hash(text.as_bytes()).to_hex().as_str()[..16]
+        ),
+    };
+    let manifest = parse_manifest(&name, text);
+    if manifest.entries.is_empty() {
+        return Err(ApiError::bad_request("the manifest names no source"));
+    }
+    let refused: Vec<String> = manifest
+        .entries
+        .iter()
+        .filter_map(|entry| {
+            super::jobs::check_source(&state, &entry.source)
+                .err()
+                .map(|error| format!("line {}: {}", entry.line, error.message))
+        })
+        .collect();
+    if !refused.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("nothing was submitted: {}", refused.join("; ")),
+        ));
+    }
+    let options = BackfillOptions {
+        workflow: query.workflow,
+        ..BackfillOptions::default()
+    };
+    let submission = submit_manifest(&state.engine, &name, &manifest, &options).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": submission.backfill.id.to_string(),
+            "manifest": submission.backfill.manifest,
+            "format": submission.format.as_str(),
+            "lines_accepted": submission.lines_accepted,
+            "bad_lines": submission.bad_lines.iter().map(|bad| json!({
+                "line": bad.line,
+                "reason": bad.reason,
+            })).collect::<Vec<_>>(),
+            "jobs": submission.jobs(),
+            "to_run": submission.to_run(),
+        })),
+    ))
+}
+
+/// `GET /backfills/{id}`: its jobs by status, how many are finished, and whether all are.
+pub async fn backfill(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id: BackfillId = id
+        .parse()
+        .map_err(|error| ApiError::bad_request(format!("{id:?} is not a backfill id: {error}")))?;
+    let Some(backfill) = state
+        .engine
+        .store
+        .backfills()
+        .await?
+        .into_iter()
+        .find(|backfill| backfill.id == id)
+    else {
+        return Err(ApiError::not_found(format!("backfill {id} not found")));
+    };
+    let jobs = jobs_of_backfill(&state.engine, id, None, usize::MAX).await?;
+    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+    for job in &jobs {
+        *by_status.entry(job.status.as_str()).or_default() += 1;
+    }
+    let finished = jobs.iter().filter(|job| job.status.is_terminal()).count();
+    Ok(Json(json!({
+        "id": backfill.id.to_string(),
+        "manifest": backfill.manifest,
+        "created_at": backfill.created_at.to_rfc3339(),
+        "jobs": jobs.len(),
+        "by_status": by_status,
+        "finished": finished,
+        "done": finished == jobs.len(),
+    })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyQuery {
+    #[serde(default)]
+    pub deep: bool,
+}
+
+/// `GET /verify/{id}[?deep=true]`: one job's `narra --json verify` report.
+pub async fn verify(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    query: Result<Query<VerifyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let id = parse_job_id(&id)?;
+    if state.engine.store.job(id).await?.is_none() {
+        return Err(ApiError::job_not_found(id));
+    }
+    let checkpoints = state.engine.store.checkpoints(id).await?;
+    let verification =
+        crate::engine::verify::verify_job(&state.engine, id, &checkpoints, query.deep).await;
+    Ok(Json(verification_json(&verification, query.deep)))
+}
+
+/// Cleanup's options, in the query of `GET /cleanup` and the body of `POST /cleanup`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupQuery {
+    #[serde(default)]
+    pub deep: bool,
+    pub min_age_s: Option<u64>,
+}
+
+impl CleanupQuery {
+    fn options(&self) -> CleanupOptions {
+        CleanupOptions {
+            deep: self.deep,
+            min_age_s: self.min_age_s.unwrap_or(DEFAULT_MIN_AGE_S),
+        }
+    }
+}
+
+/// `GET /cleanup`: the dry run, with the plan id `POST /cleanup` must repeat.
+pub async fn cleanup_plan(
+    State(state): State<ApiState>,
+    query: Result<Query<CleanupQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let plan = plan(&state.engine, &query.options()).await?;
+    Ok(Json(plan_json(&plan)))
+}
+
+/// `POST /cleanup` body: the plan id of the dry run and the same options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupConfirm {
+    pub plan_id: String,
+    #[serde(default)]
+    pub deep: bool,
+    pub min_age_s: Option<u64>,
+}
+
+/// `POST /cleanup`: carries out exactly the confirmed plan, or 409 `plan_changed` (nothing done).
+pub async fn cleanup_confirm(
+    State(state): State<ApiState>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let request: CleanupConfirm = body.json()?;
+    let options = CleanupQuery {
+        deep: request.deep,
+        min_age_s: request.min_age_s,
+    }
+    .options();
+    let executed = execute(&state.engine, &options, &request.plan_id, API_ACTOR).await?;
+    Ok(Json(executed_json(&executed)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthQuery {
+    pub host_failures_min: Option<usize>,
+    pub window_s: Option<u64>,
+    pub stuck_after_s: Option<u64>,
+}
+
+/// `GET /health`: `narra --json health`; 200 whatever it says (`escalate` says whether to).
+pub async fn health(
+    State(state): State<ApiState>,
+    query: Result<Query<HealthQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let defaults = crate::engine::health::HealthOptions::default();
+    let options = crate::engine::health::HealthOptions {
+        host_failures_min: query
+            .host_failures_min
+            .unwrap_or(defaults.host_failures_min),
+        window_s: query.window_s.unwrap_or(defaults.window_s),
+        stuck_after_s: query.stuck_after_s.unwrap_or(defaults.stuck_after_s),
+    };
+    let report = crate::engine::health::assess(&state.engine, &options, Timestamp::now()).await?;
+    Ok(Json(crate::cli::health::report_json(&report)))
+}
