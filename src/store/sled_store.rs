@@ -517,15 +517,7 @@ impl SledStore {
                 })
             },
         );
-        match result {
-            Ok(value) => {
-                self.transactions.fetch_add(1, Ordering::Relaxed);
-                Ok(Ok(value))
-            }
-            Err(TransactionError::Abort(TxAbort::Rejected(rejected))) => Ok(Err(rejected)),
-            Err(TransactionError::Abort(TxAbort::Store(error))) => Err(error),
-            Err(TransactionError::Storage(error)) => Err(StoreError::Sled(error)),
-        }
+        self.settle(result)
     }
 
     /// Syncs sled's log: called after every commit, before the call returns success.
@@ -550,10 +542,12 @@ impl SledStore {
         Ok(())
     }
 
-    /// [`SledStore::transact`] with the `backfill_jobs` tree too: one batch of submissions and
-    /// their backfill entries commit together.
-    fn transact_with_backfill_jobs<T>(
+    /// [`SledStore::transact`] with one more tree in the same transaction (`backfill_jobs`: a
+    /// batch of submissions and their backfill entries commit together; `pruned`: a job and its
+    /// tombstone).
+    fn transact_with<T>(
         &self,
+        extra: &sled::Tree,
         body: impl Fn(&Tx<'_>, &TransactionalTree) -> TxResult<T>,
     ) -> StoreResult<Result<T, Rejected>> {
         let trees = (
@@ -565,8 +559,8 @@ impl SledStore {
             &self.metadata,
             &self.blob_refs,
             &self.queue,
-            &self.backfill_jobs,
             &self.event_summaries,
+            extra,
         );
         let events_max = self.events_max();
         let result = trees.transaction(
@@ -579,8 +573,8 @@ impl SledStore {
                 metadata,
                 blob_refs,
                 queue,
-                backfill_jobs,
                 event_summaries,
+                extra,
             )| {
                 let tx = Tx {
                     jobs,
@@ -594,9 +588,18 @@ impl SledStore {
                     event_summaries,
                     events_max,
                 };
-                body(&tx, backfill_jobs)
+                body(&tx, extra)
             },
         );
+        self.settle(result)
+    }
+
+    /// A committed transaction's value (counted), or the `Rejected` it aborted with, or the store
+    /// failure.
+    fn settle<T>(
+        &self,
+        result: Result<T, TransactionError<TxAbort>>,
+    ) -> StoreResult<Result<T, Rejected>> {
         match result {
             Ok(value) => {
                 self.transactions.fetch_add(1, Ordering::Relaxed);
@@ -1525,7 +1528,7 @@ impl OrchestratorStore for SledStore {
         let mut submitted = Vec::with_capacity(requests.len());
         for chunk in requests.chunks(SUBMIT_BATCH_MAX) {
             let now = Timestamp::now();
-            let outcome = self.transact_with_backfill_jobs(|tx, backfill_jobs| {
+            let outcome = self.transact_with(&self.backfill_jobs, |tx, backfill_jobs| {
                 let mut chunk_submitted = Vec::with_capacity(chunk.len());
                 for request in chunk {
                     let one = submit_in_tx(tx, request, options.resubmit, now)?;

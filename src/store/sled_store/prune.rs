@@ -7,16 +7,13 @@
 //! deletes them as orphans), `delete` of another job keeps the blobs they share, and
 //! `check_consistency` accounts for every reference: a store checkpoint's or a tombstone's.
 
-use sled::Transactional;
-use sled::transaction::{TransactionError, TransactionalTree};
-
 use super::{
-    SledStore, TREE_EVENT_SUMMARIES, TREE_PRUNED, TREE_STATUS_INDEX, Tx, TxAbort, TxResult,
-    blob_ref_key, codec, corrupt, encode_in_tx, index_key, referenced_blobs, reject,
+    SledStore, TREE_EVENT_SUMMARIES, TREE_PRUNED, TREE_STATUS_INDEX, blob_ref_key, codec, corrupt,
+    encode_in_tx, index_key, referenced_blobs, reject,
 };
 use crate::engine::job::{EventSummary, JobId, Location, PrunedJob, Status, Timestamp};
 use crate::engine::machine::{self, Rejected};
-use crate::store::{JobReader, StoreError, StoreResult};
+use crate::store::{JobReader, StoreResult};
 
 /// The state store's size and what it holds, for `narra doctor`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +61,7 @@ impl SledStore {
                 .keys()
                 .collect::<Result<Vec<_>, _>>()?;
             let pruned_at = Timestamp::now();
-            let outcome = self.transact_with_pruned(|tx, pruned| {
+            let outcome = self.transact_with(&self.pruned, |tx, pruned| {
                 let job = tx.existing_job(id)?;
                 machine::check_prunable(&job, cutoff).map_err(reject)?;
                 let store_checkpoint = tx.store_checkpoint(id)?;
@@ -122,64 +119,6 @@ impl SledStore {
             "pruned finished jobs"
         );
         Ok(outcomes)
-    }
-
-    /// [`SledStore::transact`] with the `pruned` tree too.
-    fn transact_with_pruned<T>(
-        &self,
-        body: impl Fn(&Tx<'_>, &TransactionalTree) -> TxResult<T>,
-    ) -> StoreResult<Result<T, Rejected>> {
-        let trees = (
-            &self.jobs,
-            &self.keys,
-            &self.status_index,
-            &self.checkpoints,
-            &self.events,
-            &self.metadata,
-            &self.blob_refs,
-            &self.queue,
-            &self.event_summaries,
-            &self.pruned,
-        );
-        let events_max = self.events_max();
-        let result = trees.transaction(
-            |(
-                jobs,
-                keys,
-                status_index,
-                checkpoints,
-                events,
-                metadata,
-                blob_refs,
-                queue,
-                event_summaries,
-                pruned,
-            )| {
-                let tx = Tx {
-                    jobs,
-                    keys,
-                    status_index,
-                    checkpoints,
-                    events,
-                    metadata,
-                    blob_refs,
-                    queue,
-                    event_summaries,
-                    events_max,
-                };
-                body(&tx, pruned)
-            },
-        );
-        match result {
-            Ok(value) => {
-                self.transactions
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Ok(Ok(value))
-            }
-            Err(TransactionError::Abort(TxAbort::Rejected(rejected))) => Ok(Err(rejected)),
-            Err(TransactionError::Abort(TxAbort::Store(error))) => Err(error),
-            Err(TransactionError::Storage(error)) => Err(StoreError::Sled(error)),
-        }
     }
 
     pub(super) fn read_pruned(&self, id: JobId) -> StoreResult<Option<PrunedJob>> {
