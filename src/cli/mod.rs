@@ -11,6 +11,7 @@ pub mod remote;
 pub mod serve;
 pub mod signals;
 pub mod stuck;
+pub mod transfer;
 pub mod views;
 
 use std::io::Write;
@@ -392,6 +393,25 @@ pub enum Command {
     /// the database lacks (every process also does on start) and list them; sled migrates its
     /// records whenever it is opened.
     Migrate,
+    /// Write the whole state store (every job with its checkpoints, events, metadata and logs,
+    /// pruned jobs, backfills, the incident log, hosts) as one JSON Lines file, ending in a
+    /// checksummed trailer: what `import` reads to move a home's state into PostgreSQL. Needs a
+    /// home no other process holds.
+    Export {
+        /// The file to write (written beside it, then renamed into place); default: stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Read a file `export` wrote into the state store `--state` names. The whole file is checked
+    /// first (trailer, count, hash); records are written as they were, each in one transaction;
+    /// run again after an interruption, it skips what it already wrote. Records the store holds
+    /// with other content are conflicts: listed, never overwritten (exit 1).
+    Import {
+        file: PathBuf,
+        /// Only check the file; write nothing.
+        #[arg(long)]
+        check: bool,
+    },
     /// Delete a job's records and its artifacts no other job references (a takedown). Without
     /// `--confirm`, prints what it would delete and changes nothing.
     Delete {
@@ -438,6 +458,8 @@ impl Command {
             Command::Migrate => "migrate",
             Command::Delete { .. } => "delete",
             Command::Prune { .. } => "prune",
+            Command::Export { .. } => "export",
+            Command::Import { .. } => "import",
         }
     }
 }
@@ -660,6 +682,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         remote::Opened::Forwarded(code) => return Ok(code),
     };
     home.engine.shutdown = shutdown;
+    if let Command::Export { .. } | Command::Import { .. } = &cli.command {
+        let home_dir = absolute(&cli.global.home)?;
+        let state = state_uri(&cli.global, &home_dir)?.display();
+        let result = transfer::run(&home.engine, &cli.command, &state, cli.global.json).await;
+        home.close().await;
+        return result;
+    }
     if let Some(scheduling) = scheduling {
         home.engine.scheduling = scheduling;
     }
@@ -1065,6 +1094,11 @@ pub async fn dispatch(
             status,
             confirm,
         } => maintenance::prune(engine, &mut out, &older_than, status, confirm, json).await,
+        Command::Export { .. } | Command::Import { .. } => Err(CliError::Usage(format!(
+            "`narra {}` is not run for another process: stop the process that holds the home \
+             first",
+            command.name()
+        ))),
     }
 }
 

@@ -204,7 +204,8 @@ impl Holder {
 /// Whether the holder runs `command` for another process. Not the commands that run jobs in the
 /// process that runs them (`worker`, `ingest`, `backfill MANIFEST`: the holder's own work owns
 /// the home), nor `reprobe`, which must not run while a worker may write the job and runs it again
-/// itself, nor `doctor` and `migrate`, which never need the home. (With the state on PostgreSQL
+/// itself, nor `doctor` and `migrate`, which never need the home, nor `export` and `import`,
+/// which must have the store to themselves. (With the state on PostgreSQL
 /// nothing is served: the home is not locked, and every process opens the store itself.)
 pub fn served_remotely(command: &Command) -> bool {
     !matches!(
@@ -216,6 +217,8 @@ pub fn served_remotely(command: &Command) -> bool {
             | Command::Reprobe { .. }
             | Command::Doctor { .. }
             | Command::Migrate
+            | Command::Export { .. }
+            | Command::Import { .. }
     )
 }
 

@@ -20,6 +20,7 @@ pub mod scheduling;
 pub mod shutdown;
 pub mod sources;
 pub mod stuck;
+pub mod transfer;
 pub mod verify;
 pub mod worker;
 

@@ -16,8 +16,9 @@ use super::{
     NewIncident, Resubmit, SUBMIT_BATCH_MAX, StateStore, StepEvent, SubmitOutcome, SubmitRequest,
 };
 use crate::engine::job::{
-    ChangeToken, Checkpoint, ErrorInfo, Event, EventKind, Hash, Job, JobId, LeaseToken, Location,
-    LogLine, MediaMetadata, Phase, Status, StepOutput, StreamInfo, Timestamp, WorkerId,
+    ChangeToken, Checkpoint, ErrorInfo, Event, EventKind, Hash, Job, JobId, JobProgress,
+    LeaseToken, Location, LogLine, MediaMetadata, Phase, Status, StepOutput, StreamInfo, Timestamp,
+    WorkerId,
 };
 use crate::engine::machine::Rejected;
 use crate::engine::scheduling::{BreakerPolicy, HostOutcome, RetryPolicy, SchedulingPolicy};
@@ -63,6 +64,7 @@ where
     events_are_bounded_and_folded_into_a_summary(&make_store().await).await;
     retry_from_discards_the_step_and_those_after_it(&make_store().await).await;
     prune_removes_a_finished_job_but_keeps_its_blob_references(&make_store().await).await;
+    export_then_import_reproduces_every_record(&make_store().await, &make_store().await).await;
 }
 
 /// Higher priority first, then oldest first; `only` limits the claim to some jobs.
@@ -2437,4 +2439,270 @@ pub async fn prune_removes_a_finished_job_but_keeps_its_blob_references(store: &
 
     let again = submit_new(store, "prune-old").await;
     assert_ne!(again.id, id, "a pruned job's key makes a new job");
+}
+
+/// `narra export` of `source` then `narra import` into the empty `target` (`engine::transfer`):
+/// every record reads back the same, an import run again writes nothing, a record the target
+/// holds with other content is a conflict, and the target goes on from where the source was.
+pub async fn export_then_import_reproduces_every_record(
+    source: &dyn StateStore,
+    target: &dyn StateStore,
+) {
+    use crate::engine::transfer;
+    use crate::store::transfer::ImportOutcome;
+
+    // A succeeded job with every kind of record, then pruned; another succeeded and kept.
+    let pruned = running_job(source, "transfer-pruned").await;
+    let kept = running_job(source, "transfer-kept").await;
+    for (token, blob) in [
+        (&pruned, "blobs/aa/pruned.mp4"),
+        (&kept, "blobs/bb/kept.mp4"),
+    ] {
+        source
+            .record_checkpoint(token, &checkpoint("download", 1), Some(&media_metadata()))
+            .await
+            .expect("record_checkpoint")
+            .expect("current token");
+        source
+            .record_checkpoint(token, &store_checkpoint(token.job_id, &[blob], 2), None)
+            .await
+            .expect("record_checkpoint")
+            .expect("current token");
+        source
+            .set_progress(
+                token,
+                &JobProgress {
+                    bytes_done: 10,
+                    bytes_total: Some(20),
+                    rate_bytes_per_s: 5,
+                    updated_at: Timestamp(3),
+                },
+            )
+            .await
+            .expect("set_progress")
+            .expect("current token");
+        source.append_log(
+            token.job_id,
+            LogLine {
+                at: Timestamp(4),
+                level: "INFO".to_string(),
+                message: format!("line of {}", token.job_id),
+            },
+        );
+        source
+            .complete(token)
+            .await
+            .expect("complete")
+            .expect("current token");
+    }
+    source.flush_logs();
+    let cutoff = Timestamp::now().plus_ms(60_000);
+    let tombstone = source
+        .prune_jobs(&[pruned.job_id], cutoff)
+        .await
+        .expect("prune_jobs")
+        .remove(0)
+        .expect("prunable");
+    let failed = running_job(source, "transfer-failed").await;
+    source
+        .fail(&failed, error_info())
+        .await
+        .expect("fail")
+        .expect("current token");
+    let running = running_job(source, "transfer-running").await;
+    let backfill = source
+        .open_backfill("/manifests/transfer.txt")
+        .await
+        .expect("open_backfill");
+    let batch = source
+        .submit_batch(
+            &[
+                request("transfer-backfill-1"),
+                request("transfer-backfill-2"),
+            ],
+            &BatchOptions {
+                resubmit: Resubmit::default(),
+                backfill: Some(backfill.id),
+            },
+        )
+        .await
+        .expect("submit_batch");
+    source
+        .record_incident(NewIncident {
+            actor: "tester".to_string(),
+            action: "reset_job".to_string(),
+            job: Some(failed.job_id),
+            key: None,
+            reason: "export me".to_string(),
+        })
+        .await
+        .expect("record_incident");
+    source
+        .record_host_outcome(
+            "transfer.example",
+            running.job_id,
+            &HostOutcome::Blocked {
+                class: "download_blocked".to_string(),
+            },
+            &open_policy(),
+        )
+        .await
+        .expect("record_host_outcome");
+
+    let path = std::env::temp_dir().join(format!(
+        "narra-conformance-export-{}-{}.jsonl",
+        std::process::id(),
+        JobId::new()
+    ));
+    let mut bytes = Vec::new();
+    let exported = transfer::export(source, "conformance", &mut bytes)
+        .await
+        .expect("export");
+    assert_eq!(
+        (
+            exported.records.job,
+            exported.records.pruned,
+            exported.records.backfill
+        ),
+        (5, 1, 1)
+    );
+    assert_eq!(
+        (
+            exported.records.incident,
+            exported.records.host,
+            exported.running
+        ),
+        (1, 1, 1)
+    );
+    std::fs::write(&path, &bytes).expect("write the export");
+
+    let (checked, summary) = transfer::import(target, &path).await.expect("import");
+    assert_eq!(checked.records, exported.records);
+    assert_eq!(summary.imported, exported.records, "{summary:?}");
+    assert!(summary.conflicts.is_empty(), "{summary:?}");
+
+    let all = JobFilter {
+        status: None,
+        limit: usize::MAX,
+    };
+    let jobs = source.jobs(&all).await.expect("jobs");
+    assert_eq!(target.jobs(&all).await.expect("jobs"), jobs);
+    for job in &jobs {
+        let id = job.id;
+        assert_eq!(
+            target.job_by_key(&job.key).await.expect("key").as_ref(),
+            Some(job)
+        );
+        assert_eq!(
+            target.checkpoints(id).await.expect("checkpoints"),
+            source.checkpoints(id).await.expect("checkpoints")
+        );
+        assert_eq!(
+            target.events(id).await.expect("events"),
+            source.events(id).await.expect("events")
+        );
+        assert_eq!(
+            target.event_summary(id).await.expect("summary"),
+            source.event_summary(id).await.expect("summary")
+        );
+        assert_eq!(
+            target.metadata(id).await.expect("metadata"),
+            source.metadata(id).await.expect("metadata")
+        );
+        assert_eq!(
+            target.progress(id).await.expect("progress"),
+            source.progress(id).await.expect("progress")
+        );
+        assert_eq!(
+            target.logs(id).await.expect("logs"),
+            source.logs(id).await.expect("logs")
+        );
+    }
+    for status in Status::ALL {
+        let by_status = JobFilter {
+            status: Some(status),
+            limit: usize::MAX,
+        };
+        assert_eq!(
+            target.jobs(&by_status).await.expect("jobs"),
+            source.jobs(&by_status).await.expect("jobs"),
+            "the status index of {status}"
+        );
+    }
+    assert_eq!(
+        target.blob_refs().await.expect("blob_refs"),
+        source.blob_refs().await.expect("blob_refs")
+    );
+    assert_eq!(target.pruned_jobs().await.expect("pruned"), vec![tombstone]);
+    assert_eq!(
+        target.backfills().await.expect("backfills"),
+        vec![backfill.clone()]
+    );
+    assert_eq!(
+        target
+            .backfill_jobs(backfill.id)
+            .await
+            .expect("backfill_jobs"),
+        source
+            .backfill_jobs(backfill.id)
+            .await
+            .expect("backfill_jobs")
+    );
+    assert_eq!(
+        target.incidents().await.expect("incidents"),
+        source.incidents().await.expect("incidents")
+    );
+    assert_eq!(
+        target.hosts().await.expect("hosts"),
+        source.hosts().await.expect("hosts")
+    );
+
+    // Run again (after an interruption, say): nothing is written twice.
+    let (_, again) = transfer::import(target, &path).await.expect("import again");
+    assert_eq!(again.already_present, exported.records, "{again:?}");
+    assert_eq!(again.imported.total(), 0);
+
+    // The target goes on: the pending backfill jobs are claimed with the next fencing token, and
+    // the lease of the job that was running travelled with it.
+    let pending = &batch[0].job;
+    let (claimed, token) = target
+        .claim(pending.id, &worker(9), LEASE_TTL_MS)
+        .await
+        .expect("claim")
+        .expect("pending in the target");
+    assert_eq!(token.fencing_token, pending.fencing_token + 1);
+    assert_eq!(claimed.status, Status::Running);
+    target
+        .record_step_event(&running, "download", StepEvent::Started)
+        .await
+        .expect("record_step_event")
+        .expect("the running job's lease holds in the target");
+
+    // A record the target holds with other content is a conflict, and is not written.
+    let conflicting =
+        crate::store::transfer::Record::Job(Box::new(crate::store::transfer::JobRecords {
+            job: Job {
+                id: JobId::new(),
+                ..jobs[0].clone()
+            },
+            checkpoints: vec![],
+            events: vec![],
+            event_summary: None,
+            metadata: None,
+            progress: None,
+            logs: vec![],
+            blobs: vec![],
+        }));
+    let outcomes = target.import(&[conflicting]).await.expect("import");
+    assert!(
+        matches!(&outcomes[..], [ImportOutcome::Conflict(reason)] if reason.contains(&jobs[0].key)),
+        "{outcomes:?}"
+    );
+    assert_eq!(target.jobs(&all).await.expect("jobs").len(), jobs.len());
+
+    // A file cut short is refused before anything is written.
+    std::fs::write(&path, &bytes[..bytes.len() - 10]).expect("write");
+    let error = transfer::check(&path).expect_err("a file cut short");
+    assert!(error.to_string().contains("cut short"), "{error}");
+    let _ = std::fs::remove_file(&path);
 }

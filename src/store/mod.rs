@@ -19,6 +19,7 @@ pub mod lock;
 mod model_tests;
 pub mod pg_store;
 pub mod sled_store;
+pub mod transfer;
 
 use std::collections::BTreeSet;
 
@@ -269,6 +270,8 @@ pub trait JobReader: Send + Sync {
     async fn incidents(&self) -> StoreResult<Vec<Incident>>;
     /// What is left of a job `narra prune` removed, if `id` is one.
     async fn pruned_job(&self, id: JobId) -> StoreResult<Option<PrunedJob>>;
+    /// Every pruned job's tombstone, in id order (`narra export`).
+    async fn pruned_jobs(&self) -> StoreResult<Vec<PrunedJob>>;
     /// Every backfill, oldest first.
     async fn backfills(&self) -> StoreResult<Vec<Backfill>>;
     /// The jobs recorded under a backfill, in id order (oldest first). A job deleted since
@@ -453,6 +456,16 @@ pub trait MaintenanceStore: JobReader {
         ids: &[JobId],
         cutoff: Timestamp,
     ) -> StoreResult<Vec<Result<PrunedJob, Rejected>>>;
+    /// `narra import`: writes exported records as they were, each in one transaction, with the indexes every other operation keeps (key, status, queue, blob
+    /// references, a backfill's manifest). A record whose identity the store already holds is
+    /// not written: `AlreadyPresent` when the stored record is the same (an import run again),
+    /// `Conflict` naming the difference otherwise. A job's records are written all or none.
+    /// One outcome per record, in order; one flush (sled) or one commit per record (PostgreSQL)
+    /// before it returns.
+    async fn import(
+        &self,
+        records: &[transfer::Record],
+    ) -> StoreResult<Vec<transfer::ImportOutcome>>;
 }
 
 /// An incident line before the log numbers and dates it.

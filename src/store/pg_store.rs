@@ -155,6 +155,8 @@ macro_rules! transaction {
     }};
 }
 
+mod import;
+
 /// The state store on PostgreSQL.
 pub struct PgStore {
     pool: Pool,
@@ -1455,6 +1457,27 @@ impl JobReader for PgStore {
             .transpose()
     }
 
+    async fn pruned_jobs(&self) -> StoreResult<Vec<PrunedJob>> {
+        let client = self.client().await?;
+        let mut tombstones = Vec::new();
+        for row in client
+            .query("SELECT job_id, record FROM pruned ORDER BY job_id", &[])
+            .await?
+        {
+            let id = job_id_in(TABLE_PRUNED, row.get(0))?;
+            let tombstone: PrunedJob = decode_in(TABLE_PRUNED, id, row.get(1))?;
+            if tombstone.id != id {
+                return Err(corrupt(
+                    TABLE_PRUNED,
+                    &id.to_bytes(),
+                    format!("record holds pruned job {}", tombstone.id),
+                ));
+            }
+            tombstones.push(tombstone);
+        }
+        Ok(tombstones)
+    }
+
     async fn backfills(&self) -> StoreResult<Vec<Backfill>> {
         let client = self.client().await?;
         let mut backfills = Vec::new();
@@ -2032,6 +2055,13 @@ impl MaintenanceStore for PgStore {
             "pruned finished jobs"
         );
         Ok(outcomes)
+    }
+
+    async fn import(
+        &self,
+        records: &[super::transfer::Record],
+    ) -> StoreResult<Vec<super::transfer::ImportOutcome>> {
+        self.import_records(records).await
     }
 }
 

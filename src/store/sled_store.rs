@@ -88,6 +88,7 @@ use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerO
 use crate::engine::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, SchedulingPolicy};
 
 mod compaction;
+mod import;
 mod prune;
 mod retry_from;
 
@@ -1459,6 +1460,10 @@ impl JobReader for SledStore {
         self.read_pruned(id)
     }
 
+    async fn pruned_jobs(&self) -> StoreResult<Vec<PrunedJob>> {
+        self.read_pruned_all()
+    }
+
     async fn backfills(&self) -> StoreResult<Vec<Backfill>> {
         decode_checked(
             self.backfills.iter(),
@@ -1899,6 +1904,13 @@ impl MaintenanceStore for SledStore {
         cutoff: Timestamp,
     ) -> StoreResult<Vec<Result<PrunedJob, Rejected>>> {
         self.prune(ids, cutoff).await
+    }
+
+    async fn import(
+        &self,
+        records: &[super::transfer::Record],
+    ) -> StoreResult<Vec<super::transfer::ImportOutcome>> {
+        self.import_records(records).await
     }
 }
 

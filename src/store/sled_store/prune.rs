@@ -129,6 +129,16 @@ impl SledStore {
             .transpose()
     }
 
+    /// Every tombstone, in id order.
+    pub(super) fn read_pruned_all(&self) -> StoreResult<Vec<PrunedJob>> {
+        let mut tombstones = Vec::new();
+        for entry in self.pruned.iter() {
+            let (key, bytes) = entry?;
+            tombstones.push(decode_pruned(&key, &bytes)?);
+        }
+        Ok(tombstones)
+    }
+
     /// The `blob_refs` keys the tombstones account for.
     pub(super) fn pruned_blob_refs(&self) -> StoreResult<Vec<Vec<u8>>> {
         let mut refs = Vec::new();

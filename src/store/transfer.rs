@@ -1,0 +1,89 @@
+//! The records `narra export` writes and `narra import` reads: a whole state store as a stream
+//! of self-contained records, so that a single machine's sled store can move into PostgreSQL
+//! (issue 10) or a store can be copied between machines.
+//!
+//! A [`Record`] is what one store transaction restores: a job with everything hanging off it, an
+//! incident, a backfill with its job list, a host's scheduling state, or a pruned job's tombstone.
+//! Importing writes records as they were, through [`super::MaintenanceStore::import`]; it never
+//! runs the state machine, so ids, fencing tokens, event sequences and timestamps survive the
+//! move. The file format around the records (header, trailer, checksum) is `engine::transfer`'s.
+//!
+//! This module owns no I/O; the stores do.
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::job::{
+    Backfill, Checkpoint, Event, EventSummary, HostState, Incident, Job, JobId, JobProgress,
+    LogLine, MediaMetadata, PrunedJob,
+};
+
+/// A job and every record that belongs to it, restored in one transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecords {
+    pub job: Job,
+    /// In step order, as `JobReader::checkpoints` returns them.
+    pub checkpoints: Vec<Checkpoint>,
+    /// The events still held, oldest first.
+    pub events: Vec<Event>,
+    pub event_summary: Option<EventSummary>,
+    pub metadata: Option<MediaMetadata>,
+    pub progress: Option<JobProgress>,
+    pub logs: Vec<LogLine>,
+    /// The blob keys the job references (the `blob_refs` index), sorted.
+    pub blobs: Vec<String>,
+}
+
+/// One unit of an export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Record {
+    Job(Box<JobRecords>),
+    Incident(Incident),
+    Backfill {
+        backfill: Backfill,
+        /// Its jobs, in id order.
+        jobs: Vec<JobId>,
+    },
+    Host(HostState),
+    /// A pruned job's tombstone; its blob references are its `blobs`.
+    Pruned(PrunedJob),
+}
+
+impl Record {
+    /// What the record is, for messages and counts: `job`, `incident`, `backfill`, `host`,
+    /// `pruned`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Record::Job(_) => "job",
+            Record::Incident(_) => "incident",
+            Record::Backfill { .. } => "backfill",
+            Record::Host(_) => "host",
+            Record::Pruned(_) => "pruned",
+        }
+    }
+
+    /// What names the record in a message: the job id, the incident's seq, the backfill id, the
+    /// host.
+    pub fn name(&self) -> String {
+        match self {
+            Record::Job(records) => records.job.id.to_string(),
+            Record::Incident(incident) => incident.seq.to_string(),
+            Record::Backfill { backfill, .. } => backfill.id.to_string(),
+            Record::Host(host) => host.host.clone(),
+            Record::Pruned(pruned) => pruned.id.to_string(),
+        }
+    }
+}
+
+/// What importing one record did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// Written: the store had nothing under its identity.
+    Imported,
+    /// The store already holds exactly this record (an import run again after an interruption):
+    /// nothing written.
+    AlreadyPresent,
+    /// The store holds something else under the record's identity (its id, its key, its
+    /// manifest, its seq): nothing written, and why.
+    Conflict(String),
+}
