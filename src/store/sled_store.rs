@@ -88,6 +88,7 @@ use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerO
 use crate::engine::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, SchedulingPolicy};
 
 mod compaction;
+mod group_commit;
 mod import;
 mod prune;
 mod retry_from;
@@ -164,6 +165,12 @@ pub struct SledStore {
     log_seq_next: AtomicU64,
     /// Serializes flushes; see [`SledStore::flush`].
     flush_lock: tokio::sync::Mutex<()>,
+    /// Group commit: a ticket per `flush` call, taken after the caller's commit, and the highest
+    /// ticket a completed flush covers (every ticket taken before that flush started).
+    flush_tickets: AtomicU64,
+    flushed_through: AtomicU64,
+    /// `record_checkpoint`'s group commit (`group_commit.rs`).
+    checkpoint_queue: group_commit::CheckpointQueue,
     /// Serializes `open_backfill`'s find-or-create.
     backfill_lock: tokio::sync::Mutex<()>,
     /// Flushes and committed transactions since the store was opened: what batching saves is
@@ -218,6 +225,9 @@ impl SledStore {
             db,
             log_seq_next: AtomicU64::new(log_seq_next),
             flush_lock: tokio::sync::Mutex::new(()),
+            flush_tickets: AtomicU64::new(0),
+            flushed_through: AtomicU64::new(0),
+            checkpoint_queue: group_commit::CheckpointQueue::default(),
             backfill_lock: tokio::sync::Mutex::new(()),
             flushes: AtomicU64::new(0),
             transactions: AtomicU64::new(0),
@@ -527,10 +537,20 @@ impl SledStore {
     /// must also run the log write the flush waits for, and it deadlocks once seven flushes wait
     /// there at once (spacejam/sled#1241, #1308; reproduced here by
     /// `concurrent_claimers_never_share_a_job`). The blocking flush runs on tokio's blocking pool
-    /// instead, one at a time: a flush that finds nothing left to write returns at once, so callers
-    /// queued behind one flush mostly share it.
+    /// instead, one at a time.
+    ///
+    /// Group commit: callers that queue behind a flush are served by the next one, one flush for
+    /// all of them. Each call takes a ticket after its commit; a flush covers every ticket taken
+    /// before it started, so a caller whose ticket a completed flush covers returns without
+    /// flushing again.
     async fn flush(&self) -> StoreResult<()> {
+        let ticket = self.flush_tickets.fetch_add(1, Ordering::SeqCst) + 1;
         let _one_flush_at_a_time = self.flush_lock.lock().await;
+        if self.flushed_through.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        // Every ticket up to here was taken after its commit, so this flush makes them durable.
+        let covered = self.flush_tickets.load(Ordering::SeqCst);
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
@@ -539,6 +559,7 @@ impl SledStore {
                     "the state store flush task failed: {join_error}"
                 )))
             })??;
+        self.flushed_through.store(covered, Ordering::SeqCst);
         self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -1943,45 +1964,8 @@ impl WorkerStore for SledStore {
         checkpoint: &Checkpoint,
         metadata: Option<&MediaMetadata>,
     ) -> StoreResult<Result<(), Rejected>> {
-        let now = Timestamp::now();
-        let id = token.job_id;
-        let outcome = self.transact(|tx| {
-            let mut job = tx.existing_job(id)?;
-            machine::check_lease(&job, token).map_err(reject)?;
-            if checkpoint.step == STORE_STEP {
-                let before = tx.store_checkpoint(id)?;
-                tx.replace_blob_refs(id, before.as_ref(), Some(checkpoint))?;
-            }
-            tx.checkpoints.insert(
-                checkpoint_key(id, &checkpoint.step),
-                encode_in_tx(checkpoint)?,
-            )?;
-            if let Some(metadata) = metadata {
-                tx.metadata
-                    .insert(&id.to_bytes()[..], encode_in_tx(metadata)?)?;
-            }
-            let completed = EventKind::StepCompleted {
-                step: checkpoint.step.clone(),
-                outputs: u32::try_from(checkpoint.outputs.len()).unwrap_or(u32::MAX),
-            };
-            let recorded = EventKind::CheckpointRecorded {
-                step: checkpoint.step.clone(),
-                definition_hash: checkpoint.definition_hash,
-                input_hash: checkpoint.input_hash,
-                outputs: checkpoint
-                    .outputs
-                    .iter()
-                    .map(|output| (output.name.clone(), output.blake3))
-                    .collect(),
-            };
-            tx.append_events(&mut job, vec![completed, recorded], now)?;
-            tx.put_job(Some(job.status), &job)
-        })?;
-        if outcome.is_ok() {
-            self.flush().await?;
-            tracing::debug!(job_id = %id, step = %checkpoint.step, "checkpoint recorded");
-        }
-        Ok(outcome)
+        self.record_checkpoint_grouped(token, checkpoint, metadata)
+            .await
     }
 
     async fn record_step_event(
