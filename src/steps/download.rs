@@ -574,7 +574,7 @@ async fn discard_partial(part_path: &Path, meta_path: &Path) {
 }
 
 /// Chunks a download's writer has in flight at most (on top of one gathered write).
-const PART_WRITER_CHUNKS: usize = 64;
+const PART_WRITER_CHUNKS: usize = 8;
 
 /// A download's writer: a blocking thread that owns the part file and the hasher, fed the body's
 /// chunks through a bounded channel. It gathers them into writes of `storage::CHUNK_BYTES` and
