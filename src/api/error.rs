@@ -85,6 +85,9 @@ impl From<EngineError> for ApiError {
             EngineError::Rejected(rejected) => rejected.into(),
             EngineError::Workflow(error) => ApiError::bad_request(error.to_string()),
             EngineError::Usage(message) => ApiError::bad_request(message),
+            EngineError::Callback(error) => {
+                ApiError::new(StatusCode::BAD_REQUEST, error.class, error.to_string())
+            }
         }
     }
 }

@@ -30,4 +30,5 @@ mod soak;
 mod state_growth;
 mod stuck;
 mod tamper;
+mod webhooks;
 mod worker;
