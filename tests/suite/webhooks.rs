@@ -384,4 +384,33 @@ fn a_retry_reaches_a_receiver_that_was_down_at_first() {
                 && delivery["delivery_id"] == delivery_id.as_str()),
         "{webhook}"
     );
+
+    // A backfill line may name its own callback: checked like the others, the whole manifest
+    // refused when one is not admitted, and the job notifies it.
+    let refused_line =
+        json!({"source": origin.url("/missing-2.mp4"), "callback_url": "http://169.254.169.254/"});
+    let (status, answer) = server.raw(
+        "POST",
+        "/backfills",
+        Some(super::api::TOKEN),
+        Some(format!("{refused_line}\n").into_bytes()),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("line 1: forbidden_address"), "{answer}");
+    origin.fail_with("/missing-2.mp4", 404);
+    let line = json!({"source": origin.url("/missing-2.mp4"), "callback_url": receiver.url("/hooks/line")});
+    let (status, created) = server.raw(
+        "POST",
+        "/backfills",
+        Some(super::api::TOKEN),
+        Some(format!("{line}\n").into_bytes()),
+    );
+    assert_eq!(status, 201, "{created}");
+    wait_until("the backfill line's notice arrives", || {
+        receiver.received().len() == 2
+    });
+    let notice = receiver.received()[1].clone();
+    assert_eq!(notice.path, "/hooks/line");
+    assert!(notice.signature_is_valid(SECRET), "{notice:?}");
+    assert_eq!(notice.json()["status"], "failed");
 }
