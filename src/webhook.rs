@@ -171,13 +171,25 @@ pub fn check_callback_url(engine: &Engine, url: &str) -> Result<String, Callback
             },
             message: error.message,
         })?;
-    if engine.webhooks.secret.is_none() {
-        return Err(CallbackError {
-            class: "webhook_secret_missing",
-            message: "this narra has no NARRA_WEBHOOK_SECRET to sign notices with; set it \
-                      (the same in every process of a fleet) to accept callback URLs"
-                .to_string(),
-        });
+    match &engine.webhooks.secret {
+        None => {
+            return Err(CallbackError {
+                class: "webhook_secret_missing",
+                message: "this narra has no NARRA_WEBHOOK_SECRET to sign notices with; set it \
+                          (the same in every process of a fleet) to accept callback URLs"
+                    .to_string(),
+            });
+        }
+        Some(secret) if secret.len() < SECRET_BYTES_MIN => {
+            return Err(CallbackError {
+                class: "webhook_secret_missing",
+                message: format!(
+                    "NARRA_WEBHOOK_SECRET is shorter than {SECRET_BYTES_MIN} bytes: too easy to \
+                     guess to sign notices with"
+                ),
+            });
+        }
+        Some(_) => {}
     }
     Ok(parsed.to_string())
 }

@@ -3,7 +3,8 @@
 //! The classes are stable strings clients match on: `unauthorized`, `forbidden`, `bad_request`,
 //! `not_found`, `conflict`, `payload_too_large`, `plan_changed`, `internal`, and the engine's own
 //! error classes where a step's rule refused the request (`forbidden_address`,
-//! `unsupported_source`).
+//! `unsupported_source`), and the webhook rules' for a callback URL (`invalid_callback_url`,
+//! `forbidden_address`, `webhook_secret_missing`).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

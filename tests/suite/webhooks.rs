@@ -313,20 +313,25 @@ fn a_retry_reaches_a_receiver_that_was_down_at_first() {
     );
     std::fs::write(workflows.join("hooked.toml"), ingest).unwrap();
 
-    let refused = home.narra_env(
-        &[
-            "submit",
-            "--callback-url",
-            "http://127.0.0.1:9/hook",
-            &origin.url("/missing.mp4"),
-        ],
-        &[("NARRA_WEBHOOK_SECRET", "")],
-    );
-    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("webhook_secret_missing"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
+    // No secret, or one too short to be one: refused with its own class, nothing submitted.
+    for secret in ["", "short"] {
+        let refused = home.narra_env(
+            &[
+                "submit",
+                "--callback-url",
+                "http://127.0.0.1:9/hook",
+                &origin.url("/missing.mp4"),
+            ],
+            &[("NARRA_WEBHOOK_SECRET", secret)],
+        );
+        assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("webhook_secret_missing"), "{stderr}");
+    }
+    assert_eq!(
+        home.json(&["jobs"], 0).as_array().map(Vec::len),
+        Some(0),
+        "a refused callback submits nothing"
     );
 
     let workflows_arg = workflows.to_str().unwrap();
