@@ -429,6 +429,29 @@ impl PgStore {
                 format!("job {id}'s store checkpoint names a blob that is not indexed"),
             ));
         }
+        // A webhook's due column is its pending notice's time (NULL with none pending).
+        for row in client
+            .query("SELECT job_id, next_attempt_at, record FROM webhooks", &[])
+            .await?
+        {
+            let id = job_id_in(TABLE_WEBHOOKS, row.get(0))?;
+            let next_attempt_at: Option<i64> = row.get(1);
+            let webhook: Webhook = decode_in(TABLE_WEBHOOKS, id, row.get(2))?;
+            let pending_at = webhook
+                .pending
+                .as_ref()
+                .map(|notice| notice.next_attempt_at.0);
+            if webhook.job_id != id || next_attempt_at != pending_at {
+                return Err(corrupt(
+                    TABLE_WEBHOOKS,
+                    &id.to_bytes(),
+                    format!(
+                        "record of job {} due at {pending_at:?}, column {next_attempt_at:?}",
+                        webhook.job_id
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -479,7 +479,45 @@ impl SledStore {
             ));
         }
         self.check_event_summaries()?;
-        self.check_pruned()
+        self.check_pruned()?;
+        self.check_webhooks()
+    }
+
+    /// Every webhook belongs to a job, and `webhook_due` holds exactly one entry per pending
+    /// notice, at its due time.
+    fn check_webhooks(&self) -> StoreResult<()> {
+        let mut expected_due = BTreeSet::new();
+        for entry in self.webhooks.iter() {
+            let (key, bytes) = entry?;
+            let webhook: Webhook = codec::decode(TREE_WEBHOOKS, &key, &bytes)?;
+            if webhook.job_id.to_bytes()[..] != key[..] {
+                return Err(corrupt(
+                    TREE_WEBHOOKS,
+                    &key,
+                    format!("holds the webhook of job {}", webhook.job_id),
+                ));
+            }
+            if !self.jobs.contains_key(&key)? {
+                return Err(corrupt(TREE_WEBHOOKS, &key, "no such job".to_string()));
+            }
+            if let Some(notice) = &webhook.pending {
+                expected_due.insert(due_key(notice.next_attempt_at, webhook.job_id).to_vec());
+            }
+        }
+        let found_due = self
+            .webhook_due
+            .iter()
+            .keys()
+            .map(|key| key.map(|key| key.to_vec()))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        if let Some(extra) = found_due.symmetric_difference(&expected_due).next() {
+            return Err(corrupt(
+                TREE_WEBHOOK_DUE,
+                extra,
+                "the due index and the pending notices disagree".to_string(),
+            ));
+        }
+        Ok(())
     }
 
     /// Runs `body` as one transaction over every tree but `logs`, `progress`, `incidents`,
@@ -2329,6 +2367,59 @@ mod tests {
                 panic!("store {index} after the conformance suite: {error}");
             }
         }
+    }
+
+    // Guards the durability of webhook notices: a notice queued by a terminal transition, and the
+    // retry time a failed attempt set, are there after the store is closed and opened again.
+    #[tokio::test]
+    async fn a_pending_webhook_notice_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = {
+            let store = open(dir.path());
+            let id = store.submit(&request("hooked")).await.unwrap().job.id;
+            store
+                .set_webhooks(&[(id, "https://hooks.example.com/x".to_string())])
+                .await
+                .unwrap();
+            let (_, token) = store.claim(id, &worker(), 60_000).await.unwrap().unwrap();
+            store.complete(&token).await.unwrap().unwrap();
+            id
+        };
+        let store = open(dir.path());
+        store.check_consistency().expect("consistent");
+        let now = Timestamp::now().plus_ms(1);
+        let ClaimNotice::Claimed(webhook) = store.claim_notice(now, 1_000).await.unwrap() else {
+            panic!("the notice survived the restart");
+        };
+        assert_eq!(webhook.job_id, id);
+        let notice = webhook.pending.clone().unwrap();
+        assert_eq!(notice.status, Status::Succeeded);
+        let delivery = Delivery {
+            delivery_id: notice.delivery_id,
+            status: notice.status,
+            attempt: 1,
+            at: now,
+            status_code: None,
+            error: Some("connection refused".to_string()),
+            ok: false,
+            gave_up: false,
+        };
+        let retry_at = now.plus_ms(30_000);
+        store
+            .record_delivery(id, &delivery, Some(retry_at))
+            .await
+            .unwrap();
+        drop(store);
+        let store = open(dir.path());
+        store.check_consistency().expect("consistent");
+        assert_eq!(
+            store.claim_notice(now, 1_000).await.unwrap(),
+            ClaimNotice::Wait {
+                until: Some(retry_at)
+            }
+        );
+        let webhook = store.webhook(id).await.unwrap().unwrap();
+        assert_eq!(webhook.deliveries, vec![delivery]);
     }
 
     fn request(key: &str) -> SubmitRequest {
