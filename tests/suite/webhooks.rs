@@ -162,7 +162,8 @@ fn wait_delivered(server: &Server, id: &str) -> Value {
 // receiver checks it with its own HMAC), with a delivery id, the job's status, its error class
 // when it failed and its artifacts when it succeeded; the deliveries show on GET /jobs/{id} and
 // `show`. Callback URLs the network guard refuses (metadata, private, other schemes) are 400 with
-// a class and submit nothing.
+// a class and submit nothing; a host name that resolves to a refused address is stopped when the
+// notice connects, and given up without reaching the receiver.
 #[test]
 fn a_receiver_gets_one_signed_notice_per_terminal_job() {
     let home = Home::new();
@@ -207,9 +208,38 @@ fn a_receiver_gets_one_signed_notice_per_terminal_job() {
         json!({"source": origin.url("/gone.mp4"), "callback_url": receiver.url("/hooks/gone")}),
         201,
     );
-    let (succeeded, failed) = (id_of(&succeeded), id_of(&failed));
+    // A host name is admitted at submission (nothing to check without resolving it) and stopped
+    // by the guard when the notice connects: `localhost` is loopback, and only the literal
+    // 127.0.0.1 is allowed to this server.
+    origin.fail_with("/gone-too.mp4", 404);
+    let by_name = server.post(
+        "/jobs",
+        json!({
+            "source": origin.url("/gone-too.mp4"),
+            "callback_url": format!("http://localhost:{}/hooks/by-name", receiver.port),
+        }),
+        201,
+    );
+    let (succeeded, failed, by_name) = (id_of(&succeeded), id_of(&failed), id_of(&by_name));
     server.wait_for_status(&succeeded, "succeeded");
     server.wait_for_status(&failed, "failed");
+    let mut refused = Value::Null;
+    wait_until("the notice to a loopback name is given up", || {
+        refused = server.get(&format!("/jobs/{by_name}"))["webhook"].clone();
+        refused["pending"].is_null()
+            && refused["deliveries"]
+                .as_array()
+                .is_some_and(|d| !d.is_empty())
+    });
+    let deliveries = refused["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 1, "given up at once: {refused}");
+    assert_eq!(deliveries[0]["gave_up"], true, "{refused}");
+    assert!(
+        deliveries[0]["error"]
+            .as_str()
+            .is_some_and(|error| error.starts_with("forbidden_address")),
+        "{refused}"
+    );
     let webhooks = [
         wait_delivered(&server, &succeeded),
         wait_delivered(&server, &failed),
