@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::api::Server;
 use super::fixture::{Home, Origin, id_of, sample_video, wait_until};
 
-const SECRET: &str = "webhook-test-secret-0123456789";
+pub const SECRET: &str = "webhook-test-secret-0123456789";
 
 /// One notice as the receiver got it.
 #[derive(Debug, Clone)]
@@ -59,13 +59,13 @@ impl Received {
 }
 
 /// A tiny HTTP receiver on loopback: records every POST and answers 204.
-struct Receiver {
+pub struct Receiver {
     port: u16,
     received: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Receiver {
-    fn start() -> Receiver {
+    pub fn start() -> Receiver {
         Receiver::start_on(TcpListener::bind("127.0.0.1:0").expect("bind the receiver"))
     }
 
@@ -84,7 +84,7 @@ impl Receiver {
         Receiver { port, received }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
