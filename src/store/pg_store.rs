@@ -2401,6 +2401,57 @@ mod tests {
         }
     }
 
+    // Guards the fleet's webhook rule: notifiers in eight processes claiming the due notices of
+    // 20 finished jobs at once each claim a different one, and every notice is claimed exactly
+    // once (the claim moves its due time ahead, SKIP LOCKED passes over one being claimed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_notifiers_never_claim_the_same_notice() {
+        let server = test_server::TestServer::start().await;
+        let uri = server.fresh_schema("notifiers").await;
+        let store = PgStore::open(&uri).await.expect("open");
+        let jobs_total = 20;
+        let mut hooks = Vec::new();
+        for index in 0..jobs_total {
+            let job = store
+                .submit(&request(&format!("hooked-{index}")))
+                .await
+                .expect("submit")
+                .job;
+            hooks.push((job.id, format!("https://hooks.example.com/{index}")));
+        }
+        store.set_webhooks(&hooks).await.expect("set_webhooks");
+        for (id, _) in &hooks {
+            store.cancel(*id).await.expect("cancel").expect("allowed");
+        }
+        let now = Timestamp::now().plus_ms(1);
+        let mut notifiers = Vec::new();
+        for _ in 0..8 {
+            let store = PgStore::open(&uri).await.expect("open");
+            notifiers.push(tokio::spawn(async move {
+                let mut claimed = Vec::new();
+                loop {
+                    match store.claim_notice(now, 600_000).await.expect("claim") {
+                        ClaimNotice::Claimed(webhook) => claimed.push(webhook.job_id),
+                        // Due but being claimed by another notifier: ask again.
+                        ClaimNotice::Wait { until: Some(until) } if until <= now => {
+                            tokio::task::yield_now().await;
+                        }
+                        ClaimNotice::Wait { .. } => return claimed,
+                    }
+                }
+            }));
+        }
+        let mut claimed = Vec::new();
+        for notifier in notifiers {
+            claimed.extend(notifier.await.expect("notifier task"));
+        }
+        let distinct: BTreeSet<JobId> = claimed.iter().copied().collect();
+        assert_eq!(claimed.len(), jobs_total, "{claimed:?}");
+        assert_eq!(distinct.len(), jobs_total);
+        store.check_consistency().await.expect("consistent");
+        server.cleanup().await;
+    }
+
     // Guards claiming across processes: eight claimers, each with a pool of its own (as eight
     // narra processes would have), take forty jobs and never the same one twice.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
