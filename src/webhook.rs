@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::engine::Engine;
 use crate::engine::job::{Delivery, DeliveryId, Job, Notice, Status, Timestamp, Webhook};
@@ -320,8 +321,14 @@ fn describe(error: reqwest::Error) -> String {
 }
 
 /// Delivers one claimed notice and records the attempt: cleared when delivered or given up,
-/// otherwise due again after [`WebhookPolicy::retry_delay_ms`].
+/// otherwise due again after [`WebhookPolicy::retry_delay_ms`]. Logged in the job's span, so the
+/// attempts are in `narra logs ID` too.
 pub async fn deliver(engine: &Engine, webhook: &Webhook) -> Result<Delivery, StoreError> {
+    let span = tracing::info_span!("webhook", job_id = %webhook.job_id);
+    deliver_in_span(engine, webhook).instrument(span).await
+}
+
+async fn deliver_in_span(engine: &Engine, webhook: &Webhook) -> Result<Delivery, StoreError> {
     let notice = webhook
         .pending
         .clone()
@@ -378,13 +385,13 @@ pub async fn deliver(engine: &Engine, webhook: &Webhook) -> Result<Delivery, Sto
     let url = crate::steps::redact::redact_url(&webhook.url);
     match (&delivery.error, retry_at) {
         (None, _) => {
-            tracing::info!(job_id = %webhook.job_id, delivery = %notice.delivery_id, attempt, %url, "webhook notice delivered");
+            tracing::info!(delivery = %notice.delivery_id, attempt, %url, "webhook notice delivered");
         }
         (Some(error), Some(retry_at)) => {
-            tracing::warn!(job_id = %webhook.job_id, delivery = %notice.delivery_id, attempt, %url, retry_at = %retry_at.to_rfc3339(), "webhook notice not delivered: {error}; retried later");
+            tracing::warn!(delivery = %notice.delivery_id, attempt, %url, retry_at = %retry_at.to_rfc3339(), "webhook notice not delivered: {error}; retried later");
         }
         (Some(error), None) => {
-            tracing::error!(job_id = %webhook.job_id, delivery = %notice.delivery_id, attempt, %url, "webhook notice given up: {error}");
+            tracing::error!(delivery = %notice.delivery_id, attempt, %url, "webhook notice given up: {error}");
         }
     }
     engine

@@ -310,6 +310,18 @@ fn a_receiver_gets_one_signed_notice_per_terminal_job() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("webhook "), "{text}");
     assert!(text.contains("delivered (204)"), "{text}");
+    // The attempt is in the job's own log as well.
+    wait_until("the job's log names the delivery", || {
+        server.get(&format!("/jobs/{succeeded}/logs"))["lines"]
+            .as_array()
+            .is_some_and(|lines| {
+                lines.iter().any(|line| {
+                    line["message"]
+                        .as_str()
+                        .is_some_and(|message| message.contains("webhook notice delivered"))
+                })
+            })
+    });
     assert_eq!(receiver.received().len(), 2, "no notice was sent twice");
 }
 
