@@ -607,9 +607,9 @@ pub async fn schedule(
     }
     // A command that ends once its jobs do lets the notifier finish what it is sending and
     // sends what is due once more before it exits; a notice not delivered then waits in the
-    // store for the next process that runs jobs. At shutdown, a send in flight is dropped: its
-    // claim runs out and another process sends it again.
-    if options.until == Until::Drained {
+    // store for the next process that runs jobs. At shutdown (a signal, or a long-running
+    // worker), a send in flight is dropped: its claim runs out and another process sends it again.
+    if options.until == Until::Drained && !engine.shutdown.is_draining() {
         let _ = stop_notifier.send(true);
         if let Err(join_error) = (&mut notifier.0).await {
             tracing::error!(%join_error, "the webhook notifier task failed");

@@ -20,6 +20,13 @@
 //! | `backfill_jobs`| backfill id ++ job id             | empty           |
 //! | `event_summaries` | job id                         | `EventSummary`  |
 //! | `pruned`       | job id                            | `PrunedJob`     |
+//! | `webhooks`     | job id                            | `Webhook`       |
+//! | `webhook_due`  | due time (i64, sign flipped, BE) ++ job id | empty  |
+//!
+//! `webhooks` holds each job's callback URL, pending notice and deliveries; `webhook_due` orders
+//! the pending notices by due time (one entry each, `check_consistency` checks it). `put_job`
+//! queues a notice in the transaction of every terminal transition of a job that has a webhook,
+//! so no terminal status is acknowledged without its notice being durable too.
 //!
 //! `event_summaries` bounds each job's history (`compaction.rs`): appending past the store's
 //! `events_max` folds the oldest events into the job's summary and removes them, in the append's
