@@ -12,4 +12,5 @@ pub mod logging;
 pub mod steps;
 pub mod storage;
 pub mod store;
+pub mod webhook;
 pub mod workflow;

@@ -3,7 +3,8 @@
 //! The classes are stable strings clients match on: `unauthorized`, `forbidden`, `bad_request`,
 //! `not_found`, `conflict`, `payload_too_large`, `plan_changed`, `internal`, and the engine's own
 //! error classes where a step's rule refused the request (`forbidden_address`,
-//! `unsupported_source`).
+//! `unsupported_source`), and the webhook rules' for a callback URL (`invalid_callback_url`,
+//! `forbidden_address`, `webhook_secret_missing`).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -85,6 +86,9 @@ impl From<EngineError> for ApiError {
             EngineError::Rejected(rejected) => rejected.into(),
             EngineError::Workflow(error) => ApiError::bad_request(error.to_string()),
             EngineError::Usage(message) => ApiError::bad_request(message),
+            EngineError::Callback(error) => {
+                ApiError::new(StatusCode::BAD_REQUEST, error.class, error.to_string())
+            }
         }
     }
 }

@@ -149,7 +149,8 @@ pub struct CreateRequest {
     /// The caller's own idempotency key (signed or expiring URLs).
     pub key: Option<String>,
     pub priority: Option<i32>,
-    /// Completion webhooks are not implemented yet: refused rather than silently ignored.
+    /// Where the job's signed completion notice goes (`webhook`); checked by the network guard
+    /// like a source. Default: the workflow's `callback_url`.
     pub callback_url: Option<String>,
 }
 
@@ -173,11 +174,6 @@ pub async fn create(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let request: CreateRequest = body.json()?;
-    if request.callback_url.is_some() {
-        return Err(ApiError::bad_request(
-            "callback_url: completion webhooks are not supported yet",
-        ));
-    }
     if let Some(priority) = request.priority
         && !(-1000..=1000).contains(&priority)
     {
@@ -192,6 +188,7 @@ pub async fn create(
         reingest: false,
         priority: request.priority,
         base_dir: None,
+        callback_url: request.callback_url,
     };
     let mut submitted = submit(
         &state.engine,
@@ -243,12 +240,14 @@ pub async fn show(
     let summary = engine.store.event_summary(id).await?;
     let events = engine.store.events(id).await?;
     let progress = engine.store.progress(id).await?;
+    let webhook = engine.store.webhook(id).await?;
     let history = views::History {
         summary: summary.as_ref(),
         events: &events,
     };
     let mut value = views::job_detail(&job, &checkpoints, metadata.as_ref(), &history);
     value["progress"] = views::progress_json(&job, progress.as_ref());
+    value["webhook"] = views::webhook_json(webhook.as_ref());
     Ok(Json(value))
 }
 

@@ -25,8 +25,9 @@ pub struct BackfillQuery {
 }
 
 /// `POST /backfills`: the body is a manifest (lines, JSON Lines or CSV, as `narra backfill`
-/// reads). Every source must be an `http(s)` URL the download guard admits; otherwise nothing is
-/// submitted (400 naming the lines). The jobs are queued for the worker of `serve`.
+/// reads). Every source must be an `http(s)` URL the download guard admits, and every line's
+/// `callback_url` one `webhook::check_callback_url` admits; otherwise nothing is submitted (400
+/// naming the lines). The jobs are queued for the worker of `serve`.
 pub async fn create_backfill(
     State(state): State<ApiState>,
     query: Result<Query<BackfillQuery>, axum::extract::rejection::QueryRejection>,
@@ -50,9 +51,17 @@ pub async fn create_backfill(
         .entries
         .iter()
         .filter_map(|entry| {
-            super::jobs::check_source(&state, &entry.source)
+            let source = super::jobs::check_source(&state, &entry.source).map_err(|e| e.message);
+            let callback = match &entry.callback_url {
+                Some(url) => crate::webhook::check_callback_url(&state.engine, url)
+                    .map(|_| ())
+                    .map_err(|error| format!("{}: {error}", error.class)),
+                None => Ok(()),
+            };
+            source
+                .and(callback)
                 .err()
-                .map(|error| format!("line {}: {}", entry.line, error.message))
+                .map(|message| format!("line {}: {message}", entry.line))
         })
         .collect();
     if !refused.is_empty() {
@@ -84,7 +93,10 @@ pub async fn create_backfill(
     ))
 }
 
-/// `GET /backfills/{id}`: its jobs by status, how many are finished, and whether all are.
+/// `GET /backfills/{id}`: its jobs by status, how many are finished, whether all are, and the
+/// bytes its jobs' checkpoints record: `bytes_downloaded` (the download step's outputs) and
+/// `bytes_stored` (the artifacts the store step wrote or found stored). Figures of finished steps:
+/// a download in flight counts once its checkpoint is recorded. One checkpoint read per job.
 pub async fn backfill(
     State(state): State<ApiState>,
     Path(id): Path<String>,
@@ -108,6 +120,19 @@ pub async fn backfill(
         *by_status.entry(job.status.as_str()).or_default() += 1;
     }
     let finished = jobs.iter().filter(|job| job.status.is_terminal()).count();
+    let (mut bytes_downloaded, mut bytes_stored) = (0u64, 0u64);
+    for job in &jobs {
+        let checkpoints = state.engine.store.checkpoints(job.id).await?;
+        for checkpoint in &checkpoints {
+            if checkpoint.step == "download" {
+                let sizes = checkpoint.outputs.iter().map(|output| output.size);
+                bytes_downloaded = bytes_downloaded.saturating_add(sizes.sum());
+            }
+        }
+        for artifact in crate::cli::views::artifacts(&checkpoints) {
+            bytes_stored = bytes_stored.saturating_add(artifact["size"].as_u64().unwrap_or(0));
+        }
+    }
     Ok(Json(json!({
         "id": backfill.id.to_string(),
         "manifest": backfill.manifest,
@@ -116,6 +141,8 @@ pub async fn backfill(
         "by_status": by_status,
         "finished": finished,
         "done": finished == jobs.len(),
+        "bytes_downloaded": bytes_downloaded,
+        "bytes_stored": bytes_stored,
     })))
 }
 

@@ -207,6 +207,10 @@ pub enum Command {
         /// The new jobs' priority: higher runs first (default 10; backfill lines default to 0).
         #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
         priority: Option<i32>,
+        /// Send a signed notice to this http(s) URL when each job finishes (default: the
+        /// workflow's `callback_url`). Needs NARRA_WEBHOOK_SECRET; see docs/RUNBOOK.md.
+        #[arg(long)]
+        callback_url: Option<String>,
         #[command(flatten)]
         shutdown: ShutdownArgs,
         #[command(flatten)]
@@ -225,6 +229,10 @@ pub enum Command {
         /// The new jobs' priority: higher runs first (default 10; backfill lines default to 0).
         #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
         priority: Option<i32>,
+        /// Send a signed notice to this http(s) URL when each job finishes (default: the
+        /// workflow's `callback_url`). Needs NARRA_WEBHOOK_SECRET; see docs/RUNBOOK.md.
+        #[arg(long)]
+        callback_url: Option<String>,
     },
     /// Run queued jobs.
     Worker {
@@ -507,6 +515,7 @@ impl From<EngineError> for CliError {
         match error {
             EngineError::Workflow(error) => CliError::Usage(error.to_string()),
             EngineError::Usage(message) => CliError::Usage(message),
+            EngineError::Callback(error) => CliError::Usage(format!("{}: {error}", error.class)),
             other => CliError::Other(other.into()),
         }
     }
@@ -748,6 +757,7 @@ pub async fn dispatch(
             concurrency,
             reingest,
             priority,
+            callback_url,
             shutdown: _,
             scheduling: _,
         } => {
@@ -758,6 +768,7 @@ pub async fn dispatch(
                 reingest,
                 priority,
                 base_dir: context.cwd.clone(),
+                callback_url,
             };
             let submitted = submit(engine, &sources, &options).await?;
             // The same source twice on one command line is one job, run once.
@@ -777,6 +788,7 @@ pub async fn dispatch(
             key,
             reingest,
             priority,
+            callback_url,
         } => {
             let options = SubmitOptions {
                 workflow,
@@ -784,6 +796,7 @@ pub async fn dispatch(
                 reingest,
                 priority,
                 base_dir: context.cwd.clone(),
+                callback_url,
             };
             let submitted = submit(engine, &sources, &options).await?;
             let jobs: Vec<_> = submitted
@@ -867,6 +880,7 @@ pub async fn dispatch(
             let summary = engine.store.event_summary(id).await?;
             let events = engine.store.events(id).await?;
             let progress = engine.store.progress(id).await?;
+            let webhook = engine.store.webhook(id).await?;
             let history = views::History {
                 summary: summary.as_ref(),
                 events: &events,
@@ -874,6 +888,7 @@ pub async fn dispatch(
             if json {
                 let mut value = views::job_detail(&job, &checkpoints, metadata.as_ref(), &history);
                 value["progress"] = views::progress_json(&job, progress.as_ref());
+                value["webhook"] = views::webhook_json(webhook.as_ref());
                 print_json(&mut out, &value)?;
             } else {
                 let text = views::job_text(&job, &checkpoints, metadata.as_ref(), &history);
@@ -890,6 +905,9 @@ pub async fn dispatch(
                         views::progress_text(&job, progress)
                     )
                     .map_err(io)?;
+                }
+                for line in webhook.iter().flat_map(views::webhook_text) {
+                    writeln!(out, "{line}").map_err(io)?;
                 }
                 write!(out, "\n{rest}").map_err(io)?;
             }

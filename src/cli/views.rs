@@ -7,13 +7,13 @@ use serde_json::{Value, json};
 
 use crate::engine::job::{
     ChangeToken, Checkpoint, Event, EventKind, EventSummary, Job, JobProgress, LogLine,
-    MediaMetadata, Phase, StepOutput,
+    MediaMetadata, Phase, StepOutput, Webhook,
 };
 use crate::steps::extract::metadata_json;
 use crate::steps::redact::redact_url;
 
 /// A default key is `<workflow>:<normalised source>`: redact the URL part.
-fn redact_url_in_key(key: &str) -> String {
+pub fn redact_url_in_key(key: &str) -> String {
     match key.split_once(':') {
         Some((workflow, rest)) if rest.contains("://") => {
             format!("{workflow}:{}", redact_url(rest))
@@ -97,6 +97,64 @@ pub fn job_detail(
         "events_summary": history.summary.map(event_summary_json),
         "events": history.events.iter().map(event_json).collect::<Vec<_>>(),
     })
+}
+
+/// `{url, pending: {delivery_id, status, attempts, next_attempt_at} | null, deliveries: [{delivery_id,
+/// status, attempt, at, status_code, error, ok, gave_up}]}` (the URL redacted), or null for a job
+/// without a webhook: `show --json`'s and `GET /jobs/{id}`'s `webhook`.
+pub fn webhook_json(webhook: Option<&Webhook>) -> Value {
+    let Some(webhook) = webhook else {
+        return Value::Null;
+    };
+    json!({
+        "url": redact_url(&webhook.url),
+        "pending": webhook.pending.as_ref().map(|notice| json!({
+            "delivery_id": notice.delivery_id.to_string(),
+            "status": notice.status.as_str(),
+            "attempts": notice.attempts,
+            "next_attempt_at": notice.next_attempt_at.to_rfc3339(),
+        })),
+        "deliveries": webhook.deliveries.iter().map(|delivery| json!({
+            "delivery_id": delivery.delivery_id.to_string(),
+            "status": delivery.status.as_str(),
+            "attempt": delivery.attempt,
+            "at": delivery.at.to_rfc3339(),
+            "status_code": delivery.status_code,
+            "error": delivery.error,
+            "ok": delivery.ok,
+            "gave_up": delivery.gave_up,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The webhook lines of `show`: the URL, the notice waiting, then each attempt.
+pub fn webhook_text(webhook: &Webhook) -> Vec<String> {
+    let mut lines = vec![format!("webhook          {}", redact_url(&webhook.url))];
+    if let Some(notice) = &webhook.pending {
+        lines.push(format!(
+            "  pending        {} notice {}, {} attempts so far, next at {}",
+            notice.status,
+            notice.delivery_id,
+            notice.attempts,
+            notice.next_attempt_at.to_rfc3339()
+        ));
+    }
+    for delivery in &webhook.deliveries {
+        let outcome = match (&delivery.error, delivery.status_code) {
+            (None, Some(code)) => format!("delivered ({code})"),
+            (None, None) => "delivered".to_string(),
+            (Some(error), _) if delivery.gave_up => format!("failed, gave up: {error}"),
+            (Some(error), _) => format!("failed: {error}"),
+        };
+        lines.push(format!(
+            "  delivery       {} {} notice {} attempt {}: {outcome}",
+            delivery.at.to_rfc3339(),
+            delivery.status,
+            delivery.delivery_id,
+            delivery.attempt
+        ));
+    }
+    lines
 }
 
 /// `{events, first_at, last_at, kinds: {kind: count}, steps: [{step, executed, completed,

@@ -56,6 +56,8 @@ pub struct ManifestEntry {
     /// The job's priority (`Job::priority`, higher runs first), within
     /// [`PRIORITY_MIN`]..=[`PRIORITY_MAX`]; [`PRIORITY_BACKFILL`] when the line gives none.
     pub priority: Option<i64>,
+    /// Where the job's completion notice goes (`webhook`); the workflow's when `None`.
+    pub callback_url: Option<String>,
 }
 
 /// A line that could not be read as a source: reported, skipped, never fatal for the others.
@@ -133,6 +135,7 @@ pub fn parse_manifest(name: &str, text: &str) -> Manifest {
                     workflow: None,
                     key: None,
                     priority: None,
+                    callback_url: None,
                 })),
                 ManifestFormat::JsonLines => parse_json_line(line, trimmed).map(Some),
                 ManifestFormat::Csv => match &csv_header {
@@ -210,6 +213,7 @@ fn parse_json_line(line: usize, text: &str) -> Result<ManifestEntry, String> {
         workflow: text_field("workflow")?,
         key: text_field("key")?,
         priority,
+        callback_url: text_field("callback_url")?,
     })
 }
 
@@ -221,6 +225,7 @@ struct CsvHeader {
     key: Option<usize>,
     workflow: Option<usize>,
     priority: Option<usize>,
+    callback_url: Option<usize>,
 }
 
 impl CsvHeader {
@@ -238,6 +243,7 @@ impl CsvHeader {
             key: column("key"),
             workflow: column("workflow"),
             priority: column("priority"),
+            callback_url: column("callback_url"),
         })
     }
 }
@@ -270,6 +276,7 @@ fn parse_csv_row(header: &CsvHeader, line: usize, text: &str) -> Result<Manifest
         workflow: optional(header.workflow),
         key: optional(header.key),
         priority,
+        callback_url: optional(header.callback_url),
     })
 }
 
@@ -402,18 +409,36 @@ pub async fn submit_manifest(
     let current_dir = std::env::current_dir().unwrap_or_default();
     let mut bad_lines = manifest.bad_lines.clone();
     let mut requests = Vec::with_capacity(manifest.entries.len());
+    // Each request's callback URL, in request order.
+    let mut callbacks = Vec::with_capacity(manifest.entries.len());
     for entry in &manifest.entries {
         let workflow = entry
             .workflow
             .clone()
             .unwrap_or_else(|| default_workflow.clone());
-        if let Err(error) = engine.workflows.get(&workflow) {
-            bad_lines.push(BadLine {
-                line: entry.line,
-                reason: error.to_string(),
-            });
-            continue;
-        }
+        let callback = match engine.workflows.get(&workflow) {
+            Err(error) => Err(error.to_string()),
+            Ok(definition) => crate::engine::orchestrator::callback_for(
+                engine,
+                definition,
+                entry.callback_url.as_deref(),
+            )
+            .map_err(|error| match error {
+                EngineError::Callback(error) => format!("{}: {error}", error.class),
+                other => other.to_string(),
+            }),
+        };
+        let callback = match callback {
+            Ok(callback) => callback,
+            Err(reason) => {
+                bad_lines.push(BadLine {
+                    line: entry.line,
+                    reason,
+                });
+                continue;
+            }
+        };
+        callbacks.push(callback);
         let source = canonical_source(&entry.source, &current_dir);
         let key = entry
             .key
@@ -443,8 +468,22 @@ pub async fn submit_manifest(
     };
     let mut planned = Vec::new();
     let mut seen = HashSet::new();
-    for chunk in requests.chunks(SUBMIT_BATCH_MAX) {
-        for submitted in engine.store.submit_batch(chunk, &batch).await? {
+    for (chunk, chunk_callbacks) in requests
+        .chunks(SUBMIT_BATCH_MAX)
+        .zip(callbacks.chunks(SUBMIT_BATCH_MAX))
+    {
+        let submitted_chunk = engine.store.submit_batch(chunk, &batch).await?;
+        // After the batch, as `orchestrator::submit` does: a job that finished meanwhile gets
+        // its notice from `set_webhooks` itself.
+        let hooks: Vec<_> = submitted_chunk
+            .iter()
+            .zip(chunk_callbacks)
+            .filter_map(|(submitted, callback)| callback.clone().map(|url| (submitted.job.id, url)))
+            .collect();
+        if !hooks.is_empty() {
+            engine.store.set_webhooks(&hooks).await?;
+        }
+        for submitted in submitted_chunk {
             if !seen.insert(submitted.job.id) {
                 continue;
             }
@@ -839,8 +878,30 @@ mod tests {
                 workflow: Some("asr".to_string()),
                 key: Some("k1".to_string()),
                 priority: Some(5),
+                callback_url: None,
             }
         );
+    }
+
+    #[test]
+    fn json_lines_and_csv_may_name_a_callback_url() {
+        let manifest = parse_manifest(
+            "-",
+            "{\"source\": \"https://h/a.mp4\", \"callback_url\": \"https://hooks.example.com/a\"}\n",
+        );
+        assert_eq!(
+            manifest.entries[0].callback_url.as_deref(),
+            Some("https://hooks.example.com/a")
+        );
+        let manifest = parse_manifest(
+            "list.csv",
+            "source,callback_url\nhttps://h/a.mp4,https://hooks.example.com/b\nhttps://h/c.mp4,\n",
+        );
+        assert_eq!(
+            manifest.entries[0].callback_url.as_deref(),
+            Some("https://hooks.example.com/b")
+        );
+        assert_eq!(manifest.entries[1].callback_url, None);
     }
 
     #[test]

@@ -841,6 +841,78 @@ pub struct PrunedJob {
     pub manifest: Option<String>,
 }
 
+/// A job's completion webhook (`callback_url`) and what was sent to it: the store's `webhooks`
+/// tree (table), one record per job, kept apart from the job record so the job's codec does not
+/// change. A notice is queued by the store in the same transaction that moves the job to a
+/// terminal status (`webhook::` sends it), so no terminal transition loses its notice in a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub job_id: JobId,
+    /// An http(s) URL, checked by the network guard at submission and again at connect time.
+    pub url: String,
+    /// The notice waiting to be delivered (or retried), if any.
+    pub pending: Option<Notice>,
+    /// Every delivery attempt, oldest first; at most `store::DELIVERIES_MAX` (the oldest go).
+    pub deliveries: Vec<Delivery>,
+}
+
+/// A delivery's identity: a ULID, the same on every retry of one notice, so a receiver can drop
+/// the duplicates at-least-once delivery may bring (`X-Narra-Delivery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DeliveryId(pub u128);
+
+impl DeliveryId {
+    pub fn new() -> DeliveryId {
+        DeliveryId(ulid::Ulid::new().0)
+    }
+}
+
+impl Default for DeliveryId {
+    fn default() -> Self {
+        DeliveryId::new()
+    }
+}
+
+impl fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", ulid::Ulid(self.0))
+    }
+}
+
+/// One terminal transition to tell the webhook about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    pub delivery_id: DeliveryId,
+    /// The terminal status the job reached (succeeded, failed or cancelled).
+    pub status: Status,
+    /// The job's error at that transition (a failed job's class and message).
+    pub error: Option<ErrorInfo>,
+    pub finished_at: Timestamp,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Not sent before this: a retry's backoff, or a claim by a notifier that is sending it now.
+    pub next_attempt_at: Timestamp,
+}
+
+/// One attempt to deliver a notice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub delivery_id: DeliveryId,
+    /// The status the notice was for.
+    pub status: Status,
+    /// 1 for the first attempt of a notice.
+    pub attempt: u32,
+    pub at: Timestamp,
+    /// The receiver's HTTP status, when it answered.
+    pub status_code: Option<u16>,
+    /// Why the attempt failed (no answer, a non-2xx status, a refused address).
+    pub error: Option<String>,
+    /// A 2xx answer: the notice is delivered.
+    pub ok: bool,
+    /// The last attempt of a notice that was never delivered (`attempts_max` reached).
+    pub gave_up: bool,
+}
+
 #[cfg(test)]
 mod id_tests {
     use super::JobId;

@@ -34,7 +34,11 @@ use crate::steps::extract::Tools;
 use crate::steps::net::NetworkPolicy;
 use crate::storage::Storage;
 use crate::store::StateStore;
+use crate::webhook::WebhookPolicy;
 use crate::workflow::{DownloadParams, WorkflowRegistry};
+
+/// The user agent of webhook notices.
+const WEBHOOK_USER_AGENT: &str = concat!("narra-webhook/", env!("CARGO_PKG_VERSION"));
 
 /// How long a claim lasts without renewal. The holder renews it every third of this.
 pub const LEASE_TTL_MS: u64 = 30_000;
@@ -56,6 +60,10 @@ pub struct Engine {
     pub scheduling: scheduling::SchedulingPolicy,
     /// SIGINT/SIGTERM: claim no more, release running jobs (`engine::shutdown`).
     pub shutdown: shutdown::Shutdown,
+    /// How completion notices are signed, timed and retried (`webhook`).
+    pub webhooks: WebhookPolicy,
+    /// Wakes this process's webhook notifier: a job it ran reached a terminal status.
+    pub notifier_wake: Arc<tokio::sync::Notify>,
     /// Download clients by connect timeout and user agent: one connection pool each.
     http_clients: Arc<Mutex<HashMap<(u64, String), reqwest::Client>>>,
 }
@@ -79,6 +87,8 @@ impl Engine {
             lease_ttl_ms: LEASE_TTL_MS,
             scheduling: scheduling::SchedulingPolicy::default(),
             shutdown: shutdown::Shutdown::new(),
+            webhooks: WebhookPolicy::from_env(),
+            notifier_wake: Arc::default(),
             http_clients: Arc::default(),
         }
     }
@@ -94,6 +104,27 @@ impl Engine {
             return Ok(client.clone());
         }
         let client = crate::steps::download::http_client(params, &self.network)?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// The guarded HTTP client webhook notices are sent with: the download client's guard (no
+    /// proxy from the environment, addresses checked at connect time, redirects not followed).
+    pub fn webhook_client(&self) -> Result<reqwest::Client, StepError> {
+        let connect_timeout_s = self.webhooks.timeout_ms.div_ceil(1000);
+        let key = (connect_timeout_s, WEBHOOK_USER_AGENT.to_string());
+        let mut clients = self
+            .http_clients
+            .lock()
+            .expect("the client cache is never poisoned");
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = crate::steps::net::guarded_client(
+            &self.network,
+            std::time::Duration::from_secs(connect_timeout_s),
+            WEBHOOK_USER_AGENT,
+        )?;
         clients.insert(key, client.clone());
         Ok(client)
     }

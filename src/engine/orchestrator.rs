@@ -36,6 +36,9 @@ pub struct SubmitOptions {
     /// What relative local paths are resolved against: the submitting client's working directory
     /// when another process serves the command (`cli::remote`); this process's when `None`.
     pub base_dir: Option<std::path::PathBuf>,
+    /// Where the jobs' completion notices go (`webhook`); the workflow's `callback_url` when
+    /// `None`. Replaces the URL an existing job of the same key had.
+    pub callback_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +52,22 @@ pub enum EngineError {
     /// The request itself is wrong (a usage error).
     #[error("{0}")]
     Usage(String),
+    /// A callback URL the webhook rules refuse (a usage error with a class).
+    #[error(transparent)]
+    Callback(#[from] crate::webhook::CallbackError),
+}
+
+/// The callback URL a submission gives its jobs: its own, else its workflow's; checked
+/// (`webhook::check_callback_url`) before anything is submitted.
+pub fn callback_for(
+    engine: &Engine,
+    workflow: &crate::workflow::Workflow,
+    callback_url: Option<&str>,
+) -> Result<Option<String>, EngineError> {
+    match callback_url.or(workflow.callback_url.as_deref()) {
+        Some(url) => Ok(Some(crate::webhook::check_callback_url(engine, url)?)),
+        None => Ok(None),
+    }
 }
 
 /// Submits sources idempotently: a key that has a job never gets a second one.
@@ -61,7 +80,8 @@ pub async fn submit(
         .workflow
         .clone()
         .unwrap_or_else(|| crate::workflow::DEFAULT_WORKFLOW.to_string());
-    engine.workflows.get(&workflow_name)?;
+    let workflow = engine.workflows.get(&workflow_name)?;
+    let callback_url = callback_for(engine, workflow, options.callback_url.as_deref())?;
     if options.key.is_some() && sources.len() > 1 {
         return Err(EngineError::Usage(
             "--key names one job: give it with a single source".to_string(),
@@ -88,6 +108,15 @@ pub async fn submit(
         let result = engine.store.submit(&request).await?;
         tracing::info!(job_id = %result.job.id, outcome = ?result.outcome, source = %crate::steps::redact::redact_url(&request.source), "submitted");
         submitted.push(result);
+    }
+    // After the jobs exist (their ids are the records' keys). A job that finishes in between is
+    // not missed: `set_webhooks` queues the notice of a job it finds finished.
+    if let Some(url) = callback_url {
+        let hooks: Vec<_> = submitted
+            .iter()
+            .map(|result| (result.job.id, url.clone()))
+            .collect();
+        engine.store.set_webhooks(&hooks).await?;
     }
     Ok(submitted)
 }
@@ -481,13 +510,23 @@ pub async fn schedule(
     mut on_finished: impl FnMut(&Job),
 ) -> Result<(), EngineError> {
     let semaphore = Arc::new(tokio::sync::Semaphore::new(options.concurrency.max(1)));
+    // Every process that runs jobs sends the completion notices due, its own jobs' and others'.
+    let (stop_notifier, notifier_stop) = tokio::sync::watch::channel(false);
+    let mut notifier = AbortOnDrop(tokio::spawn(crate::webhook::run_notifier(
+        engine.clone(),
+        notifier_stop,
+    )));
     let mut tasks = tokio::task::JoinSet::new();
     let mut first_error = None;
     let mut finish = |joined: Result<Result<Job, EngineError>, tokio::task::JoinError>,
                       first_error: &mut Option<EngineError>| match joined {
         // A run that ended pending (an automatic retry, a held job, a release at shutdown) is not
         // the job's end: it is handed over when it ends.
-        Ok(Ok(job)) if job.status.is_terminal() => on_finished(&job),
+        Ok(Ok(job)) if job.status.is_terminal() => {
+            // Its webhook notice (if any) was queued with the transition: send it now.
+            engine.notifier_wake.notify_one();
+            on_finished(&job);
+        }
         Ok(Ok(_)) => {}
         Ok(Err(error)) => {
             tracing::error!(%error, "a job could not be run");
@@ -566,6 +605,20 @@ pub async fn schedule(
     while let Some(joined) = tasks.join_next().await {
         finish(joined, &mut first_error);
     }
+    // A command that ends once its jobs do lets the notifier finish what it is sending and
+    // sends what is due once more before it exits; a notice not delivered then waits in the
+    // store for the next process that runs jobs. At shutdown (a signal, or a long-running
+    // worker), a send in flight is dropped: its claim runs out and another process sends it again.
+    if options.until == Until::Drained && !engine.shutdown.is_draining() {
+        let _ = stop_notifier.send(true);
+        if let Err(join_error) = (&mut notifier.0).await {
+            tracing::error!(%join_error, "the webhook notifier task failed");
+        }
+        if let Err(error) = crate::webhook::deliver_due(engine).await {
+            tracing::error!(%error, "could not send the webhook notices due");
+        }
+    }
+    drop(notifier);
     match first_error {
         Some(error) => Err(error),
         None => Ok(()),

@@ -6,7 +6,7 @@
 //! 1. a header line, `{"narra_export": {"format", "schema_version", "narra", "state",
 //!    "exported_at"}}`;
 //! 2. one line per [`Record`] (`store::transfer`): every job with its checkpoints, events, event
-//!    summary, metadata, progress, log lines and blob references, then pruned jobs' tombstones,
+//!    summary, metadata, progress, log lines, blob references and webhook, then pruned jobs' tombstones,
 //!    backfills, the incident log and the hosts' scheduling state;
 //! 3. a trailer line, `{"end": {"records", "blake3"}}`: the count, and the blake3 of every byte
 //!    before the trailer.
@@ -159,6 +159,7 @@ pub async fn export(
             metadata: store.metadata(id).await?,
             progress: store.progress(id).await?,
             logs: store.logs(id).await?,
+            webhook: store.webhook(id).await?,
             blobs,
             job,
         }));

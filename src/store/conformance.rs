@@ -12,11 +12,12 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::{
-    BatchOptions, ClaimNext, ClaimRequest, JobFilter, LOG_LINE_BYTES_MAX, LOG_LINES_MAX,
-    NewIncident, Resubmit, SUBMIT_BATCH_MAX, StateStore, StepEvent, SubmitOutcome, SubmitRequest,
+    BatchOptions, ClaimNext, ClaimNotice, ClaimRequest, JobFilter, LOG_LINE_BYTES_MAX,
+    LOG_LINES_MAX, NewIncident, Resubmit, SUBMIT_BATCH_MAX, StateStore, StepEvent, SubmitOutcome,
+    SubmitRequest,
 };
 use crate::engine::job::{
-    ChangeToken, Checkpoint, ErrorInfo, Event, EventKind, Hash, Job, JobId, JobProgress,
+    ChangeToken, Checkpoint, Delivery, ErrorInfo, Event, EventKind, Hash, Job, JobId, JobProgress,
     LeaseToken, Location, LogLine, MediaMetadata, Phase, Status, StepOutput, StreamInfo, Timestamp,
     WorkerId,
 };
@@ -65,6 +66,9 @@ where
     retry_from_discards_the_step_and_those_after_it(&make_store().await).await;
     prune_removes_a_finished_job_but_keeps_its_blob_references(&make_store().await).await;
     export_then_import_reproduces_every_record(&make_store().await, &make_store().await).await;
+    terminal_transitions_queue_one_webhook_notice_each(&make_store().await).await;
+    notices_are_claimed_once_and_retried_until_delivered(&make_store().await).await;
+    a_webhook_set_on_a_finished_job_gets_a_notice_and_goes_with_its_job(&make_store().await).await;
 }
 
 /// Higher priority first, then oldest first; `only` limits the claim to some jobs.
@@ -2496,6 +2500,18 @@ pub async fn export_then_import_reproduces_every_record(
             .expect("current token");
     }
     source.flush_logs();
+    // A finished job's first webhook queues a notice at once: a pending notice travels too.
+    source
+        .set_webhooks(&[(kept.job_id, "https://hooks.example/narra".to_string())])
+        .await
+        .expect("set_webhooks");
+    assert!(
+        source
+            .webhook(kept.job_id)
+            .await
+            .expect("webhook")
+            .is_some_and(|webhook| webhook.pending.is_some())
+    );
     let cutoff = Timestamp::now().plus_ms(60_000);
     let tombstone = source
         .prune_jobs(&[pruned.job_id], cutoff)
@@ -2617,6 +2633,10 @@ pub async fn export_then_import_reproduces_every_record(
             target.logs(id).await.expect("logs"),
             source.logs(id).await.expect("logs")
         );
+        assert_eq!(
+            target.webhook(id).await.expect("webhook"),
+            source.webhook(id).await.expect("webhook")
+        );
     }
     for status in Status::ALL {
         let by_status = JobFilter {
@@ -2692,6 +2712,7 @@ pub async fn export_then_import_reproduces_every_record(
             progress: None,
             logs: vec![],
             blobs: vec![],
+            webhook: None,
         }));
     let outcomes = target.import(&[conflicting]).await.expect("import");
     assert!(
@@ -2705,4 +2726,244 @@ pub async fn export_then_import_reproduces_every_record(
     let error = transfer::check(&path).expect_err("a file cut short");
     assert!(error.to_string().contains("cut short"), "{error}");
     let _ = std::fs::remove_file(&path);
+}
+
+fn delivery_of(notice: &crate::engine::job::Notice, attempt: u32, ok: bool) -> Delivery {
+    Delivery {
+        delivery_id: notice.delivery_id,
+        status: notice.status,
+        attempt,
+        at: Timestamp::now(),
+        status_code: Some(if ok { 204 } else { 503 }),
+        error: (!ok).then(|| "503 Service Unavailable".to_string()),
+        ok,
+        gave_up: false,
+    }
+}
+
+/// Every terminal transition of a job with a webhook queues exactly one notice of that status, in
+/// the transition's transaction; a job without a webhook queues none, and neither does a
+/// transition that is not terminal.
+pub async fn terminal_transitions_queue_one_webhook_notice_each(store: &dyn StateStore) {
+    let watched = submit_new(store, "watched").await;
+    let unwatched = submit_new(store, "unwatched").await;
+    store
+        .set_webhooks(&[(watched.id, "https://hooks.example.com/a".to_string())])
+        .await
+        .expect("set_webhooks");
+    let webhook = store.webhook(watched.id).await.expect("read").expect("set");
+    assert_eq!(webhook.url, "https://hooks.example.com/a");
+    assert!(
+        webhook.pending.is_none(),
+        "a pending job has nothing to tell"
+    );
+    assert!(store.webhook(unwatched.id).await.expect("read").is_none());
+
+    let token = claim(store, watched.id).await;
+    assert!(
+        store
+            .webhook(watched.id)
+            .await
+            .expect("read")
+            .unwrap()
+            .pending
+            .is_none()
+    );
+    store
+        .fail(&token, error_info())
+        .await
+        .expect("fail")
+        .expect("allowed");
+    let unwatched_token = claim(store, unwatched.id).await;
+    store
+        .complete(&unwatched_token)
+        .await
+        .expect("complete")
+        .expect("allowed");
+    assert!(store.webhook(unwatched.id).await.expect("read").is_none());
+    let failed = store.webhook(watched.id).await.expect("read").unwrap();
+    let notice = failed.pending.clone().expect("the failure queued a notice");
+    assert_eq!(notice.status, Status::Failed);
+    assert_eq!(notice.error, Some(error_info()));
+    assert_eq!(notice.attempts, 0);
+
+    // Retried and finished again: a new notice, with a new delivery id, replaces the old one.
+    store
+        .retry(watched.id, "again")
+        .await
+        .expect("retry")
+        .expect("allowed");
+    let token = claim(store, watched.id).await;
+    store
+        .complete(&token)
+        .await
+        .expect("complete")
+        .expect("allowed");
+    let succeeded = store.webhook(watched.id).await.expect("read").unwrap();
+    let second = succeeded.pending.expect("the success queued a notice");
+    assert_eq!(second.status, Status::Succeeded);
+    assert_eq!(second.error, None);
+    assert_ne!(second.delivery_id, notice.delivery_id);
+    // Cancelling a pending job is terminal too.
+    let cancelled = submit_new(store, "cancelled").await;
+    store
+        .set_webhooks(&[(cancelled.id, "https://hooks.example.com/c".to_string())])
+        .await
+        .expect("set_webhooks");
+    store
+        .cancel(cancelled.id)
+        .await
+        .expect("cancel")
+        .expect("allowed");
+    let notice = store
+        .webhook(cancelled.id)
+        .await
+        .expect("read")
+        .unwrap()
+        .pending
+        .expect("cancelling queued a notice");
+    assert_eq!(notice.status, Status::Cancelled);
+}
+
+/// A due notice is claimed by one notifier at a time (the claim moves its due time ahead); a
+/// failed attempt waits until its retry time, a delivered notice is cleared, and every attempt
+/// stays in the record.
+pub async fn notices_are_claimed_once_and_retried_until_delivered(store: &dyn StateStore) {
+    assert_eq!(
+        store
+            .claim_notice(Timestamp::now(), 60_000)
+            .await
+            .expect("claim"),
+        ClaimNotice::Wait { until: None },
+        "no webhook, nothing to claim"
+    );
+    let job = submit_new(store, "notified").await;
+    store
+        .set_webhooks(&[(job.id, "https://hooks.example.com/n".to_string())])
+        .await
+        .expect("set_webhooks");
+    let token = claim(store, job.id).await;
+    store
+        .complete(&token)
+        .await
+        .expect("complete")
+        .expect("allowed");
+    let now = Timestamp::now().plus_ms(1);
+    let ClaimNotice::Claimed(webhook) = store.claim_notice(now, 60_000).await.expect("claim")
+    else {
+        panic!("a due notice is claimed");
+    };
+    assert_eq!(webhook.job_id, job.id);
+    let notice = webhook.pending.clone().expect("the claimed notice");
+    assert_eq!(notice.next_attempt_at, now.plus_ms(60_000));
+    assert_eq!(
+        store.claim_notice(now, 60_000).await.expect("claim"),
+        ClaimNotice::Wait {
+            until: Some(now.plus_ms(60_000))
+        },
+        "a claimed notice is not claimed again before its lease ends"
+    );
+
+    let retry_at = now.plus_ms(5_000);
+    store
+        .record_delivery(job.id, &delivery_of(&notice, 1, false), Some(retry_at))
+        .await
+        .expect("record");
+    let waiting = store.webhook(job.id).await.expect("read").unwrap();
+    let pending = waiting
+        .pending
+        .clone()
+        .expect("still pending after a failure");
+    assert_eq!((pending.attempts, pending.next_attempt_at), (1, retry_at));
+    assert_eq!(waiting.deliveries.len(), 1);
+    assert_eq!(
+        store.claim_notice(now, 60_000).await.expect("claim"),
+        ClaimNotice::Wait {
+            until: Some(retry_at)
+        }
+    );
+    let ClaimNotice::Claimed(again) = store.claim_notice(retry_at, 60_000).await.expect("claim")
+    else {
+        panic!("due again at its retry time");
+    };
+    assert_eq!(
+        again.pending.as_ref().unwrap().delivery_id,
+        notice.delivery_id
+    );
+    store
+        .record_delivery(job.id, &delivery_of(&notice, 2, true), None)
+        .await
+        .expect("record");
+    let delivered = store.webhook(job.id).await.expect("read").unwrap();
+    assert!(delivered.pending.is_none(), "delivered: nothing pending");
+    assert_eq!(
+        delivered
+            .deliveries
+            .iter()
+            .map(|delivery| (delivery.attempt, delivery.ok))
+            .collect::<Vec<_>>(),
+        vec![(1, false), (2, true)]
+    );
+    assert_eq!(
+        store
+            .claim_notice(retry_at.plus_ms(3_600_000), 60_000)
+            .await
+            .expect("claim"),
+        ClaimNotice::Wait { until: None }
+    );
+}
+
+/// A job that finished before its webhook was recorded gets a notice at once (a fast worker
+/// cannot make a submission miss it); a second `set_webhooks` changes the URL without a second
+/// notice; deleting the job removes its webhook and its pending notice.
+pub async fn a_webhook_set_on_a_finished_job_gets_a_notice_and_goes_with_its_job(
+    store: &dyn StateStore,
+) {
+    let job = submit_new(store, "fast").await;
+    let token = claim(store, job.id).await;
+    store
+        .complete(&token)
+        .await
+        .expect("complete")
+        .expect("allowed");
+    store
+        .set_webhooks(&[(job.id, "https://hooks.example.com/1".to_string())])
+        .await
+        .expect("set_webhooks");
+    let first = store
+        .webhook(job.id)
+        .await
+        .expect("read")
+        .unwrap()
+        .pending
+        .expect("a notice for the finished job");
+    assert_eq!(first.status, Status::Succeeded);
+    store
+        .set_webhooks(&[
+            (job.id, "https://hooks.example.com/2".to_string()),
+            (JobId::new(), "https://hooks.example.com/nobody".to_string()),
+        ])
+        .await
+        .expect("set_webhooks");
+    let updated = store.webhook(job.id).await.expect("read").unwrap();
+    assert_eq!(updated.url, "https://hooks.example.com/2");
+    assert_eq!(
+        updated.pending.map(|notice| notice.delivery_id),
+        Some(first.delivery_id)
+    );
+
+    store
+        .delete_job(job.id)
+        .await
+        .expect("delete")
+        .expect("allowed");
+    assert!(store.webhook(job.id).await.expect("read").is_none());
+    assert_eq!(
+        store
+            .claim_notice(Timestamp::now(), 60_000)
+            .await
+            .expect("claim"),
+        ClaimNotice::Wait { until: None },
+        "a deleted job's notice is gone with it"
+    );
 }

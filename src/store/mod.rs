@@ -26,9 +26,9 @@ use std::collections::BTreeSet;
 use async_trait::async_trait;
 
 use crate::engine::job::{
-    Backfill, BackfillId, Checkpoint, ErrorInfo, Event, EventSummary, HostState, Incident, Job,
-    JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase, PrunedJob, Status, Timestamp,
-    WorkerId,
+    Backfill, BackfillId, Checkpoint, Delivery, DeliveryId, ErrorInfo, Event, EventSummary,
+    HostState, Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Notice,
+    Phase, PrunedJob, Status, Timestamp, Webhook, WorkerId,
 };
 use crate::engine::machine::Rejected;
 use crate::engine::scheduling::{HostOutcome, OutcomeVerdict, SchedulingPolicy};
@@ -478,10 +478,115 @@ pub struct NewIncident {
     pub reason: String,
 }
 
-/// A whole state store: both sides, maintenance, plus the log sink.
-pub trait StateStore: OrchestratorStore + WorkerStore + MaintenanceStore + JobLogSink {}
+/// What `claim_notice` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimNotice {
+    /// A job's webhook whose pending notice was due: claimed, so no other notifier sends it before
+    /// its `next_attempt_at`, which the claim moved `lease_ms` ahead.
+    Claimed(Box<Webhook>),
+    /// No notice is due now; the earliest pending one is due at `until` (`None`: none pending).
+    Wait { until: Option<Timestamp> },
+}
 
-impl<T: OrchestratorStore + WorkerStore + MaintenanceStore + JobLogSink> StateStore for T {}
+/// Completion webhooks (`webhook::`): each job's callback URL, the notice its terminal
+/// transitions queue (in the transition's own transaction, by every store's `put_job`), and the
+/// deliveries. A record is removed with its job (`delete_job`, `prune_jobs`).
+#[async_trait]
+pub trait WebhookStore: JobReader {
+    /// Sets each job's callback URL (replacing one it had), in one transaction, flushed. When a
+    /// job gets its first webhook and is already succeeded, failed or cancelled, a notice of that
+    /// status is queued at once, so a job that finished before its webhook was recorded is not
+    /// missed. Jobs that do not exist are skipped.
+    async fn set_webhooks(&self, hooks: &[(JobId, String)]) -> StoreResult<()>;
+    async fn webhook(&self, id: JobId) -> StoreResult<Option<Webhook>>;
+    /// Claims the pending notice due first (`next_attempt_at <= now`), moving its
+    /// `next_attempt_at` to `now + lease_ms`: a notifier that dies while sending leaves it to be
+    /// sent again after that, and another notifier (PostgreSQL: another process) does not send it
+    /// meanwhile.
+    async fn claim_notice(&self, now: Timestamp, lease_ms: u64) -> StoreResult<ClaimNotice>;
+    /// Records one attempt of a notice (see [`apply_delivery`]), flushed.
+    async fn record_delivery(
+        &self,
+        id: JobId,
+        delivery: &Delivery,
+        retry_at: Option<Timestamp>,
+    ) -> StoreResult<()>;
+}
+
+/// The most delivery attempts a webhook record keeps: the oldest go first.
+pub const DELIVERIES_MAX: usize = 50;
+
+/// What a terminal transition does to the job's webhook, in the transition's transaction: a new
+/// notice of the job's status, due now. A notice of an earlier transition still pending is
+/// replaced (its delivery id is not reused): the receiver learns the job's latest end.
+pub(crate) fn queue_notice(webhook: &mut Webhook, job: &Job, now: Timestamp) {
+    debug_assert!(
+        job.status.is_terminal(),
+        "a notice is for a terminal status"
+    );
+    webhook.pending = Some(Notice {
+        delivery_id: DeliveryId::new(),
+        status: job.status,
+        error: job.error.clone().filter(|_| job.status == Status::Failed),
+        finished_at: job.updated_at,
+        attempts: 0,
+        next_attempt_at: now,
+    });
+}
+
+/// A new webhook record for a job; with a notice when the job is already finished.
+pub(crate) fn new_webhook(job: &Job, url: &str, now: Timestamp) -> Webhook {
+    let mut webhook = Webhook {
+        job_id: job.id,
+        url: url.to_string(),
+        pending: None,
+        deliveries: Vec::new(),
+    };
+    if job.status.is_terminal() {
+        queue_notice(&mut webhook, job, now);
+    }
+    webhook
+}
+
+/// Records one attempt in `webhook`: appended to its deliveries (at most [`DELIVERIES_MAX`]).
+/// When it is the pending notice's, a delivered or given-up notice (`retry_at` `None`) is
+/// cleared, and any other waits until `retry_at`. An attempt of a notice replaced meanwhile
+/// changes only the history.
+pub(crate) fn apply_delivery(
+    webhook: &mut Webhook,
+    delivery: &Delivery,
+    retry_at: Option<Timestamp>,
+) {
+    webhook.deliveries.push(delivery.clone());
+    if webhook.deliveries.len() > DELIVERIES_MAX {
+        let excess = webhook.deliveries.len() - DELIVERIES_MAX;
+        webhook.deliveries.drain(..excess);
+    }
+    let Some(notice) = webhook.pending.as_mut() else {
+        return;
+    };
+    if notice.delivery_id != delivery.delivery_id {
+        return;
+    }
+    match retry_at {
+        Some(retry_at) if !delivery.ok => {
+            notice.attempts = delivery.attempt;
+            notice.next_attempt_at = retry_at;
+        }
+        _ => webhook.pending = None,
+    }
+}
+
+/// A whole state store: both sides, maintenance, webhooks, plus the log sink.
+pub trait StateStore:
+    OrchestratorStore + WorkerStore + MaintenanceStore + WebhookStore + JobLogSink
+{
+}
+
+impl<T: OrchestratorStore + WorkerStore + MaintenanceStore + WebhookStore + JobLogSink> StateStore
+    for T
+{
+}
 
 /// Bounds on what one job may accumulate.
 pub const LOG_LINES_MAX: usize = 2_000;

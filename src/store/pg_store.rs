@@ -54,19 +54,20 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row, Transaction};
 
+use super::ClaimNotice;
 use super::codec;
 use super::{BatchOptions, ClaimNext, ClaimRequest, Resubmit, SUBMIT_BATCH_MAX};
 use super::{
     JobFilter, JobLogSink, JobReader, LOG_LINES_MAX, MaintenanceStore, NewIncident,
     OrchestratorStore, StepEvent, StoreError, StoreResult, SubmitOutcome, SubmitRequest, Submitted,
-    WorkerStore, events_kept,
+    WebhookStore, WorkerStore, events_kept,
 };
 use crate::engine::backfill::source_host;
 use crate::engine::history;
 use crate::engine::job::{
-    Backfill, BackfillId, Checkpoint, ErrorInfo, Event, EventKind, EventSummary, HostState,
-    Incident, Job, JobId, JobProgress, LeaseToken, Location, LogLine, MediaMetadata, Phase,
-    ProgressMarker, PrunedJob, Status, Timestamp, WorkerId,
+    Backfill, BackfillId, Checkpoint, Delivery, ErrorInfo, Event, EventKind, EventSummary,
+    HostState, Incident, Job, JobId, JobProgress, LeaseToken, Location, LogLine, MediaMetadata,
+    Phase, ProgressMarker, PrunedJob, Status, Timestamp, Webhook, WorkerId,
 };
 use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
 use crate::engine::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, SchedulingPolicy};
@@ -110,6 +111,7 @@ const TABLE_INCIDENTS: &str = "incidents";
 const TABLE_BACKFILLS: &str = "backfills";
 const TABLE_HOSTS: &str = "hosts";
 const TABLE_PRUNED: &str = "pruned";
+const TABLE_WEBHOOKS: &str = "webhooks";
 
 /// Runs `$body` (an expression that may use `?` and `.await`, with `$tx: Tx` in scope) as one
 /// transaction, committed when the body returns `Ok`, and run again from the start when it loses a
@@ -428,6 +430,29 @@ impl PgStore {
                 blob.as_bytes(),
                 format!("job {id}'s store checkpoint names a blob that is not indexed"),
             ));
+        }
+        // A webhook's due column is its pending notice's time (NULL with none pending).
+        for row in client
+            .query("SELECT job_id, next_attempt_at, record FROM webhooks", &[])
+            .await?
+        {
+            let id = job_id_in(TABLE_WEBHOOKS, row.get(0))?;
+            let next_attempt_at: Option<i64> = row.get(1);
+            let webhook: Webhook = decode_in(TABLE_WEBHOOKS, id, row.get(2))?;
+            let pending_at = webhook
+                .pending
+                .as_ref()
+                .map(|notice| notice.next_attempt_at.0);
+            if webhook.job_id != id || next_attempt_at != pending_at {
+                return Err(corrupt(
+                    TABLE_WEBHOOKS,
+                    &id.to_bytes(),
+                    format!(
+                        "record of job {} due at {pending_at:?}, column {next_attempt_at:?}",
+                        webhook.job_id
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -965,6 +990,48 @@ impl Tx<'_> {
                 .execute("SELECT pg_notify($1, '')", &[&JOBS_CHANNEL])
                 .await?;
         }
+        // A terminal transition queues its webhook notice in the same transaction.
+        if let Some(status_before) = status_before
+            && status_before != job.status
+            && job.status.is_terminal()
+            && let Some(mut webhook) = self.webhook_for_update(job.id).await?
+        {
+            super::queue_notice(&mut webhook, job, Timestamp::now());
+            self.put_webhook(&webhook).await?;
+        }
+        Ok(())
+    }
+
+    async fn webhook_for_update(&self, id: JobId) -> TxResult<Option<Webhook>> {
+        Ok(self
+            .sql
+            .query_opt(
+                "SELECT record FROM webhooks WHERE job_id = $1 FOR UPDATE",
+                &[&id_bytes(id)],
+            )
+            .await?
+            .map(|row| decode_in(TABLE_WEBHOOKS, id, row.get(0)))
+            .transpose()?)
+    }
+
+    /// Writes a webhook record, with its pending notice's due time as a column.
+    async fn put_webhook(&self, webhook: &Webhook) -> TxResult<()> {
+        let next_attempt_at = webhook
+            .pending
+            .as_ref()
+            .map(|notice| notice.next_attempt_at.0);
+        self.sql
+            .execute(
+                "INSERT INTO webhooks (job_id, next_attempt_at, record) VALUES ($1, $2, $3)
+                 ON CONFLICT (job_id) DO UPDATE SET next_attempt_at = EXCLUDED.next_attempt_at,
+                     record = EXCLUDED.record",
+                &[
+                    &id_bytes(webhook.job_id),
+                    &next_attempt_at,
+                    &codec::encode(webhook)?,
+                ],
+            )
+            .await?;
         Ok(())
     }
 
@@ -2065,6 +2132,119 @@ impl MaintenanceStore for PgStore {
     }
 }
 
+/// The value of a transaction whose body never aborts with a `Rejected` (the webhook operations
+/// name no transition).
+fn refuses_nothing<T>(outcome: Result<T, Rejected>, operation: &str) -> T {
+    match outcome {
+        Ok(value) => value,
+        Err(rejected) => unreachable!("{operation} refuses nothing, yet: {rejected}"),
+    }
+}
+
+#[async_trait]
+impl WebhookStore for PgStore {
+    async fn set_webhooks(&self, hooks: &[(JobId, String)]) -> StoreResult<()> {
+        let now = Timestamp::now();
+        let outcome = transaction!(self, tx => {
+            for (id, url) in hooks {
+                // The job's row is locked as a terminal transition locks it, so the two are
+                // ordered: either the transition sees this record and queues the notice, or this
+                // sees the finished job and queues it here.
+                let Some(row) = tx
+                    .sql
+                    .query_opt(
+                        "SELECT record FROM jobs WHERE id = $1 FOR UPDATE",
+                        &[&id_bytes(*id)],
+                    )
+                    .await?
+                else {
+                    continue;
+                };
+                let job = decode_job(*id, row.get(0))?;
+                let webhook = match tx.webhook_for_update(*id).await? {
+                    Some(before) => Webhook {
+                        url: url.clone(),
+                        ..before
+                    },
+                    None => super::new_webhook(&job, url, now),
+                };
+                tx.put_webhook(&webhook).await?;
+            }
+            Ok(())
+        })?;
+        refuses_nothing(outcome, "set_webhooks");
+        Ok(())
+    }
+
+    async fn webhook(&self, id: JobId) -> StoreResult<Option<Webhook>> {
+        self.client()
+            .await?
+            .query_opt(
+                "SELECT record FROM webhooks WHERE job_id = $1",
+                &[&id_bytes(id)],
+            )
+            .await?
+            .map(|row| decode_in(TABLE_WEBHOOKS, id, row.get(0)))
+            .transpose()
+    }
+
+    async fn claim_notice(&self, now: Timestamp, lease_ms: u64) -> StoreResult<ClaimNotice> {
+        let outcome = transaction!(self, tx => {
+            // SKIP LOCKED: a notice another notifier is claiming right now is not waited for.
+            let row = tx
+                .sql
+                .query_opt(
+                    "SELECT job_id, record FROM webhooks WHERE next_attempt_at <= $1
+                     ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+                    &[&now.0],
+                )
+                .await?;
+            let Some(row) = row else {
+                let until: Option<i64> = tx
+                    .sql
+                    .query_one("SELECT min(next_attempt_at) FROM webhooks", &[])
+                    .await?
+                    .get(0);
+                return Ok(ClaimNotice::Wait {
+                    // One due but locked by another notifier's claim: ask again soon.
+                    until: until.map(|until| Timestamp(until.max(now.0))),
+                });
+            };
+            let id = job_id_in(TABLE_WEBHOOKS, row.get(0))?;
+            let mut webhook: Webhook = decode_in(TABLE_WEBHOOKS, id, row.get(1))?;
+            let Some(notice) = webhook.pending.as_mut() else {
+                return Err(corrupt(
+                    TABLE_WEBHOOKS,
+                    &id.to_bytes(),
+                    "a due time but no pending notice".to_string(),
+                )
+                .into());
+            };
+            notice.next_attempt_at = now.plus_ms(lease_ms);
+            tx.put_webhook(&webhook).await?;
+            Ok(ClaimNotice::Claimed(Box::new(webhook)))
+        })?;
+        Ok(refuses_nothing(outcome, "claim_notice"))
+    }
+
+    async fn record_delivery(
+        &self,
+        id: JobId,
+        delivery: &Delivery,
+        retry_at: Option<Timestamp>,
+    ) -> StoreResult<()> {
+        let outcome = transaction!(self, tx => {
+            if let Some(mut webhook) = tx.webhook_for_update(id).await? {
+                super::apply_delivery(&mut webhook, delivery, retry_at);
+                tx.put_webhook(&webhook).await?;
+            }
+            Ok(())
+        })?;
+        refuses_nothing(outcome, "record_delivery");
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl WorkerStore for PgStore {
     async fn set_phase(
@@ -2249,6 +2429,57 @@ mod tests {
             reingest: false,
             priority: crate::engine::job::PRIORITY_LIVE,
         }
+    }
+
+    // Guards the fleet's webhook rule: notifiers in eight processes claiming the due notices of
+    // 20 finished jobs at once each claim a different one, and every notice is claimed exactly
+    // once (the claim moves its due time ahead, SKIP LOCKED passes over one being claimed).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_notifiers_never_claim_the_same_notice() {
+        let server = test_server::TestServer::start().await;
+        let uri = server.fresh_schema("notifiers").await;
+        let store = PgStore::open(&uri).await.expect("open");
+        let jobs_total = 20;
+        let mut hooks = Vec::new();
+        for index in 0..jobs_total {
+            let job = store
+                .submit(&request(&format!("hooked-{index}")))
+                .await
+                .expect("submit")
+                .job;
+            hooks.push((job.id, format!("https://hooks.example.com/{index}")));
+        }
+        store.set_webhooks(&hooks).await.expect("set_webhooks");
+        for (id, _) in &hooks {
+            store.cancel(*id).await.expect("cancel").expect("allowed");
+        }
+        let now = Timestamp::now().plus_ms(1);
+        let mut notifiers = Vec::new();
+        for _ in 0..8 {
+            let store = PgStore::open(&uri).await.expect("open");
+            notifiers.push(tokio::spawn(async move {
+                let mut claimed = Vec::new();
+                loop {
+                    match store.claim_notice(now, 600_000).await.expect("claim") {
+                        ClaimNotice::Claimed(webhook) => claimed.push(webhook.job_id),
+                        // Due but being claimed by another notifier: ask again.
+                        ClaimNotice::Wait { until: Some(until) } if until <= now => {
+                            tokio::task::yield_now().await;
+                        }
+                        ClaimNotice::Wait { .. } => return claimed,
+                    }
+                }
+            }));
+        }
+        let mut claimed = Vec::new();
+        for notifier in notifiers {
+            claimed.extend(notifier.await.expect("notifier task"));
+        }
+        let distinct: BTreeSet<JobId> = claimed.iter().copied().collect();
+        assert_eq!(claimed.len(), jobs_total, "{claimed:?}");
+        assert_eq!(distinct.len(), jobs_total);
+        store.check_consistency().await.expect("consistent");
+        server.cleanup().await;
     }
 
     // Guards claiming across processes: eight claimers, each with a pool of its own (as eight

@@ -20,6 +20,13 @@
 //! | `backfill_jobs`| backfill id ++ job id             | empty           |
 //! | `event_summaries` | job id                         | `EventSummary`  |
 //! | `pruned`       | job id                            | `PrunedJob`     |
+//! | `webhooks`     | job id                            | `Webhook`       |
+//! | `webhook_due`  | due time (i64, sign flipped, BE) ++ job id | empty  |
+//!
+//! `webhooks` holds each job's callback URL, pending notice and deliveries; `webhook_due` orders
+//! the pending notices by due time (one entry each, `check_consistency` checks it). `put_job`
+//! queues a notice in the transaction of every terminal transition of a job that has a webhook,
+//! so no terminal status is acknowledged without its notice being durable too.
 //!
 //! `event_summaries` bounds each job's history (`compaction.rs`): appending past the store's
 //! `events_max` folds the oldest events into the job's summary and removes them, in the append's
@@ -71,18 +78,19 @@ use sled::transaction::{
 };
 use sled::{IVec, Transactional};
 
+use super::ClaimNotice;
 use super::codec;
 use super::{BatchOptions, ClaimNext, ClaimRequest, Resubmit, SUBMIT_BATCH_MAX};
 use super::{
     JobFilter, JobLogSink, JobReader, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, MaintenanceStore,
     NewIncident, OrchestratorStore, StepEvent, StoreError, StoreResult, SubmitOutcome,
-    SubmitRequest, Submitted, WorkerStore,
+    SubmitRequest, Submitted, WebhookStore, WorkerStore,
 };
 use crate::engine::backfill::source_host;
 use crate::engine::job::{
-    Backfill, BackfillId, Checkpoint, ErrorInfo, Event, EventKind, EventSummary, HostState,
-    Incident, Job, JobId, JobProgress, LeaseToken, Location, LogLine, MediaMetadata, Phase,
-    ProgressMarker, PrunedJob, Status, Timestamp, WorkerId,
+    Backfill, BackfillId, Checkpoint, Delivery, ErrorInfo, Event, EventKind, EventSummary,
+    HostState, Incident, Job, JobId, JobProgress, LeaseToken, Location, LogLine, MediaMetadata,
+    Phase, ProgressMarker, PrunedJob, Status, Timestamp, Webhook, WorkerId,
 };
 use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
 use crate::engine::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, SchedulingPolicy};
@@ -121,6 +129,11 @@ const META_SCHEMA: &[u8] = b"schema";
 const QUEUE_SCAN_BATCH: usize = 256;
 const TREE_EVENT_SUMMARIES: &str = "event_summaries";
 const TREE_PRUNED: &str = "pruned";
+/// Job id -> `Webhook`: a job's callback URL, pending notice and deliveries.
+const TREE_WEBHOOKS: &str = "webhooks";
+/// `next_attempt_at` (order-preserving bytes) ++ job id -> nothing: the pending notices in the
+/// order they are due; exactly one entry per webhook with a pending notice.
+const TREE_WEBHOOK_DUE: &str = "webhook_due";
 
 /// The step whose checkpoint names the stored objects, and so feeds `blob_refs`.
 const STORE_STEP: &str = "store";
@@ -157,6 +170,8 @@ pub struct SledStore {
     schedule_lock: tokio::sync::Mutex<()>,
     event_summaries: sled::Tree,
     pruned: sled::Tree,
+    webhooks: sled::Tree,
+    webhook_due: sled::Tree,
     /// The most events a job holds (`store::EVENTS_MAX` unless set lower for a test).
     events_max: AtomicU64,
     /// Serializes incident appends, which number the lines.
@@ -220,6 +235,8 @@ impl SledStore {
             schedule_lock: tokio::sync::Mutex::new(()),
             event_summaries: db.open_tree(TREE_EVENT_SUMMARIES)?,
             pruned: db.open_tree(TREE_PRUNED)?,
+            webhooks: db.open_tree(TREE_WEBHOOKS)?,
+            webhook_due: db.open_tree(TREE_WEBHOOK_DUE)?,
             events_max: AtomicU64::new(super::EVENTS_MAX),
             incident_lock: tokio::sync::Mutex::new(()),
             db,
@@ -480,7 +497,45 @@ impl SledStore {
             ));
         }
         self.check_event_summaries()?;
-        self.check_pruned()
+        self.check_pruned()?;
+        self.check_webhooks()
+    }
+
+    /// Every webhook belongs to a job, and `webhook_due` holds exactly one entry per pending
+    /// notice, at its due time.
+    fn check_webhooks(&self) -> StoreResult<()> {
+        let mut expected_due = BTreeSet::new();
+        for entry in self.webhooks.iter() {
+            let (key, bytes) = entry?;
+            let webhook: Webhook = codec::decode(TREE_WEBHOOKS, &key, &bytes)?;
+            if webhook.job_id.to_bytes()[..] != key[..] {
+                return Err(corrupt(
+                    TREE_WEBHOOKS,
+                    &key,
+                    format!("holds the webhook of job {}", webhook.job_id),
+                ));
+            }
+            if !self.jobs.contains_key(&key)? {
+                return Err(corrupt(TREE_WEBHOOKS, &key, "no such job".to_string()));
+            }
+            if let Some(notice) = &webhook.pending {
+                expected_due.insert(due_key(notice.next_attempt_at, webhook.job_id).to_vec());
+            }
+        }
+        let found_due = self
+            .webhook_due
+            .iter()
+            .keys()
+            .map(|key| key.map(|key| key.to_vec()))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        if let Some(extra) = found_due.symmetric_difference(&expected_due).next() {
+            return Err(corrupt(
+                TREE_WEBHOOK_DUE,
+                extra,
+                "the due index and the pending notices disagree".to_string(),
+            ));
+        }
+        Ok(())
     }
 
     /// Runs `body` as one transaction over every tree but `logs`, `progress`, `incidents`,
@@ -500,6 +555,8 @@ impl SledStore {
             &self.blob_refs,
             &self.queue,
             &self.event_summaries,
+            &self.webhooks,
+            &self.webhook_due,
         );
         let events_max = self.events_max();
         let result = trees.transaction(
@@ -513,6 +570,8 @@ impl SledStore {
                 blob_refs,
                 queue,
                 event_summaries,
+                webhooks,
+                webhook_due,
             )| {
                 body(&Tx {
                     jobs,
@@ -524,6 +583,8 @@ impl SledStore {
                     blob_refs,
                     queue,
                     event_summaries,
+                    webhooks,
+                    webhook_due,
                     events_max,
                 })
             },
@@ -582,6 +643,8 @@ impl SledStore {
             &self.blob_refs,
             &self.queue,
             &self.event_summaries,
+            &self.webhooks,
+            &self.webhook_due,
             extra,
         );
         let events_max = self.events_max();
@@ -596,6 +659,8 @@ impl SledStore {
                 blob_refs,
                 queue,
                 event_summaries,
+                webhooks,
+                webhook_due,
                 extra,
             )| {
                 let tx = Tx {
@@ -608,6 +673,8 @@ impl SledStore {
                     blob_refs,
                     queue,
                     event_summaries,
+                    webhooks,
+                    webhook_due,
                     events_max,
                 };
                 body(&tx, extra)
@@ -930,6 +997,8 @@ struct Tx<'a> {
     blob_refs: &'a TransactionalTree,
     queue: &'a TransactionalTree,
     event_summaries: &'a TransactionalTree,
+    webhooks: &'a TransactionalTree,
+    webhook_due: &'a TransactionalTree,
     /// The store's bound on a job's events, for `append_events`.
     events_max: u64,
 }
@@ -1034,8 +1103,90 @@ impl Tx<'_> {
             self.status_index
                 .insert(&index_key(job.status, job.id)[..], Vec::new())?;
         }
+        // A terminal transition queues its webhook notice in the same transaction.
+        if let Some(status_before) = status_before
+            && status_before != job.status
+            && job.status.is_terminal()
+            && let Some(before) = self.webhook(job.id)?
+        {
+            let mut webhook = before.clone();
+            super::queue_notice(&mut webhook, job, Timestamp::now());
+            self.put_webhook(Some(&before), &webhook)?;
+        }
         Ok(())
     }
+
+    fn webhook(&self, id: JobId) -> TxResult<Option<Webhook>> {
+        let key = id.to_bytes();
+        match self.webhooks.get(key)? {
+            None => Ok(None),
+            Some(bytes) => codec::decode(TREE_WEBHOOKS, &key, &bytes)
+                .map(Some)
+                .map_err(store_abort),
+        }
+    }
+
+    /// Writes a webhook record and moves its `webhook_due` entry; `before` is the record read.
+    fn put_webhook(&self, before: Option<&Webhook>, webhook: &Webhook) -> TxResult<()> {
+        if let Some(notice) = before.and_then(|before| before.pending.as_ref()) {
+            self.webhook_due
+                .remove(&due_key(notice.next_attempt_at, webhook.job_id)[..])?;
+        }
+        if let Some(notice) = &webhook.pending {
+            self.webhook_due.insert(
+                &due_key(notice.next_attempt_at, webhook.job_id)[..],
+                Vec::new(),
+            )?;
+        }
+        self.webhooks
+            .insert(&webhook.job_id.to_bytes()[..], encode_in_tx(webhook)?)?;
+        Ok(())
+    }
+
+    /// Removes a job's webhook record with its job (`delete_job`, `prune`).
+    fn remove_webhook(&self, id: JobId) -> TxResult<()> {
+        if let Some(webhook) = self.webhook(id)? {
+            if let Some(notice) = &webhook.pending {
+                self.webhook_due
+                    .remove(&due_key(notice.next_attempt_at, id)[..])?;
+            }
+            self.webhooks.remove(&id.to_bytes()[..])?;
+        }
+        Ok(())
+    }
+}
+
+/// The value of a transaction whose body never aborts with a `Rejected` (the webhook operations
+/// name no transition).
+fn refuses_nothing<T>(outcome: Result<T, Rejected>, operation: &str) -> T {
+    match outcome {
+        Ok(value) => value,
+        Err(rejected) => unreachable!("{operation} refuses nothing, yet: {rejected}"),
+    }
+}
+
+/// A `webhook_due` key: the time as big-endian bytes with the sign bit flipped (so negative times
+/// sort first, as they would as numbers), then the job id.
+fn due_key(at: Timestamp, id: JobId) -> [u8; 8 + JOB_ID_BYTES] {
+    let mut key = [0u8; 8 + JOB_ID_BYTES];
+    key[..8].copy_from_slice(&(at.0.cast_unsigned() ^ (1 << 63)).to_be_bytes());
+    key[8..].copy_from_slice(&id.to_bytes());
+    key
+}
+
+fn split_due_key(key: &[u8]) -> StoreResult<(Timestamp, JobId)> {
+    let (Some(at), Some(id)) = (key.get(..8), key.get(8..)) else {
+        return Err(corrupt(
+            TREE_WEBHOOK_DUE,
+            key,
+            "a key of 24 bytes".to_string(),
+        ));
+    };
+    let at = u64::from_be_bytes(at.try_into().expect("8 bytes")) ^ (1 << 63);
+    let id: [u8; JOB_ID_BYTES] = id
+        .try_into()
+        .map_err(|_| corrupt(TREE_WEBHOOK_DUE, key, "a key of 24 bytes".to_string()))?;
+    Ok((Timestamp(at.cast_signed()), JobId::from_bytes(id)))
 }
 
 /// One submission inside a transaction: `submit`'s decision, shared with `submit_batch`.
@@ -1895,6 +2046,7 @@ impl MaintenanceStore for SledStore {
                 tx.checkpoints.remove(key)?;
             }
             tx.remove_history(&job)?;
+            tx.remove_webhook(id)?;
             tx.metadata.remove(&id.to_bytes()[..])?;
             tx.status_index.remove(&index_key(job.status, id)[..])?;
             tx.queue.remove(&queue_key(job.priority, id)[..])?;
@@ -1932,6 +2084,100 @@ impl MaintenanceStore for SledStore {
         records: &[super::transfer::Record],
     ) -> StoreResult<Vec<super::transfer::ImportOutcome>> {
         self.import_records(records).await
+    }
+}
+
+#[async_trait]
+impl WebhookStore for SledStore {
+    async fn set_webhooks(&self, hooks: &[(JobId, String)]) -> StoreResult<()> {
+        let now = Timestamp::now();
+        self.transact(|tx| {
+            for (id, url) in hooks {
+                let Some(job) = tx.job(*id)? else {
+                    continue;
+                };
+                let before = tx.webhook(*id)?;
+                let webhook = match &before {
+                    Some(before) => Webhook {
+                        url: url.clone(),
+                        ..before.clone()
+                    },
+                    None => super::new_webhook(&job, url, now),
+                };
+                tx.put_webhook(before.as_ref(), &webhook)?;
+            }
+            Ok(())
+        })
+        .map(|outcome| refuses_nothing(outcome, "set_webhooks"))?;
+        self.flush().await
+    }
+
+    async fn webhook(&self, id: JobId) -> StoreResult<Option<Webhook>> {
+        let key = id.to_bytes();
+        self.webhooks
+            .get(key)?
+            .map(|bytes| codec::decode(TREE_WEBHOOKS, &key, &bytes))
+            .transpose()
+    }
+
+    async fn claim_notice(&self, now: Timestamp, lease_ms: u64) -> StoreResult<ClaimNotice> {
+        // The first entry is read before the transaction: no iterator is open while one runs
+        // (see `claim_first_admitted`); the transaction checks the entry is still there.
+        let Some((key, _)) = self.webhook_due.first()? else {
+            return Ok(ClaimNotice::Wait { until: None });
+        };
+        let (due_at, id) = split_due_key(&key)?;
+        if due_at > now {
+            return Ok(ClaimNotice::Wait {
+                until: Some(due_at),
+            });
+        }
+        let claimed = self.transact(|tx| {
+            if tx.webhook_due.get(&key)?.is_none() {
+                return Ok(None);
+            }
+            let Some(before) = tx.webhook(id)? else {
+                return Err(store_abort(corrupt(
+                    TREE_WEBHOOK_DUE,
+                    &key,
+                    format!("names job {id}, which has no webhook"),
+                )));
+            };
+            let mut webhook = before.clone();
+            let Some(notice) = webhook.pending.as_mut() else {
+                return Err(store_abort(corrupt(
+                    TREE_WEBHOOK_DUE,
+                    &key,
+                    format!("names job {id}, whose webhook has no pending notice"),
+                )));
+            };
+            notice.next_attempt_at = now.plus_ms(lease_ms);
+            tx.put_webhook(Some(&before), &webhook)?;
+            Ok(Some(webhook))
+        })?;
+        match refuses_nothing(claimed, "claim_notice") {
+            Some(webhook) => Ok(ClaimNotice::Claimed(Box::new(webhook))),
+            // Taken meanwhile: the caller asks again.
+            None => Ok(ClaimNotice::Wait { until: Some(now) }),
+        }
+    }
+
+    async fn record_delivery(
+        &self,
+        id: JobId,
+        delivery: &Delivery,
+        retry_at: Option<Timestamp>,
+    ) -> StoreResult<()> {
+        self.transact(|tx| {
+            let Some(before) = tx.webhook(id)? else {
+                return Ok(());
+            };
+            let mut webhook = before.clone();
+            super::apply_delivery(&mut webhook, delivery, retry_at);
+            tx.put_webhook(Some(&before), &webhook)
+        })
+        .map(|outcome| refuses_nothing(outcome, "record_delivery"))?;
+        self.flush().await
     }
 }
 
@@ -2124,6 +2370,59 @@ mod tests {
                 panic!("store {index} after the conformance suite: {error}");
             }
         }
+    }
+
+    // Guards the durability of webhook notices: a notice queued by a terminal transition, and the
+    // retry time a failed attempt set, are there after the store is closed and opened again.
+    #[tokio::test]
+    async fn a_pending_webhook_notice_survives_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = {
+            let store = open(dir.path());
+            let id = store.submit(&request("hooked")).await.unwrap().job.id;
+            store
+                .set_webhooks(&[(id, "https://hooks.example.com/x".to_string())])
+                .await
+                .unwrap();
+            let (_, token) = store.claim(id, &worker(), 60_000).await.unwrap().unwrap();
+            store.complete(&token).await.unwrap().unwrap();
+            id
+        };
+        let store = open(dir.path());
+        store.check_consistency().expect("consistent");
+        let now = Timestamp::now().plus_ms(1);
+        let ClaimNotice::Claimed(webhook) = store.claim_notice(now, 1_000).await.unwrap() else {
+            panic!("the notice survived the restart");
+        };
+        assert_eq!(webhook.job_id, id);
+        let notice = webhook.pending.clone().unwrap();
+        assert_eq!(notice.status, Status::Succeeded);
+        let delivery = Delivery {
+            delivery_id: notice.delivery_id,
+            status: notice.status,
+            attempt: 1,
+            at: now,
+            status_code: None,
+            error: Some("connection refused".to_string()),
+            ok: false,
+            gave_up: false,
+        };
+        let retry_at = now.plus_ms(30_000);
+        store
+            .record_delivery(id, &delivery, Some(retry_at))
+            .await
+            .unwrap();
+        drop(store);
+        let store = open(dir.path());
+        store.check_consistency().expect("consistent");
+        assert_eq!(
+            store.claim_notice(now, 1_000).await.unwrap(),
+            ClaimNotice::Wait {
+                until: Some(retry_at)
+            }
+        );
+        let webhook = store.webhook(id).await.unwrap().unwrap();
+        assert_eq!(webhook.deliveries, vec![delivery]);
     }
 
     fn request(key: &str) -> SubmitRequest {

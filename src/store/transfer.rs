@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::job::{
     Backfill, Checkpoint, Event, EventSummary, HostState, Incident, Job, JobId, JobProgress,
-    LogLine, MediaMetadata, PrunedJob,
+    LogLine, MediaMetadata, PrunedJob, Webhook,
 };
 
 /// A job and every record that belongs to it, restored in one transaction.
@@ -31,6 +31,8 @@ pub struct JobRecords {
     pub logs: Vec<LogLine>,
     /// The blob keys the job references (the `blob_refs` index), sorted.
     pub blobs: Vec<String>,
+    /// Its completion webhook: the URL, a pending notice, the delivery attempts.
+    pub webhook: Option<Webhook>,
 }
 
 /// One unit of an export.

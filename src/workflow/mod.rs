@@ -405,6 +405,9 @@ pub struct Workflow {
     /// Runs a job gets when it fails with a transient class: after the first, each is an
     /// automatic retry after a growing delay (`engine::scheduling::RetryPolicy`). 1 retries never.
     pub attempts_max: u32,
+    /// Where every job of this workflow sends its completion notice (`webhook`), unless its
+    /// submission names another. Checked by the network guard when a job is submitted.
+    pub callback_url: Option<String>,
     pub steps: Vec<StepDef>,
 }
 
@@ -451,6 +454,8 @@ struct WorkflowFile {
     description: String,
     #[serde(default)]
     attempts_max: Option<u32>,
+    #[serde(default)]
+    callback_url: Option<String>,
     steps: Vec<StepFile>,
 }
 
@@ -520,10 +525,26 @@ pub fn parse_workflow(file_name: &str, text: &str) -> Result<Workflow, WorkflowE
             "attempts_max must be between 1 and 100, not {attempts_max}"
         )));
     }
+    let callback_url = file
+        .callback_url
+        .map(|url| url.trim().to_string())
+        .filter(|url| !url.is_empty());
+    if let Some(url) = &callback_url {
+        match url::Url::parse(url) {
+            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+            _ => {
+                return Err(invalid(format!(
+                    "callback_url {:?} is not an http(s) URL",
+                    crate::steps::redact::redact_url(url)
+                )));
+            }
+        }
+    }
     Ok(Workflow {
         name: file.name,
         description: file.description,
         attempts_max,
+        callback_url,
         steps,
     })
 }

@@ -725,6 +725,15 @@ fn backfills_run_and_cleanup_confirms_exactly_its_plan() {
         progress["done"] == true
     });
     assert_eq!(progress["by_status"], json!({"succeeded": 2}));
+    // The byte totals: both originals downloaded whole; stored, each video and its audio and
+    // metadata record, so more than the videos alone.
+    let videos_bytes = std::fs::metadata(sample_video()).unwrap().len()
+        + std::fs::metadata(other_video()).unwrap().len();
+    assert_eq!(progress["bytes_downloaded"], videos_bytes, "{progress}");
+    assert!(
+        progress["bytes_stored"].as_u64().unwrap() > videos_bytes,
+        "{progress}"
+    );
     assert_error(
         server.call("GET", "/backfills/nope", None, None),
         400,

@@ -213,7 +213,8 @@ fn base64_decode(text: &str) -> Vec<u8> {
 // the job table shows a failed job with its error class; after the fault is healed, Retry on its
 // job page makes it succeed (the worker of `serve` runs it) and the page shows its checkpoints
 // verified; a cleanup dry run on the cleanup page lists an orphan blob and Confirm deletes exactly
-// it. A screenshot of the job page is saved under target/.
+// it. The job page lists its webhook deliveries (the failure's notice and the success's). A
+// screenshot of the job page is saved under target/.
 #[test]
 fn the_console_retries_a_failed_job_and_confirms_a_cleanup_in_chromium() {
     if std::env::var("NARRA_TEST_BROWSER").as_deref() != Ok("1") {
@@ -227,8 +228,20 @@ fn the_console_retries_a_failed_job_and_confirms_a_cleanup_in_chromium() {
     let origin = Origin::start();
     let source = origin.serve_video("lecture.mp4", sample_video());
     origin.fail_with("lecture.mp4", 500);
-    let server = Server::start(&home, &[]);
-    let id = id_of(&server.post("/jobs", json!({"source": source}), 201));
+    let receiver = super::webhooks::Receiver::start();
+    let server = Server::start_env(
+        &home,
+        &[],
+        &[
+            ("NARRA_API_TOKEN", TOKEN),
+            ("NARRA_WEBHOOK_SECRET", super::webhooks::SECRET),
+        ],
+    );
+    let id = id_of(&server.post(
+        "/jobs",
+        json!({"source": source, "callback_url": receiver.url("/hooks/console")}),
+        201,
+    ));
     server.wait_for_status(&id, "failed");
 
     let browser = Browser::start();
@@ -260,6 +273,16 @@ fn the_console_retries_a_failed_job_and_confirms_a_cleanup_in_chromium() {
     browser.wait_for_text("#checkpoints", "the checkpoints are verified", |text| {
         text.contains("ok")
     });
+    // The failure's notice and the success's, each delivered to the job's webhook.
+    browser.wait_for_text(
+        "#deliveries",
+        "the job page lists both deliveries",
+        |text| {
+            text.matches("delivered").count() == 2
+                && text.contains("failed")
+                && text.contains("succeeded")
+        },
+    );
     assert_eq!(server.get(&format!("/jobs/{id}"))["status"], "succeeded");
     let screenshot = browser.screenshot();
     assert_eq!(&screenshot[..8], b"\x89PNG\r\n\x1a\n", "a PNG");

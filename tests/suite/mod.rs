@@ -31,4 +31,5 @@ mod state_growth;
 mod stuck;
 mod tamper;
 mod transfer;
+mod webhooks;
 mod worker;

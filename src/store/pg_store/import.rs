@@ -1,6 +1,6 @@
 //! `narra import` into PostgreSQL: each exported record written as it was, in one SQL
 //! transaction of its own (see `store::transfer`). A job's row, checkpoints, events, summary,
-//! metadata, progress, log lines and blob references commit together, so an interrupted import
+//! metadata, progress, log lines, blob references and webhook commit together, so an interrupted import
 //! run again finds each job whole or absent.
 
 use std::sync::atomic::Ordering;
@@ -140,6 +140,9 @@ async fn import_job(tx: &Tx<'_>, records: &JobRecords) -> TxResult<ImportOutcome
             .await?;
     }
     insert_blob_refs(tx, id, &records.blobs).await?;
+    if let Some(webhook) = &records.webhook {
+        tx.put_webhook(webhook).await?;
+    }
     Ok(ImportOutcome::Imported)
 }
 

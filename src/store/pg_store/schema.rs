@@ -14,9 +14,10 @@ use super::{SCHEMA_LOCK, pg_error};
 use crate::store::{StoreError, StoreResult};
 
 /// The migrations, in order: `(version, SQL)`. Versions start at 1 and have no gap.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE jobs (
     id          bytea PRIMARY KEY CHECK (length(id) = 16),
     key         text COLLATE "C" NOT NULL UNIQUE,
@@ -90,7 +91,21 @@ CREATE TABLE pruned (
     record  bytea NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Completion webhooks: a job's callback URL, pending notice and deliveries (`store::WebhookStore`).
+-- `next_attempt_at` is the pending notice's, NULL when none is pending.
+CREATE TABLE webhooks (
+    job_id           bytea PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+    next_attempt_at  bigint,
+    record           bytea NOT NULL
+);
+CREATE INDEX webhooks_due ON webhooks (next_attempt_at) WHERE next_attempt_at IS NOT NULL;
+"#,
+    ),
+];
 
 /// The version the newest migration brings the schema to.
 pub fn latest_version() -> i32 {

@@ -2,7 +2,7 @@
 //! operations keep (see `store::transfer`).
 //!
 //! A job's core records (the job, its key, status-index and queue entries, checkpoints, events,
-//! summary, metadata, blob references) are one transaction. Its log lines and progress live in
+//! summary, metadata, blob references, webhook) are one transaction. Its log lines and progress live in
 //! trees outside that transaction (as everywhere in this store), so they are written first, after
 //! removing any a previous, interrupted import left: the job record, written last, is what says
 //! the job was imported, and an import run again finds either all of it or a job to write anew.
@@ -181,6 +181,9 @@ impl SledStore {
             }
             tx.put_job(None, job)?;
             tx.keys.insert(job.key.as_bytes(), &id.to_bytes()[..])?;
+            if let Some(webhook) = &records.webhook {
+                tx.put_webhook(None, webhook)?;
+            }
             Ok(ImportOutcome::Imported)
         })?;
         Ok(outcome.unwrap_or_else(|rejected| ImportOutcome::Conflict(rejected.to_string())))

@@ -91,6 +91,7 @@ impl SledStore {
                     tx.checkpoints.remove(key)?;
                 }
                 tx.remove_history(&job)?;
+                tx.remove_webhook(id)?;
                 tx.metadata.remove(&id.to_bytes()[..])?;
                 tx.status_index.remove(&index_key(job.status, id)[..])?;
                 tx.keys.remove(job.key.as_bytes())?;
