@@ -401,15 +401,23 @@ async fn deliver_in_span(engine: &Engine, webhook: &Webhook) -> Result<Delivery,
     Ok(delivery)
 }
 
-/// Sends every notice due now, one after another; the time the next pending one is due, if any.
-/// What a command that runs jobs does once more before it exits (`orchestrator::schedule`).
-pub async fn deliver_due(engine: &Engine) -> Result<Option<Timestamp>, StoreError> {
+/// Sends the notices due now, one after another, until none is due or `stop_now` says so
+/// (checked before each claim); the time the next pending one is due, if any. What a command that
+/// runs jobs does once more before it exits (`orchestrator::schedule`, with a time budget: a
+/// receiver that never answers must not hold a finished command for hours).
+pub async fn deliver_due(
+    engine: &Engine,
+    stop_now: impl Fn() -> bool,
+) -> Result<Option<Timestamp>, StoreError> {
     let lease_ms = engine
         .webhooks
         .timeout_ms
         .saturating_mul(2)
         .saturating_add(5_000);
     loop {
+        if stop_now() {
+            return Ok(None);
+        }
         let now = Timestamp::now();
         match engine.store.claim_notice(now, lease_ms).await? {
             ClaimNotice::Claimed(webhook) => {
@@ -425,7 +433,7 @@ pub async fn deliver_due(engine: &Engine) -> Result<Option<Timestamp>, StoreErro
     }
 }
 
-/// The notifier: sends due notices until `stop` turns true (checked between deliveries) or the
+/// The notifier: sends due notices until `stop` turns true (checked before each delivery) or the
 /// task is dropped, waking when a job of this process finishes (`Engine::notifier_wake`), when
 /// the next notice is due, or every [`POLL_MAX`]. A store failure is logged and tried again after
 /// the poll interval: notices wait in the store.
@@ -434,7 +442,7 @@ pub async fn run_notifier(engine: Engine, mut stop: tokio::sync::watch::Receiver
         if *stop.borrow() {
             return;
         }
-        let wait = match deliver_due(&engine).await {
+        let wait = match deliver_due(&engine, || *stop.borrow()).await {
             Ok(Some(until)) => {
                 let ms = u64::try_from(until.0.saturating_sub(Timestamp::now().0)).unwrap_or(0);
                 Duration::from_millis(ms).clamp(Duration::from_millis(10), POLL_MAX)

@@ -499,6 +499,9 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 /// The longest a waiting scheduler sleeps at once, so new work and shutdowns are seen.
 const WAIT_MAX: Duration = Duration::from_secs(5);
 
+/// How long a command that ends with its jobs goes on starting webhook sends before it exits.
+const FINAL_DELIVERY_BUDGET: Duration = Duration::from_secs(15);
+
 /// Runs queued jobs, up to `options.concurrency` at once, in the store's claim order (priority,
 /// then age) under its scheduling rules (`engine::scheduling`), handing each job that reached a
 /// terminal status to `on_finished`. Returns when `shutdown` resolves (no new job is claimed; running ones end as
@@ -606,15 +609,18 @@ pub async fn schedule(
         finish(joined, &mut first_error);
     }
     // A command that ends once its jobs do lets the notifier finish what it is sending and
-    // sends what is due once more before it exits; a notice not delivered then waits in the
-    // store for the next process that runs jobs. At shutdown (a signal, or a long-running
+    // sends what is due once more before it exits, for at most `FINAL_DELIVERY_BUDGET` (then no
+    // new send starts); a notice not delivered then waits in the store for the next process that
+    // runs jobs. At shutdown (a signal, or a long-running
     // worker), a send in flight is dropped: its claim runs out and another process sends it again.
     if options.until == Until::Drained && !engine.shutdown.is_draining() {
         let _ = stop_notifier.send(true);
         if let Err(join_error) = (&mut notifier.0).await {
             tracing::error!(%join_error, "the webhook notifier task failed");
         }
-        if let Err(error) = crate::webhook::deliver_due(engine).await {
+        let deadline = tokio::time::Instant::now() + FINAL_DELIVERY_BUDGET;
+        let past_deadline = || tokio::time::Instant::now() >= deadline;
+        if let Err(error) = crate::webhook::deliver_due(engine, past_deadline).await {
             tracing::error!(%error, "could not send the webhook notices due");
         }
     }

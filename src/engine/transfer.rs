@@ -219,9 +219,16 @@ pub struct Checked {
 /// Reads the whole export at `path` and checks it: its header (format and schema version), every
 /// record line, and the trailer's count and hash. Nothing is written anywhere.
 pub fn check(path: &std::path::Path) -> Result<Checked, TransferError> {
+    let name = path.display().to_string();
+    let file =
+        std::fs::File::open(path).map_err(|error| TransferError::Read(name.clone(), error))?;
+    check_file(&name, &file)
+}
+
+fn check_file(name: &str, file: &std::fs::File) -> Result<Checked, TransferError> {
     let mut header = None;
     let mut counts = RecordCounts::default();
-    read_records(path, |item| {
+    read_records(name, file, |item| {
         match item {
             Item::Header(read) => header = Some(read),
             Item::Record(record) => counts.add(&record),
@@ -255,19 +262,37 @@ pub async fn import(
     store: &dyn StateStore,
     path: &std::path::Path,
 ) -> Result<(Checked, ImportSummary), TransferError> {
-    let checked = check(path)?;
+    let name = path.display().to_string();
+    // One open file for both passes: what was checked is what is read again, even if the path is
+    // replaced meanwhile (and the second pass checks the trailer again).
+    let file = std::sync::Arc::new(
+        std::fs::File::open(path).map_err(|error| TransferError::Read(name.clone(), error))?,
+    );
+    let join_failed = |join_error: tokio::task::JoinError| {
+        TransferError::Read(name.clone(), std::io::Error::other(join_error.to_string()))
+    };
+    let checked = {
+        let (name, file) = (name.clone(), file.clone());
+        tokio::task::spawn_blocking(move || check_file(&name, &file))
+            .await
+            .map_err(join_failed)??
+    };
     let mut summary = ImportSummary::default();
     let mut batch: Vec<Record> = Vec::with_capacity(IMPORT_BATCH);
-    // The file was read once already; read again, records are handed over a batch at a time so
-    // memory holds one batch, not the store. A channel keeps the blocking reader off the async
-    // threads and the two passes' parsing in one function.
+    // Read again, records are handed over a batch at a time so memory holds one batch, not the
+    // store. A channel keeps the blocking reader off the async threads.
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Record>(IMPORT_BATCH);
-    let reader_path = path.to_path_buf();
+    let reader_name = name.clone();
     let reader = tokio::task::spawn_blocking(move || {
-        read_records(&reader_path, |item| {
-            if let Item::Record(record) = item {
-                // A closed channel means the importer stopped on an error it reports itself.
-                let _ = sender.blocking_send(record);
+        read_records(&reader_name, &file, |item| {
+            if let Item::Record(record) = item
+                && sender.blocking_send(record).is_err()
+            {
+                // The importer stopped on an error it reports itself: stop reading.
+                return Err(TransferError::Read(
+                    reader_name.clone(),
+                    std::io::Error::other("the import stopped"),
+                ));
             }
             Ok(())
         })
@@ -279,12 +304,7 @@ pub async fn import(
         }
     }
     import_batch(store, &mut batch, &mut summary).await?;
-    reader.await.map_err(|join_error| {
-        TransferError::Read(
-            path.display().to_string(),
-            std::io::Error::other(join_error.to_string()),
-        )
-    })??;
+    reader.await.map_err(join_failed)??;
     Ok((checked, summary))
 }
 
@@ -317,19 +337,22 @@ enum Item {
     Record(Record),
 }
 
-/// Reads `path` line by line, handing over the header and each record, and fails on anything
+/// Reads the export `file` (named `name` in messages) from its start, line by line, handing over the header and each record, and fails on anything
 /// that is not a whole export this narra reads; the trailer is checked at the end.
 fn read_records(
-    path: &std::path::Path,
+    name: &str,
+    file: &std::fs::File,
     mut each: impl FnMut(Item) -> Result<(), TransferError>,
 ) -> Result<(), TransferError> {
-    let name = path.display().to_string();
+    use std::io::Seek;
+    let name = name.to_string();
     let bad = |reason: String| TransferError::BadFile {
         path: name.clone(),
         reason,
     };
-    let file =
-        std::fs::File::open(path).map_err(|error| TransferError::Read(name.clone(), error))?;
+    let mut file = file;
+    file.seek(std::io::SeekFrom::Start(0))
+        .map_err(|error| TransferError::Read(name.clone(), error))?;
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
     let mut hasher = blake3::Hasher::new();
     let mut line = Vec::new();

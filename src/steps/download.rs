@@ -581,16 +581,33 @@ const PART_WRITER_CHUNKS: usize = 8;
 /// hashes each write as it makes it, so the runtime thread only receives, and hashing runs beside
 /// the network on the other core, in large updates (blake3 is faster on them) and with no blocking
 /// pool hop per chunk. Memory stays bounded: the channel's chunks and one gathered write.
+///
+/// A writer dropped without `finish` (the download's future was dropped: a cancel, the step's
+/// total timeout) tells its thread to stop before its next write, so no write lands after the
+/// step ended, beyond the one in progress.
 struct PartWriter {
-    sender: tokio::sync::mpsc::Sender<bytes::Bytes>,
-    /// Taken when a failed `write` collects the writer's error.
+    /// Taken by `finish`, which closes the channel.
+    sender: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    /// Taken when a failed `write` collects the writer's error, or by `finish`.
     thread: Option<tokio::task::JoinHandle<std::io::Result<blake3::Hasher>>>,
+    abandoned: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for PartWriter {
+    fn drop(&mut self) {
+        // After `finish` the thread has ended and this changes nothing; dropped anywhere before
+        // (mid-`finish` too), it stops the thread's writes.
+        self.abandoned
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl PartWriter {
     /// `file` is open at the end of what `hasher` has hashed.
     fn start(file: std::fs::File, hasher: blake3::Hasher) -> PartWriter {
         let (sender, mut receiver) = tokio::sync::mpsc::channel::<bytes::Bytes>(PART_WRITER_CHUNKS);
+        let abandoned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = abandoned.clone();
         let thread = tokio::task::spawn_blocking(move || {
             use std::io::Write;
             let mut file = file;
@@ -598,6 +615,9 @@ impl PartWriter {
             let mut write_behind = WriteBehind::at(file.metadata()?.len());
             let mut gathered: Vec<u8> = Vec::with_capacity(crate::storage::CHUNK_BYTES);
             let mut put = |bytes: &[u8], file: &mut std::fs::File| -> std::io::Result<()> {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err(std::io::Error::other("the download was abandoned"));
+                }
                 file.write_all(bytes)?;
                 hasher.update(bytes);
                 write_behind.wrote(file, bytes.len());
@@ -618,14 +638,19 @@ impl PartWriter {
             Ok(hasher)
         });
         PartWriter {
-            sender,
+            sender: Some(sender),
             thread: Some(thread),
+            abandoned,
         }
     }
 
     /// Hands a chunk over; fails with the writer's error once it has stopped on one.
     async fn write(&mut self, chunk: bytes::Bytes, part_path: &Path) -> Result<(), StepError> {
-        if self.sender.send(chunk).await.is_ok() {
+        let sent = match &self.sender {
+            Some(sender) => sender.send(chunk).await.is_ok(),
+            None => false,
+        };
+        if sent {
             return Ok(());
         }
         // The writer hung up: it stopped on an error, which its result carries.
@@ -641,9 +666,9 @@ impl PartWriter {
 
     /// Writes what is gathered and stops: every chunk handed over is in the file (not yet synced),
     /// so a later attempt resumes from bytes that are really there. The hasher has hashed them all.
-    async fn finish(self, part_path: &Path) -> Result<blake3::Hasher, StepError> {
-        drop(self.sender);
-        let result = match self.thread {
+    async fn finish(mut self, part_path: &Path) -> Result<blake3::Hasher, StepError> {
+        drop(self.sender.take());
+        let result = match self.thread.take() {
             Some(thread) => thread.await.expect("the download writer does not panic"),
             None => Err(writer_stopped()),
         };

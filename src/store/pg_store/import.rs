@@ -56,14 +56,15 @@ async fn import_in_tx(tx: &Tx<'_>, record: &Record) -> TxResult<ImportOutcome> {
 async fn import_job(tx: &Tx<'_>, records: &JobRecords) -> TxResult<ImportOutcome> {
     let job = &records.job;
     let id = job.id;
-    let holder = tx
+    // Two rows when the id is one job's and the key another's: the first that differs is named.
+    let holders = tx
         .sql
-        .query_opt(
-            "SELECT id, record FROM jobs WHERE id = $1 OR key = $2 FOR UPDATE",
+        .query(
+            "SELECT id, record FROM jobs WHERE id = $1 OR key = $2 ORDER BY id <> $1 DESC FOR UPDATE",
             &[&id_bytes(id), &job.key],
         )
         .await?;
-    if let Some(row) = holder {
+    if let Some(row) = holders.first() {
         let holder_id = super::job_id_in(super::TABLE_JOBS, row.get(0))?;
         if holder_id != id {
             return Ok(ImportOutcome::Conflict(format!(
@@ -196,12 +197,13 @@ async fn import_backfill(
 ) -> TxResult<ImportOutcome> {
     let existing = tx
         .sql
-        .query_opt(
-            "SELECT id, record FROM backfills WHERE id = $1 OR manifest = $2",
+        .query(
+            "SELECT id, record FROM backfills WHERE id = $1 OR manifest = $2
+             ORDER BY id <> $1 DESC",
             &[&backfill.id.to_bytes().to_vec(), &backfill.manifest],
         )
         .await?;
-    let outcome = match existing {
+    let outcome = match existing.first() {
         Some(row) => {
             let key: &[u8] = row.get(0);
             let existing: Backfill = codec::decode(TABLE_BACKFILLS, key, row.get(1))?;
