@@ -216,6 +216,10 @@ pub fn parse_uri(uri: &str) -> StoreResult<(tokio_postgres::Config, PgOptions, S
         url.set_query(None);
     } else {
         url.query_pairs_mut().clear().extend_pairs(kept);
+        // Form encoding writes a space as `+` (and a `+` as `%2B`); tokio-postgres decodes only
+        // `%XX`, so `options=-ca%3D1%20-cb%3D2` would reach the server as one option.
+        let query = url.query().map(|query| query.replace('+', "%20"));
+        url.set_query(query.as_deref());
     }
     let mut config = tokio_postgres::Config::from_str(url.as_str())
         .map_err(|error| invalid(error.to_string()))?;
@@ -2509,7 +2513,7 @@ mod tests {
 
     // Guards the fleet against a stopped process: sessions end when idle inside a transaction
     // (so a SIGSTOPped worker cannot hold the claim lock), unless the URI sets its own timeout; the
-    // URI's other server options are kept.
+    // URI's other server options are kept, several of them too (a space, `%20`, separates them).
     #[test]
     fn sessions_idle_in_a_transaction_are_ended_unless_the_uri_says_otherwise() {
         let (config, _, _) =
@@ -2517,6 +2521,16 @@ mod tests {
         assert_eq!(
             config.get_options(),
             Some("-csearch_path=ingest -c idle_in_transaction_session_timeout=10000")
+        );
+        let (config, _, _) = parse_uri(
+            "postgres://h/db?options=-csearch_path%3Dingest%20-cwork_mem%3D8MB&pool_max=2",
+        )
+        .expect("parse");
+        assert_eq!(
+            config.get_options(),
+            Some(
+                "-csearch_path=ingest -cwork_mem=8MB -c idle_in_transaction_session_timeout=10000"
+            )
         );
         let (config, _, _) =
             parse_uri("postgres://h/db?options=-cidle_in_transaction_session_timeout%3D0")

@@ -30,6 +30,8 @@ const JOBS_DEFAULT: usize = 200;
 /// Short, so a stopped worker loses its jobs within seconds.
 const LEASE_TTL_MS: &str = "3000";
 const CONCURRENCY: &str = "2";
+/// Below the lease length: see [`fleet_state_uri`].
+const IDLE_IN_TRANSACTION_MS: u64 = 1000;
 /// A wait fails when the condition's progress figure has not moved for this long.
 const STALL_MAX: Duration = Duration::from_secs(120);
 
@@ -50,11 +52,19 @@ impl Fleet {
 
     /// `narra --json ARGS`, asserting success, parsed.
     fn json(&self, home: &Home, args: &[&str]) -> Value {
+        self.json_exiting(home, args, &[0])
+    }
+
+    /// `narra --json ARGS`, asserting one of the exit codes `codes`, parsed.
+    fn json_exiting(&self, home: &Home, args: &[&str], codes: &[i32]) -> Value {
         let mut full = vec!["--json"];
         full.extend_from_slice(args);
         let output = self.command(home, &full).output().expect("narra runs");
         assert!(
-            output.status.success(),
+            output
+                .status
+                .code()
+                .is_some_and(|code| codes.contains(&code)),
             "narra {full:?}\nstdout:\n{}\nstderr:\n{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
@@ -132,6 +142,25 @@ impl Worker {
             .as_str()
             .is_some_and(|worker_id| worker_id.ends_with(&format!(":{}", self.pid)))
     }
+}
+
+/// The test schema's URI with the fleet's settings: a small pool per process, and sessions idle
+/// in a transaction ended after 1 s, below the lease length: a worker stopped mid-transaction holds
+/// the claim lock and its rows' locks until then, and a live worker that waits on those locks longer
+/// than its lease would lose its own jobs (`docs/DEPLOYMENT.md`).
+fn fleet_state_uri(schema_uri: &str) -> String {
+    let mut url = url::Url::parse(schema_uri).expect("the schema's URI");
+    let options = url
+        .query_pairs()
+        .find(|(name, _)| name == "options")
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default();
+    let options =
+        format!("{options} -cidle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}");
+    // Percent-encoded by hand: tokio-postgres reads `%20` as a space, not the `+` of form encoding.
+    let options = options.replace('=', "%3D").replace(' ', "%20");
+    url.set_query(Some(&format!("options={options}&pool_max=4")));
+    url.to_string()
 }
 
 fn env_number(name: &str, default: usize) -> usize {
@@ -231,10 +260,7 @@ fn a_fleet_with_killed_and_stopped_workers_runs_every_job_once() {
 
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let server = runtime.block_on(TestServer::start());
-    let state = format!(
-        "{}&pool_max=4",
-        runtime.block_on(server.fresh_schema("fleet"))
-    );
+    let state = fleet_state_uri(&runtime.block_on(server.fresh_schema("fleet")));
     let moto = Moto::start();
     let proxy = Proxy::start(&moto);
     let fleet = Fleet {
@@ -328,6 +354,8 @@ fn a_fleet_with_killed_and_stopped_workers_runs_every_job_once() {
             .output()
             .expect("narra runs");
         let text = String::from_utf8_lossy(&text.stdout).into_owned();
+        // `health` exits 1 when something calls for escalation (a stuck job may).
+        let health = fleet.json_exiting(&operator, &["health"], &[0, 1]);
         let shown = fleet.json(&operator, &["show", &stopped_id]);
         if shown["status"] != "running" || shown["lease"]["fencing_token"] != stale_token {
             signal(stopped.pid, "CONT");
@@ -342,6 +370,18 @@ fn a_fleet_with_killed_and_stopped_workers_runs_every_job_once() {
             text.lines().any(|line| line.starts_with(&stopped_id)
                 && line.contains(&format!("held by {stale_worker_id}"))),
             "`jobs` says who holds {stopped_id}:\n{text}"
+        );
+        assert!(
+            health["workers"]
+                .as_array()
+                .is_some_and(|workers| workers.iter().any(|worker| {
+                    worker["worker_id"] == stale_worker_id.as_str()
+                        && worker["running"].as_array().is_some_and(|running| {
+                            running.iter().any(|id| *id == stopped_id.as_str())
+                        })
+                })),
+            "`health` lists {stopped_id} under {stale_worker_id}: {}",
+            health["workers"]
         );
         break (stopped_id, stale_token, stale_worker_id);
     };
@@ -437,6 +477,17 @@ fn a_fleet_with_killed_and_stopped_workers_runs_every_job_once() {
         .iter()
         .filter(|incident| incident["action"] == "fenced_write")
         .count();
+    let health = fleet.json_exiting(&operator, &["health"], &[0, 1]);
+    assert_eq!(
+        health["fenced_writes"].as_u64(),
+        Some(fenced_total as u64),
+        "`health` counts the fenced writes"
+    );
+    assert_eq!(
+        health["workers"],
+        serde_json::json!([]),
+        "no job left running"
+    );
 
     // The audit: no step redone without a cause, no verified step redone, no object rewritten.
     let audit = fleet.json(&operator, &["audit"]);
