@@ -55,8 +55,9 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let server = runtime.block_on(TestServer::start());
     println!(
-        "fleet bench: {} cores, PostgreSQL {}",
+        "fleet bench: {} cores, load average {}, PostgreSQL {}",
         std::thread::available_parallelism().map_or(0, usize::from),
+        load_average(),
         if std::env::var("NARRA_TEST_POSTGRES_URL").is_ok() {
             "from NARRA_TEST_POSTGRES_URL"
         } else {
@@ -93,7 +94,20 @@ fn main() {
             jobs_per_s / base
         );
     }
+    println!("\nload average at the end {}", load_average());
     runtime.block_on(server.cleanup());
+}
+
+/// The first three fields of `/proc/loadavg`: how busy the machine was around the figures.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|_| "unknown".to_string())
 }
 
 /// One round of claims: `jobs` submitted, then `claimers` stores claim and complete them all.
