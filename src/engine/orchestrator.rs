@@ -189,61 +189,65 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
         let outcome = execute(engine, &job, &token, cancel, &fenced).await;
         drop(keeper);
         let lease_lost = matches!(outcome, Ok(WorkOutcome::LeaseLost));
-        let ended: Result<Result<Job, Rejected>, EngineError> = async { Ok(match outcome {
-            Ok(WorkOutcome::Done) => {
-                record_host_outcome(engine, &job, None).await?;
-                crate::failpoint!("complete.before");
-                let completed = store.complete(&token).await?;
-                crate::failpoint!("complete.after");
-                completed
-            }
-            Ok(WorkOutcome::CancelRequested) => store.confirm_cancel(&token).await?,
-            Ok(WorkOutcome::ShuttingDown) => release(store.as_ref(), &token).await?,
-            Ok(WorkOutcome::LeaseLost) => {
-                tracing::warn!("the lease was lost; another claim owns the job now");
-                // The job as its new holder has it: this run ends without a transition.
-                store.job(job.id).await?.ok_or(Rejected::NotFound(job.id))
-            }
-            Err(error) => {
-                let error_info = ErrorInfo {
-                    class: error.class.as_str().to_string(),
-                    message: error.message.clone(),
-                };
-                let verdict = record_host_outcome(engine, &job, Some(error.class.as_str())).await?;
-                let attempts_max = engine
-                    .workflows
-                    .get(&job.workflow)
-                    .map_or(1, |workflow| workflow.attempts_max);
-                if verdict.hold {
-                    let held_by = if HostOutcome::of_storage(Some(error.class.as_str())).is_some() {
-                        "the storage's circuit breaker is open: storing is paused".to_string()
-                    } else {
-                        format!("the circuit breaker of host {} is open", source_host(&job.source))
-                    };
-                    tracing::warn!(class = %error_info.class, "held: {held_by}; the attempt is not counted");
-                    store.hold(&token, &format!(
-                        "held: {held_by} ({}: {})",
-                        error_info.class, error_info.message
-                    ), None).await?
-                } else if error.class == crate::steps::ErrorClass::ScratchLow {
-                    let not_before =
-                        Timestamp::now().plus_ms(engine.scheduling.retry.delay_initial_ms);
-                    tracing::warn!("{}; the job waits, its attempt not counted", error_info.message);
-                    let reason = format!("waiting for scratch space: {}", error_info.message);
-                    store.hold(&token, &reason, Some((not_before, error_info))).await?
-                } else if error.class.retryable() && job.attempts < attempts_max {
-                    let delay_ms = engine.scheduling.retry.delay_ms(job.attempts);
-                    let not_before = Timestamp::now().plus_ms(delay_ms);
-                    tracing::warn!(class = %error_info.class, attempt = job.attempts, attempts_max, delay_ms, "transient failure: retried automatically after a delay");
-                    store.retry_later(&token, error_info, not_before).await?
-                } else {
-                    crate::failpoint!("fail.before");
-                    let failed = store.fail(&token, error_info).await?;
-                    crate::failpoint!("fail.after");
-                    failed
+        // The run's final transition. Its store errors are looked at below, so `?` stops here.
+        let ended: Result<Result<Job, Rejected>, EngineError> = async {
+            Ok(match outcome {
+                Ok(WorkOutcome::Done) => {
+                    record_host_outcome(engine, &job, None).await?;
+                    crate::failpoint!("complete.before");
+                    let completed = store.complete(&token).await?;
+                    crate::failpoint!("complete.after");
+                    completed
                 }
-            }
-        })}.await;
+                Ok(WorkOutcome::CancelRequested) => store.confirm_cancel(&token).await?,
+                Ok(WorkOutcome::ShuttingDown) => release(store.as_ref(), &token).await?,
+                Ok(WorkOutcome::LeaseLost) => {
+                    tracing::warn!("the lease was lost; another claim owns the job now");
+                    // The job as its new holder has it: this run ends without a transition.
+                    store.job(job.id).await?.ok_or(Rejected::NotFound(job.id))
+                }
+                Err(error) => {
+                    let error_info = ErrorInfo {
+                        class: error.class.as_str().to_string(),
+                        message: error.message.clone(),
+                    };
+                    let verdict = record_host_outcome(engine, &job, Some(error.class.as_str())).await?;
+                    let attempts_max = engine
+                        .workflows
+                        .get(&job.workflow)
+                        .map_or(1, |workflow| workflow.attempts_max);
+                    if verdict.hold {
+                        let held_by = if HostOutcome::of_storage(Some(error.class.as_str())).is_some() {
+                            "the storage's circuit breaker is open: storing is paused".to_string()
+                        } else {
+                            format!("the circuit breaker of host {} is open", source_host(&job.source))
+                        };
+                        tracing::warn!(class = %error_info.class, "held: {held_by}; the attempt is not counted");
+                        store.hold(&token, &format!(
+                            "held: {held_by} ({}: {})",
+                            error_info.class, error_info.message
+                        ), None).await?
+                    } else if error.class == crate::steps::ErrorClass::ScratchLow {
+                        let not_before =
+                            Timestamp::now().plus_ms(engine.scheduling.retry.delay_initial_ms);
+                        tracing::warn!("{}; the job waits, its attempt not counted", error_info.message);
+                        let reason = format!("waiting for scratch space: {}", error_info.message);
+                        store.hold(&token, &reason, Some((not_before, error_info))).await?
+                    } else if error.class.retryable() && job.attempts < attempts_max {
+                        let delay_ms = engine.scheduling.retry.delay_ms(job.attempts);
+                        let not_before = Timestamp::now().plus_ms(delay_ms);
+                        tracing::warn!(class = %error_info.class, attempt = job.attempts, attempts_max, delay_ms, "transient failure: retried automatically after a delay");
+                        store.retry_later(&token, error_info, not_before).await?
+                    } else {
+                        crate::failpoint!("fail.before");
+                        let failed = store.fail(&token, error_info).await?;
+                        crate::failpoint!("fail.after");
+                        failed
+                    }
+                }
+            })
+        }
+        .await;
         let result = match ended {
             // On a shared store, a final transition can fail because the server ended this
             // process's session (it was stopped mid-transaction, or its connection dropped): the
@@ -827,6 +831,63 @@ mod tests {
         let untouched = run_job(&engine, id).await.unwrap();
         assert_eq!(untouched.status, Status::Pending);
         assert_eq!(untouched.attempts, 1, "not claimed again while draining");
+    }
+
+    // Guards the fenced_write incident: a run whose job was taken over before its first write (as a
+    // worker stopped past its lease finds on resuming) ends without a transition, leaves the job to
+    // its new holder, and records one incident naming the job, this worker, the stale token and
+    // the new holder.
+    #[tokio::test]
+    async fn a_run_whose_writes_are_fenced_records_one_fenced_write_incident() {
+        let home = tempfile::tempdir().unwrap();
+        let engine = engine(home.path());
+        let submitted = submit(
+            &engine,
+            &["ftp://example.com/a.mp4".to_string()],
+            &SubmitOptions::default(),
+        )
+        .await
+        .unwrap();
+        let id = submitted[0].job.id;
+        let (job, stale_token) = engine
+            .store
+            .claim(id, &engine.worker_id, engine.lease_ttl_ms)
+            .await
+            .unwrap()
+            .unwrap();
+        engine
+            .store
+            .reclaim(id, "taken over")
+            .await
+            .unwrap()
+            .unwrap();
+        let new_holder = crate::engine::job::WorkerId("other:1".into());
+        engine
+            .store
+            .claim(id, &new_holder, engine.lease_ttl_ms)
+            .await
+            .unwrap()
+            .unwrap();
+
+        let ended = run_claimed(&engine, job, stale_token).await.unwrap();
+        assert_eq!(ended.status, Status::Running, "left to its new holder");
+        assert_eq!(ended.lease.unwrap().worker_id, new_holder);
+        let incidents = engine.store.incidents().await.unwrap();
+        let fenced: Vec<_> = incidents
+            .iter()
+            .filter(|incident| incident.action == FENCED_WRITE)
+            .collect();
+        assert_eq!(fenced.len(), 1, "{incidents:?}");
+        assert_eq!(fenced[0].job, Some(id));
+        assert_eq!(fenced[0].actor, engine.worker_id.to_string());
+        assert_eq!(fenced[0].key.as_deref(), Some("token 1"));
+        assert!(
+            fenced[0]
+                .reason
+                .contains("now held by other:1 under token 2"),
+            "{}",
+            fenced[0].reason
+        );
     }
 
     // Guards that a job left running by a dead process is reclaimed with its old token fenced, and
