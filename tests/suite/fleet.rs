@@ -7,13 +7,14 @@
 //! Guards the fleet's promises under those faults: every job succeeds once (no job lost, none
 //! duplicated), `narra audit` is clean (no verified step redone, no object written twice by the
 //! histories), no object key was ever written with different bytes (counted at the storage, by
-//! the proxy), `jobs` and `show` name the worker that holds a running job, and the resumed stale
-//! worker's writes were refused by fencing: it records a `fenced_write` incident naming it.
+//! the proxy), `jobs`, `show` and `health` name the worker that holds a running job, and the
+//! resumed stale worker's writes were refused by fencing: it records a `fenced_write` incident
+//! naming it, its job and its stale token.
 //!
 //! Behind `NARRA_TEST_FLEET=1` (which `.ci/test` sets, running it as its own suite); without it the
 //! test says so and passes without checking anything. `NARRA_TEST_FLEET_JOBS` sizes it (default
-//! 200, the size; CI runs fewer, see `.ci/test`). Every wait is on a condition read from
-//! the store; a wait fails only when nothing moves for two minutes.
+//! and CI: 200, the size; about 80 s on 2 cores). Every wait is on a condition read from
+//! the store; a wait fails only when nothing moves for two minutes (a hang), never on a total.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
