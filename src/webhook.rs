@@ -55,6 +55,12 @@ pub struct WebhookPolicy {
     pub delay_max_ms: u64,
     /// Each attempt's whole time, connect included (`NARRA_WEBHOOK_TIMEOUT_MS`, default 10 s).
     pub timeout_ms: u64,
+    /// Which addresses callbacks may reach: its own, not the downloads' (allowing private
+    /// networks for on-premises sources must not let an API client make narra POST to internal
+    /// services). Public addresses only unless `NARRA_WEBHOOK_ALLOW_PRIVATE_NETWORK=1` or
+    /// `NARRA_WEBHOOK_ALLOWED_HOSTS=a,b`; never through a proxy, so the address checked at
+    /// connect time is the one reached.
+    pub network: NetworkPolicy,
 }
 
 impl std::fmt::Debug for WebhookPolicy {
@@ -65,6 +71,7 @@ impl std::fmt::Debug for WebhookPolicy {
             .field("delay_initial_ms", &self.delay_initial_ms)
             .field("delay_max_ms", &self.delay_max_ms)
             .field("timeout_ms", &self.timeout_ms)
+            .field("network", &self.network)
             .finish()
     }
 }
@@ -77,6 +84,11 @@ impl Default for WebhookPolicy {
             delay_initial_ms: 30_000,
             delay_max_ms: 30 * 60_000,
             timeout_ms: 10_000,
+            network: NetworkPolicy {
+                allow_private_network: false,
+                allowed_hosts: Vec::new(),
+                proxy: None,
+            },
         }
     }
 }
@@ -105,6 +117,11 @@ impl WebhookPolicy {
             delay_initial_ms: number("NARRA_WEBHOOK_RETRY_DELAY_MS", defaults.delay_initial_ms),
             delay_max_ms: number("NARRA_WEBHOOK_RETRY_DELAY_MAX_MS", defaults.delay_max_ms),
             timeout_ms: number("NARRA_WEBHOOK_TIMEOUT_MS", defaults.timeout_ms).max(1),
+            network: NetworkPolicy::from_env_named(
+                "NARRA_WEBHOOK_ALLOW_PRIVATE_NETWORK",
+                "NARRA_WEBHOOK_ALLOWED_HOSTS",
+                None,
+            ),
         }
     }
 
@@ -162,6 +179,7 @@ pub fn check_callback_url(engine: &Engine, url: &str) -> Result<String, Callback
         )));
     }
     engine
+        .webhooks
         .network
         .check_url(&parsed)
         .map_err(|error| CallbackError {
@@ -352,7 +370,7 @@ async fn deliver_in_span(engine: &Engine, webhook: &Webhook) -> Result<Delivery,
                 Ok(client) => {
                     send(
                         &client,
-                        &engine.network,
+                        &engine.webhooks.network,
                         policy,
                         &webhook.url,
                         notice.delivery_id,

@@ -54,6 +54,11 @@ pub fn report_json(report: &HealthReport) -> serde_json::Value {
             "reason": job.error.as_ref().map(|error| error.message.clone()),
             "not_before": job.not_before.map(|at| at.to_rfc3339()),
         })).collect::<Vec<_>>(),
+        "workers": report.workers.iter().map(|(worker_id, running)| json!({
+            "worker_id": worker_id,
+            "running": running.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "fenced_writes": report.fenced_writes,
     })
 }
 
@@ -191,6 +196,25 @@ pub fn report_text(report: &HealthReport) -> String {
                 .map_or(String::new(), |error| error.message.clone())
         )),
     }
+    let running: usize = report.workers.values().map(Vec::len).sum();
+    let holders: Vec<String> = report
+        .workers
+        .iter()
+        .map(|(worker_id, jobs)| format!("{worker_id} ({})", jobs.len()))
+        .collect();
+    lines.push(format!(
+        "workers        info      {} worker(s) hold {running} running job(s){}",
+        report.workers.len(),
+        if holders.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", holders.join(", "))
+        }
+    ));
+    lines.push(format!(
+        "fenced_writes  info      {} write(s) refused by fencing in the window (narra incidents: fenced_write)",
+        report.fenced_writes
+    ));
     let escalations = report.escalations();
     lines.push(if escalations.is_empty() {
         "nothing calls for escalation".to_string()

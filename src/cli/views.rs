@@ -22,7 +22,9 @@ pub fn redact_url_in_key(key: &str) -> String {
     }
 }
 
-/// `{id, source, status, ingestion_phase, error}`: what `ingest`, `submit`, `retry`, `jobs` print.
+/// `{id, source, status, ingestion_phase, error, lease}`: what `ingest`, `submit`, `retry`, `jobs`
+/// print. `lease` says which worker (`host:pid`) holds a running job, so a fleet's jobs can be
+/// told apart by machine and process.
 pub fn job_summary(job: &Job) -> Value {
     json!({
         "id": job.id.to_string(),
@@ -33,7 +35,20 @@ pub fn job_summary(job: &Job) -> Value {
         "priority": job.priority,
         "not_before": job.not_before.map(|at| at.to_rfc3339()),
         "error": error_json(job),
+        "lease": lease_json(job),
     })
+}
+
+/// `{worker_id, fencing_token, expires_at}` of a job's lease, or null.
+fn lease_json(job: &Job) -> Value {
+    match &job.lease {
+        Some(lease) => json!({
+            "worker_id": lease.worker_id.0,
+            "fencing_token": lease.fencing_token,
+            "expires_at": lease.expires_at.to_rfc3339(),
+        }),
+        None => Value::Null,
+    }
 }
 
 fn error_json(job: &Job) -> Value {
@@ -79,11 +94,7 @@ pub fn job_detail(
         "error": error_json(job),
         "created_at": job.created_at.to_rfc3339(),
         "updated_at": job.updated_at.to_rfc3339(),
-        "lease": job.lease.as_ref().map(|lease| json!({
-            "worker_id": lease.worker_id.0,
-            "fencing_token": lease.fencing_token,
-            "expires_at": lease.expires_at.to_rfc3339(),
-        })),
+        "lease": lease_json(job),
         "cancel_requested": job.cancel_requested,
         "checkpoints": checkpoints.iter().map(checkpoint_json).collect::<Vec<_>>(),
         "artifacts": artifacts(checkpoints),
@@ -376,6 +387,9 @@ pub fn job_line(job: &Job) -> String {
     }
     if let Some(not_before) = job.not_before {
         line.push_str(&format!("  (retry at {})", not_before.to_rfc3339()));
+    }
+    if let Some(lease) = &job.lease {
+        line.push_str(&format!("  (held by {})", lease.worker_id));
     }
     line
 }

@@ -84,6 +84,12 @@ pub struct HealthReport {
     pub breakers: Vec<HostState>,
     /// Pending jobs waiting for scratch space (`scratch_low`), with why.
     pub waiting_for_scratch: Vec<Job>,
+    /// The running jobs by the worker (`host:pid`) that holds their lease: the whole fleet's
+    /// work, whichever machine runs it. Information, not an escalation.
+    pub workers: BTreeMap<String, Vec<JobId>>,
+    /// `fenced_write` incidents in the window: writes refused because their worker had lost the
+    /// job (stopped or starved past its lease). Information, not an escalation.
+    pub fenced_writes: usize,
 }
 
 impl HealthReport {
@@ -261,8 +267,32 @@ pub async fn assess(
                 .is_some_and(|error| error.class == crate::steps::ErrorClass::ScratchLow.as_str())
         })
         .collect();
+    let mut workers = BTreeMap::<String, Vec<JobId>>::new();
+    for job in engine
+        .store
+        .jobs(&JobFilter {
+            status: Some(Status::Running),
+            limit: usize::MAX,
+        })
+        .await?
+    {
+        if let Some(lease) = &job.lease {
+            workers
+                .entry(lease.worker_id.to_string())
+                .or_default()
+                .push(job.id);
+        }
+    }
+    let fenced_writes = incidents
+        .iter()
+        .filter(|incident| {
+            incident.at >= since && incident.action == crate::engine::orchestrator::FENCED_WRITE
+        })
+        .count();
     Ok(HealthReport {
         options: options.clone(),
+        workers,
+        fenced_writes,
         failed_recently,
         hosts,
         storage,

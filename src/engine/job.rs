@@ -575,7 +575,8 @@ pub struct Incident {
     pub at: Timestamp,
     /// Who acted: `$USER`, else `narra`.
     pub actor: String,
-    /// `deleted_object`, `removed_scratch`, `reset_job`, `deleted_job`.
+    /// `deleted_object`, `removed_scratch`, `reset_job`, `deleted_job`, `circuit_opened`,
+    /// `fenced_write` (a write refused by a stale fencing token: `actor` is the worker).
     pub action: String,
     pub job: Option<JobId>,
     /// The object key or scratch path acted on.

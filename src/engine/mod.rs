@@ -121,7 +121,7 @@ impl Engine {
             return Ok(client.clone());
         }
         let client = crate::steps::net::guarded_client(
-            &self.network,
+            &self.webhooks.network,
             std::time::Duration::from_secs(connect_timeout_s),
             WEBHOOK_USER_AGENT,
         )?;

@@ -18,7 +18,7 @@ use crate::engine::job::{ErrorInfo, Job, JobId, LeaseToken, PRIORITY_LIVE, Statu
 use crate::engine::machine::Rejected;
 use crate::engine::scheduling::{HostOutcome, STORAGE_BREAKER};
 use crate::engine::sources::{canonical_source, idempotency_key};
-use crate::engine::worker::{WorkOutcome, execute};
+use crate::engine::worker::{FencedWrite, WorkOutcome, execute};
 use crate::store::{
     ClaimNext, ClaimRequest, JobFilter, NewIncident, OrchestratorStore, StoreError, SubmitRequest,
     Submitted,
@@ -204,6 +204,7 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
         let store: Arc<dyn OrchestratorStore> = engine.store.clone();
         tracing::info!(source = %crate::steps::redact::redact_url(&job.source), workflow = %job.workflow, attempt = job.attempts, "job started");
         let (cancel_sender, cancel) = tokio::sync::watch::channel(false);
+        let fenced = FencedWrite::default();
         // Aborted when dropped too, so a job future dropped mid-step stops renewing its lease.
         let keeper = AbortOnDrop(tokio::spawn(keep_lease(
             store.clone(),
@@ -211,67 +212,98 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
             engine.lease_ttl_ms,
             cancel_sender,
             engine.shutdown.clone(),
+            fenced.clone(),
         )));
         crate::failpoint!("job.start", &job.source);
-        let outcome = execute(engine, &job, &token, cancel).await;
+        let outcome = execute(engine, &job, &token, cancel, &fenced).await;
         drop(keeper);
-        let result = match outcome {
-            Ok(WorkOutcome::Done) => {
-                record_host_outcome(engine, &job, None).await?;
-                crate::failpoint!("complete.before");
-                let completed = store.complete(&token).await?;
-                crate::failpoint!("complete.after");
-                completed
-            }
-            Ok(WorkOutcome::CancelRequested) => store.confirm_cancel(&token).await?,
-            Ok(WorkOutcome::ShuttingDown) => release(store.as_ref(), &token).await?,
-            Ok(WorkOutcome::LeaseLost) => {
-                tracing::warn!("the lease was lost; another claim owns the job now");
-                return store.job(job.id).await?.ok_or(EngineError::Rejected(Rejected::NotFound(job.id)));
-            }
-            Err(error) => {
-                let error_info = ErrorInfo {
-                    class: error.class.as_str().to_string(),
-                    message: error.message.clone(),
-                };
-                let verdict = record_host_outcome(engine, &job, Some(error.class.as_str())).await?;
-                let attempts_max = engine
-                    .workflows
-                    .get(&job.workflow)
-                    .map_or(1, |workflow| workflow.attempts_max);
-                if verdict.hold {
-                    let held_by = if HostOutcome::of_storage(Some(error.class.as_str())).is_some() {
-                        "the storage's circuit breaker is open: storing is paused".to_string()
-                    } else {
-                        format!("the circuit breaker of host {} is open", source_host(&job.source))
+        let lease_lost = matches!(outcome, Ok(WorkOutcome::LeaseLost));
+        // The run's final transition. Its store errors are looked at below, so `?` stops here.
+        let ended: Result<Result<Job, Rejected>, EngineError> = async {
+            Ok(match outcome {
+                Ok(WorkOutcome::Done) => {
+                    record_host_outcome(engine, &job, None).await?;
+                    crate::failpoint!("complete.before");
+                    let completed = store.complete(&token).await?;
+                    crate::failpoint!("complete.after");
+                    completed
+                }
+                Ok(WorkOutcome::CancelRequested) => store.confirm_cancel(&token).await?,
+                Ok(WorkOutcome::ShuttingDown) => release(store.as_ref(), &token).await?,
+                Ok(WorkOutcome::LeaseLost) => {
+                    tracing::warn!("the lease was lost; another claim owns the job now");
+                    // The job as its new holder has it: this run ends without a transition.
+                    store.job(job.id).await?.ok_or(Rejected::NotFound(job.id))
+                }
+                Err(error) => {
+                    let error_info = ErrorInfo {
+                        class: error.class.as_str().to_string(),
+                        message: error.message.clone(),
                     };
-                    tracing::warn!(class = %error_info.class, "held: {held_by}; the attempt is not counted");
-                    store.hold(&token, &format!(
-                        "held: {held_by} ({}: {})",
-                        error_info.class, error_info.message
-                    ), None).await?
-                } else if error.class == crate::steps::ErrorClass::ScratchLow {
-                    let not_before =
-                        Timestamp::now().plus_ms(engine.scheduling.retry.delay_initial_ms);
-                    tracing::warn!("{}; the job waits, its attempt not counted", error_info.message);
-                    let reason = format!("waiting for scratch space: {}", error_info.message);
-                    store.hold(&token, &reason, Some((not_before, error_info))).await?
-                } else if error.class.retryable() && job.attempts < attempts_max {
-                    let delay_ms = engine.scheduling.retry.delay_ms(job.attempts);
-                    let not_before = Timestamp::now().plus_ms(delay_ms);
-                    tracing::warn!(class = %error_info.class, attempt = job.attempts, attempts_max, delay_ms, "transient failure: retried automatically after a delay");
-                    store.retry_later(&token, error_info, not_before).await?
-                } else {
-                    crate::failpoint!("fail.before");
-                    let failed = store.fail(&token, error_info).await?;
-                    crate::failpoint!("fail.after");
-                    failed
+                    let verdict = record_host_outcome(engine, &job, Some(error.class.as_str())).await?;
+                    let attempts_max = engine
+                        .workflows
+                        .get(&job.workflow)
+                        .map_or(1, |workflow| workflow.attempts_max);
+                    if verdict.hold {
+                        let held_by = if HostOutcome::of_storage(Some(error.class.as_str())).is_some() {
+                            "the storage's circuit breaker is open: storing is paused".to_string()
+                        } else {
+                            format!("the circuit breaker of host {} is open", source_host(&job.source))
+                        };
+                        tracing::warn!(class = %error_info.class, "held: {held_by}; the attempt is not counted");
+                        store.hold(&token, &format!(
+                            "held: {held_by} ({}: {})",
+                            error_info.class, error_info.message
+                        ), None).await?
+                    } else if error.class == crate::steps::ErrorClass::ScratchLow {
+                        let not_before =
+                            Timestamp::now().plus_ms(engine.scheduling.retry.delay_initial_ms);
+                        tracing::warn!("{}; the job waits, its attempt not counted", error_info.message);
+                        let reason = format!("waiting for scratch space: {}", error_info.message);
+                        store.hold(&token, &reason, Some((not_before, error_info))).await?
+                    } else if error.class.retryable() && job.attempts < attempts_max {
+                        let delay_ms = engine.scheduling.retry.delay_ms(job.attempts);
+                        let not_before = Timestamp::now().plus_ms(delay_ms);
+                        tracing::warn!(class = %error_info.class, attempt = job.attempts, attempts_max, delay_ms, "transient failure: retried automatically after a delay");
+                        store.retry_later(&token, error_info, not_before).await?
+                    } else {
+                        crate::failpoint!("fail.before");
+                        let failed = store.fail(&token, error_info).await?;
+                        crate::failpoint!("fail.after");
+                        failed
+                    }
+                }
+            })
+        }
+        .await;
+        let result = match ended {
+            // On a shared store, a final transition can fail because the server ended this
+            // process's session (it was stopped mid-transaction, or its connection dropped): the
+            // job may have been taken over meanwhile. A lease renewal under the same token asks
+            // fencing: if it is refused, the job is another claim's, and that refusal is this
+            // run's fenced write.
+            Err(EngineError::Store(error)) if engine.store.shared() => {
+                match store.renew_lease(&token, engine.lease_ttl_ms).await {
+                    Ok(Err(rejected)) => {
+                        tracing::warn!(%error, "the final transition failed and the lease is gone");
+                        fenced.note("lease renewal", &rejected);
+                        record_fenced_write(engine, &token, &fenced).await;
+                        return store.job(job.id).await?.ok_or(EngineError::Rejected(Rejected::NotFound(job.id)));
+                    }
+                    _ => return Err(EngineError::Store(error)),
                 }
             }
+            ended => ended?,
         };
+        if let Err(rejected) = &result {
+            fenced.note("final transition", rejected);
+        }
+        record_fenced_write(engine, &token, &fenced).await;
         match result {
             Ok(job) => {
                 match &job.error {
+                    _ if lease_lost => {}
                     Some(error) if job.status == Status::Failed => tracing::error!(class = %error.class, "job failed: {}", error.message),
                     _ => tracing::info!(status = %job.status, "job finished"),
                 }
@@ -286,6 +318,46 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
     .instrument(span)
     .await
 }
+
+/// Records a run's write that fencing refused, if there was one, as a `fenced_write` incident: the
+/// job was taken over while this process held it (it was stopped, paused or cut off past its lease)
+/// and this process wrote nothing more to it. The incident names the job, this worker, the stale
+/// token, and the current lease. Best effort: a failure to record it is logged, not returned, since
+/// the job itself is the new holder's.
+async fn record_fenced_write(engine: &Engine, token: &LeaseToken, fenced: &FencedWrite) {
+    let Some((write, rejected)) = fenced.take() else {
+        return;
+    };
+    let holder = match engine.store.job(token.job_id).await {
+        Ok(Some(job)) => match &job.lease {
+            Some(lease) => format!(
+                "now held by {} under token {}",
+                lease.worker_id, lease.fencing_token
+            ),
+            None => format!("now {} and held by nobody", job.status),
+        },
+        Ok(None) => "now deleted".to_string(),
+        Err(error) => format!("unreadable ({error})"),
+    };
+    let reason = format!(
+        "a {write} write by worker {} under fencing token {} was refused ({rejected}); the job is {holder}; this worker stopped it",
+        engine.worker_id, token.fencing_token
+    );
+    tracing::warn!(%reason, "fenced: another claim took the job over");
+    let incident = NewIncident {
+        actor: engine.worker_id.to_string(),
+        action: FENCED_WRITE.to_string(),
+        job: Some(token.job_id),
+        key: Some(format!("token {}", token.fencing_token)),
+        reason,
+    };
+    if let Err(error) = engine.store.record_incident(incident).await {
+        tracing::error!(%error, "cannot record the fenced_write incident");
+    }
+}
+
+/// The incident action of a write refused by fencing (see [`record_fenced_write`]).
+pub const FENCED_WRITE: &str = "fenced_write";
 
 /// Records a finished run on its source host's breaker (`engine::scheduling`), and an opened
 /// breaker in the incident log: it is an escalation the runbook asks for.
@@ -387,6 +459,7 @@ async fn keep_lease(
     lease_ttl_ms: u64,
     cancel: tokio::sync::watch::Sender<bool>,
     shutdown: crate::engine::shutdown::Shutdown,
+    fenced: FencedWrite,
 ) {
     let renew_every = Duration::from_millis((lease_ttl_ms / 3).max(1));
     let poll_every = Duration::from_millis(250).min(renew_every);
@@ -413,6 +486,7 @@ async fn keep_lease(
                 Ok(Ok(_)) => {}
                 Ok(Err(rejected)) => {
                     tracing::warn!(%rejected, "lease renewal refused; stopping the job");
+                    fenced.note("lease renewal", &rejected);
                     let _ = cancel.send(true);
                     return;
                 }
@@ -501,6 +575,11 @@ const WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// How long a command that ends with its jobs goes on starting webhook sends before it exits.
 const FINAL_DELIVERY_BUDGET: Duration = Duration::from_secs(15);
+/// How many claims in a row may fail with a shared store's error before the scheduler gives up
+/// (and its process exits with the error): about half a minute of outage, at one try a second.
+const CLAIM_STORE_ERRORS_MAX: u32 = 30;
+/// The pause before a claim that failed with a shared store's error is tried again.
+const CLAIM_STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 /// Runs queued jobs, up to `options.concurrency` at once, in the store's claim order (priority,
 /// then age) under its scheduling rules (`engine::scheduling`), handing each job that reached a
@@ -542,6 +621,7 @@ pub async fn schedule(
     // a running scheduler takes over those whose lease expired, once per lease length.
     let sweep_every = Duration::from_millis(engine.lease_ttl_ms);
     let mut next_sweep = tokio::time::Instant::now();
+    let mut store_errors = 0u32;
     loop {
         let permit = tokio::select! {
             // Shutdown first: once asked to stop, no new job is claimed.
@@ -552,18 +632,44 @@ pub async fn schedule(
         if engine.shutdown.is_draining() {
             break;
         }
-        if engine.store.shared() && tokio::time::Instant::now() >= next_sweep {
-            reclaim_orphans(engine).await?;
-            next_sweep = tokio::time::Instant::now() + sweep_every;
-        }
         let request = ClaimRequest {
             worker_id: &engine.worker_id,
             lease_ttl_ms: engine.lease_ttl_ms,
             policy: &engine.scheduling,
             only: options.only,
         };
-        crate::failpoint!("claim.before");
-        let claimed = engine.store.claim_next(&request).await?;
+        let attempt: Result<ClaimNext, EngineError> = async {
+            if engine.store.shared() && tokio::time::Instant::now() >= next_sweep {
+                reclaim_orphans(engine).await?;
+                next_sweep = tokio::time::Instant::now() + sweep_every;
+            }
+            crate::failpoint!("claim.before");
+            Ok(engine.store.claim_next(&request).await?)
+        }
+        .await;
+        let claimed = match attempt {
+            Ok(claimed) => {
+                store_errors = 0;
+                claimed
+            }
+            // A shared store is a server a network away: a dropped connection, a failover, or a
+            // session the server ended (this process was stopped mid-transaction) fails one claim,
+            // not the jobs this process is running. It tries again, for a bounded while.
+            Err(EngineError::Store(error))
+                if engine.store.shared() && store_errors < CLAIM_STORE_ERRORS_MAX =>
+            {
+                store_errors += 1;
+                tracing::error!(%error, store_errors, "cannot claim: the state store failed; trying again shortly");
+                drop(permit);
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(CLAIM_STORE_ERROR_PAUSE) => {}
+                }
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         let wait_until = match claimed {
             ClaimNext::Claimed(job, token) => {
                 crate::failpoint!("claim.after");
@@ -783,6 +889,63 @@ mod tests {
         let untouched = run_job(&engine, id).await.unwrap();
         assert_eq!(untouched.status, Status::Pending);
         assert_eq!(untouched.attempts, 1, "not claimed again while draining");
+    }
+
+    // Guards the fenced_write incident: a run whose job was taken over before its first write (as a
+    // worker stopped past its lease finds on resuming) ends without a transition, leaves the job to
+    // its new holder, and records one incident naming the job, this worker, the stale token and
+    // the new holder.
+    #[tokio::test]
+    async fn a_run_whose_writes_are_fenced_records_one_fenced_write_incident() {
+        let home = tempfile::tempdir().unwrap();
+        let engine = engine(home.path());
+        let submitted = submit(
+            &engine,
+            &["ftp://example.com/a.mp4".to_string()],
+            &SubmitOptions::default(),
+        )
+        .await
+        .unwrap();
+        let id = submitted[0].job.id;
+        let (job, stale_token) = engine
+            .store
+            .claim(id, &engine.worker_id, engine.lease_ttl_ms)
+            .await
+            .unwrap()
+            .unwrap();
+        engine
+            .store
+            .reclaim(id, "taken over")
+            .await
+            .unwrap()
+            .unwrap();
+        let new_holder = crate::engine::job::WorkerId("other:1".into());
+        engine
+            .store
+            .claim(id, &new_holder, engine.lease_ttl_ms)
+            .await
+            .unwrap()
+            .unwrap();
+
+        let ended = run_claimed(&engine, job, stale_token).await.unwrap();
+        assert_eq!(ended.status, Status::Running, "left to its new holder");
+        assert_eq!(ended.lease.unwrap().worker_id, new_holder);
+        let incidents = engine.store.incidents().await.unwrap();
+        let fenced: Vec<_> = incidents
+            .iter()
+            .filter(|incident| incident.action == FENCED_WRITE)
+            .collect();
+        assert_eq!(fenced.len(), 1, "{incidents:?}");
+        assert_eq!(fenced[0].job, Some(id));
+        assert_eq!(fenced[0].actor, engine.worker_id.to_string());
+        assert_eq!(fenced[0].key.as_deref(), Some("token 1"));
+        assert!(
+            fenced[0]
+                .reason
+                .contains("now held by other:1 under token 2"),
+            "{}",
+            fenced[0].reason
+        );
     }
 
     // Guards that a job left running by a dead process is reclaimed with its old token fenced, and

@@ -45,12 +45,38 @@ pub enum WorkOutcome {
     ShuttingDown,
 }
 
-/// Runs a claimed job's workflow.
+/// The first write of one run of a job that was refused because its fencing token is stale: the
+/// job was taken over (its lease expired while this process was stopped, paused or cut off) and
+/// another claim holds it now. Shared by the worker and the orchestrator's lease keeper; the
+/// orchestrator records it as a `fenced_write` incident when the run ends.
+#[derive(Debug, Clone, Default)]
+pub struct FencedWrite(Arc<std::sync::Mutex<Option<(&'static str, Rejected)>>>);
+
+impl FencedWrite {
+    /// Keeps `rejected` if it is a fencing refusal and none was kept before: the first one is the
+    /// moment the run learnt it had lost the job.
+    pub fn note(&self, write: &'static str, rejected: &Rejected) {
+        if matches!(rejected, Rejected::Fenced { .. }) {
+            self.0
+                .lock()
+                .expect("never poisoned")
+                .get_or_insert_with(|| (write, rejected.clone()));
+        }
+    }
+
+    /// The refused write (what was written, and the refusal), if there was one.
+    pub fn take(&self) -> Option<(&'static str, Rejected)> {
+        self.0.lock().expect("never poisoned").take()
+    }
+}
+
+/// Runs a claimed job's workflow. A write refused by fencing is noted in `fenced`.
 pub async fn execute(
     engine: &Engine,
     job: &Job,
     token: &LeaseToken,
     cancel: Cancel,
+    fenced: &FencedWrite,
 ) -> Result<WorkOutcome, StepError> {
     let store: Arc<dyn WorkerStore> = engine.store.clone();
     let workflow = engine
@@ -69,6 +95,7 @@ pub async fn execute(
         checkpoints: Vec::new(),
         keys_written: Vec::new(),
         store_failure: std::sync::Mutex::new(None),
+        fenced: fenced.clone(),
     };
     let outcome = run.execute().await;
     // A write that failed because the state store itself failed is not a lost lease: the job must
@@ -97,6 +124,8 @@ struct Run<'a> {
     keys_written: Vec<String>,
     /// Set when a write failed because the state store failed (not because the lease was lost).
     store_failure: std::sync::Mutex<Option<String>>,
+    /// Set when a write was refused by fencing.
+    fenced: FencedWrite,
 }
 
 /// A refused worker write means the lease is gone.
@@ -135,6 +164,7 @@ impl<'a> Run<'a> {
             // same record every time.
             if self
                 .write(
+                    "progress",
                     self.store
                         .set_progress(self.token, &progress_record(Progress::default(), 0))
                         .await,
@@ -144,7 +174,10 @@ impl<'a> Run<'a> {
                 return Ok(WorkOutcome::LeaseLost);
             }
             if self
-                .write(self.store.set_phase(self.token, kind.phase()).await)
+                .write(
+                    "phase",
+                    self.store.set_phase(self.token, kind.phase()).await,
+                )
                 .is_err()
             {
                 return Ok(WorkOutcome::LeaseLost);
@@ -274,7 +307,9 @@ impl<'a> Run<'a> {
                 .record_checkpoint(self.token, &checkpoint, metadata.as_ref())
                 .await
                 .map_err(internal)?;
-            if recorded.is_err() {
+            if let Err(rejected) = recorded {
+                tracing::warn!(%rejected, "checkpoint refused: the lease is lost");
+                self.fenced.note("checkpoint", &rejected);
                 return Ok(WorkOutcome::LeaseLost);
             }
             checkpoint_failpoint(kind, Boundary::After);
@@ -650,17 +685,20 @@ impl<'a> Run<'a> {
 
     async fn step_event(&self, step: &str, event: StepEvent) -> Result<(), LeaseLost> {
         let result = self.store.record_step_event(self.token, step, event).await;
-        self.write(result)
+        self.write("step event", result)
     }
 
+    /// `write` names what was written, for the `fenced_write` incident.
     fn write<T>(
         &self,
+        write: &'static str,
         result: crate::store::StoreResult<Result<T, Rejected>>,
     ) -> Result<T, LeaseLost> {
         match result {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(rejected)) => {
                 tracing::warn!(%rejected, "write refused: the lease is lost");
+                self.fenced.note(write, &rejected);
                 Err(LeaseLost)
             }
             Err(error) => {

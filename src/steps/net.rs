@@ -29,17 +29,30 @@ impl NetworkPolicy {
     /// The policy from the environment: `NARRA_ALLOW_PRIVATE_NETWORK=1`, `NARRA_ALLOWED_HOSTS=a,b`,
     /// `NARRA_PROXY=http://proxy:3128`.
     pub fn from_env() -> NetworkPolicy {
-        let flag = std::env::var("NARRA_ALLOW_PRIVATE_NETWORK").unwrap_or_default();
+        NetworkPolicy::from_env_named(
+            "NARRA_ALLOW_PRIVATE_NETWORK",
+            "NARRA_ALLOWED_HOSTS",
+            Some("NARRA_PROXY"),
+        )
+    }
+
+    /// A policy from the variables named (the webhooks' have names of their own).
+    pub fn from_env_named(
+        allow_private_network: &str,
+        allowed_hosts: &str,
+        proxy: Option<&str>,
+    ) -> NetworkPolicy {
+        let flag = std::env::var(allow_private_network).unwrap_or_default();
         NetworkPolicy {
             allow_private_network: matches!(flag.trim(), "1" | "true" | "yes"),
-            allowed_hosts: std::env::var("NARRA_ALLOWED_HOSTS")
+            allowed_hosts: std::env::var(allowed_hosts)
                 .unwrap_or_default()
                 .split(',')
                 .map(|host| host.trim().to_ascii_lowercase())
                 .filter(|host| !host.is_empty())
                 .collect(),
-            proxy: std::env::var("NARRA_PROXY")
-                .ok()
+            proxy: proxy
+                .and_then(|name| std::env::var(name).ok())
                 .filter(|proxy| !proxy.trim().is_empty()),
         }
     }

@@ -84,6 +84,13 @@ use logs::LogBuffer;
 /// Connections the pool opens at most, unless the URI's `pool_max` says otherwise. Each running
 /// job's writes take one for the length of a transaction, never while a step runs.
 pub const DEFAULT_POOL_MAX: usize = 16;
+
+/// The server ends a session of ours that sits idle inside a transaction this long (PostgreSQL's
+/// `idle_in_transaction_session_timeout`), unless the URI's `options` set it. narra's transactions
+/// are a few statements sent back to back, so only a process that was stopped (SIGSTOP, a paused
+/// VM) or cut off mid-transaction ever reaches it; without it, such a process would hold the claim
+/// lock and its rows' locks until it resumed, and every claim across the fleet would wait for it.
+pub const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 10_000;
 /// How many times a transaction that lost a race (deadlock, serialization failure, a unique key
 /// taken meanwhile) is run again before the error is returned.
 const TRANSACTION_ATTEMPTS_MAX: u32 = 8;
@@ -213,9 +220,20 @@ pub fn parse_uri(uri: &str) -> StoreResult<(tokio_postgres::Config, PgOptions, S
         url.set_query(None);
     } else {
         url.query_pairs_mut().clear().extend_pairs(kept);
+        // Form encoding writes a space as `+` (and a `+` as `%2B`); tokio-postgres decodes only
+        // `%XX`, so `options=-ca%3D1%20-cb%3D2` would reach the server as one option.
+        let query = url.query().map(|query| query.replace('+', "%20"));
+        url.set_query(query.as_deref());
     }
-    let config = tokio_postgres::Config::from_str(url.as_str())
+    let mut config = tokio_postgres::Config::from_str(url.as_str())
         .map_err(|error| invalid(error.to_string()))?;
+    let server_options = config.get_options().unwrap_or_default();
+    if !server_options.contains("idle_in_transaction_session_timeout") {
+        let server_options = format!(
+            "{server_options} -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+        );
+        config.options(server_options.trim_start());
+    }
     Ok((config, options, redact(uri)))
 }
 
@@ -2752,5 +2770,35 @@ mod tests {
         );
         assert!(!display.contains("secret"), "{display}");
         assert!(parse_uri("postgres://h/db?pool_max=0").is_err());
+    }
+
+    // Guards the fleet against a stopped process: sessions end when idle inside a transaction
+    // (so a SIGSTOPped worker cannot hold the claim lock), unless the URI sets its own timeout; the
+    // URI's other server options are kept, several of them too (a space, `%20`, separates them).
+    #[test]
+    fn sessions_idle_in_a_transaction_are_ended_unless_the_uri_says_otherwise() {
+        let (config, _, _) =
+            parse_uri("postgres://h/db?options=-csearch_path%3Dingest").expect("parse");
+        assert_eq!(
+            config.get_options(),
+            Some("-csearch_path=ingest -c idle_in_transaction_session_timeout=10000")
+        );
+        let (config, _, _) = parse_uri(
+            "postgres://h/db?options=-csearch_path%3Dingest%20-cwork_mem%3D8MB&pool_max=2",
+        )
+        .expect("parse");
+        assert_eq!(
+            config.get_options(),
+            Some(
+                "-csearch_path=ingest -cwork_mem=8MB -c idle_in_transaction_session_timeout=10000"
+            )
+        );
+        let (config, _, _) =
+            parse_uri("postgres://h/db?options=-cidle_in_transaction_session_timeout%3D0")
+                .expect("parse");
+        assert_eq!(
+            config.get_options(),
+            Some("-cidle_in_transaction_session_timeout=0")
+        );
     }
 }

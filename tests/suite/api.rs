@@ -41,6 +41,9 @@ impl Server {
             .env_remove("NARRA_ALLOW_PRIVATE_NETWORK")
             .env_remove("NARRA_API_TOKEN")
             .env("NARRA_ALLOWED_HOSTS", "127.0.0.1")
+            // Webhooks have a network policy of their own: the tests' receivers are on loopback.
+            .env_remove("NARRA_WEBHOOK_ALLOW_PRIVATE_NETWORK")
+            .env("NARRA_WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -62,6 +62,7 @@ impl Home {
             .env_remove("NARRA_WORKFLOWS")
             .env("NARRA_LOG", "info")
             .env("NARRA_ALLOW_PRIVATE_NETWORK", "1")
+            .env("NARRA_WEBHOOK_ALLOW_PRIVATE_NETWORK", "1")
             // Automatic retries come after a fraction of a second, not half a minute.
             .env("NARRA_RETRY_DELAY_MS", "200")
             // And an open circuit breaker (a refusing host, storage down) tests again as soon.

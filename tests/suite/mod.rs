@@ -13,6 +13,7 @@ mod downloads;
 mod e2e;
 mod extract;
 mod faults;
+mod fleet;
 mod health;
 mod idempotency;
 mod ipc;

@@ -19,13 +19,13 @@ use super::fixture::{
 const BUCKET: &str = "media";
 
 /// moto's S3 server on a loopback port, killed when dropped.
-struct Moto {
+pub(super) struct Moto {
     port: u16,
     _process: ChildGuard,
 }
 
 impl Moto {
-    fn start() -> Moto {
+    pub(super) fn start() -> Moto {
         let port = free_port();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
@@ -115,11 +115,13 @@ enum Mode {
 }
 
 #[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    path: String,
-    query: String,
-    answered: u16,
+pub(super) struct Seen {
+    pub(super) method: String,
+    pub(super) path: String,
+    pub(super) query: String,
+    pub(super) answered: u16,
+    /// The blake3 of the request's body, so writes of one key can be compared by content.
+    pub(super) body_blake3: String,
 }
 
 #[derive(Clone)]
@@ -132,14 +134,14 @@ struct ProxyState {
 }
 
 /// A loopback reverse proxy in front of moto that logs every request.
-struct Proxy {
+pub(super) struct Proxy {
     addr: SocketAddr,
     state: ProxyState,
     _runtime: tokio::runtime::Runtime,
 }
 
 impl Proxy {
-    fn start(moto: &Moto) -> Proxy {
+    pub(super) fn start(moto: &Moto) -> Proxy {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -173,7 +175,7 @@ impl Proxy {
         }
     }
 
-    fn storage_uri(&self, query: &str) -> String {
+    pub(super) fn storage_uri(&self, query: &str) -> String {
         format!(
             "s3://{BUCKET}/narra?endpoint=http://{}&region=us-east-1{query}",
             self.addr
@@ -189,7 +191,7 @@ impl Proxy {
     }
 
     /// Requests that write: PUT (objects and parts) and POST (multipart create and complete).
-    fn writes(&self) -> Vec<Seen> {
+    pub(super) fn writes(&self) -> Vec<Seen> {
         self.seen()
             .into_iter()
             .filter(|seen| seen.method == "PUT" || seen.method == "POST")
@@ -210,12 +212,14 @@ async fn forward(
 ) -> Response {
     let mode = *state.mode.lock().unwrap();
     let query = uri.query().unwrap_or_default().to_string();
+    let body_blake3 = blake3::hash(&body).to_hex().to_string();
     let record = |answered: u16| {
         state.seen.lock().unwrap().push(Seen {
             method: method.to_string(),
             path: uri.path().to_string(),
             query: query.clone(),
             answered,
+            body_blake3: body_blake3.clone(),
         });
     };
     match mode {
@@ -279,7 +283,7 @@ async fn forward(
 }
 
 /// moto accepts any credentials, but the S3 signer needs some.
-const CREDENTIALS: [(&str, &str); 2] = [
+pub(super) const CREDENTIALS: [(&str, &str); 2] = [
     ("AWS_ACCESS_KEY_ID", "narra-test"),
     ("AWS_SECRET_ACCESS_KEY", "narra-test-secret"),
 ];

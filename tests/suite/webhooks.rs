@@ -370,6 +370,23 @@ fn a_retry_reaches_a_receiver_that_was_down_at_first() {
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(stderr.contains("webhook_secret_missing"), "{stderr}");
     }
+    // Private download sources allowed (the fixture's NARRA_ALLOW_PRIVATE_NETWORK=1) do not allow
+    // private callbacks: webhooks have a network policy of their own.
+    let refused = home.narra_env(
+        &[
+            "submit",
+            "--callback-url",
+            "http://127.0.0.1:9/hook",
+            &origin.url("/missing.mp4"),
+        ],
+        &[
+            ("NARRA_WEBHOOK_SECRET", SECRET),
+            ("NARRA_WEBHOOK_ALLOW_PRIVATE_NETWORK", ""),
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("forbidden_address"), "{stderr}");
     assert_eq!(
         home.json(&["jobs"], 0).as_array().map(Vec::len),
         Some(0),
