@@ -26,9 +26,9 @@ use std::collections::BTreeSet;
 use async_trait::async_trait;
 
 use crate::engine::job::{
-    Backfill, BackfillId, Checkpoint, Delivery, DeliveryId, ErrorInfo, Event, EventSummary,
-    HostState, Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Notice,
-    Phase, PrunedJob, Status, Timestamp, Webhook, WorkerId,
+    Backfill, BackfillId, Checkpoint, Delivery, DeliveryId, ErrorInfo, Event, EventKind,
+    EventSummary, HostState, Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata,
+    Notice, Phase, PrunedJob, Status, Timestamp, Webhook, WorkerId,
 };
 use crate::engine::machine::Rejected;
 use crate::engine::scheduling::{HostOutcome, OutcomeVerdict, SchedulingPolicy};
@@ -575,6 +575,26 @@ pub(crate) fn apply_delivery(
         }
         _ => webhook.pending = None,
     }
+}
+
+/// The events a recorded checkpoint appends, in every store: `step_completed`, then
+/// `checkpoint_recorded` with its hashes.
+pub(crate) fn checkpoint_events(checkpoint: &Checkpoint) -> Vec<EventKind> {
+    let completed = EventKind::StepCompleted {
+        step: checkpoint.step.clone(),
+        outputs: u32::try_from(checkpoint.outputs.len()).unwrap_or(u32::MAX),
+    };
+    let recorded = EventKind::CheckpointRecorded {
+        step: checkpoint.step.clone(),
+        definition_hash: checkpoint.definition_hash,
+        input_hash: checkpoint.input_hash,
+        outputs: checkpoint
+            .outputs
+            .iter()
+            .map(|output| (output.name.clone(), output.blake3))
+            .collect(),
+    };
+    vec![completed, recorded]
 }
 
 /// A whole state store: both sides, maintenance, webhooks, plus the log sink.

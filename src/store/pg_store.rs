@@ -2301,21 +2301,7 @@ impl WorkerStore for PgStore {
             if let Some(metadata) = metadata {
                 tx.put_metadata(id, metadata).await?;
             }
-            let completed = EventKind::StepCompleted {
-                step: checkpoint.step.clone(),
-                outputs: u32::try_from(checkpoint.outputs.len()).unwrap_or(u32::MAX),
-            };
-            let recorded = EventKind::CheckpointRecorded {
-                step: checkpoint.step.clone(),
-                definition_hash: checkpoint.definition_hash,
-                input_hash: checkpoint.input_hash,
-                outputs: checkpoint
-                    .outputs
-                    .iter()
-                    .map(|output| (output.name.clone(), output.blake3))
-                    .collect(),
-            };
-            tx.append_events(&mut job, vec![completed, recorded], now).await?;
+            tx.append_events(&mut job, super::checkpoint_events(checkpoint), now).await?;
             tx.put_job(Some(job.status), &job).await
         })?;
         if outcome.is_ok() {

@@ -20,7 +20,7 @@
 use tokio::sync::oneshot;
 
 use super::{SledStore, StoreError, Tx, TxResult, checkpoint_key, encode_in_tx};
-use crate::engine::job::{Checkpoint, EventKind, LeaseToken, MediaMetadata, Timestamp};
+use crate::engine::job::{Checkpoint, LeaseToken, MediaMetadata, Timestamp};
 use crate::engine::machine::{self, Rejected};
 use crate::store::StoreResult;
 
@@ -248,21 +248,7 @@ fn apply(
         tx.metadata
             .insert(&id.to_bytes()[..], encode_in_tx(metadata)?)?;
     }
-    let completed = EventKind::StepCompleted {
-        step: checkpoint.step.clone(),
-        outputs: u32::try_from(checkpoint.outputs.len()).unwrap_or(u32::MAX),
-    };
-    let recorded = EventKind::CheckpointRecorded {
-        step: checkpoint.step.clone(),
-        definition_hash: checkpoint.definition_hash,
-        input_hash: checkpoint.input_hash,
-        outputs: checkpoint
-            .outputs
-            .iter()
-            .map(|output| (output.name.clone(), output.blake3))
-            .collect(),
-    };
-    tx.append_events(&mut job, vec![completed, recorded], now)?;
+    tx.append_events(&mut job, crate::store::checkpoint_events(checkpoint), now)?;
     tx.put_job(Some(job.status), &job)?;
     Ok(Ok(()))
 }
