@@ -27,8 +27,8 @@ use async_trait::async_trait;
 
 use crate::engine::job::{
     Backfill, BackfillId, Checkpoint, Delivery, DeliveryId, ErrorInfo, Event, EventKind,
-    EventSummary, HostState, Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata,
-    Notice, Phase, PrunedJob, Status, Timestamp, Webhook, WorkerId,
+    EventSummary, HostState, Incident, Job, JobId, JobProgress, LeaseToken, Location, LogLine,
+    MediaMetadata, Notice, Phase, PrunedJob, Status, Timestamp, Webhook, WorkerId,
 };
 use crate::engine::machine::Rejected;
 use crate::engine::scheduling::{HostOutcome, OutcomeVerdict, SchedulingPolicy};
@@ -574,6 +574,50 @@ pub(crate) fn apply_delivery(
             notice.next_attempt_at = retry_at;
         }
         _ => webhook.pending = None,
+    }
+}
+
+/// Where content-addressed objects live (`storage`'s layout): the keys `blob_refs` indexes.
+const BLOB_PREFIX: &str = "blobs/";
+
+/// The `blobs/` objects a store checkpoint names: what the `blob_refs` index holds for its job,
+/// in every store.
+pub(crate) fn referenced_blobs(checkpoint: &Checkpoint) -> impl Iterator<Item = &str> {
+    checkpoint
+        .outputs
+        .iter()
+        .filter_map(|output| match &output.location {
+            Location::Object(key) if key.starts_with(BLOB_PREFIX) => Some(key.as_str()),
+            _ => None,
+        })
+}
+
+/// What `prune_jobs` keeps of a finished job, in every store: the job's identity and times, the
+/// blobs its store checkpoint named, and its manifest's key.
+pub(crate) fn tombstone(
+    job: &Job,
+    store_checkpoint: Option<&Checkpoint>,
+    pruned_at: Timestamp,
+) -> PrunedJob {
+    PrunedJob {
+        id: job.id,
+        key: job.key.clone(),
+        workflow: job.workflow.clone(),
+        status: job.status,
+        created_at: job.created_at,
+        updated_at: job.updated_at,
+        pruned_at,
+        blobs: store_checkpoint
+            .into_iter()
+            .flat_map(referenced_blobs)
+            .map(str::to_string)
+            .collect(),
+        manifest: store_checkpoint
+            .and_then(|checkpoint| checkpoint.output("manifest"))
+            .and_then(|output| match &output.location {
+                Location::Object(key) => Some(key.clone()),
+                _ => None,
+            }),
     }
 }
 

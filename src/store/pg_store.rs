@@ -56,6 +56,7 @@ use tokio_postgres::{NoTls, Row, Transaction};
 
 use super::ClaimNotice;
 use super::codec;
+use super::referenced_blobs;
 use super::{BatchOptions, ClaimNext, ClaimRequest, Resubmit, SUBMIT_BATCH_MAX};
 use super::{
     JobFilter, JobLogSink, JobReader, LOG_LINES_MAX, MaintenanceStore, NewIncident,
@@ -66,8 +67,8 @@ use crate::engine::backfill::source_host;
 use crate::engine::history;
 use crate::engine::job::{
     Backfill, BackfillId, Checkpoint, Delivery, ErrorInfo, Event, EventKind, EventSummary,
-    HostState, Incident, Job, JobId, JobProgress, LeaseToken, Location, LogLine, MediaMetadata,
-    Phase, ProgressMarker, PrunedJob, Status, Timestamp, Webhook, WorkerId,
+    HostState, Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase,
+    ProgressMarker, PrunedJob, Status, Timestamp, Webhook, WorkerId,
 };
 use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
 use crate::engine::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, SchedulingPolicy};
@@ -104,8 +105,6 @@ pub const JOBS_CHANNEL: &str = "narra_jobs";
 
 /// The step whose checkpoint names the stored objects, and so feeds `blob_refs`.
 const STORE_STEP: &str = "store";
-/// Only content-addressed objects are indexed: a manifest belongs to one job by its key.
-const BLOB_PREFIX: &str = "blobs/";
 
 const TABLE_JOBS: &str = "jobs";
 const TABLE_CHECKPOINTS: &str = "checkpoints";
@@ -1240,17 +1239,6 @@ fn job_id_in(table: &'static str, bytes: &[u8]) -> StoreResult<JobId> {
     Ok(JobId::from_bytes(bytes))
 }
 
-/// The `blobs/` objects a store checkpoint names.
-fn referenced_blobs(checkpoint: &Checkpoint) -> impl Iterator<Item = &str> {
-    checkpoint
-        .outputs
-        .iter()
-        .filter_map(|output| match &output.location {
-            Location::Object(key) if key.starts_with(BLOB_PREFIX) => Some(key.as_str()),
-            _ => None,
-        })
-}
-
 /// One submission inside a transaction: `submit`'s decision, shared with `submit_batch`.
 async fn submit_in_tx(
     tx: &Tx<'_>,
@@ -2094,27 +2082,7 @@ impl MaintenanceStore for PgStore {
                 let job = tx.job_for_update(id).await?;
                 machine::check_prunable(&job, cutoff).map_err(TxAbort::Rejected)?;
                 let store_checkpoint = tx.checkpoint(id, STORE_STEP).await?;
-                let tombstone = PrunedJob {
-                    id,
-                    key: job.key.clone(),
-                    workflow: job.workflow.clone(),
-                    status: job.status,
-                    created_at: job.created_at,
-                    updated_at: job.updated_at,
-                    pruned_at,
-                    blobs: store_checkpoint
-                        .iter()
-                        .flat_map(referenced_blobs)
-                        .map(str::to_string)
-                        .collect(),
-                    manifest: store_checkpoint
-                        .as_ref()
-                        .and_then(|checkpoint| checkpoint.output("manifest"))
-                        .and_then(|output| match &output.location {
-                            Location::Object(key) => Some(key.clone()),
-                            _ => None,
-                        }),
-                };
+                let tombstone = super::tombstone(&job, store_checkpoint.as_ref(), pruned_at);
                 // The blob references stay: they are the tombstone's now.
                 tx.sql
                     .execute("DELETE FROM logs WHERE job_id = $1", &[&id_bytes(id)])

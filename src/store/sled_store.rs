@@ -80,6 +80,7 @@ use sled::{IVec, Transactional};
 
 use super::ClaimNotice;
 use super::codec;
+use super::referenced_blobs;
 use super::{BatchOptions, ClaimNext, ClaimRequest, Resubmit, SUBMIT_BATCH_MAX};
 use super::{
     JobFilter, JobLogSink, JobReader, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, MaintenanceStore,
@@ -89,8 +90,8 @@ use super::{
 use crate::engine::backfill::source_host;
 use crate::engine::job::{
     Backfill, BackfillId, Checkpoint, Delivery, ErrorInfo, Event, EventKind, EventSummary,
-    HostState, Incident, Job, JobId, JobProgress, LeaseToken, Location, LogLine, MediaMetadata,
-    Phase, ProgressMarker, PrunedJob, Status, Timestamp, Webhook, WorkerId,
+    HostState, Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase,
+    ProgressMarker, PrunedJob, Status, Timestamp, Webhook, WorkerId,
 };
 use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
 use crate::engine::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, SchedulingPolicy};
@@ -137,8 +138,6 @@ const TREE_WEBHOOK_DUE: &str = "webhook_due";
 
 /// The step whose checkpoint names the stored objects, and so feeds `blob_refs`.
 const STORE_STEP: &str = "store";
-/// Only content-addressed objects are indexed: a manifest belongs to one job by its key.
-const BLOB_PREFIX: &str = "blobs/";
 
 const JOB_ID_BYTES: usize = 16;
 const SEQ_KEY_BYTES: usize = JOB_ID_BYTES + 8;
@@ -1372,17 +1371,6 @@ fn seq_key(id: JobId, seq: u64) -> [u8; SEQ_KEY_BYTES] {
     key[..JOB_ID_BYTES].copy_from_slice(&id.to_bytes());
     key[JOB_ID_BYTES..].copy_from_slice(&seq.to_be_bytes());
     key
-}
-
-/// The `blobs/` objects a store checkpoint names.
-fn referenced_blobs(checkpoint: &Checkpoint) -> impl Iterator<Item = &str> {
-    checkpoint
-        .outputs
-        .iter()
-        .filter_map(|output| match &output.location {
-            Location::Object(key) if key.starts_with(BLOB_PREFIX) => Some(key.as_str()),
-            _ => None,
-        })
 }
 
 /// `blob key ++ 0 ++ job id`: object keys hold no NUL, so a scan of `key ++ 0` finds exactly the

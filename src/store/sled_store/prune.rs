@@ -9,9 +9,9 @@
 
 use super::{
     SledStore, TREE_EVENT_SUMMARIES, TREE_PRUNED, TREE_STATUS_INDEX, blob_ref_key, codec, corrupt,
-    encode_in_tx, index_key, referenced_blobs, reject,
+    encode_in_tx, index_key, reject,
 };
-use crate::engine::job::{EventSummary, JobId, Location, PrunedJob, Status, Timestamp};
+use crate::engine::job::{EventSummary, JobId, PrunedJob, Status, Timestamp};
 use crate::engine::machine::{self, Rejected};
 use crate::store::{JobReader, StoreResult};
 
@@ -65,27 +65,7 @@ impl SledStore {
                 let job = tx.existing_job(id)?;
                 machine::check_prunable(&job, cutoff).map_err(reject)?;
                 let store_checkpoint = tx.store_checkpoint(id)?;
-                let tombstone = PrunedJob {
-                    id,
-                    key: job.key.clone(),
-                    workflow: job.workflow.clone(),
-                    status: job.status,
-                    created_at: job.created_at,
-                    updated_at: job.updated_at,
-                    pruned_at,
-                    blobs: store_checkpoint
-                        .iter()
-                        .flat_map(referenced_blobs)
-                        .map(str::to_string)
-                        .collect(),
-                    manifest: store_checkpoint
-                        .as_ref()
-                        .and_then(|checkpoint| checkpoint.output("manifest"))
-                        .and_then(|output| match &output.location {
-                            Location::Object(key) => Some(key.clone()),
-                            _ => None,
-                        }),
-                };
+                let tombstone = crate::store::tombstone(&job, store_checkpoint.as_ref(), pruned_at);
                 // The blob references stay: they are the tombstone's now.
                 for key in &checkpoint_keys {
                     tx.checkpoints.remove(key)?;
