@@ -318,12 +318,7 @@ pub async fn extract_audio(
             return Err(error);
         }
     };
-    let file = tokio::fs::File::open(&temp_path)
-        .await
-        .map_err(|error| StepError::scratch("open", &temp_path, error))?;
-    file.sync_all()
-        .await
-        .map_err(|error| StepError::scratch("sync", &temp_path, error))?;
+    // `write_checked` synced the audio; the rename makes it the step's output.
     crate::failpoint!("extract.scratch.before");
     tokio::fs::rename(&temp_path, &audio_path)
         .await
@@ -339,8 +334,8 @@ pub async fn extract_audio(
     })
 }
 
-/// Runs ffmpeg into `temp_path` and judges the result: its messages, then the probed output.
-/// Returns the output's duration.
+/// Runs ffmpeg into `temp_path` and judges the result: its messages, then the probed output; the
+/// output is fsynced meanwhile. Returns the output's duration.
 #[allow(clippy::too_many_arguments)]
 async fn write_checked(
     tools: &Tools,
@@ -395,8 +390,22 @@ async fn write_checked(
         .as_ref()
         .map(|diagnosis| format!("; ffmpeg said \"{}\"", diagnosis.line))
         .unwrap_or_default();
-    let output = read_back(tools, temp_path, params, cancel, &stream, &ffmpeg_said).await?;
-    let duration_s = validate_output(&output, plan, source_duration_s, &stream, &ffmpeg_said)?;
+    // The audio's fsync runs while ffprobe reads it back: the disk and the probe's start-up
+    // overlap. Both must succeed before the audio is renamed into place.
+    let sync = async {
+        let file = tokio::fs::File::open(temp_path)
+            .await
+            .map_err(|error| StepError::scratch("open", temp_path, error))?;
+        file.sync_all()
+            .await
+            .map_err(|error| StepError::scratch("sync", temp_path, error))
+    };
+    let (output, synced) = tokio::join!(
+        read_back(tools, temp_path, params, cancel, &stream, &ffmpeg_said),
+        sync
+    );
+    let duration_s = validate_output(&output?, plan, source_duration_s, &stream, &ffmpeg_said)?;
+    synced?;
     // ffmpeg exited 0 and the output looks whole, but ffmpeg saw damage: the input is not whole.
     if let Some(diagnosis) = diagnosis {
         return Err(diagnosis.into_error("ffmpeg", Some(&stream)));

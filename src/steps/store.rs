@@ -2,14 +2,16 @@
 //! blobs, then the job's manifest, which names them.
 //!
 //! An object that already exists with the expected size and blake3 is not written again. The
-//! manifest is written last, after every blob it names is durably stored, so a manifest's presence
-//! implies complete artifacts. The manifest has no timestamps: rewriting it is byte-identical.
+//! blobs and the metadata record are written concurrently (their uploads, or on a filesystem their
+//! fsyncs, overlap); the manifest is written last, after every blob it names is durably stored, so
+//! a manifest's presence implies complete artifacts. The manifest has no timestamps: rewriting it
+//! is byte-identical.
 //!
 //! Progress: `bytes_total` is the sum of the file blobs' sizes (video, audio, platform metadata),
 //! and `bytes_done` the bytes of them handled so far: a blob counts whole once it is stored or found
 //! already stored (skipped blobs count as done, so a finished run always ends at its total), and a
 //! blob being uploaded counts the bytes sent so far (back to none of it if the upload is retried
-//! or fails).
+//! or fails); blobs uploaded at once each count their own bytes.
 //! The metadata record and the manifest, a few KiB written whole, are not counted.
 
 use std::path::PathBuf;
@@ -93,58 +95,73 @@ pub async fn store(
         .blobs
         .iter()
         .fold(0u64, |total, blob| total.saturating_add(blob.size));
-    let mut bytes_stored = 0u64;
     progress.send_replace(Progress {
         bytes_done: 0,
         bytes_total: Some(bytes_total),
     });
-    for blob in &input.blobs {
-        let key = blob_key(&blob.blake3, &blob.extension);
-        let payload = Payload::File(blob.local_path.clone(), blob.hashed_at.clone());
-        let on_sent = |sent: u64| {
-            progress.send_modify(|progress| {
-                progress.bytes_done = bytes_stored.saturating_add(sent.min(blob.size));
-            });
-        };
-        let ensured = ensure_object(
-            storage,
-            input,
-            &key,
-            blob.size,
-            blob.blake3,
-            &payload,
-            &on_sent,
-        )
-        .await;
-        if ensured.is_err() {
+    // The bytes each blob counts for (see the module's docs), summed into `bytes_done`.
+    let counted = std::sync::Mutex::new(vec![0u64; input.blobs.len()]);
+    let count = |index: usize, bytes: u64| {
+        let mut counted = counted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        counted[index] = bytes;
+        let done = counted
+            .iter()
+            .fold(0u64, |done, bytes| done.saturating_add(*bytes));
+        progress.send_modify(|progress| progress.bytes_done = done);
+    };
+    let blob_writes = input.blobs.iter().enumerate().map(|(index, blob)| {
+        let count = &count;
+        async move {
+            let key = blob_key(&blob.blake3, &blob.extension);
+            let payload = Payload::File(blob.local_path.clone(), blob.hashed_at.clone());
+            let on_sent = |sent: u64| count(index, sent.min(blob.size));
+            let ensured = ensure_object(
+                storage,
+                input,
+                &key,
+                blob.size,
+                blob.blake3,
+                &payload,
+                &on_sent,
+            )
+            .await;
             // What was sent of a blob that is not stored does not count.
-            progress.send_modify(|progress| progress.bytes_done = bytes_stored);
+            count(index, if ensured.is_ok() { blob.size } else { 0 });
+            ensured.map(|(stat, written)| (key, stat, written))
         }
-        let (stat, written) = ensured?;
-        bytes_stored = bytes_stored.saturating_add(blob.size);
-        progress.send_modify(|progress| progress.bytes_done = bytes_stored);
-        put(written);
-        artifacts.push(serde_json::json!({
-            "kind": blob.name, "key": key, "size": blob.size, "blake3": blob.blake3.to_hex(),
-        }));
-        outputs.push(output(blob.name, key, blob.size, blob.blake3, stat));
-    }
+    });
 
     let metadata_bytes = serde_json::to_vec_pretty(&super::extract::metadata_json(input.metadata))
         .expect("JSON values serialize");
     let metadata_hash = Hash::of(&metadata_bytes);
     let metadata_size = metadata_bytes.len() as u64;
     let metadata_key = blob_key(&metadata_hash, "json");
-    let (stat, written) = ensure_object(
+    let metadata_payload = Payload::Bytes(metadata_bytes);
+    let metadata_write = ensure_object(
         storage,
         input,
         &metadata_key,
         metadata_size,
         metadata_hash,
-        &Payload::Bytes(metadata_bytes),
+        &metadata_payload,
         &|_| {},
-    )
-    .await?;
+    );
+    // The blobs and the metadata record are written at once: their writes (and, on a filesystem,
+    // their fsyncs) overlap. Each is awaited to its end, so none is left half-done by another's
+    // failure; the first failure in output order is the step's.
+    let (blob_results, metadata_result) =
+        tokio::join!(futures::future::join_all(blob_writes), metadata_write);
+    for (blob, result) in input.blobs.iter().zip(blob_results) {
+        let (key, stat, written) = result?;
+        put(written);
+        artifacts.push(serde_json::json!({
+            "kind": blob.name, "key": key, "size": blob.size, "blake3": blob.blake3.to_hex(),
+        }));
+        outputs.push(output(blob.name, key, blob.size, blob.blake3, stat));
+    }
+    let (stat, written) = metadata_result?;
     put(written);
     artifacts.push(serde_json::json!({
         "kind": "metadata", "key": metadata_key, "size": metadata_size, "blake3": metadata_hash.to_hex(),
@@ -472,7 +489,7 @@ mod tests {
 
     // Guards the sum across objects: a blob whose upload fails counts for nothing, even when all
     // its bytes were sent before the failure (a local file that changed since its checkpoint), and
-    // the blobs stored before it count whole.
+    // the blobs stored beside it count whole; a failure leaves no manifest.
     #[tokio::test]
     async fn a_failed_upload_leaves_progress_at_the_blobs_stored_before_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -511,6 +528,13 @@ mod tests {
                 },
                 "{class}"
             );
+            // The blobs are written at once: the video, whose write did not fail, is stored
+            // whole; the manifest, written only after every blob, is not.
+            let video_key = blob_key(&video.blake3, &video.extension);
+            let stored = storage.stat(&video_key).await.unwrap();
+            assert_eq!(stored.map(|stat| stat.size), Some(1000), "{class}");
+            let manifest = storage.stat(&manifest_key(JobId(1))).await.unwrap();
+            assert!(manifest.is_none(), "{class}: no manifest after a failure");
         }
     }
 
