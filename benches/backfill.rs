@@ -11,8 +11,10 @@
 //!    `narra backfill`'s default concurrency: wall time, jobs/s, and the engine's overhead per job,
 //!    the wall time not explained by the extract step's ffmpeg and ffprobe runs, which are measured
 //!    on the same files just before and just after the backfill (see [`measure_floors`] and
-//!    [`print_end_to_end`]); and, from the jobs' own events, how their running time splits between
-//!    download, extract, store and the rest.
+//!    [`print_end_to_end`]); from the jobs' own events, how their running time splits between
+//!    download, extract, store and the rest; and the engine's CPU time against ffmpeg's and
+//!    ffprobe's over the run ([`print_cpu`]), which no waiting and no drift of the machine's speed
+//!    enters.
 //! 2. Submission of `NARRA_BENCH_LINES` (100,000) manifest lines, parsed and submitted with
 //!    `submit_manifest` and not run: lines/s, against the floor of plain sled inserts (one record
 //!    per line) and one flush; and the same lines submitted again, as a re-run submits them.
@@ -177,8 +179,10 @@ fn main() {
         .collect();
     std::fs::write(&manifest_path, &manifest_text).expect("write the manifest");
     let load_before = load_average();
+    let cpu_before = CpuTimes::now(&origin);
     let (first_run, counts) =
         runtime.block_on(home.backfill_counted(&manifest_path, sizes.concurrency));
+    let cpu = CpuTimes::now(&origin).since(&cpu_before);
     let load_after = load_average();
     // Measured again after the run: the floor is most of the run, and the CPU left to this process
     // on a shared machine changes from minute to minute (the load average is printed).
@@ -198,6 +202,7 @@ fn main() {
         counts,
         &attribution,
     );
+    print_cpu(&sizes, &cpu);
     print_objects(&home.objects());
     println!("  load average before the run {load_before}, after it {load_after}");
 
@@ -301,6 +306,8 @@ fn generate_media(tools: &Tools, dir: &Path, count: usize) -> Vec<PathBuf> {
 /// (one thread) of its own, as an origin outside the engine would be.
 struct Origin {
     addr: SocketAddr,
+    /// The origin runtime's threads, whose CPU time is the origin's, not the engine's.
+    threads: Arc<std::sync::Mutex<Vec<libc::pid_t>>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -310,9 +317,19 @@ impl Origin {
             .iter()
             .map(|path| Bytes::from(std::fs::read(path).expect("read a test video")))
             .collect();
+        let threads: Arc<std::sync::Mutex<Vec<libc::pid_t>>> = Arc::default();
+        let recorded = threads.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
+            .on_thread_start(move || {
+                // SAFETY: gettid has no preconditions.
+                let tid = unsafe { libc::gettid() };
+                recorded
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(tid);
+            })
             .build()
             .expect("a runtime for the origin");
         let listener = runtime
@@ -327,8 +344,27 @@ impl Origin {
         });
         Origin {
             addr,
+            threads,
             _runtime: runtime,
         }
+    }
+
+    /// CPU time the origin's threads have used so far (from `/proc/self/task/<tid>/schedstat`,
+    /// nanoseconds; a thread that has ended no longer counts).
+    fn cpu(&self) -> Duration {
+        let threads = self
+            .threads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let nanos: u64 = threads
+            .iter()
+            .filter_map(|tid| {
+                std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()
+            })
+            .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        Duration::from_nanos(nanos)
     }
 
     fn url(&self, index: usize) -> String {
@@ -726,6 +762,60 @@ impl BenchHome {
         };
         (run, counts)
     }
+}
+
+/// CPU time used so far: this process (the engine, the bench and the origin), the origin alone,
+/// and the children waited for (ffmpeg and ffprobe: the only processes the engine starts).
+struct CpuTimes {
+    process: Duration,
+    origin: Duration,
+    children: Duration,
+}
+
+impl CpuTimes {
+    fn now(origin: &Origin) -> CpuTimes {
+        let usage = |who| {
+            // SAFETY: getrusage fills the zeroed struct it is given.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            unsafe { libc::getrusage(who, &mut usage) };
+            let time = |value: libc::timeval| {
+                Duration::from_secs(value.tv_sec as u64)
+                    + Duration::from_micros(value.tv_usec as u64)
+            };
+            time(usage.ru_utime) + time(usage.ru_stime)
+        };
+        CpuTimes {
+            process: usage(libc::RUSAGE_SELF),
+            origin: origin.cpu(),
+            children: usage(libc::RUSAGE_CHILDREN),
+        }
+    }
+
+    fn since(&self, before: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            process: self.process.saturating_sub(before.process),
+            origin: self.origin.saturating_sub(before.origin),
+            children: self.children.saturating_sub(before.children),
+        }
+    }
+}
+
+/// The engine's overhead as CPU time: what this process spent during the backfill, less the
+/// origin's threads, against what ffmpeg and ffprobe spent. Unlike the wall-time figures it does
+/// not count time a job waited for a core or for the disk, and the machine's changing speed moves
+/// both sides together.
+fn print_cpu(sizes: &Sizes, cpu: &CpuTimes) {
+    let jobs = sizes.jobs as f64;
+    let engine = cpu.process.saturating_sub(cpu.origin);
+    let per_job = |time: Duration| time.as_secs_f64() * 1e3 / jobs;
+    println!(
+        "  CPU time per job: engine {:.1} ms, ffmpeg + ffprobe {:.1} ms, origin {:.1} ms; engine \
+         {:.1} % of the engine's and the tools' CPU time",
+        per_job(engine),
+        per_job(cpu.children),
+        per_job(cpu.origin),
+        100.0 * engine.as_secs_f64() / (engine + cpu.children).as_secs_f64()
+    );
 }
 
 struct Run {

@@ -10,17 +10,16 @@
 //!   a transaction and a flush): one job alone, and 64 jobs committing at once, against a plain
 //!   sled insert + flush.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use narra::engine::job::{
-    ChangeToken, Checkpoint, ErrorInfo, Hash, Job, JobId, Lease, Location, Status, StepOutput,
-    Timestamp, WorkerId,
-};
+use narra::engine::job::{ChangeToken, Checkpoint, Hash, Job, Location, StepOutput, Timestamp};
 use narra::store::sled_store::DEFAULT_CACHE_CAPACITY_BYTES;
-use narra::store::{OrchestratorStore, SledStore, SubmitRequest, WorkerStore};
+use narra::store::{SledStore, WorkerStore};
 
 /// Commits per job in the checkpoint figures (each appends an event: kept under the event bound).
 const COMMITS_PER_JOB: usize = 200;
@@ -83,33 +82,7 @@ fn hash_vs_copy(bytes: &[u8]) {
 
 /// The job record's round trip through the codec against serde_json.
 fn codec() {
-    let now = Timestamp::now();
-    let job = Job {
-        id: JobId::new(),
-        key: "ingest:https://cdn.example.com/video.mp4".into(),
-        source: "https://cdn.example.com/video.mp4".into(),
-        workflow: "ingest".into(),
-        status: Status::Running,
-        ingestion_phase: None,
-        attempts: 3,
-        error: Some(ErrorInfo {
-            class: "network_timeout".into(),
-            message: "no data from cdn.example.com for 30 s".into(),
-        }),
-        created_at: now,
-        updated_at: now,
-        lease: Some(Lease {
-            worker_id: WorkerId("host:1234".into()),
-            fencing_token: 3,
-            expires_at: now.plus_ms(30_000),
-        }),
-        fencing_token: 3,
-        cancel_requested: false,
-        events_next: 17,
-        priority: 0,
-        not_before: None,
-        crashes: None,
-    };
+    let job = common::sample_job();
     let rounds = 100_000;
     let codec = time(5, || {
         for _ in 0..rounds {
@@ -272,34 +245,6 @@ fn checkpoint(job: u64, commit: usize) -> Checkpoint {
     }
 }
 
-/// Submits and claims `count` jobs numbered from `first`: their lease tokens.
-async fn claimed_jobs(
-    store: &Arc<SledStore>,
-    first: usize,
-    count: usize,
-) -> Vec<narra::engine::job::LeaseToken> {
-    let mut tokens = Vec::with_capacity(count);
-    for job in first..first + count {
-        let submitted = store
-            .submit(&SubmitRequest {
-                key: format!("ingest:https://cdn.example.com/{job}.mp4"),
-                source: format!("https://cdn.example.com/{job}.mp4"),
-                workflow: "ingest".into(),
-                reingest: false,
-                priority: 0,
-            })
-            .await
-            .expect("submit");
-        let (_, token) = store
-            .claim(submitted.job.id, &WorkerId("bench:1".into()), 600_000)
-            .await
-            .expect("claim")
-            .expect("a pending job is claimable");
-        tokens.push(token);
-    }
-    tokens
-}
-
 /// Checkpoint commits: one job alone (per-commit latency), then 64 jobs at once (commits/s).
 fn checkpoints() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -312,7 +257,7 @@ fn checkpoints() {
             SledStore::open(&dir.path().join("state"), DEFAULT_CACHE_CAPACITY_BYTES)
                 .expect("open sled"),
         );
-        let mut tokens = claimed_jobs(&store, 0, CONCURRENT_JOBS + 1).await;
+        let mut tokens = common::claimed_jobs(&store, 0, CONCURRENT_JOBS + 1).await;
 
         let alone = tokens.pop().expect("a job of its own");
         let mut samples = Vec::with_capacity(COMMITS_PER_JOB);
@@ -335,7 +280,7 @@ fn checkpoints() {
         let mut rounds = Vec::with_capacity(CONCURRENT_ROUNDS);
         for round in 0..CONCURRENT_ROUNDS {
             let first = (CONCURRENT_JOBS + 1) * (round + 1);
-            let tokens = claimed_jobs(&store, first, CONCURRENT_JOBS).await;
+            let tokens = common::claimed_jobs(&store, first, CONCURRENT_JOBS).await;
             let started = Instant::now();
             let mut tasks = Vec::new();
             for (job, token) in tokens.into_iter().enumerate() {
