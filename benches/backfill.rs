@@ -319,8 +319,12 @@ impl Origin {
             .collect();
         let threads: Arc<std::sync::Mutex<Vec<libc::pid_t>>> = Arc::default();
         let recorded = threads.clone();
+        // One blocking thread at most, kept alive: a thread that ended would take its CPU time out
+        // of the origin's total, and its id could be reused by one of the engine's.
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
+            .max_blocking_threads(1)
+            .thread_keep_alive(Duration::from_secs(24 * 3600))
             .enable_all()
             .on_thread_start(move || {
                 // SAFETY: gettid has no preconditions.
@@ -777,7 +781,8 @@ impl CpuTimes {
         let usage = |who| {
             // SAFETY: getrusage fills the zeroed struct it is given.
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-            unsafe { libc::getrusage(who, &mut usage) };
+            let status = unsafe { libc::getrusage(who, &mut usage) };
+            assert_eq!(status, 0, "getrusage: {}", std::io::Error::last_os_error());
             let time = |value: libc::timeval| {
                 Duration::from_secs(value.tv_sec as u64)
                     + Duration::from_micros(value.tv_usec as u64)
@@ -814,7 +819,7 @@ fn print_cpu(sizes: &Sizes, cpu: &CpuTimes) {
         per_job(engine),
         per_job(cpu.children),
         per_job(cpu.origin),
-        100.0 * engine.as_secs_f64() / (engine + cpu.children).as_secs_f64()
+        100.0 * engine.as_secs_f64() / (engine + cpu.children).as_secs_f64().max(f64::MIN_POSITIVE)
     );
 }
 

@@ -391,7 +391,8 @@ async fn write_checked(
         .map(|diagnosis| format!("; ffmpeg said \"{}\"", diagnosis.line))
         .unwrap_or_default();
     // The audio's fsync runs while ffprobe reads it back: the disk and the probe's start-up
-    // overlap. Both must succeed before the audio is renamed into place.
+    // overlap. Both must succeed before the audio is renamed into place. A cancellation stops
+    // ffprobe at once; the fsync, already started, is waited for (the file is then removed).
     let sync = async {
         let file = tokio::fs::File::open(temp_path)
             .await
@@ -405,11 +406,12 @@ async fn write_checked(
         sync
     );
     let duration_s = validate_output(&output?, plan, source_duration_s, &stream, &ffmpeg_said)?;
-    synced?;
     // ffmpeg exited 0 and the output looks whole, but ffmpeg saw damage: the input is not whole.
+    // What the media says comes before a scratch error.
     if let Some(diagnosis) = diagnosis {
         return Err(diagnosis.into_error("ffmpeg", Some(&stream)));
     }
+    synced?;
     Ok(duration_s)
 }
 

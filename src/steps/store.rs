@@ -64,8 +64,9 @@ pub struct Stored {
     pub outputs: Vec<StepOutput>,
     pub objects_written: u32,
     pub objects_skipped: u32,
-    /// The keys this run wrote (not those it found already holding their bytes), in write order:
-    /// the worker records them for `narra audit`.
+    /// The keys this run wrote (not those it found already holding their bytes), in output order
+    /// (the blobs and the metadata record are written at once, the manifest last): the worker
+    /// records them for `narra audit`.
     pub keys_written: Vec<String>,
 }
 
@@ -491,7 +492,7 @@ mod tests {
     // its bytes were sent before the failure (a local file that changed since its checkpoint), and
     // the blobs stored beside it count whole; a failure leaves no manifest.
     #[tokio::test]
-    async fn a_failed_upload_leaves_progress_at_the_blobs_stored_before_it() {
+    async fn a_failed_upload_leaves_progress_at_the_blobs_stored_beside_it() {
         let dir = tempfile::tempdir().unwrap();
         let video = blob(dir.path(), "video", 1000, 1);
         let audio = blob(dir.path(), "audio", 500, 2);
