@@ -788,6 +788,26 @@ mod tests {
         )
     }
 
+    /// One job submitted (an `ftp://` source: claimable, never downloaded) and claimed by this
+    /// engine: its id, the claimed record and the lease token.
+    async fn submitted_and_claimed(engine: &Engine) -> (JobId, Job, LeaseToken) {
+        let submitted = submit(
+            engine,
+            &["ftp://example.com/a.mp4".to_string()],
+            &SubmitOptions::default(),
+        )
+        .await
+        .unwrap();
+        let id = submitted[0].job.id;
+        let (job, token) = engine
+            .store
+            .claim(id, &engine.worker_id, engine.lease_ttl_ms)
+            .await
+            .unwrap()
+            .unwrap();
+        (id, job, token)
+    }
+
     /// An origin that announces a large body, sends a few bytes, tells the test, then stalls.
     async fn stalling_origin() -> (String, tokio::sync::oneshot::Receiver<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -856,20 +876,7 @@ mod tests {
     async fn a_draining_engine_claims_nothing_and_releases_at_the_step_boundary() {
         let home = tempfile::tempdir().unwrap();
         let engine = engine(home.path());
-        let submitted = submit(
-            &engine,
-            &["ftp://example.com/a.mp4".to_string()],
-            &SubmitOptions::default(),
-        )
-        .await
-        .unwrap();
-        let id = submitted[0].job.id;
-        let (job, token) = engine
-            .store
-            .claim(id, &engine.worker_id, engine.lease_ttl_ms)
-            .await
-            .unwrap()
-            .unwrap();
+        let (id, job, token) = submitted_and_claimed(&engine).await;
         engine.shutdown.begin();
 
         let released = run_claimed(&engine, job, token).await.unwrap();
@@ -899,20 +906,7 @@ mod tests {
     async fn a_run_whose_writes_are_fenced_records_one_fenced_write_incident() {
         let home = tempfile::tempdir().unwrap();
         let engine = engine(home.path());
-        let submitted = submit(
-            &engine,
-            &["ftp://example.com/a.mp4".to_string()],
-            &SubmitOptions::default(),
-        )
-        .await
-        .unwrap();
-        let id = submitted[0].job.id;
-        let (job, stale_token) = engine
-            .store
-            .claim(id, &engine.worker_id, engine.lease_ttl_ms)
-            .await
-            .unwrap()
-            .unwrap();
+        let (id, job, stale_token) = submitted_and_claimed(&engine).await;
         engine
             .store
             .reclaim(id, "taken over")
@@ -954,20 +948,7 @@ mod tests {
     async fn orphaned_running_jobs_are_reclaimed_and_their_old_token_is_fenced() {
         let home = tempfile::tempdir().unwrap();
         let engine = engine(home.path());
-        let submitted = submit(
-            &engine,
-            &["ftp://example.com/a.mp4".to_string()],
-            &SubmitOptions::default(),
-        )
-        .await
-        .unwrap();
-        let id = submitted[0].job.id;
-        let (_, old_token) = engine
-            .store
-            .claim(id, &engine.worker_id, engine.lease_ttl_ms)
-            .await
-            .unwrap()
-            .unwrap();
+        let (id, _, old_token) = submitted_and_claimed(&engine).await;
 
         let reclaimed = reclaim_orphans(&engine).await.unwrap();
         assert_eq!(reclaimed.len(), 1);
