@@ -323,26 +323,10 @@ impl Backend for PgBackend {
     }
 }
 
-/// Opens the store, waiting for a dropped instance to let go of it: sled's own threads may hold
-/// the last reference to the old database (and its file lock) for a moment after the drop.
 fn open(path: &Path) -> SledStore {
-    // Bounds a hang only; nothing is asserted about how long the wait took.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        match SledStore::open(path, 4 * 1024 * 1024) {
-            Ok(store) => {
-                store.set_events_max(EVENTS_MAX);
-                return store;
-            }
-            Err(error)
-                if std::time::Instant::now() < deadline
-                    && error.to_string().contains("could not acquire lock") =>
-            {
-                std::thread::yield_now();
-            }
-            Err(error) => panic!("open the sled store: {error}"),
-        }
-    }
+    let store = SledStore::open_when_released(path, 4 * 1024 * 1024);
+    store.set_events_max(EVENTS_MAX);
+    store
 }
 
 fn lease_token(id: JobId, fencing_token: u64) -> LeaseToken {

@@ -2302,6 +2302,29 @@ impl JobLogSink for SledStore {
     }
 }
 
+/// Opens the store in a test that closed it a moment before: dropping a `SledStore` does not wait
+/// for sled's own IO threads, which may still hold the last reference to the old database, and
+/// with it the file lock, after the drop returns (seen in CI as "could not acquire lock").
+#[cfg(test)]
+impl SledStore {
+    pub(crate) fn open_when_released(path: &Path, cache_capacity_bytes: u64) -> SledStore {
+        // Bounds a hang only; nothing is asserted about how long the wait took.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match SledStore::open(path, cache_capacity_bytes) {
+                Ok(store) => return store,
+                Err(error)
+                    if std::time::Instant::now() < deadline
+                        && error.to_string().contains("could not acquire lock") =>
+                {
+                    std::thread::yield_now();
+                }
+                Err(error) => panic!("open the sled store at {}: {error}", path.display()),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -2313,7 +2336,7 @@ mod tests {
     use crate::store::conformance;
 
     fn open(path: &Path) -> SledStore {
-        SledStore::open(path, 8 * 1024 * 1024).expect("open sled store")
+        SledStore::open_when_released(path, 8 * 1024 * 1024)
     }
 
     /// The event bound of the conformance suite's stores: above the longest history a check
