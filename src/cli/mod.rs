@@ -301,7 +301,7 @@ pub enum Command {
         /// The workflow of lines that name none (default: ingest).
         #[arg(long)]
         workflow: Option<String>,
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = crate::engine::backfill::DEFAULT_CONCURRENCY)]
         concurrency: usize,
         /// Also retry jobs that failed with a permanent class (and cancelled ones).
         #[arg(long)]
@@ -567,6 +567,10 @@ impl Drop for Home {
     }
 }
 
+/// How long a process that took the home waits for the previous holder's database lock: that
+/// process released the home's lock file and is exiting (see [`SledStore::open_patiently`]).
+const SLED_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The state URI of `--state` / `NARRA_STATE`, read against the home.
 pub fn state_uri(global: &GlobalArgs, home: &Path) -> Result<StateUri, CliError> {
     StateUri::parse(global.state.as_deref(), home)
@@ -584,9 +588,11 @@ pub async fn open_home(global: &GlobalArgs) -> Result<Home, CliError> {
     let (store, lock): (Arc<dyn StateStore>, Option<HomeLock>) = match state_uri(global, &home)? {
         StateUri::Sled(path) => {
             let lock = HomeLock::acquire(&home).map_err(CliError::Locked)?;
-            let store = SledStore::open(
+            // With the home ours, a database still locked belongs to a process that is exiting.
+            let store = SledStore::open_patiently(
                 &path,
                 crate::store::sled_store::DEFAULT_CACHE_CAPACITY_BYTES,
+                SLED_LOCK_PATIENCE,
             )?;
             if let Some(events_max) = events_max {
                 store.set_events_max(events_max);

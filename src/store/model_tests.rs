@@ -324,7 +324,12 @@ impl Backend for PgBackend {
 }
 
 fn open(path: &Path) -> SledStore {
-    let store = SledStore::open_when_released(path, 4 * 1024 * 1024);
+    let store = SledStore::open_patiently(
+        path,
+        4 * 1024 * 1024,
+        crate::store::sled_store::TEST_PATIENCE,
+    )
+    .expect("open the sled store");
     store.set_events_max(EVENTS_MAX);
     store
 }

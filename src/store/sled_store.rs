@@ -207,6 +207,33 @@ impl fmt::Debug for SledStore {
 impl SledStore {
     /// Opens (or creates) the store at `path` with a page cache of `cache_capacity_bytes`
     /// (see [`DEFAULT_CACHE_CAPACITY_BYTES`]). sled allows one process per database.
+    /// [`SledStore::open`], waiting up to `patience` for the database's file lock while another
+    /// holder lets go of it. Only for a caller that holds the home (or, in a test, closed the
+    /// store itself a moment before): then the holder can only be a process that is exiting, or
+    /// sled's own IO threads, which may keep the last reference to a dropped database (and its
+    /// lock) for a moment after the drop returns. A process ending releases the home's lock file
+    /// before its last reference to the database, so the next process can find the home free and
+    /// the database still locked. Anything else fails at once.
+    pub fn open_patiently(
+        path: &Path,
+        cache_capacity_bytes: u64,
+        patience: std::time::Duration,
+    ) -> StoreResult<SledStore> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match SledStore::open(path, cache_capacity_bytes) {
+                Err(error)
+                    if std::time::Instant::now() < deadline
+                        && error.to_string().contains("could not acquire lock") =>
+                {
+                    // No event says the lock is free: a file lock is polled.
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                result => return result,
+            }
+        }
+    }
+
     pub fn open(path: &Path, cache_capacity_bytes: u64) -> StoreResult<SledStore> {
         let db = sled::Config::new()
             .path(path)
@@ -2302,28 +2329,10 @@ impl JobLogSink for SledStore {
     }
 }
 
-/// Opens the store in a test that closed it a moment before: dropping a `SledStore` does not wait
-/// for sled's own IO threads, which may still hold the last reference to the old database, and
-/// with it the file lock, after the drop returns (seen in CI as "could not acquire lock").
+/// How long a test waits to reopen a store it closed: bounds a hang only, nothing is asserted
+/// about how long the wait took.
 #[cfg(test)]
-impl SledStore {
-    pub(crate) fn open_when_released(path: &Path, cache_capacity_bytes: u64) -> SledStore {
-        // Bounds a hang only; nothing is asserted about how long the wait took.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            match SledStore::open(path, cache_capacity_bytes) {
-                Ok(store) => return store,
-                Err(error)
-                    if std::time::Instant::now() < deadline
-                        && error.to_string().contains("could not acquire lock") =>
-                {
-                    std::thread::yield_now();
-                }
-                Err(error) => panic!("open the sled store at {}: {error}", path.display()),
-            }
-        }
-    }
-}
+pub(crate) const TEST_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {
@@ -2336,7 +2345,8 @@ mod tests {
     use crate::store::conformance;
 
     fn open(path: &Path) -> SledStore {
-        SledStore::open_when_released(path, 8 * 1024 * 1024)
+        SledStore::open_patiently(path, 8 * 1024 * 1024, TEST_PATIENCE)
+            .expect("open the sled store")
     }
 
     /// The event bound of the conformance suite's stores: above the longest history a check

@@ -15,14 +15,10 @@ fn a_second_process_that_would_run_jobs_exits_3_naming_the_holder_and_the_store_
     let ingested = home.one_job(&["ingest", &url], 0);
     let jobs_before = home.json(&["jobs"], 0);
 
-    let mut worker = home.spawn(&["worker"]);
+    // Held and served: a client that found the home held but no socket yet would print the plain
+    // "in use" message instead of the one that names the worker.
+    let worker = home.spawn_holder(&["worker"]);
     let pid = worker.id().to_string();
-    wait_until("the worker holds the home lock", || {
-        if let Some(status) = worker.has_exited() {
-            panic!("the worker exited early: {status}");
-        }
-        std::fs::read_to_string(home.lock_file()).is_ok_and(|text| text.trim() == pid)
-    });
 
     let other = other_video().to_str().expect("a UTF-8 path");
     let manifest = home.dir.path().join("manifest.txt");
@@ -54,4 +50,45 @@ fn a_second_process_that_would_run_jobs_exits_3_naming_the_holder_and_the_store_
     let show = home.show(&id_of(&ingested));
     assert_eq!(show["status"], "succeeded");
     assert_eq!(home.json(&["verify"], 0)[0]["ok"], true);
+}
+
+// Guards the hand-over between two processes: one that is exiting has let go of the home's lock
+// file but not yet of sled's lock on the database (here, the test process holds the database
+// open). The next process takes the home, waits for the database instead of failing, and runs.
+#[test]
+fn a_process_that_takes_the_home_waits_for_the_last_holder_to_let_go_of_the_database() {
+    use narra::store::SledStore;
+    use narra::store::sled_store::DEFAULT_CACHE_CAPACITY_BYTES;
+    use std::process::Stdio;
+
+    let home = Home::new();
+    let origin = Origin::start();
+    let url = origin.serve_video("sample.mp4", sample_video());
+    let ingested = home.one_job(&["ingest", &url], 0);
+    let store = SledStore::open(&home.path().join("state"), DEFAULT_CACHE_CAPACITY_BYTES)
+        .expect("the test holds the database");
+
+    let mut jobs = home
+        .command(&["--json", "jobs"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("narra starts");
+    let pid = jobs.id().to_string();
+    wait_until("narra jobs holds the home", || {
+        if let Ok(Some(status)) = jobs.try_wait() {
+            panic!("narra jobs ended while the database was held: {status}");
+        }
+        std::fs::read_to_string(home.lock_file()).is_ok_and(|text| text.trim() == pid)
+    });
+    drop(store);
+    let output = jobs.wait_with_output().expect("narra jobs ends");
+    assert!(
+        output.status.success(),
+        "narra jobs: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(listed[0]["id"], ingested["id"], "{listed}");
 }
