@@ -52,8 +52,11 @@ impl Browser {
                 .try_send("GET", "/status", None)
                 .is_some_and(|status| status["value"]["ready"] == true)
         });
+        // The implicit wait: finding an element waits for it to appear (a view the console builds
+        // after a click, on `hashchange`) instead of failing at once; it bounds a hang only.
         let created = browser.send("POST", "/session", Some(json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            "timeouts": {"implicit": 60_000},
             "goog:chromeOptions": {
                 "binary": std::env::var("NARRA_CHROMIUM").unwrap_or("/usr/bin/chromium".into()),
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1400"],

@@ -17,6 +17,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 /// A temporary narra home and helpers to run the real binary against it.
+/// What tells one file from another: inode and change time (a new file may get the inode number of
+/// a removed one).
+pub type FileId = (u64, i64, i64);
+
 pub struct Home {
     pub dir: tempfile::TempDir,
 }
@@ -124,6 +128,43 @@ impl Home {
 
     pub fn lock_file(&self) -> PathBuf {
         self.path().join("narra.lock")
+    }
+
+    /// The socket on which the process holding the home serves other processes' commands.
+    pub fn socket(&self) -> PathBuf {
+        self.path().join("narra.sock")
+    }
+
+    /// The socket file's identity, if there is one.
+    pub fn socket_id(&self) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(self.socket())
+            .ok()
+            .map(|metadata| (metadata.ino(), metadata.ctime(), metadata.ctime_nsec()))
+    }
+
+    /// Starts `narra ARGS` and waits until it holds the home and serves other processes: see
+    /// [`Home::wait_for_holder`].
+    pub fn spawn_holder(&self, args: &[&str]) -> ChildGuard {
+        let mut holder = self.spawn(args);
+        self.wait_for_holder(&mut holder, None);
+        holder
+    }
+
+    /// Waits until `holder` holds the home (the lock file names its pid) and listens on a socket
+    /// other than `stale` (one a dead process left behind). Until then, another narra started on
+    /// the home may take it first, or find it held and nobody to serve it.
+    pub fn wait_for_holder(&self, holder: &mut ChildGuard, stale: Option<FileId>) {
+        let pid = holder.id().to_string();
+        wait_until("the holder listens on its socket", || {
+            if let Some(status) = holder.has_exited() {
+                panic!("the holder exited early: {status}");
+            }
+            let locked =
+                std::fs::read_to_string(self.lock_file()).is_ok_and(|text| text.trim() == pid);
+            let listening = self.socket_id().is_some_and(|id| Some(id) != stale);
+            locked && listening
+        });
     }
 
     /// Makes every blob write fail with a local storage error: a regular file where the `blobs`

@@ -2,43 +2,25 @@
 //! processes' commands on `<home>/narra.sock`, so `jobs`, `show`, `logs`, `verify`, `submit`,
 //! `retry` and `cancel` work during a running worker or backfill.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::Output;
 
 use serde_json::Value;
 
 use super::fixture::{
-    ChildGuard, Home, Origin, StallingOrigin, id_of, other_video, sample_video, wait_until,
+    ChildGuard, FileId, Home, Origin, StallingOrigin, id_of, other_video, sample_video, wait_until,
 };
 
 fn socket(home: &Home) -> PathBuf {
-    home.path().join("narra.sock")
-}
-
-/// What tells one socket file from another: inode and change time (a new file may get the inode
-/// number of a removed one).
-type FileId = (u64, i64, i64);
-
-fn socket_id(home: &Home) -> Option<FileId> {
-    std::fs::metadata(socket(home))
-        .ok()
-        .map(|metadata| (metadata.ino(), metadata.ctime(), metadata.ctime_nsec()))
+    home.socket()
 }
 
 /// Starts `narra ARGS` and waits until it holds the home and listens on a socket other than
 /// `stale` (a socket file a dead process left behind).
 fn spawn_holder(home: &Home, args: &[&str], stale: Option<FileId>) -> ChildGuard {
     let mut holder = home.spawn(args);
-    let pid = holder.id().to_string();
-    wait_until("the holder listens on its socket", || {
-        if let Some(status) = holder.has_exited() {
-            panic!("narra {args:?} exited early: {status}");
-        }
-        let locked = std::fs::read_to_string(home.lock_file()).is_ok_and(|text| text.trim() == pid);
-        let listening = socket_id(home).is_some_and(|id| Some(id) != stale);
-        locked && listening
-    });
+    home.wait_for_holder(&mut holder, stale);
     holder
 }
 
@@ -259,7 +241,9 @@ fn a_socket_left_by_a_killed_holder_stops_neither_the_next_holder_nor_a_local_co
 
     let mut first = spawn_holder(&home, &["worker"], None);
     first.kill();
-    let stale = socket_id(&home).expect("the killed worker's socket is left");
+    let stale = home
+        .socket_id()
+        .expect("the killed worker's socket is left");
 
     let mut second = spawn_holder(&home, &["worker"], Some(stale));
     assert_eq!(home.json(&["jobs"], 0), jobs, "served by the second worker");

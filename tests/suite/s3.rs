@@ -661,7 +661,7 @@ fn a_storage_outage_pauses_storing_instead_of_failing_jobs_one_by_one() {
     ingest_json(&home, &storage, &submit, 0);
     proxy.set_mode(Mode::Unavailable);
 
-    let worker = spawn(
+    let mut worker = spawn(
         &home,
         &storage,
         &[
@@ -675,6 +675,8 @@ fn a_storage_outage_pauses_storing_instead_of_failing_jobs_one_by_one() {
             "2000",
         ],
     );
+    // Held and served before the first `incidents`, which would otherwise race it for the home.
+    home.wait_for_holder(&mut worker, None);
     let incidents = || {
         let output = narra(&home, &storage, &["--json", "incidents"])
             .output()

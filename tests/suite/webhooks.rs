@@ -135,7 +135,9 @@ fn serve(home: &Home, args: &[&str], env: &[(&str, &str)]) -> Server {
         // Retries come after a fraction of a second, not half a minute.
         ("NARRA_WEBHOOK_RETRY_DELAY_MS", "100"),
         ("NARRA_WEBHOOK_RETRY_DELAY_MAX_MS", "400"),
-        ("NARRA_WEBHOOK_TIMEOUT_MS", "5000"),
+        // Long enough that a loaded machine's slow answer is not taken for a lost one (and sent
+        // again, which the tests count as a duplicate); no test waits for it to pass.
+        ("NARRA_WEBHOOK_TIMEOUT_MS", "30000"),
     ];
     full.extend_from_slice(env);
     Server::start_env(home, args, &full)
