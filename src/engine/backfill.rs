@@ -346,16 +346,31 @@ pub fn manifest_name(path: &str, text: &str) -> String {
         .unwrap_or_else(|_| path.to_string())
 }
 
+/// Jobs a backfill runs at once unless told otherwise (`narra backfill --concurrency`).
+pub const DEFAULT_CONCURRENCY: usize = 4;
+
 /// What a backfill run is asked to do.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BackfillOptions {
     /// The workflow of lines that name none (default: `ingest`).
     pub workflow: Option<String>,
+    /// Jobs run at once (default: [`DEFAULT_CONCURRENCY`]).
     pub concurrency: usize,
     /// Retry failed jobs whatever their class (and cancelled ones), as `submit` does.
     pub retry_permanent: bool,
     /// Re-run succeeded jobs through their checkpoints.
     pub reingest: bool,
+}
+
+impl Default for BackfillOptions {
+    fn default() -> BackfillOptions {
+        BackfillOptions {
+            workflow: None,
+            concurrency: DEFAULT_CONCURRENCY,
+            retry_permanent: false,
+            reingest: false,
+        }
+    }
 }
 
 /// A job of the backfill and the first event of this run (what it did before is not counted).
