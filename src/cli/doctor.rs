@@ -209,7 +209,20 @@ async fn state_check(home: &Path, state: &Path) -> Check {
         }
         Err(error) => return Check::fail("state_store", error.to_string()),
     };
-    let store = match SledStore::open(&state, DEFAULT_CACHE_CAPACITY_BYTES) {
+    // The home is ours: a database still locked belongs to a process that is exiting.
+    let opened = tokio::task::spawn_blocking({
+        let state = state.clone();
+        move || {
+            SledStore::open_patiently(
+                &state,
+                DEFAULT_CACHE_CAPACITY_BYTES,
+                crate::store::sled_store::HANDOVER_PATIENCE,
+            )
+        }
+    })
+    .await
+    .unwrap_or_else(|error| Err(crate::store::StoreError::Io(std::io::Error::other(error))));
+    let store = match opened {
         Ok(store) => store,
         Err(error) => {
             return Check::fail(

@@ -567,10 +567,6 @@ impl Drop for Home {
     }
 }
 
-/// How long a process that took the home waits for the previous holder's database lock: that
-/// process released the home's lock file and is exiting (see [`SledStore::open_patiently`]).
-const SLED_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// The state URI of `--state` / `NARRA_STATE`, read against the home.
 pub fn state_uri(global: &GlobalArgs, home: &Path) -> Result<StateUri, CliError> {
     StateUri::parse(global.state.as_deref(), home)
@@ -589,11 +585,16 @@ pub async fn open_home(global: &GlobalArgs) -> Result<Home, CliError> {
         StateUri::Sled(path) => {
             let lock = HomeLock::acquire(&home).map_err(CliError::Locked)?;
             // With the home ours, a database still locked belongs to a process that is exiting.
-            let store = SledStore::open_patiently(
-                &path,
-                crate::store::sled_store::DEFAULT_CACHE_CAPACITY_BYTES,
-                SLED_LOCK_PATIENCE,
-            )?;
+            // The wait polls, so it runs off the runtime's threads.
+            let store = tokio::task::spawn_blocking(move || {
+                SledStore::open_patiently(
+                    &path,
+                    crate::store::sled_store::DEFAULT_CACHE_CAPACITY_BYTES,
+                    crate::store::sled_store::HANDOVER_PATIENCE,
+                )
+            })
+            .await
+            .map_err(|error| StoreError::Io(std::io::Error::other(error)))??;
             if let Some(events_max) = events_max {
                 store.set_events_max(events_max);
             }

@@ -204,16 +204,26 @@ impl fmt::Debug for SledStore {
     }
 }
 
+/// How long a process that took the home waits for the previous holder's lock on the database. A
+/// process that is exiting lets go of `<home>/narra.lock` before its last reference to the
+/// database (its job-log sink keeps the store until the process ends), so the next process can
+/// find the home free and the database still locked for a moment.
+pub const HANDOVER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// sled's refusal to open a database whose file lock another open file holds (`flock` would
+/// block); sled gives it only as text.
+fn held_by_another(error: &StoreError) -> bool {
+    let text = error.to_string();
+    text.contains("could not acquire lock") && text.contains("WouldBlock")
+}
+
 impl SledStore {
-    /// Opens (or creates) the store at `path` with a page cache of `cache_capacity_bytes`
-    /// (see [`DEFAULT_CACHE_CAPACITY_BYTES`]). sled allows one process per database.
     /// [`SledStore::open`], waiting up to `patience` for the database's file lock while another
-    /// holder lets go of it. Only for a caller that holds the home (or, in a test, closed the
-    /// store itself a moment before): then the holder can only be a process that is exiting, or
-    /// sled's own IO threads, which may keep the last reference to a dropped database (and its
-    /// lock) for a moment after the drop returns. A process ending releases the home's lock file
-    /// before its last reference to the database, so the next process can find the home free and
-    /// the database still locked. Anything else fails at once.
+    /// holder lets go of it (see [`HANDOVER_PATIENCE`]). Only for a caller that holds the home (or,
+    /// in a test, closed the store itself a moment before): then the holder can only be a process
+    /// that is exiting, or sled's own IO threads, which may keep the last reference to a dropped
+    /// database (and its lock) for a moment after the drop returns. Any other error fails at once;
+    /// a lock still held at the deadline is reported as such.
     pub fn open_patiently(
         path: &Path,
         cache_capacity_bytes: u64,
@@ -222,10 +232,18 @@ impl SledStore {
         let deadline = std::time::Instant::now() + patience;
         loop {
             match SledStore::open(path, cache_capacity_bytes) {
-                Err(error)
-                    if std::time::Instant::now() < deadline
-                        && error.to_string().contains("could not acquire lock") =>
-                {
+                Err(error) if held_by_another(&error) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(StoreError::Io(std::io::Error::new(
+                            std::io::ErrorKind::WouldBlock,
+                            format!(
+                                "the state database {} is still locked by another process after \
+                                 {} s (another home using the same --state?): {error}",
+                                path.display(),
+                                patience.as_secs()
+                            ),
+                        )));
+                    }
                     // No event says the lock is free: a file lock is polled.
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
@@ -234,6 +252,8 @@ impl SledStore {
         }
     }
 
+    /// Opens (or creates) the store at `path` with a page cache of `cache_capacity_bytes`
+    /// (see [`DEFAULT_CACHE_CAPACITY_BYTES`]). sled allows one process per database.
     pub fn open(path: &Path, cache_capacity_bytes: u64) -> StoreResult<SledStore> {
         let db = sled::Config::new()
             .path(path)
@@ -2444,6 +2464,34 @@ mod tests {
         );
         let webhook = store.webhook(id).await.unwrap().unwrap();
         assert_eq!(webhook.deliveries, vec![delivery]);
+    }
+
+    // Guards the hand-over wait's end: a database another open file still holds at the deadline
+    // is reported as locked, naming it (flock locks belong to the open file, so a second open in
+    // this process conflicts as another process would); other errors are not waited on.
+    #[test]
+    fn a_database_still_locked_at_the_deadline_is_named_as_locked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _holder = open(dir.path());
+        let error = SledStore::open_patiently(
+            dir.path(),
+            8 * 1024 * 1024,
+            std::time::Duration::from_millis(20),
+        )
+        .expect_err("the database is held");
+        let StoreError::Io(io) = &error else {
+            panic!("an I/O error, not {error:?}");
+        };
+        assert_eq!(io.kind(), std::io::ErrorKind::WouldBlock);
+        let message = error.to_string();
+        assert!(message.contains("is still locked by another process"), "{message}");
+        assert!(message.contains(&dir.path().display().to_string()), "{message}");
+
+        let not_a_directory = dir.path().join("file");
+        std::fs::write(&not_a_directory, b"x").expect("write a file");
+        let error = SledStore::open_patiently(&not_a_directory, 8 * 1024 * 1024, TEST_PATIENCE)
+            .expect_err("a file is no database");
+        assert!(!held_by_another(&error), "{error}");
     }
 
     fn request(key: &str) -> SubmitRequest {

@@ -16,11 +16,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-/// A temporary narra home and helpers to run the real binary against it.
 /// What tells one file from another: inode and change time (a new file may get the inode number of
 /// a removed one).
 pub type FileId = (u64, i64, i64);
 
+/// A temporary narra home and helpers to run the real binary against it.
 pub struct Home {
     pub dir: tempfile::TempDir,
 }
