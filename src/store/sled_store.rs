@@ -2484,8 +2484,14 @@ mod tests {
         };
         assert_eq!(io.kind(), std::io::ErrorKind::WouldBlock);
         let message = error.to_string();
-        assert!(message.contains("is still locked by another process"), "{message}");
-        assert!(message.contains(&dir.path().display().to_string()), "{message}");
+        assert!(
+            message.contains("is still locked by another process"),
+            "{message}"
+        );
+        assert!(
+            message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
 
         let not_a_directory = dir.path().join("file");
         std::fs::write(&not_a_directory, b"x").expect("write a file");
