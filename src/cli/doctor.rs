@@ -18,7 +18,6 @@ use serde_json::{Value, json};
 use super::GlobalArgs;
 use crate::steps::extract::{Tools, encoder_of, encoders, tool_version};
 use crate::storage::Storage;
-use crate::store::sled_store::DEFAULT_CACHE_CAPACITY_BYTES;
 use crate::store::sled_store::StoreStats;
 use crate::store::{HomeLock, LockError, SledStore};
 use crate::workflow::WorkflowRegistry;
@@ -210,19 +209,7 @@ async fn state_check(home: &Path, state: &Path) -> Check {
         Err(error) => return Check::fail("state_store", error.to_string()),
     };
     // The home is ours: a database still locked belongs to a process that is exiting.
-    let opened = tokio::task::spawn_blocking({
-        let state = state.clone();
-        move || {
-            SledStore::open_patiently(
-                &state,
-                DEFAULT_CACHE_CAPACITY_BYTES,
-                crate::store::sled_store::HANDOVER_PATIENCE,
-            )
-        }
-    })
-    .await
-    .unwrap_or_else(|error| Err(crate::store::StoreError::Io(std::io::Error::other(error))));
-    let store = match opened {
+    let store = match SledStore::open_handed_over(&state).await {
         Ok(store) => store,
         Err(error) => {
             return Check::fail(

@@ -585,16 +585,7 @@ pub async fn open_home(global: &GlobalArgs) -> Result<Home, CliError> {
         StateUri::Sled(path) => {
             let lock = HomeLock::acquire(&home).map_err(CliError::Locked)?;
             // With the home ours, a database still locked belongs to a process that is exiting.
-            // The wait polls, so it runs off the runtime's threads.
-            let store = tokio::task::spawn_blocking(move || {
-                SledStore::open_patiently(
-                    &path,
-                    crate::store::sled_store::DEFAULT_CACHE_CAPACITY_BYTES,
-                    crate::store::sled_store::HANDOVER_PATIENCE,
-                )
-            })
-            .await
-            .map_err(|error| StoreError::Io(std::io::Error::other(error)))??;
+            let store = SledStore::open_handed_over(&path).await?;
             if let Some(events_max) = events_max {
                 store.set_events_max(events_max);
             }

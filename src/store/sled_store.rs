@@ -252,6 +252,18 @@ impl SledStore {
         }
     }
 
+    /// The store of a home this process just took, with the default cache: waits up to
+    /// [`HANDOVER_PATIENCE`] for the previous holder's lock on the database, on the blocking pool
+    /// (the wait polls).
+    pub async fn open_handed_over(path: &Path) -> StoreResult<SledStore> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            SledStore::open_patiently(&path, DEFAULT_CACHE_CAPACITY_BYTES, HANDOVER_PATIENCE)
+        })
+        .await
+        .map_err(|error| StoreError::Io(std::io::Error::other(error)))?
+    }
+
     /// Opens (or creates) the store at `path` with a page cache of `cache_capacity_bytes`
     /// (see [`DEFAULT_CACHE_CAPACITY_BYTES`]). sled allows one process per database.
     pub fn open(path: &Path, cache_capacity_bytes: u64) -> StoreResult<SledStore> {
