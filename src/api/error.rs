@@ -89,7 +89,14 @@ impl From<EngineError> for ApiError {
             EngineError::Callback(error) => {
                 ApiError::new(StatusCode::BAD_REQUEST, error.class, error.to_string())
             }
+            EngineError::Source(error) => error.into(),
         }
+    }
+}
+
+impl From<crate::engine::sources::SourceError> for ApiError {
+    fn from(error: crate::engine::sources::SourceError) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, error.class(), error.to_string())
     }
 }
 

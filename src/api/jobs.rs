@@ -13,7 +13,7 @@ use crate::engine::backfill::source_host;
 use crate::engine::job::{Job, JobId, Status, Timestamp};
 use crate::engine::machine::Rejected;
 use crate::engine::orchestrator::{SubmitOptions, submit};
-use crate::steps::{ErrorClass, StepError};
+use crate::engine::sources::{LocalPaths, canonical_source};
 use crate::store::{JobFilter, SubmitOutcome};
 
 /// A page holds this many jobs unless `limit` says otherwise.
@@ -154,18 +154,18 @@ pub struct CreateRequest {
     pub callback_url: Option<String>,
 }
 
-/// Checks a source the API may submit: an `http(s)` URL that passes the download guard's checks
-/// that need no connection (`NetworkPolicy::check_url`: scheme, IP literals). A host name that
-/// resolves to a private address is stopped by the same guard when the download connects.
-pub fn check_source(state: &ApiState, source: &str) -> Result<(), ApiError> {
-    let url = url::Url::parse(source.trim()).map_err(|_| {
-        ApiError::from(StepError::new(
-            ErrorClass::UnsupportedSource,
-            "the API takes http(s) URLs only: local paths are refused (use the CLI on the host)",
-        ))
+/// Checks a source the API may submit: an `http(s)` URL (`sources::canonical_source` with local
+/// paths refused) that passes the download guard's checks that need no connection
+/// (`NetworkPolicy::check_url`: scheme, IP literals). A host name that resolves to a private
+/// address is stopped by the same guard when the download connects. The answer is the source as
+/// parsed and normalised: what is submitted, never the raw text.
+pub fn check_source(state: &ApiState, source: &str) -> Result<String, ApiError> {
+    let source = canonical_source(source, &LocalPaths::Refused)?;
+    let url = url::Url::parse(&source).map_err(|error| {
+        ApiError::internal(format!("a canonical source did not parse: {error}"))
     })?;
     state.engine.network.check_url(&url)?;
-    Ok(())
+    Ok(source)
 }
 
 /// `POST /jobs`: idempotent submission, 201 with a new job, 200 with the existing one.
@@ -181,21 +181,16 @@ pub async fn create(
             "priority must be -1000 to 1000, not {priority}"
         )));
     }
-    check_source(&state, &request.source)?;
+    let source = check_source(&state, &request.source)?;
     let options = SubmitOptions {
         workflow: request.workflow,
         key: request.key,
         reingest: false,
         priority: request.priority,
-        base_dir: None,
+        local_paths: LocalPaths::Refused,
         callback_url: request.callback_url,
     };
-    let mut submitted = submit(
-        &state.engine,
-        &[request.source.trim().to_string()],
-        &options,
-    )
-    .await?;
+    let mut submitted = submit(&state.engine, &[source], &options).await?;
     let submitted = submitted.pop().expect("one source gives one submission");
     let status = match submitted.outcome {
         SubmitOutcome::Created => StatusCode::CREATED,

@@ -14,7 +14,14 @@
 //! compared in constant time (`token_matches`): 401 when it is missing, 403 when it is wrong or
 //! when the server has no token (then it is read-only). Reads are open on a loopback address
 //! (whoever reaches it is on this machine, like the CLI) and need the token too when `serve` binds
-//! any other address, which it refuses to do without a token.
+//! any other address, which it refuses to do without a token. Reads that make the server read
+//! every object (`GET /cleanup`, the dry run that lists and may re-hash all of storage, and
+//! `GET /verify/{id}?deep=true`) need the token on any bind (`heavy_read`).
+//!
+//! DNS rebinding: a web page on another site can make a browser on this machine send requests to
+//! a loopback port under the page's own host name. On a loopback bind, a request whose `Host` is
+//! not a loopback name or address (`localhost`, `127.0.0.0/8`, `[::1]`) is refused (403,
+//! `forbidden_host`) before anything else (`host_is_loopback`).
 
 pub mod console;
 pub mod error;
@@ -50,6 +57,9 @@ pub struct ApiConfig {
     pub token: Option<String>,
     /// Whether reads need the token too (`serve` bound a non-loopback address).
     pub token_for_reads: bool,
+    /// Whether only requests naming a loopback `Host` are served (`serve` bound a loopback
+    /// address): a DNS-rebinding page names its own.
+    pub loopback_hosts_only: bool,
 }
 
 impl ApiConfig {
@@ -66,6 +76,7 @@ impl ApiConfig {
         Ok(ApiConfig {
             token,
             token_for_reads: !loopback,
+            loopback_hosts_only: loopback,
         })
     }
 }
@@ -114,16 +125,82 @@ pub fn authorize(config: &ApiConfig, headers: &HeaderMap) -> Result<(), ApiError
     }
 }
 
-/// The auth layer: mutations always need the token, reads when `token_for_reads`. The console page
-/// itself is static and always served (it asks for the token).
+/// Whether `host` (a `Host` header's value, with or without its port) names this machine's
+/// loopback: `localhost` (or a name under `.localhost`, which resolvers keep on loopback), an
+/// address of `127.0.0.0/8`, or `[::1]`.
+pub fn host_is_loopback(host: &str) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // An IPv6 literal: `[::1]` or `[::1]:8080`.
+        match rest.split_once(']') {
+            Some((address, port)) if port.is_empty() || is_port(port) => address,
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|address| address.is_loopback())
+}
+
+fn is_port(text: &str) -> bool {
+    text.strip_prefix(':')
+        .unwrap_or(text)
+        .parse::<u16>()
+        .is_ok()
+}
+
+/// Whether a read makes the server read every object, so that a page that reaches the port
+/// must not be able to start it: the cleanup dry run (it lists all of storage and, `deep`,
+/// re-hashes it) and a deep verify.
+pub fn heavy_read(path: &str, query: Option<&str>) -> bool {
+    let deep = query.is_some_and(|query| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .any(|(name, value)| name == "deep" && value != "false" && value != "0")
+    });
+    path == "/cleanup" || (path.starts_with("/verify/") && deep)
+}
+
+/// The guard layer, in order: on a loopback bind, a `Host` that is not loopback is refused;
+/// mutations always need the token, heavy reads too, and every read when `token_for_reads`. The
+/// console page itself is static and always served (it asks for the token).
 async fn require_token(
     State(state): State<ApiState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    if state.config.loopback_hosts_only {
+        let host = request
+            .headers()
+            .get(axum::http::header::HOST)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| {
+                request
+                    .uri()
+                    .authority()
+                    .map(|authority| authority.to_string())
+            });
+        if !host.as_deref().is_some_and(host_is_loopback) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_host",
+                "this server listens on loopback and answers requests for a loopback host only (localhost, 127.0.0.1, [::1]); the Host header named another",
+            ));
+        }
+    }
     let mutating = !matches!(*request.method(), Method::GET | Method::HEAD);
     let console = request.uri().path() == "/";
-    if mutating || (state.config.token_for_reads && !console) {
+    let heavy = heavy_read(request.uri().path(), request.uri().query());
+    if mutating || heavy || (state.config.token_for_reads && !console) {
         authorize(&state.config, request.headers())?;
     }
     Ok(next.run(request).await)
@@ -271,10 +348,53 @@ mod tests {
     }
 
     #[test]
+    fn only_loopback_hosts_are_loopback() {
+        for host in [
+            "localhost",
+            "localhost:8080",
+            "LocalHost.:8080",
+            "app.localhost:1",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3:80",
+            "[::1]",
+            "[::1]:8080",
+        ] {
+            assert!(host_is_loopback(host), "{host}");
+        }
+        for host in [
+            "",
+            "attacker.example",
+            "attacker.example:8080",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io:8080",
+            "10.0.0.1:8080",
+            "[::2]:80",
+            "[::1]x",
+            "localhost:http",
+            "localhost:99999",
+        ] {
+            assert!(!host_is_loopback(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn reads_of_every_object_are_heavy() {
+        assert!(heavy_read("/cleanup", None));
+        assert!(heavy_read("/cleanup", Some("deep=true&min_age_s=0")));
+        assert!(heavy_read("/verify/01J", Some("deep=true")));
+        assert!(heavy_read("/verify/01J", Some("deep=1")));
+        assert!(!heavy_read("/verify/01J", Some("deep=false")));
+        assert!(!heavy_read("/verify/01J", None));
+        assert!(!heavy_read("/jobs", Some("deep=true")));
+    }
+
+    #[test]
     fn a_missing_token_is_401_and_a_wrong_or_absent_one_403() {
         let config = ApiConfig {
             token: Some("right".into()),
             token_for_reads: false,
+            loopback_hosts_only: true,
         };
         let mut headers = HeaderMap::new();
         assert_eq!(

@@ -14,6 +14,7 @@ use crate::cli::maintenance::{executed_json, plan_json, verification_json};
 use crate::engine::backfill::{BackfillOptions, jobs_of_backfill, parse_manifest, submit_manifest};
 use crate::engine::cleanup::{CleanupOptions, DEFAULT_MIN_AGE_S, execute, plan};
 use crate::engine::job::{BackfillId, Timestamp};
+use crate::engine::sources::LocalPaths;
 
 /// `POST /backfills` query: the manifest's name (running the same name again resumes its
 /// backfill; default: the blake3 of the body) and the workflow of lines that name none.
@@ -73,6 +74,7 @@ pub async fn create_backfill(
     }
     let options = BackfillOptions {
         workflow: query.workflow,
+        local_paths: LocalPaths::Refused,
         ..BackfillOptions::default()
     };
     let submission = submit_manifest(&state.engine, &name, &manifest, &options).await?;

@@ -27,6 +27,7 @@ use crate::engine::job::{BackfillId, JobId, Status};
 use crate::engine::orchestrator::{
     EngineError, SubmitOptions, reclaim_orphans, run_jobs, submit, work,
 };
+use crate::engine::sources::LocalPaths;
 use crate::logging::LogFormat;
 use crate::storage::Storage;
 use crate::store::{
@@ -516,6 +517,7 @@ impl From<EngineError> for CliError {
             EngineError::Workflow(error) => CliError::Usage(error.to_string()),
             EngineError::Usage(message) => CliError::Usage(message),
             EngineError::Callback(error) => CliError::Usage(format!("{}: {error}", error.class)),
+            EngineError::Source(error) => CliError::Usage(format!("{}: {error}", error.class())),
             other => CliError::Other(other.into()),
         }
     }
@@ -735,6 +737,17 @@ pub struct Context {
     pub served: Option<remote::Holder>,
 }
 
+impl Context {
+    /// Local paths are the host's to name: relative ones are resolved against the directory the
+    /// command was typed in.
+    pub fn local_paths(&self) -> LocalPaths {
+        match &self.cwd {
+            Some(cwd) => LocalPaths::RelativeTo(cwd.clone()),
+            None => LocalPaths::CurrentDir,
+        }
+    }
+}
+
 /// Runs one command against an opened engine, writing data to `out` and messages for the user to
 /// `err`: the same function for a command run here and one served for another process (whose
 /// `out` and `err` go back to it), which must be one `remote::served_remotely` admits.
@@ -765,7 +778,7 @@ pub async fn dispatch(
                 key,
                 reingest,
                 priority,
-                base_dir: context.cwd.clone(),
+                local_paths: context.local_paths(),
                 callback_url,
             };
             let submitted = submit(engine, &sources, &options).await?;
@@ -793,7 +806,7 @@ pub async fn dispatch(
                 key,
                 reingest,
                 priority,
-                base_dir: context.cwd.clone(),
+                local_paths: context.local_paths(),
                 callback_url,
             };
             let submitted = submit(engine, &sources, &options).await?;
@@ -1040,6 +1053,7 @@ pub async fn dispatch(
                 concurrency,
                 retry_permanent,
                 reingest,
+                local_paths: context.local_paths(),
             };
             backfill::run(engine, &mut out, err, &manifest, options, json).await
         }

@@ -19,7 +19,7 @@ use crate::engine::job::{
     Backfill, BackfillId, EventKind, Job, JobId, Location, PRIORITY_BACKFILL, Phase, Status,
 };
 use crate::engine::orchestrator::{EngineError, ScheduleOptions, Until, schedule};
-use crate::engine::sources::{canonical_source, idempotency_key};
+use crate::engine::sources::{LocalPaths, canonical_source, idempotency_key};
 use crate::store::{BatchOptions, JobFilter, Resubmit, SUBMIT_BATCH_MAX, SubmitRequest};
 
 /// The longest manifest line accepted; a longer one is a bad line (no URL or path is this long).
@@ -360,6 +360,9 @@ pub struct BackfillOptions {
     pub retry_permanent: bool,
     /// Re-run succeeded jobs through their checkpoints.
     pub reingest: bool,
+    /// Whether lines may name local paths (the CLI's manifests) and what relative ones are
+    /// resolved against; refused for a manifest posted to the HTTP API.
+    pub local_paths: LocalPaths,
 }
 
 impl Default for BackfillOptions {
@@ -369,6 +372,7 @@ impl Default for BackfillOptions {
             concurrency: DEFAULT_CONCURRENCY,
             retry_permanent: false,
             reingest: false,
+            local_paths: LocalPaths::CurrentDir,
         }
     }
 }
@@ -421,7 +425,6 @@ pub async fn submit_manifest(
     // An unknown default workflow is a usage error; an unknown one on a line is that line's.
     engine.workflows.get(&default_workflow)?;
     let backfill = engine.store.open_backfill(manifest_name).await?;
-    let current_dir = std::env::current_dir().unwrap_or_default();
     let mut bad_lines = manifest.bad_lines.clone();
     let mut requests = Vec::with_capacity(manifest.entries.len());
     // Each request's callback URL, in request order.
@@ -453,8 +456,17 @@ pub async fn submit_manifest(
                 continue;
             }
         };
+        let source = match canonical_source(&entry.source, &options.local_paths) {
+            Ok(source) => source,
+            Err(error) => {
+                bad_lines.push(BadLine {
+                    line: entry.line,
+                    reason: format!("{}: {error}", error.class()),
+                });
+                continue;
+            }
+        };
         callbacks.push(callback);
-        let source = canonical_source(&entry.source, &current_dir);
         let key = entry
             .key
             .clone()

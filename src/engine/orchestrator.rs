@@ -17,7 +17,7 @@ use crate::engine::backfill::source_host;
 use crate::engine::job::{ErrorInfo, Job, JobId, LeaseToken, PRIORITY_LIVE, Status, Timestamp};
 use crate::engine::machine::Rejected;
 use crate::engine::scheduling::{HostOutcome, STORAGE_BREAKER};
-use crate::engine::sources::{canonical_source, idempotency_key};
+use crate::engine::sources::{LocalPaths, SourceError, canonical_source, idempotency_key};
 use crate::engine::worker::{FencedWrite, WorkOutcome, execute};
 use crate::store::{
     ClaimNext, ClaimRequest, JobFilter, NewIncident, OrchestratorStore, StoreError, SubmitRequest,
@@ -33,9 +33,10 @@ pub struct SubmitOptions {
     pub reingest: bool,
     /// The new jobs' priority (`Job::priority`); [`PRIORITY_LIVE`] when `None`.
     pub priority: Option<i32>,
-    /// What relative local paths are resolved against: the submitting client's working directory
-    /// when another process serves the command (`cli::remote`); this process's when `None`.
-    pub base_dir: Option<std::path::PathBuf>,
+    /// Whether local paths may be submitted and what relative ones are resolved against: the
+    /// submitting client's working directory when another process serves the command
+    /// (`cli::remote`), this process's by default; refused for the HTTP API.
+    pub local_paths: LocalPaths,
     /// Where the jobs' completion notices go (`webhook`); the workflow's `callback_url` when
     /// `None`. Replaces the URL an existing job of the same key had.
     pub callback_url: Option<String>,
@@ -55,6 +56,9 @@ pub enum EngineError {
     /// A callback URL the webhook rules refuse (a usage error with a class).
     #[error(transparent)]
     Callback(#[from] crate::webhook::CallbackError),
+    /// A source refused at submission (a usage error with a class).
+    #[error(transparent)]
+    Source(#[from] SourceError),
 }
 
 /// The callback URL a submission gives its jobs: its own, else its workflow's; checked
@@ -87,13 +91,13 @@ pub async fn submit(
             "--key names one job: give it with a single source".to_string(),
         ));
     }
-    let current_dir = match &options.base_dir {
-        Some(base_dir) => base_dir.clone(),
-        None => std::env::current_dir().unwrap_or_default(),
-    };
+    // Every source is checked before any is submitted: a refused one submits nothing.
+    let sources = sources
+        .iter()
+        .map(|source| canonical_source(source, &options.local_paths))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut submitted = Vec::with_capacity(sources.len());
     for source in sources {
-        let source = canonical_source(source, &current_dir);
         let key = options
             .key
             .clone()

@@ -24,6 +24,7 @@ use super::net::{NetworkPolicy, forbidden_cause};
 use super::redact::{redact_text, redact_url};
 use super::{Cancel, ErrorClass, Progress, ProgressSender, StepError, cancelled};
 use crate::engine::job::Hash;
+use crate::engine::sources::{SourceText, classify};
 use crate::workflow::{DownloadParams, Downloader};
 
 /// The file name of a finished download in the scratch directory.
@@ -59,54 +60,59 @@ pub struct DownloadContext<'a> {
     pub progress: &'a ProgressSender,
 }
 
-/// Classifies a source as it was stored on the job (local paths are absolute by then).
+/// Classifies a source as it was stored on the job (local paths are absolute by then), by the one
+/// rule of `engine::sources`: a text that starts with a scheme is a URL, never a path.
 pub fn parse_source(source: &str) -> Result<SourceKind, StepError> {
-    let lower = source.to_ascii_lowercase();
-    if lower.starts_with("http://") || lower.starts_with("https://") {
-        let url = url::Url::parse(source).map_err(|error| {
-            StepError::new(
-                ErrorClass::UnsupportedSource,
-                format!("malformed URL {:?}: {error}", redact_url(source)),
-            )
-        })?;
-        if url.host_str().is_none_or(str::is_empty) {
-            return Err(StepError::new(
-                ErrorClass::UnsupportedSource,
-                format!("URL {:?} has no host", redact_url(source)),
-            ));
+    let source = source.trim();
+    match classify(source) {
+        SourceText::Url(Ok(url)) => match url.scheme() {
+            "http" | "https" => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    return Err(StepError::new(
+                        ErrorClass::UnsupportedSource,
+                        format!("URL {:?} has no host", redact_url(source)),
+                    ));
+                }
+                Ok(SourceKind::Http(url))
+            }
+            "file" => {
+                let path = url.to_file_path().map_err(|()| {
+                    StepError::new(
+                        ErrorClass::UnsupportedSource,
+                        format!("file URL {source:?} does not name a local path"),
+                    )
+                })?;
+                Ok(SourceKind::Local(path))
+            }
+            scheme => Err(unsupported_scheme(scheme)),
+        },
+        SourceText::Url(Err(error)) => {
+            let scheme = source
+                .split_once(':')
+                .map_or("", |(scheme, _)| scheme)
+                .to_ascii_lowercase();
+            if matches!(scheme.as_str(), "http" | "https" | "file") {
+                Err(StepError::new(
+                    ErrorClass::UnsupportedSource,
+                    format!("malformed URL {:?}: {error}", redact_url(source)),
+                ))
+            } else {
+                Err(unsupported_scheme(&scheme))
+            }
         }
-        return Ok(SourceKind::Http(url));
-    }
-    if lower.starts_with("file://") {
-        let url = url::Url::parse(source).map_err(|error| {
-            StepError::new(
-                ErrorClass::UnsupportedSource,
-                format!("malformed file URL {source:?}: {error}"),
-            )
-        })?;
-        let path = url.to_file_path().map_err(|()| {
-            StepError::new(
-                ErrorClass::UnsupportedSource,
-                format!("file URL {source:?} does not name a local path"),
-            )
-        })?;
-        return Ok(SourceKind::Local(path));
-    }
-    if let Some((scheme, _)) = source.split_once("://") {
-        return Err(StepError::new(
-            ErrorClass::UnsupportedSource,
-            format!(
-                "unsupported source scheme {scheme:?}: use http(s)://, file:// or a local path"
-            ),
-        ));
-    }
-    if source.trim().is_empty() {
-        return Err(StepError::new(
+        SourceText::Path("") => Err(StepError::new(
             ErrorClass::UnsupportedSource,
             "the source is empty",
-        ));
+        )),
+        SourceText::Path(path) => Ok(SourceKind::Local(PathBuf::from(path))),
     }
-    Ok(SourceKind::Local(PathBuf::from(source)))
+}
+
+fn unsupported_scheme(scheme: &str) -> StepError {
+    StepError::new(
+        ErrorClass::UnsupportedSource,
+        format!("unsupported source scheme {scheme:?}: use http(s)://, file:// or a local path"),
+    )
 }
 
 /// The download client for a workflow's limits under a network policy.

@@ -109,6 +109,73 @@ pub struct DownloadParams {
     pub user_agent: String,
 }
 
+/// The range each numeric download parameter must be in: a value outside it would make every
+/// download fail (a zero timeout) or never end (billions of redirects), so a workflow that names
+/// one is refused when it is loaded, with the range in the message.
+const DOWNLOAD_RANGES: [(&str, u64, u64); 11] = [
+    ("connect_timeout_s", 1, 600),
+    ("read_timeout_s", 1, 3600),
+    ("total_timeout_s", 1, 7 * 24 * 3600),
+    ("attempts_max", 1, 100),
+    ("backoff_initial_ms", 1, 3_600_000),
+    ("backoff_max_ms", 1, 3_600_000),
+    ("retry_after_max_s", 0, 24 * 3600),
+    ("max_bytes", 1, 1 << 44),
+    ("scratch_reserve_mb", 0, 1 << 20),
+    ("redirects_max", 0, 20),
+    // A header value: one line, and short.
+    ("user_agent length", 1, 512),
+];
+
+impl DownloadParams {
+    /// Refuses parameters that would make every download fail or run without bound, naming the
+    /// parameter and its range.
+    pub fn validate(&self) -> Result<(), String> {
+        let values = [
+            self.connect_timeout_s,
+            self.read_timeout_s,
+            self.total_timeout_s,
+            u64::from(self.attempts_max),
+            self.backoff_initial_ms,
+            self.backoff_max_ms,
+            self.retry_after_max_s,
+            self.max_bytes,
+            self.scratch_reserve_mb,
+            u64::from(self.redirects_max),
+            u64::try_from(self.user_agent.len()).unwrap_or(u64::MAX),
+        ];
+        for ((name, min, max), value) in DOWNLOAD_RANGES.iter().zip(values) {
+            if !(*min..=*max).contains(&value) {
+                return Err(format!("{name} must be in {min}..={max}, not {value}"));
+            }
+        }
+        if self.backoff_max_ms < self.backoff_initial_ms {
+            return Err(format!(
+                "backoff_max_ms ({}) must be at least backoff_initial_ms ({})",
+                self.backoff_max_ms, self.backoff_initial_ms
+            ));
+        }
+        for (name, text) in [
+            ("user_agent", self.user_agent.as_str()),
+            ("yt_dlp", self.yt_dlp.as_str()),
+            ("yt_dlp_format", self.yt_dlp_format.as_str()),
+        ] {
+            if text.trim().is_empty() || text.chars().any(char::is_control) {
+                return Err(format!("{name} must be one line of text, not {text:?}"));
+            }
+        }
+        if let Some(host) = self.platform_hosts.iter().find(|host| {
+            host.is_empty()
+                || !host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        }) {
+            return Err(format!("platform_hosts entry {host:?} is not a host name"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for DownloadParams {
     fn default() -> Self {
         DownloadParams {
@@ -508,7 +575,13 @@ pub fn parse_workflow(file_name: &str, text: &str) -> Result<Workflow, WorkflowE
         let parse_error =
             |error: toml::de::Error| invalid(format!("step {}: {error}", step.kind.name()));
         steps.push(match step.kind {
-            StepKind::Download => StepDef::Download(params.try_into().map_err(parse_error)?),
+            StepKind::Download => {
+                let params: DownloadParams = params.try_into().map_err(parse_error)?;
+                params
+                    .validate()
+                    .map_err(|reason| invalid(format!("step download: {reason}")))?;
+                StepDef::Download(params)
+            }
             StepKind::Extract => {
                 let params: ExtractParams = params.try_into().map_err(parse_error)?;
                 params
@@ -666,6 +739,52 @@ mod tests {
         let text = "name = \"x\"\n[[steps]]\nkind = \"store\"\n[[steps]]\nkind = \"download\"\n[[steps]]\nkind = \"extract\"\n";
         let error = parse_workflow("x", text).unwrap_err().to_string();
         assert!(error.contains("download, extract, store"), "{error}");
+    }
+
+    // Guards issue 16 item 9: a workflow with a zero read timeout or four billion redirects loaded,
+    // and every download then failed or ran without bound.
+    #[test]
+    fn download_parameters_out_of_range_are_refused_naming_the_range() {
+        for (params, named) in [
+            (
+                "read_timeout_s = 0",
+                "read_timeout_s must be in 1..=3600, not 0",
+            ),
+            (
+                "redirects_max = 4294967295",
+                "redirects_max must be in 0..=20",
+            ),
+            (
+                "connect_timeout_s = 0",
+                "connect_timeout_s must be in 1..=600",
+            ),
+            ("attempts_max = 0", "attempts_max must be in 1..=100"),
+            ("max_bytes = 0", "max_bytes must be in 1..="),
+            (
+                "backoff_initial_ms = 5000, backoff_max_ms = 10",
+                "backoff_max_ms (10) must be at least",
+            ),
+            (
+                "user_agent = \"a\\r\\nX-Injected: 1\"",
+                "user_agent must be one line",
+            ),
+            ("platform_hosts = [\"\"]", "platform_hosts entry"),
+        ] {
+            let text = format!(
+                "name = \"x\"\n[[steps]]\nkind = \"download\"\nparams = {{ {params} }}\n[[steps]]\nkind = \"extract\"\n[[steps]]\nkind = \"store\"\n"
+            );
+            let error = parse_workflow("x", &text).unwrap_err().to_string();
+            assert!(error.contains("step download"), "{params}: {error}");
+            assert!(error.contains(named), "{params}: {error}");
+        }
+        assert_eq!(DownloadParams::default().validate(), Ok(()));
+        for (_, text) in BUILTIN_WORKFLOWS {
+            let name = toml::from_str::<toml::Value>(text).unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            parse_workflow(&name, text).unwrap();
+        }
     }
 
     #[test]

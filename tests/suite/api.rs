@@ -33,10 +33,24 @@ impl Server {
 
     /// `narra serve --bind BIND ARGS`; an unspecified address is reached through loopback.
     pub fn start_bind(home: &Home, bind: &str, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::start_in(home, None, bind, args, env)
+    }
+
+    /// `start_bind`, with `narra serve` started in `cwd` (the tests' own directory when `None`).
+    pub fn start_in(
+        home: &Home,
+        cwd: Option<&std::path::Path>,
+        bind: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let mut full = vec!["serve", "--bind", bind];
         full.extend_from_slice(args);
         let stderr = std::fs::File::create(home.dir.path().join("serve.stderr")).unwrap();
         let mut command = home.command(&full);
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
         command
             .env_remove("NARRA_ALLOW_PRIVATE_NETWORK")
             .env_remove("NARRA_API_TOKEN")
@@ -85,8 +99,23 @@ impl Server {
         token: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> (u16, String) {
+        self.raw_with_headers(method, path, token, body, &[])
+    }
+
+    /// `raw`, with more headers (a forged `Host`, say).
+    pub fn raw_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut request = self.client.request(method, format!("{}{path}", self.url));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
@@ -746,7 +775,8 @@ fn backfills_run_and_cleanup_confirms_exactly_its_plan() {
     let orphan = home.objects().join("blobs/ff/ffff0000.mp4");
     std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
     std::fs::write(&orphan, b"nobody references me").unwrap();
-    let plan = server.get("/cleanup?min_age_s=0");
+    let (status, plan) = server.call("GET", "/cleanup?min_age_s=0", Some(TOKEN), None);
+    assert_eq!(status, 200, "{plan}");
     let plan_id = plan["id"].as_str().unwrap().to_string();
     assert!(plan.to_string().contains("blobs/ff/ffff0000.mp4"), "{plan}");
     assert_error(

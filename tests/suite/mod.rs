@@ -11,6 +11,7 @@ mod cancel;
 mod crash;
 mod downloads;
 mod e2e;
+mod edges;
 mod extract;
 mod faults;
 mod fleet;
