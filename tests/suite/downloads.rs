@@ -471,7 +471,7 @@ impl ProxyTrap {
 /// Writes `<home dir>/workflows/ingest.toml`: the built-in ingest workflow with its download
 /// parameters replaced by `download_params` (TOML key = value pairs). Returns the directory for
 /// `--workflows`.
-fn workflows(home: &Home, download_params: &str) -> String {
+pub fn workflows(home: &Home, download_params: &str) -> String {
     const BUILTIN: &str = include_str!("../../workflows/ingest.toml");
     let mut in_download = false;
     let mut replaced = false;

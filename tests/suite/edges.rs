@@ -262,3 +262,31 @@ fn a_rebinding_page_reaches_nothing_and_heavy_reads_need_the_token() {
     let (status, answer) = server.call("GET", &format!("/verify/{id}"), None, None);
     assert_eq!(status, 200, "a shallow verify stays open: {answer}");
 }
+
+// Guards issue 16 item 9: a workflow with `read_timeout_s = 0` or `redirects_max = 4294967295`
+// loaded, and every download then failed at once or could follow redirects without bound. Such a
+// workflow is refused when it is loaded (exit 2), naming the parameter and its range, and no job
+// is made.
+#[test]
+fn download_parameters_out_of_range_refuse_the_workflow() {
+    let home = Home::new();
+    let origin = Origin::start();
+    let source = origin.serve_video("talk.mp4", sample_video());
+    for (params, named) in [
+        (
+            "read_timeout_s = 0",
+            "read_timeout_s must be in 1..=3600, not 0",
+        ),
+        (
+            "redirects_max = 4294967295",
+            "redirects_max must be in 0..=20, not 4294967295",
+        ),
+    ] {
+        let dir = super::downloads::workflows(&home, params);
+        let output = home.narra(&["--workflows", &dir, "ingest", &source]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{params}: {stderr}");
+        assert!(stderr.contains(named), "{params}: {stderr}");
+    }
+    assert_eq!(origin.gets("/talk.mp4"), 0, "no download was tried");
+}
