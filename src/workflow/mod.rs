@@ -121,7 +121,7 @@ const DOWNLOAD_RANGES: [(&str, u64, u64); 11] = [
     ("backoff_max_ms", 1, 3_600_000),
     ("retry_after_max_s", 0, 24 * 3600),
     ("max_bytes", 1, 1 << 44),
-    ("scratch_reserve_mb", 0, 1 << 20),
+    ("scratch_reserve_mb", 0, 1 << 30),
     ("redirects_max", 0, 20),
     // A header value: one line, and short.
     ("user_agent length", 1, 512),
