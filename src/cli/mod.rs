@@ -68,8 +68,9 @@ pub struct GlobalArgs {
     /// Print JSON on stdout instead of text.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Let downloads reach loopback, private and link-local addresses (on-premises sources, tests).
-    /// Also `NARRA_ALLOW_PRIVATE_NETWORK=1`; `NARRA_ALLOWED_HOSTS=a,b` allows single hosts.
+    /// Let downloads reach loopback and private addresses (on-premises sources, tests); link-local
+    /// and cloud metadata addresses stay refused. Also `NARRA_ALLOW_PRIVATE_NETWORK=1`;
+    /// `NARRA_ALLOWED_HOSTS=a,b` allows single hosts, whatever their addresses.
     #[arg(long, global = true)]
     pub allow_private_network: bool,
     /// How logs are written to stderr.

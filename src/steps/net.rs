@@ -16,8 +16,9 @@ use super::{ErrorClass, StepError};
 /// Who may be reached: by default only public addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NetworkPolicy {
-    /// Allow loopback, private, link-local and other non-public addresses (on-premises sources,
-    /// tests). `--allow-private-network` or `NARRA_ALLOW_PRIVATE_NETWORK=1`.
+    /// Allow loopback, private and other non-public addresses (on-premises sources, tests), but
+    /// never link-local or cloud metadata addresses (`metadata_reason`).
+    /// `--allow-private-network` or `NARRA_ALLOW_PRIVATE_NETWORK=1`.
     pub allow_private_network: bool,
     /// Hosts (exact names, lower case) whose addresses are allowed even when private.
     pub allowed_hosts: Vec<String>,
@@ -57,17 +58,31 @@ impl NetworkPolicy {
         }
     }
 
-    fn host_allowed(&self, host: &str) -> bool {
-        self.allow_private_network
-            || self
-                .allowed_hosts
-                .iter()
-                .any(|allowed| allowed.eq_ignore_ascii_case(host.trim_end_matches('.')))
+    fn host_named(&self, host: &str) -> bool {
+        self.allowed_hosts
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(host.trim_end_matches('.')))
     }
 
     /// Checks one address for `host`: `Err` names why it is refused.
+    ///
+    /// A host named in the allowed hosts reaches any address. `allow_private_network` opens the
+    /// private ranges but never the link-local ranges and the cloud metadata addresses: an
+    /// on-premises source never needs them, and one open redirect would otherwise read the
+    /// machine's cloud credentials.
     pub fn check_address(&self, host: &str, ip: IpAddr) -> Result<(), StepError> {
-        if self.host_allowed(host) {
+        if self.host_named(host) {
+            return Ok(());
+        }
+        if let Some(reason) = metadata_reason(ip) {
+            return Err(StepError::new(
+                ErrorClass::ForbiddenAddress,
+                format!(
+                    "{host} resolves to {ip} ({reason}); refused even with --allow-private-network (name the host in NARRA_ALLOWED_HOSTS if it is really a source)"
+                ),
+            ));
+        }
+        if self.allow_private_network {
             return Ok(());
         }
         match forbidden_reason(ip) {
@@ -120,6 +135,57 @@ pub fn forbidden_reason(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
+/// Addresses refused whatever `allow_private_network` says: link-local ranges (where the cloud
+/// metadata services live) and the metadata addresses outside them. IPv4-mapped and NAT64 spellings
+/// are judged by the IPv4 address they carry.
+pub fn metadata_reason(ip: IpAddr) -> Option<&'static str> {
+    let v4 = match ip {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(ip) => ip.to_ipv4_mapped().or_else(|| nat64_embedded(ip)),
+    };
+    if let Some(ip) = v4 {
+        return if ip.is_link_local() {
+            Some("link-local, where cloud metadata services answer")
+        } else if METADATA_V4.contains(&ip) {
+            Some("a cloud metadata address")
+        } else {
+            None
+        };
+    }
+    let IpAddr::V6(ip) = ip else { return None };
+    if (ip.segments()[0] & 0xffc0) == 0xfe80 {
+        Some("link-local, where cloud metadata services answer")
+    } else if METADATA_V6.contains(&ip) {
+        Some("a cloud metadata address")
+    } else {
+        None
+    }
+}
+
+/// Cloud metadata and platform addresses outside 169.254.0.0/16: Alibaba Cloud's, Oracle Cloud's
+/// legacy one, Azure's wire server.
+const METADATA_V4: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(100, 100, 100, 200),
+    Ipv4Addr::new(192, 0, 0, 192),
+    Ipv4Addr::new(168, 63, 129, 16),
+];
+
+/// AWS's IPv6 metadata address (Nitro instances).
+const METADATA_V6: [Ipv6Addr; 1] = [Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254)];
+
+/// The IPv4 address a NAT64 address (64:ff9b::/32) embeds in its last 32 bits.
+fn nat64_embedded(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let segments = ip.segments();
+    (segments[0] == 0x64 && segments[1] == 0xff9b).then(|| {
+        Ipv4Addr::new(
+            (segments[6] >> 8) as u8,
+            segments[6] as u8,
+            (segments[7] >> 8) as u8,
+            segments[7] as u8,
+        )
+    })
+}
+
 fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
     let octets = ip.octets();
     if ip.is_unspecified() || octets[0] == 0 {
@@ -163,14 +229,8 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("link-local")
     } else if (segments[0] & 0xffc0) == 0xfec0 {
         Some("site-local")
-    } else if segments[0] == 0x64 && segments[1] == 0xff9b {
-        // NAT64 embeds an IPv4 address in the last 32 bits: judge that address.
-        let embedded = Ipv4Addr::new(
-            (segments[6] >> 8) as u8,
-            segments[6] as u8,
-            (segments[7] >> 8) as u8,
-            segments[7] as u8,
-        );
+    } else if let Some(embedded) = nat64_embedded(ip) {
+        // NAT64 embeds an IPv4 address: judge that address.
         forbidden_v4(embedded).map(|_| "a NAT64-embedded non-public address")
     } else if segments[0] == 0x2001 && segments[1] == 0x0db8 {
         Some("documentation range")
@@ -341,6 +401,71 @@ mod tests {
         assert!(policy.check_address("media.internal", ip).is_ok());
         assert!(policy.check_address("MEDIA.internal.", ip).is_ok());
         assert!(policy.check_address("other.internal", ip).is_err());
+    }
+
+    // Guards item 5 of #16: under --allow-private-network the link-local ranges and the cloud
+    // metadata addresses stay refused, in every spelling, for the downloads' and the webhooks'
+    // policies alike (the same type); only a host named in the allowed hosts reaches them.
+    #[test]
+    fn metadata_addresses_stay_refused_when_private_networks_are_allowed() {
+        let private = NetworkPolicy {
+            allow_private_network: true,
+            ..NetworkPolicy::default()
+        };
+        for address in [
+            "169.254.169.254",
+            "169.254.170.2",
+            "169.254.1.1",
+            "100.100.100.200",
+            "192.0.0.192",
+            "168.63.129.16",
+            "fd00:ec2::254",
+            "fe80::1",
+            "febf::1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+        ] {
+            let ip: IpAddr = address.parse().unwrap();
+            let error = private.check_address("metadata.internal", ip).unwrap_err();
+            assert_eq!(error.class, ErrorClass::ForbiddenAddress, "{address}");
+            assert!(
+                error.message.contains("even with --allow-private-network"),
+                "{address}: {}",
+                error.message
+            );
+            assert!(
+                NetworkPolicy::default()
+                    .check_address("metadata.internal", ip)
+                    .is_err(),
+                "{address} is refused by default too"
+            );
+        }
+        for address in [
+            "10.0.0.5",
+            "192.168.1.1",
+            "127.0.0.1",
+            "fd12:3456::1",
+            "::1",
+        ] {
+            let ip: IpAddr = address.parse().unwrap();
+            assert!(
+                private.check_address("media.internal", ip).is_ok(),
+                "{address} is private, and allowed"
+            );
+        }
+        let url = url::Url::parse("http://[fd00:ec2::254]/latest/meta-data/").unwrap();
+        assert_eq!(
+            private.check_url(&url).unwrap_err().class,
+            ErrorClass::ForbiddenAddress
+        );
+        let named = NetworkPolicy {
+            allow_private_network: true,
+            allowed_hosts: vec!["metadata.internal".into()],
+            ..NetworkPolicy::default()
+        };
+        let ip: IpAddr = "169.254.169.254".parse().unwrap();
+        assert!(named.check_address("metadata.internal", ip).is_ok());
+        assert!(named.check_address("other.internal", ip).is_err());
     }
 
     #[test]

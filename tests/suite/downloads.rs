@@ -926,6 +926,73 @@ fn a_hostname_resolving_to_loopback_is_a_forbidden_address() {
     assert_eq!(origin.log(), [], "the origin saw no request");
 }
 
+/// `command` run inside new network and mount namespaces where only `lo` is up and `hosts` is
+/// bind-mounted over /etc/hosts: nothing it tries can leave the machine, and names resolve as the
+/// test says without touching the machine's own /etc/hosts.
+fn sealed(command: &Command, hosts: &Path) -> Command {
+    let mut sealed = Command::new("unshare");
+    sealed
+        .args(["--net", "--mount", "sh", "-c"])
+        .arg(r#"ip link set lo up && mount --bind "$0" /etc/hosts && exec "$@""#)
+        .arg(hosts)
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => sealed.env(name, value),
+            None => sealed.env_remove(name),
+        };
+    }
+    sealed
+}
+
+// Guards #16 item 5: with private networks allowed, the cloud metadata addresses (an IPv4 and an
+// IPv6 literal, and a name resolving to one) are still `forbidden_address`. It runs where nothing
+// can leave the machine: without the rule each job fails as `network_error` (no route).
+#[test]
+fn metadata_addresses_are_refused_with_private_networks_allowed() {
+    let home = Home::new();
+    let dir = workflows(&home, FAST);
+    let hosts = home.dir.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        "127.0.0.1 localhost\n169.254.169.254 metadata.test\n",
+    )
+    .expect("write the namespace's hosts file");
+    let sources = [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://metadata.test/latest/meta-data/",
+    ];
+    let mut args = vec![
+        "--json",
+        "--allow-private-network",
+        "--workflows",
+        &dir,
+        "ingest",
+    ];
+    args.extend(sources);
+    let mut command = home.command(&args);
+    command
+        .env_remove("NARRA_ALLOWED_HOSTS")
+        .env_remove("NARRA_PROXY");
+
+    let output = sealed(&command, &hosts).output().expect("unshare runs");
+
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let jobs: Value = serde_json::from_slice(&output.stdout).expect("a JSON list of jobs");
+    let jobs = jobs.as_array().expect("a list of jobs");
+    assert_eq!(jobs.len(), sources.len(), "{jobs:?}");
+    for job in jobs {
+        assert_failed_with(job, "forbidden_address");
+    }
+}
+
 // Guards IP literals in other spellings: an IPv4-mapped IPv6 loopback literal is refused.
 #[test]
 fn an_ipv4_mapped_loopback_literal_is_a_forbidden_address() {
