@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Before anything is created: the home, its state store and scratch are the owner's alone.
+    narra::private_files::restrict_umask();
     let cli = narra::cli::Cli::parse();
     narra::logging::init(cli.global.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

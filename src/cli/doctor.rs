@@ -1,6 +1,7 @@
 //! `narra doctor`: can this machine run narra here? One check each for ffmpeg and ffprobe (found,
 //! their versions), the workflows, the encoders the workflows need, the state store, the storage
-//! backend's reachability and the free scratch space; each passes or says what is wrong. The state
+//! backend's reachability, the free scratch space and the permissions of the home, the state store
+//! and a local object root (none open to other local users); each passes or says what is wrong. The state
 //! store's check also reports its size on disk and what it holds (jobs by status, events held and
 //! compacted, pruned jobs), in words and, with `--json`, as the check's `stats`.
 //!
@@ -11,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -93,14 +95,94 @@ pub async fn run_checks(global: &GlobalArgs, scratch_free_min_bytes: u64) -> Vec
         }
         Err(error) => checks.push(Check::fail("workflows", error.to_string())),
     }
-    checks.push(match super::state_uri(global, &home) {
-        Ok(crate::store::StateUri::Postgres(uri)) => postgres_state_check(&uri).await,
-        Ok(crate::store::StateUri::Sled(path)) => state_check(&home, &path).await,
+    let state_uri = super::state_uri(global, &home);
+    checks.push(match &state_uri {
+        Ok(crate::store::StateUri::Postgres(uri)) => postgres_state_check(uri).await,
+        Ok(crate::store::StateUri::Sled(path)) => state_check(&home, path).await,
         Err(error) => Check::fail("state_store", error.message()),
     });
     checks.push(storage_check(global, &home).await);
     checks.push(scratch_check(&home, scratch_free_min_bytes));
+    let sled_dir = match &state_uri {
+        Ok(crate::store::StateUri::Sled(path)) => Some(path.as_path()),
+        _ => None,
+    };
+    let storage_uri = storage_uri(global, &home);
+    let object_root = storage_uri.strip_prefix("fs://").map(Path::new);
+    checks.push(permissions_check(&home, sled_dir, object_root));
     checks
+}
+
+/// The home, a sled state store and a local object root, each with the entries directly in it:
+/// none may let group or others in (`private_files`). Only what exists is looked at, and nothing
+/// deeper, so a large object root costs one directory listing.
+fn permissions_check(home: &Path, sled_dir: Option<&Path>, object_root: Option<&Path>) -> Check {
+    let roots: Vec<&Path> = [Some(home), sled_dir, object_root]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut findings = Vec::new();
+    for root in &roots {
+        let Ok(metadata) = std::fs::metadata(root) else {
+            continue;
+        };
+        let mut exposed = Vec::new();
+        let mut note = |path: &Path, mode: u32| {
+            if crate::private_files::open_to_others(mode) {
+                exposed.push(format!("{} is {:04o}", path.display(), mode & 0o7777));
+            }
+        };
+        note(root, metadata.mode());
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let path = entry.path();
+            // Another root's entry is listed under that root, with its own chmod.
+            if roots.iter().any(|other| *other == path) {
+                continue;
+            }
+            if let Ok(metadata) = std::fs::symlink_metadata(&path)
+                && !metadata.file_type().is_symlink()
+            {
+                note(&path, metadata.mode());
+            }
+        }
+        if !exposed.is_empty() {
+            findings.push(format!(
+                "{} (run `chmod -R go-rwx {}`)",
+                exposed.join(", "),
+                root.display()
+            ));
+        }
+    }
+    if findings.is_empty() {
+        let names: Vec<String> = roots
+            .iter()
+            .map(|root| root.display().to_string())
+            .collect();
+        Check::pass(
+            "permissions",
+            format!(
+                "{}: open to the owner only (or not created yet)",
+                names.join(", ")
+            ),
+        )
+    } else {
+        Check::fail(
+            "permissions",
+            format!(
+                "other local users can read what narra keeps here (sources with their secrets, \
+                 media): {}",
+                findings.join("; ")
+            ),
+        )
+    }
+}
+
+/// The storage URI `global` names, `fs://<home>/objects` by default.
+fn storage_uri(global: &GlobalArgs, home: &Path) -> String {
+    global
+        .storage
+        .clone()
+        .unwrap_or_else(|| format!("fs://{}", home.join("objects").display()))
 }
 
 async fn tool_check(name: &'static str, program: &Path) -> Check {
@@ -301,10 +383,7 @@ fn directory_size(dir: &Path) -> std::io::Result<u64> {
 }
 
 async fn storage_check(global: &GlobalArgs, home: &Path) -> Check {
-    let uri = global
-        .storage
-        .clone()
-        .unwrap_or_else(|| format!("fs://{}", home.join("objects").display()));
+    let uri = storage_uri(global, home);
     if let Some(root) = uri.strip_prefix("fs://").map(PathBuf::from)
         && root.is_absolute()
         && !root.exists()

@@ -580,7 +580,7 @@ pub fn state_uri(global: &GlobalArgs, home: &Path) -> Result<StateUri, CliError>
 /// process holds at a time), the storage and the workflows.
 pub async fn open_home(global: &GlobalArgs) -> Result<Home, CliError> {
     let home = absolute(&global.home)?;
-    std::fs::create_dir_all(&home).map_err(|error| {
+    crate::private_files::create_dir_all(&home).map_err(|error| {
         CliError::Usage(format!("cannot create home {}: {error}", home.display()))
     })?;
     let events_max = maintenance::events_max_from_env()?;

@@ -112,7 +112,7 @@ pub async fn reprobe(engine: &Engine, id: JobId) -> Result<Reprobed, ReprobeErro
         (Some(path), _) => probe(tools, path, &params, &mut cancel).await,
         (None, Some(key)) => {
             let temp_dir = engine.home.join("scratch").join(format!("{id}.reprobe"));
-            tokio::fs::create_dir_all(&temp_dir)
+            crate::private_files::create_dir_all_async(&temp_dir)
                 .await
                 .map_err(|error| {
                     ReprobeError::Probe(StepError::scratch("create", &temp_dir, error))

@@ -658,7 +658,7 @@ impl<'a> Run<'a> {
             )
         })?;
         let scratch_dir = self.engine.scratch_dir(self.job.id);
-        tokio::fs::create_dir_all(&scratch_dir)
+        crate::private_files::create_dir_all_async(&scratch_dir)
             .await
             .map_err(|error| StepError::scratch("create", &scratch_dir, error))?;
         let target = scratch_dir.join(format!("{scratch_name}.from-storage"));

@@ -135,7 +135,7 @@ pub async fn download(
     cancel: &mut Cancel,
 ) -> Result<Downloaded, StepError> {
     let source_kind = parse_source(source)?;
-    tokio::fs::create_dir_all(scratch_dir)
+    crate::private_files::create_dir_all_async(scratch_dir)
         .await
         .map_err(|error| StepError::scratch("create", scratch_dir, error))?;
     let params = context.params;
@@ -936,7 +936,7 @@ async fn download_platform(
         }
     }
     let work_dir = scratch_dir.join("yt-dlp");
-    tokio::fs::create_dir_all(&work_dir)
+    crate::private_files::create_dir_all_async(&work_dir)
         .await
         .map_err(|error| StepError::scratch("create", &work_dir, error))?;
     let common = |command: &mut tokio::process::Command| {

@@ -301,7 +301,7 @@ pub async fn extract_audio(
 ) -> Result<Extracted, StepError> {
     let track = choose_track(metadata, params)?;
     let plan = plan_output(metadata, &track, params);
-    tokio::fs::create_dir_all(scratch_dir)
+    crate::private_files::create_dir_all_async(scratch_dir)
         .await
         .map_err(|error| StepError::scratch("create", scratch_dir, error))?;
     let temp_path = scratch_dir.join(format!("tmp-audio.{}", plan.extension));

@@ -154,7 +154,7 @@ impl Storage {
             if root.exists() && !root.is_dir() {
                 return Err(invalid("the root exists and is not a directory"));
             }
-            std::fs::create_dir_all(root.join(FS_ATOMIC_WRITE_DIR))
+            crate::private_files::create_dir_all(&root.join(FS_ATOMIC_WRITE_DIR))
                 .map_err(|error| invalid(&format!("cannot create the root: {error}")))?;
             let root_text = root
                 .to_str()

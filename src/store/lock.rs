@@ -8,6 +8,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The lock file's name inside the home directory.
@@ -44,7 +45,7 @@ pub struct HomeLock {
 impl HomeLock {
     /// Creates `home` if missing and locks it, or reports the process that holds it.
     pub fn acquire(home: &Path) -> Result<HomeLock, LockError> {
-        std::fs::create_dir_all(home)?;
+        crate::private_files::create_dir_all(home)?;
         let path = home.join(LOCK_FILE_NAME);
         // No truncate: the holder's pid must survive our open so that we can report it.
         let mut file = OpenOptions::new()
@@ -52,6 +53,7 @@ impl HomeLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(crate::private_files::FILE_MODE)
             .open(&path)?;
         match file.try_lock() {
             Ok(()) => {}

@@ -267,6 +267,8 @@ impl SledStore {
     /// Opens (or creates) the store at `path` with a page cache of `cache_capacity_bytes`
     /// (see [`DEFAULT_CACHE_CAPACITY_BYTES`]). sled allows one process per database.
     pub fn open(path: &Path, cache_capacity_bytes: u64) -> StoreResult<SledStore> {
+        // sled would create the directory with the umask's mode; the database is private.
+        crate::private_files::create_dir_all(path)?;
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_capacity_bytes)

@@ -23,6 +23,7 @@ mod logs;
 mod maintenance;
 mod phases;
 mod postgres;
+mod private_home;
 mod progress;
 mod resume;
 mod s3;
