@@ -411,6 +411,11 @@ pub enum Command {
         /// The file to write (written beside it, then renamed into place); default: stdout.
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Keep the secrets in sources, keys and callback URLs, as moving a store with `import`
+        /// needs (the file is then as sensitive as the store). Default: redacted, which `import`
+        /// refuses.
+        #[arg(long)]
+        include_secrets: bool,
     },
     /// Read a file `export` wrote into the state store `--state` names. The whole file is checked
     /// first (trailer, count, hash); records are written as they were, each in one transaction;

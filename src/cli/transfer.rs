@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::{CliError, Command, io, print_json};
 use crate::engine::Engine;
-use crate::engine::transfer::{self, ExportSummary, RecordCounts, TransferError};
+use crate::engine::transfer::{self, ExportSummary, RecordCounts, Secrets, TransferError};
 
 impl From<TransferError> for CliError {
     fn from(error: TransferError) -> CliError {
@@ -29,7 +29,17 @@ pub async fn run(
     json: bool,
 ) -> Result<ExitCode, CliError> {
     match command {
-        Command::Export { output } => export(engine, output.as_deref(), state, json).await,
+        Command::Export {
+            output,
+            include_secrets,
+        } => {
+            let secrets = if *include_secrets {
+                Secrets::Included
+            } else {
+                Secrets::Redacted
+            };
+            export(engine, output.as_deref(), state, secrets, json).await
+        }
         Command::Import { file, check } => import(engine, file, *check, json).await,
         _ => unreachable!("only export and import are run here"),
     }
@@ -39,14 +49,15 @@ async fn export(
     engine: &Engine,
     output: Option<&Path>,
     state: &str,
+    secrets: Secrets,
     json: bool,
 ) -> Result<ExitCode, CliError> {
     let summary = match output {
         None => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            transfer::export(engine.store.as_ref(), state, &mut out).await?
+            transfer::export(engine.store.as_ref(), state, secrets, &mut out).await?
         }
-        Some(path) => export_to_file(engine, path, state).await?,
+        Some(path) => export_to_file(engine, path, state, secrets).await?,
     };
     if json && output.is_some() {
         print_json(&mut std::io::stdout().lock(), &summary)?;
@@ -63,6 +74,7 @@ async fn export_to_file(
     engine: &Engine,
     path: &Path,
     state: &str,
+    secrets: Secrets,
 ) -> Result<ExportSummary, CliError> {
     let file_name = path
         .file_name()
@@ -74,7 +86,7 @@ async fn export_to_file(
         CliError::Usage(format!("cannot create {}: {error}", partial.display()))
     })?;
     let mut out = std::io::BufWriter::new(file);
-    let summary = match transfer::export(engine.store.as_ref(), state, &mut out).await {
+    let summary = match transfer::export(engine.store.as_ref(), state, secrets, &mut out).await {
         Ok(summary) => summary,
         Err(error) => {
             drop(out);
@@ -112,6 +124,12 @@ fn export_text(summary: &ExportSummary, output: Option<&Path>) -> String {
         output.map_or_else(|| "stdout".to_string(), |path| path.display().to_string()),
         summary.blake3
     );
+    if summary.secrets == Secrets::Redacted {
+        text.push_str(
+            "\nnote: secrets in sources, keys and callback URLs are redacted; `import` refuses this \
+             file (use --include-secrets to move a store)",
+        );
+    }
     if summary.running > 0 {
         text.push_str(&format!(
             "\nnote: {} jobs were running; they keep their leases and go back to pending when a \
@@ -139,12 +157,16 @@ async fn import(
         } else {
             writeln!(
                 out,
-                "{}: a whole export of {} ({}), made {} by narra {}",
+                "{}: a whole export of {} ({}), made {} by narra {}{}",
                 file.display(),
                 checked.header.state,
                 counts_text(&checked.records),
                 checked.header.exported_at.to_rfc3339(),
-                checked.header.narra
+                checked.header.narra,
+                match checked.header.secrets {
+                    Secrets::Redacted => ", secrets redacted (import refuses it)",
+                    Secrets::Included => ", secrets included",
+                }
             )
             .map_err(io)?;
         }

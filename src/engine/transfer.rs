@@ -11,6 +11,12 @@
 //! 3. a trailer line, `{"end": {"records", "blake3"}}`: the count, and the blake3 of every byte
 //!    before the trailer.
 //!
+//! Secrets: by default every URL in the records (sources, idempotency keys, callback URLs) is
+//! redacted as everywhere people read them (`steps::redact`), and the header says
+//! `"secrets": "redacted"`. Such a file is for reading, not for moving a store: its jobs could not
+//! be fetched again, deduplicated or notified, so `import` refuses it. `--include-secrets`
+//! ([`Secrets::Included`]) writes them as stored; that file is as sensitive as the state store.
+//!
 //! A file without its trailer, or whose hash or count does not match, was cut short or changed:
 //! `import` reads the whole file and checks it before it writes anything. Records are written as
 //! they were (ids, fencing tokens, event sequences and timestamps survive) and each is one store
@@ -61,6 +67,25 @@ pub struct Header {
     /// The state store it was exported from (`StateUri::display`, password redacted).
     pub state: String,
     pub exported_at: Timestamp,
+    /// Whether the records keep their secrets. Files written before this field kept them.
+    #[serde(default = "Secrets::included")]
+    pub secrets: Secrets,
+}
+
+/// Whether an export keeps the secrets in its records' URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Secrets {
+    /// Every URL redacted: a file to read or share, which `import` refuses.
+    Redacted,
+    /// As stored: a file that moves a store, as sensitive as the store.
+    Included,
+}
+
+impl Secrets {
+    fn included() -> Secrets {
+        Secrets::Included
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -110,18 +135,21 @@ pub struct ExportSummary {
     /// lease has expired).
     pub running: u64,
     pub blake3: String,
+    pub secrets: Secrets,
 }
 
 /// Writes every record of `store` to `out` (see the module docs); `state` names the store in
-/// the header.
+/// the header; `secrets` says whether the records' URLs keep their secrets.
 pub async fn export(
     store: &dyn StateStore,
     state: &str,
+    secrets: Secrets,
     out: &mut impl Write,
 ) -> Result<ExportSummary, TransferError> {
     let mut writer = HashingWriter {
         out,
         hasher: blake3::Hasher::new(),
+        secrets,
     };
     let header = HeaderLine::NarraExport(Header {
         format: EXPORT_FORMAT,
@@ -129,6 +157,7 @@ pub async fn export(
         narra: env!("CARGO_PKG_VERSION").to_string(),
         state: state.to_string(),
         exported_at: Timestamp::now(),
+        secrets,
     });
     writer.line(&header)?;
     let mut blobs_by_job: HashMap<JobId, Vec<String>> = HashMap::new();
@@ -190,19 +219,27 @@ pub async fn export(
         records: counts,
         running,
         blake3,
+        secrets,
     })
 }
 
 struct HashingWriter<'a, W: Write> {
     out: &'a mut W,
     hasher: blake3::Hasher,
+    secrets: Secrets,
 }
 
 impl<W: Write> HashingWriter<'_, W> {
     fn line(&mut self, value: &impl Serialize) -> Result<(), TransferError> {
-        let mut line = serde_json::to_vec(value).map_err(|error| {
+        let encode_failed = |error: serde_json::Error| {
             TransferError::Store(StoreError::Encode(format!("a record as JSON: {error}")))
-        })?;
+        };
+        let mut line = serde_json::to_vec(value).map_err(encode_failed)?;
+        if self.secrets == Secrets::Redacted {
+            // On the text: ids are u128 numbers, which `serde_json::Value` cannot hold.
+            let text = String::from_utf8(line).expect("serde_json writes UTF-8");
+            line = crate::steps::redact::redact_json_text(&text).into_bytes();
+        }
         line.push(b'\n');
         self.hasher.update(&line);
         self.out.write_all(&line).map_err(TransferError::Write)
@@ -277,6 +314,15 @@ pub async fn import(
             .await
             .map_err(join_failed)??
     };
+    if checked.header.secrets == Secrets::Redacted {
+        return Err(TransferError::BadFile {
+            path: name,
+            reason: "it was exported without --include-secrets: its sources, keys and callback \
+                     URLs are redacted, so its jobs could not be fetched again, deduplicated or \
+                     notified (export again with `narra export --include-secrets`)"
+                .to_string(),
+        });
+    }
     let mut summary = ImportSummary::default();
     let mut batch: Vec<Record> = Vec::with_capacity(IMPORT_BATCH);
     // Read again, records are handed over a batch at a time so memory holds one batch, not the

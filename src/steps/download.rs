@@ -979,8 +979,11 @@ async fn download_platform(
     {
         return Err(too_large(&host, announced, params));
     }
+    // Kept with the job for people to read: its format URLs are signed, so redacted like any.
+    let mut kept = json.clone();
+    super::redact::redact_json(&mut kept);
     let platform_path = scratch_dir.join(PLATFORM_METADATA_FILE);
-    tokio::fs::write(&platform_path, &description.stdout)
+    tokio::fs::write(&platform_path, kept.to_string())
         .await
         .map_err(|error| StepError::scratch("write", &platform_path, error))?;
 

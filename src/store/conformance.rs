@@ -2571,9 +2571,14 @@ pub async fn export_then_import_reproduces_every_record(
         JobId::new()
     ));
     let mut bytes = Vec::new();
-    let exported = transfer::export(source, "conformance", &mut bytes)
-        .await
-        .expect("export");
+    let exported = transfer::export(
+        source,
+        "conformance",
+        transfer::Secrets::Included,
+        &mut bytes,
+    )
+    .await
+    .expect("export");
     assert_eq!(
         (
             exported.records.job,

@@ -236,14 +236,11 @@ pub fn parse_uri(uri: &str) -> StoreResult<(tokio_postgres::Config, PgOptions, S
     Ok((config, options, redact(uri)))
 }
 
-/// The URI with its password replaced, fit for logs and messages.
+/// The URI with its user info and secret parameters (`?password=`) redacted as every URL is
+/// (`steps::redact`), fit for logs and messages.
 pub fn redact(uri: &str) -> String {
     match url::Url::parse(uri) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
-            url.to_string()
-        }
-        Ok(url) => url.to_string(),
+        Ok(url) => crate::steps::redact::redact_url(url.as_str()),
         Err(_) => "(unparsable URI)".to_string(),
     }
 }

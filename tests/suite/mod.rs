@@ -28,6 +28,7 @@ mod progress;
 mod resume;
 mod s3;
 mod scheduling;
+mod secrets;
 mod shutdown;
 mod soak;
 mod state_growth;

@@ -62,7 +62,13 @@ fn a_sled_home_moves_into_postgres_and_goes_on_there() {
 
     let export = home.path().with_file_name("state.jsonl");
     let export_arg = export.to_str().expect("a UTF-8 path");
-    let summary = succeeded(&home.narra(&["--json", "export", "--output", export_arg]));
+    let summary = succeeded(&home.narra(&[
+        "--json",
+        "export",
+        "--include-secrets",
+        "--output",
+        export_arg,
+    ]));
     assert_eq!(summary["records"]["job"], 2, "{summary}");
     assert_eq!(summary["running"], 0, "{summary}");
     assert!(

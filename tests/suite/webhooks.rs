@@ -17,11 +17,11 @@ pub const SECRET: &str = "webhook-test-secret-0123456789";
 
 /// One notice as the receiver got it.
 #[derive(Debug, Clone)]
-struct Received {
-    path: String,
+pub struct Received {
+    pub path: String,
     /// Header names in lower case.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Received {
@@ -88,7 +88,7 @@ impl Receiver {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn received(&self) -> Vec<Received> {
+    pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 }
