@@ -14,6 +14,7 @@ mod e2e;
 mod extract;
 mod faults;
 mod fleet;
+mod full_home;
 mod health;
 mod idempotency;
 mod ipc;
