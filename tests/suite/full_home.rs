@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::fixture::{Home, sample_video};
+use super::fixture::{Home, id_of, sample_video};
 
 /// The name of the newest snapshot sled finished in `state` (`snap.<LSN in 16 hex digits>`), or
 /// the one it would write first.
@@ -67,4 +67,41 @@ fn the_snapshots_sled_left_unfinished_are_removed_when_the_store_opens() {
         exported.status.success(),
         "export reads the store: {exported:?}"
     );
+}
+
+// Guards ffmpeg's side of item 4: ffmpeg that runs out of space writing the audio (its output is
+// the kernel's /dev/full here, which answers every write with ENOSPC, as a full scratch file
+// system does) fails the job as `scratch_error`, naming the cause, not as `extract_failed` (which
+// sends an operator after the media or ffmpeg); once there is space, a retry completes it.
+#[test]
+fn ffmpeg_out_of_space_is_a_scratch_error_and_a_retry_completes_the_job() {
+    let home = Home::new();
+    let source = sample_video().to_str().expect("UTF-8");
+    let crashed = home
+        .command(&["ingest", source])
+        .env(narra::failpoint::FAILPOINT_ENV, "download.checkpoint.after")
+        .output()
+        .expect("narra runs");
+    assert!(
+        String::from_utf8_lossy(&crashed.stderr).contains("failpoint fired"),
+        "the ingest stopped after the download: {}",
+        String::from_utf8_lossy(&crashed.stderr)
+    );
+    let jobs = home.json(&["jobs"], 0);
+    let id = id_of(&jobs[0]);
+    let scratch = home.path().join("scratch").join(&id);
+    std::os::unix::fs::symlink("/dev/full", scratch.join("tmp-audio.m4a"))
+        .expect("point the audio's temp file at /dev/full");
+
+    let failed = home.one_job(&["retry", &id], 1);
+
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["error"]["class"], "scratch_error", "{failed}");
+    let message = failed["error"]["message"].as_str().expect("a message");
+    assert!(
+        message.contains("No space left on device"),
+        "names the cause: {message}"
+    );
+    let retried = home.one_job(&["retry", &id], 0);
+    assert_eq!(retried["status"], "succeeded", "{retried}");
 }
