@@ -126,7 +126,8 @@ fn flagged<'a>(workflows: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
-/// `ingest SOURCE`, stopped by an abort at `failpoint`: the job's id.
+/// Runs narra with `args` (an `ingest` of one new source) until it aborts at `failpoint`: the new
+/// job's id.
 fn ingest_until(home: &Home, args: &[&str], failpoint: &str) -> String {
     let before = home.json(&["jobs"], 0).as_array().expect("jobs").len();
     let crashed = home
