@@ -892,6 +892,14 @@ impl Diagnosis {
 /// Message fragments, strongest first, with the class they decide and what they mean.
 /// `on_failure_only` patterns also show up in successful runs for streams narra does not extract.
 const PATTERNS: &[(&str, ErrorClass, &str, bool)] = &[
+    // ffmpeg may still exit 0 after it (a failed trailer): whatever it wrote is cut short. The
+    // media is not at fault, so the class is the one a download that fills the disk gets.
+    (
+        "No space left on device",
+        ErrorClass::ScratchError,
+        "the scratch file system is full: free space and retry the job",
+        false,
+    ),
     (
         "not on whitelist",
         ErrorClass::UnsupportedSource,
@@ -1639,6 +1647,13 @@ mod tests {
                 "",
             ),
             ("[libopus @ 0x1] No bit rate set.", true, None, ""),
+            // ffmpeg 5.1 exits 0 after a trailer it could not write.
+            (
+                "Error writing trailer of file:x/tmp-audio.flac: No space left on device\nError closing file file:x/tmp-audio.flac: No space left on device",
+                false,
+                Some(ErrorClass::ScratchError),
+                "Error writing trailer",
+            ),
         ];
         for (stderr, failed, class, quoted) in cases {
             let diagnosis = diagnose(stderr, failed);

@@ -99,6 +99,7 @@ use crate::engine::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, Sc
 mod compaction;
 mod group_commit;
 mod import;
+mod leftovers;
 mod prune;
 mod retry_from;
 
@@ -269,6 +270,7 @@ impl SledStore {
     pub fn open(path: &Path, cache_capacity_bytes: u64) -> StoreResult<SledStore> {
         // sled would create the directory with the umask's mode; the database is private.
         crate::private_files::create_dir_all(path)?;
+        leftovers::remove_unfinished_snapshots(path)?;
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_capacity_bytes)

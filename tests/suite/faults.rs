@@ -10,18 +10,25 @@ use std::process::Command;
 
 use super::fixture::{Home, Origin, id_of, sample_video};
 
-/// A tmpfs mounted over a directory for the test's length, unmounted when dropped.
-struct Tmpfs {
+/// A tmpfs mounted over a directory for the test's length, unmounted when dropped. Its root is
+/// 0700, as narra makes the directories it creates.
+pub(super) struct Tmpfs {
     path: PathBuf,
 }
 
 impl Tmpfs {
     /// Mounts a tmpfs of `size` (mount's syntax: `16k`, `8m`) at `path`; `None` when this process
     /// may not mount (not root, or no mount namespace), so the caller can say it did not run.
-    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+    pub(super) fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(path).expect("create the mount point");
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(path)
             .stderr(std::process::Stdio::null())
             .status()
@@ -51,20 +58,12 @@ impl Drop for Tmpfs {
     }
 }
 
-// Guards the scratch-full promise: a download that runs out of scratch space fails the job with
-// `scratch_error` and a message saying so, records no checkpoint and leaves nothing at the final
-// name; once space returns, a retry downloads, extracts and stores the job, and it verifies. The
-// source announces no size and the scratch reserve is 0, so the download starts (a source that
-// announces more than the free space waits instead: `scheduling.rs`).
-#[test]
-fn a_full_scratch_disk_fails_the_job_clearly_and_a_retry_recovers_once_space_returns() {
+/// A workflows directory (for `--workflows`) whose `ingest` keeps no scratch reserve, so a download
+/// starts whatever the free space and runs into a full disk instead of waiting for space.
+pub(super) fn workflows_without_scratch_reserve(home: &Home) -> String {
     const BUILTIN: &str = include_str!("../../workflows/ingest.toml");
     const DOWNLOAD_PARAMS: &str =
         "params = { connect_timeout_s = 10, read_timeout_s = 30, total_timeout_s = 21600 }";
-    let home = Home::new();
-    let origin = Origin::start();
-    let url = origin.serve_video("videos/sample.mp4", sample_video());
-    origin.unannounce("videos/sample.mp4");
     let workflows = home.dir.path().join("workflows");
     std::fs::create_dir_all(&workflows).expect("create the workflows directory");
     std::fs::write(
@@ -72,7 +71,21 @@ fn a_full_scratch_disk_fails_the_job_clearly_and_a_retry_recovers_once_space_ret
         BUILTIN.replacen(DOWNLOAD_PARAMS, "params = { scratch_reserve_mb = 0 }", 1),
     )
     .expect("write ingest.toml");
-    let workflows = workflows.to_str().expect("UTF-8").to_string();
+    workflows.to_str().expect("UTF-8").to_string()
+}
+
+// Guards the scratch-full promise: a download that runs out of scratch space fails the job with
+// `scratch_error` and a message saying so, records no checkpoint and leaves nothing at the final
+// name; once space returns, a retry downloads, extracts and stores the job, and it verifies. The
+// source announces no size and the scratch reserve is 0, so the download starts (a source that
+// announces more than the free space waits instead: `scheduling.rs`).
+#[test]
+fn a_full_scratch_disk_fails_the_job_clearly_and_a_retry_recovers_once_space_returns() {
+    let home = Home::new();
+    let origin = Origin::start();
+    let url = origin.serve_video("videos/sample.mp4", sample_video());
+    origin.unannounce("videos/sample.mp4");
+    let workflows = workflows_without_scratch_reserve(&home);
     let video_bytes = std::fs::metadata(sample_video()).expect("the sample").len();
     assert!(
         video_bytes > 16 * 1024,

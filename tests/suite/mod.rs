@@ -15,6 +15,7 @@ mod edges;
 mod extract;
 mod faults;
 mod fleet;
+mod full_home;
 mod health;
 mod idempotency;
 mod ipc;
