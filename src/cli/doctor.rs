@@ -1,7 +1,8 @@
 //! `narra doctor`: can this machine run narra here? One check each for ffmpeg and ffprobe (found,
 //! their versions), the workflows, the encoders the workflows need, the state store, the storage
 //! backend's reachability, the free scratch space and the permissions of the home, the state store
-//! and a local object root (none open to other local users); each passes or says what is wrong. The state
+//! and a local object root (none open to other local users: a warning, `WARN`, since such a home
+//! still works); each passes, warns or says what is wrong. The state
 //! store's check also reports its size on disk and what it holds (jobs by status, events held and
 //! compacted, pruned jobs), in words and, with `--json`, as the check's `stats`.
 //!
@@ -34,6 +35,8 @@ const MIB: u64 = 1024 * 1024;
 pub struct Check {
     pub name: &'static str,
     pub ok: bool,
+    /// Passed, but something needs the operator's attention (`WARN`; doctor still exits 0).
+    pub warning: bool,
     pub detail: String,
     /// Figures behind the detail, for `--json` (`Value::Null`: none).
     pub stats: Value,
@@ -44,6 +47,18 @@ impl Check {
         Check {
             name,
             ok: true,
+            warning: false,
+            detail,
+            stats: Value::Null,
+        }
+    }
+
+    /// Not a failure, but the operator should act: a home others can read works, and leaks.
+    fn warn(name: &'static str, detail: String) -> Check {
+        Check {
+            name,
+            ok: true,
+            warning: true,
             detail,
             stats: Value::Null,
         }
@@ -53,6 +68,7 @@ impl Check {
         Check {
             name,
             ok: false,
+            warning: false,
             detail,
             stats: Value::Null,
         }
@@ -64,6 +80,9 @@ impl Check {
 
     pub fn to_json(&self) -> Value {
         let mut value = json!({"name": self.name, "ok": self.ok, "detail": self.detail});
+        if self.warning {
+            value["warning"] = json!(true);
+        }
         if !self.stats.is_null() {
             value["stats"] = self.stats.clone();
         }
@@ -71,7 +90,11 @@ impl Check {
     }
 
     pub fn to_text(&self) -> String {
-        let verdict = if self.ok { "ok" } else { "FAIL" };
+        let verdict = match (self.ok, self.warning) {
+            (false, _) => "FAIL",
+            (true, true) => "WARN",
+            (true, false) => "ok",
+        };
         format!("{verdict:<4}  {:<11}  {}", self.name, self.detail)
     }
 }
@@ -166,7 +189,7 @@ fn permissions_check(home: &Path, sled_dir: Option<&Path>, object_root: Option<&
             ),
         )
     } else {
-        Check::fail(
+        Check::warn(
             "permissions",
             format!(
                 "other local users can read what narra keeps here (sources with their secrets, \
