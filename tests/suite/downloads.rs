@@ -1294,15 +1294,11 @@ fn a_platform_page_is_downloaded_with_yt_dlp() {
     let dir = workflows(&home, &platform_params());
     let origin = ScriptedOrigin::start();
     origin.put_sample("/media/clip.mp4");
-    let page = b"<html><body><video src=\"/media/clip.mp4\"></video></body></html>".to_vec();
-    origin.put_resource(
+    put_text(
+        &origin,
         "/watch/page.html",
-        Resource {
-            etag: etag_of(&page),
-            content: Content::Bytes(Arc::new(page)),
-            content_type: "text/html; charset=utf-8".into(),
-            chunk: CHUNK,
-        },
+        "text/html; charset=utf-8",
+        "<html><body><video src=\"/media/clip.mp4\"></video></body></html>",
     );
 
     let job = ingest(&home, &dir, &origin.url("/watch/page.html"), 0);
@@ -1328,6 +1324,102 @@ fn a_platform_page_is_downloaded_with_yt_dlp() {
     assert!(
         !origin.log_of("/media/clip.mp4").is_empty(),
         "yt-dlp fetched the clip"
+    );
+}
+
+/// Serves `text` at `path` as `content_type` (a platform page, a playlist).
+fn put_text(origin: &ScriptedOrigin, path: &str, content_type: &str, text: &str) {
+    let bytes = text.as_bytes().to_vec();
+    origin.put_resource(
+        path,
+        Resource {
+            etag: etag_of(&bytes),
+            content: Content::Bytes(Arc::new(bytes)),
+            content_type: content_type.into(),
+            chunk: CHUNK,
+        },
+    );
+}
+
+/// `ingest` of a platform page on `localhost:port` through yt-dlp, with only `localhost` allowed
+/// (by name): loopback addresses reached under any other name are refused.
+fn ingest_platform_on_localhost(home: &Home, port: u16, path: &str) -> Value {
+    let dir = workflows(home, &format!("{FAST}, platform_hosts = [\"localhost\"]"));
+    ingest_guarded(
+        home,
+        &dir,
+        &format!("http://localhost:{port}{path}"),
+        &[("NARRA_ALLOWED_HOSTS", "localhost")],
+    )
+}
+
+// Guards #16 item 2 (redirects): a platform page on an allowed host whose media URL redirects to
+// another loopback origin, by address. yt-dlp follows the redirect itself; every hop goes through
+// narra's egress proxy, which refuses the internal one: `forbidden_address`, and the internal
+// origin never sees a request.
+#[test]
+fn a_platform_media_redirect_to_an_internal_address_is_a_forbidden_address() {
+    require_yt_dlp();
+    let home = Home::new();
+    let platform = ScriptedOrigin::start();
+    let internal = ScriptedOrigin::start();
+    internal.put_sample("/secret.mp4");
+    put_text(
+        &platform,
+        "/watch/page.html",
+        "text/html; charset=utf-8",
+        "<html><body><video src=\"/media/clip.mp4\"></video></body></html>",
+    );
+    platform.script(
+        "/media/clip.mp4",
+        vec![Behaviour::Redirect(internal.url("/secret.mp4")); 20],
+    );
+
+    let job = ingest_platform_on_localhost(&home, platform.port(), "/watch/page.html");
+
+    assert_failed_with(&job, "forbidden_address");
+    assert_eq!(internal.log(), [], "the internal origin saw no request");
+    assert!(
+        !platform.log_of("/media/clip.mp4").is_empty(),
+        "the allowed host was reached"
+    );
+}
+
+// Guards #16 item 2 (HLS): a platform page whose video is an HLS playlist on the allowed host with
+// its segments on another loopback origin, by address. The segments are fetched through the
+// egress proxy (yt-dlp's native HLS downloader, never ffmpeg's own connections), which refuses
+// them: `forbidden_address`, and the internal origin never sees a request.
+#[test]
+fn hls_segments_on_an_internal_address_are_a_forbidden_address() {
+    require_yt_dlp();
+    let home = Home::new();
+    let platform = ScriptedOrigin::start();
+    let internal = ScriptedOrigin::start();
+    internal.put_sample("/segment0.ts");
+    put_text(
+        &platform,
+        "/watch/page.html",
+        "text/html; charset=utf-8",
+        "<html><body><video src=\"/hls/index.m3u8\"></video></body></html>",
+    );
+    put_text(
+        &platform,
+        "/hls/index.m3u8",
+        "application/vnd.apple.mpegurl",
+        &format!(
+            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n\
+             #EXTINF:2.0,\n{}\n#EXT-X-ENDLIST\n",
+            internal.url("/segment0.ts")
+        ),
+    );
+
+    let job = ingest_platform_on_localhost(&home, platform.port(), "/watch/page.html");
+
+    assert_failed_with(&job, "forbidden_address");
+    assert_eq!(internal.log(), [], "the internal origin saw no request");
+    assert!(
+        !platform.log_of("/hls/index.m3u8").is_empty(),
+        "the playlist on the allowed host was read"
     );
 }
 
