@@ -8,7 +8,11 @@
 //! - No splice of two remote files: a kept `original.part` is resumed only with `If-Range` and the
 //!   validator (strong ETag, else Last-Modified) the server gave when it started; a `200` answer to a
 //!   range request, a range that does not start where the part ends, or a `416` start over from zero.
-//! - Every request, redirect hop included, passes the network guard (`steps::net`).
+//! - Every request, redirect hop included, passes the network guard (`steps::net`); with
+//!   `NARRA_PROXY` each hop's name is resolved and checked before it is sent to that proxy. yt-dlp
+//!   makes its own requests, so platform pages go through a per-job egress proxy
+//!   (`steps::egress`) that applies the same guard to each of its connections, limited to the
+//!   formats yt-dlp fetches itself, and yt-dlp's process group is killed with the step.
 //! - Transient failures are retried inside the step with exponential backoff and jitter; permanent
 //!   ones fail at once. Secrets in URLs never reach an error message (`steps::redact`).
 //!
@@ -290,6 +294,7 @@ async fn attempt_http(
     let mut hops = 0u32;
     let response = loop {
         context.policy.check_url(&current)?;
+        context.policy.check_name_before_proxy(&current).await?;
         let host = host_of(&current);
         let mut request = context
             .client

@@ -1119,6 +1119,29 @@ fn proxies_from_the_environment_are_ignored() {
     assert_eq!(origin.log_of("/media/clip.mp4").len(), 1);
 }
 
+// Guards #16 item 2 (a configured proxy): with `NARRA_PROXY` set, a name that resolves to
+// loopback is still `forbidden_address`, checked before anything is sent to the proxy (which
+// would resolve the name itself, past narra's resolver).
+#[test]
+fn a_name_resolving_to_loopback_is_refused_before_the_configured_proxy() {
+    let home = Home::new();
+    let dir = workflows(&home, FAST);
+    let origin = ScriptedOrigin::start();
+    origin.put_sample("/media/clip.mp4");
+    let trap = ProxyTrap::start();
+
+    let job = ingest_guarded(
+        &home,
+        &dir,
+        &format!("http://localhost:{}/media/clip.mp4", origin.port()),
+        &[("NARRA_PROXY", &trap.url())],
+    );
+
+    assert_failed_with(&job, "forbidden_address");
+    assert_eq!(trap.connections(), 0, "nothing was sent to the proxy");
+    assert_eq!(origin.log(), [], "the origin saw no request");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The size limit.
 // ---------------------------------------------------------------------------------------------
