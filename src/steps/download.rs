@@ -1449,6 +1449,31 @@ mod tests {
         );
     }
 
+    // Guards the formats yt-dlp may fetch: only those its own client fetches (through the egress
+    // proxy); a format ffmpeg or another program would fetch, or a live stream, is refused.
+    #[test]
+    fn only_formats_yt_dlp_fetches_itself_are_accepted() {
+        let check = |json: serde_json::Value| check_platform_formats("video.example", &json);
+        assert!(check(serde_json::json!({"protocol": "https"})).is_ok());
+        assert!(check(serde_json::json!({"protocol": "m3u8_native"})).is_ok());
+        assert!(
+            check(serde_json::json!({"requested_formats": [
+                {"protocol": "http_dash_segments"}, {"protocol": "https"}
+            ]}))
+            .is_ok()
+        );
+        for refused in [
+            serde_json::json!({"protocol": "rtmp_ffmpeg"}),
+            serde_json::json!({"protocol": "rtsp"}),
+            serde_json::json!({}),
+            serde_json::json!({"requested_formats": [{"protocol": "https"}, {"protocol": "f4m"}]}),
+            serde_json::json!({"protocol": "m3u8_native", "is_live": true}),
+        ] {
+            let error = check(refused.clone()).unwrap_err();
+            assert_eq!(error.class, ErrorClass::UnsupportedSource, "{refused}");
+        }
+    }
+
     #[test]
     fn platform_hosts_match_subdomains_only() {
         let params = DownloadParams::default();

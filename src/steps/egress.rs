@@ -552,7 +552,14 @@ mod tests {
     // leave the machine.
     #[test]
     fn a_name_rebinding_to_loopback_is_refused_at_the_next_request() {
-        std::thread::spawn(|| {
+        in_sealed_namespace(rebinding_is_refused);
+    }
+
+    /// Runs `test` on a thread of its own moved into a new network namespace with only `lo` up and
+    /// the "public" address 93.184.216.34 on it: nothing it does can leave the machine. (Sockets
+    /// belong to the namespace of the thread that creates them, hence a current-thread runtime.)
+    fn in_sealed_namespace<F: std::future::Future<Output = ()> + 'static>(test: fn() -> F) {
+        std::thread::spawn(move || {
             // SAFETY: unshare(2) takes a flag and moves only this thread into a new namespace.
             let unshared = unsafe { libc::unshare(libc::CLONE_NEWNET) };
             assert_eq!(unshared, 0, "unshare: {}", std::io::Error::last_os_error());
@@ -561,10 +568,104 @@ mod tests {
                 .enable_all()
                 .build()
                 .unwrap();
-            runtime.block_on(rebinding_is_refused());
+            runtime.block_on(test());
         })
         .join()
         .expect("the test thread passes");
+    }
+
+    /// A resolver with fixed answers.
+    struct Fixed(Vec<(&'static str, IpAddr)>);
+
+    impl Resolver for Fixed {
+        fn resolve(
+            &self,
+            host: &str,
+            port: u16,
+        ) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> {
+            let found: Vec<SocketAddr> = self
+                .0
+                .iter()
+                .filter(|(name, _)| *name == host)
+                .map(|(_, ip)| SocketAddr::new(*ip, port))
+                .collect();
+            Box::pin(async move { Ok(found) })
+        }
+    }
+
+    // Guards #16 item 2 (NARRA_PROXY): the egress proxy chains to the configured proxy with a
+    // CONNECT to the address it checked (never the name, which the upstream would resolve again),
+    // with the upstream's credential; a name resolving to loopback is refused before the upstream
+    // hears of it.
+    #[test]
+    fn the_configured_proxy_is_asked_for_checked_addresses_only() {
+        in_sealed_namespace(chaining_checks_names_first);
+    }
+
+    async fn chaining_checks_names_first() {
+        let public = TcpListener::bind("93.184.216.34:0").await.unwrap();
+        let port = public.local_addr().unwrap().port();
+        let public = origin(public);
+        // The upstream proxy: records each CONNECT head, then tunnels to the address named.
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream_addr = upstream.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let recorded = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = upstream.accept().await {
+                let (head, _) = read_head(&mut client).await.unwrap();
+                recorded.lock().unwrap().push((
+                    head.target.clone(),
+                    head.header("Proxy-Authorization").map(str::to_string),
+                ));
+                let mut server = TcpStream::connect(head.target.as_str()).await.unwrap();
+                client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .unwrap();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+        let policy = NetworkPolicy {
+            proxy: Some(format!("http://corp:p%40ss@{upstream_addr}")),
+            ..NetworkPolicy::default()
+        };
+        let resolver = Arc::new(Fixed(vec![
+            ("media.test", "93.184.216.34".parse().unwrap()),
+            ("inside.test", "127.0.0.1".parse().unwrap()),
+        ]));
+        let proxy = EgressProxy::start(Arc::new(policy), resolver)
+            .await
+            .unwrap();
+        let authorization = format!(
+            "Basic {}",
+            base64(format!("narra:{}", proxy.credential).as_bytes())
+        );
+
+        let fetched = ask(
+            &proxy,
+            format!("GET http://media.test:{port}/video HTTP/1.1\r\nHost: media.test\r\nProxy-Authorization: {authorization}\r\n\r\n"),
+        )
+        .await;
+        assert!(fetched.contains(" 200 "), "{fetched}");
+        let refused = ask(
+            &proxy,
+            format!("CONNECT inside.test:{port} HTTP/1.1\r\nProxy-Authorization: {authorization}\r\n\r\n"),
+        )
+        .await;
+        assert!(refused.contains(" 403 "), "{refused}");
+
+        assert_eq!(public.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            *heads.lock().unwrap(),
+            [(
+                format!("93.184.216.34:{port}"),
+                Some(format!("Basic {}", base64(b"corp:p@ss")))
+            )],
+            "one CONNECT, to the checked address, with the upstream's credential"
+        );
     }
 
     async fn rebinding_is_refused() {
