@@ -934,7 +934,20 @@ async fn download_platform(
     tokio::fs::create_dir_all(&work_dir)
         .await
         .map_err(|error| StepError::scratch("create", &work_dir, error))?;
-    let proxy_url = proxy.url();
+    // The proxy's credential goes in a file only narra's user can read, not on yt-dlp's command
+    // line, which every local user can read in /proc.
+    let config_path = work_dir.join("yt-dlp.conf");
+    write_private(
+        &config_path,
+        format!(
+            // When yt-dlp hands an HLS playlist to ffmpeg after all (a feature its own downloader
+            // lacks), ffmpeg is told the proxy as an option: from the environment, which is all
+            // yt-dlp gives it, ffmpeg takes a proxy for http only, not https.
+            "--proxy \"{0}\"\n--downloader-args \"ffmpeg_i:-http_proxy {0}\"\n",
+            proxy.url()
+        ),
+    )
+    .await?;
     let common = |command: &mut tokio::process::Command| {
         command
             .args([
@@ -946,14 +959,8 @@ async fn download_platform(
                 "native",
             ])
             .args(["--socket-timeout", &params.read_timeout_s.to_string()])
-            .args(["--proxy", &proxy_url])
-            // When yt-dlp hands an HLS playlist to ffmpeg after all (a feature its own downloader
-            // lacks), ffmpeg is told the proxy as an option: from the environment, which is all
-            // yt-dlp gives it, ffmpeg takes a proxy for http only, not https.
-            .args([
-                "--downloader-args",
-                &format!("ffmpeg_i:-http_proxy {proxy_url}"),
-            ]);
+            .arg("--config-locations")
+            .arg(&config_path);
         // The proxy given is the only one: no variable may send a host around it (no_proxy) or
         // give ffmpeg another.
         for name in [
@@ -1075,6 +1082,22 @@ async fn download_platform(
         .map_err(|error| StepError::scratch("sync", &part_path, error))?;
     let _ = tokio::fs::remove_dir_all(&work_dir).await;
     Ok((size, blake3, Some(platform_path)))
+}
+
+/// Writes `text` to a new file at `path` that only narra's user may read (0600).
+async fn write_private(path: &Path, text: String) -> Result<(), StepError> {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::fs::remove_file(path).await;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(|error| StepError::scratch("create", path, error))?;
+    file.write_all(text.as_bytes())
+        .await
+        .map_err(|error| StepError::scratch("write", path, error))
 }
 
 /// The protocols yt-dlp downloads with its own HTTP client, which goes through the egress proxy.

@@ -1561,6 +1561,14 @@ fn a_timed_out_yt_dlp_leaves_no_process_behind() {
             "process {pid} is in narra's group: {tree:?}"
         );
     }
+    // yt-dlp's command line, which any local user can read, does not carry the proxy's credential.
+    let yt_dlp = tree[0].0;
+    let command_line = std::fs::read(format!("/proc/{yt_dlp}/cmdline")).unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&command_line).contains("narra:"),
+        "{}",
+        String::from_utf8_lossy(&command_line)
+    );
     let groups: std::collections::HashSet<u32> = tree.iter().map(|&(_, pgrp)| pgrp).collect();
     assert_eq!(
         groups.len(),
