@@ -8,7 +8,11 @@
 //! - No splice of two remote files: a kept `original.part` is resumed only with `If-Range` and the
 //!   validator (strong ETag, else Last-Modified) the server gave when it started; a `200` answer to a
 //!   range request, a range that does not start where the part ends, or a `416` start over from zero.
-//! - Every request, redirect hop included, passes the network guard (`steps::net`).
+//! - Every request, redirect hop included, passes the network guard (`steps::net`); with
+//!   `NARRA_PROXY` each hop's name is resolved and checked before it is sent to that proxy. yt-dlp
+//!   makes its own requests, so platform pages go through a per-job egress proxy
+//!   (`steps::egress`) that applies the same guard to each of its connections, limited to the
+//!   formats yt-dlp fetches itself, and yt-dlp's process group is killed with the step.
 //! - Transient failures are retried inside the step with exponential backoff and jitter; permanent
 //!   ones fail at once. Secrets in URLs never reach an error message (`steps::redact`).
 //!
@@ -296,6 +300,7 @@ async fn attempt_http(
     let mut hops = 0u32;
     let response = loop {
         context.policy.check_url(&current)?;
+        context.policy.check_name_before_proxy(&current).await?;
         let host = host_of(&current);
         let mut request = context
             .client
@@ -907,9 +912,16 @@ impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
 }
 
 /// Downloads a video platform page's media with yt-dlp: its JSON description first (kept with the
-/// job), then the media into scratch, which is then hashed like any other download. yt-dlp makes its
-/// own requests, outside the guard: it is used only for platform hosts, after their addresses pass
-/// the guard, and given narra's configured proxy when there is one.
+/// job), then the media into scratch, which is then hashed like any other download.
+///
+/// yt-dlp makes its own requests, so both runs go through a per-job egress proxy
+/// (`steps::egress`) that applies the network guard to every connection, redirect hops and DNS
+/// answers included. ffmpeg, which yt-dlp runs for some formats, does not reliably honour a proxy
+/// for https, so the formats chosen in the description must be ones yt-dlp fetches itself
+/// (`NATIVE_PROTOCOLS`, never live), the media run downloads exactly that checked description
+/// (`--load-info-json`, so the page cannot offer other formats the second time), and `--downloader
+/// native` keeps ffmpeg from being chosen as a downloader; where yt-dlp's HLS downloader still
+/// hands a playlist to ffmpeg, ffmpeg is given the proxy too.
 async fn download_platform(
     url: &url::Url,
     scratch_dir: &Path,
@@ -917,28 +929,31 @@ async fn download_platform(
 ) -> Result<(u64, Hash, Option<PathBuf>), StepError> {
     let params = context.params;
     let host = host_of(url);
+    // IP literals fail here, before yt-dlp starts; names are checked by the proxy as it connects.
     context.policy.check_url(url)?;
-    if let Some(domain) = url
-        .host_str()
-        .filter(|_| matches!(url.host(), Some(url::Host::Domain(_))))
-    {
-        let port = url.port_or_known_default().unwrap_or(443);
-        let addresses = tokio::net::lookup_host((domain, port))
-            .await
-            .map_err(|error| {
-                StepError::new(
-                    ErrorClass::NetworkError,
-                    format!("cannot resolve {host}: {error}"),
-                )
-            })?;
-        for address in addresses {
-            context.policy.check_address(&host, address.ip())?;
-        }
-    }
+    let proxy = super::egress::EgressProxy::start(
+        std::sync::Arc::new(context.policy.clone()),
+        std::sync::Arc::new(super::egress::SystemResolver),
+    )
+    .await?;
     let work_dir = scratch_dir.join("yt-dlp");
     crate::private_files::create_dir_all_async(&work_dir)
         .await
         .map_err(|error| StepError::scratch("create", &work_dir, error))?;
+    // The proxy's credential goes in a file only narra's user can read, not on yt-dlp's command
+    // line, which every local user can read in /proc.
+    let config_path = work_dir.join("yt-dlp.conf");
+    write_private(
+        &config_path,
+        format!(
+            // When yt-dlp hands an HLS playlist to ffmpeg after all (a feature its own downloader
+            // lacks), ffmpeg is told the proxy as an option: from the environment, which is all
+            // yt-dlp gives it, ffmpeg takes a proxy for http only, not https.
+            "--proxy \"{0}\"\n--downloader-args \"ffmpeg_i:-http_proxy {0}\"\n",
+            proxy.url()
+        ),
+    )
+    .await?;
     let common = |command: &mut tokio::process::Command| {
         command
             .args([
@@ -946,14 +961,32 @@ async fn download_platform(
                 "--no-cache-dir",
                 "--no-playlist",
                 "--no-warnings",
+                "--downloader",
+                "native",
             ])
-            .args(["--socket-timeout", &params.read_timeout_s.to_string()]);
-        if let Some(proxy) = &context.policy.proxy {
-            command.args(["--proxy", proxy]);
-        } else {
-            // Ignore HTTP_PROXY and friends, as the HTTP client does.
-            command.args(["--proxy", ""]);
+            .args(["--socket-timeout", &params.read_timeout_s.to_string()])
+            .arg("--config-locations")
+            .arg(&config_path);
+        // The proxy given is the only one: no variable may send a host around it (no_proxy) or
+        // give ffmpeg another.
+        for name in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "NO_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+            "no_proxy",
+        ] {
+            command.env_remove(name);
         }
+    };
+    // Why yt-dlp failed, when the proxy refused a connection: that refusal.
+    let failed = |stderr: &[u8]| {
+        proxy
+            .refusal()
+            .unwrap_or_else(|| yt_dlp_error(&host, stderr))
     };
 
     let mut describe = tokio::process::Command::new(&params.yt_dlp);
@@ -963,7 +996,7 @@ async fn download_platform(
         .arg(url.as_str());
     let description = run_yt_dlp(describe, &params.yt_dlp).await?;
     if !description.success {
-        return Err(yt_dlp_error(&host, &description.stderr));
+        return Err(failed(&description.stderr));
     }
     let json: serde_json::Value = serde_json::from_slice(&description.stdout).map_err(|error| {
         StepError::new(
@@ -971,6 +1004,7 @@ async fn download_platform(
             format!("yt-dlp described {host} with invalid JSON: {error}"),
         )
     })?;
+    check_platform_formats(&host, &json)?;
     let announced = json["filesize"]
         .as_u64()
         .or_else(|| json["filesize_approx"].as_u64());
@@ -986,6 +1020,11 @@ async fn download_platform(
     tokio::fs::write(&platform_path, kept.to_string())
         .await
         .map_err(|error| StepError::scratch("write", &platform_path, error))?;
+    // The checked description, as yt-dlp wrote it, for the media run to load.
+    let checked_path = work_dir.join("checked.info.json");
+    tokio::fs::write(&checked_path, &description.stdout)
+        .await
+        .map_err(|error| StepError::scratch("write", &checked_path, error))?;
 
     let template = work_dir.join("media.%(ext)s");
     let mut fetch = tokio::process::Command::new(&params.yt_dlp);
@@ -1010,10 +1049,11 @@ async fn download_platform(
         ])
         .arg("-o")
         .arg(&template)
-        .arg(url.as_str());
+        .arg("--load-info-json")
+        .arg(&checked_path);
     let fetched = run_yt_dlp_with_progress(fetch, &params.yt_dlp, context.progress).await?;
     if !fetched.success {
-        return Err(yt_dlp_error(&host, &fetched.stderr));
+        return Err(failed(&fetched.stderr));
     }
     let stdout = String::from_utf8_lossy(&fetched.stdout);
     let media_path = stdout
@@ -1053,6 +1093,64 @@ async fn download_platform(
     Ok((size, blake3, Some(platform_path)))
 }
 
+/// Writes `text` to a new file at `path` that only narra's user may read (0600).
+async fn write_private(path: &Path, text: String) -> Result<(), StepError> {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::fs::remove_file(path).await;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(|error| StepError::scratch("create", path, error))?;
+    file.write_all(text.as_bytes())
+        .await
+        .map_err(|error| StepError::scratch("write", path, error))
+}
+
+/// The protocols yt-dlp downloads with its own HTTP client, which goes through the egress proxy.
+/// Every other one (`m3u8` through ffmpeg, `rtmp`, `rtsp`, `f4m`, ...) is fetched by another program
+/// that may connect around the proxy.
+const NATIVE_PROTOCOLS: [&str; 6] = [
+    "http",
+    "https",
+    "m3u8_native",
+    "m3u8",
+    "http_dash_segments",
+    "http_dash_segments_generator",
+];
+
+/// Refuses a description whose chosen formats yt-dlp would not fetch itself, or a live stream
+/// (yt-dlp hands live HLS and DASH to ffmpeg, and a live stream never ends).
+fn check_platform_formats(host: &str, json: &serde_json::Value) -> Result<(), StepError> {
+    if json["is_live"].as_bool() == Some(true) {
+        return Err(StepError::new(
+            ErrorClass::UnsupportedSource,
+            format!("{host} offers a live stream, which narra does not ingest"),
+        ));
+    }
+    let protocols: Vec<&str> = match json["requested_formats"].as_array() {
+        Some(formats) => formats
+            .iter()
+            .map(|format| format["protocol"].as_str().unwrap_or(""))
+            .collect(),
+        None => vec![json["protocol"].as_str().unwrap_or("")],
+    };
+    for protocol in protocols {
+        if !NATIVE_PROTOCOLS.contains(&protocol) {
+            return Err(StepError::new(
+                ErrorClass::UnsupportedSource,
+                format!(
+                    "{host}'s chosen format uses the protocol {protocol:?}, which yt-dlp would fetch outside narra's network guard (allowed: {})",
+                    NATIVE_PROTOCOLS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 struct ProgramOutput {
     success: bool,
     stdout: Vec<u8>,
@@ -1067,7 +1165,10 @@ async fn run_yt_dlp(
     run_yt_dlp_with_progress(command, program, &sender).await
 }
 
-/// Runs yt-dlp with bounded output, turning its progress lines into `progress` reports.
+/// Runs yt-dlp with bounded output, turning its progress lines into `progress` reports. yt-dlp
+/// leads a process group of its own, and the group (ffmpeg and any other child yt-dlp started
+/// included) is killed when this future is dropped before yt-dlp is reaped: the step's timeout and
+/// a cancellation drop it.
 async fn run_yt_dlp_with_progress(
     mut command: tokio::process::Command,
     program: &str,
@@ -1078,6 +1179,7 @@ async fn run_yt_dlp_with_progress(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     super::process::die_with_parent(&mut command);
     let mut child = command.spawn().map_err(|error| {
@@ -1086,6 +1188,8 @@ async fn run_yt_dlp_with_progress(
             format!("cannot run {program} (install yt-dlp, e.g. `pip install yt-dlp`): {error}"),
         )
     })?;
+    let mut group = super::process::ProcessGroup::led_by(&child)
+        .ok_or_else(|| StepError::new(ErrorClass::Internal, format!("{program} has no pid")))?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let read_stdout = async {
@@ -1127,7 +1231,9 @@ async fn run_yt_dlp_with_progress(
         kept
     };
     let (stdout, stderr) = tokio::join!(read_stdout, read_stderr);
-    let status = child.wait().await.map_err(|error| {
+    let status = child.wait().await;
+    group.disarm();
+    let status = status.map_err(|error| {
         StepError::new(
             ErrorClass::Internal,
             format!("{program} did not run: {error}"),
@@ -1373,6 +1479,31 @@ mod tests {
             class("ERROR: HTTP Error 429: Too Many Requests"),
             ErrorClass::RateLimited
         );
+    }
+
+    // Guards the formats yt-dlp may fetch: only those its own client fetches (through the egress
+    // proxy); a format ffmpeg or another program would fetch, or a live stream, is refused.
+    #[test]
+    fn only_formats_yt_dlp_fetches_itself_are_accepted() {
+        let check = |json: serde_json::Value| check_platform_formats("video.example", &json);
+        assert!(check(serde_json::json!({"protocol": "https"})).is_ok());
+        assert!(check(serde_json::json!({"protocol": "m3u8_native"})).is_ok());
+        assert!(
+            check(serde_json::json!({"requested_formats": [
+                {"protocol": "http_dash_segments"}, {"protocol": "https"}
+            ]}))
+            .is_ok()
+        );
+        for refused in [
+            serde_json::json!({"protocol": "rtmp_ffmpeg"}),
+            serde_json::json!({"protocol": "rtsp"}),
+            serde_json::json!({}),
+            serde_json::json!({"requested_formats": [{"protocol": "https"}, {"protocol": "f4m"}]}),
+            serde_json::json!({"protocol": "m3u8_native", "is_live": true}),
+        ] {
+            let error = check(refused.clone()).unwrap_err();
+            assert_eq!(error.class, ErrorClass::UnsupportedSource, "{refused}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! records checkpoints. Every failure is a [`StepError`] with a stable [`ErrorClass`].
 
 pub mod download;
+pub mod egress;
 pub mod extract;
 pub mod net;
 pub mod process;

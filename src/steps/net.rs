@@ -5,7 +5,11 @@
 //! pre-check), IP literals (which never reach a resolver) are checked before every request, and the
 //! download step follows redirects itself so that every hop is checked too. Proxies from the
 //! environment are ignored: a proxy connects on our behalf, past the guard. Only a proxy named in
-//! narra's own configuration is used. This module never fetches anything itself.
+//! narra's own configuration is used, and a name is resolved and checked before a request for it
+//! goes there. `--allow-private-network` never opens the link-local ranges and the cloud metadata
+//! addresses (`metadata_reason`); only a host named in the allowed hosts reaches them. Tools that
+//! make their own requests get the same guard through `steps::egress`. This module never fetches
+//! anything itself.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -119,6 +123,32 @@ impl NetworkPolicy {
                 ),
             )),
         }
+    }
+}
+
+impl NetworkPolicy {
+    /// With `NARRA_PROXY` configured, resolves a URL's host name here and checks its addresses:
+    /// the proxy resolves the name itself, so the resolver that guards direct connections never
+    /// sees it. The proxy may still get another answer; only a proxy that refuses private
+    /// addresses itself closes that gap. Without a proxy this does nothing (the resolver checks
+    /// at connect time).
+    pub async fn check_name_before_proxy(&self, url: &url::Url) -> Result<(), StepError> {
+        let (Some(_), Some(url::Host::Domain(name))) = (&self.proxy, url.host()) else {
+            return Ok(());
+        };
+        let port = url.port_or_known_default().unwrap_or(443);
+        let addresses = tokio::net::lookup_host((name, port))
+            .await
+            .map_err(|error| {
+                StepError::new(
+                    ErrorClass::NetworkError,
+                    format!("cannot resolve {name}: {error}"),
+                )
+            })?;
+        for address in addresses {
+            self.check_address(name, address.ip())?;
+        }
+        Ok(())
     }
 }
 

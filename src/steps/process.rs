@@ -41,13 +41,24 @@ pub enum RunError {
 /// Kills a child's whole process group when asked or when dropped while armed. The group's id is
 /// the child's pid, which the kernel cannot hand out again before the child is reaped; the guard is
 /// disarmed when the child is reaped, so a kill can only ever reach the group the child led.
-struct ProcessGroup {
+pub(crate) struct ProcessGroup {
     pgid: libc::pid_t,
     armed: bool,
 }
 
 impl ProcessGroup {
-    fn kill(&mut self) {
+    /// The group `child` leads (it must have been spawned with `process_group(0)`), armed.
+    pub(crate) fn led_by(child: &tokio::process::Child) -> Option<ProcessGroup> {
+        let pgid = child.id().and_then(|pid| libc::pid_t::try_from(pid).ok())?;
+        Some(ProcessGroup { pgid, armed: true })
+    }
+
+    /// Called once the child is reaped: its pid, and so the group's id, may be reused from now on.
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    pub(crate) fn kill(&mut self) {
         if self.armed {
             // SAFETY: kill(2) takes two integers and touches no memory of ours; a negative pid
             // names the process group.
@@ -133,11 +144,8 @@ async fn run(
         .kill_on_drop(true);
     die_with_parent(&mut command);
     let mut child = command.spawn().map_err(RunError::Spawn)?;
-    let pgid = child
-        .id()
-        .and_then(|pid| libc::pid_t::try_from(pid).ok())
+    let mut group = ProcessGroup::led_by(&child)
         .ok_or_else(|| RunError::Wait(std::io::Error::other("the child has no pid")))?;
-    let mut group = ProcessGroup { pgid, armed: true };
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let ended = {
@@ -166,7 +174,7 @@ async fn run(
     match ended {
         Ok((status, stdout, stderr)) => {
             // Reaped: the pid may be reused from now on, so the group must never be signalled.
-            group.armed = false;
+            group.disarm();
             let status = status.map_err(RunError::Wait)?;
             Ok(Finished {
                 success: status.success(),
@@ -177,7 +185,7 @@ async fn run(
         Err(reason) => {
             group.kill();
             let _ = child.wait().await;
-            group.armed = false;
+            group.disarm();
             Err(reason)
         }
     }

@@ -15,7 +15,10 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use serde_json::Value;
 
-use super::fixture::{Home, artifact, blake3_hex, id_of, other_video, sample_video};
+use super::fixture::{
+    ChildGuard, Home, StallingOrigin, artifact, blake3_hex, id_of, other_video, sample_video,
+    wait_until,
+};
 
 /// The size of the pieces the origin sends small bodies in.
 const CHUNK: u64 = 4096;
@@ -1116,6 +1119,29 @@ fn proxies_from_the_environment_are_ignored() {
     assert_eq!(origin.log_of("/media/clip.mp4").len(), 1);
 }
 
+// Guards #16 item 2 (a configured proxy): with `NARRA_PROXY` set, a name that resolves to
+// loopback is still `forbidden_address`, checked before anything is sent to the proxy (which
+// would resolve the name itself, past narra's resolver).
+#[test]
+fn a_name_resolving_to_loopback_is_refused_before_the_configured_proxy() {
+    let home = Home::new();
+    let dir = workflows(&home, FAST);
+    let origin = ScriptedOrigin::start();
+    origin.put_sample("/media/clip.mp4");
+    let trap = ProxyTrap::start();
+
+    let job = ingest_guarded(
+        &home,
+        &dir,
+        &format!("http://localhost:{}/media/clip.mp4", origin.port()),
+        &[("NARRA_PROXY", &trap.url())],
+    );
+
+    assert_failed_with(&job, "forbidden_address");
+    assert_eq!(trap.connections(), 0, "nothing was sent to the proxy");
+    assert_eq!(origin.log(), [], "the origin saw no request");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The size limit.
 // ---------------------------------------------------------------------------------------------
@@ -1294,15 +1320,11 @@ fn a_platform_page_is_downloaded_with_yt_dlp() {
     let dir = workflows(&home, &platform_params());
     let origin = ScriptedOrigin::start();
     origin.put_sample("/media/clip.mp4");
-    let page = b"<html><body><video src=\"/media/clip.mp4\"></video></body></html>".to_vec();
-    origin.put_resource(
+    put_text(
+        &origin,
         "/watch/page.html",
-        Resource {
-            etag: etag_of(&page),
-            content: Content::Bytes(Arc::new(page)),
-            content_type: "text/html; charset=utf-8".into(),
-            chunk: CHUNK,
-        },
+        "text/html; charset=utf-8",
+        "<html><body><video src=\"/media/clip.mp4\"></video></body></html>",
     );
 
     let job = ingest(&home, &dir, &origin.url("/watch/page.html"), 0);
@@ -1329,6 +1351,239 @@ fn a_platform_page_is_downloaded_with_yt_dlp() {
         !origin.log_of("/media/clip.mp4").is_empty(),
         "yt-dlp fetched the clip"
     );
+}
+
+/// Serves `text` at `path` as `content_type` (a platform page, a playlist).
+fn put_text(origin: &ScriptedOrigin, path: &str, content_type: &str, text: &str) {
+    let bytes = text.as_bytes().to_vec();
+    origin.put_resource(
+        path,
+        Resource {
+            etag: etag_of(&bytes),
+            content: Content::Bytes(Arc::new(bytes)),
+            content_type: content_type.into(),
+            chunk: CHUNK,
+        },
+    );
+}
+
+/// Serves a platform page at `/watch/page.html` whose video is the HLS playlist `/hls/index.m3u8`
+/// of one segment at `segment`, with `key_line` (an `#EXT-X-KEY` line, or nothing) before it.
+fn put_hls_page(platform: &ScriptedOrigin, key_line: &str, segment: &str) {
+    put_text(
+        platform,
+        "/watch/page.html",
+        "text/html; charset=utf-8",
+        "<html><body><video src=\"/hls/index.m3u8\"></video></body></html>",
+    );
+    put_text(
+        platform,
+        "/hls/index.m3u8",
+        "application/vnd.apple.mpegurl",
+        &format!(
+            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n\
+             {key_line}#EXTINF:2.0,\n{segment}\n#EXT-X-ENDLIST\n"
+        ),
+    );
+}
+
+/// `ingest` of a platform page on `localhost:port` through yt-dlp, with only `localhost` allowed
+/// (by name): loopback addresses reached under any other name are refused.
+fn ingest_platform_on_localhost(home: &Home, port: u16, path: &str) -> Value {
+    let dir = workflows(home, &format!("{FAST}, platform_hosts = [\"localhost\"]"));
+    ingest_guarded(
+        home,
+        &dir,
+        &format!("http://localhost:{port}{path}"),
+        &[("NARRA_ALLOWED_HOSTS", "localhost")],
+    )
+}
+
+// Guards #16 item 2 (redirects): a platform page on an allowed host whose media URL redirects to
+// another loopback origin, by address. yt-dlp follows the redirect itself; every hop goes through
+// narra's egress proxy, which refuses the internal one: `forbidden_address`, and the internal
+// origin never sees a request.
+#[test]
+fn a_platform_media_redirect_to_an_internal_address_is_a_forbidden_address() {
+    require_yt_dlp();
+    let home = Home::new();
+    let platform = ScriptedOrigin::start();
+    let internal = ScriptedOrigin::start();
+    internal.put_sample("/secret.mp4");
+    put_text(
+        &platform,
+        "/watch/page.html",
+        "text/html; charset=utf-8",
+        "<html><body><video src=\"/media/clip.mp4\"></video></body></html>",
+    );
+    platform.script(
+        "/media/clip.mp4",
+        vec![Behaviour::Redirect(internal.url("/secret.mp4")); 20],
+    );
+
+    let job = ingest_platform_on_localhost(&home, platform.port(), "/watch/page.html");
+
+    assert_failed_with(&job, "forbidden_address");
+    assert_eq!(internal.log(), [], "the internal origin saw no request");
+    assert!(
+        !platform.log_of("/media/clip.mp4").is_empty(),
+        "the allowed host was reached"
+    );
+}
+
+// Guards #16 item 2 (HLS): a platform page whose video is an HLS playlist on the allowed host with
+// its segment on another loopback origin, by address. yt-dlp's own HLS downloader fetches the
+// segment through the egress proxy; a SAMPLE-AES playlist, which yt-dlp hands to ffmpeg, is
+// fetched by ffmpeg through the proxy too. Each time the proxy refuses the segment:
+// `forbidden_address`, and the internal origin never sees a request.
+#[test]
+fn hls_segments_on_an_internal_address_are_a_forbidden_address() {
+    require_yt_dlp();
+    let home = Home::new();
+    for key_line in ["", "#EXT-X-KEY:METHOD=SAMPLE-AES,URI=\"/hls/key\"\n"] {
+        let platform = ScriptedOrigin::start();
+        let internal = ScriptedOrigin::start();
+        internal.put_sample("/segment0.ts");
+        put_hls_page(&platform, key_line, &internal.url("/segment0.ts"));
+
+        let job = ingest_platform_on_localhost(&home, platform.port(), "/watch/page.html");
+
+        assert_failed_with(&job, "forbidden_address");
+        assert_eq!(
+            internal.log(),
+            [],
+            "{key_line}: the internal origin saw no request"
+        );
+        assert!(
+            !platform.log_of("/hls/index.m3u8").is_empty(),
+            "the playlist on the allowed host was read"
+        );
+    }
+}
+
+/// `(pid, parent pid, process group)` of every process.
+fn processes() -> Vec<(u32, u32, u32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // After the parenthesised command name: state, parent pid, process group.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if let (Some(ppid), Some(pgrp)) = (fields.get(1), fields.get(2))
+            && let (Ok(ppid), Ok(pgrp)) = (ppid.parse(), pgrp.parse())
+        {
+            found.push((pid, ppid, pgrp));
+        }
+    }
+    found
+}
+
+/// `(pid, process group)` of every descendant of `root`.
+fn descendants(root: u32) -> Vec<(u32, u32)> {
+    let all = processes();
+    let mut found: Vec<(u32, u32)> = Vec::new();
+    let mut parents = vec![root];
+    while let Some(parent) = parents.pop() {
+        for &(pid, ppid, pgrp) in &all {
+            if ppid == parent {
+                found.push((pid, pgrp));
+                parents.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// Whether `pid` is gone or a zombie.
+fn dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+// Guards #16 item 9 (yt-dlp's process group): yt-dlp hands an HLS playlist it cannot read itself
+// (SAMPLE-AES) to ffmpeg, whose request stalls; the step's timeout ends the job. yt-dlp must lead a
+// process group of its own with ffmpeg in it (not narra's group: a kill of yt-dlp alone left ffmpeg
+// behind), and once narra has given up on the job neither yt-dlp nor ffmpeg is left running.
+#[test]
+fn a_timed_out_yt_dlp_leaves_no_process_behind() {
+    require_yt_dlp();
+    let home = Home::new();
+    let dir = workflows(
+        &home,
+        "connect_timeout_s = 5, read_timeout_s = 600, total_timeout_s = 20, platform_hosts = [\"127.0.0.1\"]",
+    );
+    let platform = ScriptedOrigin::start();
+    let stalling = StallingOrigin::start(vec![0u8; 64 * 1024]);
+    // SAMPLE-AES is a feature yt-dlp's own HLS downloader lacks: it hands the playlist to ffmpeg.
+    put_hls_page(
+        &platform,
+        &format!("#EXT-X-KEY:METHOD=SAMPLE-AES,URI=\"{}\"\n", stalling.url),
+        &stalling.url,
+    );
+    let output = home.dir.path().join("ingest.json");
+    let mut command = home.command(&[
+        "--json",
+        "--workflows",
+        &dir,
+        "ingest",
+        &platform.url("/watch/page.html"),
+    ]);
+    command.stdout(std::fs::File::create(&output).expect("create the output file"));
+    // Killed if the test fails before it exits.
+    let narra = ChildGuard::from_child(command.spawn().expect("narra starts"));
+
+    stalling.wait_for_stall();
+    let narra_pid = narra.id();
+    let narra_group = processes()
+        .into_iter()
+        .find(|&(pid, _, _)| pid == narra_pid)
+        .map(|(_, _, pgrp)| pgrp)
+        .expect("narra runs");
+    let mut tree = Vec::new();
+    wait_until("yt-dlp's ffmpeg runs", || {
+        tree = descendants(narra_pid);
+        tree.len() >= 2
+    });
+    for &(pid, pgrp) in &tree {
+        assert_ne!(
+            pgrp, narra_group,
+            "process {pid} is in narra's group: {tree:?}"
+        );
+    }
+    // yt-dlp's command line, which any local user can read, does not carry the proxy's credential.
+    let yt_dlp = tree[0].0;
+    let command_line = std::fs::read(format!("/proc/{yt_dlp}/cmdline")).unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&command_line).contains("narra:"),
+        "{}",
+        String::from_utf8_lossy(&command_line)
+    );
+    let groups: std::collections::HashSet<u32> = tree.iter().map(|&(_, pgrp)| pgrp).collect();
+    assert_eq!(
+        groups.len(),
+        1,
+        "yt-dlp and ffmpeg share one group: {tree:?}"
+    );
+
+    let status = narra.wait();
+    assert_eq!(status.code(), Some(1));
+    let jobs: Value = serde_json::from_slice(&std::fs::read(&output).expect("read the output"))
+        .expect("a JSON list of jobs");
+    assert_failed_with(&jobs[0], "network_timeout");
+    wait_until("yt-dlp and ffmpeg are gone", || {
+        tree.iter().all(|&(pid, _)| dead(pid))
+    });
 }
 
 // Guards yt-dlp's failures: a platform page that is not there fails as `not_found`.
