@@ -13,13 +13,14 @@
 //!    checkpoint the mark clears and it runs beside others again.
 //! 3. In a fleet, a death is seen as a lease that expired and was taken over. The holder may only
 //!    have stalled (a SIGSTOP, a paused VM), so the takeover is a provisional charge naming the
-//!    holder's lease; a renewal attempt presenting that lease clears it; two lease lengths without
-//!    one charge it (`takeover_due`), as does the job's next takeover (the old holder stayed
-//!    silent through a whole further run of the job).
+//!    holder's lease; any write presenting that lease (a renewal, a phase, a step event: each is
+//!    fenced, since the job was taken) clears it; two lease lengths without one charge it
+//!    (`takeover_due`), as does the job's next takeover (the old holder stayed silent through a
+//!    whole further run of the job).
 //!
 //! Pure functions, no I/O: the machine (`machine::apply_orchestrator`) calls them for claims and
 //! reclaims, and both stores call them where a worker's write touches attribution (a checkpoint, a
-//! fenced renewal) and to learn what the claiming process holds. No store decides attribution
+//! fenced write) and to learn what the claiming process holds. No store decides attribution
 //! itself.
 
 use super::job::{
@@ -178,7 +179,7 @@ pub fn reclaim(job: &Job, marker: ProgressMarker, seen: DeathSeen, now: Timestam
 }
 
 /// Whether a provisional takeover charge stands: two lease lengths passed since the takeover and
-/// its holder never tried to renew (a try clears it: [`holder_returned`]).
+/// its holder never wrote again (a write clears it: [`holder_returned`]).
 pub fn takeover_due(takeover: &Takeover, now: Timestamp, lease_ttl_ms: u64) -> bool {
     now >= takeover.at.plus_ms(lease_ttl_ms.saturating_mul(2))
 }
@@ -196,7 +197,7 @@ pub fn settle_takeover(job: &Job, now: Timestamp, lease_ttl_ms: u64) -> Option<(
     Some((next, record))
 }
 
-/// A renewal presenting `fencing_token` was fenced: if it is the lease a provisional takeover
+/// A write presenting `fencing_token` was fenced: if it is the lease a provisional takeover
 /// names, its holder lived, and the charge is cleared. `None` when nothing changes.
 pub fn holder_returned(job: &Job, fencing_token: u64) -> Option<Job> {
     let takeover = job.attribution.takeover.as_ref()?;

@@ -284,7 +284,7 @@ pub struct Attribution {
     /// of that process is this job's.
     pub alone: bool,
     /// A fleet took this job over from a holder whose lease expired; the death is charged only if
-    /// that holder never tries to renew again (`engine::attribution::takeover_due`).
+    /// that holder never writes again (`engine::attribution::takeover_due`).
     pub takeover: Option<Takeover>,
 }
 
@@ -293,7 +293,7 @@ pub struct Attribution {
 pub struct Takeover {
     /// The holder whose lease expired.
     pub worker_id: WorkerId,
-    /// Its lease's fencing token: a renewal presenting it is that holder coming back.
+    /// Its lease's fencing token: a write presenting it is that holder coming back.
     pub fencing_token: u64,
     pub at: Timestamp,
     /// Where the job stood, for the crash record if the death is charged.

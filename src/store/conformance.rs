@@ -378,15 +378,15 @@ pub async fn deaths_are_charged_only_to_jobs_that_ran_alone(store: &dyn StateSto
     assert!(!job.attribution.suspect);
 }
 
-/// A shared store's takeover is a provisional charge: a renewal attempt by the holder whose lease
-/// was taken over (fenced) clears it, and it is charged only when two lease lengths pass with no
-/// such attempt. A store held alone charges at once.
+/// A shared store's takeover is a provisional charge: a write by the holder whose lease was taken
+/// over (a renewal or any other, fenced) clears it, and it is charged only when two lease lengths
+/// pass with no such attempt. A store held alone charges at once.
 pub async fn a_takeover_is_charged_only_if_its_holder_stays_silent(store: &dyn StateStore) {
     if !store.shared() {
         return;
     }
     let id = submit_new(store, "taken").await.id;
-    for holder_returns in [true, false] {
+    for comeback in ["renewal", "phase", "none"] {
         let (_, token) = claim_next_as(store, &worker(1)).await.expect("claimed");
         let taken = store
             .reclaim_orphan(id, "lease expired")
@@ -404,14 +404,22 @@ pub async fn a_takeover_is_charged_only_if_its_holder_stays_silent(store: &dyn S
                 .is_empty(),
             "not charged within two lease lengths"
         );
-        if holder_returns {
-            let renewed = store
-                .renew_lease(&token, LEASE_TTL_MS)
-                .await
-                .expect("renew");
+        if comeback != "none" {
+            let refused = match comeback {
+                "renewal" => store
+                    .renew_lease(&token, LEASE_TTL_MS)
+                    .await
+                    .expect("renew")
+                    .map(drop),
+                _ => store
+                    .set_phase(&token, Phase::Storing)
+                    .await
+                    .expect("set phase")
+                    .map(drop),
+            };
             assert!(
-                matches!(renewed, Err(Rejected::Fenced { .. })),
-                "{renewed:?}"
+                matches!(refused, Err(Rejected::Fenced { .. })),
+                "{refused:?}"
             );
             let job = store.job(id).await.expect("read").expect("exists");
             assert_eq!(job.attribution.takeover, None, "its holder came back");

@@ -152,7 +152,15 @@ macro_rules! transaction {
             };
             match outcome {
                 Ok(value) => break Ok::<_, StoreError>(Ok(value)),
-                Err(TxAbort::Rejected(rejected)) => break Ok(Err(rejected)),
+                Err(TxAbort::Rejected(rejected)) => {
+                    if let $crate::engine::machine::Rejected::Fenced {
+                        job_id, presented, ..
+                    } = &rejected
+                    {
+                        store.note_fenced(*job_id, *presented).await;
+                    }
+                    break Ok(Err(rejected));
+                }
                 Err(TxAbort::Conflict(error)) if attempt < TRANSACTION_ATTEMPTS_MAX => {
                     tracing::debug!(%error, attempt, "transaction lost a race; running it again");
                     attempt += 1;
@@ -473,6 +481,47 @@ impl PgStore {
             }
         }
         Ok(())
+    }
+
+    /// A write presenting `fencing_token` for job `id` was fenced. If a takeover took the job from
+    /// that lease, its holder lived: the takeover's provisional charge is cleared
+    /// (`attribution::holder_returned`). Best effort, outside `transaction!` (which calls this):
+    /// a failure is logged, and the charge is then settled as if the holder had not come back.
+    async fn note_fenced(&self, id: JobId, fencing_token: u64) {
+        let cleared: Result<bool, StoreError> = async {
+            let mut client = self.client().await?;
+            let sql = client.transaction().await?;
+            let Some(row) = sql
+                .query_opt(
+                    "SELECT record FROM jobs WHERE id = $1 FOR UPDATE",
+                    &[&id_bytes(id)],
+                )
+                .await?
+            else {
+                return Ok(false);
+            };
+            let job = decode_job(id, row.get(0))?;
+            let Some(cleared) = attribution::holder_returned(&job, fencing_token) else {
+                return Ok(false);
+            };
+            sql.execute(
+                "UPDATE jobs SET record = $2 WHERE id = $1",
+                &[&id_bytes(id), &codec::encode(&cleared)?],
+            )
+            .await?;
+            sql.commit().await?;
+            Ok(true)
+        }
+        .await;
+        match cleared {
+            Ok(true) => {
+                tracing::info!(job_id = %id, "the holder a takeover took this job from came back: its death is not charged")
+            }
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(job_id = %id, %error, "could not clear a takeover's charge after a fenced write")
+            }
+        }
     }
 
     async fn read_job(&self, id: JobId) -> StoreResult<Option<Job>> {
@@ -1781,23 +1830,7 @@ impl OrchestratorStore for PgStore {
             token: token.fencing_token,
             lease_ttl_ms,
         };
-        let now = Timestamp::now();
-        // A fenced renewal is still written down: if it comes from the holder a takeover took
-        // the job from, that holder lived, and the takeover's provisional charge is cleared.
-        let outcome = transaction!(self, tx => {
-            let job = tx.job_for_update(token.job_id).await?;
-            match machine::apply_orchestrator(&job, &op, now) {
-                Ok(transition) => Ok(Ok(tx.write_transition(Some(&job), transition, now).await?)),
-                Err(rejected) => {
-                    if let Some(cleared) = attribution::holder_returned(&job, token.fencing_token) {
-                        tracing::info!(job_id = %job.id, "the holder a takeover took this job from came back: its death is not charged");
-                        tx.put_job(Some(job.status), &cleared).await?;
-                    }
-                    Ok(Err(rejected))
-                }
-            }
-        })?;
-        Ok(outcome.and_then(|renewed| renewed))
+        self.orchestrate(token.job_id, &op).await
     }
 
     async fn complete(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>> {
