@@ -31,6 +31,7 @@ pub fn sample_job() -> Job {
         priority: 0,
         not_before: None,
         crashes: None,
+        attribution: Default::default(),
     }
 }
 

@@ -245,6 +245,10 @@ pub struct Job {
     /// Deaths of the processes that ran this job with no progress in between (crash-loop
     /// quarantine, `engine::machine`); cleared when the job finishes.
     pub crashes: Option<CrashRecord>,
+    /// Whom the deaths of this job's processes are charged to (`engine::attribution`): whether it
+    /// is a suspect, whether its current run is alone in its process, and a fleet's takeover not
+    /// yet charged. Cleared when the job finishes.
+    pub attribution: Attribution,
 }
 
 /// The priority of jobs submitted one by one (`submit`, `ingest`, the API).
@@ -268,6 +272,32 @@ pub struct ProgressMarker {
 pub struct CrashRecord {
     pub marker: ProgressMarker,
     pub count: u32,
+}
+
+/// What `engine::attribution` keeps on a job to decide whom a process's death is charged to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attribution {
+    /// A process that held this job beside others died: the job runs alone (no other job beside
+    /// it in its process) until it passes its next checkpoint.
+    pub suspect: bool,
+    /// The current run has had no other job beside it in its process since its claim: a death
+    /// of that process is this job's.
+    pub alone: bool,
+    /// A fleet took this job over from a holder whose lease expired; the death is charged only if
+    /// that holder never writes again (`engine::attribution::takeover_due`).
+    pub takeover: Option<Takeover>,
+}
+
+/// A takeover of an expired lease, not yet charged as a death.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Takeover {
+    /// The holder whose lease expired.
+    pub worker_id: WorkerId,
+    /// Its lease's fencing token: a write presenting it is that holder coming back.
+    pub fencing_token: u64,
+    pub at: Timestamp,
+    /// Where the job stood, for the crash record if the death is charged.
+    pub marker: ProgressMarker,
 }
 
 impl Job {

@@ -9,12 +9,14 @@
 //! `running` clears the phase and the lease in the same transition, so no job ever has a phase while
 //! it is not running.
 
+use super::attribution::{self, DeathSeen, Holding};
 use super::job::{
-    Checkpoint, CrashRecord, ErrorInfo, EventKind, Job, JobId, Lease, LeaseToken, Location, Phase,
+    Attribution, Checkpoint, ErrorInfo, EventKind, Job, JobId, Lease, LeaseToken, Location, Phase,
     ProgressMarker, Status, Timestamp, WorkerId,
 };
 
-/// How many deaths at the same [`ProgressMarker`] quarantine a job as `crash_loop`.
+/// How many deaths at the same [`ProgressMarker`], each attributed to the job
+/// (`engine::attribution`), quarantine it as `crash_loop`.
 pub const CRASH_LOOP_DEATHS: u32 = 3;
 
 /// Whether a job that failed with `error` may succeed on a later run without anyone changing
@@ -29,10 +31,12 @@ pub fn is_transient_failure(error: Option<&ErrorInfo>) -> bool {
 /// Transitions of the global status, made by the orchestrator alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrchestratorOp {
-    /// pending -> running: a new lease with the next fencing token.
+    /// pending -> running: a new lease with the next fencing token, for a process that holds
+    /// `holding` (`attribution::check_claim` decides whether it may).
     Claim {
         worker_id: WorkerId,
         lease_ttl_ms: u64,
+        holding: Holding,
     },
     /// running -> running: the lease holder extends its lease.
     RenewLease { token: u64, lease_ttl_ms: u64 },
@@ -52,13 +56,19 @@ pub enum OrchestratorOp {
     /// running -> pending: the lease holder let go of the job (graceful shutdown) or is gone
     /// and no death is to be counted.
     Reclaim { reason: String },
-    /// running -> pending for a job found running when a process opens a store it holds alone:
-    /// the process that ran it died at `marker`. The [`CRASH_LOOP_DEATHS`]th death in a row at the
-    /// same marker fails the job with the class `crash_loop` instead.
+    /// running -> pending for a job whose process died at `marker`: found running by a process
+    /// that opened a store it holds alone, or with an expired lease in a fleet (`seen`). Whom the
+    /// death is charged to is `attribution::reclaim`'s decision; the [`CRASH_LOOP_DEATHS`]th
+    /// charged death in a row at the same marker fails the job with the class `crash_loop`.
     ReclaimOrphan {
         reason: String,
         marker: ProgressMarker,
+        seen: DeathSeen,
     },
+    /// A fleet's provisional takeover charge that two lease lengths left standing is charged
+    /// (`attribution::settle_takeover`); a pending job that reaches [`CRASH_LOOP_DEATHS`] is
+    /// quarantined. Refused when no charge is due.
+    SettleTakeover { lease_ttl_ms: u64 },
     /// running -> pending after a transient failure, not to be claimed before `not_before`: an
     /// automatic retry. The error is kept as the job's last error.
     RetryLater {
@@ -98,6 +108,7 @@ impl OrchestratorOp {
             OrchestratorOp::Reingest => "reingest",
             OrchestratorOp::Reclaim { .. } => "reclaim",
             OrchestratorOp::ReclaimOrphan { .. } => "reclaim",
+            OrchestratorOp::SettleTakeover { .. } => "settle_takeover",
             OrchestratorOp::RetryLater { .. } => "retry_later",
             OrchestratorOp::Hold { .. } => "hold",
             OrchestratorOp::Reset { .. } => "reset",
@@ -138,6 +149,14 @@ pub enum Rejected {
         job_id: JobId,
         worker_id: String,
         expires_at: String,
+    },
+    /// The attribution rule keeps the job from starting in this process now
+    /// (`attribution::check_claim`).
+    #[error("job {job_id} does not start beside the {held} job(s) its process holds: {why}")]
+    MustRunAlone {
+        job_id: JobId,
+        held: usize,
+        why: &'static str,
     },
     /// `prune` found the job updated since its cutoff: it is no longer old enough.
     #[error("job {job_id} was updated at {updated_at}, after the cutoff {cutoff}: not pruned")]
@@ -182,6 +201,7 @@ pub fn new_job(
         priority,
         not_before: None,
         crashes: None,
+        attribution: Attribution::default(),
     };
     Transition {
         job,
@@ -216,10 +236,13 @@ pub fn apply_orchestrator(
         OrchestratorOp::Claim {
             worker_id,
             lease_ttl_ms,
+            holding,
         } => {
             if job.status != Status::Pending {
                 return Err(not_allowed());
             }
+            attribution::check_claim(holding, job)?;
+            next.attribution = attribution::claimed(&job.attribution, holding);
             next.fencing_token = job.fencing_token + 1;
             next.lease = Some(Lease {
                 worker_id: worker_id.clone(),
@@ -327,13 +350,23 @@ pub fn apply_orchestrator(
                 set_status(&mut next, &mut events, Status::Pending, reason.clone());
             }
         }
-        OrchestratorOp::ReclaimOrphan { reason, marker } => {
+        OrchestratorOp::ReclaimOrphan {
+            reason,
+            marker,
+            seen,
+        } => {
             if job.status != Status::Running {
                 return Err(not_allowed());
             }
-            let count = match job.crashes {
-                Some(record) if record.marker == *marker => record.count.saturating_add(1),
-                _ => 1,
+            let reclaimed = attribution::reclaim(job, *marker, *seen, now);
+            next.crashes = reclaimed.crashes;
+            next.attribution = reclaimed.attribution;
+            let why = if reclaimed.charged {
+                "; the death is charged to it (it ran alone)"
+            } else if next.attribution.takeover.is_some() {
+                "; the death is charged only if its holder never comes back"
+            } else {
+                "; a suspect: its process held other jobs, so it runs alone until its next checkpoint"
             };
             if job.cancel_requested {
                 set_status(
@@ -342,27 +375,24 @@ pub fn apply_orchestrator(
                     Status::Cancelled,
                     format!("{reason}; it had been asked to cancel"),
                 );
-            } else if count >= CRASH_LOOP_DEATHS {
-                let error = ErrorInfo {
-                    class: crate::steps::ErrorClass::CrashLoop.as_str().to_string(),
-                    message: format!(
-                        "the process running this job died {count} times in a row {} with no progress in between; quarantined",
-                        marker_words(marker)
-                    ),
-                };
-                next.error = Some(error.clone());
+            } else if !quarantine(&mut next, &mut events) {
                 set_status(
                     &mut next,
                     &mut events,
-                    Status::Failed,
-                    format!("{}: {}", error.class, error.message),
+                    Status::Pending,
+                    format!("{reason}{why}"),
                 );
-            } else {
-                set_status(&mut next, &mut events, Status::Pending, reason.clone());
-                next.crashes = Some(CrashRecord {
-                    marker: *marker,
-                    count,
-                });
+            }
+        }
+        OrchestratorOp::SettleTakeover { lease_ttl_ms } => {
+            let Some((settled, _)) = attribution::settle_takeover(job, now, *lease_ttl_ms) else {
+                return Err(not_allowed());
+            };
+            next = settled;
+            // A running job's holder is working on it: it is quarantined at its next charged
+            // death, not under its holder's feet.
+            if job.status == Status::Pending {
+                quarantine(&mut next, &mut events);
             }
         }
         OrchestratorOp::RetryLater {
@@ -623,6 +653,32 @@ pub fn check_reprobe(job: &Job) -> Result<(), Rejected> {
     }
 }
 
+/// Fails `job` as `crash_loop` if its crash record reached [`CRASH_LOOP_DEATHS`]; whether it did.
+fn quarantine(job: &mut Job, events: &mut Vec<EventKind>) -> bool {
+    let Some(record) = job
+        .crashes
+        .filter(|record| record.count >= CRASH_LOOP_DEATHS)
+    else {
+        return false;
+    };
+    let error = ErrorInfo {
+        class: crate::steps::ErrorClass::CrashLoop.as_str().to_string(),
+        message: format!(
+            "the process running this job alone died {} times in a row {} with no progress in between; quarantined",
+            record.count,
+            marker_words(&record.marker)
+        ),
+    };
+    job.error = Some(error.clone());
+    set_status(
+        job,
+        events,
+        Status::Failed,
+        format!("{}: {}", error.class, error.message),
+    );
+    true
+}
+
 /// A death's marker in words, for the `crash_loop` message.
 fn marker_words(marker: &ProgressMarker) -> String {
     let phase = marker.phase.map_or("before any phase", Phase::as_str);
@@ -649,9 +705,11 @@ fn set_status(job: &mut Job, events: &mut Vec<EventKind>, to: Status, reason: St
         job.lease = None;
         job.cancel_requested = false;
         job.not_before = None;
+        job.attribution.alone = false;
     }
     if to.is_terminal() {
         job.crashes = None;
+        job.attribution = Attribution::default();
     }
     job.status = to;
     events.push(EventKind::StatusChanged {
@@ -939,6 +997,7 @@ mod tests {
             GenOp::Claim => Op::Orchestrator(OrchestratorOp::Claim {
                 worker_id,
                 lease_ttl_ms: 1_000,
+                holding: Holding::default(),
             }),
             GenOp::Renew(choice) => Op::Orchestrator(OrchestratorOp::RenewLease {
                 token: resolve(job, choice),

@@ -5,6 +5,7 @@
 //! it talks to `store::StateStore` and `storage::Storage`. The orchestrator (`orchestrator.rs`) sees
 //! the store only as an `OrchestratorStore`, the worker (`worker.rs`) only as a `WorkerStore`.
 
+pub mod attribution;
 pub mod audit;
 pub mod backfill;
 pub mod cleanup;

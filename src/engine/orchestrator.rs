@@ -134,6 +134,11 @@ pub async fn submit(
 /// lease while it lives. (Between this read and the reclaim a holder may renew; the reclaim then
 /// takes a live job, and the holder's next write is refused by its stale fencing token: work is
 /// repeated, never overwritten.)
+///
+/// Whom each death is charged to is `engine::attribution`'s rule: only a job that ran alone in
+/// its process is charged; the jobs of a process that held several become suspects. In a fleet a
+/// takeover is a provisional charge, settled here once two lease lengths pass without a word from
+/// its old holder.
 pub async fn reclaim_orphans(engine: &Engine) -> Result<Vec<Job>, EngineError> {
     let running = engine
         .store
@@ -168,6 +173,17 @@ pub async fn reclaim_orphans(engine: &Engine) -> Result<Vec<Job>, EngineError> {
                 reclaimed.push(job);
             }
             Err(rejected) => tracing::debug!(%rejected, "not reclaimed"),
+        }
+    }
+    // A takeover is charged as a death only once its old holder stayed silent two lease lengths
+    // (`engine::attribution`); each sweep charges those that did.
+    if shared {
+        for job in engine.store.settle_takeovers(engine.lease_ttl_ms).await? {
+            if job.status == Status::Failed {
+                tracing::error!(job_id = %job.id, "quarantined: the processes running it alone died again and again at the same point (crash_loop)");
+            } else {
+                tracing::warn!(job_id = %job.id, "a takeover's holder never came back: its death is charged");
+            }
         }
     }
     Ok(reclaimed)

@@ -22,7 +22,10 @@ use crate::engine::job::Job;
 /// - 2: `Job` gained `priority`, `not_before` and `crashes` (at the end). No other record changed,
 ///   so every other record type reads the same under 1 and 2; a version-1 job is read by
 ///   [`decode_job`] through [`legacy::JobV1`], and `SledStore::open` rewrites old stores once.
-pub const SCHEMA_VERSION: u8 = 2;
+/// - 3: `Job` gained `attribution` (at the end: `engine::attribution`'s suspect mark, whether the
+///   run is alone, a provisional takeover). Again no other record changed; a version-2 job is
+///   read through [`legacy::JobV2`].
+pub const SCHEMA_VERSION: u8 = 3;
 
 /// The oldest version this narra still reads.
 pub const SCHEMA_VERSION_MIN: u8 = 1;
@@ -79,19 +82,22 @@ fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     Ok(value)
 }
 
-/// Decodes a job record of any version this narra reads: a version-1 job gets the defaults of
-/// the fields version 2 added (the live priority, no retry delay, no crash record).
+/// Decodes a job record of any version this narra reads: an older job gets the defaults of the
+/// fields later versions added (version 2: the live priority, no retry delay, no crash record;
+/// version 3: no attribution).
 pub fn decode_job(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<Job, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        tree,
+        key: hex(key),
+        reason,
+    };
     match bytes.first() {
-        Some(1) => {
-            let old: legacy::JobV1 =
-                decode_body(&bytes[1..]).map_err(|reason| StoreError::Corrupt {
-                    tree,
-                    key: hex(key),
-                    reason,
-                })?;
-            Ok(old.into())
-        }
+        Some(1) => Ok(decode_body::<legacy::JobV1>(&bytes[1..])
+            .map_err(corrupt)?
+            .into()),
+        Some(2) => Ok(legacy::job_v2(
+            decode_body::<legacy::JobV2>(&bytes[1..]).map_err(corrupt)?,
+        )),
         _ => decode(tree, key, bytes),
     }
 }
@@ -101,7 +107,8 @@ pub mod legacy {
     use serde::Deserialize;
 
     use crate::engine::job::{
-        ErrorInfo, Job, JobId, Lease, PRIORITY_LIVE, Phase, Status, Timestamp,
+        Attribution, CrashRecord, ErrorInfo, Job, JobId, Lease, PRIORITY_LIVE, Phase, Status,
+        Timestamp,
     };
 
     /// `Job` as schema version 1 stored it.
@@ -143,7 +150,22 @@ pub mod legacy {
                 priority: PRIORITY_LIVE,
                 not_before: None,
                 crashes: None,
+                attribution: Attribution::default(),
             }
+        }
+    }
+
+    /// `Job` as schema version 2 stored it: version 1's fields, then `priority`, `not_before`
+    /// and `crashes` (bincode writes a tuple's elements as it writes a struct's fields).
+    pub type JobV2 = (JobV1, i32, Option<Timestamp>, Option<CrashRecord>);
+
+    /// A version-2 job with no attribution.
+    pub fn job_v2((old, priority, not_before, crashes): JobV2) -> Job {
+        Job {
+            priority,
+            not_before,
+            crashes,
+            ..old.into()
         }
     }
 }
@@ -166,8 +188,9 @@ pub(crate) mod strategies {
     use proptest::prelude::*;
 
     use crate::engine::job::{
-        ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event, EventKind, Hash, Job, JobId, Lease,
-        Location, Phase, ProgressMarker, Status, StepOutput, Timestamp, WorkerId,
+        Attribution, ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event, EventKind, Hash, Job,
+        JobId, Lease, Location, Phase, ProgressMarker, Status, StepOutput, Takeover, Timestamp,
+        WorkerId,
     };
 
     pub fn job_id() -> impl Strategy<Value = JobId> {
@@ -232,6 +255,7 @@ pub(crate) mod strategies {
                 any::<i32>(),
                 proptest::option::of(timestamp()),
                 proptest::option::of(crash_record()),
+                attribution(),
             ),
         )
             .prop_map(
@@ -246,7 +270,7 @@ pub(crate) mod strategies {
                         cancel_requested,
                         events_next,
                     ),
-                    (priority, not_before, crashes),
+                    (priority, not_before, crashes, attribution),
                 )| Job {
                     id,
                     key,
@@ -265,8 +289,27 @@ pub(crate) mod strategies {
                     priority,
                     not_before,
                     crashes,
+                    attribution,
                 },
             )
+    }
+
+    pub fn attribution() -> impl Strategy<Value = Attribution> {
+        let takeover = (any::<String>(), any::<u64>(), timestamp(), crash_record()).prop_map(
+            |(worker_id, fencing_token, at, record)| Takeover {
+                worker_id: WorkerId(worker_id),
+                fencing_token,
+                at,
+                marker: record.marker,
+            },
+        );
+        (any::<bool>(), any::<bool>(), proptest::option::of(takeover)).prop_map(
+            |(suspect, alone, takeover)| Attribution {
+                suspect,
+                alone,
+                takeover,
+            },
+        )
     }
 
     pub fn crash_record() -> impl Strategy<Value = CrashRecord> {
@@ -450,9 +493,9 @@ mod tests {
 
     use super::*;
     use crate::engine::job::{
-        ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event, EventKind, Hash, Job, JobId, Lease,
-        Location, MediaMetadata, Phase, ProgressMarker, Status, StepOutput, StreamInfo, Timestamp,
-        WorkerId,
+        Attribution, ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event, EventKind, Hash, Job,
+        JobId, Lease, Location, MediaMetadata, Phase, ProgressMarker, Status, StepOutput,
+        StreamInfo, Takeover, Timestamp, WorkerId,
     };
 
     fn golden_job() -> Job {
@@ -488,6 +531,20 @@ mod tests {
                 },
                 count: 2,
             }),
+            attribution: Attribution {
+                suspect: true,
+                alone: false,
+                takeover: Some(Takeover {
+                    worker_id: WorkerId("host:41:1".to_string()),
+                    fencing_token: 6,
+                    at: Timestamp(1_700_000_100_000),
+                    marker: ProgressMarker {
+                        phase: Some(Phase::Downloading),
+                        checkpoints: 0,
+                        bytes_done: 4_096,
+                    },
+                }),
+            },
         }
     }
 
@@ -627,8 +684,27 @@ mod tests {
         expected.priority = crate::engine::job::PRIORITY_LIVE;
         expected.not_before = None;
         expected.crashes = None;
+        expected.attribution = Attribution::default();
         assert_eq!(old, expected);
         assert!(decode::<Job>("jobs", b"key", &from_hex(GOLDEN_JOB_V1)).is_err());
+    }
+
+    // Guards the version-2 migration: a job written by schema version 2 (the bytes version 2 wrote,
+    // unchanged) still reads, with no attribution, and the generic decoder does not misread it.
+    #[test]
+    fn version_2_jobs_read_with_no_attribution() {
+        let old = decode_job("jobs", b"key", &from_hex(GOLDEN_JOB_V2)).expect("decode v2 job");
+        let mut expected = golden_job();
+        expected.attribution = Attribution::default();
+        assert_eq!(old, expected);
+        assert!(decode::<Job>("jobs", b"key", &from_hex(GOLDEN_JOB_V2)).is_err());
+    }
+
+    // Guards the layout rule of version 3: a job's bytes are its version-2 bytes with the
+    // attribution appended, nothing before it moved.
+    #[test]
+    fn version_3_appends_the_attribution_to_the_version_2_layout() {
+        assert!(GOLDEN_JOB[2..].starts_with(&GOLDEN_JOB_V2[2..]));
     }
 
     #[test]
@@ -931,7 +1007,8 @@ mod tests {
 
     // Golden bytes, produced once by `encode` at SCHEMA_VERSION 1.
     const GOLDEN_JOB_V1: &str = "01fe2a0000000000000000000000000090011968747470733a2f2f6578616d706c652e636f6d2f612e6d70341968747470733a2f2f6578616d706c652e636f6d2f612e6d703406696e67657374010101030110646f776e6c6f61645f626c6f636b65640d34303320466f7262696464656efd00d0ca9f17030000fd8094ce9f170300000109686f73743a34323a3107fde07ecf9f170300000701fb2c01";
-    const GOLDEN_JOB: &str = "02fe2a0000000000000000000000000090011968747470733a2f2f6578616d706c652e636f6d2f612e6d70341968747470733a2f2f6578616d706c652e636f6d2f612e6d703406696e67657374010101030110646f776e6c6f61645f626c6f636b65640d34303320466f7262696464656efd00d0ca9f17030000fd8094ce9f170300000109686f73743a34323a3107fde07ecf9f170300000701fb2c010901fd80ead09f1703000001010101fc0000010002";
+    const GOLDEN_JOB_V2: &str = "02fe2a0000000000000000000000000090011968747470733a2f2f6578616d706c652e636f6d2f612e6d70341968747470733a2f2f6578616d706c652e636f6d2f612e6d703406696e67657374010101030110646f776e6c6f61645f626c6f636b65640d34303320466f7262696464656efd00d0ca9f17030000fd8094ce9f170300000109686f73743a34323a3107fde07ecf9f170300000701fb2c010901fd80ead09f1703000001010101fc0000010002";
+    const GOLDEN_JOB: &str = "03fe2a0000000000000000000000000090011968747470733a2f2f6578616d706c652e636f6d2f612e6d70341968747470733a2f2f6578616d706c652e636f6d2f612e6d703406696e67657374010101030110646f776e6c6f61645f626c6f636b65640d34303320466f7262696464656efd00d0ca9f17030000fd8094ce9f170300000109686f73743a34323a3107fde07ecf9f170300000701fb2c010901fd80ead09f1703000001010101fc000001000201000109686f73743a34313a3106fd40ddcd9f17030000010000fb0010";
     const GOLDEN_CHECKPOINT: &str = "0107657874726163741111111111111111111111111111111111111111111111111111111111111111a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a50305617564696f00182f746d702f6e617272612f6a6f622f617564696f2e6d3461fc00001000010101010101010101010101010101010101010101010101010101010101010100fbd204fc00001000090673746f72656401106a6f62732f612f617564696f2e6d3461c8020202020202020202020202020202020202020202020202020202020202020201052261626322086d657461646174610200030303030303030303030303030303030303030303030303030303030303030302fd80ead09f17030000";
     const GOLDEN_EVENTS: [&str; 3] = [
         "0100fd00d0ca9f17030000010000097375626d6974746564",

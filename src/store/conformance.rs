@@ -62,6 +62,8 @@ where
     retry_later_waits_and_hold_gives_the_attempt_back(&make_store().await).await;
     host_limits_and_breakers_gate_claims(&make_store().await).await;
     orphans_that_die_at_the_same_point_are_quarantined(&make_store().await).await;
+    deaths_are_charged_only_to_jobs_that_ran_alone(&make_store().await).await;
+    a_takeover_is_charged_only_if_its_holder_stays_silent(&make_store().await).await;
     events_are_bounded_and_folded_into_a_summary(&make_store().await).await;
     retry_from_discards_the_step_and_those_after_it(&make_store().await).await;
     prune_removes_a_finished_job_but_keeps_its_blob_references(&make_store().await).await;
@@ -233,6 +235,19 @@ pub async fn host_limits_and_breakers_gate_claims(store: &dyn StateStore) {
     assert_eq!(untouched.attempts, 0, "held jobs spend no attempt");
 }
 
+/// A reclaimed orphan once its death was charged: a shared store's takeover is provisional
+/// (`engine::attribution`), settled here as if two lease lengths had passed without a word from
+/// its holder (a lease length of 0); a store held alone charges at once and settles nothing.
+async fn reclaimed_and_settled(store: &dyn StateStore, id: JobId) -> Job {
+    store
+        .reclaim_orphan(id, "died")
+        .await
+        .expect("reclaim")
+        .expect("running is reclaimable");
+    store.settle_takeovers(0).await.expect("settle");
+    store.job(id).await.expect("read").expect("exists")
+}
+
 /// The third death in a row at the same point fails the job as `crash_loop`; progress in between
 /// starts the count again.
 pub async fn orphans_that_die_at_the_same_point_are_quarantined(store: &dyn StateStore) {
@@ -252,11 +267,7 @@ pub async fn orphans_that_die_at_the_same_point_are_quarantined(store: &dyn Stat
             .await
             .expect("progress")
             .expect("the lease holder may");
-        let job = store
-            .reclaim_orphan(moving, "died")
-            .await
-            .expect("reclaim")
-            .expect("running is reclaimable");
+        let job = reclaimed_and_settled(store, moving).await;
         assert_eq!(job.status, Status::Pending, "progress was made each time");
         assert_eq!(job.crashes.expect("recorded").count, 1);
     }
@@ -274,11 +285,7 @@ pub async fn orphans_that_die_at_the_same_point_are_quarantined(store: &dyn Stat
             .await
             .expect("phase")
             .expect("the lease holder may");
-        let job = store
-            .reclaim_orphan(stuck, "died")
-            .await
-            .expect("reclaim")
-            .expect("running is reclaimable");
+        let job = reclaimed_and_settled(store, stuck).await;
         if death < 3 {
             assert_eq!(job.status, Status::Pending);
             assert_eq!(job.crashes.expect("recorded").count, death);
@@ -286,6 +293,146 @@ pub async fn orphans_that_die_at_the_same_point_are_quarantined(store: &dyn Stat
             assert_eq!(job.status, Status::Failed);
             assert_eq!(job.error.expect("error").class, "crash_loop");
             assert_eq!(job.crashes, None);
+        }
+    }
+}
+
+/// Attribution (`engine::attribution`) through the store: a death of a process holding two jobs
+/// charges neither and makes both suspects; a suspect is claimed only by a process holding
+/// nothing, and nothing is claimed beside it; its next checkpoint clears the mark; a death of a
+/// process holding one job is charged to it.
+pub async fn deaths_are_charged_only_to_jobs_that_ran_alone(store: &dyn StateStore) {
+    let first = submit_new(store, "first").await.id;
+    next_millisecond().await;
+    let second = submit_new(store, "second").await.id;
+    let crowded = worker(1);
+    let (alone, _) = claim_next_as(store, &crowded).await.expect("claimed");
+    assert_eq!(alone.id, first);
+    assert!(
+        alone.attribution.alone,
+        "claimed by a process holding nothing"
+    );
+    claim_next_as(store, &crowded)
+        .await
+        .expect("claimed beside it");
+    let held = store.job(first).await.expect("read").expect("exists");
+    assert!(
+        !held.attribution.alone,
+        "a claim beside it ends its run alone"
+    );
+    for id in [first, second] {
+        let job = reclaimed_and_settled(store, id).await;
+        assert_eq!(job.status, Status::Pending);
+        assert_eq!(
+            job.crashes, None,
+            "a death beside another job is charged to neither"
+        );
+        assert!(job.attribution.suspect, "both are suspects");
+        assert_eq!(job.attribution.takeover, None);
+    }
+
+    // A suspect first in line waits for a process that holds nothing.
+    let busy = worker(2);
+    let other = submit_new(store, "other").await.id;
+    let (busy_job, busy_token) = store
+        .claim(other, &busy, LEASE_TTL_MS)
+        .await
+        .expect("claim")
+        .expect("claimable");
+    assert!(busy_job.attribution.alone);
+    assert!(
+        claim_next_as(store, &busy).await.is_none(),
+        "a suspect is not claimed beside another job"
+    );
+    store
+        .complete(&busy_token)
+        .await
+        .expect("complete")
+        .expect("holder");
+
+    let lone = worker(3);
+    let (suspect, token) = claim_next_as(store, &lone).await.expect("claimed alone");
+    assert_eq!(suspect.id, first);
+    assert!(suspect.attribution.alone && suspect.attribution.suspect);
+    assert!(
+        claim_next_as(store, &lone).await.is_none(),
+        "nothing is claimed beside a running suspect"
+    );
+    store
+        .record_checkpoint(&token, &checkpoint("download", 1), None)
+        .await
+        .expect("checkpoint")
+        .expect("the lease holder may");
+    let passed = store.job(first).await.expect("read").expect("exists");
+    assert!(
+        !passed.attribution.suspect,
+        "its checkpoint clears the mark"
+    );
+    assert!(passed.attribution.alone, "it still runs alone");
+    // The other suspect, first in line now, waits for this process to hold nothing.
+    assert!(claim_next_as(store, &lone).await.is_none());
+
+    // Alone, its death is charged to it.
+    let job = reclaimed_and_settled(store, first).await;
+    assert_eq!(job.crashes.expect("charged").count, 1);
+    assert!(!job.attribution.suspect);
+}
+
+/// A shared store's takeover is a provisional charge: a write by the holder whose lease was taken
+/// over (a renewal or any other, fenced) clears it, and it is charged only when two lease lengths
+/// pass with no such attempt. A store held alone charges at once.
+pub async fn a_takeover_is_charged_only_if_its_holder_stays_silent(store: &dyn StateStore) {
+    if !store.shared() {
+        return;
+    }
+    let id = submit_new(store, "taken").await.id;
+    for comeback in ["renewal", "phase", "none"] {
+        let (_, token) = claim_next_as(store, &worker(1)).await.expect("claimed");
+        let taken = store
+            .reclaim_orphan(id, "lease expired")
+            .await
+            .expect("reclaim")
+            .expect("running is reclaimable");
+        let takeover = taken.attribution.takeover.clone().expect("provisional");
+        assert_eq!(takeover.fencing_token, token.fencing_token);
+        assert_eq!(taken.crashes, None, "not charged at once");
+        assert!(
+            store
+                .settle_takeovers(LEASE_TTL_MS)
+                .await
+                .expect("settle")
+                .is_empty(),
+            "not charged within two lease lengths"
+        );
+        if comeback != "none" {
+            let refused = match comeback {
+                "renewal" => store
+                    .renew_lease(&token, LEASE_TTL_MS)
+                    .await
+                    .expect("renew")
+                    .map(drop),
+                _ => store
+                    .set_phase(&token, Phase::Storing)
+                    .await
+                    .expect("set phase")
+                    .map(drop),
+            };
+            assert!(
+                matches!(refused, Err(Rejected::Fenced { .. })),
+                "{refused:?}"
+            );
+            let job = store.job(id).await.expect("read").expect("exists");
+            assert_eq!(job.attribution.takeover, None, "its holder came back");
+            assert!(store.settle_takeovers(0).await.expect("settle").is_empty());
+            assert_eq!(
+                store.job(id).await.expect("read").expect("exists").crashes,
+                None
+            );
+        } else {
+            let settled = store.settle_takeovers(0).await.expect("settle");
+            assert_eq!(settled.len(), 1);
+            assert_eq!(settled[0].crashes.expect("charged").count, 1);
+            assert_eq!(settled[0].attribution.takeover, None);
         }
     }
 }

@@ -375,6 +375,14 @@ pub trait OrchestratorStore: JobReader {
     /// running -> pending for a job whose process died; the store reads where the job was (its
     /// phase, checkpoints and progress) for the crash-loop rule (`OrchestratorOp::ReclaimOrphan`).
     async fn reclaim_orphan(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
+    /// Charges the provisional takeover charges (`engine::attribution`) that two lease lengths
+    /// of `lease_ttl_ms` left standing, quarantining a pending job that reaches the crash-loop
+    /// count; returns the jobs it changed. Only a shared store takes jobs over: a store held by
+    /// one process has none to settle.
+    async fn settle_takeovers(&self, lease_ttl_ms: u64) -> StoreResult<Vec<Job>> {
+        let _ = lease_ttl_ms;
+        Ok(Vec::new())
+    }
     /// succeeded|failed -> pending after `cleanup` removed artifacts the job needs.
     async fn reset(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
     /// An operator's `narra reset` (`machine::OrchestratorOp::ResetByOperator`): a running job

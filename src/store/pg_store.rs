@@ -63,6 +63,7 @@ use super::{
     OrchestratorStore, StepEvent, StoreError, StoreResult, SubmitOutcome, SubmitRequest, Submitted,
     WebhookStore, WorkerStore, events_kept,
 };
+use crate::engine::attribution::{self, DeathSeen, Holding};
 use crate::engine::backfill::source_host;
 use crate::engine::history;
 use crate::engine::job::{
@@ -151,7 +152,15 @@ macro_rules! transaction {
             };
             match outcome {
                 Ok(value) => break Ok::<_, StoreError>(Ok(value)),
-                Err(TxAbort::Rejected(rejected)) => break Ok(Err(rejected)),
+                Err(TxAbort::Rejected(rejected)) => {
+                    if let $crate::engine::machine::Rejected::Fenced {
+                        job_id, presented, ..
+                    } = &rejected
+                    {
+                        store.note_fenced(*job_id, *presented).await;
+                    }
+                    break Ok(Err(rejected));
+                }
                 Err(TxAbort::Conflict(error)) if attempt < TRANSACTION_ATTEMPTS_MAX => {
                     tracing::debug!(%error, attempt, "transaction lost a race; running it again");
                     attempt += 1;
@@ -471,6 +480,47 @@ impl PgStore {
         Ok(())
     }
 
+    /// A write presenting `fencing_token` for job `id` was fenced. If a takeover took the job from
+    /// that lease, its holder lived: the takeover's provisional charge is cleared
+    /// (`attribution::holder_returned`). Best effort, outside `transaction!` (which calls this):
+    /// a failure is logged, and the charge is then settled as if the holder had not come back.
+    async fn note_fenced(&self, id: JobId, fencing_token: u64) {
+        let cleared: Result<bool, StoreError> = async {
+            let mut client = self.client().await?;
+            let sql = client.transaction().await?;
+            let Some(row) = sql
+                .query_opt(
+                    "SELECT record FROM jobs WHERE id = $1 FOR UPDATE",
+                    &[&id_bytes(id)],
+                )
+                .await?
+            else {
+                return Ok(false);
+            };
+            let job = decode_job(id, row.get(0))?;
+            let Some(cleared) = attribution::holder_returned(&job, fencing_token) else {
+                return Ok(false);
+            };
+            sql.execute(
+                "UPDATE jobs SET record = $2 WHERE id = $1",
+                &[&id_bytes(id), &codec::encode(&cleared)?],
+            )
+            .await?;
+            sql.commit().await?;
+            Ok(true)
+        }
+        .await;
+        match cleared {
+            Ok(true) => {
+                tracing::info!(job_id = %id, "the holder a takeover took this job from came back: its death is not charged")
+            }
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(job_id = %id, %error, "could not clear a takeover's charge after a fenced write")
+            }
+        }
+    }
+
     async fn read_job(&self, id: JobId) -> StoreResult<Option<Job>> {
         let client = self.client().await?;
         client
@@ -506,10 +556,6 @@ impl PgStore {
     /// `claim_next` in one transaction under the schedule lock: see the module docs.
     async fn claim_first_admitted(&self, request: &ClaimRequest<'_>) -> StoreResult<ClaimNext> {
         let now = Timestamp::now();
-        let op = OrchestratorOp::Claim {
-            worker_id: request.worker_id.clone(),
-            lease_ttl_ms: request.lease_ttl_ms,
-        };
         let only: Option<Vec<Vec<u8>>> = request
             .only
             .map(|only| only.iter().map(|id| id_bytes(*id)).collect());
@@ -520,20 +566,20 @@ impl PgStore {
                     &[&SCHEDULE_LOCK],
                 )
                 .await?;
-            // The running jobs, by host: what the concurrency limit and a probe's liveness need.
+            // The running jobs, by host: what the concurrency limit and a probe's liveness
+            // need; and those of the claiming process, for the attribution rule.
+            let running = tx.running_jobs().await?;
+            let holding = Holding::of(request.worker_id, &running);
+            let op = OrchestratorOp::Claim {
+                worker_id: request.worker_id.clone(),
+                lease_ttl_ms: request.lease_ttl_ms,
+                holding: holding.clone(),
+            };
             let mut running_ids = BTreeSet::new();
             let mut running_by_host: HashMap<String, usize> = HashMap::new();
-            for row in tx
-                .sql
-                .query(
-                    "SELECT id, host FROM jobs WHERE status = $1",
-                    &[&status_column(Status::Running)],
-                )
-                .await?
-            {
-                let id = job_id_in(TABLE_JOBS, row.get(0))?;
-                *running_by_host.entry(row.get(1)).or_default() += 1;
-                running_ids.insert(id);
+            for job in &running {
+                *running_by_host.entry(source_host(&job.source)).or_default() += 1;
+                running_ids.insert(job.id);
             }
             // Storing is paused: no job is claimed until the storage breaker's cool-down ends,
             // and then only one, its probe (`scheduling::STORAGE_BREAKER`).
@@ -621,12 +667,20 @@ impl PgStore {
                     };
                     let transition = match machine::apply_orchestrator(&job, &op, now) {
                         Ok(transition) => transition,
+                        // A suspect waits first in line for a process that holds nothing, and
+                        // nothing starts beside a running suspect: this process claims nothing
+                        // now.
+                        Err(rejected @ Rejected::MustRunAlone { .. }) => {
+                            tracing::debug!(job_id = %candidate.id, %rejected, "not claimed");
+                            return Ok(ClaimNext::Wait { until: None });
+                        }
                         Err(rejected) => {
                             tracing::trace!(job_id = %candidate.id, %rejected, "pending job no longer claimable");
                             continue;
                         }
                     };
                     let job = tx.write_transition(Some(&job), transition, now).await?;
+                    tx.join_held(&holding).await?;
                     let mut state = state
                         .cloned()
                         .unwrap_or_else(|| HostState::new(host, now));
@@ -736,6 +790,40 @@ pub(crate) struct Tx<'a> {
 }
 
 impl Tx<'_> {
+    /// Every running job. A record that does not decode is named and passed over, as a claim
+    /// passes over a corrupt pending job.
+    async fn running_jobs(&self) -> TxResult<Vec<Job>> {
+        let rows = self
+            .sql
+            .query(
+                "SELECT id, record FROM jobs WHERE status = $1",
+                &[&status_column(Status::Running)],
+            )
+            .await?;
+        let mut running = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match decode_job_row(row) {
+                Ok(job) => running.push(job),
+                Err(error) => {
+                    tracing::error!(%error, "passing over a running job whose record is corrupt")
+                }
+            }
+        }
+        Ok(running)
+    }
+
+    /// The jobs a process holds when it claims another: their runs are no longer alone
+    /// (`attribution::joined`).
+    async fn join_held(&self, holding: &Holding) -> TxResult<()> {
+        for &id in &holding.jobs {
+            let held = self.job_for_update(id).await?;
+            if let Some(joined) = attribution::joined(&held) {
+                self.put_job(Some(held.status), &joined).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Reads and locks the job's row; a job that does not exist is refused as not found.
     async fn job_for_update(&self, id: JobId) -> TxResult<Job> {
         match self
@@ -1707,11 +1795,21 @@ impl OrchestratorStore for PgStore {
         worker_id: &WorkerId,
         lease_ttl_ms: u64,
     ) -> StoreResult<Result<(Job, LeaseToken), Rejected>> {
-        let op = OrchestratorOp::Claim {
-            worker_id: worker_id.clone(),
-            lease_ttl_ms,
-        };
-        Ok(self.orchestrate(id, &op).await?.map(|job| {
+        let now = Timestamp::now();
+        let outcome = transaction!(self, tx => {
+            let holding = Holding::of(worker_id, &tx.running_jobs().await?);
+            let op = OrchestratorOp::Claim {
+                worker_id: worker_id.clone(),
+                lease_ttl_ms,
+                holding: holding.clone(),
+            };
+            let job = tx.job_for_update(id).await?;
+            let transition = machine::apply_orchestrator(&job, &op, now).map_err(TxAbort::Rejected)?;
+            let claimed = tx.write_transition(Some(&job), transition, now).await?;
+            tx.join_held(&holding).await?;
+            Ok(claimed)
+        })?;
+        Ok(outcome.map(|job| {
             let token = LeaseToken {
                 job_id: job.id,
                 fencing_token: job.fencing_token,
@@ -1922,6 +2020,7 @@ impl OrchestratorStore for PgStore {
                 Some(row) => decode_in::<JobProgress>(TABLE_PROGRESS, id, row.get(0))?.bytes_done,
                 None => 0,
             };
+            // A fleet sees a death only as a lease that ran out: its holder may have stalled.
             let op = OrchestratorOp::ReclaimOrphan {
                 reason: reason.to_string(),
                 marker: ProgressMarker {
@@ -1929,11 +2028,46 @@ impl OrchestratorStore for PgStore {
                     checkpoints: u32::try_from(checkpoints).unwrap_or(u32::MAX),
                     bytes_done,
                 },
+                seen: DeathSeen::LeaseExpired,
             };
             let transition =
                 machine::apply_orchestrator(&job, &op, now).map_err(TxAbort::Rejected)?;
             tx.write_transition(Some(&job), transition, now).await
         })
+    }
+
+    async fn settle_takeovers(&self, lease_ttl_ms: u64) -> StoreResult<Vec<Job>> {
+        let now = Timestamp::now();
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, record FROM jobs WHERE status = $1 OR status = $2",
+                &[
+                    &status_column(Status::Pending),
+                    &status_column(Status::Running),
+                ],
+            )
+            .await?;
+        drop(client);
+        let op = OrchestratorOp::SettleTakeover { lease_ttl_ms };
+        let mut settled = Vec::new();
+        for row in rows {
+            let job = match decode_job_row(&row) {
+                Ok(job) => job,
+                Err(error) => {
+                    tracing::error!(%error, "passing over a job whose record is corrupt");
+                    continue;
+                }
+            };
+            if attribution::settle_takeover(&job, now, lease_ttl_ms).is_none() {
+                continue;
+            }
+            // Decided again under the row's lock: a renewal may have cleared it meanwhile.
+            if let Ok(job) = self.orchestrate(job.id, &op).await? {
+                settled.push(job);
+            }
+        }
+        Ok(settled)
     }
 
     async fn reset(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
@@ -2267,6 +2401,11 @@ impl WorkerStore for PgStore {
                 tx.put_metadata(id, metadata).await?;
             }
             tx.append_events(&mut job, super::checkpoint_events(checkpoint), now).await?;
+            // A suspect that passed a checkpoint runs beside others again
+            // (`engine::attribution`).
+            if let Some(cleared) = attribution::checkpoint_passed(&job) {
+                job = cleared;
+            }
             tx.put_job(Some(job.status), &job).await
         })?;
         if outcome.is_ok() {

@@ -87,6 +87,7 @@ use super::{
     NewIncident, OrchestratorStore, StepEvent, StoreError, StoreResult, SubmitOutcome,
     SubmitRequest, Submitted, WebhookStore, WorkerStore,
 };
+use crate::engine::attribution::{self, DeathSeen, Holding};
 use crate::engine::backfill::source_host;
 use crate::engine::job::{
     Backfill, BackfillId, Checkpoint, Delivery, ErrorInfo, Event, EventKind, EventSummary,
@@ -792,26 +793,20 @@ impl SledStore {
     /// spacejam/sled#1301): candidates are read in batches, then claimed one by one.
     fn claim_first_admitted(&self, request: &ClaimRequest<'_>) -> StoreResult<ClaimNext> {
         let now = Timestamp::now();
+        // The running jobs, by host: what the concurrency limit and a probe's liveness need; and
+        // those of the claiming process, for the attribution rule.
+        let running = self.running_jobs()?;
+        let holding = Holding::of(request.worker_id, &running);
         let op = OrchestratorOp::Claim {
             worker_id: request.worker_id.clone(),
             lease_ttl_ms: request.lease_ttl_ms,
+            holding: holding.clone(),
         };
-        // The running jobs, by host: what the concurrency limit and a probe's liveness need.
         let mut running_ids = BTreeSet::new();
         let mut running_by_host: HashMap<String, usize> = HashMap::new();
-        for key in self
-            .status_index
-            .scan_prefix([Status::Running.index_byte()])
-            .keys()
-        {
-            let key = key?;
-            let id = job_id_in(TREE_STATUS_INDEX, &key, &key[1..])?;
-            if let Some(job) = self.read_job(id)?
-                && job.status == Status::Running
-            {
-                *running_by_host.entry(source_host(&job.source)).or_default() += 1;
-                running_ids.insert(id);
-            }
+        for job in &running {
+            *running_by_host.entry(source_host(&job.source)).or_default() += 1;
+            running_ids.insert(job.id);
         }
         // Storing is paused: no job is claimed until the storage breaker's cool-down ends, and
         // then only one, its probe (`scheduling::STORAGE_BREAKER`).
@@ -880,11 +875,7 @@ impl SledStore {
                             continue;
                         }
                     };
-                let outcome = self.transact(|tx| {
-                    let job = tx.existing_job(id)?;
-                    let transition = machine::apply_orchestrator(&job, &op, now).map_err(reject)?;
-                    tx.write_transition(Some(&job), transition, now)
-                });
+                let outcome = self.transact(|tx| tx.claim(id, &op, &holding, now));
                 match outcome {
                     Ok(Ok(job)) => {
                         let mut state =
@@ -912,6 +903,12 @@ impl SledStore {
                             fencing_token: job.fencing_token,
                         };
                         return Ok(ClaimNext::Claimed(Box::new(job), token));
+                    }
+                    // A suspect waits first in line for a process that holds nothing, and
+                    // nothing starts beside a running suspect: this process claims nothing now.
+                    Ok(Err(rejected @ Rejected::MustRunAlone { .. })) => {
+                        tracing::debug!(job_id = %id, %rejected, "not claimed");
+                        return Ok(ClaimNext::Wait { until: None });
                     }
                     // The job moved on since the queue was read: try the next one.
                     Ok(Err(rejected)) => {
@@ -978,6 +975,25 @@ impl SledStore {
         }
         entries.sort();
         Ok(entries)
+    }
+
+    /// Every running job, read through the status index.
+    fn running_jobs(&self) -> StoreResult<Vec<Job>> {
+        let mut running = Vec::new();
+        for key in self
+            .status_index
+            .scan_prefix([Status::Running.index_byte()])
+            .keys()
+        {
+            let key = key?;
+            let id = job_id_in(TREE_STATUS_INDEX, &key, &key[1..])?;
+            if let Some(job) = self.read_job(id)?
+                && job.status == Status::Running
+            {
+                running.push(job);
+            }
+        }
+        Ok(running)
     }
 
     fn read_host(&self, host: &str) -> StoreResult<Option<HostState>> {
@@ -1176,6 +1192,28 @@ impl Tx<'_> {
             self.put_webhook(Some(&before), &webhook)?;
         }
         Ok(())
+    }
+
+    /// Claims a pending job (`op` is the claim) for a process holding `holding`; the jobs it
+    /// holds no longer run alone (`attribution::joined`).
+    fn claim(
+        &self,
+        id: JobId,
+        op: &OrchestratorOp,
+        holding: &Holding,
+        now: Timestamp,
+    ) -> TxResult<Job> {
+        let job = self.existing_job(id)?;
+        let transition = machine::apply_orchestrator(&job, op, now).map_err(reject)?;
+        let claimed = self.write_transition(Some(&job), transition, now)?;
+        for &id in &holding.jobs {
+            if let Some(held) = self.job(id)?
+                && let Some(joined) = attribution::joined(&held)
+            {
+                self.put_job(Some(held.status), &joined)?;
+            }
+        }
+        Ok(claimed)
     }
 
     fn webhook(&self, id: JobId) -> TxResult<Option<Webhook>> {
@@ -1824,11 +1862,18 @@ impl OrchestratorStore for SledStore {
         worker_id: &WorkerId,
         lease_ttl_ms: u64,
     ) -> StoreResult<Result<(Job, LeaseToken), Rejected>> {
+        let holding = Holding::of(worker_id, &self.running_jobs()?);
         let op = OrchestratorOp::Claim {
             worker_id: worker_id.clone(),
             lease_ttl_ms,
+            holding: holding.clone(),
         };
-        Ok(self.orchestrate(id, &op).await?.map(|job| {
+        let now = Timestamp::now();
+        let outcome = self.transact(|tx| tx.claim(id, &op, &holding, now))?;
+        if outcome.is_ok() {
+            self.flush().await?;
+        }
+        Ok(outcome.map(|job| {
             let token = LeaseToken {
                 job_id: job.id,
                 fencing_token: job.fencing_token,
@@ -1950,6 +1995,7 @@ impl OrchestratorStore for SledStore {
             }
             None => 0,
         };
+        // This process holds the store alone: the job's process is certainly gone.
         let op = OrchestratorOp::ReclaimOrphan {
             reason: reason.to_string(),
             marker: ProgressMarker {
@@ -1957,6 +2003,7 @@ impl OrchestratorStore for SledStore {
                 checkpoints: u32::try_from(checkpoints).unwrap_or(u32::MAX),
                 bytes_done,
             },
+            seen: DeathSeen::Certain,
         };
         self.orchestrate(id, &op).await
     }

@@ -251,36 +251,61 @@ fn live_submissions_go_ahead_of_backfill_jobs() {
 // source) is failed as crash_loop after the third death, and the other jobs then finish.
 #[test]
 fn a_job_that_kills_its_worker_three_times_is_quarantined_and_the_others_finish() {
+    let deaths = quarantine_the_poison(1, 2, false);
+    assert_eq!(deaths, 3, "alone, every death is the poisonous job's");
+}
+
+// Guards the attribution of deaths (`engine::attribution`): with 4 jobs at once, the poisonous job
+// is claimed last, beside 3 healthy ones, and kills the worker while they run; that death charges
+// none of them, they become suspects and run alone, so the poisonous job is quarantined after its
+// third death alone (a fourth in all at most) and exactly it: every healthy job succeeds. (Before
+// attribution, the healthy jobs died with it at the same point each time and were quarantined too.)
+#[test]
+fn a_poisonous_job_among_others_is_quarantined_and_only_it() {
+    let deaths = quarantine_the_poison(4, 3, true);
+    assert!(
+        (3..=4).contains(&deaths),
+        "one uncharged death beside others at most, then three alone: {deaths}"
+    );
+}
+
+/// Runs `worker --drain --concurrency CONCURRENCY` again and again over a poisonous job (its start
+/// kills the process) and `good` healthy ones, claimed before it if `poison_last` and after it
+/// otherwise, until a worker exits on its own; checks that the poisonous job alone ended as
+/// `crash_loop` and the others succeeded; returns the deaths.
+fn quarantine_the_poison(concurrency: usize, good: usize, poison_last: bool) -> usize {
     let home = Home::new();
     let origin = Origin::start();
     let poison = origin.serve_video("media/poison.mp4", sample_video());
-    let good: Vec<String> = (0..2)
+    let good: Vec<String> = (0..good)
         .map(|index| origin.serve_video(&format!("media/good{index}.mp4"), sample_video()))
         .collect();
-    let poisoned = home.one_job(&["submit", "--priority", "100", &poison], 0);
-    let mut submit = vec!["submit"];
+    let (poison_priority, good_priority) = if poison_last {
+        ("0", "100")
+    } else {
+        ("100", "0")
+    };
+    let poisoned = home.one_job(&["submit", "--priority", poison_priority, &poison], 0);
+    let mut submit = vec!["submit", "--priority", good_priority];
     submit.extend(good.iter().map(String::as_str));
     home.json(&submit, 0);
 
+    let concurrency = concurrency.to_string();
     let mut deaths = 0;
     loop {
         let output = home.narra_env(
-            &["worker", "--drain", "--concurrency", "1"],
+            &["worker", "--drain", "--concurrency", &concurrency],
             &[("NARRA_FAILPOINT", "job.start%poison")],
         );
         let stderr = String::from_utf8_lossy(&output.stderr);
         if stderr.contains("failpoint fired: job.start") {
             deaths += 1;
-            assert!(
-                deaths <= 3,
-                "the poisonous job ran a fourth time:\n{stderr}"
-            );
+            assert!(deaths <= 4, "the poisonous job ran a fifth time:\n{stderr}");
             continue;
         }
         assert!(output.status.success(), "{stderr}");
         break;
     }
-    assert_eq!(deaths, 3);
     let show = home.show(&id_of(&poisoned));
     assert_eq!(show["status"], "failed", "{show}");
     assert_eq!(show["error"]["class"], "crash_loop", "{show}");
@@ -290,16 +315,23 @@ fn a_job_that_kills_its_worker_three_times_is_quarantined_and_the_others_finish(
         "it never got past its start"
     );
     let succeeded = home.json(&["jobs", "--status", "succeeded"], 0);
-    assert_eq!(succeeded.as_array().map(Vec::len), Some(2), "{succeeded}");
+    assert_eq!(
+        succeeded.as_array().map(Vec::len),
+        Some(good.len()),
+        "{succeeded}"
+    );
     let health = home.json(&["health"], 1);
-    assert!(
-        health["crash_loops"]
-            .as_array()
-            .expect("a list")
-            .iter()
-            .any(|id| id.as_str() == Some(id_of(&poisoned).as_str())),
+    let crash_loops: Vec<&Value> = health["crash_loops"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .collect();
+    assert_eq!(
+        crash_loops,
+        vec![&Value::String(id_of(&poisoned))],
         "{health}"
     );
+    deaths
 }
 
 // Guards the other half of the rule: a job whose worker dies three times, each time further on

@@ -29,6 +29,8 @@ const SEED_DEFAULT: u64 = 6;
 /// Every `FLAKY_EVERY`-th source drops its connection halfway through the body, once.
 const FLAKY_EVERY: usize = 5;
 const CONCURRENCY: &str = "3";
+/// The flapping-worker case runs 4 jobs at once, as the attack did.
+const FLAP_CONCURRENCY: &str = "4";
 
 fn env_number(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
@@ -234,6 +236,37 @@ fn objects(home: &Home) -> BTreeMap<PathBuf, FileIdentity> {
         .collect()
 }
 
+/// A generated video of `seconds` with a tone of `frequency`, shared by the soak's jobs.
+fn soak_video(seconds: f64, frequency: u32) -> Arc<Vec<u8>> {
+    let path = generate(&format!("soak-{frequency}.mp4"), seconds, frequency);
+    Arc::new(std::fs::read(path).expect("read a generated video"))
+}
+
+/// Runs a last worker until nothing is left, and lists every job: as many as were submitted.
+fn drain_and_list(home: &Home, concurrency: &str, jobs_total: usize) -> Vec<Value> {
+    let finished = home
+        .command(&["worker", "--drain", "--concurrency", concurrency])
+        .output()
+        .expect("narra runs");
+    assert!(
+        finished.status.success(),
+        "the last worker finished: {}",
+        String::from_utf8_lossy(&finished.stderr)
+    );
+    let all = jobs(home, None);
+    assert_eq!(all.len(), jobs_total, "no job lost, none duplicated");
+    all
+}
+
+fn assert_verify_clean(home: &Home) {
+    let verify = home.narra(&["verify"]);
+    assert!(
+        verify.status.success(),
+        "verify is clean:\n{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
 #[test]
 fn a_backfill_killed_again_and_again_ends_with_every_job_succeeded() {
     let jobs_total = env_number("NARRA_SOAK_JOBS", JOBS_DEFAULT as u64) as usize;
@@ -252,10 +285,7 @@ fn a_backfill_killed_again_and_again_ends_with_every_job_succeeded() {
         (4.0, 880),
     ]
     .iter()
-    .map(|&(seconds, frequency)| {
-        let path = generate(&format!("soak-{frequency}.mp4"), seconds, frequency);
-        Arc::new(std::fs::read(path).expect("read a generated video"))
-    })
+    .map(|&(seconds, frequency)| soak_video(seconds, frequency))
     .collect();
     let origin = SoakOrigin::start();
     let mut sources = Vec::with_capacity(jobs_total);
@@ -340,18 +370,7 @@ fn a_backfill_killed_again_and_again_ends_with_every_job_succeeded() {
             first_seen.entry(path).or_insert(identity);
         }
     }
-    let finished = home
-        .command(&["worker", "--drain", "--concurrency", CONCURRENCY])
-        .output()
-        .expect("narra runs");
-    assert!(
-        finished.status.success(),
-        "the last worker finished: {}",
-        String::from_utf8_lossy(&finished.stderr)
-    );
-
-    let all = jobs(&home, None);
-    assert_eq!(all.len(), jobs_total, "no job lost, none duplicated");
+    let all = drain_and_list(&home, CONCURRENCY, jobs_total);
     let not_succeeded: Vec<&Value> = all
         .iter()
         .filter(|job| job["status"] != "succeeded")
@@ -365,12 +384,7 @@ fn a_backfill_killed_again_and_again_ends_with_every_job_succeeded() {
         "the backfill ended after {kills} of {kills_total} kills: give it more jobs (NARRA_SOAK_JOBS)"
     );
 
-    let verify = home.narra(&["verify"]);
-    assert!(
-        verify.status.success(),
-        "verify is clean:\n{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    assert_verify_clean(&home);
     let audit = home.json(&["audit"], 0);
     let violations: u64 = audit
         .as_array()
@@ -494,4 +508,159 @@ fn a_backfill_killed_again_and_again_ends_with_every_job_succeeded() {
     );
     let distinct: BTreeSet<&PathBuf> = final_objects.keys().collect();
     eprintln!("  objects stored             {}", distinct.len());
+}
+
+/// How long one job takes when it runs alone in a fresh worker, measured from the worker's spawn:
+/// until its longest step has ended (startup, then that step), and until the whole job has.
+struct SoloTimes {
+    step_ms: u64,
+    job_ms: u64,
+}
+
+fn millis_of(event: &Value) -> u64 {
+    let at = event["at"].as_str().expect("an event time");
+    let parsed = chrono::DateTime::parse_from_rfc3339(at).expect("an RFC 3339 time");
+    u64::try_from(parsed.timestamp_millis()).expect("a time after 1970")
+}
+
+fn unix_millis_now() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970");
+    u64::try_from(since.as_millis()).expect("a time in range")
+}
+
+/// Runs one job of `video` alone (`--concurrency 1`, its own home) and reads its step times back
+/// from its events.
+fn solo_times(origin: &SoakOrigin, video: Arc<Vec<u8>>) -> SoloTimes {
+    let home = Home::new();
+    let source = origin.put("calibration/solo.mp4", video, false);
+    let job = home.one_job(&["submit", &source], 0);
+    let spawned_ms = unix_millis_now();
+    let output = home.narra(&["worker", "--drain", "--concurrency", "1"]);
+    assert!(
+        output.status.success(),
+        "the calibration job ran: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let show = home.show(&id_of(&job));
+    assert_eq!(show["status"], "succeeded", "{show}");
+    let events = show["events"].as_array().expect("events");
+    let mut started_ms = None;
+    let mut longest_step_ms = 0u64;
+    let mut finished_ms = 0u64;
+    for event in events {
+        match event["kind"].as_str().unwrap_or_default() {
+            "step_started" => started_ms = Some(millis_of(event)),
+            "checkpoint_recorded" => {
+                let ended = millis_of(event);
+                let step = ended.saturating_sub(started_ms.take().unwrap_or(ended));
+                longest_step_ms = longest_step_ms.max(step);
+            }
+            _ => {}
+        }
+        finished_ms = finished_ms.max(millis_of(event));
+    }
+    // The startup before the longest step counts too: a kill comes that long after a spawn.
+    let startup_ms = events
+        .iter()
+        .find(|event| event["kind"] == "step_started")
+        .map_or(0, |event| millis_of(event).saturating_sub(spawned_ms));
+    SoloTimes {
+        step_ms: startup_ms + longest_step_ms,
+        job_ms: finished_ms.saturating_sub(spawned_ms),
+    }
+}
+
+/// The flapping worker: `NARRA_SOAK_FLAP_KILLS` (default 12) kill -9 of a worker running 4 jobs
+/// at once, during a backfill of `NARRA_SOAK_FLAP_JOBS` (default 40) healthy jobs, each kill
+/// coming later after its worker's start than one step of a job running alone takes, and sooner
+/// than a whole job (both measured first, on this machine, with one job alone).
+///
+/// Guards the attribution of deaths (`engine::attribution`): a death of a process that held
+/// several jobs charges none of them; they become suspects and run alone until their next
+/// checkpoint. So healthy jobs killed again and again beside others are never quarantined as
+/// `crash_loop`, and all succeed. (Before attribution, every job in flight was charged with every
+/// death, and bystanders were quarantined.)
+#[test]
+fn a_flapping_worker_quarantines_no_healthy_job() {
+    let jobs_total = env_number("NARRA_SOAK_FLAP_JOBS", 40) as usize;
+    let kills_total = env_number("NARRA_SOAK_FLAP_KILLS", 12) as usize;
+    let seed = env_number("NARRA_SOAK_SEED", SEED_DEFAULT);
+    let mut rng = Rng(seed);
+    let started = std::time::Instant::now();
+
+    let videos: Vec<Arc<Vec<u8>>> = [(1.0, 330), (2.0, 440), (4.0, 550)]
+        .iter()
+        .map(|&(seconds, frequency)| soak_video(seconds, frequency))
+        .collect();
+    let origin = SoakOrigin::start();
+    let solo = solo_times(&origin, videos[videos.len() - 1].clone());
+    let spacing_min_ms = solo.step_ms;
+    let spacing_max_ms = solo.job_ms.max(spacing_min_ms);
+
+    let sources: Vec<String> = (0..jobs_total)
+        .map(|index| {
+            let video = videos[index % videos.len()].clone();
+            origin.put(&format!("flap/{index}.mp4"), video, false)
+        })
+        .collect();
+    let home = Home::new();
+    let mut submit = vec!["submit"];
+    submit.extend(sources.iter().map(String::as_str));
+    let submitted = home.json(&submit, 0);
+    assert_eq!(submitted.as_array().map(Vec::len), Some(jobs_total));
+
+    let mut kills = 0;
+    let mut in_flight_at_kills = Vec::new();
+    while kills < kills_total {
+        let mut worker = home.spawn(&["worker", "--drain", "--concurrency", FLAP_CONCURRENCY]);
+        let spacing_ms = spacing_min_ms + rng.below(spacing_max_ms - spacing_min_ms + 1);
+        // The kill's moment is the load this case applies, not a synchronisation: nothing is
+        // awaited by it, and nothing is asserted about how long anything took.
+        let kill_at = std::time::Instant::now() + std::time::Duration::from_millis(spacing_ms);
+        let mut exited = None;
+        while std::time::Instant::now() < kill_at {
+            if let Some(status) = worker.has_exited() {
+                exited = Some(status);
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if let Some(status) = exited {
+            assert!(status.success(), "the worker exited {status}");
+            break;
+        }
+        worker.kill();
+        kills += 1;
+        in_flight_at_kills.push(jobs(&home, Some("running")).len());
+    }
+    let all = drain_and_list(&home, FLAP_CONCURRENCY, jobs_total);
+    let quarantined: Vec<&Value> = all
+        .iter()
+        .filter(|job| job["error"]["class"] == "crash_loop")
+        .collect();
+    let not_succeeded = all
+        .iter()
+        .filter(|job| job["status"] != "succeeded")
+        .count();
+    eprintln!(
+        "\nflapping worker: seed {seed}, {jobs_total} jobs at concurrency {FLAP_CONCURRENCY}, \
+         {kills} kills {spacing_min_ms}-{spacing_max_ms} ms after each start (jobs in flight at \
+         each kill: {in_flight_at_kills:?}); {} quarantined, {} not succeeded; {:.1} s",
+        quarantined.len(),
+        not_succeeded,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        quarantined.is_empty(),
+        "{} of {jobs_total} healthy jobs quarantined as crash_loop: {quarantined:?}",
+        quarantined.len()
+    );
+    assert_eq!(not_succeeded, 0, "every job succeeded: {all:?}");
+    assert_eq!(
+        kills, kills_total,
+        "the backfill ended after {kills} of {kills_total} kills: give it more jobs (NARRA_SOAK_FLAP_JOBS)"
+    );
+    assert_verify_clean(&home);
 }

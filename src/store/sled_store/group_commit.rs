@@ -20,6 +20,7 @@
 use tokio::sync::oneshot;
 
 use super::{SledStore, StoreError, Tx, TxResult, checkpoint_key, encode_in_tx};
+use crate::engine::attribution;
 use crate::engine::job::{Checkpoint, LeaseToken, MediaMetadata, Timestamp};
 use crate::engine::machine::{self, Rejected};
 use crate::store::StoreResult;
@@ -249,6 +250,10 @@ fn apply(
             .insert(&id.to_bytes()[..], encode_in_tx(metadata)?)?;
     }
     tx.append_events(&mut job, crate::store::checkpoint_events(checkpoint), now)?;
+    // A suspect that passed a checkpoint runs beside others again (`engine::attribution`).
+    if let Some(cleared) = attribution::checkpoint_passed(&job) {
+        job = cleared;
+    }
     tx.put_job(Some(job.status), &job)?;
     Ok(Ok(()))
 }
