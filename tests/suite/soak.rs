@@ -21,7 +21,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::fixture::{FileIdentity, Home, file_snapshot, generate, id_of, wait_until};
+use super::fixture::{
+    ChildGuard, FileId, FileIdentity, Home, file_snapshot, generate, id_of, wait_until,
+};
 
 const JOBS_DEFAULT: usize = 45;
 const KILLS_DEFAULT: usize = 20;
@@ -510,72 +512,56 @@ fn a_backfill_killed_again_and_again_ends_with_every_job_succeeded() {
     eprintln!("  objects stored             {}", distinct.len());
 }
 
-/// How long one job takes when it runs alone in a fresh worker, measured from the worker's spawn:
-/// until its longest step has ended (startup, then that step), and until the whole job has.
-struct SoloTimes {
-    step_ms: u64,
-    job_ms: u64,
+/// Whether `worker` (spawned after the socket `stale` was there) holds the home and serves its
+/// socket: until then, a command on the home would take it itself.
+fn holds(home: &Home, worker: &mut ChildGuard, stale: Option<FileId>) -> bool {
+    let pid = worker.id().to_string();
+    std::fs::read_to_string(home.lock_file()).is_ok_and(|text| text.trim() == pid)
+        && home.socket_id().is_some_and(|id| Some(id) != stale)
 }
 
-fn millis_of(event: &Value) -> u64 {
-    let at = event["at"].as_str().expect("an event time");
-    let parsed = chrono::DateTime::parse_from_rfc3339(at).expect("an RFC 3339 time");
-    u64::try_from(parsed.timestamp_millis()).expect("a time after 1970")
-}
-
-fn unix_millis_now() -> u64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("a clock after 1970");
-    u64::try_from(since.as_millis()).expect("a time in range")
-}
-
-/// Runs one job of `video` alone (`--concurrency 1`, its own home) and reads its step times back
-/// from its events.
-fn solo_times(origin: &SoakOrigin, video: Arc<Vec<u8>>) -> SoloTimes {
-    let home = Home::new();
-    let source = origin.put("calibration/solo.mp4", video, false);
-    let job = home.one_job(&["submit", &source], 0);
-    let spawned_ms = unix_millis_now();
-    let output = home.narra(&["worker", "--drain", "--concurrency", "1"]);
-    assert!(
-        output.status.success(),
-        "the calibration job ran: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let show = home.show(&id_of(&job));
-    assert_eq!(show["status"], "succeeded", "{show}");
-    let events = show["events"].as_array().expect("events");
-    let mut started_ms = None;
-    let mut longest_step_ms = 0u64;
-    let mut finished_ms = 0u64;
-    for event in events {
-        match event["kind"].as_str().unwrap_or_default() {
-            "step_started" => started_ms = Some(millis_of(event)),
-            "checkpoint_recorded" => {
-                let ended = millis_of(event);
-                let step = ended.saturating_sub(started_ms.take().unwrap_or(ended));
-                longest_step_ms = longest_step_ms.max(step);
+/// Whether a job this worker runs has recorded a checkpoint since it was first seen running, or
+/// succeeded. `seen` keeps each running job's checkpoint count as first seen (its phase would not
+/// do: a resumed job passes through the phases of the steps it skips). A list that cannot be read
+/// (the worker exiting between the check and the request) is no news.
+fn a_running_job_progressed(home: &Home, seen: &mut HashMap<String, usize>) -> bool {
+    let read = |args: &[&str]| {
+        let output = home.command(args).output().expect("narra runs");
+        serde_json::from_slice::<Value>(&output.stdout).ok()
+    };
+    let Some(Value::Array(listed)) = read(&["--json", "jobs", "--limit", "100000"]) else {
+        return false;
+    };
+    let mut progressed = false;
+    for job in &listed {
+        let id = id_of(job);
+        match job["status"].as_str() {
+            Some("running") => {
+                let Some(show) = read(&["--json", "show", &id]) else {
+                    continue;
+                };
+                let checkpoints = show["checkpoints"].as_array().map_or(0, Vec::len);
+                match seen.get(&id) {
+                    Some(first) if checkpoints > *first => progressed = true,
+                    Some(_) => {}
+                    None => {
+                        seen.insert(id, checkpoints);
+                    }
+                }
             }
+            Some("succeeded") if seen.contains_key(&id) => progressed = true,
             _ => {}
         }
-        finished_ms = finished_ms.max(millis_of(event));
     }
-    // The startup before the longest step counts too: a kill comes that long after a spawn.
-    let startup_ms = events
-        .iter()
-        .find(|event| event["kind"] == "step_started")
-        .map_or(0, |event| millis_of(event).saturating_sub(spawned_ms));
-    SoloTimes {
-        step_ms: startup_ms + longest_step_ms,
-        job_ms: finished_ms.saturating_sub(spawned_ms),
-    }
+    progressed
 }
 
 /// The flapping worker: `NARRA_SOAK_FLAP_KILLS` (default 12) kill -9 of a worker running 4 jobs
 /// at once, during a backfill of `NARRA_SOAK_FLAP_JOBS` (default 40) healthy jobs, each kill
-/// coming later after its worker's start than one step of a job running alone takes, and sooner
-/// than a whole job (both measured first, on this machine, with one job alone).
+/// coming as soon as the worker is seen to have moved a job past a checkpoint: later after its
+/// start than one step of a job running alone (a suspect's step, which is the first to end), and
+/// sooner than a whole job. Kills are placed by what the worker did, not by a clock, so a loaded
+/// machine that runs every step slower changes nothing.
 ///
 /// Guards the attribution of deaths (`engine::attribution`): a death of a process that held
 /// several jobs charges none of them; they become suspects and run alone until their next
@@ -586,8 +572,6 @@ fn solo_times(origin: &SoakOrigin, video: Arc<Vec<u8>>) -> SoloTimes {
 fn a_flapping_worker_quarantines_no_healthy_job() {
     let jobs_total = env_number("NARRA_SOAK_FLAP_JOBS", 40) as usize;
     let kills_total = env_number("NARRA_SOAK_FLAP_KILLS", 12) as usize;
-    let seed = env_number("NARRA_SOAK_SEED", SEED_DEFAULT);
-    let mut rng = Rng(seed);
     let started = std::time::Instant::now();
 
     let videos: Vec<Arc<Vec<u8>>> = [(1.0, 330), (2.0, 440), (4.0, 550)]
@@ -595,9 +579,6 @@ fn a_flapping_worker_quarantines_no_healthy_job() {
         .map(|&(seconds, frequency)| soak_video(seconds, frequency))
         .collect();
     let origin = SoakOrigin::start();
-    let solo = solo_times(&origin, videos[videos.len() - 1].clone());
-    let spacing_min_ms = solo.step_ms;
-    let spacing_max_ms = solo.job_ms.max(spacing_min_ms);
 
     let sources: Vec<String> = (0..jobs_total)
         .map(|index| {
@@ -614,18 +595,20 @@ fn a_flapping_worker_quarantines_no_healthy_job() {
     let mut kills = 0;
     let mut in_flight_at_kills = Vec::new();
     while kills < kills_total {
+        let stale = home.socket_id();
         let mut worker = home.spawn(&["worker", "--drain", "--concurrency", FLAP_CONCURRENCY]);
-        let spacing_ms = spacing_min_ms + rng.below(spacing_max_ms - spacing_min_ms + 1);
-        // The kill's moment is the load this case applies, not a synchronisation: nothing is
-        // awaited by it, and nothing is asserted about how long anything took.
-        let kill_at = std::time::Instant::now() + std::time::Duration::from_millis(spacing_ms);
+        let mut seen = HashMap::new();
         let mut exited = None;
-        while std::time::Instant::now() < kill_at {
+        // Polls, not a wait for a moment: the kill comes at the first sight of progress.
+        loop {
             if let Some(status) = worker.has_exited() {
                 exited = Some(status);
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            if holds(&home, &mut worker, stale) && a_running_job_progressed(&home, &mut seen) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         if let Some(status) = exited {
             assert!(status.success(), "the worker exited {status}");
@@ -645,9 +628,9 @@ fn a_flapping_worker_quarantines_no_healthy_job() {
         .filter(|job| job["status"] != "succeeded")
         .count();
     eprintln!(
-        "\nflapping worker: seed {seed}, {jobs_total} jobs at concurrency {FLAP_CONCURRENCY}, \
-         {kills} kills {spacing_min_ms}-{spacing_max_ms} ms after each start (jobs in flight at \
-         each kill: {in_flight_at_kills:?}); {} quarantined, {} not succeeded; {:.1} s",
+        "\nflapping worker: {jobs_total} jobs at concurrency {FLAP_CONCURRENCY}, {kills} kills, \
+         each at the first checkpoint seen after the worker's start (jobs in flight at each kill: \
+         {in_flight_at_kills:?}); {} quarantined, {} not succeeded; {:.1} s",
         quarantined.len(),
         not_succeeded,
         started.elapsed().as_secs_f64()
