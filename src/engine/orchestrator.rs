@@ -17,7 +17,9 @@ use crate::engine::backfill::source_host;
 use crate::engine::job::{ErrorInfo, Job, JobId, LeaseToken, PRIORITY_LIVE, Status, Timestamp};
 use crate::engine::machine::Rejected;
 use crate::engine::scheduling::{HostOutcome, STORAGE_BREAKER};
-use crate::engine::sources::{LocalPaths, SourceError, canonical_source, idempotency_key};
+use crate::engine::sources::{
+    LocalPaths, SourceError, canonical_source, check_key, idempotency_key,
+};
 use crate::engine::worker::{FencedWrite, WorkOutcome, execute};
 use crate::store::{
     ClaimNext, ClaimRequest, JobFilter, NewIncident, OrchestratorStore, StoreError, SubmitRequest,
@@ -90,6 +92,9 @@ pub async fn submit(
         return Err(EngineError::Usage(
             "--key names one job: give it with a single source".to_string(),
         ));
+    }
+    if let Some(key) = &options.key {
+        check_key(key)?;
     }
     // Every source is checked before any is submitted: a refused one submits nothing.
     let sources = sources

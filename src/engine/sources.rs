@@ -61,6 +61,16 @@ impl SourceError {
     }
 }
 
+/// Refuses a caller's idempotency key (`--key`, the API's `key`) with a control character: it is
+/// shown by `show` like a source, and a line break in it would forge a line as well.
+pub fn check_key(key: &str) -> Result<(), SourceError> {
+    match key.char_indices().find(|(_, c)| c.is_control()) {
+        Some((at, control)) => Err(SourceError::ControlCharacter(control, at)),
+        None if key.trim().is_empty() => Err(SourceError::Empty),
+        None => Ok(()),
+    }
+}
+
 /// What a source is, by the one rule of this module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceText<'a> {

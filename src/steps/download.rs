@@ -948,8 +948,10 @@ async fn download_platform(
         format!(
             // When yt-dlp hands an HLS playlist to ffmpeg after all (a feature its own downloader
             // lacks), ffmpeg is told the proxy as an option: from the environment, which is all
-            // yt-dlp gives it, ffmpeg takes a proxy for http only, not https.
-            "--proxy \"{0}\"\n--downloader-args \"ffmpeg_i:-http_proxy {0}\"\n",
+            // yt-dlp gives it, ffmpeg takes a proxy for http only, not https. Its protocols are
+            // the network ones only: a playlist's `file:` segment or key would read a local file
+            // the guard never sees.
+            "--proxy \"{0}\"\n--downloader-args \"ffmpeg_i:-protocol_whitelist http,https,tls,tcp,crypto,httpproxy -http_proxy {0}\"\n",
             proxy.url()
         ),
     )

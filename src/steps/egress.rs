@@ -34,6 +34,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most connections one job's proxy serves at once. yt-dlp and its ffmpeg open a few; a local
+/// process that opens many (it needs no credential to connect) must not take the narra process's
+/// file descriptors: past the cap, a connection is closed at once.
+const CONNECTIONS_MAX: usize = 32;
+/// How long the accept loop rests after an accept error (out of descriptors, say), so that an
+/// error that repeats does not spin a core.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// Turns a host name into addresses. The proxy asks at every request, so what it checks is what it
 /// connects to.
@@ -118,7 +125,14 @@ impl EgressProxy {
             loop {
                 tokio::select! {
                     accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
+                        let Ok((stream, _)) = accepted else {
+                            tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                            continue;
+                        };
+                        if connections.len() >= CONNECTIONS_MAX {
+                            drop(stream);
+                            continue;
+                        }
                         connections.spawn(serve(stream, shared.clone()));
                     }
                     // Reap finished connections so the set does not grow with the job's requests.

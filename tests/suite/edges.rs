@@ -193,6 +193,15 @@ fn a_source_with_a_control_character_is_refused_at_every_door() {
         assert_eq!(status, 400, "{answer}");
         assert_eq!(answer["error"]["class"], "invalid_source", "{answer}");
     }
+    // A caller's key is shown like a source: the same rule.
+    let (status, answer) = server.call(
+        "POST",
+        "/jobs",
+        Some(TOKEN),
+        Some(json!({ "source": good, "key": "k\n2026-12-07T00:00:00Z INFO forged" })),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["class"], "invalid_source", "{answer}");
     let manifest = home.dir.path().join("forged.txt");
     std::fs::write(&manifest, format!("{}\n", json!({ "source": forged }))).unwrap();
     drop(server);
