@@ -13,7 +13,10 @@
 //! proxy.
 //!
 //! It never follows a redirect (the tool does, and every hop comes back through here), never
-//! reads or keeps bodies, and never serves anyone but the credential's holder.
+//! reads or keeps bodies, and never serves anyone but the credential's holder. Nor anyone of
+//! another uid: the credential can show on a child's command line (yt-dlp's ffmpeg takes the proxy
+//! as an option), which every local user can read, so a connection whose peer socket belongs to
+//! another user (`/proc/net/tcp`, [`peer_uid`]) is closed before a byte is read.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -133,6 +136,10 @@ impl EgressProxy {
                             drop(stream);
                             continue;
                         }
+                        if !peer_is_this_user(&stream) {
+                            drop(stream);
+                            continue;
+                        }
                         connections.spawn(serve(stream, shared.clone()));
                     }
                     // Reap finished connections so the set does not grow with the job's requests.
@@ -160,6 +167,43 @@ impl EgressProxy {
 }
 
 /// 32 random bytes from the kernel, in hex.
+/// Whether the process at the other end of `stream` runs as this process's effective uid. A peer
+/// whose uid cannot be read (no `/proc`) is let through to the credential check.
+fn peer_is_this_user(stream: &TcpStream) -> bool {
+    let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
+        return false;
+    };
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return true;
+    };
+    // SAFETY: geteuid(2) only reads a process attribute and cannot fail.
+    let own_uid = unsafe { libc::geteuid() };
+    peer_uid(&table, peer, local).is_none_or(|uid| uid == own_uid)
+}
+
+/// The uid that owns the socket whose local address is `peer` and whose remote address is `local`
+/// (the client's end of a connection to us), read from the text of `/proc/net/tcp`: addresses are
+/// printed as the native-endian hex of the IPv4 address and the hex port, the uid is the eighth
+/// column. `None` when no such socket is listed (or the peer is not IPv4).
+pub fn peer_uid(table: &str, peer: SocketAddr, local: SocketAddr) -> Option<u32> {
+    let hex = |address: SocketAddr| match address {
+        SocketAddr::V4(v4) => Some(format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(v4.ip().octets()),
+            v4.port()
+        )),
+        SocketAddr::V6(_) => None,
+    };
+    let (peer, local) = (hex(peer)?, hex(local)?);
+    table.lines().skip(1).find_map(|line| {
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        match columns.as_slice() {
+            [_, from, to, _, _, _, _, uid, ..] if *from == peer && *to == local => uid.parse().ok(),
+            _ => None,
+        }
+    })
+}
+
 fn random_credential() -> Result<String, StepError> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
@@ -564,6 +608,72 @@ mod tests {
     // the proxy's credential gets a 407 and resolves nothing. It runs on a thread moved into a
     // network namespace of its own (only `lo`, with the "public" address on it), so nothing can
     // leave the machine.
+    #[test]
+    fn the_peer_socket_s_uid_is_read_from_the_tcp_table() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+             0: 0100007F:9C40 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n\
+             1: 0100007F:D431 0100007F:9C40 01 00000000:00000000 00:00000000 00000000 65534        0 2 1 0 20 4 30 10 -1\n\
+             2: 0100007F:9C40 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1\n";
+        let proxy: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let client: SocketAddr = "127.0.0.1:54321".parse().unwrap();
+        assert_eq!(peer_uid(table, client, proxy), Some(65534));
+        assert_eq!(peer_uid(table, proxy, client), Some(0));
+        let other: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(peer_uid(table, other, proxy), None);
+    }
+
+    // Guards the proxy's credential where it shows (yt-dlp's ffmpeg's command line): another
+    // local user who holds it is still not served. A client run as `nobody` gets the connection
+    // closed with no answer; the same request from this user gets its 407 (no credential sent).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_of_another_uid_is_not_served() {
+        let resolver = Arc::new(Rebinding {
+            calls: AtomicUsize::new(0),
+            first: "127.0.0.1".parse().unwrap(),
+            then: "127.0.0.1".parse().unwrap(),
+        });
+        let proxy = EgressProxy::start(Arc::new(NetworkPolicy::default()), resolver)
+            .await
+            .unwrap();
+        // A closed connection reads as nothing; a reset one (closed with the request unread) too.
+        let client = format!(
+            "import socket\n\
+             s = socket.create_connection(('127.0.0.1', {}))\n\
+             try:\n    \
+             s.sendall(b'GET http://example.invalid/ HTTP/1.1\\r\\nHost: example.invalid\\r\\n\\r\\n')\n    \
+             print(s.recv(64).decode(errors='replace').split('\\r\\n')[0])\n\
+             except (ConnectionResetError, BrokenPipeError):\n    \
+             print('')\n",
+            proxy.addr.port()
+        );
+        let answer = |as_nobody: bool| {
+            let client = client.clone();
+            async move {
+                let mut command = tokio::process::Command::new(if as_nobody {
+                    "setpriv"
+                } else {
+                    "/usr/bin/python3"
+                });
+                if as_nobody {
+                    command.args([
+                        "--reuid=65534",
+                        "--regid=65534",
+                        "--clear-groups",
+                        "/usr/bin/python3",
+                    ]);
+                }
+                let output = command.args(["-c", &client]).output().await.unwrap();
+                assert!(output.status.success(), "{output:?}");
+                String::from_utf8_lossy(&output.stdout).trim().to_string()
+            }
+        };
+        assert!(
+            answer(false).await.contains("407"),
+            "this user gets an answer"
+        );
+        assert_eq!(answer(true).await, "", "another user gets nothing");
+    }
+
     #[test]
     fn a_name_rebinding_to_loopback_is_refused_at_the_next_request() {
         in_sealed_namespace(rebinding_is_refused);
