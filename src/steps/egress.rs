@@ -364,7 +364,7 @@ async fn serve(mut client: TcpStream, shared: Arc<Shared>) {
             return;
         }
     };
-    let forwarded = if connect {
+    if connect {
         if client
             .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
             .await
@@ -372,33 +372,72 @@ async fn serve(mut client: TcpStream, shared: Arc<Shared>) {
         {
             return;
         }
-        rest
-    } else {
-        // One request per connection: the origin is asked to close after its answer, so a
-        // second request on this client connection can never reach a host that was not checked.
-        let mut text = format!("{} {path} HTTP/1.1\r\n", head.method);
-        for (name, value) in &head.headers {
-            let hop_by_hop = [
-                "proxy-authorization",
-                "proxy-connection",
-                "connection",
-                "keep-alive",
-            ]
-            .iter()
-            .any(|hop| name.eq_ignore_ascii_case(hop));
-            if !hop_by_hop {
-                text.push_str(&format!("{name}: {value}\r\n"));
-            }
+        if upstream.write_all(&rest).await.is_err() {
+            return;
         }
-        text.push_str("Connection: close\r\n\r\n");
-        let mut bytes = text.into_bytes();
-        bytes.extend_from_slice(&rest);
-        bytes
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        return;
+    }
+    // One request per connection: the origin gets this request's head and body and nothing after
+    // them, and is asked to close after its answer; whatever else the client sends on this
+    // connection (a second request its pool meant for another host) is never read, so it can
+    // reach no host but the one checked, and the answer is relayed until the origin closes.
+    let body_bytes: u64 = match head.header("Content-Length") {
+        Some(length) => match length.trim().parse() {
+            Ok(length) => length,
+            Err(_) => {
+                answer(
+                    &mut client,
+                    "400 Bad Request",
+                    "",
+                    "a malformed Content-Length\n",
+                )
+                .await;
+                return;
+            }
+        },
+        None => 0,
     };
+    if head.header("Transfer-Encoding").is_some() {
+        answer(
+            &mut client,
+            "411 Length Required",
+            "",
+            "narra's egress proxy relays request bodies with a Content-Length only\n",
+        )
+        .await;
+        return;
+    }
+    let mut text = format!("{} {path} HTTP/1.1\r\n", head.method);
+    for (name, value) in &head.headers {
+        let hop_by_hop = [
+            "proxy-authorization",
+            "proxy-connection",
+            "connection",
+            "keep-alive",
+        ]
+        .iter()
+        .any(|hop| name.eq_ignore_ascii_case(hop));
+        if !hop_by_hop {
+            text.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    text.push_str("Connection: close\r\n\r\n");
+    let body_in_rest = usize::try_from(body_bytes).map_or(rest.len(), |body| body.min(rest.len()));
+    let mut forwarded = text.into_bytes();
+    forwarded.extend_from_slice(&rest[..body_in_rest]);
     if upstream.write_all(&forwarded).await.is_err() {
         return;
     }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let body_left = body_bytes.saturating_sub(u64::try_from(body_in_rest).unwrap_or(u64::MAX));
+    if body_left > 0 {
+        let mut body = (&mut client).take(body_left);
+        if tokio::io::copy(&mut body, &mut upstream).await.is_err() {
+            return;
+        }
+    }
+    let _ = tokio::io::copy(&mut upstream, &mut client).await;
+    let _ = client.shutdown().await;
 }
 
 /// `host:port` of a CONNECT target (`[v6]:port` for IPv6 literals).
@@ -672,6 +711,63 @@ mod tests {
             "this user gets an answer"
         );
         assert_eq!(answer(true).await, "", "another user gets nothing");
+    }
+
+    // Guards the plain-HTTP relay: a client that pipelines a second request on one proxied
+    // connection (an HTTP pool reusing it for another host) must not have it sent to the first
+    // origin, which was the only host checked. The origin records what its first read brings:
+    // before the fix, the proxy sent the bytes after the first head along with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_request_on_a_plain_connection_never_reaches_the_origin() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (first_read_sender, first_read) = tokio::sync::oneshot::channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut received = Vec::new();
+            let mut chunk = [0u8; 8192];
+            while !received.windows(4).any(|window| window == b"\r\n\r\n") {
+                match stream.read(&mut chunk).await.unwrap() {
+                    0 => break,
+                    read => received.extend_from_slice(&chunk[..read]),
+                }
+            }
+            let _ = first_read_sender.send(received);
+            // A hostile origin: it answers, ignores `Connection: close` and keeps the connection.
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+            while matches!(stream.read(&mut chunk).await, Ok(read) if read > 0) {}
+        });
+        let policy = NetworkPolicy {
+            allow_private_network: true,
+            ..NetworkPolicy::default()
+        };
+        let resolver = Arc::new(Rebinding {
+            calls: AtomicUsize::new(0),
+            first: "127.0.0.1".parse().unwrap(),
+            then: "127.0.0.1".parse().unwrap(),
+        });
+        let proxy = EgressProxy::start(Arc::new(policy), resolver)
+            .await
+            .unwrap();
+        let authorization = base64(format!("narra:{}", proxy.credential).as_bytes());
+        let request = |host: &str| {
+            format!(
+                "GET http://{host}:{port}/media HTTP/1.1\r\nHost: {host}:{port}\r\nProxy-Authorization: Basic {authorization}\r\n\r\n"
+            )
+        };
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        let pipelined = request("first.example") + &request("second.example");
+        client.write_all(pipelined.as_bytes()).await.unwrap();
+        let received = String::from_utf8(first_read.await.unwrap()).unwrap();
+        assert!(received.contains("first.example"), "{received}");
+        assert!(
+            !received.contains("second.example"),
+            "the second request reached the first origin: {received}"
+        );
+        assert!(received.contains("Connection: close"), "{received}");
+        assert!(!received.contains("Proxy-Authorization"), "{received}");
     }
 
     #[test]
