@@ -160,7 +160,8 @@ pub struct CreateRequest {
 /// address is stopped by the same guard when the download connects. The answer is the source as
 /// parsed and normalised: what is submitted, never the raw text.
 pub fn check_source(state: &ApiState, source: &str) -> Result<String, ApiError> {
-    let source = canonical_source(source, &LocalPaths::Refused)?;
+    // No base directory: local paths are refused.
+    let source = canonical_source(source, None)?;
     let url = url::Url::parse(&source).map_err(|error| {
         ApiError::internal(format!("a canonical source did not parse: {error}"))
     })?;

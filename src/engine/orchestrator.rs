@@ -97,9 +97,10 @@ pub async fn submit(
         check_key(key)?;
     }
     // Every source is checked before any is submitted: a refused one submits nothing.
+    let base_dir = options.local_paths.base_dir();
     let sources = sources
         .iter()
-        .map(|source| canonical_source(source, &options.local_paths))
+        .map(|source| canonical_source(source, base_dir.as_deref()))
         .collect::<Result<Vec<_>, _>>()?;
     let mut submitted = Vec::with_capacity(sources.len());
     for source in sources {

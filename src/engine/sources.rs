@@ -9,9 +9,10 @@
 //!
 //! The key is what makes submission idempotent: the same video submitted twice is one job. Without
 //! `--key`, it is the workflow name plus the normalised source: scheme and host lower-cased, the
-//! default port and the fragment dropped, local paths made absolute. Nothing here does I/O.
+//! default port and the fragment dropped, local paths made absolute. Nothing here does I/O but
+//! [`LocalPaths::base_dir`], which reads the working directory once per submission.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Whether a submission may name local paths, and what relative ones are resolved against.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,7 +28,9 @@ pub enum LocalPaths {
 }
 
 impl LocalPaths {
-    /// The directory relative paths are resolved against, `None` when local paths are refused.
+    /// The directory relative paths are resolved against, `None` when local paths are refused:
+    /// what [`canonical_source`] takes. `CurrentDir` reads this process's working directory, so a
+    /// submission asks once for all its sources.
     pub fn base_dir(&self) -> Option<PathBuf> {
         match self {
             LocalPaths::CurrentDir => Some(std::env::current_dir().unwrap_or_default()),
@@ -105,11 +108,12 @@ fn has_scheme(text: &str) -> bool {
 }
 
 /// The source as the job keeps it: a URL parsed and normalised (scheme and host lower-cased,
-/// default port and fragment dropped); a local path made absolute against `local_paths`' base, so
-/// the job can be retried from any directory. A URL that does not parse is kept as typed (trimmed)
-/// when local paths are allowed, so it becomes a job that fails with `unsupported_source` and can
-/// be seen; a remote client's must be an `http(s)` URL with a host.
-pub fn canonical_source(input: &str, local_paths: &LocalPaths) -> Result<String, SourceError> {
+/// default port and fragment dropped); a local path made absolute against `base_dir`, so the job
+/// can be retried from any directory. `base_dir` is `None` for a remote client, whose source must
+/// be an `http(s)` URL with a host ([`LocalPaths::base_dir`]). A URL that does not parse is kept as
+/// typed (trimmed) when local paths are allowed, so it becomes a job that fails with
+/// `unsupported_source` and can be seen.
+pub fn canonical_source(input: &str, base_dir: Option<&Path>) -> Result<String, SourceError> {
     // Before trimming: a line break at either end is as much a forged line as one inside.
     if let Some((at, control)) = input.char_indices().find(|(_, c)| c.is_control()) {
         return Err(SourceError::ControlCharacter(control, at));
@@ -118,7 +122,6 @@ pub fn canonical_source(input: &str, local_paths: &LocalPaths) -> Result<String,
     if trimmed.is_empty() {
         return Err(SourceError::Empty);
     }
-    let base_dir = local_paths.base_dir();
     match classify(trimmed) {
         SourceText::Url(Ok(url)) => {
             let url = normalized(url);
@@ -203,8 +206,7 @@ mod tests {
 
     #[test]
     fn local_paths_become_absolute_and_match_their_file_url() {
-        let source =
-            canonical_source("media/a.mp4", &LocalPaths::RelativeTo("/srv".into())).unwrap();
+        let source = canonical_source("media/a.mp4", Some(Path::new("/srv"))).unwrap();
         assert_eq!(source, "/srv/media/a.mp4");
         assert_eq!(
             idempotency_key(&source, "ingest"),
@@ -216,7 +218,7 @@ mod tests {
     fn a_text_with_a_scheme_is_a_url_never_a_path() {
         // The attack of issue 16: `http:` without `//` parsed as a URL by the guard, then joined
         // onto the working directory as a path, read a local file.
-        let host = LocalPaths::RelativeTo("/srv/narra".into());
+        let host = Some(Path::new("/srv/narra"));
         for (typed, expected) in [
             ("http:/../../../etc/passwd", "http://../etc/passwd"),
             ("http:/etc/passwd", "http://etc/passwd"),
@@ -224,16 +226,12 @@ mod tests {
             ("HTTP://Example.COM/v.mp4#t=3", "http://example.com/v.mp4"),
             ("  https://example.com/v.mp4  ", "https://example.com/v.mp4"),
         ] {
-            assert_eq!(canonical_source(typed, &host).unwrap(), expected, "{typed}");
-            assert_eq!(
-                canonical_source(typed, &LocalPaths::Refused).unwrap(),
-                expected,
-                "{typed}"
-            );
+            assert_eq!(canonical_source(typed, host).unwrap(), expected, "{typed}");
+            assert_eq!(canonical_source(typed, None).unwrap(), expected, "{typed}");
         }
         assert!(matches!(classify("./http:/x"), SourceText::Path(_)));
         assert_eq!(
-            canonical_source("./http:/x", &host).unwrap(),
+            canonical_source("./http:/x", host).unwrap(),
             "/srv/narra/./http:/x"
         );
     }
@@ -251,10 +249,7 @@ mod tests {
             "data:video/mp4;base64,AAAA",
         ] {
             assert!(
-                matches!(
-                    canonical_source(typed, &LocalPaths::Refused),
-                    Err(SourceError::NotHttp(_))
-                ),
+                matches!(canonical_source(typed, None), Err(SourceError::NotHttp(_))),
                 "{typed} must be refused"
             );
         }
@@ -270,8 +265,8 @@ mod tests {
             "\t",
             "https://example.com/a.mp4\n",
         ] {
-            for local_paths in [LocalPaths::CurrentDir, LocalPaths::Refused] {
-                let refused = canonical_source(typed, &local_paths);
+            for base_dir in [Some(Path::new("/srv")), None] {
+                let refused = canonical_source(typed, base_dir);
                 assert!(
                     matches!(
                         refused,
@@ -288,7 +283,7 @@ mod tests {
         // A job submitted by an earlier version kept the raw text; its key was already the
         // normalised URL, so the same URL submitted now finds it.
         let raw = "HTTPS://CDN.Example.com:443/Video.mp4#t=10";
-        let stored_now = canonical_source(raw, &LocalPaths::CurrentDir).unwrap();
+        let stored_now = canonical_source(raw, Some(Path::new("/srv"))).unwrap();
         assert_eq!(
             idempotency_key(raw, "ingest"),
             idempotency_key(&stored_now, "ingest")
