@@ -480,22 +480,8 @@ async fn checked_addresses(
         shared.policy.check_address(host, ip)?;
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
-    let addresses = shared.resolver.resolve(host, port).await.map_err(|error| {
-        StepError::new(
-            ErrorClass::NetworkError,
-            format!("cannot resolve {host}: {error}"),
-        )
-    })?;
-    if addresses.is_empty() {
-        return Err(StepError::new(
-            ErrorClass::NetworkError,
-            format!("{host} has no address"),
-        ));
-    }
-    for address in &addresses {
-        shared.policy.check_address(host, address.ip())?;
-    }
-    Ok(addresses)
+    let resolved = shared.resolver.resolve(host, port).await;
+    shared.policy.checked_addresses(host, resolved)
 }
 
 /// A connection to the first of `addresses` that answers, directly or through `NARRA_PROXY`.

@@ -137,18 +137,36 @@ impl NetworkPolicy {
             return Ok(());
         };
         let port = url.port_or_known_default().unwrap_or(443);
-        let addresses = tokio::net::lookup_host((name, port))
+        let resolved = tokio::net::lookup_host((name, port))
             .await
-            .map_err(|error| {
-                StepError::new(
-                    ErrorClass::NetworkError,
-                    format!("cannot resolve {name}: {error}"),
-                )
-            })?;
-        for address in addresses {
-            self.check_address(name, address.ip())?;
+            .map(Iterator::collect);
+        self.checked_addresses(name, resolved).map(|_| ())
+    }
+
+    /// The addresses a lookup of `host` gave, every one checked: what a caller that resolves a
+    /// name itself (the check before `NARRA_PROXY`, the egress proxy) connects to, or why not. A
+    /// failed or empty lookup is a `network_error`.
+    pub fn checked_addresses(
+        &self,
+        host: &str,
+        resolved: std::io::Result<Vec<SocketAddr>>,
+    ) -> Result<Vec<SocketAddr>, StepError> {
+        let addresses = resolved.map_err(|error| {
+            StepError::new(
+                ErrorClass::NetworkError,
+                format!("cannot resolve {host}: {error}"),
+            )
+        })?;
+        if addresses.is_empty() {
+            return Err(StepError::new(
+                ErrorClass::NetworkError,
+                format!("{host} has no address"),
+            ));
         }
-        Ok(())
+        for address in &addresses {
+            self.check_address(host, address.ip())?;
+        }
+        Ok(addresses)
     }
 }
 
@@ -294,18 +312,16 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let policy = self.policy.clone();
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let addresses: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if addresses.is_empty() {
-                return Err(format!("{host} has no address").into());
-            }
-            for address in &addresses {
-                if let Err(error) = policy.check_address(&host, address.ip()) {
-                    return Err(Box::new(ForbiddenAddressError(error.message))
-                        as Box<dyn std::error::Error + Send + Sync>);
+            // A failed lookup stays the resolver's own error, for reqwest to classify.
+            let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            match policy.checked_addresses(&host, Ok(resolved)) {
+                Ok(addresses) => Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs),
+                Err(error) if error.class == ErrorClass::ForbiddenAddress => {
+                    Err(Box::new(ForbiddenAddressError(error.message))
+                        as Box<dyn std::error::Error + Send + Sync>)
                 }
+                Err(error) => Err(error.message.into()),
             }
-            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }
