@@ -48,6 +48,20 @@ pub async fn create_dir_all_async(path: &Path) -> std::io::Result<()> {
         .await
 }
 
+/// Writes `text` to a file at `path` made anew with [`FILE_MODE`] (one left there before is
+/// removed first), whatever the umask: for a file that holds a secret (a credential for a child).
+pub async fn write_new_async(path: &Path, text: String) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::fs::remove_file(path).await;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)
+        .await?;
+    file.write_all(text.as_bytes()).await
+}
+
 /// Whether a file of `mode` (as `st_mode`) lets its group or others read, write or enter it.
 pub fn open_to_others(mode: u32) -> bool {
     mode & 0o077 != 0

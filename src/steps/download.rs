@@ -943,7 +943,7 @@ async fn download_platform(
     // The proxy's credential goes in a file only narra's user can read, not on yt-dlp's command
     // line, which every local user can read in /proc.
     let config_path = work_dir.join("yt-dlp.conf");
-    write_private(
+    crate::private_files::write_new_async(
         &config_path,
         format!(
             // When yt-dlp hands an HLS playlist to ffmpeg after all (a feature its own downloader
@@ -955,7 +955,8 @@ async fn download_platform(
             proxy.url()
         ),
     )
-    .await?;
+    .await
+    .map_err(|error| StepError::scratch("write", &config_path, error))?;
     let common = |command: &mut tokio::process::Command| {
         command
             .args([
@@ -1093,22 +1094,6 @@ async fn download_platform(
         .map_err(|error| StepError::scratch("sync", &part_path, error))?;
     let _ = tokio::fs::remove_dir_all(&work_dir).await;
     Ok((size, blake3, Some(platform_path)))
-}
-
-/// Writes `text` to a new file at `path` that only narra's user may read (0600).
-async fn write_private(path: &Path, text: String) -> Result<(), StepError> {
-    use tokio::io::AsyncWriteExt;
-    let _ = tokio::fs::remove_file(path).await;
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .await
-        .map_err(|error| StepError::scratch("create", path, error))?;
-    file.write_all(text.as_bytes())
-        .await
-        .map_err(|error| StepError::scratch("write", path, error))
 }
 
 /// The protocols yt-dlp downloads with its own HTTP client, which goes through the egress proxy.
