@@ -155,16 +155,20 @@ impl Home {
     /// other than `stale` (one a dead process left behind). Until then, another narra started on
     /// the home may take it first, or find it held and nobody to serve it.
     pub fn wait_for_holder(&self, holder: &mut ChildGuard, stale: Option<FileId>) {
-        let pid = holder.id().to_string();
         wait_until("the holder listens on its socket", || {
             if let Some(status) = holder.has_exited() {
                 panic!("the holder exited early: {status}");
             }
-            let locked =
-                std::fs::read_to_string(self.lock_file()).is_ok_and(|text| text.trim() == pid);
-            let listening = self.socket_id().is_some_and(|id| Some(id) != stale);
-            locked && listening
+            self.held_by(holder, stale)
         });
+    }
+
+    /// Whether `holder` holds the home (the lock file names its pid) and listens on a socket
+    /// other than `stale`.
+    pub fn held_by(&self, holder: &ChildGuard, stale: Option<FileId>) -> bool {
+        let pid = holder.id().to_string();
+        let locked = std::fs::read_to_string(self.lock_file()).is_ok_and(|text| text.trim() == pid);
+        locked && self.socket_id().is_some_and(|id| Some(id) != stale)
     }
 
     /// Makes every blob write fail with a local storage error: a regular file where the `blobs`

@@ -21,9 +21,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::fixture::{
-    ChildGuard, FileId, FileIdentity, Home, file_snapshot, generate, id_of, wait_until,
-};
+use super::fixture::{FileIdentity, Home, file_snapshot, generate, id_of, wait_until};
 
 const JOBS_DEFAULT: usize = 45;
 const KILLS_DEFAULT: usize = 20;
@@ -512,14 +510,6 @@ fn a_backfill_killed_again_and_again_ends_with_every_job_succeeded() {
     eprintln!("  objects stored             {}", distinct.len());
 }
 
-/// Whether `worker` (spawned after the socket `stale` was there) holds the home and serves its
-/// socket: until then, a command on the home would take it itself.
-fn holds(home: &Home, worker: &mut ChildGuard, stale: Option<FileId>) -> bool {
-    let pid = worker.id().to_string();
-    std::fs::read_to_string(home.lock_file()).is_ok_and(|text| text.trim() == pid)
-        && home.socket_id().is_some_and(|id| Some(id) != stale)
-}
-
 /// Whether a job this worker runs has recorded a checkpoint since it was first seen running, or
 /// succeeded. `seen` keeps each running job's checkpoint count as first seen (its phase would not
 /// do: a resumed job passes through the phases of the steps it skips). A list that cannot be read
@@ -605,7 +595,8 @@ fn a_flapping_worker_quarantines_no_healthy_job() {
                 exited = Some(status);
                 break;
             }
-            if holds(&home, &mut worker, stale) && a_running_job_progressed(&home, &mut seen) {
+            // Until the worker holds the home, a command on it would take the home itself.
+            if home.held_by(&worker, stale) && a_running_job_progressed(&home, &mut seen) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
