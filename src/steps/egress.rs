@@ -583,6 +583,23 @@ mod tests {
         }
     }
 
+    /// A resolver that answers 127.0.0.1 for every name.
+    fn loopback_resolver() -> Arc<Rebinding> {
+        Arc::new(Rebinding {
+            calls: AtomicUsize::new(0),
+            first: "127.0.0.1".parse().unwrap(),
+            then: "127.0.0.1".parse().unwrap(),
+        })
+    }
+
+    /// The `Proxy-Authorization` value `proxy` accepts.
+    fn authorization(proxy: &EgressProxy) -> String {
+        format!(
+            "Basic {}",
+            base64(format!("narra:{}", proxy.credential).as_bytes())
+        )
+    }
+
     /// An origin on `listener` answering every request `200 ok`, counting the connections.
     fn origin(listener: TcpListener) -> Arc<AtomicUsize> {
         let count = Arc::new(AtomicUsize::new(0));
@@ -652,11 +669,7 @@ mod tests {
     // closed with no answer; the same request from this user gets its 407 (no credential sent).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_client_of_another_uid_is_not_served() {
-        let resolver = Arc::new(Rebinding {
-            calls: AtomicUsize::new(0),
-            first: "127.0.0.1".parse().unwrap(),
-            then: "127.0.0.1".parse().unwrap(),
-        });
+        let resolver = loopback_resolver();
         let proxy = EgressProxy::start(Arc::new(NetworkPolicy::default()), resolver)
             .await
             .unwrap();
@@ -729,18 +742,14 @@ mod tests {
             allow_private_network: true,
             ..NetworkPolicy::default()
         };
-        let resolver = Arc::new(Rebinding {
-            calls: AtomicUsize::new(0),
-            first: "127.0.0.1".parse().unwrap(),
-            then: "127.0.0.1".parse().unwrap(),
-        });
+        let resolver = loopback_resolver();
         let proxy = EgressProxy::start(Arc::new(policy), resolver)
             .await
             .unwrap();
-        let authorization = base64(format!("narra:{}", proxy.credential).as_bytes());
+        let authorization = authorization(&proxy);
         let request = |host: &str| {
             format!(
-                "GET http://{host}:{port}/media HTTP/1.1\r\nHost: {host}:{port}\r\nProxy-Authorization: Basic {authorization}\r\n\r\n"
+                "GET http://{host}:{port}/media HTTP/1.1\r\nHost: {host}:{port}\r\nProxy-Authorization: {authorization}\r\n\r\n"
             )
         };
         let mut client = TcpStream::connect(proxy.addr).await.unwrap();
@@ -845,10 +854,7 @@ mod tests {
         let proxy = EgressProxy::start(Arc::new(policy), resolver)
             .await
             .unwrap();
-        let authorization = format!(
-            "Basic {}",
-            base64(format!("narra:{}", proxy.credential).as_bytes())
-        );
+        let authorization = authorization(&proxy);
 
         let fetched = ask(
             &proxy,
@@ -891,10 +897,7 @@ mod tests {
         let proxy = EgressProxy::start(Arc::new(NetworkPolicy::default()), resolver.clone())
             .await
             .unwrap();
-        let authorization = format!(
-            "Basic {}",
-            base64(format!("narra:{}", proxy.credential).as_bytes())
-        );
+        let authorization = authorization(&proxy);
         let target = format!("rebind.test:{port}");
 
         let anonymous = ask(
