@@ -53,8 +53,8 @@ use narra::engine::backfill::{
     BackfillOptions, BackfillProgress, BackfillSummary, manifest_name, parse_manifest,
     run_backfill, submit_manifest,
 };
-use narra::engine::job::{BackfillId, EventKind, Status};
 use narra::engine::orchestrator::reclaim_orphans;
+use narra::model::job::{BackfillId, EventKind, Status};
 use narra::steps::extract::{FORMAT_WHITELIST, Tools};
 use narra::steps::net::NetworkPolicy;
 use narra::steps::process::run_process;

@@ -43,7 +43,7 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use narra::engine::job::EventKind;
+use narra::model::job::EventKind;
 use narra::store::{JobFilter, JobReader, SledStore};
 
 const MIB: u64 = 1024 * 1024;

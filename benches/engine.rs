@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use narra::engine::job::{ChangeToken, Checkpoint, Hash, Job, Location, StepOutput, Timestamp};
+use narra::model::job::{ChangeToken, Checkpoint, Hash, Job, Location, StepOutput, Timestamp};
 use narra::store::sled_store::DEFAULT_CACHE_CAPACITY_BYTES;
 use narra::store::{SledStore, WorkerStore};
 

@@ -22,8 +22,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use narra::engine::job::{Status, WorkerId};
-use narra::engine::scheduling::SchedulingPolicy;
+use narra::model::job::{Status, WorkerId};
+use narra::model::scheduling::SchedulingPolicy;
 use narra::store::pg_store::PgStore;
 use narra::store::pg_store::test_server::TestServer;
 use narra::store::{
@@ -123,7 +123,7 @@ async fn claims_round(server: &TestServer, jobs: usize, claimers: usize) -> f64 
                 source,
                 workflow: "ingest".to_string(),
                 reingest: false,
-                priority: narra::engine::job::PRIORITY_LIVE,
+                priority: narra::model::job::PRIORITY_LIVE,
             })
             .await
             .expect("submit");

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use narra::engine::job::{Checkpoint, Hash, Job, Timestamp};
+use narra::model::job::{Checkpoint, Hash, Job, Timestamp};
 use narra::store::sled_store::DEFAULT_CACHE_CAPACITY_BYTES;
 use narra::store::{SledStore, WorkerStore};
 

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod engine;
 pub mod failpoint;
 pub mod logging;
+pub mod model;
 pub mod private_files;
 pub mod steps;
 pub mod storage;

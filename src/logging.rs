@@ -18,7 +18,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::engine::job::{JobId, LogLine, Timestamp};
+use crate::model::job::{JobId, LogLine, Timestamp};
 use crate::store::JobLogSink;
 
 /// What the writer thread is handed.

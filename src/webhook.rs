@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use tracing::Instrument;
 
 use crate::engine::Engine;
-use crate::engine::job::{Delivery, DeliveryId, Job, Notice, Status, Timestamp, Webhook};
+use crate::model::job::{Delivery, DeliveryId, Job, Notice, Status, Timestamp, Webhook};
 use crate::steps::net::NetworkPolicy;
 use crate::store::{ClaimNotice, StoreError};
 
@@ -169,7 +169,7 @@ pub fn check_callback_url(engine: &Engine, url: &str) -> Result<String, Callback
     let parsed = url::Url::parse(url).map_err(|error| {
         invalid(format!(
             "{} is not a URL: {error}",
-            crate::steps::redact::redact_url(url)
+            crate::model::redact::redact_url(url)
         ))
     })?;
     if !matches!(parsed.scheme(), "http" | "https") {
@@ -183,7 +183,7 @@ pub fn check_callback_url(engine: &Engine, url: &str) -> Result<String, Callback
         .network
         .check_url(&parsed)
         .map_err(|error| CallbackError {
-            class: if error.class == crate::steps::ErrorClass::ForbiddenAddress {
+            class: if error.class == crate::model::ErrorClass::ForbiddenAddress {
                 "forbidden_address"
             } else {
                 "invalid_callback_url"
@@ -243,7 +243,7 @@ pub fn notice_body(job: &Job, notice: &Notice, artifacts: Vec<Value>) -> Value {
         "delivery_id": notice.delivery_id.to_string(),
         "job_id": job.id.to_string(),
         "key": crate::cli::views::redact_url_in_key(&job.key),
-        "source": crate::steps::redact::redact_url(&job.source),
+        "source": crate::model::redact::redact_url(&job.source),
         "workflow": job.workflow,
         "status": notice.status.as_str(),
         "error": notice.error.as_ref().map(|error| json!({
@@ -335,7 +335,7 @@ fn describe(error: reqwest::Error) -> String {
         }
         cause = inner.source();
     }
-    crate::steps::redact::redact_url(&text)
+    crate::model::redact::redact_url(&text)
 }
 
 /// Delivers one claimed notice and records the attempt: cleared when delivered or given up,
@@ -400,7 +400,7 @@ async fn deliver_in_span(engine: &Engine, webhook: &Webhook) -> Result<Delivery,
     };
     let retry_at = (!ok && !gave_up)
         .then(|| Timestamp::now().plus_ms(policy.retry_delay_ms(notice.delivery_id, attempt)));
-    let url = crate::steps::redact::redact_url(&webhook.url);
+    let url = crate::model::redact::redact_url(&webhook.url);
     match (&delivery.error, retry_at) {
         (None, _) => {
             tracing::info!(delivery = %notice.delivery_id, attempt, %url, "webhook notice delivered");

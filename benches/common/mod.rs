@@ -1,6 +1,6 @@
 //! What the benches share.
 
-use narra::engine::job::{ErrorInfo, Job, JobId, Lease, LeaseToken, Status, Timestamp, WorkerId};
+use narra::model::job::{ErrorInfo, Job, JobId, Lease, LeaseToken, Status, Timestamp, WorkerId};
 use narra::store::{OrchestratorStore, SledStore, SubmitRequest};
 
 /// A running job record with an error and a lease: the record the store encodes most.

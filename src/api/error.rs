@@ -11,9 +11,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::engine::cleanup::CleanupError;
-use crate::engine::job::JobId;
-use crate::engine::machine::Rejected;
 use crate::engine::orchestrator::EngineError;
+use crate::model::job::JobId;
+use crate::model::machine::Rejected;
 use crate::steps::StepError;
 use crate::store::StoreError;
 
@@ -94,8 +94,8 @@ impl From<EngineError> for ApiError {
     }
 }
 
-impl From<crate::engine::sources::SourceError> for ApiError {
-    fn from(error: crate::engine::sources::SourceError) -> ApiError {
+impl From<crate::model::sources::SourceError> for ApiError {
+    fn from(error: crate::model::sources::SourceError) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, error.class(), error.to_string())
     }
 }

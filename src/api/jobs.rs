@@ -9,11 +9,11 @@ use serde_json::{Value, json};
 
 use super::{API_ACTOR, ApiError, ApiState, Body, parse_job_id};
 use crate::cli::views;
-use crate::engine::backfill::source_host;
-use crate::engine::job::{Job, JobId, Status, Timestamp};
-use crate::engine::machine::Rejected;
 use crate::engine::orchestrator::{SubmitOptions, submit};
-use crate::engine::sources::{LocalPaths, canonical_source};
+use crate::model::job::{Job, JobId, Status, Timestamp};
+use crate::model::machine::Rejected;
+use crate::model::sources::source_host;
+use crate::model::sources::{LocalPaths, canonical_source};
 use crate::store::{JobFilter, SubmitOutcome};
 
 /// A page holds this many jobs unless `limit` says otherwise.

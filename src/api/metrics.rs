@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, ApiState};
 use crate::engine::Engine;
-use crate::engine::job::{EventKind, Location, Status, Timestamp};
+use crate::model::job::{EventKind, Location, Status, Timestamp};
 use crate::store::{JobFilter, StoreError};
 
 /// The statuses always exposed, so a series exists at 0 before its first job.

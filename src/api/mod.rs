@@ -40,7 +40,7 @@ use axum::routing::get;
 use bytes::Bytes;
 
 use crate::engine::Engine;
-use crate::engine::job::JobId;
+use crate::model::job::JobId;
 pub use error::ApiError;
 
 /// The largest request body read: a manifest of tens of thousands of URLs fits.

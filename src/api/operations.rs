@@ -13,8 +13,8 @@ use super::{API_ACTOR, ApiError, ApiState, Body, parse_job_id};
 use crate::cli::maintenance::{executed_json, plan_json, verification_json};
 use crate::engine::backfill::{BackfillOptions, jobs_of_backfill, parse_manifest, submit_manifest};
 use crate::engine::cleanup::{CleanupOptions, DEFAULT_MIN_AGE_S, execute, plan};
-use crate::engine::job::{BackfillId, Timestamp};
-use crate::engine::sources::LocalPaths;
+use crate::model::job::{BackfillId, Timestamp};
+use crate::model::sources::LocalPaths;
 
 /// `POST /backfills` query: the manifest's name (running the same name again resumes its
 /// backfill; default: the blake3 of the body) and the workflow of lines that name none.

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::cli::{CliError, io};
 use crate::engine::Engine;
 use crate::engine::health::{HealthOptions, HealthReport, assess};
-use crate::engine::job::{Breaker, HostState, Timestamp};
+use crate::model::job::{Breaker, HostState, Timestamp};
 
 fn counts_text(counts: &std::collections::BTreeMap<String, usize>) -> String {
     counts
@@ -171,7 +171,7 @@ pub fn report_text(report: &HealthReport) -> String {
         lines.push(format!(
             "crash_loops    ESCALATE  {} job(s) quarantined: their process died {} times at the same point: {}",
             report.crash_loops.len(),
-            crate::engine::machine::CRASH_LOOP_DEATHS,
+            crate::model::machine::CRASH_LOOP_DEATHS,
             report
                 .crash_loops
                 .iter()

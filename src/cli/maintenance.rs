@@ -18,9 +18,9 @@ use crate::engine::cleanup::{
     CleanupError, CleanupOptions, DeletionReason, Executed, Plan, Takedown, execute,
     execute_takedown, plan, plan_takedown,
 };
-use crate::engine::job::{Incident, JobId, Location, Status, Timestamp};
 use crate::engine::prune::{PruneOptions, PrunePlan, Pruned, duration_text, parse_duration};
 use crate::engine::verify::{ArtifactState, JobVerification, verify_job};
+use crate::model::job::{Incident, JobId, Location, Status, Timestamp};
 use crate::store::JobFilter;
 
 use super::{io, print_json};
@@ -566,7 +566,7 @@ pub fn takedown_text(takedown: &Takedown, done: bool) -> Vec<String> {
         "job {} ({}, {}): {verb} its records (job, checkpoints, events, metadata, logs, progress, references)",
         takedown.job.id,
         takedown.job.status,
-        crate::steps::redact::redact_url(&takedown.job.source)
+        crate::model::redact::redact_url(&takedown.job.source)
     )];
     for key in &takedown.objects {
         lines.push(format!("  {verb} {key}"));

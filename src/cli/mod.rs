@@ -23,12 +23,12 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::engine::Engine;
-use crate::engine::job::{BackfillId, JobId, Status};
 use crate::engine::orchestrator::{
     EngineError, SubmitOptions, reclaim_orphans, run_jobs, submit, work,
 };
-use crate::engine::sources::LocalPaths;
 use crate::logging::LogFormat;
+use crate::model::job::{BackfillId, JobId, Status};
+use crate::model::sources::LocalPaths;
 use crate::storage::Storage;
 use crate::store::{
     HomeLock, JobFilter, LockError, PgStore, SledStore, StateStore, StateUri, StoreError,
@@ -130,7 +130,7 @@ pub struct ShutdownArgs {
     pub grace_s: u64,
 }
 
-/// How a job-running command schedules jobs (`engine::scheduling`). Each is also an environment
+/// How a job-running command schedules jobs (`model::scheduling`). Each is also an environment
 /// variable, so a service's unit file can set them once.
 #[derive(Debug, Args, Clone, Copy)]
 pub struct SchedulingArgs {
@@ -157,8 +157,8 @@ pub struct SchedulingArgs {
 }
 
 impl SchedulingArgs {
-    pub fn policy(&self) -> Result<crate::engine::scheduling::SchedulingPolicy, CliError> {
-        use crate::engine::scheduling::{BreakerPolicy, RetryPolicy, SchedulingPolicy};
+    pub fn policy(&self) -> Result<crate::model::scheduling::SchedulingPolicy, CliError> {
+        use crate::model::scheduling::{BreakerPolicy, RetryPolicy, SchedulingPolicy};
         if !self.host_rate.is_finite() || self.host_rate < 0.0 {
             return Err(CliError::Usage(format!(
                 "--host-rate must be a number of job starts per second, 0 or more, not {}",
@@ -987,7 +987,7 @@ pub async fn dispatch(
                     Ok(job) => queued.push(job),
                     // A pending job (one reclaimed from a dead process, say) needs no transition:
                     // it is simply run.
-                    Err(crate::engine::machine::Rejected::NotAllowed {
+                    Err(crate::model::machine::Rejected::NotAllowed {
                         status: Status::Pending,
                         ..
                     }) => queued.push(engine.store.job(id).await?.ok_or_else(|| not_found(id))?),
@@ -1209,7 +1209,7 @@ async fn run_doctor(global: &GlobalArgs, scratch_min_free_mb: u64) -> Result<Exi
 
 pub(crate) fn print_jobs(
     out: &mut impl Write,
-    jobs: &[crate::engine::job::Job],
+    jobs: &[crate::model::job::Job],
     json: bool,
 ) -> Result<(), CliError> {
     if json {
@@ -1223,7 +1223,7 @@ pub(crate) fn print_jobs(
     Ok(())
 }
 
-fn exit_for(jobs: &[crate::engine::job::Job]) -> ExitCode {
+fn exit_for(jobs: &[crate::model::job::Job]) -> ExitCode {
     if jobs.iter().all(|job| job.status == Status::Succeeded) {
         ExitCode::SUCCESS
     } else {

@@ -5,12 +5,12 @@
 
 use serde_json::{Value, json};
 
-use crate::engine::job::{
+use crate::model::job::{
     ChangeToken, Checkpoint, Event, EventKind, EventSummary, Job, JobProgress, LogLine,
     MediaMetadata, Phase, StepOutput, Webhook,
 };
+use crate::model::redact::redact_url;
 use crate::steps::extract::metadata_json;
-use crate::steps::redact::redact_url;
 
 /// A default key is `<workflow>:<normalised source>`: redact the URL part.
 pub fn redact_url_in_key(key: &str) -> String {
@@ -240,9 +240,9 @@ pub fn artifacts(checkpoints: &[Checkpoint]) -> Vec<Value> {
 
 fn location_text(output: &StepOutput) -> String {
     match &output.location {
-        crate::engine::job::Location::Object(key) => key.clone(),
-        crate::engine::job::Location::Scratch(path) => path.clone(),
-        crate::engine::job::Location::State => "state".to_string(),
+        crate::model::job::Location::Object(key) => key.clone(),
+        crate::model::job::Location::Scratch(path) => path.clone(),
+        crate::model::job::Location::State => "state".to_string(),
     }
 }
 
@@ -429,7 +429,7 @@ pub fn job_text(
         line(format!(
             "crashes          {} in a row at the same point (a crash_loop after {})",
             crashes.count,
-            crate::engine::machine::CRASH_LOOP_DEATHS
+            crate::model::machine::CRASH_LOOP_DEATHS
         ));
     }
     match &job.error {
@@ -709,15 +709,15 @@ pub fn progress_text(job: &Job, progress: &JobProgress) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::job::{JobId, Status, Timestamp};
+    use crate::model::job::{JobId, Status, Timestamp};
 
     fn job_in(phase: Option<Phase>) -> Job {
-        let mut job = crate::engine::machine::new_job(
+        let mut job = crate::model::machine::new_job(
             JobId(1),
             "key".into(),
             "http://example.com/a.mp4".into(),
             "ingest".into(),
-            crate::engine::job::PRIORITY_LIVE,
+            crate::model::job::PRIORITY_LIVE,
             Timestamp(0),
         )
         .job;

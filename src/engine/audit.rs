@@ -4,7 +4,7 @@
 //! The history is the evidence. The worker records why a step that has a checkpoint runs again
 //! (`step_redone`), which objects each store run wrote (`objects_written`), and the store records
 //! every checkpoint's hashes with it (`checkpoint_recorded`). [`analyze`] is a pure function of
-//! those events (read through `engine::history::fold`, which also reads the summary compaction left
+//! those events (read through `model::history::fold`, which also reads the summary compaction left
 //! of a long history's oldest events, so compaction never changes an answer), the incident log and
 //! the writes other jobs made of the same blobs; [`audit_job`]
 //! adds what only the state store and the object store can say (the current checkpoints, whether
@@ -25,7 +25,7 @@
 //! | `manifest_unreadable` | violation | the store checkpoint names a manifest that is missing or not a manifest |
 //! | `storage_disagrees` | violation (succeeded jobs), warning (others) | an artifact is missing or does not match its checkpoint (shallow `verify`) |
 //! | `index_disagrees` | violation | the blob -> jobs index does not list this job for a blob its checkpoint names |
-//! | `history_truncated` | warning | a compacted history held more findings or blob writes than its summary keeps (`engine::history`'s bounds) |
+//! | `history_truncated` | warning | a compacted history held more findings or blob writes than its summary keeps (`model::history`'s bounds) |
 //!
 //! Limits: a store run that fails records no `objects_written` (a retry skips what it stored, so no
 //! write is counted twice); writes by other jobs are found through the blob index, so a job that no
@@ -39,12 +39,12 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::engine::Engine;
-use crate::engine::history::{self, BLOB_PREFIX};
-use crate::engine::job::{
+use crate::engine::verify::{JobVerification, verify_job};
+use crate::model::history::{self, BLOB_PREFIX};
+use crate::model::job::{
     Checkpoint, Event, EventSummary, Hash, HistoryFindingKind, Incident, Job, JobId, Location,
     Status, Timestamp,
 };
-use crate::engine::verify::{JobVerification, verify_job};
 use crate::store::{JobFilter, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -142,7 +142,7 @@ pub fn analyze_history(
     analyze(job_id, None, events, other_writes, incidents)
 }
 
-/// Reads a job's history, the summary of its compacted events first (`engine::history`): the
+/// Reads a job's history, the summary of its compacted events first (`model::history`): the
 /// per-step counts, this job's writes, and the findings the events alone support. `other_writes`
 /// are blob writes by other jobs; `incidents` is the incident log. The answer does not depend on
 /// how much of the history was compacted.
@@ -637,7 +637,7 @@ mod tests {
     //! injected violation is named.
 
     use super::*;
-    use crate::engine::job::{ErrorInfo, EventKind};
+    use crate::model::job::{ErrorInfo, EventKind};
 
     const JOB: JobId = JobId(1);
     const OTHER: JobId = JobId(2);
@@ -1038,13 +1038,13 @@ mod tests {
     /// A worker's writes to one claimed job of a real store.
     struct Run<'a> {
         store: &'a crate::store::SledStore,
-        token: crate::engine::job::LeaseToken,
+        token: crate::model::job::LeaseToken,
     }
 
     impl Run<'_> {
         async fn claim(store: &crate::store::SledStore, id: JobId) -> Run<'_> {
             use crate::store::OrchestratorStore;
-            let worker = crate::engine::job::WorkerId("audit:1:1".into());
+            let worker = crate::model::job::WorkerId("audit:1:1".into());
             let (_, token) = store
                 .claim(id, &worker, 60_000)
                 .await
@@ -1097,12 +1097,12 @@ mod tests {
                 input_hash: Hash([input; 32]),
                 outputs: outputs
                     .iter()
-                    .map(|(name, key, byte)| crate::engine::job::StepOutput {
+                    .map(|(name, key, byte)| crate::model::job::StepOutput {
                         name: (*name).into(),
                         location: Location::Object((*key).into()),
                         size: 1,
                         blake3: Hash([*byte; 32]),
-                        change_token: crate::engine::job::ChangeToken::None,
+                        change_token: crate::model::job::ChangeToken::None,
                     })
                     .collect(),
                 recorded_at: Timestamp::now(),
@@ -1165,7 +1165,7 @@ mod tests {
             source: format!("https://example.com/{key}.mp4"),
             workflow: "ingest".into(),
             reingest: false,
-            priority: crate::engine::job::PRIORITY_LIVE,
+            priority: crate::model::job::PRIORITY_LIVE,
         };
         let a = store.submit(&submit("a")).await.expect("submit").job.id;
         let b = store.submit(&submit("b")).await.expect("submit").job.id;

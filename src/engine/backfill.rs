@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::engine::Engine;
-use crate::engine::job::{
+use crate::engine::orchestrator::{EngineError, ScheduleOptions, Until, schedule};
+use crate::model::job::{
     Backfill, BackfillId, EventKind, Job, JobId, Location, PRIORITY_BACKFILL, Phase, Status,
 };
-use crate::engine::orchestrator::{EngineError, ScheduleOptions, Until, schedule};
-use crate::engine::sources::{LocalPaths, canonical_source, idempotency_key};
+use crate::model::sources::{LocalPaths, canonical_source, idempotency_key, source_host};
 use crate::store::{BatchOptions, JobFilter, Resubmit, SUBMIT_BATCH_MAX, SubmitRequest};
 
 /// The longest manifest line accepted; a longer one is a bad line (no URL or path is this long).
@@ -810,23 +810,6 @@ async fn bytes_in_flight(engine: &Engine) -> Result<u64, crate::store::StoreErro
     Ok(bytes)
 }
 
-/// The host a failure is counted under: the URL's host (and port), `local` for a path or a
-/// `file://` URL, `unknown` when there is none.
-pub fn source_host(source: &str) -> String {
-    if !source.contains("://") {
-        return "local".to_string();
-    }
-    match url::Url::parse(source) {
-        Ok(url) if url.scheme() == "file" => "local".to_string(),
-        Ok(url) => match (url.host_str(), url.port()) {
-            (Some(host), Some(port)) => format!("{host}:{port}"),
-            (Some(host), None) => host.to_string(),
-            (None, _) => "unknown".to_string(),
-        },
-        Err(_) => "unknown".to_string(),
-    }
-}
-
 /// `narra jobs --backfill ID`: the backfill's jobs, newest first, optionally of one status.
 pub async fn jobs_of_backfill(
     engine: &Engine,
@@ -968,17 +951,6 @@ mod tests {
         );
         assert_eq!(detect_format("a", "source\nx"), ManifestFormat::Csv);
         assert_eq!(detect_format("a", ""), ManifestFormat::Lines);
-    }
-
-    #[test]
-    fn hosts_of_sources() {
-        assert_eq!(
-            source_host("https://CDN.example.com/a.mp4"),
-            "cdn.example.com"
-        );
-        assert_eq!(source_host("http://127.0.0.1:8080/a.mp4"), "127.0.0.1:8080");
-        assert_eq!(source_host("/srv/a.mp4"), "local");
-        assert_eq!(source_host("file:///srv/a.mp4"), "local");
     }
 
     #[test]

@@ -29,9 +29,9 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use crate::engine::Engine;
-use crate::engine::job::{Hash, Job, JobId, Location, Status, StepOutput, Timestamp};
-use crate::engine::machine::Rejected;
 use crate::engine::verify::{OutputState, check_output};
+use crate::model::job::{Hash, Job, JobId, Location, Status, StepOutput, Timestamp};
+use crate::model::machine::Rejected;
 use crate::storage::{FS_ATOMIC_WRITE_DIR, StorageError, manifest_key};
 use crate::store::{JobFilter, NewIncident, StoreError};
 
@@ -242,7 +242,7 @@ pub async fn plan(engine: &Engine, options: &CleanupOptions) -> Result<Plan, Cle
     let scratch = stale_scratch(engine, &jobs, &mut notes).await?;
 
     // Corrupt and missing artifacts, one verdict per stored object.
-    let mut expected: BTreeMap<String, (JobId, StepOutput, Vec<crate::engine::job::Checkpoint>)> =
+    let mut expected: BTreeMap<String, (JobId, StepOutput, Vec<crate::model::job::Checkpoint>)> =
         BTreeMap::new();
     let mut missing: Vec<(JobId, String, String)> = Vec::new();
     for job in jobs.values() {
@@ -663,7 +663,7 @@ pub async fn plan_takedown(engine: &Engine, id: JobId) -> Result<Takedown, Clean
         .job(id)
         .await?
         .ok_or(CleanupError::NotFound(id))?;
-    crate::engine::machine::check_deletable(&job)?;
+    crate::model::machine::check_deletable(&job)?;
     let mut keys = BTreeSet::new();
     keys.insert(manifest_key(id));
     if let Some(checkpoint) = engine.store.checkpoint(id, "store").await? {
@@ -675,10 +675,10 @@ pub async fn plan_takedown(engine: &Engine, id: JobId) -> Result<Takedown, Clean
     }
     // What the job ever wrote: the compacted part of its history keeps the keys too.
     if let Some(summary) = engine.store.event_summary(id).await? {
-        keys.extend(crate::engine::history::writes(&summary).into_keys());
+        keys.extend(crate::model::history::writes(&summary).into_keys());
     }
     for event in engine.store.events(id).await? {
-        if let crate::engine::job::EventKind::ObjectsWritten { keys: written, .. } = event.kind {
+        if let crate::model::job::EventKind::ObjectsWritten { keys: written, .. } = event.kind {
             keys.extend(written);
         }
     }
@@ -774,7 +774,7 @@ pub async fn execute_takedown(
             None,
             format!(
                 "takedown: job records deleted (source {}){kept}",
-                crate::steps::redact::redact_url(&takedown.job.source)
+                crate::model::redact::redact_url(&takedown.job.source)
             ),
         ))
         .await?;
@@ -812,7 +812,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::engine::job::{Checkpoint, ErrorInfo, WorkerId};
+    use crate::model::job::{Checkpoint, ErrorInfo, WorkerId};
     use crate::storage::{Storage, WriteOptions, Written, blob_key};
     use crate::store::{SledStore, StateStore, SubmitRequest};
     use crate::workflow::WorkflowRegistry;
@@ -961,7 +961,7 @@ mod tests {
                     source: format!("https://example.com/{job}.mp4"),
                     workflow: "ingest".into(),
                     reingest: false,
-                    priority: crate::engine::job::PRIORITY_LIVE,
+                    priority: crate::model::job::PRIORITY_LIVE,
                 })
                 .await
                 .expect("submit");

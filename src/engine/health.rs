@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 
 use crate::engine::Engine;
-use crate::engine::backfill::source_host;
-use crate::engine::job::{Breaker, HostState, Incident, Job, JobId, Status, Timestamp};
 use crate::engine::orchestrator::EngineError;
 use crate::engine::stuck::{StuckJob, stuck_jobs};
+use crate::model::job::{Breaker, HostState, Incident, Job, JobId, Status, Timestamp};
+use crate::model::sources::source_host;
 use crate::store::JobFilter;
 
 /// The object key whose `stat` proves the storage backend answers; it need not exist.
@@ -241,7 +241,7 @@ pub async fn assess(
         .filter(|job| {
             job.updated_at >= since
                 && job.error.as_ref().is_some_and(|error| {
-                    error.class == crate::steps::ErrorClass::CrashLoop.as_str()
+                    error.class == crate::model::ErrorClass::CrashLoop.as_str()
                 })
         })
         .map(|job| job.id)
@@ -264,7 +264,7 @@ pub async fn assess(
         .filter(|job| {
             job.error
                 .as_ref()
-                .is_some_and(|error| error.class == crate::steps::ErrorClass::ScratchLow.as_str())
+                .is_some_and(|error| error.class == crate::model::ErrorClass::ScratchLow.as_str())
         })
         .collect();
     let mut workers = BTreeMap::<String, Vec<JobId>>::new();
@@ -307,15 +307,15 @@ pub async fn assess(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::job::ErrorInfo;
+    use crate::model::job::ErrorInfo;
 
     fn failed(id: u128, source: &str, class: &str, at: i64) -> Job {
-        let mut job = crate::engine::machine::new_job(
+        let mut job = crate::model::machine::new_job(
             JobId(id),
             format!("key-{id}"),
             source.into(),
             "ingest".into(),
-            crate::engine::job::PRIORITY_LIVE,
+            crate::model::job::PRIORITY_LIVE,
             Timestamp(0),
         )
         .job;

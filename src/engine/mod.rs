@@ -5,21 +5,15 @@
 //! it talks to `store::StateStore` and `storage::Storage`. The orchestrator (`orchestrator.rs`) sees
 //! the store only as an `OrchestratorStore`, the worker (`worker.rs`) only as a `WorkerStore`.
 
-pub mod attribution;
 pub mod audit;
 pub mod backfill;
 pub mod cleanup;
 pub mod health;
-pub mod history;
-pub mod job;
-pub mod machine;
 pub mod orchestrator;
 pub mod prune;
 pub mod reprobe;
 pub mod retry;
-pub mod scheduling;
 pub mod shutdown;
-pub mod sources;
 pub mod stuck;
 pub mod transfer;
 pub mod verify;
@@ -29,7 +23,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::engine::job::{JobId, WorkerId};
+use crate::model::job::{JobId, WorkerId};
 use crate::steps::StepError;
 use crate::steps::extract::Tools;
 use crate::steps::net::NetworkPolicy;
@@ -57,8 +51,8 @@ pub struct Engine {
     /// The ffmpeg and ffprobe the extract step and `reprobe` run (`NARRA_FFMPEG`, `NARRA_FFPROBE`).
     pub tools: Tools,
     pub lease_ttl_ms: u64,
-    /// Per-host limits, breakers and automatic retries (`engine::scheduling`).
-    pub scheduling: scheduling::SchedulingPolicy,
+    /// Per-host limits, breakers and automatic retries (`model::scheduling`).
+    pub scheduling: crate::model::scheduling::SchedulingPolicy,
     /// SIGINT/SIGTERM: claim no more, release running jobs (`engine::shutdown`).
     pub shutdown: shutdown::Shutdown,
     /// How completion notices are signed, timed and retried (`webhook`).
@@ -86,7 +80,7 @@ impl Engine {
             network,
             tools: Tools::from_env(),
             lease_ttl_ms: LEASE_TTL_MS,
-            scheduling: scheduling::SchedulingPolicy::default(),
+            scheduling: crate::model::scheduling::SchedulingPolicy::default(),
             shutdown: shutdown::Shutdown::new(),
             webhooks: WebhookPolicy::from_env(),
             notifier_wake: Arc::default(),

@@ -13,14 +13,14 @@ use tracing::Instrument;
 use crate::engine::Engine;
 use std::collections::BTreeSet;
 
-use crate::engine::backfill::source_host;
-use crate::engine::job::{ErrorInfo, Job, JobId, LeaseToken, PRIORITY_LIVE, Status, Timestamp};
-use crate::engine::machine::Rejected;
-use crate::engine::scheduling::{HostOutcome, STORAGE_BREAKER};
-use crate::engine::sources::{
+use crate::engine::worker::{FencedWrite, WorkOutcome, execute};
+use crate::model::job::{ErrorInfo, Job, JobId, LeaseToken, PRIORITY_LIVE, Status, Timestamp};
+use crate::model::machine::Rejected;
+use crate::model::scheduling::{HostOutcome, STORAGE_BREAKER};
+use crate::model::sources::source_host;
+use crate::model::sources::{
     LocalPaths, SourceError, canonical_source, check_key, idempotency_key,
 };
-use crate::engine::worker::{FencedWrite, WorkOutcome, execute};
 use crate::store::{
     ClaimNext, ClaimRequest, JobFilter, NewIncident, OrchestratorStore, StoreError, SubmitRequest,
     Submitted,
@@ -116,7 +116,7 @@ pub async fn submit(
             priority: options.priority.unwrap_or(PRIORITY_LIVE),
         };
         let result = engine.store.submit(&request).await?;
-        tracing::info!(job_id = %result.job.id, outcome = ?result.outcome, source = %crate::steps::redact::redact_url(&request.source), "submitted");
+        tracing::info!(job_id = %result.job.id, outcome = ?result.outcome, source = %crate::model::redact::redact_url(&request.source), "submitted");
         submitted.push(result);
     }
     // After the jobs exist (their ids are the records' keys). A job that finishes in between is
@@ -141,7 +141,7 @@ pub async fn submit(
 /// takes a live job, and the holder's next write is refused by its stale fencing token: work is
 /// repeated, never overwritten.)
 ///
-/// Whom each death is charged to is `engine::attribution`'s rule: only a job that ran alone in
+/// Whom each death is charged to is `model::attribution`'s rule: only a job that ran alone in
 /// its process is charged; the jobs of a process that held several become suspects. In a fleet a
 /// takeover is a provisional charge, settled here once two lease lengths pass without a word from
 /// its old holder.
@@ -154,7 +154,7 @@ pub async fn reclaim_orphans(engine: &Engine) -> Result<Vec<Job>, EngineError> {
         })
         .await?;
     let shared = engine.store.shared();
-    let now = crate::engine::job::Timestamp::now();
+    let now = crate::model::job::Timestamp::now();
     let mut reclaimed = Vec::with_capacity(running.len());
     for job in running {
         if shared
@@ -182,7 +182,7 @@ pub async fn reclaim_orphans(engine: &Engine) -> Result<Vec<Job>, EngineError> {
         }
     }
     // A takeover is charged as a death only once its old holder stayed silent two lease lengths
-    // (`engine::attribution`); each sweep charges those that did.
+    // (`model::attribution`); each sweep charges those that did.
     if shared {
         for job in engine.store.settle_takeovers(engine.lease_ttl_ms).await? {
             if job.status == Status::Failed {
@@ -228,7 +228,7 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
     let span = tracing::info_span!("job", job_id = %job.id);
     async move {
         let store: Arc<dyn OrchestratorStore> = engine.store.clone();
-        tracing::info!(source = %crate::steps::redact::redact_url(&job.source), workflow = %job.workflow, attempt = job.attempts, "job started");
+        tracing::info!(source = %crate::model::redact::redact_url(&job.source), workflow = %job.workflow, attempt = job.attempts, "job started");
         let (cancel_sender, cancel) = tokio::sync::watch::channel(false);
         let fenced = FencedWrite::default();
         // Aborted when dropped too, so a job future dropped mid-step stops renewing its lease.
@@ -282,7 +282,7 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
                             "held: {held_by} ({}: {})",
                             error_info.class, error_info.message
                         ), None).await?
-                    } else if error.class == crate::steps::ErrorClass::ScratchLow {
+                    } else if error.class == crate::model::ErrorClass::ScratchLow {
                         let not_before =
                             Timestamp::now().plus_ms(engine.scheduling.retry.delay_initial_ms);
                         tracing::warn!("{}; the job waits, its attempt not counted", error_info.message);
@@ -385,14 +385,14 @@ async fn record_fenced_write(engine: &Engine, token: &LeaseToken, fenced: &Fence
 /// The incident action of a write refused by fencing (see [`record_fenced_write`]).
 pub const FENCED_WRITE: &str = "fenced_write";
 
-/// Records a finished run on its source host's breaker (`engine::scheduling`), and an opened
+/// Records a finished run on its source host's breaker (`model::scheduling`), and an opened
 /// breaker in the incident log: it is an escalation the runbook asks for.
 async fn record_host_outcome(
     engine: &Engine,
     job: &Job,
     class: Option<&str>,
-) -> Result<crate::engine::scheduling::OutcomeVerdict, EngineError> {
-    let mut verdict = crate::engine::scheduling::OutcomeVerdict::default();
+) -> Result<crate::model::scheduling::OutcomeVerdict, EngineError> {
+    let mut verdict = crate::model::scheduling::OutcomeVerdict::default();
     if let Some(outcome) = HostOutcome::of_storage(class) {
         let mut storage_policy = engine.scheduling.clone();
         storage_policy.breaker = storage_policy.breaker.for_storage();
@@ -608,7 +608,7 @@ const CLAIM_STORE_ERRORS_MAX: u32 = 30;
 const CLAIM_STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 /// Runs queued jobs, up to `options.concurrency` at once, in the store's claim order (priority,
-/// then age) under its scheduling rules (`engine::scheduling`), handing each job that reached a
+/// then age) under its scheduling rules (`model::scheduling`), handing each job that reached a
 /// terminal status to `on_finished`. Returns when `shutdown` resolves (no new job is claimed; running ones end as
 /// the shutdown rules say) or, with [`Until::Drained`], when nothing is left to run.
 pub async fn schedule(
@@ -794,7 +794,7 @@ pub async fn work(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::job::Phase;
+    use crate::model::job::Phase;
     use crate::storage::Storage;
     use crate::store::SledStore;
     use crate::workflow::WorkflowRegistry;
@@ -886,7 +886,7 @@ mod tests {
         assert!(
             events
                 .iter()
-                .any(|event| matches!(event.kind, crate::engine::job::EventKind::CancelRequested)),
+                .any(|event| matches!(event.kind, crate::model::job::EventKind::CancelRequested)),
             "{events:?}"
         );
         assert!(
@@ -914,7 +914,7 @@ mod tests {
         assert!(
             events.iter().any(|event| matches!(
                 &event.kind,
-                crate::engine::job::EventKind::StatusChanged { reason, .. } if reason == RELEASED_AT_SHUTDOWN
+                crate::model::job::EventKind::StatusChanged { reason, .. } if reason == RELEASED_AT_SHUTDOWN
             )),
             "{events:?}"
         );
@@ -939,7 +939,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let new_holder = crate::engine::job::WorkerId("other:1".into());
+        let new_holder = crate::model::job::WorkerId("other:1".into());
         engine
             .store
             .claim(id, &new_holder, engine.lease_ttl_ms)
@@ -1019,7 +1019,7 @@ mod tests {
             .unwrap();
             ids.push(submitted[0].job.id);
         }
-        let worker = crate::engine::job::WorkerId("other-machine:1".to_string());
+        let worker = crate::model::job::WorkerId("other-machine:1".to_string());
         let (_, alive_token) = engine
             .store
             .claim(ids[0], &worker, 600_000)
@@ -1042,7 +1042,7 @@ mod tests {
             .lease
             .unwrap()
             .expires_at;
-        while crate::engine::job::Timestamp::now() <= lease_end {
+        while crate::model::job::Timestamp::now() <= lease_end {
             tokio::task::yield_now().await;
         }
 
@@ -1091,7 +1091,7 @@ mod tests {
         .await
         .unwrap();
         let id = submitted[0].job.id;
-        let dead = crate::engine::job::WorkerId("dead-machine:1".to_string());
+        let dead = crate::model::job::WorkerId("dead-machine:1".to_string());
         let (_, dead_token) = engine.store.claim(id, &dead, 1).await.unwrap().unwrap();
         let lease_end = engine
             .store

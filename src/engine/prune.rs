@@ -18,8 +18,8 @@
 //! Prune never deletes an object: only `engine::cleanup` does.
 
 use crate::engine::Engine;
-use crate::engine::job::{Incident, Job, JobId, PrunedJob, Status, Timestamp};
 use crate::engine::orchestrator::EngineError;
+use crate::model::job::{Incident, Job, JobId, PrunedJob, Status, Timestamp};
 use crate::store::{JobFilter, NewIncident};
 
 /// The statuses a job may be pruned in.

@@ -22,10 +22,10 @@
 //! it never runs while a worker may be writing the job.
 
 use crate::engine::Engine;
-use crate::engine::job::{Hash, Job, JobId, Location, Status};
-use crate::engine::machine;
 use crate::engine::orchestrator::{EngineError, run_jobs};
 use crate::engine::verify::{OutputState, check_output, metadata_record_bytes};
+use crate::model::job::{Hash, Job, JobId, Location, Status};
+use crate::model::machine;
 use crate::steps::StepError;
 use crate::steps::extract::{metadata_changes, probe};
 use crate::store::StoreError;

@@ -8,9 +8,9 @@
 //! transition itself.
 
 use crate::engine::Engine;
-use crate::engine::job::{Job, JobId};
-use crate::engine::machine::Rejected;
 use crate::engine::orchestrator::EngineError;
+use crate::model::job::{Job, JobId};
+use crate::model::machine::Rejected;
 use crate::workflow::Workflow;
 
 /// STEP and the names of the steps after it in `workflow`, or why STEP is not one of its steps

@@ -7,9 +7,9 @@
 //! with who asked and why. This module never decides a transition itself.
 
 use crate::engine::Engine;
-use crate::engine::job::{BackfillId, Job, JobId, JobProgress, Status, Timestamp};
-use crate::engine::machine::Rejected;
 use crate::engine::orchestrator::EngineError;
+use crate::model::job::{BackfillId, Job, JobId, JobProgress, Status, Timestamp};
+use crate::model::machine::Rejected;
 use crate::store::{JobFilter, NewIncident};
 
 /// How long a running job may go without progress before `jobs --stuck` lists it, by default.
@@ -223,15 +223,15 @@ pub async fn select_jobs(engine: &Engine, selection: &Selection) -> Result<Vec<J
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::job::{Lease, WorkerId};
+    use crate::model::job::{Lease, WorkerId};
 
     fn running(lease_expires_at: i64, updated_at: i64) -> Job {
-        let mut job = crate::engine::machine::new_job(
+        let mut job = crate::model::machine::new_job(
             JobId(1),
             "key".into(),
             "http://example.com/a.mp4".into(),
             "ingest".into(),
-            crate::engine::job::PRIORITY_LIVE,
+            crate::model::job::PRIORITY_LIVE,
             Timestamp(0),
         )
         .job;

@@ -12,7 +12,7 @@
 //!    before the trailer.
 //!
 //! Secrets: by default every URL in the records (sources, idempotency keys, callback URLs) is
-//! redacted as everywhere people read them (`steps::redact`), and the header says
+//! redacted as everywhere people read them (`model::redact`), and the header says
 //! `"secrets": "redacted"`. Such a file is for reading, not for moving a store: its jobs could not
 //! be fetched again, deduplicated or notified, so `import` refuses it. `--include-secrets`
 //! ([`Secrets::Included`]) writes them as stored; that file is as sensitive as the state store.
@@ -34,7 +34,7 @@ use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::job::{JobId, Status, Timestamp};
+use crate::model::job::{JobId, Status, Timestamp};
 use crate::store::transfer::{ImportOutcome, JobRecords, Record};
 use crate::store::{JobFilter, StateStore, StoreError};
 
@@ -238,7 +238,7 @@ impl<W: Write> HashingWriter<'_, W> {
         if self.secrets == Secrets::Redacted {
             // On the text: ids are u128 numbers, which `serde_json::Value` cannot hold.
             let text = String::from_utf8(line).expect("serde_json writes UTF-8");
-            line = crate::steps::redact::redact_json_text(&text).into_bytes();
+            line = crate::model::redact::redact_json_text(&text).into_bytes();
         }
         line.push(b'\n');
         self.hasher.update(&line);

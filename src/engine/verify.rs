@@ -9,8 +9,9 @@
 use std::path::PathBuf;
 
 use crate::engine::Engine;
-use crate::engine::job::{ChangeToken, Checkpoint, Hash, JobId, Location, StepOutput};
-use crate::steps::{ErrorClass, StepError};
+use crate::model::ErrorClass;
+use crate::model::job::{ChangeToken, Checkpoint, Hash, JobId, Location, StepOutput};
+use crate::steps::StepError;
 use crate::storage::{file_change_token, hash_file};
 
 /// Where a verified output can be read.
@@ -152,7 +153,7 @@ async fn check_at(
 
 /// The bytes a metadata record is hashed as: its stored fields and raw JSON, compact, keys sorted
 /// (`extract::record_json`, whose shape does not follow what `show` displays).
-pub fn metadata_record_bytes(metadata: &crate::engine::job::MediaMetadata) -> Vec<u8> {
+pub fn metadata_record_bytes(metadata: &crate::model::job::MediaMetadata) -> Vec<u8> {
     serde_json::to_vec(&crate::steps::extract::record_json(metadata))
         .expect("JSON values serialize")
 }

@@ -18,15 +18,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::Engine;
-use crate::engine::job::{
+use crate::engine::verify::{OutputState, Resolved, check_output, metadata_record_bytes};
+use crate::model::ErrorClass;
+use crate::model::job::{
     Checkpoint, Hash, Job, JobProgress, LeaseToken, Location, StepOutput, Timestamp,
 };
-use crate::engine::machine::Rejected;
-use crate::engine::verify::{OutputState, Resolved, check_output, metadata_record_bytes};
+use crate::model::machine::Rejected;
 use crate::steps::download::{DownloadContext, download};
 use crate::steps::extract::{extract, video_extension};
 use crate::steps::store::{BlobInput, StoreInput, store};
-use crate::steps::{Cancel, ErrorClass, Progress, ProgressSender, StepError};
+use crate::steps::{Cancel, Progress, ProgressSender, StepError};
 use crate::storage::file_change_token;
 use crate::store::{StepEvent, WorkerStore};
 use crate::workflow::{StepDef, StepKind, Workflow};
@@ -450,7 +451,7 @@ impl<'a> Run<'a> {
 
     async fn run_download(
         &mut self,
-    ) -> Result<(Vec<StepOutput>, Option<crate::engine::job::MediaMetadata>), StepError> {
+    ) -> Result<(Vec<StepOutput>, Option<crate::model::job::MediaMetadata>), StepError> {
         let scratch_dir = self.engine.scratch_dir(self.job.id);
         let params = self.workflow.download().clone();
         let client = self.engine.http_client(&params)?;
@@ -490,7 +491,7 @@ impl<'a> Run<'a> {
 
     async fn run_extract(
         &mut self,
-    ) -> Result<(Vec<StepOutput>, Option<crate::engine::job::MediaMetadata>), StepError> {
+    ) -> Result<(Vec<StepOutput>, Option<crate::model::job::MediaMetadata>), StepError> {
         let video = self.local_copy("video", "original").await?;
         let scratch_dir = self.engine.scratch_dir(self.job.id);
         let reporter = self.report_progress();
@@ -542,7 +543,7 @@ impl<'a> Run<'a> {
                     location: Location::State,
                     size: record.len() as u64,
                     blake3: Hash::of(&record),
-                    change_token: crate::engine::job::ChangeToken::None,
+                    change_token: crate::model::job::ChangeToken::None,
                 },
             ],
             Some(metadata),
@@ -551,7 +552,7 @@ impl<'a> Run<'a> {
 
     async fn run_store(
         &mut self,
-    ) -> Result<(Vec<StepOutput>, Option<crate::engine::job::MediaMetadata>), StepError> {
+    ) -> Result<(Vec<StepOutput>, Option<crate::model::job::MediaMetadata>), StepError> {
         let metadata = self
             .engine
             .store
@@ -766,7 +767,7 @@ fn extension_of(resolved: &Resolved) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn local_token(path: &std::path::Path) -> Result<crate::engine::job::ChangeToken, StepError> {
+async fn local_token(path: &std::path::Path) -> Result<crate::model::job::ChangeToken, StepError> {
     let metadata = tokio::fs::metadata(path)
         .await
         .map_err(|error| StepError::scratch("inspect", path, error))?;

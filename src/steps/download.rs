@@ -14,7 +14,7 @@
 //!   (`steps::egress`) that applies the same guard to each of its connections, limited to the
 //!   formats yt-dlp fetches itself, and yt-dlp's process group is killed with the step.
 //! - Transient failures are retried inside the step with exponential backoff and jitter; permanent
-//!   ones fail at once. Secrets in URLs never reach an error message (`steps::redact`).
+//!   ones fail at once. Secrets in URLs never reach an error message (`model::redact`).
 //!
 //! This step never writes outside the scratch directory and never touches the state store.
 
@@ -25,10 +25,10 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::net::{NetworkPolicy, forbidden_cause};
-use super::redact::{redact_text, redact_url};
 use super::{Cancel, ErrorClass, Progress, ProgressSender, StepError, cancelled};
-use crate::engine::job::Hash;
-use crate::engine::sources::{SourceText, classify};
+use crate::model::job::Hash;
+use crate::model::redact::{redact_text, redact_url};
+use crate::model::sources::{SourceText, classify};
 use crate::workflow::{DownloadParams, Downloader};
 
 /// The file name of a finished download in the scratch directory.
@@ -65,7 +65,7 @@ pub struct DownloadContext<'a> {
 }
 
 /// Classifies a source as it was stored on the job (local paths are absolute by then), by the one
-/// rule of `engine::sources`: a text that starts with a scheme is a URL, never a path.
+/// rule of `model::sources`: a text that starts with a scheme is a URL, never a path.
 pub fn parse_source(source: &str) -> Result<SourceKind, StepError> {
     let source = source.trim();
     match classify(source) {
@@ -1018,7 +1018,7 @@ async fn download_platform(
     }
     // Kept with the job for people to read: its format URLs are signed, so redacted like any.
     let mut kept = json.clone();
-    super::redact::redact_json(&mut kept);
+    crate::model::redact::redact_json(&mut kept);
     let platform_path = scratch_dir.join(PLATFORM_METADATA_FILE);
     tokio::fs::write(&platform_path, kept.to_string())
         .await

@@ -38,7 +38,7 @@ use serde_json::{Value, json};
 
 use super::process::{RunError, run_process, run_process_streaming};
 use super::{Cancel, ErrorClass, ProgressSender, StepError};
-use crate::engine::job::{MediaMetadata, StreamInfo};
+use crate::model::job::{MediaMetadata, StreamInfo};
 use crate::workflow::{AudioMode, ExtractParams, TranscodeTarget};
 
 /// The demuxers ffmpeg and ffprobe may use: the media containers narra accepts, and nothing that

@@ -119,7 +119,7 @@ impl NetworkPolicy {
                 ErrorClass::UnsupportedSource,
                 format!(
                     "URL {} has no host",
-                    super::redact::redact_url(url.as_str())
+                    crate::model::redact::redact_url(url.as_str())
                 ),
             )),
         }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{ErrorClass, Progress, ProgressSender, StepError};
-use crate::engine::job::{ChangeToken, Hash, JobId, Location, MediaMetadata, StepOutput};
+use crate::model::job::{ChangeToken, Hash, JobId, Location, MediaMetadata, StepOutput};
 use crate::storage::{
     ObjectStat, Storage, StorageError, WriteOptions, Written, blob_key, manifest_key,
 };
@@ -181,7 +181,7 @@ pub async fn store(
     }
     let manifest = serde_json::json!({
         "job_id": input.job_id.to_string(),
-        "source": super::redact::redact_url(input.source),
+        "source": crate::model::redact::redact_url(input.source),
         "workflow": input.workflow,
         "artifacts": artifacts,
         "metadata": summary,

@@ -15,7 +15,7 @@ use futures::TryStreamExt;
 use opendal::{ErrorKind, Operator, services};
 use tokio::io::AsyncReadExt;
 
-use crate::engine::job::{ChangeToken, Hash, JobId};
+use crate::model::job::{ChangeToken, Hash, JobId};
 
 /// The chunk size of streamed reads and writes: big enough for throughput, small enough that memory
 /// does not grow with the size of a video.
@@ -141,7 +141,7 @@ impl Storage {
         // more than once.
         opendal::install_default();
         let invalid = |reason: &str| StorageError::InvalidUri {
-            uri: crate::steps::redact::redact_url(uri),
+            uri: crate::model::redact::redact_url(uri),
             reason: reason.to_string(),
         };
         if let Some(path) = uri.strip_prefix("fs://") {
@@ -663,7 +663,7 @@ impl Storage {
     }
 
     fn classify(&self, action: &'static str, key: &str, error: opendal::Error) -> StorageError {
-        let message = crate::steps::redact::redact_text(&error.to_string());
+        let message = crate::model::redact::redact_text(&error.to_string());
         let key = key.to_string();
         if self.fs_root.is_some() {
             return StorageError::Failed {
@@ -732,7 +732,7 @@ pub struct ListedObject {
     pub key: String,
     pub size: u64,
     /// When the object was last written, where the backend says.
-    pub last_modified: Option<crate::engine::job::Timestamp>,
+    pub last_modified: Option<crate::model::job::Timestamp>,
 }
 
 // Listing and deleting, for `narra cleanup` and `narra delete` only (`engine::cleanup`): the steps
@@ -785,7 +785,7 @@ impl Storage {
                     time.duration_since(std::time::UNIX_EPOCH)
                         .ok()
                         .and_then(|since| i64::try_from(since.as_millis()).ok())
-                        .map(crate::engine::job::Timestamp)
+                        .map(crate::model::job::Timestamp)
                 }),
             });
         }
@@ -861,7 +861,7 @@ fn list_fs(root: &Path, prefix: &str) -> std::io::Result<Vec<ListedObject>> {
                 listed.push(ListedObject {
                     key: key.to_string(),
                     size: metadata.len(),
-                    last_modified: Some(crate::engine::job::Timestamp(millis)),
+                    last_modified: Some(crate::model::job::Timestamp(millis)),
                 });
             }
         }

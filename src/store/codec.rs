@@ -5,7 +5,7 @@
 //! standard configuration. Nothing else in narra calls bincode.
 //!
 //! bincode writes fields in declaration order with no names, so the bytes on disk ARE the struct
-//! definitions in `engine::job`. Changing any stored struct or enum (adding, removing, reordering or
+//! definitions in `model::job`. Changing any stored struct or enum (adding, removing, reordering or
 //! retyping a field or a variant) requires bumping [`SCHEMA_VERSION`] and writing a migration for
 //! the records already on disk. The golden-bytes tests below fail on any such change, which is
 //! their purpose: when one fails, do not just paste the new bytes in; bump the version and migrate.
@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::StoreError;
-use crate::engine::job::Job;
+use crate::model::job::Job;
 
 /// The version of the record layout this narra writes.
 ///
@@ -22,7 +22,7 @@ use crate::engine::job::Job;
 /// - 2: `Job` gained `priority`, `not_before` and `crashes` (at the end). No other record changed,
 ///   so every other record type reads the same under 1 and 2; a version-1 job is read by
 ///   [`decode_job`] through [`legacy::JobV1`], and `SledStore::open` rewrites old stores once.
-/// - 3: `Job` gained `attribution` (at the end: `engine::attribution`'s suspect mark, whether the
+/// - 3: `Job` gained `attribution` (at the end: `model::attribution`'s suspect mark, whether the
 ///   run is alone, a provisional takeover). Again no other record changed; a version-2 job is
 ///   read through [`legacy::JobV2`].
 pub const SCHEMA_VERSION: u8 = 3;
@@ -106,7 +106,7 @@ pub fn decode_job(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<Job, S
 pub mod legacy {
     use serde::Deserialize;
 
-    use crate::engine::job::{
+    use crate::model::job::{
         Attribution, CrashRecord, ErrorInfo, Job, JobId, Lease, PRIORITY_LIVE, Phase, Status,
         Timestamp,
     };
@@ -187,7 +187,7 @@ pub fn hex(bytes: &[u8]) -> String {
 pub(crate) mod strategies {
     use proptest::prelude::*;
 
-    use crate::engine::job::{
+    use crate::model::job::{
         Attribution, ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event, EventKind, Hash, Job,
         JobId, Lease, Location, Phase, ProgressMarker, Status, StepOutput, Takeover, Timestamp,
         WorkerId,
@@ -455,7 +455,7 @@ pub(crate) mod strategies {
         ]
     }
 
-    pub fn incident() -> impl Strategy<Value = crate::engine::job::Incident> {
+    pub fn incident() -> impl Strategy<Value = crate::model::job::Incident> {
         (
             any::<u64>(),
             timestamp(),
@@ -466,7 +466,7 @@ pub(crate) mod strategies {
             any::<String>(),
         )
             .prop_map(|(seq, at, actor, action, job, key, reason)| {
-                crate::engine::job::Incident {
+                crate::model::job::Incident {
                     seq,
                     at,
                     actor,
@@ -492,7 +492,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::engine::job::{
+    use crate::model::job::{
         Attribution, ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event, EventKind, Hash, Job,
         JobId, Lease, Location, MediaMetadata, Phase, ProgressMarker, Status, StepOutput,
         StreamInfo, Takeover, Timestamp, WorkerId,
@@ -681,7 +681,7 @@ mod tests {
     fn version_1_jobs_read_with_the_new_fields_defaulted() {
         let old = decode_job("jobs", b"key", &from_hex(GOLDEN_JOB_V1)).expect("decode v1 job");
         let mut expected = golden_job();
-        expected.priority = crate::engine::job::PRIORITY_LIVE;
+        expected.priority = crate::model::job::PRIORITY_LIVE;
         expected.not_before = None;
         expected.crashes = None;
         expected.attribution = Attribution::default();
@@ -756,8 +756,8 @@ mod tests {
         ]
     }
 
-    fn golden_incident() -> crate::engine::job::Incident {
-        crate::engine::job::Incident {
+    fn golden_incident() -> crate::model::job::Incident {
+        crate::model::job::Incident {
             seq: 3,
             at: Timestamp(1_700_000_004_000),
             actor: "ops".to_string(),
@@ -782,9 +782,9 @@ mod tests {
         assert_golden(&golden_incident(), GOLDEN_INCIDENT);
     }
 
-    fn golden_backfill() -> crate::engine::job::Backfill {
-        crate::engine::job::Backfill {
-            id: crate::engine::job::BackfillId(0x0190_0000_0000_0000_0000_0000_0000_0007),
+    fn golden_backfill() -> crate::model::job::Backfill {
+        crate::model::job::Backfill {
+            id: crate::model::job::BackfillId(0x0190_0000_0000_0000_0000_0000_0000_0007),
             manifest: "/srv/manifests/talks.csv".to_string(),
             created_at: Timestamp(1_700_000_005_000),
         }
@@ -809,8 +809,8 @@ mod tests {
         assert_golden(value, &format!("{}{body_hex}", hex(&[SCHEMA_VERSION])));
     }
 
-    fn golden_event_summary() -> crate::engine::job::EventSummary {
-        use crate::engine::job::{
+    fn golden_event_summary() -> crate::model::job::EventSummary {
+        use crate::model::job::{
             AuditState, BlobWriteRecord, EventSummary, HistoryFinding, HistoryFindingKind,
             RecordedOutputs, RunState, StepSummary,
         };
@@ -897,8 +897,8 @@ mod tests {
         }
     }
 
-    fn golden_pruned_job() -> crate::engine::job::PrunedJob {
-        crate::engine::job::PrunedJob {
+    fn golden_pruned_job() -> crate::model::job::PrunedJob {
+        crate::model::job::PrunedJob {
             id: JobId(0x0190_0000_0000_0000_0000_0000_0000_002a),
             key: "ingest:https://example.com/a.mp4".to_string(),
             workflow: "ingest".to_string(),
@@ -995,13 +995,24 @@ mod tests {
         #[test]
         fn incident_round_trips(incident in strategies::incident()) {
             let bytes = encode(&incident).expect("encode");
-            prop_assert_eq!(decode::<crate::engine::job::Incident>("incidents", b"k", &bytes).expect("decode"), incident);
+            prop_assert_eq!(decode::<crate::model::job::Incident>("incidents", b"k", &bytes).expect("decode"), incident);
         }
 
         #[test]
         fn event_round_trips(event in strategies::event()) {
             let bytes = encode(&event).expect("encode");
             prop_assert_eq!(decode::<Event>("events", b"k", &bytes).expect("decode"), event);
+        }
+
+        // Compaction stores the fold of a history's prefix and resumes the fold from what it reads
+        // back (`model::history`'s property test): the summary must come back as it was written.
+        #[test]
+        fn event_summary_round_trips(events in prop::collection::vec(strategies::event(), 0..60)) {
+            let summary = crate::model::history::fold_all(JobId(1), None, &events);
+            let bytes = encode(&summary).expect("encode");
+            let stored: crate::model::job::EventSummary =
+                decode("event_summaries", b"k", &bytes).expect("decode");
+            prop_assert_eq!(stored, summary);
         }
     }
 

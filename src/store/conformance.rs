@@ -16,13 +16,13 @@ use super::{
     LOG_LINES_MAX, NewIncident, Resubmit, SUBMIT_BATCH_MAX, StateStore, StepEvent, SubmitOutcome,
     SubmitRequest,
 };
-use crate::engine::job::{
+use crate::model::job::{
     ChangeToken, Checkpoint, Delivery, ErrorInfo, Event, EventKind, Hash, Job, JobId, JobProgress,
     LeaseToken, Location, LogLine, MediaMetadata, Phase, Status, StepOutput, StreamInfo, Timestamp,
     WorkerId,
 };
-use crate::engine::machine::Rejected;
-use crate::engine::scheduling::{BreakerPolicy, HostOutcome, RetryPolicy, SchedulingPolicy};
+use crate::model::machine::Rejected;
+use crate::model::scheduling::{BreakerPolicy, HostOutcome, RetryPolicy, SchedulingPolicy};
 
 /// A lease long enough that no check sees it expire.
 const LEASE_TTL_MS: u64 = 60_000;
@@ -229,14 +229,14 @@ pub async fn host_limits_and_breakers_gate_claims(store: &dyn StateStore) {
     assert_eq!(hosts[0].opened_total, 1);
     assert!(matches!(
         hosts[0].breaker,
-        crate::engine::job::Breaker::Open { .. }
+        crate::model::job::Breaker::Open { .. }
     ));
     let untouched = store.job(on_a[1]).await.expect("read").expect("exists");
     assert_eq!(untouched.attempts, 0, "held jobs spend no attempt");
 }
 
 /// A reclaimed orphan once its death was charged: a shared store's takeover is provisional
-/// (`engine::attribution`), settled here as if two lease lengths had passed without a word from
+/// (`model::attribution`), settled here as if two lease lengths had passed without a word from
 /// its holder (a lease length of 0); a store held alone charges at once and settles nothing.
 async fn reclaimed_and_settled(store: &dyn StateStore, id: JobId) -> Job {
     store
@@ -257,7 +257,7 @@ pub async fn orphans_that_die_at_the_same_point_are_quarantined(store: &dyn Stat
         store
             .set_progress(
                 &token,
-                &crate::engine::job::JobProgress {
+                &crate::model::job::JobProgress {
                     bytes_done,
                     bytes_total: None,
                     rate_bytes_per_s: 0,
@@ -297,7 +297,7 @@ pub async fn orphans_that_die_at_the_same_point_are_quarantined(store: &dyn Stat
     }
 }
 
-/// Attribution (`engine::attribution`) through the store: a death of a process holding two jobs
+/// Attribution (`model::attribution`) through the store: a death of a process holding two jobs
 /// charges neither and makes both suspects; a suspect is claimed only by a process holding
 /// nothing, and nothing is claimed beside it; its next checkpoint clears the mark; a death of a
 /// process holding one job is charged to it.
@@ -443,7 +443,7 @@ fn request(key: &str) -> SubmitRequest {
         source: format!("https://example.com/{key}.mp4"),
         workflow: "ingest".to_string(),
         reingest: false,
-        priority: crate::engine::job::PRIORITY_LIVE,
+        priority: crate::model::job::PRIORITY_LIVE,
     }
 }
 
@@ -1272,7 +1272,7 @@ pub async fn step_events_need_the_current_lease(store: &dyn StateStore) {
 pub async fn progress_needs_the_current_lease(store: &dyn StateStore) {
     let token = running_job(store, "progress").await;
     assert_eq!(store.progress(token.job_id).await.expect("progress"), None);
-    let progress = crate::engine::job::JobProgress {
+    let progress = crate::model::job::JobProgress {
         bytes_done: 4096,
         bytes_total: Some(10_000),
         rate_bytes_per_s: 2048,
@@ -1292,7 +1292,7 @@ pub async fn progress_needs_the_current_lease(store: &dyn StateStore) {
         .await
         .expect("complete")
         .expect("current token");
-    let later = crate::engine::job::JobProgress {
+    let later = crate::model::job::JobProgress {
         bytes_done: 9_999,
         ..progress.clone()
     };
@@ -1952,7 +1952,7 @@ pub async fn delete_removes_every_record_of_a_job(store: &dyn StateStore) {
     store
         .set_progress(
             &token,
-            &crate::engine::job::JobProgress {
+            &crate::model::job::JobProgress {
                 bytes_done: 1,
                 bytes_total: None,
                 rate_bytes_per_s: 1,
@@ -2880,7 +2880,7 @@ pub async fn export_then_import_reproduces_every_record(
     let _ = std::fs::remove_file(&path);
 }
 
-fn delivery_of(notice: &crate::engine::job::Notice, attempt: u32, ok: bool) -> Delivery {
+fn delivery_of(notice: &crate::model::job::Notice, attempt: u32, ok: bool) -> Delivery {
     Delivery {
         delivery_id: notice.delivery_id,
         status: notice.status,

@@ -4,7 +4,7 @@
 //! Only this module imports sled and tokio-postgres: `sled_store` is the embedded store of one
 //! machine, `pg_store` the shared store of a fleet on PostgreSQL, and both pass `conformance`.
 //! The store exposes domain operations, never a raw "put job": every status or phase change goes
-//! through `engine::machine`, and is written together with its events (and, for
+//! through `model::machine`, and is written together with its events (and, for
 //! `record_checkpoint`, the checkpoint) in one transaction that is durable before the call returns,
 //! so nothing acknowledged is lost in a crash.
 //!
@@ -25,13 +25,13 @@ use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 
-use crate::engine::job::{
+use crate::model::job::{
     Backfill, BackfillId, Checkpoint, Delivery, DeliveryId, ErrorInfo, Event, EventKind,
     EventSummary, HostState, Incident, Job, JobId, JobProgress, LeaseToken, Location, LogLine,
     MediaMetadata, Notice, Phase, PrunedJob, Status, Timestamp, Webhook, WorkerId,
 };
-use crate::engine::machine::Rejected;
-use crate::engine::scheduling::{HostOutcome, OutcomeVerdict, SchedulingPolicy};
+use crate::model::machine::Rejected;
+use crate::model::scheduling::{HostOutcome, OutcomeVerdict, SchedulingPolicy};
 
 pub use lock::{HomeLock, LockError};
 pub use pg_store::PgStore;
@@ -250,7 +250,7 @@ pub trait JobReader: Send + Sync {
     async fn checkpoints(&self, id: JobId) -> StoreResult<Vec<Checkpoint>>;
     async fn checkpoint(&self, id: JobId, step: &str) -> StoreResult<Option<Checkpoint>>;
     /// The job's events still held, oldest first: at most [`JobReader::events_max`]. The older
-    /// ones were folded into [`JobReader::event_summary`] (`engine::history`), in the transaction
+    /// ones were folded into [`JobReader::event_summary`] (`model::history`), in the transaction
     /// that appended past the bound.
     async fn events(&self, id: JobId) -> StoreResult<Vec<Event>>;
     /// What the job's compacted events left: `None` while none was compacted.
@@ -310,7 +310,7 @@ pub trait OrchestratorStore: JobReader {
     /// The backfill recorded for `manifest` (see `Backfill::manifest`), or a new one, flushed.
     async fn open_backfill(&self, manifest: &str) -> StoreResult<Backfill>;
     /// Claims the pending job that comes first (highest priority, then oldest) among those the
-    /// scheduling rules let start now (`engine::scheduling::admit`: retry delays, per-host
+    /// scheduling rules let start now (`model::scheduling::admit`: retry delays, per-host
     /// limits, breakers), recording the start on its host in the same call.
     async fn claim_next(&self, request: &ClaimRequest<'_>) -> StoreResult<ClaimNext>;
     /// Claims one pending job by id, whatever the scheduling rules say (tests, tools).
@@ -346,7 +346,7 @@ pub trait OrchestratorStore: JobReader {
         reason: &str,
         until: Option<(Timestamp, ErrorInfo)>,
     ) -> StoreResult<Result<Job, Rejected>>;
-    /// Records how a run of `job` went on its source host's breaker (`engine::scheduling`).
+    /// Records how a run of `job` went on its source host's breaker (`model::scheduling`).
     async fn record_host_outcome(
         &self,
         host: &str,
@@ -375,7 +375,7 @@ pub trait OrchestratorStore: JobReader {
     /// running -> pending for a job whose process died; the store reads where the job was (its
     /// phase, checkpoints and progress) for the crash-loop rule (`OrchestratorOp::ReclaimOrphan`).
     async fn reclaim_orphan(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
-    /// Charges the provisional takeover charges (`engine::attribution`) that two lease lengths
+    /// Charges the provisional takeover charges (`model::attribution`) that two lease lengths
     /// of `lease_ttl_ms` left standing, quarantining a pending job that reaches the crash-loop
     /// count; returns the jobs it changed. Only a shared store takes jobs over: a store held by
     /// one process has none to settle.

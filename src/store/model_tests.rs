@@ -33,11 +33,11 @@ use super::{
     JobFilter, JobReader, MaintenanceStore, OrchestratorStore, PgStore, SledStore, StateStore,
     StepEvent, StoreResult, SubmitOutcome, SubmitRequest, WorkerStore,
 };
-use crate::engine::job::{
+use crate::model::job::{
     ChangeToken, Checkpoint, ErrorInfo, EventKind, Hash, Job, JobId, LeaseToken, Location, Phase,
     Status, StepOutput, Timestamp, WorkerId,
 };
-use crate::engine::machine::Rejected;
+use crate::model::machine::Rejected;
 use crate::store::conformance::claim_next_as;
 
 const STEPS: [&str; 3] = ["download", "extract", "store"];
@@ -379,7 +379,7 @@ async fn apply<B: Backend>(
                 source: format!("https://example.com/{key}.mp4"),
                 workflow: "ingest".into(),
                 reingest: *reingest,
-                priority: crate::engine::job::PRIORITY_LIVE,
+                priority: crate::model::job::PRIORITY_LIVE,
             };
             let submitted = store.submit(&request).await.expect("submit");
             if model.jobs.len() <= *key {

@@ -8,7 +8,7 @@
 //!
 //! The write protocol of every mutating operation:
 //! 1. One SQL transaction (READ COMMITTED) locks the job's row (`SELECT ... FOR UPDATE`), decodes it,
-//!    asks `engine::machine` for the transition (a refusal rolls the transaction back, so a refused
+//!    asks `model::machine` for the transition (a refusal rolls the transaction back, so a refused
 //!    call writes nothing), checks the result's invariants and writes the job row, its events
 //!    (folding the oldest into its summary past the bound) and, for `record_checkpoint`, the
 //!    checkpoint, metadata record and blob references. Every writer of a job's records locks the
@@ -23,7 +23,7 @@
 //!
 //! Leases: `claim_next` and `claim` hand out a fencing token (`Job::fencing_token`, one more than
 //! the last), and every write by a lease holder (`renew_lease`, `set_phase`, `record_checkpoint`,
-//! `complete`, ...) is decided by `engine::machine::check_token` in the transaction that holds the
+//! `complete`, ...) is decided by `model::machine::check_token` in the transaction that holds the
 //! job's row lock: a worker that lost its lease cannot overwrite the work of the one that took over.
 //! No row lock is held while a step runs; each write is a short transaction of its own.
 //!
@@ -63,16 +63,16 @@ use super::{
     OrchestratorStore, StepEvent, StoreError, StoreResult, SubmitOutcome, SubmitRequest, Submitted,
     WebhookStore, WorkerStore, events_kept,
 };
-use crate::engine::attribution::{self, DeathSeen, Holding};
-use crate::engine::backfill::source_host;
-use crate::engine::history;
-use crate::engine::job::{
+use crate::model::attribution::{self, DeathSeen, Holding};
+use crate::model::history;
+use crate::model::job::{
     Backfill, BackfillId, Checkpoint, Delivery, ErrorInfo, Event, EventKind, EventSummary,
     HostState, Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase,
     ProgressMarker, PrunedJob, Status, Timestamp, Webhook, WorkerId,
 };
-use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
-use crate::engine::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, SchedulingPolicy};
+use crate::model::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
+use crate::model::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, SchedulingPolicy};
+use crate::model::sources::source_host;
 
 mod listen;
 mod logs;
@@ -153,7 +153,7 @@ macro_rules! transaction {
             match outcome {
                 Ok(value) => break Ok::<_, StoreError>(Ok(value)),
                 Err(TxAbort::Rejected(rejected)) => {
-                    if let $crate::engine::machine::Rejected::Fenced {
+                    if let $crate::model::machine::Rejected::Fenced {
                         job_id, presented, ..
                     } = &rejected
                     {
@@ -246,10 +246,10 @@ pub fn parse_uri(uri: &str) -> StoreResult<(tokio_postgres::Config, PgOptions, S
 }
 
 /// The URI with its user info and secret parameters (`?password=`) redacted as every URL is
-/// (`steps::redact`), fit for logs and messages.
+/// (`model::redact`), fit for logs and messages.
 pub fn redact(uri: &str) -> String {
     match url::Url::parse(uri) {
-        Ok(url) => crate::steps::redact::redact_url(url.as_str()),
+        Ok(url) => crate::model::redact::redact_url(url.as_str()),
         Err(_) => "(unparsable URI)".to_string(),
     }
 }
@@ -2402,7 +2402,7 @@ impl WorkerStore for PgStore {
             }
             tx.append_events(&mut job, super::checkpoint_events(checkpoint), now).await?;
             // A suspect that passed a checkpoint runs beside others again
-            // (`engine::attribution`).
+            // (`model::attribution`).
             if let Some(cleared) = attribution::checkpoint_passed(&job) {
                 job = cleared;
             }
@@ -2535,7 +2535,7 @@ mod tests {
             source: format!("https://example.com/{key}.mp4"),
             workflow: "ingest".to_string(),
             reingest: false,
-            priority: crate::engine::job::PRIORITY_LIVE,
+            priority: crate::model::job::PRIORITY_LIVE,
         }
     }
 

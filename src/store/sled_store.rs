@@ -47,7 +47,7 @@
 //!
 //! The write protocol of every mutating operation:
 //! 1. One sled transaction over `jobs`, `keys`, `status_index`, `checkpoints`, `events`,
-//!    `metadata`, `blob_refs` and `event_summaries` reads the job, asks `engine::machine` for the
+//!    `metadata`, `blob_refs` and `event_summaries` reads the job, asks `model::machine` for the
 //!    transition (a refusal aborts the transaction, so a refused call writes nothing), checks the
 //!    result's invariants, and writes the job, its status-index entry, its events (folding the
 //!    oldest into its summary past the bound; and for `record_checkpoint` the checkpoint, metadata
@@ -87,15 +87,15 @@ use super::{
     NewIncident, OrchestratorStore, StepEvent, StoreError, StoreResult, SubmitOutcome,
     SubmitRequest, Submitted, WebhookStore, WorkerStore,
 };
-use crate::engine::attribution::{self, DeathSeen, Holding};
-use crate::engine::backfill::source_host;
-use crate::engine::job::{
+use crate::model::attribution::{self, DeathSeen, Holding};
+use crate::model::job::{
     Backfill, BackfillId, Checkpoint, Delivery, ErrorInfo, Event, EventKind, EventSummary,
     HostState, Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase,
     ProgressMarker, PrunedJob, Status, Timestamp, Webhook, WorkerId,
 };
-use crate::engine::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
-use crate::engine::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, SchedulingPolicy};
+use crate::model::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
+use crate::model::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, SchedulingPolicy};
+use crate::model::sources::source_host;
 
 mod compaction;
 mod group_commit;
@@ -1447,7 +1447,7 @@ fn queue_key(priority: i32, id: JobId) -> [u8; 4 + JOB_ID_BYTES] {
 /// What a claim needs to know of a pending job before reading it: when it may start
 /// (`Job::not_before`, 8 big-endian bytes, `i64::MIN` for now) and its source host (the rest).
 fn queue_value(job: &Job) -> Vec<u8> {
-    let host = crate::engine::backfill::source_host(&job.source);
+    let host = crate::model::sources::source_host(&job.source);
     let mut value = Vec::with_capacity(8 + host.len());
     value.extend_from_slice(&job.not_before.map_or(i64::MIN, |at| at.0).to_be_bytes());
     value.extend_from_slice(host.as_bytes());
@@ -2424,7 +2424,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
-    use crate::engine::job::{ChangeToken, Hash, Location, StepOutput};
+    use crate::model::job::{ChangeToken, Hash, Location, StepOutput};
     use crate::store::conformance;
 
     fn open(path: &Path) -> SledStore {
@@ -2569,7 +2569,7 @@ mod tests {
             source: format!("https://example.com/{key}.mp4"),
             workflow: "ingest".to_string(),
             reingest: false,
-            priority: crate::engine::job::PRIORITY_LIVE,
+            priority: crate::model::job::PRIORITY_LIVE,
         }
     }
 

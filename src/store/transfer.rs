@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::job::{
+use crate::model::job::{
     Backfill, Checkpoint, Event, EventSummary, HostState, Incident, Job, JobId, JobProgress,
     LogLine, MediaMetadata, PrunedJob, Webhook,
 };

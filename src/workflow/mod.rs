@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::job::{Hash, Phase};
+use crate::model::job::{Hash, Phase};
 
 /// The workflows compiled into the binary, by file name.
 pub const BUILTIN_WORKFLOWS: &[(&str, &str)] = &[
@@ -470,7 +470,7 @@ pub struct Workflow {
     pub name: String,
     pub description: String,
     /// Runs a job gets when it fails with a transient class: after the first, each is an
-    /// automatic retry after a growing delay (`engine::scheduling::RetryPolicy`). 1 retries never.
+    /// automatic retry after a growing delay (`model::scheduling::RetryPolicy`). 1 retries never.
     pub attempts_max: u32,
     /// Where every job of this workflow sends its completion notice (`webhook`), unless its
     /// submission names another. Checked by the network guard when a job is submitted.
@@ -608,7 +608,7 @@ pub fn parse_workflow(file_name: &str, text: &str) -> Result<Workflow, WorkflowE
             _ => {
                 return Err(invalid(format!(
                     "callback_url {:?} is not an http(s) URL",
-                    crate::steps::redact::redact_url(url)
+                    crate::model::redact::redact_url(url)
                 )));
             }
         }

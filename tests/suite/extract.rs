@@ -11,10 +11,11 @@ use std::sync::{Mutex, OnceLock};
 
 use serde_json::Value;
 
-use narra::engine::job::{Hash, JobId, Location, WorkerId};
 use narra::engine::verify::metadata_record_bytes;
+use narra::model::ErrorClass;
+use narra::model::job::{Hash, JobId, Location, WorkerId};
+use narra::steps::Progress;
 use narra::steps::extract::{Tools, extract_audio, probe};
-use narra::steps::{ErrorClass, Progress};
 use narra::store::sled_store::DEFAULT_CACHE_CAPACITY_BYTES;
 use narra::store::{JobReader, OrchestratorStore, SledStore, WorkerStore};
 use narra::workflow::ExtractParams;

@@ -15,8 +15,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use narra::engine::Engine;
-use narra::engine::job::{JobId, JobProgress, Location, Phase, Status};
 use narra::engine::orchestrator::{SubmitOptions, run_job, submit};
+use narra::model::job::{JobId, JobProgress, Location, Phase, Status};
 use narra::steps::extract::Tools;
 use narra::steps::net::NetworkPolicy;
 use narra::storage::Storage;

@@ -255,7 +255,7 @@ fn a_job_that_kills_its_worker_three_times_is_quarantined_and_the_others_finish(
     assert_eq!(deaths, 3, "alone, every death is the poisonous job's");
 }
 
-// Guards the attribution of deaths (`engine::attribution`): with 4 jobs at once, the poisonous job
+// Guards the attribution of deaths (`model::attribution`): with 4 jobs at once, the poisonous job
 // is claimed last, beside 3 healthy ones, and kills the worker while they run; that death charges
 // none of them, they become suspects and run alone, so the poisonous job is quarantined after its
 // third death alone (a fourth in all at most) and exactly it: every healthy job succeeds. (Before

@@ -553,7 +553,7 @@ fn a_running_job_progressed(home: &Home, seen: &mut HashMap<String, usize>) -> b
 /// sooner than a whole job. Kills are placed by what the worker did, not by a clock, so a loaded
 /// machine that runs every step slower changes nothing.
 ///
-/// Guards the attribution of deaths (`engine::attribution`): a death of a process that held
+/// Guards the attribution of deaths (`model::attribution`): a death of a process that held
 /// several jobs charges none of them; they become suspects and run alone until their next
 /// checkpoint. So healthy jobs killed again and again beside others are never quarantined as
 /// `crash_loop`, and all succeed. (Before attribution, every job in flight was charged with every

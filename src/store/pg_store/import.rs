@@ -10,7 +10,7 @@ use super::{
     PgStore, TABLE_BACKFILLS, TABLE_INCIDENTS, TABLE_PRUNED, TRANSACTION_ATTEMPTS_MAX, Tx, TxAbort,
     TxResult, codec, decode_in, decode_job, id_bytes, seq_column,
 };
-use crate::engine::job::{Backfill, Incident, JobId, PrunedJob};
+use crate::model::job::{Backfill, Incident, JobId, PrunedJob};
 use crate::store::transfer::{ImportOutcome, JobRecords, Record};
 use crate::store::{StoreError, StoreResult};
 

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use deadpool_postgres::Pool;
 
 use super::{LOG_LINES_MAX, id_bytes};
-use crate::engine::job::{JobId, LogLine};
+use crate::model::job::{JobId, LogLine};
 use crate::store::{LOG_LINE_BYTES_MAX, StoreError, codec};
 
 pub(super) struct LogBuffer {

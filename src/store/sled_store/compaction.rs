@@ -1,5 +1,5 @@
 //! Bounded event histories: a job holds at most the store's `events_max` events; appending past
-//! it folds the oldest into the job's `EventSummary` (`engine::history::fold`) and removes them, in
+//! it folds the oldest into the job's `EventSummary` (`model::history::fold`) and removes them, in
 //! the transaction of the append, so the summary and the events never disagree and nothing is
 //! folded twice or lost.
 //!
@@ -11,8 +11,8 @@ use super::{
     SledStore, TREE_EVENT_SUMMARIES, TREE_EVENTS, Tx, TxResult, codec, corrupt, encode_in_tx,
     seq_key, store_abort,
 };
-use crate::engine::history;
-use crate::engine::job::{Event, EventSummary, Job, JobId};
+use crate::model::history;
+use crate::model::job::{Event, EventSummary, Job, JobId};
 use crate::store::StoreResult;
 
 use crate::store::events_kept;

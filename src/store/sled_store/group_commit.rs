@@ -20,9 +20,9 @@
 use tokio::sync::oneshot;
 
 use super::{SledStore, StoreError, Tx, TxResult, checkpoint_key, encode_in_tx};
-use crate::engine::attribution;
-use crate::engine::job::{Checkpoint, LeaseToken, MediaMetadata, Timestamp};
-use crate::engine::machine::{self, Rejected};
+use crate::model::attribution;
+use crate::model::job::{Checkpoint, LeaseToken, MediaMetadata, Timestamp};
+use crate::model::machine::{self, Rejected};
 use crate::store::StoreResult;
 
 /// The most checkpoints one transaction applies; more wait for the next batch.
@@ -250,7 +250,7 @@ fn apply(
             .insert(&id.to_bytes()[..], encode_in_tx(metadata)?)?;
     }
     tx.append_events(&mut job, crate::store::checkpoint_events(checkpoint), now)?;
-    // A suspect that passed a checkpoint runs beside others again (`engine::attribution`).
+    // A suspect that passed a checkpoint runs beside others again (`model::attribution`).
     if let Some(cleared) = attribution::checkpoint_passed(&job) {
         job = cleared;
     }
@@ -261,7 +261,7 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::job::{Hash, WorkerId};
+    use crate::model::job::{Hash, WorkerId};
     use crate::store::{JobReader, OrchestratorStore, SubmitRequest};
 
     fn checkpoint(step: &str) -> Checkpoint {

@@ -11,7 +11,7 @@ use super::{
     SledStore, TREE_INCIDENTS, TREE_KEYS, TREE_PRUNED, backfill_job_key, blob_ref_key,
     checkpoint_key, codec, encode_in_tx, job_id_in, seq_key, store_abort,
 };
-use crate::engine::job::{Backfill, BackfillId, Incident, JobId, PrunedJob};
+use crate::model::job::{Backfill, BackfillId, Incident, JobId, PrunedJob};
 use crate::store::transfer::{ImportOutcome, JobRecords, Record};
 use crate::store::{JobReader, StoreResult};
 

@@ -11,8 +11,8 @@ use super::{
     SledStore, TREE_EVENT_SUMMARIES, TREE_PRUNED, TREE_STATUS_INDEX, blob_ref_key, codec, corrupt,
     encode_in_tx, index_key, reject,
 };
-use crate::engine::job::{EventSummary, JobId, PrunedJob, Status, Timestamp};
-use crate::engine::machine::{self, Rejected};
+use crate::model::job::{EventSummary, JobId, PrunedJob, Status, Timestamp};
+use crate::model::machine::{self, Rejected};
 use crate::store::{JobReader, StoreResult};
 
 /// The state store's size and what it holds, for `narra doctor`.

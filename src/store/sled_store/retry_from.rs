@@ -7,8 +7,8 @@ use super::{
     STORE_STEP, SledStore, TREE_CHECKPOINTS, checkpoint_key, codec, encode_in_tx, reject,
     store_abort,
 };
-use crate::engine::job::{Checkpoint, Job, JobId, Timestamp};
-use crate::engine::machine::{self, Rejected};
+use crate::model::job::{Checkpoint, Job, JobId, Timestamp};
+use crate::model::machine::{self, Rejected};
 use crate::store::StoreResult;
 
 impl SledStore {

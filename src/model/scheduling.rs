@@ -1,7 +1,7 @@
 //! Scheduling rules: which pending job may start now, how long an automatic retry waits, and the
 //! circuit breaker of each source host.
 //!
-//! Pure decisions over plain data, like `engine::machine`: the state store applies them inside its
+//! Pure decisions over plain data, like `model::machine`: the state store applies them inside its
 //! claim and outcome transactions (`OrchestratorStore::claim_next`, `record_host_outcome`), so a
 //! host's breaker, its failures and its rate clock live in the store and hold across restarts.
 //!
@@ -13,7 +13,7 @@
 //! attempt given back). When the cool-down ends, one probe job runs; if the host answers it, the
 //! breaker closes and the rest resume; if it refuses again, the breaker opens for twice as long.
 
-use crate::engine::job::{Breaker, HostFailure, HostState, JobId, Timestamp};
+use crate::model::job::{Breaker, HostFailure, HostState, JobId, Timestamp};
 
 /// Error classes that say the host refused us, not that one input is bad.
 pub const BLOCKING_CLASSES: &[&str] = &["download_blocked", "rate_limited"];

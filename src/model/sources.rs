@@ -131,7 +131,7 @@ pub fn canonical_source(input: &str, base_dir: Option<&Path>) -> Result<String, 
             {
                 return Err(SourceError::NotHttp(format!(
                     "{:?}",
-                    crate::steps::redact::redact_url(url.as_str())
+                    crate::model::redact::redact_url(url.as_str())
                 )));
             }
             Ok(url.to_string())
@@ -169,6 +169,23 @@ pub fn normalize_source(source: &str) -> String {
             Ok(url) => url.to_string(),
             Err(()) => trimmed.to_string(),
         },
+    }
+}
+
+/// The host a failure is counted under: the URL's host (and port), `local` for a path or a
+/// `file://` URL, `unknown` when there is none.
+pub fn source_host(source: &str) -> String {
+    if !source.contains("://") {
+        return "local".to_string();
+    }
+    match url::Url::parse(source) {
+        Ok(url) if url.scheme() == "file" => "local".to_string(),
+        Ok(url) => match (url.host_str(), url.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_string(),
+            (None, _) => "unknown".to_string(),
+        },
+        Err(_) => "unknown".to_string(),
     }
 }
 
@@ -288,5 +305,16 @@ mod tests {
             idempotency_key(raw, "ingest"),
             idempotency_key(&stored_now, "ingest")
         );
+    }
+
+    #[test]
+    fn hosts_of_sources() {
+        assert_eq!(
+            source_host("https://CDN.example.com/a.mp4"),
+            "cdn.example.com"
+        );
+        assert_eq!(source_host("http://127.0.0.1:8080/a.mp4"), "127.0.0.1:8080");
+        assert_eq!(source_host("/srv/a.mp4"), "local");
+        assert_eq!(source_host("file:///srv/a.mp4"), "local");
     }
 }

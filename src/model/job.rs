@@ -2,7 +2,7 @@
 //! job leaves when its events are compacted (`EventSummary`) or it is pruned (`PrunedJob`).
 //!
 //! These are plain data. They know nothing of sled, opendal or ffmpeg; the rules for how a job may
-//! change live in `engine::machine`, and the encoding of these records lives in `store::codec`.
+//! change live in `model::machine`, and the encoding of these records lives in `store::codec`.
 //! Stored records derive serde with no `skip`/`tag` attributes, because bincode cannot decode those;
 //! the JSON shapes users see are built in `cli::views`.
 
@@ -243,9 +243,9 @@ pub struct Job {
     /// A pending job is not claimed before this: the delay of an automatic retry.
     pub not_before: Option<Timestamp>,
     /// Deaths of the processes that ran this job with no progress in between (crash-loop
-    /// quarantine, `engine::machine`); cleared when the job finishes.
+    /// quarantine, `model::machine`); cleared when the job finishes.
     pub crashes: Option<CrashRecord>,
-    /// Whom the deaths of this job's processes are charged to (`engine::attribution`): whether it
+    /// Whom the deaths of this job's processes are charged to (`model::attribution`): whether it
     /// is a suspect, whether its current run is alone in its process, and a fleet's takeover not
     /// yet charged. Cleared when the job finishes.
     pub attribution: Attribution,
@@ -274,7 +274,7 @@ pub struct CrashRecord {
     pub count: u32,
 }
 
-/// What `engine::attribution` keeps on a job to decide whom a process's death is charged to.
+/// What `model::attribution` keeps on a job to decide whom a process's death is charged to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attribution {
     /// A process that held this job beside others died: the job runs alone (no other job beside
@@ -284,7 +284,7 @@ pub struct Attribution {
     /// of that process is this job's.
     pub alone: bool,
     /// A fleet took this job over from a holder whose lease expired; the death is charged only if
-    /// that holder never writes again (`engine::attribution::takeover_due`).
+    /// that holder never writes again (`model::attribution::takeover_due`).
     pub takeover: Option<Takeover>,
 }
 
@@ -673,7 +673,7 @@ pub struct Backfill {
     pub created_at: Timestamp,
 }
 
-/// One failure of a blocking class (`engine::scheduling::BLOCKING_CLASSES`) from a source host.
+/// One failure of a blocking class (`model::scheduling::BLOCKING_CLASSES`) from a source host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostFailure {
     pub at: Timestamp,
@@ -681,7 +681,7 @@ pub struct HostFailure {
     pub job: JobId,
 }
 
-/// A source host's circuit breaker (`engine::scheduling`).
+/// A source host's circuit breaker (`model::scheduling`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Breaker {
     /// Jobs from the host run as usual.
@@ -692,7 +692,7 @@ pub enum Breaker {
     Probing { probe: JobId, cooldown_ms: u64 },
 }
 
-/// What narra knows of one source host (`engine::backfill::source_host`): its breaker, its
+/// What narra knows of one source host (`model::sources::source_host`): its breaker, its
 /// recent blocking failures and its request-rate clock. Kept in the state store, so it holds
 /// across restarts (and, with a shared store, across a fleet).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -700,7 +700,7 @@ pub struct HostState {
     pub host: String,
     pub breaker: Breaker,
     /// Blocking failures since the host last answered a job, oldest first; at most
-    /// `engine::scheduling::HOST_FAILURES_KEPT`.
+    /// `model::scheduling::HOST_FAILURES_KEPT`.
     pub failures: Vec<HostFailure>,
     /// The earliest time the next job from this host may start (the per-host rate limit).
     pub next_start_at: Timestamp,
@@ -731,7 +731,7 @@ impl HostState {
 /// What a job keeps of the events compaction folded away (the store's `event_summaries` tree):
 /// the counts people read (`show`), the status and phase the history had reached, and the state of
 /// `narra audit`'s fold after the last folded event, so that an audit of the summary and the events
-/// still held gives the answer the whole history gave. `engine::history::fold` is the one function
+/// still held gives the answer the whole history gave. `model::history::fold` is the one function
 /// that builds it, for compaction and for `audit` alike.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventSummary {

@@ -9,14 +9,14 @@
 //! `running` clears the phase and the lease in the same transition, so no job ever has a phase while
 //! it is not running.
 
-use super::attribution::{self, DeathSeen, Holding};
-use super::job::{
+use crate::model::attribution::{self, DeathSeen, Holding};
+use crate::model::job::{
     Attribution, Checkpoint, ErrorInfo, EventKind, Job, JobId, Lease, LeaseToken, Location, Phase,
     ProgressMarker, Status, Timestamp, WorkerId,
 };
 
 /// How many deaths at the same [`ProgressMarker`], each attributed to the job
-/// (`engine::attribution`), quarantine it as `crash_loop`.
+/// (`model::attribution`), quarantine it as `crash_loop`.
 pub const CRASH_LOOP_DEATHS: u32 = 3;
 
 /// Whether a job that failed with `error` may succeed on a later run without anyone changing
@@ -24,8 +24,8 @@ pub const CRASH_LOOP_DEATHS: u32 = 3;
 /// narra wrote, say) counts as permanent, so it is never retried in bulk by mistake.
 pub fn is_transient_failure(error: Option<&ErrorInfo>) -> bool {
     error
-        .and_then(|error| crate::steps::ErrorClass::from_name(&error.class))
-        .is_some_and(crate::steps::ErrorClass::retryable)
+        .and_then(|error| crate::model::ErrorClass::from_name(&error.class))
+        .is_some_and(crate::model::ErrorClass::retryable)
 }
 
 /// Transitions of the global status, made by the orchestrator alone.
@@ -208,7 +208,7 @@ pub fn new_job(
         events: vec![
             // Events are shown to people: a signed URL's secrets stay out of them.
             EventKind::Submitted {
-                source: crate::steps::redact::redact_url(&source),
+                source: crate::model::redact::redact_url(&source),
                 workflow,
             },
             EventKind::StatusChanged {
@@ -564,7 +564,7 @@ pub fn retry_from(
         .iter()
         .map(|checkpoint| EventKind::StepRedone {
             step: checkpoint.step.clone(),
-            cause: crate::engine::history::CHECKPOINT_DISCARDED.to_string(),
+            cause: crate::model::history::CHECKPOINT_DISCARDED.to_string(),
             reason: format!("retry --from {step}: its checkpoint was discarded ({reason})"),
         })
         .collect();
@@ -662,7 +662,7 @@ fn quarantine(job: &mut Job, events: &mut Vec<EventKind>) -> bool {
         return false;
     };
     let error = ErrorInfo {
-        class: crate::steps::ErrorClass::CrashLoop.as_str().to_string(),
+        class: crate::model::ErrorClass::CrashLoop.as_str().to_string(),
         message: format!(
             "the process running this job alone died {} times in a row {} with no progress in between; quarantined",
             record.count,
@@ -732,9 +732,9 @@ mod tests {
     // as transient when read back from a stored job; an unknown class is permanent.
     #[test]
     fn transient_failures_are_the_retryable_classes_by_name() {
-        for class in crate::steps::ErrorClass::ALL {
+        for class in crate::model::ErrorClass::ALL {
             assert_eq!(
-                crate::steps::ErrorClass::from_name(class.as_str()),
+                crate::model::ErrorClass::from_name(class.as_str()),
                 Some(class)
             );
             let error = ErrorInfo {
@@ -770,23 +770,23 @@ mod tests {
         job
     }
 
-    fn checkpoint(step: &str, outputs: Vec<crate::engine::job::StepOutput>) -> Checkpoint {
+    fn checkpoint(step: &str, outputs: Vec<crate::model::job::StepOutput>) -> Checkpoint {
         Checkpoint {
             step: step.into(),
-            definition_hash: crate::engine::job::Hash([1; 32]),
-            input_hash: crate::engine::job::Hash([2; 32]),
+            definition_hash: crate::model::job::Hash([1; 32]),
+            input_hash: crate::model::job::Hash([2; 32]),
             outputs,
             recorded_at: Timestamp(2_000),
         }
     }
 
-    fn output(name: &str, location: Location, byte: u8) -> crate::engine::job::StepOutput {
-        crate::engine::job::StepOutput {
+    fn output(name: &str, location: Location, byte: u8) -> crate::model::job::StepOutput {
+        crate::model::job::StepOutput {
             name: name.into(),
             location,
             size: 10,
-            blake3: crate::engine::job::Hash([byte; 32]),
-            change_token: crate::engine::job::ChangeToken::None,
+            blake3: crate::model::job::Hash([byte; 32]),
+            change_token: crate::model::job::ChangeToken::None,
         }
     }
 
@@ -808,7 +808,7 @@ mod tests {
             vec![output("audio", Location::Scratch("/s/audio.m4a".into()), 7)],
         );
         let mut stored_video = output("video", Location::Object("blobs/05/v.mp4".into()), 5);
-        stored_video.change_token = crate::engine::job::ChangeToken::ETag("e".into());
+        stored_video.change_token = crate::model::job::ChangeToken::ETag("e".into());
         let store = checkpoint(
             "store",
             vec![
@@ -849,7 +849,7 @@ mod tests {
             assert!(matches!(
                 &decided.transition.events[0],
                 EventKind::StepRedone { step, cause, .. }
-                    if step == "extract" && cause == crate::engine::history::CHECKPOINT_DISCARDED
+                    if step == "extract" && cause == crate::model::history::CHECKPOINT_DISCARDED
             ));
             assert!(matches!(
                 &decided.transition.events[2],
@@ -863,7 +863,7 @@ mod tests {
             );
             assert_eq!(
                 repointed.outputs[0].change_token,
-                crate::engine::job::ChangeToken::ETag("e".into())
+                crate::model::job::ChangeToken::ETag("e".into())
             );
             // No stored copy of these bytes: it stays where it was.
             assert_eq!(repointed.outputs[1], download.outputs[1]);

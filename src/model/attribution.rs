@@ -23,10 +23,10 @@
 //! fenced write) and to learn what the claiming process holds. No store decides attribution
 //! itself.
 
-use super::job::{
+use crate::model::job::{
     Attribution, CrashRecord, Job, JobId, ProgressMarker, Status, Takeover, Timestamp, WorkerId,
 };
-use super::machine::Rejected;
+use crate::model::machine::Rejected;
 
 /// What the claiming process holds: the jobs running under its leases. In a fleet, "alone" is per
 /// worker process, and a worker id names one process.
@@ -219,8 +219,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::engine::job::{Phase, Timestamp};
-    use crate::engine::machine::{
+    use crate::model::job::{Phase, Timestamp};
+    use crate::model::machine::{
         CRASH_LOOP_DEATHS, OrchestratorOp, Transition, apply_orchestrator, new_job,
     };
 
