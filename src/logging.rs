@@ -19,13 +19,20 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::model::job::{JobId, LogLine, Timestamp};
-use crate::store::JobLogSink;
 
 /// What the writer thread is handed.
 enum JobLogMessage {
     Line(JobId, LogLine),
     /// Acknowledge once every line queued before this one has been handed to the sink.
     Flush(std::sync::mpsc::SyncSender<()>),
+}
+
+/// A sink for job log lines, fed by the tracing layer. Synchronous: it is called from inside
+/// `tracing`, and must never block on I/O for long.
+pub trait JobLogSink: Send + Sync {
+    fn append_log(&self, id: JobId, line: LogLine);
+    /// Makes the lines appended so far durable (called before a process lets go of the store).
+    fn flush_logs(&self) {}
 }
 
 /// Lines waiting for the writer thread. The layer never writes to the store itself: the thread that

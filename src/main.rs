@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(narra::cli::run(cli));
+    let result = runtime.block_on(narra::cli::run(cli, narra::api::http_service));
     drop(runtime);
     report_peak_rss();
     match result {

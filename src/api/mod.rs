@@ -38,6 +38,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::get;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 
 use crate::engine::Engine;
 use crate::model::job::JobId;
@@ -251,6 +252,30 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this endpoint does not take that method; GET /openapi.json lists them",
     )
+}
+
+/// `cli::serve::HttpService`'s shape, written here too since the API never uses the CLI.
+type HttpService = Box<
+    dyn FnOnce(
+            Engine,
+            tokio::net::TcpListener,
+            BoxFuture<'static, ()>,
+        ) -> BoxFuture<'static, std::io::Result<()>>
+        + Send,
+>;
+
+/// The HTTP side of `narra serve`, which the binary hands to `cli::run` (the CLI and the API never
+/// use each other): checks the configuration for `bind` (`NARRA_API_TOKEN`; a usage error when it
+/// is refused), then, given the engine, the bound listener and the signal to drain on, serves the
+/// API and the console until drained.
+pub fn http_service(bind: std::net::SocketAddr) -> Result<HttpService, String> {
+    let config = ApiConfig::for_bind(bind, std::env::var(TOKEN_ENV).ok())?;
+    if config.token.is_none() {
+        tracing::warn!("{TOKEN_ENV} is not set: the API and the console are read-only");
+    }
+    Ok(Box::new(move |engine, listener, drained| {
+        Box::pin(serve(listener, router(engine, config), drained))
+    }))
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, letting requests in flight finish.

@@ -644,8 +644,9 @@ fn absolute(path: &Path) -> Result<PathBuf, CliError> {
         .map_err(|error| CliError::Usage(format!("cannot resolve {}: {error}", path.display())))
 }
 
-/// Runs a parsed command line: the whole of `main`, short of process setup.
-pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+/// Runs a parsed command line: the whole of `main`, short of process setup. `http` is what `narra
+/// serve` serves (`api::http_service`, handed in by the binary).
+pub async fn run(cli: Cli, http: serve::HttpServer) -> Result<ExitCode, CliError> {
     // Commands that run jobs stop gracefully on SIGINT/SIGTERM; the handlers are installed before
     // anything else, so an early signal is never the default "die at once".
     let shutdown = crate::engine::shutdown::Shutdown::new();
@@ -714,6 +715,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         cwd: None,
         actor: crate::engine::cleanup::actor_from_env(),
         served: None,
+        http: Some(http),
     };
     let result = dispatch(
         &home.engine,
@@ -741,6 +743,9 @@ pub struct Context {
     /// Set when this process holds the home and serves the command for another process
     /// (`remote`): the jobs it finds running are its own, alive, and it runs no job for a client.
     pub served: Option<remote::Holder>,
+    /// What `serve` serves: `None` for a command served for another process, which is never
+    /// `serve`.
+    pub http: Option<serve::HttpServer>,
 }
 
 impl Context {
@@ -846,7 +851,7 @@ pub async fn dispatch(
             no_worker,
             concurrency,
             ..
-        } => serve::serve(engine, &mut out, bind, no_worker, concurrency).await,
+        } => serve::serve(engine, &mut out, bind, no_worker, concurrency, context.http).await,
         Command::Jobs {
             status,
             limit,

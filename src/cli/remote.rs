@@ -517,6 +517,7 @@ async fn answer(
         cwd: Some(cwd),
         actor: request.actor,
         served: Some(holder.clone()),
+        http: None,
     };
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();

@@ -1,5 +1,4 @@
-//! `narra serve`: the HTTP API and the admin console (`crate::api`) in the process that holds the
-//! home, with a worker running queued jobs beside them unless `--no-worker`. Like `worker`, it
+//! `narra serve`: the HTTP API and the admin console in the process that holds the home, with a worker running queued jobs beside them unless `--no-worker`. Like `worker`, it
 //! stops on SIGINT/SIGTERM: the server stops accepting and lets requests in flight finish, the
 //! worker claims nothing more and releases what it runs (`engine::shutdown`). Meanwhile other narra
 //! commands reach this process through the home's socket (`cli::remote`).
@@ -8,10 +7,26 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use futures::future::BoxFuture;
+
 use super::{CliError, io};
-use crate::api::{ApiConfig, TOKEN_ENV, router};
 use crate::engine::Engine;
 use crate::engine::orchestrator::{reclaim_orphans, work};
+
+/// The HTTP server `narra serve` runs, handed in by the binary (`api::http_service`): the CLI and
+/// the API never use each other. Given the address to bind, it checks its configuration (the error
+/// is a usage error) and returns the service to run on the bound listener until drained.
+pub type HttpServer = fn(SocketAddr) -> Result<HttpService, String>;
+
+/// A configured [`HttpServer`]: given the engine, the listener and the signal to drain on, serves.
+pub type HttpService = Box<
+    dyn FnOnce(
+            Engine,
+            tokio::net::TcpListener,
+            BoxFuture<'static, ()>,
+        ) -> BoxFuture<'static, std::io::Result<()>>
+        + Send,
+>;
 
 /// Serves until a signal; prints the URL it serves on (port 0 resolved) as one line of stdout.
 pub async fn serve(
@@ -20,12 +35,10 @@ pub async fn serve(
     bind: SocketAddr,
     no_worker: bool,
     concurrency: usize,
+    http: Option<HttpServer>,
 ) -> Result<ExitCode, CliError> {
-    let config =
-        ApiConfig::for_bind(bind, std::env::var(TOKEN_ENV).ok()).map_err(CliError::Usage)?;
-    if config.token.is_none() {
-        tracing::warn!("{TOKEN_ENV} is not set: the API and the console are read-only");
-    }
+    let http = http.ok_or_else(|| CliError::Usage("this process serves no HTTP API".into()))?;
+    let service = http(bind).map_err(CliError::Usage)?;
     reclaim_orphans(engine).await?;
     let listener = tokio::net::TcpListener::bind(bind)
         .await
@@ -35,9 +48,11 @@ pub async fn serve(
     out.flush().map_err(io)?;
     tracing::info!(address = %local, worker = !no_worker, "serving the API and the console");
     let stopping = engine.shutdown.clone();
-    let server = crate::api::serve(listener, router(engine.clone(), config), async move {
-        stopping.draining().await
-    });
+    let server = service(
+        engine.clone(),
+        listener,
+        Box::pin(async move { stopping.draining().await }),
+    );
     if no_worker {
         server.await.map_err(io)?;
     } else {

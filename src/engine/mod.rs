@@ -19,14 +19,13 @@ pub mod transfer;
 pub mod verify;
 pub mod worker;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::model::job::{JobId, WorkerId};
 use crate::steps::StepError;
 use crate::steps::extract::Tools;
-use crate::steps::net::NetworkPolicy;
+use crate::steps::net::{HttpClients, NetworkPolicy};
 use crate::storage::Storage;
 use crate::store::StateStore;
 use crate::webhook::WebhookPolicy;
@@ -59,8 +58,8 @@ pub struct Engine {
     pub webhooks: WebhookPolicy,
     /// Wakes this process's webhook notifier: a job it ran reached a terminal status.
     pub notifier_wake: Arc<tokio::sync::Notify>,
-    /// Download clients by connect timeout and user agent: one connection pool each.
-    http_clients: Arc<Mutex<HashMap<(u64, String), reqwest::Client>>>,
+    /// The guarded HTTP clients, built next to the network guard (`steps::net`).
+    http_clients: HttpClients,
 }
 
 impl Engine {
@@ -84,44 +83,25 @@ impl Engine {
             shutdown: shutdown::Shutdown::new(),
             webhooks: WebhookPolicy::from_env(),
             notifier_wake: Arc::default(),
-            http_clients: Arc::default(),
+            http_clients: HttpClients::default(),
         }
     }
 
     /// The guarded HTTP client for a workflow's download limits.
     pub fn http_client(&self, params: &DownloadParams) -> Result<reqwest::Client, StepError> {
-        let key = (params.connect_timeout_s, params.user_agent.clone());
-        let mut clients = self
-            .http_clients
-            .lock()
-            .expect("the client cache is never poisoned");
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
-        }
-        let client = crate::steps::download::http_client(params, &self.network)?;
-        clients.insert(key, client.clone());
-        Ok(client)
+        self.http_clients
+            .get(&self.network, params.connect_timeout_s, &params.user_agent)
     }
 
     /// The guarded HTTP client webhook notices are sent with: the download client's guard (no
     /// proxy from the environment, addresses checked at connect time, redirects not followed).
     pub fn webhook_client(&self) -> Result<reqwest::Client, StepError> {
         let connect_timeout_s = self.webhooks.timeout_ms.div_ceil(1000);
-        let key = (connect_timeout_s, WEBHOOK_USER_AGENT.to_string());
-        let mut clients = self
-            .http_clients
-            .lock()
-            .expect("the client cache is never poisoned");
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
-        }
-        let client = crate::steps::net::guarded_client(
+        self.http_clients.get(
             &self.webhooks.network,
-            std::time::Duration::from_secs(connect_timeout_s),
+            connect_timeout_s,
             WEBHOOK_USER_AGENT,
-        )?;
-        clients.insert(key, client.clone());
-        Ok(client)
+        )
     }
 
     /// The job's scratch directory: partial and unstored outputs live here until the store step's

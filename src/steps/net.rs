@@ -338,6 +338,33 @@ pub fn forbidden_cause(error: &reqwest::Error) -> Option<String> {
     None
 }
 
+/// The guarded clients of one process by connect timeout and user agent, each built once: one
+/// connection pool per workflow's download limits, one for webhook notices (whose user agent is
+/// its own).
+#[derive(Clone, Default)]
+pub struct HttpClients(
+    Arc<std::sync::Mutex<std::collections::HashMap<(u64, String), reqwest::Client>>>,
+);
+
+impl HttpClients {
+    /// The client [`guarded_client`] builds for `policy`, `connect_timeout_s` and `user_agent`.
+    pub fn get(
+        &self,
+        policy: &NetworkPolicy,
+        connect_timeout_s: u64,
+        user_agent: &str,
+    ) -> Result<reqwest::Client, StepError> {
+        let key = (connect_timeout_s, user_agent.to_string());
+        let mut clients = self.0.lock().expect("the client cache is never poisoned");
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = guarded_client(policy, Duration::from_secs(connect_timeout_s), user_agent)?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
 /// The download client: guarded resolver, no redirects (the step follows them itself, checking
 /// each hop), no proxy from the environment.
 pub fn guarded_client(

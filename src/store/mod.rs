@@ -436,13 +436,8 @@ pub trait WorkerStore: JobReader {
     ) -> StoreResult<Result<(), Rejected>>;
 }
 
-/// A sink for job log lines, fed by the tracing layer. Synchronous: it is called from inside
-/// `tracing`, and must never block on I/O for long.
-pub trait JobLogSink: Send + Sync {
-    fn append_log(&self, id: JobId, line: LogLine);
-    /// Makes the lines appended so far durable (called before a process lets go of the store).
-    fn flush_logs(&self) {}
-}
+/// The log sink every store is: `logging`'s per-job layer hands it the lines.
+pub use crate::logging::JobLogSink;
 
 /// Operator maintenance (`cleanup`, `delete`, `prune`): the incident log and removing a job's
 /// records.
