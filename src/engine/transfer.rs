@@ -1,6 +1,6 @@
 //! `narra export` and `narra import`: a whole state store as one JSON Lines file, so a single
-//! machine's sled state moves into PostgreSQL when a team outgrows one machine (issue 10,
-//! `docs/DEPLOYMENT.md`), or a store is copied between machines.
+//! machine's sled state moves into PostgreSQL when a team outgrows one machine
+//! (`docs/DEPLOYMENT.md`), or a store is copied between machines.
 //!
 //! The file:
 //! 1. a header line, `{"narra_export": {"format", "schema_version", "narra", "state",

@@ -725,7 +725,7 @@ impl HostState {
     }
 }
 
-// Records of state growth (issue 7, item 9): compacted event histories and pruned jobs. New
+// Records of state growth: compacted event histories and pruned jobs. New
 // records go last, and nothing above changes for them.
 
 /// What a job keeps of the events compaction folded away (the store's `event_summaries` tree):

@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_text_with_a_scheme_is_a_url_never_a_path() {
-        // The attack of issue 16: `http:` without `//` parsed as a URL by the guard, then joined
+        // The attack this guards against: `http:` without `//` parsed as a URL by the guard, then joined
         // onto the working directory as a path, read a local file.
         let host = Some(Path::new("/srv/narra"));
         for (typed, expected) in [

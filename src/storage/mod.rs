@@ -941,7 +941,7 @@ impl Drop for HashBuffers {
 
 /// Hashes a file on this thread while a second thread reads it: the copy out of the page cache
 /// (a `read`) of one chunk overlaps the hashing of the one before, so hashing runs at close to the
-/// blake3 crate's own single-thread speed instead of waiting for each read (issue 9). Hashing
+/// blake3 crate's own single-thread speed instead of waiting for each read. Hashing
 /// itself stays on one thread. Memory: [`HASH_BUFFERS`] chunks of [`CHUNK_BYTES`] per call, and
 /// up to [`HASH_BUFFERS_KEPT`] chunks kept in the pool for the life of the process.
 fn hash_file_blocking(path: &Path) -> std::io::Result<(u64, Hash)> {

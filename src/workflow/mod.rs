@@ -741,7 +741,7 @@ mod tests {
         assert!(error.contains("download, extract, store"), "{error}");
     }
 
-    // Guards issue 16 item 9: a workflow with a zero read timeout or four billion redirects loaded,
+    // Guards against the hole where a workflow with a zero read timeout or four billion redirects loaded,
     // and every download then failed or ran without bound.
     #[test]
     fn download_parameters_out_of_range_are_refused_naming_the_range() {

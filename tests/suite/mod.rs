@@ -19,6 +19,7 @@ mod full_home;
 mod health;
 mod idempotency;
 mod ipc;
+mod layering;
 mod lock;
 mod logs;
 mod maintenance;
