@@ -263,7 +263,16 @@ pub async fn plan(engine: &Engine, options: &CleanupOptions) -> Result<Plan, Cle
     }
     let mut deletions = Vec::new();
     for (key, (job_id, output, checkpoints)) in &expected {
-        match check_output(engine, *job_id, output, checkpoints, options.deep).await {
+        match check_output(
+            &engine.storage,
+            &*engine.store,
+            *job_id,
+            output,
+            checkpoints,
+            options.deep,
+        )
+        .await
+        {
             Ok(OutputState::Present(_)) => {}
             Ok(OutputState::Missing) => {
                 for referencing in referencing_jobs(engine, key, *job_id).await? {

@@ -27,7 +27,7 @@ use crate::steps::StepError;
 use crate::steps::extract::Tools;
 use crate::steps::net::{HttpClients, NetworkPolicy};
 use crate::storage::Storage;
-use crate::store::StateStore;
+use crate::store::{StateStore, WorkerStore};
 use crate::webhook::WebhookPolicy;
 use crate::workflow::{DownloadParams, WorkflowRegistry};
 
@@ -37,10 +37,21 @@ const WEBHOOK_USER_AGENT: &str = concat!("narra-webhook/", env!("CARGO_PKG_VERSI
 /// How long a claim lasts without renewal. The holder renews it every third of this.
 pub const LEASE_TTL_MS: u64 = 30_000;
 
-/// Everything a running narra needs, built once per process.
+/// Everything a running narra needs, built once per process: the whole state store, which the doors
+/// (`cli`, `api`) and the maintenance commands use, and the [`Services`] every part shares.
+///
+/// The orchestrator and the worker are never handed the whole store: the worker runs with
+/// [`Services`] and a [`WorkerStore`] alone (`worker::execute`), and the orchestrator hands it
+/// only that (`Engine::worker_store`), so a phase is set only where a `WorkerStore` is held.
 #[derive(Clone)]
 pub struct Engine {
     pub store: Arc<dyn StateStore>,
+    services: Services,
+}
+
+/// What every part of a running narra shares besides the state store.
+#[derive(Clone)]
+pub struct Services {
     pub storage: Storage,
     pub workflows: Arc<WorkflowRegistry>,
     pub home: PathBuf,
@@ -72,21 +83,49 @@ impl Engine {
     ) -> Engine {
         Engine {
             store,
-            storage,
-            workflows: Arc::new(workflows),
-            home: home.to_path_buf(),
-            worker_id: WorkerId(format!("{}:{}", hostname(), std::process::id())),
-            network,
-            tools: Tools::from_env(),
-            lease_ttl_ms: LEASE_TTL_MS,
-            scheduling: crate::model::scheduling::SchedulingPolicy::default(),
-            shutdown: shutdown::Shutdown::new(),
-            webhooks: WebhookPolicy::from_env(),
-            notifier_wake: Arc::default(),
-            http_clients: HttpClients::default(),
+            services: Services {
+                storage,
+                workflows: Arc::new(workflows),
+                home: home.to_path_buf(),
+                worker_id: WorkerId(format!("{}:{}", hostname(), std::process::id())),
+                network,
+                tools: Tools::from_env(),
+                lease_ttl_ms: LEASE_TTL_MS,
+                scheduling: crate::model::scheduling::SchedulingPolicy::default(),
+                shutdown: shutdown::Shutdown::new(),
+                webhooks: WebhookPolicy::from_env(),
+                notifier_wake: Arc::default(),
+                http_clients: HttpClients::default(),
+            },
         }
     }
 
+    /// The services, without the store.
+    pub fn services(&self) -> &Services {
+        &self.services
+    }
+
+    /// The store as the worker sees it: phases, checkpoints, step events, progress; no status.
+    pub fn worker_store(&self) -> Arc<dyn WorkerStore> {
+        self.store.clone()
+    }
+}
+
+impl std::ops::Deref for Engine {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.services
+    }
+}
+
+impl std::ops::DerefMut for Engine {
+    fn deref_mut(&mut self) -> &mut Services {
+        &mut self.services
+    }
+}
+
+impl Services {
     /// The guarded HTTP client for a workflow's download limits.
     pub fn http_client(&self, params: &DownloadParams) -> Result<reqwest::Client, StepError> {
         self.http_clients

@@ -241,7 +241,7 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
             fenced.clone(),
         )));
         crate::failpoint!("job.start", &job.source);
-        let outcome = execute(engine, &job, &token, cancel, &fenced).await;
+        let outcome = execute(engine, engine.worker_store(), &job, &token, cancel, &fenced).await;
         drop(keeper);
         let lease_lost = matches!(outcome, Ok(WorkOutcome::LeaseLost));
         // The run's final transition. Its store errors are looked at below, so `?` stops here.

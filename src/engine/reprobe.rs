@@ -83,9 +83,16 @@ pub async fn reprobe(engine: &Engine, id: JobId) -> Result<Reprobed, ReprobeErro
         .and_then(|checkpoint| checkpoint.output("video"))
         .cloned()
         .ok_or_else(|| refused(format!("job {id} has no downloaded original")))?;
-    let original = match check_output(engine, id, &video, &checkpoints, false)
-        .await
-        .map_err(ReprobeError::Probe)?
+    let original = match check_output(
+        &engine.storage,
+        &*engine.store,
+        id,
+        &video,
+        &checkpoints,
+        false,
+    )
+    .await
+    .map_err(ReprobeError::Probe)?
     {
         OutputState::Present(resolved) => resolved,
         OutputState::Missing => {

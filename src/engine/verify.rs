@@ -12,7 +12,8 @@ use crate::engine::Engine;
 use crate::model::ErrorClass;
 use crate::model::job::{ChangeToken, Checkpoint, Hash, JobId, Location, StepOutput};
 use crate::steps::StepError;
-use crate::storage::{file_change_token, hash_file};
+use crate::storage::{Storage, file_change_token, hash_file};
+use crate::store::JobReader;
 
 /// Where a verified output can be read.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,13 +40,14 @@ pub enum OutputState {
 /// Checks one output where its checkpoint put it; a missing scratch output is looked for among the
 /// stored objects of `all_checkpoints`. `full` re-hashes even when the change token is unchanged.
 pub async fn check_output(
-    engine: &Engine,
+    storage: &Storage,
+    reader: &dyn JobReader,
     job_id: JobId,
     output: &StepOutput,
     all_checkpoints: &[Checkpoint],
     full: bool,
 ) -> Result<OutputState, StepError> {
-    let state = check_at(engine, job_id, output, &output.location, full).await?;
+    let state = check_at(storage, reader, job_id, output, &output.location, full).await?;
     if !matches!(output.location, Location::Scratch(_)) || matches!(state, OutputState::Present(_))
     {
         return Ok(state);
@@ -60,7 +62,8 @@ pub async fn check_output(
         });
     match stored_copy {
         Some(stored) => {
-            let stored_state = check_at(engine, job_id, stored, &stored.location, full).await?;
+            let stored_state =
+                check_at(storage, reader, job_id, stored, &stored.location, full).await?;
             Ok(match stored_state {
                 OutputState::Present(resolved) => OutputState::Present(Resolved {
                     output: output.clone(),
@@ -74,7 +77,8 @@ pub async fn check_output(
 }
 
 async fn check_at(
-    engine: &Engine,
+    storage: &Storage,
+    reader: &dyn JobReader,
     job_id: JobId,
     output: &StepOutput,
     location: &Location,
@@ -105,11 +109,11 @@ async fn check_at(
             }))
         }
         Location::Object(key) => {
-            let Some(stat) = engine.storage.stat(key).await? else {
+            let Some(stat) = storage.stat(key).await? else {
                 return Ok(OutputState::Missing);
             };
             let verdict = judge(output, stat.size, &stat.change_token, full, || async {
-                match engine.storage.hash_object(key).await? {
+                match storage.hash_object(key).await? {
                     Some((_, hash)) => Ok(hash),
                     None => Err(StepError::new(
                         ErrorClass::StorageError,
@@ -120,13 +124,12 @@ async fn check_at(
             .await?;
             Ok(verdict.into_state(Resolved {
                 output: output.clone(),
-                local_path: engine.storage.local_path(key),
+                local_path: storage.local_path(key),
                 object_key: Some(key.clone()),
             }))
         }
         Location::State => {
-            let Some(metadata) = engine
-                .store
+            let Some(metadata) = reader
                 .metadata(job_id)
                 .await
                 .map_err(|error| StepError::new(ErrorClass::Internal, error.to_string()))?
@@ -337,7 +340,16 @@ pub async fn verify_job(
     }
     let mut artifacts = Vec::with_capacity(outputs.len());
     for (artifact, output) in outputs {
-        let state = match check_output(engine, id, output, checkpoints, deep).await {
+        let state = match check_output(
+            &engine.storage,
+            &*engine.store,
+            id,
+            output,
+            checkpoints,
+            deep,
+        )
+        .await
+        {
             Ok(OutputState::Present(_)) => ArtifactState::Ok,
             Ok(OutputState::Missing) => ArtifactState::Missing,
             Ok(OutputState::Changed {

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::Engine;
+use crate::engine::Services;
 use crate::engine::verify::{OutputState, Resolved, check_output, metadata_record_bytes};
 use crate::model::ErrorClass;
 use crate::model::job::{
@@ -71,15 +71,16 @@ impl FencedWrite {
     }
 }
 
-/// Runs a claimed job's workflow. A write refused by fencing is noted in `fenced`.
+/// Runs a claimed job's workflow with the services and the worker's side of the store, and nothing
+/// else of it: no status changes here. A write refused by fencing is noted in `fenced`.
 pub async fn execute(
-    engine: &Engine,
+    engine: &Services,
+    store: Arc<dyn WorkerStore>,
     job: &Job,
     token: &LeaseToken,
     cancel: Cancel,
     fenced: &FencedWrite,
 ) -> Result<WorkOutcome, StepError> {
-    let store: Arc<dyn WorkerStore> = engine.store.clone();
     let workflow = engine
         .workflows
         .get(&job.workflow)
@@ -112,7 +113,7 @@ pub async fn execute(
 }
 
 struct Run<'a> {
-    engine: &'a Engine,
+    engine: &'a Services,
     store: Arc<dyn WorkerStore>,
     job: &'a Job,
     token: &'a LeaseToken,
@@ -416,7 +417,16 @@ impl<'a> Run<'a> {
         }
         let mut resolved = Vec::with_capacity(checkpoint.outputs.len());
         for output in &checkpoint.outputs {
-            match check_output(self.engine, self.job.id, output, &self.checkpoints, false).await? {
+            match check_output(
+                &self.engine.storage,
+                &*self.store,
+                self.job.id,
+                output,
+                &self.checkpoints,
+                false,
+            )
+            .await?
+            {
                 OutputState::Present(found) => resolved.push(found),
                 OutputState::Missing => {
                     return Ok(Err(Redo {
@@ -554,7 +564,6 @@ impl<'a> Run<'a> {
         &mut self,
     ) -> Result<(Vec<StepOutput>, Option<crate::model::job::MediaMetadata>), StepError> {
         let metadata = self
-            .engine
             .store
             .metadata(self.job.id)
             .await
