@@ -14,5 +14,4 @@ pub mod private_files;
 pub mod steps;
 pub mod storage;
 pub mod store;
-pub mod webhook;
 pub mod workflow;

@@ -54,7 +54,7 @@ pub async fn create_backfill(
         .filter_map(|entry| {
             let source = super::jobs::check_source(&state, &entry.source).map_err(|e| e.message);
             let callback = match &entry.callback_url {
-                Some(url) => crate::webhook::check_callback_url(&state.engine, url)
+                Some(url) => crate::engine::webhook::check_callback_url(&state.engine, url)
                     .map(|_| ())
                     .map_err(|error| format!("{}: {error}", error.class)),
                 None => Ok(()),

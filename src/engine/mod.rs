@@ -17,18 +17,19 @@ pub mod shutdown;
 pub mod stuck;
 pub mod transfer;
 pub mod verify;
+pub mod webhook;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::engine::webhook::WebhookPolicy;
 use crate::model::job::{JobId, WorkerId};
 use crate::steps::StepError;
 use crate::steps::extract::Tools;
 use crate::steps::net::{HttpClients, NetworkPolicy};
 use crate::storage::Storage;
 use crate::store::{StateStore, WorkerStore};
-use crate::webhook::WebhookPolicy;
 use crate::workflow::{DownloadParams, WorkflowRegistry};
 
 /// The user agent of webhook notices.

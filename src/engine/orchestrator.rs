@@ -57,7 +57,7 @@ pub enum EngineError {
     Usage(String),
     /// A callback URL the webhook rules refuse (a usage error with a class).
     #[error(transparent)]
-    Callback(#[from] crate::webhook::CallbackError),
+    Callback(#[from] crate::engine::webhook::CallbackError),
     /// A source refused at submission (a usage error with a class).
     #[error(transparent)]
     Source(#[from] SourceError),
@@ -71,7 +71,9 @@ pub fn callback_for(
     callback_url: Option<&str>,
 ) -> Result<Option<String>, EngineError> {
     match callback_url.or(workflow.callback_url.as_deref()) {
-        Some(url) => Ok(Some(crate::webhook::check_callback_url(engine, url)?)),
+        Some(url) => Ok(Some(crate::engine::webhook::check_callback_url(
+            engine, url,
+        )?)),
         None => Ok(None),
     }
 }
@@ -620,7 +622,7 @@ pub async fn schedule(
     let semaphore = Arc::new(tokio::sync::Semaphore::new(options.concurrency.max(1)));
     // Every process that runs jobs sends the completion notices due, its own jobs' and others'.
     let (stop_notifier, notifier_stop) = tokio::sync::watch::channel(false);
-    let mut notifier = AbortOnDrop(tokio::spawn(crate::webhook::run_notifier(
+    let mut notifier = AbortOnDrop(tokio::spawn(crate::engine::webhook::run_notifier(
         engine.clone(),
         notifier_stop,
     )));
@@ -752,7 +754,7 @@ pub async fn schedule(
         }
         let deadline = tokio::time::Instant::now() + FINAL_DELIVERY_BUDGET;
         let past_deadline = || tokio::time::Instant::now() >= deadline;
-        if let Err(error) = crate::webhook::deliver_due(engine, past_deadline).await {
+        if let Err(error) = crate::engine::webhook::deliver_due(engine, past_deadline).await {
             tracing::error!(%error, "could not send the webhook notices due");
         }
     }
