@@ -732,7 +732,7 @@ impl BenchHome {
         let path = manifest_path.to_str().expect("a UTF-8 temp path");
         let name = manifest_name(path, &text);
         let manifest = parse_manifest(path, &text);
-        reclaim_orphans(&self.engine)
+        reclaim_orphans(&self.engine.orchestrator())
             .await
             .expect("reclaim orphans");
         let options = BackfillOptions {

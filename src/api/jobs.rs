@@ -191,7 +191,7 @@ pub async fn create(
         local_paths: LocalPaths::Refused,
         callback_url: request.callback_url,
     };
-    let mut submitted = submit(&state.engine, &[source], &options).await?;
+    let mut submitted = submit(&state.engine.orchestrator(), &[source], &options).await?;
     let submitted = submitted.pop().expect("one source gives one submission");
     let status = match submitted.outcome {
         SubmitOutcome::Created => StatusCode::CREATED,

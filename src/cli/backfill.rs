@@ -49,7 +49,7 @@ pub async fn run(
     let name = manifest_name(path, &text);
     let manifest = parse_manifest(path, &text);
     drop(text);
-    reclaim_orphans(engine).await?;
+    reclaim_orphans(&engine.orchestrator()).await?;
     let submission = submit_manifest(engine, &name, &manifest, &options).await?;
     drop(manifest);
     for bad in &submission.bad_lines {

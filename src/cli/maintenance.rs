@@ -648,7 +648,7 @@ pub async fn retry_from(
     options: RetryFrom,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    crate::engine::orchestrator::reclaim_orphans(engine).await?;
+    crate::engine::orchestrator::reclaim_orphans(&engine.orchestrator()).await?;
     let ids = super::ids_or_selection(
         engine,
         ids,
@@ -673,7 +673,8 @@ pub async fn retry_from(
         queued
     } else {
         let ids: Vec<JobId> = queued.iter().map(|job| job.id).collect();
-        crate::engine::orchestrator::run_jobs(engine, &ids, options.concurrency).await?
+        crate::engine::orchestrator::run_jobs(&engine.orchestrator(), &ids, options.concurrency)
+            .await?
     };
     super::print_jobs(out, &jobs, json)?;
     Ok(if refused {

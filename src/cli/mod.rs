@@ -783,7 +783,7 @@ pub async fn dispatch(
             shutdown: _,
             scheduling: _,
         } => {
-            reclaim_orphans(engine).await?;
+            reclaim_orphans(&engine.orchestrator()).await?;
             let options = SubmitOptions {
                 workflow,
                 key,
@@ -792,7 +792,7 @@ pub async fn dispatch(
                 local_paths: context.local_paths(),
                 callback_url,
             };
-            let submitted = submit(engine, &sources, &options).await?;
+            let submitted = submit(&engine.orchestrator(), &sources, &options).await?;
             // The same source twice on one command line is one job, run once.
             let mut ids: Vec<JobId> = Vec::with_capacity(submitted.len());
             for submitted in &submitted {
@@ -800,7 +800,7 @@ pub async fn dispatch(
                     ids.push(submitted.job.id);
                 }
             }
-            let jobs = run_jobs(engine, &ids, concurrency).await?;
+            let jobs = run_jobs(&engine.orchestrator(), &ids, concurrency).await?;
             print_jobs(&mut out, &jobs, json)?;
             Ok(exit_for(&jobs))
         }
@@ -820,7 +820,7 @@ pub async fn dispatch(
                 local_paths: context.local_paths(),
                 callback_url,
             };
-            let submitted = submit(engine, &sources, &options).await?;
+            let submitted = submit(&engine.orchestrator(), &sources, &options).await?;
             let jobs: Vec<_> = submitted
                 .into_iter()
                 .map(|submitted| submitted.job)
@@ -837,8 +837,14 @@ pub async fn dispatch(
         Command::Worker {
             concurrency, drain, ..
         } => {
-            reclaim_orphans(engine).await?;
-            let jobs = work(engine, concurrency, drain, engine.shutdown.draining()).await?;
+            reclaim_orphans(&engine.orchestrator()).await?;
+            let jobs = work(
+                &engine.orchestrator(),
+                concurrency,
+                drain,
+                engine.shutdown.draining(),
+            )
+            .await?;
             print_jobs(&mut out, &jobs, json)?;
             // Stopped by a signal: the jobs it held are released, which is a clean exit.
             if engine.shutdown.is_draining() {
@@ -972,7 +978,7 @@ pub async fn dispatch(
         } => {
             // A served retry leaves the running jobs alone: they are the holder's, alive.
             if context.served.is_none() {
-                reclaim_orphans(engine).await?;
+                reclaim_orphans(&engine.orchestrator()).await?;
             }
             let ids = ids_or_selection(
                 engine,
@@ -1013,7 +1019,7 @@ pub async fn dispatch(
                 queued
             } else {
                 let ids: Vec<JobId> = queued.iter().map(|job| job.id).collect();
-                run_jobs(engine, &ids, concurrency).await?
+                run_jobs(&engine.orchestrator(), &ids, concurrency).await?
             };
             print_jobs(&mut out, &jobs, json)?;
             if refused {
@@ -1071,7 +1077,7 @@ pub async fn dispatch(
         Command::Doctor { .. } => unreachable!("doctor runs before the home is opened"),
         Command::Migrate => unreachable!("migrate runs before the home is opened"),
         Command::Reprobe { id } => {
-            reclaim_orphans(engine).await?;
+            reclaim_orphans(&engine.orchestrator()).await?;
             let reprobed = crate::engine::reprobe::reprobe(engine, id)
                 .await
                 .map_err(|error| CliError::Other(error.into()))?;

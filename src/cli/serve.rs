@@ -39,7 +39,7 @@ pub async fn serve(
 ) -> Result<ExitCode, CliError> {
     let http = http.ok_or_else(|| CliError::Usage("this process serves no HTTP API".into()))?;
     let service = http(bind).map_err(CliError::Usage)?;
-    reclaim_orphans(engine).await?;
+    reclaim_orphans(&engine.orchestrator()).await?;
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .map_err(|error| CliError::Usage(format!("cannot listen on {bind}: {error}")))?;
@@ -56,7 +56,13 @@ pub async fn serve(
     if no_worker {
         server.await.map_err(io)?;
     } else {
-        let worker = work(engine, concurrency, false, engine.shutdown.draining());
+        let orchestrator = engine.orchestrator();
+        let worker = work(
+            &orchestrator,
+            concurrency,
+            false,
+            engine.shutdown.draining(),
+        );
         let (served, worked) = tokio::join!(server, worker);
         served.map_err(io)?;
         worked?;

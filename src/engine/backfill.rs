@@ -438,7 +438,7 @@ pub async fn submit_manifest(
         let callback = match engine.workflows.get(&workflow) {
             Err(error) => Err(error.to_string()),
             Ok(definition) => crate::engine::orchestrator::callback_for(
-                engine,
+                &engine.orchestrator(),
                 definition,
                 entry.callback_url.as_deref(),
             )
@@ -673,11 +673,16 @@ pub async fn run_backfill(
             only: None,
             until: Until::Drained,
         };
-        let result = schedule(engine, &options, std::future::pending(), |job| {
-            if ours.contains(&job.id) {
-                let _ = finished_sender.send(job.clone());
-            }
-        })
+        let result = schedule(
+            &engine.orchestrator(),
+            &options,
+            std::future::pending(),
+            |job| {
+                if ours.contains(&job.id) {
+                    let _ = finished_sender.send(job.clone());
+                }
+            },
+        )
         .await;
         drop(finished_sender);
         result?;

@@ -29,7 +29,7 @@ use crate::steps::StepError;
 use crate::steps::extract::Tools;
 use crate::steps::net::{HttpClients, NetworkPolicy};
 use crate::storage::Storage;
-use crate::store::{StateStore, WorkerStore};
+use crate::store::{OrchestratorSide, StateStore};
 use crate::workflow::{DownloadParams, WorkflowRegistry};
 
 /// The user agent of webhook notices.
@@ -41,9 +41,12 @@ pub const LEASE_TTL_MS: u64 = 30_000;
 /// Everything a running narra needs, built once per process: the whole state store, which the doors
 /// (`cli`, `api`) and the maintenance commands use, and the [`Services`] every part shares.
 ///
-/// The orchestrator and the worker are never handed the whole store: the worker runs with
-/// [`Services`] and a [`WorkerStore`] alone (`worker::execute`), and the orchestrator hands it
-/// only that (`Engine::worker_store`), so a phase is set only where a `WorkerStore` is held.
+/// The orchestrator and the worker are never handed the whole store: the orchestrator runs with an
+/// [`Orchestrator`] (its side of the store, [`OrchestratorSide`], and the worker's side sealed in a
+/// [`worker::WorkerSide`] it can only pass on), the worker with [`Services`] and the
+/// [`WorkerStore`] it unseals (`worker::execute`). So a status is set only where an
+/// `OrchestratorSide` is held and a phase only where a `WorkerStore` is: the split by owner is in
+/// the types.
 #[derive(Clone)]
 pub struct Engine {
     pub store: Arc<dyn StateStore>,
@@ -106,9 +109,32 @@ impl Engine {
         &self.services
     }
 
-    /// The store as the worker sees it: phases, checkpoints, step events, progress; no status.
-    pub fn worker_store(&self) -> Arc<dyn WorkerStore> {
-        self.store.clone()
+    /// What the orchestrator's functions are handed (`orchestrator::submit`, `run_jobs`, `work`, ...).
+    pub fn orchestrator(&self) -> Orchestrator {
+        Orchestrator {
+            services: self.services.clone(),
+            store: self.store.clone(),
+            worker: worker::WorkerSide::new(self.store.clone()),
+        }
+    }
+}
+
+/// The orchestrator's view of a running narra: the services, its side of the store, and the
+/// worker's side, sealed.
+#[derive(Clone)]
+pub struct Orchestrator {
+    services: Services,
+    /// Statuses, leases, submissions, webhook notices, incidents: never a phase.
+    pub store: Arc<dyn OrchestratorSide>,
+    /// What the worker of a claimed job is handed; only `worker::execute` opens it.
+    pub worker: worker::WorkerSide,
+}
+
+impl std::ops::Deref for Orchestrator {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.services
     }
 }
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use tracing::Instrument;
 
+#[cfg(test)]
 use crate::engine::Engine;
+use crate::engine::Orchestrator;
 use std::collections::BTreeSet;
 
 use crate::engine::worker::{FencedWrite, WorkOutcome, execute};
@@ -66,7 +68,7 @@ pub enum EngineError {
 /// The callback URL a submission gives its jobs: its own, else its workflow's; checked
 /// (`webhook::check_callback_url`) before anything is submitted.
 pub fn callback_for(
-    engine: &Engine,
+    engine: &Orchestrator,
     workflow: &crate::workflow::Workflow,
     callback_url: Option<&str>,
 ) -> Result<Option<String>, EngineError> {
@@ -80,7 +82,7 @@ pub fn callback_for(
 
 /// Submits sources idempotently: a key that has a job never gets a second one.
 pub async fn submit(
-    engine: &Engine,
+    engine: &Orchestrator,
     sources: &[String],
     options: &SubmitOptions,
 ) -> Result<Vec<Submitted>, EngineError> {
@@ -147,7 +149,7 @@ pub async fn submit(
 /// its process is charged; the jobs of a process that held several become suspects. In a fleet a
 /// takeover is a provisional charge, settled here once two lease lengths pass without a word from
 /// its old holder.
-pub async fn reclaim_orphans(engine: &Engine) -> Result<Vec<Job>, EngineError> {
+pub async fn reclaim_orphans(engine: &Orchestrator) -> Result<Vec<Job>, EngineError> {
     let running = engine
         .store
         .jobs(&JobFilter {
@@ -200,7 +202,7 @@ pub async fn reclaim_orphans(engine: &Engine) -> Result<Vec<Job>, EngineError> {
 /// Claims one pending job by id and runs it to a terminal status (or leaves it to whoever holds
 /// its lease), whatever the scheduling rules say: for tests and tools; commands go through
 /// [`schedule`].
-pub async fn run_job(engine: &Engine, id: JobId) -> Result<Job, EngineError> {
+pub async fn run_job(engine: &Orchestrator, id: JobId) -> Result<Job, EngineError> {
     let store: Arc<dyn OrchestratorStore> = engine.store.clone();
     // Shutting down: a job not yet claimed stays as it is, for the next run.
     if engine.shutdown.is_draining() {
@@ -226,7 +228,11 @@ pub async fn run_job(engine: &Engine, id: JobId) -> Result<Job, EngineError> {
 }
 
 /// Runs a job this process has claimed.
-pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result<Job, EngineError> {
+pub async fn run_claimed(
+    engine: &Orchestrator,
+    job: Job,
+    token: LeaseToken,
+) -> Result<Job, EngineError> {
     let span = tracing::info_span!("job", job_id = %job.id);
     async move {
         let store: Arc<dyn OrchestratorStore> = engine.store.clone();
@@ -243,7 +249,7 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
             fenced.clone(),
         )));
         crate::failpoint!("job.start", &job.source);
-        let outcome = execute(engine, engine.worker_store(), &job, &token, cancel, &fenced).await;
+        let outcome = execute(engine, engine.worker.clone(), &job, &token, cancel, &fenced).await;
         drop(keeper);
         let lease_lost = matches!(outcome, Ok(WorkOutcome::LeaseLost));
         // The run's final transition. Its store errors are looked at below, so `?` stops here.
@@ -352,7 +358,7 @@ pub async fn run_claimed(engine: &Engine, job: Job, token: LeaseToken) -> Result
 /// and this process wrote nothing more to it. The incident names the job, this worker, the stale
 /// token, and the current lease. Best effort: a failure to record it is logged, not returned, since
 /// the job itself is the new holder's.
-async fn record_fenced_write(engine: &Engine, token: &LeaseToken, fenced: &FencedWrite) {
+async fn record_fenced_write(engine: &Orchestrator, token: &LeaseToken, fenced: &FencedWrite) {
     let Some((write, rejected)) = fenced.take() else {
         return;
     };
@@ -390,7 +396,7 @@ pub const FENCED_WRITE: &str = "fenced_write";
 /// Records a finished run on its source host's breaker (`model::scheduling`), and an opened
 /// breaker in the incident log: it is an escalation the runbook asks for.
 async fn record_host_outcome(
-    engine: &Engine,
+    engine: &Orchestrator,
     job: &Job,
     class: Option<&str>,
 ) -> Result<crate::model::scheduling::OutcomeVerdict, EngineError> {
@@ -531,7 +537,7 @@ async fn keep_lease(
 
 /// Runs the given jobs, at most `concurrency` at once, and returns them in the order given.
 pub async fn run_jobs(
-    engine: &Engine,
+    engine: &Orchestrator,
     ids: &[JobId],
     concurrency: usize,
 ) -> Result<Vec<Job>, EngineError> {
@@ -543,7 +549,7 @@ pub async fn run_jobs(
 /// breakers and retry delays apply, and the call returns once none of them is pending or running
 /// (a job retried automatically is waited for).
 pub async fn run_jobs_observed(
-    engine: &Engine,
+    engine: &Orchestrator,
     ids: &[JobId],
     concurrency: usize,
     on_finished: impl FnMut(&Job),
@@ -614,7 +620,7 @@ const CLAIM_STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// terminal status to `on_finished`. Returns when `shutdown` resolves (no new job is claimed; running ones end as
 /// the shutdown rules say) or, with [`Until::Drained`], when nothing is left to run.
 pub async fn schedule(
-    engine: &Engine,
+    engine: &Orchestrator,
     options: &ScheduleOptions<'_>,
     shutdown: impl Future<Output = ()>,
     mut on_finished: impl FnMut(&Job),
@@ -769,7 +775,7 @@ pub async fn schedule(
 /// none is running, with the jobs it ran; otherwise runs until `shutdown` resolves, and keeps no
 /// list of the jobs it ran (a long-running worker's memory must not grow with them).
 pub async fn work(
-    engine: &Engine,
+    engine: &Orchestrator,
     concurrency: usize,
     drain: bool,
     shutdown: impl Future<Output = ()>,
@@ -820,7 +826,7 @@ mod tests {
     /// engine: its id, the claimed record and the lease token.
     async fn submitted_and_claimed(engine: &Engine) -> (JobId, Job, LeaseToken) {
         let submitted = submit(
-            engine,
+            &engine.orchestrator(),
             &["ftp://example.com/a.mp4".to_string()],
             &SubmitOptions::default(),
         )
@@ -864,13 +870,13 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let engine = engine(home.path());
         let (url, bytes_sent) = stalling_origin().await;
-        let submitted = submit(&engine, &[url], &SubmitOptions::default())
+        let submitted = submit(&engine.orchestrator(), &[url], &SubmitOptions::default())
             .await
             .unwrap();
         let id = submitted[0].job.id;
         let runner = {
             let engine = engine.clone();
-            tokio::spawn(async move { run_job(&engine, id).await })
+            tokio::spawn(async move { run_job(&engine.orchestrator(), id).await })
         };
         bytes_sent.await.unwrap();
         let running = engine.store.job(id).await.unwrap().unwrap();
@@ -907,7 +913,9 @@ mod tests {
         let (id, job, token) = submitted_and_claimed(&engine).await;
         engine.shutdown.begin();
 
-        let released = run_claimed(&engine, job, token).await.unwrap();
+        let released = run_claimed(&engine.orchestrator(), job, token)
+            .await
+            .unwrap();
         assert_eq!(released.status, Status::Pending);
         assert_eq!(released.ingestion_phase, None);
         assert!(released.lease.is_none());
@@ -921,7 +929,7 @@ mod tests {
             "{events:?}"
         );
 
-        let untouched = run_job(&engine, id).await.unwrap();
+        let untouched = run_job(&engine.orchestrator(), id).await.unwrap();
         assert_eq!(untouched.status, Status::Pending);
         assert_eq!(untouched.attempts, 1, "not claimed again while draining");
     }
@@ -949,7 +957,9 @@ mod tests {
             .unwrap()
             .unwrap();
 
-        let ended = run_claimed(&engine, job, stale_token).await.unwrap();
+        let ended = run_claimed(&engine.orchestrator(), job, stale_token)
+            .await
+            .unwrap();
         assert_eq!(ended.status, Status::Running, "left to its new holder");
         assert_eq!(ended.lease.unwrap().worker_id, new_holder);
         let incidents = engine.store.incidents().await.unwrap();
@@ -978,7 +988,7 @@ mod tests {
         let engine = engine(home.path());
         let (id, _, old_token) = submitted_and_claimed(&engine).await;
 
-        let reclaimed = reclaim_orphans(&engine).await.unwrap();
+        let reclaimed = reclaim_orphans(&engine.orchestrator()).await.unwrap();
         assert_eq!(reclaimed.len(), 1);
         assert_eq!(reclaimed[0].status, Status::Pending);
         let stale = engine
@@ -988,7 +998,7 @@ mod tests {
             .unwrap();
         assert!(matches!(stale, Err(Rejected::Fenced { .. })), "{stale:?}");
 
-        let finished = run_job(&engine, id).await.unwrap();
+        let finished = run_job(&engine.orchestrator(), id).await.unwrap();
         assert_eq!(finished.status, Status::Failed);
         assert_eq!(finished.error.unwrap().class, "unsupported_source");
         assert_eq!(finished.attempts, 2);
@@ -1013,7 +1023,7 @@ mod tests {
         let mut ids = Vec::new();
         for key in ["alive", "dead"] {
             let submitted = submit(
-                &engine,
+                &engine.orchestrator(),
                 &[format!("https://example.com/{key}.mp4")],
                 &SubmitOptions::default(),
             )
@@ -1048,7 +1058,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
 
-        let reclaimed = reclaim_orphans(&engine).await.unwrap();
+        let reclaimed = reclaim_orphans(&engine.orchestrator()).await.unwrap();
         assert_eq!(
             reclaimed.iter().map(|job| job.id).collect::<Vec<_>>(),
             vec![ids[1]]
@@ -1086,7 +1096,7 @@ mod tests {
             crate::steps::net::NetworkPolicy::default(),
         );
         let submitted = submit(
-            &engine,
+            &engine.orchestrator(),
             &["ftp://example.com/dead.mp4".to_string()],
             &SubmitOptions::default(),
         )
@@ -1108,7 +1118,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
 
-        let finished = work(&engine, 1, true, std::future::pending())
+        let finished = work(&engine.orchestrator(), 1, true, std::future::pending())
             .await
             .unwrap();
 

@@ -179,7 +179,7 @@ pub async fn reprobe(engine: &Engine, id: JobId) -> Result<Reprobed, ReprobeErro
         .reingest(id)
         .await?
         .map_err(|rejected| refused(rejected.to_string()))?;
-    let job = run_jobs(engine, &[id], 1)
+    let job = run_jobs(&engine.orchestrator(), &[id], 1)
         .await?
         .into_iter()
         .next()

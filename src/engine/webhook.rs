@@ -19,7 +19,7 @@ use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
 use tracing::Instrument;
 
-use crate::engine::Engine;
+use crate::engine::{Orchestrator, Services};
 use crate::model::job::{Delivery, DeliveryId, Job, Notice, Status, Timestamp, Webhook};
 use crate::steps::net::NetworkPolicy;
 use crate::store::{ClaimNotice, StoreError};
@@ -155,7 +155,7 @@ pub struct CallbackError {
 /// longer than [`CALLBACK_URL_BYTES_MAX`], whose IP literal (if it is one) the network guard
 /// allows, in a process that has a secret to sign with. A host name is checked again by the
 /// guard's resolver at every attempt.
-pub fn check_callback_url(engine: &Engine, url: &str) -> Result<String, CallbackError> {
+pub fn check_callback_url(engine: &Services, url: &str) -> Result<String, CallbackError> {
     let invalid = |message: String| CallbackError {
         class: "invalid_callback_url",
         message,
@@ -341,12 +341,12 @@ fn describe(error: reqwest::Error) -> String {
 /// Delivers one claimed notice and records the attempt: cleared when delivered or given up,
 /// otherwise due again after [`WebhookPolicy::retry_delay_ms`]. Logged in the job's span, so the
 /// attempts are in `narra logs ID` too.
-pub async fn deliver(engine: &Engine, webhook: &Webhook) -> Result<Delivery, StoreError> {
+pub async fn deliver(engine: &Orchestrator, webhook: &Webhook) -> Result<Delivery, StoreError> {
     let span = tracing::info_span!("webhook", job_id = %webhook.job_id);
     deliver_in_span(engine, webhook).instrument(span).await
 }
 
-async fn deliver_in_span(engine: &Engine, webhook: &Webhook) -> Result<Delivery, StoreError> {
+async fn deliver_in_span(engine: &Orchestrator, webhook: &Webhook) -> Result<Delivery, StoreError> {
     let notice = webhook
         .pending
         .clone()
@@ -424,7 +424,7 @@ async fn deliver_in_span(engine: &Engine, webhook: &Webhook) -> Result<Delivery,
 /// runs jobs does once more before it exits (`orchestrator::schedule`, with a time budget: a
 /// receiver that never answers must not hold a finished command for hours).
 pub async fn deliver_due(
-    engine: &Engine,
+    engine: &Orchestrator,
     stop_now: impl Fn() -> bool,
 ) -> Result<Option<Timestamp>, StoreError> {
     let lease_ms = engine
@@ -455,7 +455,7 @@ pub async fn deliver_due(
 /// task is dropped, waking when a job of this process finishes (`Engine::notifier_wake`), when
 /// the next notice is due, or every [`POLL_MAX`]. A store failure is logged and tried again after
 /// the poll interval: notices wait in the store.
-pub async fn run_notifier(engine: Engine, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run_notifier(engine: Orchestrator, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         if *stop.borrow() {
             return;

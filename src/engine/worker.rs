@@ -71,11 +71,22 @@ impl FencedWrite {
     }
 }
 
+/// The worker's side of the store, sealed: the orchestrator holds one to hand to the worker of each
+/// job it claims, and cannot open it (its field is private to this module), so it sets no phase.
+#[derive(Clone)]
+pub struct WorkerSide(Arc<dyn WorkerStore>);
+
+impl WorkerSide {
+    pub fn new(store: Arc<dyn WorkerStore>) -> WorkerSide {
+        WorkerSide(store)
+    }
+}
+
 /// Runs a claimed job's workflow with the services and the worker's side of the store, and nothing
 /// else of it: no status changes here. A write refused by fencing is noted in `fenced`.
 pub async fn execute(
     engine: &Services,
-    store: Arc<dyn WorkerStore>,
+    WorkerSide(store): WorkerSide,
     job: &Job,
     token: &LeaseToken,
     cancel: Cancel,

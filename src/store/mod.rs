@@ -644,16 +644,16 @@ pub(crate) fn checkpoint_events(checkpoint: &Checkpoint) -> Vec<EventKind> {
     vec![completed, recorded]
 }
 
-/// A whole state store: both sides, maintenance, webhooks, plus the log sink.
-pub trait StateStore:
-    OrchestratorStore + WorkerStore + MaintenanceStore + WebhookStore + JobLogSink
-{
-}
+/// The store as the orchestrator is handed it (`engine::Orchestrator`): statuses, leases,
+/// submissions, webhook notices and incidents, and never a phase ([`WorkerStore`] is not in it).
+pub trait OrchestratorSide: OrchestratorStore + MaintenanceStore + WebhookStore {}
 
-impl<T: OrchestratorStore + WorkerStore + MaintenanceStore + WebhookStore + JobLogSink> StateStore
-    for T
-{
-}
+impl<T: OrchestratorStore + MaintenanceStore + WebhookStore> OrchestratorSide for T {}
+
+/// A whole state store: both sides, maintenance, webhooks, plus the log sink.
+pub trait StateStore: OrchestratorSide + WorkerStore + JobLogSink {}
+
+impl<T: OrchestratorSide + WorkerStore + JobLogSink> StateStore for T {}
 
 /// Bounds on what one job may accumulate.
 pub const LOG_LINES_MAX: usize = 2_000;

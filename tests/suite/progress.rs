@@ -136,12 +136,12 @@ fn extraction_progress_moves_with_the_bytes_ffmpeg_writes_while_the_step_runs() 
     };
     let source = video.display().to_string();
     let submitted = runtime
-        .block_on(submit(&engine, &[source], &options))
+        .block_on(submit(&engine.orchestrator(), &[source], &options))
         .expect("submitted");
     let id = submitted[0].job.id;
     let running = runtime.spawn({
         let engine = engine.clone();
-        async move { run_job(&engine, id).await }
+        async move { run_job(&engine.orchestrator(), id).await }
     });
 
     // At the start gate the step runs and ffmpeg has not written a byte.
