@@ -182,7 +182,7 @@ pub async fn download(
         .await
         .map_err(|error| StepError::scratch("rename", &part_path, error))?;
     let _ = tokio::fs::remove_file(partial_meta_path(scratch_dir)).await;
-    sync_dir(scratch_dir).await?;
+    super::scratch::sync_dir(scratch_dir).await?;
     crate::failpoint!("download.scratch.after");
     Ok(Downloaded {
         path: final_path,
@@ -1276,19 +1276,6 @@ fn yt_dlp_error(host: &str, stderr: &[u8]) -> StepError {
         class,
         format!("yt-dlp failed for {host}: {}", redact_text(&decisive)),
     )
-}
-
-pub(crate) async fn sync_dir(dir: &Path) -> Result<(), StepError> {
-    let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all())
-        .await
-        .expect("a directory sync does not panic")
-        .map_err(|error| {
-            StepError::new(
-                ErrorClass::ScratchError,
-                format!("cannot sync a scratch directory: {error}"),
-            )
-        })
 }
 
 fn http_status_error(host: &str, status: reqwest::StatusCode) -> StepError {
