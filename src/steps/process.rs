@@ -193,7 +193,10 @@ async fn run(
 
 /// Reads a pipe to its end, keeping the first `limit` bytes (the rest is drained, so the child
 /// never blocks on a full pipe).
-async fn read_head(mut pipe: impl tokio::io::AsyncRead + Unpin, limit: usize) -> Vec<u8> {
+pub(super) async fn read_head(
+    mut pipe: impl tokio::io::AsyncRead + Unpin,
+    limit: usize,
+) -> Vec<u8> {
     let mut kept = Vec::new();
     let mut buffer = [0u8; 8192];
     loop {
