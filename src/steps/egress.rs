@@ -622,17 +622,37 @@ mod tests {
     async fn ask(proxy: &EgressProxy, request: String) -> String {
         let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
         stream.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        let mut chunk = [0u8; 1024];
         // A CONNECT that succeeds keeps the tunnel open: its first line is all there is to read.
-        while !answer.windows(2).any(|window| window == b"\r\n") {
-            match stream.read(&mut chunk).await.unwrap() {
-                0 => break,
-                read => answer.extend_from_slice(&chunk[..read]),
-            }
-        }
+        let answer = read_until(&mut stream, b"\r\n").await;
         let text = String::from_utf8_lossy(&answer).into_owned();
         text.lines().next().unwrap_or("").to_string()
+    }
+
+    /// Reads `stream` until what came holds `delimiter`, or the stream ends.
+    async fn read_until(stream: &mut TcpStream, delimiter: &[u8]) -> Vec<u8> {
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 8192];
+        while !received
+            .windows(delimiter.len())
+            .any(|window| window == delimiter)
+        {
+            match stream.read(&mut chunk).await.unwrap() {
+                0 => break,
+                read => received.extend_from_slice(&chunk[..read]),
+            }
+        }
+        received
+    }
+
+    /// [`ask`] with the proxy's credential: `head` is the request line and its headers, without
+    /// the blank line that ends them.
+    async fn ask_with_credential(proxy: &EgressProxy, head: &str) -> String {
+        let authorization = authorization(proxy);
+        ask(
+            proxy,
+            format!("{head}\r\nProxy-Authorization: {authorization}\r\n\r\n"),
+        )
+        .await
     }
 
     fn run(command: &str) {
@@ -643,13 +663,6 @@ mod tests {
         assert!(status.success(), "{command}");
     }
 
-    // Guards #16 item 2 (DNS rebinding): a name whose first answer is a public address and whose
-    // next answers are loopback is checked at every request. The first request reaches the public
-    // origin; the CONNECT and the plain request after it are refused (403), the loopback origin
-    // never sees a connection, and the refusal is kept as `forbidden_address`. A request without
-    // the proxy's credential gets a 407 and resolves nothing. It runs on a thread moved into a
-    // network namespace of its own (only `lo`, with the "public" address on it), so nothing can
-    // leave the machine.
     #[test]
     fn the_peer_socket_s_uid_is_read_from_the_tcp_table() {
         let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
@@ -723,19 +736,13 @@ mod tests {
         let (first_read_sender, first_read) = tokio::sync::oneshot::channel::<Vec<u8>>();
         tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
-            let mut received = Vec::new();
-            let mut chunk = [0u8; 8192];
-            while !received.windows(4).any(|window| window == b"\r\n\r\n") {
-                match stream.read(&mut chunk).await.unwrap() {
-                    0 => break,
-                    read => received.extend_from_slice(&chunk[..read]),
-                }
-            }
+            let received = read_until(&mut stream, b"\r\n\r\n").await;
             let _ = first_read_sender.send(received);
             // A hostile origin: it answers, ignores `Connection: close` and keeps the connection.
             let _ = stream
                 .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 .await;
+            let mut chunk = [0u8; 8192];
             while matches!(stream.read(&mut chunk).await, Ok(read) if read > 0) {}
         });
         let policy = NetworkPolicy {
@@ -765,6 +772,13 @@ mod tests {
         assert!(!received.contains("Proxy-Authorization"), "{received}");
     }
 
+    // Guards against DNS rebinding: a name whose first answer is a public address and whose
+    // next answers are loopback is checked at every request. The first request reaches the public
+    // origin; the CONNECT and the plain request after it are refused (403), the loopback origin
+    // never sees a connection, and the refusal is kept as `forbidden_address`. A request without
+    // the proxy's credential gets a 407 and resolves nothing. It runs on a thread moved into a
+    // network namespace of its own (only `lo`, with the "public" address on it), so nothing can
+    // leave the machine.
     #[test]
     fn a_name_rebinding_to_loopback_is_refused_at_the_next_request() {
         in_sealed_namespace(rebinding_is_refused);
@@ -808,7 +822,7 @@ mod tests {
         }
     }
 
-    // Guards #16 item 2 (NARRA_PROXY): the egress proxy chains to the configured proxy with a
+    // Guards the chaining to NARRA_PROXY: the egress proxy chains to the configured proxy with a
     // CONNECT to the address it checked (never the name, which the upstream would resolve again),
     // with the upstream's credential; a name resolving to loopback is refused before the upstream
     // hears of it.
@@ -854,19 +868,15 @@ mod tests {
         let proxy = EgressProxy::start(Arc::new(policy), resolver)
             .await
             .unwrap();
-        let authorization = authorization(&proxy);
 
-        let fetched = ask(
+        let fetched = ask_with_credential(
             &proxy,
-            format!("GET http://media.test:{port}/video HTTP/1.1\r\nHost: media.test\r\nProxy-Authorization: {authorization}\r\n\r\n"),
+            &format!("GET http://media.test:{port}/video HTTP/1.1\r\nHost: media.test"),
         )
         .await;
         assert!(fetched.contains(" 200 "), "{fetched}");
-        let refused = ask(
-            &proxy,
-            format!("CONNECT inside.test:{port} HTTP/1.1\r\nProxy-Authorization: {authorization}\r\n\r\n"),
-        )
-        .await;
+        let refused =
+            ask_with_credential(&proxy, &format!("CONNECT inside.test:{port} HTTP/1.1")).await;
         assert!(refused.contains(" 403 "), "{refused}");
 
         assert_eq!(public.load(Ordering::SeqCst), 1);
@@ -897,7 +907,6 @@ mod tests {
         let proxy = EgressProxy::start(Arc::new(NetworkPolicy::default()), resolver.clone())
             .await
             .unwrap();
-        let authorization = authorization(&proxy);
         let target = format!("rebind.test:{port}");
 
         let anonymous = ask(
@@ -908,23 +917,16 @@ mod tests {
         assert!(anonymous.contains(" 407 "), "{anonymous}");
         assert_eq!(resolver.calls.load(Ordering::SeqCst), 0);
 
-        let first = ask(
-            &proxy,
-            format!("GET http://{target}/video HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {authorization}\r\n\r\n"),
-        )
-        .await;
+        let video = format!("GET http://{target}/video HTTP/1.1\r\nHost: {target}");
+        let first = ask_with_credential(&proxy, &video).await;
         assert!(first.contains(" 200 "), "{first}");
-        let tunnel = ask(
+        let tunnel = ask_with_credential(
             &proxy,
-            format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {authorization}\r\n\r\n"),
+            &format!("CONNECT {target} HTTP/1.1\r\nHost: {target}"),
         )
         .await;
         assert!(tunnel.contains(" 403 "), "{tunnel}");
-        let plain = ask(
-            &proxy,
-            format!("GET http://{target}/video HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {authorization}\r\n\r\n"),
-        )
-        .await;
+        let plain = ask_with_credential(&proxy, &video).await;
         assert!(plain.contains(" 403 "), "{plain}");
 
         assert_eq!(

@@ -1,4 +1,4 @@
-//! The steps: download, extract, store. One file each.
+//! The steps: download, extract, store. A folder for a step of several concerns, a file for one.
 //!
 //! Steps do the I/O the engine never does: they speak HTTP, spawn ffprobe and ffmpeg, and write
 //! objects. They never touch the state store: they take inputs and return outputs, and the engine
@@ -9,6 +9,7 @@ pub mod egress;
 pub mod extract;
 pub mod net;
 pub mod process;
+pub mod scratch;
 pub mod store;
 
 use crate::model::ErrorClass;

@@ -406,6 +406,20 @@ mod tests {
         forbidden_reason(text.parse().unwrap()).is_some()
     }
 
+    /// The class of `policy`'s refusal of `url`.
+    fn refusal_of_url(policy: &NetworkPolicy, url: &str) -> ErrorClass {
+        let url = url::Url::parse(url).unwrap();
+        policy.check_url(&url).unwrap_err().class
+    }
+
+    /// The default policy under `--allow-private-network`.
+    fn private_networks_allowed() -> NetworkPolicy {
+        NetworkPolicy {
+            allow_private_network: true,
+            ..NetworkPolicy::default()
+        }
+    }
+
     #[test]
     fn non_public_addresses_are_refused() {
         for address in [
@@ -447,21 +461,17 @@ mod tests {
     #[test]
     fn ip_literals_are_checked_without_dns() {
         let policy = NetworkPolicy::default();
-        let url = url::Url::parse("http://169.254.169.254/latest/meta-data/").unwrap();
         assert_eq!(
-            policy.check_url(&url).unwrap_err().class,
+            refusal_of_url(&policy, "http://169.254.169.254/latest/meta-data/"),
             ErrorClass::ForbiddenAddress
         );
-        let url = url::Url::parse("http://[::ffff:7f00:1]/").unwrap();
+        let mapped_loopback = "http://[::ffff:7f00:1]/";
         assert_eq!(
-            policy.check_url(&url).unwrap_err().class,
+            refusal_of_url(&policy, mapped_loopback),
             ErrorClass::ForbiddenAddress
         );
-        let allowed = NetworkPolicy {
-            allow_private_network: true,
-            ..NetworkPolicy::default()
-        };
-        assert!(allowed.check_url(&url).is_ok());
+        let url = url::Url::parse(mapped_loopback).unwrap();
+        assert!(private_networks_allowed().check_url(&url).is_ok());
     }
 
     #[test]
@@ -476,15 +486,12 @@ mod tests {
         assert!(policy.check_address("other.internal", ip).is_err());
     }
 
-    // Guards item 5 of #16: under --allow-private-network the link-local ranges and the cloud
+    // Guards the metadata rule: under --allow-private-network the link-local ranges and the cloud
     // metadata addresses stay refused, in every spelling, for the downloads' and the webhooks'
     // policies alike (the same type); only a host named in the allowed hosts reaches them.
     #[test]
     fn metadata_addresses_stay_refused_when_private_networks_are_allowed() {
-        let private = NetworkPolicy {
-            allow_private_network: true,
-            ..NetworkPolicy::default()
-        };
+        let private = private_networks_allowed();
         for address in [
             "169.254.169.254",
             "169.254.170.2",
@@ -526,15 +533,13 @@ mod tests {
                 "{address} is private, and allowed"
             );
         }
-        let url = url::Url::parse("http://[fd00:ec2::254]/latest/meta-data/").unwrap();
         assert_eq!(
-            private.check_url(&url).unwrap_err().class,
+            refusal_of_url(&private, "http://[fd00:ec2::254]/latest/meta-data/"),
             ErrorClass::ForbiddenAddress
         );
         let named = NetworkPolicy {
-            allow_private_network: true,
             allowed_hosts: vec!["metadata.internal".into()],
-            ..NetworkPolicy::default()
+            ..private_networks_allowed()
         };
         let ip: IpAddr = "169.254.169.254".parse().unwrap();
         assert!(named.check_address("metadata.internal", ip).is_ok());
@@ -543,10 +548,8 @@ mod tests {
 
     #[test]
     fn only_http_and_https_are_fetched() {
-        let policy = NetworkPolicy::default();
-        let url = url::Url::parse("gopher://example.com/").unwrap();
         assert_eq!(
-            policy.check_url(&url).unwrap_err().class,
+            refusal_of_url(&NetworkPolicy::default(), "gopher://example.com/"),
             ErrorClass::UnsupportedSource
         );
     }

@@ -193,7 +193,10 @@ async fn run(
 
 /// Reads a pipe to its end, keeping the first `limit` bytes (the rest is drained, so the child
 /// never blocks on a full pipe).
-async fn read_head(mut pipe: impl tokio::io::AsyncRead + Unpin, limit: usize) -> Vec<u8> {
+pub(super) async fn read_head(
+    mut pipe: impl tokio::io::AsyncRead + Unpin,
+    limit: usize,
+) -> Vec<u8> {
     let mut kept = Vec::new();
     let mut buffer = [0u8; 8192];
     loop {
@@ -271,19 +274,23 @@ mod tests {
         }
     }
 
+    /// [`run_process`] on a program looked up on PATH, its stdout read and dropped.
+    async fn run_keeping_no_stdout(
+        program: &str,
+        args: &[OsString],
+        timeout: Duration,
+        cancel: &mut Cancel,
+    ) -> Result<Finished, RunError> {
+        run_process(Path::new(program), args, 0, timeout, cancel).await
+    }
+
     // Guards the timeout: a process that never ends is stopped when its timeout passes.
     #[tokio::test]
     async fn a_process_past_its_timeout_is_killed() {
         let (_sender, mut cancel) = tokio::sync::watch::channel(false);
         let args = [OsString::from("600")];
-        let result = run_process(
-            Path::new("sleep"),
-            &args,
-            0,
-            Duration::from_millis(50),
-            &mut cancel,
-        )
-        .await;
+        let result =
+            run_keeping_no_stdout("sleep", &args, Duration::from_millis(50), &mut cancel).await;
         assert!(matches!(result, Err(RunError::TimedOut)), "{result:?}");
     }
 
@@ -343,14 +350,8 @@ mod tests {
                 sender
             }
         });
-        let result = run_process(
-            Path::new("sh"),
-            &args,
-            0,
-            Duration::from_secs(600),
-            &mut cancel,
-        )
-        .await;
+        let result =
+            run_keeping_no_stdout("sh", &args, Duration::from_secs(600), &mut cancel).await;
         assert!(matches!(result, Err(RunError::Cancelled)), "{result:?}");
         drop(canceller.await.unwrap());
         let grandchild = std::fs::read_to_string(&pid_file).unwrap();
