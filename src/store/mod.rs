@@ -13,7 +13,8 @@
 //! operation that names a status. The engine hands each side only its own trait.
 
 pub mod codec;
-pub mod conformance;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod lock;
 #[cfg(test)]
 mod model_tests;
