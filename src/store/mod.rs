@@ -16,8 +16,6 @@ pub mod codec;
 #[cfg(test)]
 pub(crate) mod conformance;
 pub mod lock;
-#[cfg(test)]
-mod model_tests;
 pub mod pg_store;
 pub mod sled_store;
 pub mod transfer;

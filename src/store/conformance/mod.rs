@@ -4,8 +4,9 @@
 //! Test code only (compiled under `cfg(test)`): each store's tests call [`run_all`] with a factory
 //! of fresh, empty stores, and each check panics with a message on the first broken promise. The
 //! checks are grouped by what they hold the store to, one file an area; [`fixtures`] holds what
-//! they share. The suite checks what the store reads and writes; it never reaches above the store
-//! (export and import, which the engine does, are `engine::transfer`'s tests).
+//! they share; `model_tests` drives both stores against a model of the runbook. The suite checks
+//! what the store reads and writes; it never reaches above the store (export and import, which
+//! the engine does, are `engine::transfer`'s tests).
 //!
 //! The suite never sleeps except between submissions whose order it checks
 //! ([`fixtures::next_millisecond`]).
@@ -16,6 +17,7 @@ pub(crate) mod fixtures;
 mod history;
 mod leases;
 mod maintenance;
+mod model_tests;
 mod scheduling;
 mod submit;
 mod transitions;
