@@ -395,22 +395,19 @@ async fn agreed<T: std::fmt::Debug>(
     outcome: Result<T, Rejected>,
     expected: Expected,
 ) -> Result<Option<T>, TestCaseError> {
-    let fenced = match expected {
-        Expected::Accepted => {
-            prop_assert!(outcome.is_ok(), "{outcome:?}");
-            return Ok(outcome.ok());
-        }
-        Expected::Fenced => true,
-        Expected::NotAllowed => false,
-    };
-    match (&outcome, fenced) {
-        (Err(Rejected::Fenced { .. }), true) | (Err(Rejected::NotAllowed { .. }), false) => {}
-        _ => prop_assert!(
-            false,
-            "expected a {} refusal, got {outcome:?}",
-            if fenced { "fenced" } else { "not-allowed" }
-        ),
+    if expected == Expected::Accepted {
+        prop_assert!(outcome.is_ok(), "{outcome:?}");
+        return Ok(outcome.ok());
     }
+    let as_expected = matches!(
+        (expected, &outcome),
+        (Expected::Fenced, Err(Rejected::Fenced { .. }))
+            | (Expected::NotAllowed, Err(Rejected::NotAllowed { .. }))
+    );
+    prop_assert!(
+        as_expected,
+        "expected a {expected:?} refusal, got {outcome:?}"
+    );
     let after = store.job(before.id).await.expect("read").expect("exists");
     prop_assert_eq!(&after, before, "a refused write changed the job");
     Ok(None)
