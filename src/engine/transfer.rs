@@ -477,3 +477,6 @@ fn read_records(
         each(Item::Record(record))?;
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,10 +13,9 @@
 //! operation that names a status. The engine hands each side only its own trait.
 
 pub mod codec;
-pub mod conformance;
-pub mod lock;
 #[cfg(test)]
-mod model_tests;
+pub(crate) mod conformance;
+pub mod lock;
 pub mod pg_store;
 pub mod sled_store;
 pub mod transfer;

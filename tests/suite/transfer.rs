@@ -1,7 +1,8 @@
 //! `narra export` and `narra import` through the binary: a single machine's sled state moves into
 //! PostgreSQL (issue 10, item 5) and the fleet goes on from it. The record-level promises (every
-//! record reads back the same, a second import writes nothing, conflicts are not written) are the
-//! conformance suite's (`src/store/conformance.rs`); this is the CLI's wiring and the file's.
+//! record reads back the same, a second import writes nothing, conflicts are not written) are
+//! `engine::transfer`'s own tests (`src/engine/transfer/tests.rs`); this is the CLI's wiring and
+//! the file's.
 
 use std::process::Output;
 

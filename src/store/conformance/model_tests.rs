@@ -29,18 +29,20 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use proptest::prelude::*;
 
-use super::{
-    JobFilter, JobReader, MaintenanceStore, OrchestratorStore, PgStore, SledStore, StateStore,
-    StepEvent, StoreResult, SubmitOutcome, SubmitRequest, WorkerStore,
-};
+use super::fixtures::{claim_next_as, listed};
 use crate::model::job::{
     ChangeToken, Checkpoint, ErrorInfo, EventKind, Hash, Job, JobId, LeaseToken, Location, Phase,
     Status, StepOutput, Timestamp, WorkerId,
 };
 use crate::model::machine::Rejected;
-use crate::store::conformance::claim_next_as;
+use crate::store::{
+    JobReader, OrchestratorStore, PgStore, SledStore, StateStore, StepEvent, StoreResult,
+    SubmitOutcome, SubmitRequest,
+};
 
 const STEPS: [&str; 3] = ["download", "extract", "store"];
+/// The phase of each step of `STEPS`.
+const PHASES: [Phase; 3] = [Phase::Downloading, Phase::Processing, Phase::Storing];
 const KEYS: usize = 2;
 const LEASE_TTL_MS: u64 = 60_000;
 /// The event bound of the model's store: a job's first run already outgrows it.
@@ -123,16 +125,37 @@ enum Op {
     },
 }
 
+impl Op {
+    /// The job the operation names, if it names one.
+    fn job(&self) -> Option<usize> {
+        match self {
+            Op::Claim { job }
+            | Op::SetPhase { job, .. }
+            | Op::StepDone { job, .. }
+            | Op::StepFailed { job, .. }
+            | Op::Complete { job, .. }
+            | Op::Cancel { job }
+            | Op::ConfirmCancel { job, .. }
+            | Op::Retry { job }
+            | Op::Reingest { job }
+            | Op::RetryFrom { job, .. }
+            | Op::Prune { job }
+            | Op::LeaseExpiry { job }
+            | Op::Work { job, .. } => Some(*job),
+            Op::Submit { .. } | Op::ClaimNext | Op::Crash | Op::Restart => None,
+        }
+    }
+}
+
 /// The primitive operations of `op`.
 fn expand(op: &Op) -> Vec<Op> {
     let Op::Work { job, steps } = op else {
         return vec![op.clone()];
     };
     let job = *job;
-    let phases = [Phase::Downloading, Phase::Processing, Phase::Storing];
     // A claim first: refused, and harmless, when the job is not pending.
     let mut ops = vec![Op::Claim { job }];
-    for phase in phases.into_iter().take(*steps) {
+    for phase in PHASES.into_iter().take(*steps) {
         ops.push(Op::SetPhase {
             job,
             token: TokenChoice::Current,
@@ -159,11 +182,7 @@ fn token_choice() -> impl Strategy<Value = TokenChoice> {
 }
 
 fn phase() -> impl Strategy<Value = Phase> {
-    prop_oneof![
-        Just(Phase::Downloading),
-        Just(Phase::Processing),
-        Just(Phase::Storing)
-    ]
+    prop::sample::select(PHASES.to_vec())
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -218,6 +237,13 @@ impl ModelJob {
             self.cancel_requested = false;
         }
         self.status = status;
+    }
+
+    /// A claim: the next token, one more attempt, running.
+    fn claimed(&mut self) {
+        self.token += 1;
+        self.attempts += 1;
+        self.set_status(Status::Running);
     }
 
     fn resolve(&self, choice: TokenChoice) -> u64 {
@@ -341,25 +367,50 @@ fn lease_token(id: JobId, fencing_token: u64) -> LeaseToken {
     }
 }
 
-/// A refused write is refused for the reason the model gives, and writes nothing.
-async fn assert_refused<T: std::fmt::Debug>(
+/// What the model says of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expected {
+    Accepted,
+    /// Refused: the token presented is not the current one.
+    Fenced,
+    /// Refused: the job's status does not allow it.
+    NotAllowed,
+}
+
+/// A write the job's status decides: accepted, or refused as not allowed.
+fn allowed(allowed: bool) -> Expected {
+    if allowed {
+        Expected::Accepted
+    } else {
+        Expected::NotAllowed
+    }
+}
+
+/// The store's answer agrees with the model's: an accepted write's value, or `None` when the
+/// write was refused for the reason the model gives and changed nothing, not even the job's
+/// `updated_at`.
+async fn agreed<T: std::fmt::Debug>(
     store: &dyn StateStore,
-    id: JobId,
     before: &Job,
     outcome: Result<T, Rejected>,
-    fenced: bool,
-) -> Result<(), TestCaseError> {
-    match (&outcome, fenced) {
-        (Err(Rejected::Fenced { .. }), true) | (Err(Rejected::NotAllowed { .. }), false) => {}
-        _ => prop_assert!(
-            false,
-            "expected a {} refusal, got {outcome:?}",
-            if fenced { "fenced" } else { "not-allowed" }
-        ),
+    expected: Expected,
+) -> Result<Option<T>, TestCaseError> {
+    if expected == Expected::Accepted {
+        prop_assert!(outcome.is_ok(), "{outcome:?}");
+        return Ok(outcome.ok());
     }
-    let after = store.job(id).await.expect("read").expect("exists");
+    let as_expected = matches!(
+        (expected, &outcome),
+        (Expected::Fenced, Err(Rejected::Fenced { .. }))
+            | (Expected::NotAllowed, Err(Rejected::NotAllowed { .. }))
+    );
+    prop_assert!(
+        as_expected,
+        "expected a {expected:?} refusal, got {outcome:?}"
+    );
+    let after = store.job(before.id).await.expect("read").expect("exists");
     prop_assert_eq!(&after, before, "a refused write changed the job");
-    Ok(())
+    Ok(None)
 }
 
 /// Applies one operation to the store and the model; returns the store (reopened by a crash).
@@ -369,356 +420,17 @@ async fn apply<B: Backend>(
     model: &mut Model,
     op: &Op,
 ) -> Result<B::Store, TestCaseError> {
-    let worker = WorkerId("model:1:1".to_string());
-    // The job an operation names, with its record as it was before the operation.
-    let target = |job: usize| model.job(job).cloned();
     match op {
-        Op::Submit { key, reingest } => {
-            let request = SubmitRequest {
-                key: key_name(*key),
-                source: format!("https://example.com/{key}.mp4"),
-                workflow: "ingest".into(),
-                reingest: *reingest,
-                priority: crate::model::job::PRIORITY_LIVE,
-            };
-            let submitted = store.submit(&request).await.expect("submit");
-            if model.jobs.len() <= *key {
-                model.jobs.resize(*key + 1, None);
-            }
-            match model.jobs[*key].as_mut() {
-                None => {
-                    prop_assert_eq!(submitted.outcome, SubmitOutcome::Created);
-                    model.jobs[*key] = Some(ModelJob {
-                        id: submitted.job.id,
-                        key: request.key.clone(),
-                        status: Status::Pending,
-                        phase: None,
-                        token: 0,
-                        attempts: 0,
-                        cancel_requested: false,
-                        steps_done: BTreeSet::new(),
-                    });
-                }
-                Some(job) => {
-                    prop_assert_eq!(submitted.job.id, job.id, "one job per key");
-                    let expected = match job.status {
-                        Status::Pending | Status::Running => SubmitOutcome::Existing,
-                        Status::Succeeded if !reingest => SubmitOutcome::Existing,
-                        Status::Succeeded => SubmitOutcome::Reingested,
-                        Status::Failed | Status::Cancelled => SubmitOutcome::Retried,
-                    };
-                    prop_assert_eq!(submitted.outcome, expected);
-                    if expected != SubmitOutcome::Existing {
-                        job.set_status(Status::Pending);
-                    }
-                }
-            }
-        }
-        Op::Claim { job } => {
-            let Some(modeled) = target(*job) else {
-                return Ok(store);
-            };
-            let before = store.job(modeled.id).await.expect("read").expect("exists");
-            let outcome = store
-                .claim(modeled.id, &worker, LEASE_TTL_MS)
-                .await
-                .expect("claim");
-            if modeled.status == Status::Pending {
-                let (claimed, token) = outcome.map_err(|rejected| {
-                    TestCaseError::fail(format!("claim of a pending job refused: {rejected}"))
-                })?;
-                let modeled = model.jobs[*job].as_mut().expect("modeled");
-                modeled.token += 1;
-                modeled.attempts += 1;
-                modeled.set_status(Status::Running);
-                prop_assert_eq!(token.fencing_token, modeled.token);
-                prop_assert_eq!(claimed.id, modeled.id);
-            } else {
-                assert_refused(&store, modeled.id, &before, outcome, false).await?;
-            }
-        }
-        Op::ClaimNext => {
-            let claimed = claim_next_as(&store, &worker).await;
-            // The oldest pending job, by id (ids are ULIDs: creation order, to the millisecond).
-            let oldest = model
-                .jobs
-                .iter_mut()
-                .flatten()
-                .filter(|job| job.status == Status::Pending)
-                .min_by_key(|job| job.id);
-            match (claimed, oldest) {
-                (None, None) => {}
-                (Some((claimed, token)), Some(oldest)) => {
-                    prop_assert_eq!(
-                        claimed.id,
-                        oldest.id,
-                        "claim_next takes the oldest pending job"
-                    );
-                    oldest.token += 1;
-                    oldest.attempts += 1;
-                    oldest.set_status(Status::Running);
-                    prop_assert_eq!(token.fencing_token, oldest.token);
-                }
-                (claimed, oldest) => {
-                    prop_assert!(false, "claim_next gave {claimed:?}, the model {oldest:?}")
-                }
-            }
-        }
-        Op::SetPhase { job, token, phase } => {
-            let Some(modeled) = target(*job) else {
-                return Ok(store);
-            };
-            let before = store.job(modeled.id).await.expect("read").expect("exists");
-            let presented = modeled.resolve(*token);
-            let outcome = store
-                .set_phase(&lease_token(modeled.id, presented), *phase)
-                .await
-                .expect("set_phase");
-            if modeled.holds(presented) {
-                prop_assert!(outcome.is_ok(), "{outcome:?}");
-                model.jobs[*job].as_mut().expect("modeled").phase = Some(*phase);
-            } else {
-                assert_refused(&store, modeled.id, &before, outcome, true).await?;
-            }
-        }
-        Op::StepDone { job, token } => {
-            let Some(modeled) = target(*job) else {
-                return Ok(store);
-            };
-            let Some(step) = STEPS
-                .iter()
-                .find(|step| !modeled.steps_done.contains(*step))
-            else {
-                return Ok(store);
-            };
-            let before = store.job(modeled.id).await.expect("read").expect("exists");
-            let presented = modeled.resolve(*token);
-            let outcome = store
-                .record_checkpoint(&lease_token(modeled.id, presented), &checkpoint(step), None)
-                .await
-                .expect("record_checkpoint");
-            if modeled.holds(presented) {
-                prop_assert!(outcome.is_ok(), "{outcome:?}");
-                model.jobs[*job]
-                    .as_mut()
-                    .expect("modeled")
-                    .steps_done
-                    .insert(step);
-            } else {
-                assert_refused(&store, modeled.id, &before, outcome, true).await?;
-            }
-        }
-        Op::StepFailed { job, token } => {
-            let Some(modeled) = target(*job) else {
-                return Ok(store);
-            };
-            let before = store.job(modeled.id).await.expect("read").expect("exists");
-            let presented = lease_token(modeled.id, modeled.resolve(*token));
-            let error = ErrorInfo {
-                class: "network_error".into(),
-                message: "model failure".into(),
-            };
-            let event = store
-                .record_step_event(
-                    &presented,
-                    "download",
-                    StepEvent::Failed {
-                        error: error.clone(),
-                    },
-                )
-                .await
-                .expect("record_step_event");
-            if modeled.holds(presented.fencing_token) {
-                prop_assert!(event.is_ok(), "{event:?}");
-                let failed = store.fail(&presented, error).await.expect("fail");
-                prop_assert!(failed.is_ok(), "{failed:?}");
-                model.jobs[*job]
-                    .as_mut()
-                    .expect("modeled")
-                    .set_status(Status::Failed);
-            } else {
-                assert_refused(&store, modeled.id, &before, event, true).await?;
-                let failed = store.fail(&presented, error).await.expect("fail");
-                assert_refused(&store, modeled.id, &before, failed, true).await?;
-            }
-        }
-        Op::Complete { job, token } => {
-            let Some(modeled) = target(*job) else {
-                return Ok(store);
-            };
-            // The orchestrator completes a job only when its worker reports every step done.
-            if modeled.steps_done.len() < STEPS.len() {
-                return Ok(store);
-            }
-            let before = store.job(modeled.id).await.expect("read").expect("exists");
-            let presented = modeled.resolve(*token);
-            let outcome = store
-                .complete(&lease_token(modeled.id, presented))
-                .await
-                .expect("complete");
-            if modeled.holds(presented) {
-                prop_assert!(outcome.is_ok(), "{outcome:?}");
-                model.jobs[*job]
-                    .as_mut()
-                    .expect("modeled")
-                    .set_status(Status::Succeeded);
-            } else {
-                assert_refused(&store, modeled.id, &before, outcome, true).await?;
-            }
-        }
-        Op::Cancel { job } => {
-            let Some(modeled) = target(*job) else {
-                return Ok(store);
-            };
-            let before = store.job(modeled.id).await.expect("read").expect("exists");
-            let outcome = store.cancel(modeled.id).await.expect("cancel");
-            let modeled = model.jobs[*job].as_mut().expect("modeled");
-            match modeled.status {
-                Status::Pending | Status::Failed => {
-                    prop_assert!(outcome.is_ok(), "{outcome:?}");
-                    modeled.set_status(Status::Cancelled);
-                }
-                Status::Running => {
-                    prop_assert!(outcome.is_ok(), "{outcome:?}");
-                    modeled.cancel_requested = true;
-                }
-                Status::Succeeded | Status::Cancelled => {
-                    assert_refused(&store, modeled.id, &before, outcome, false).await?;
-                }
-            }
-        }
-        Op::ConfirmCancel { job, token } => {
-            let Some(modeled) = target(*job) else {
-                return Ok(store);
-            };
-            let before = store.job(modeled.id).await.expect("read").expect("exists");
-            let presented = modeled.resolve(*token);
-            let outcome = store
-                .confirm_cancel(&lease_token(modeled.id, presented))
-                .await
-                .expect("confirm_cancel");
-            if !modeled.holds(presented) {
-                assert_refused(&store, modeled.id, &before, outcome, true).await?;
-            } else if !modeled.cancel_requested {
-                assert_refused(&store, modeled.id, &before, outcome, false).await?;
-            } else {
-                prop_assert!(outcome.is_ok(), "{outcome:?}");
-                model.jobs[*job]
-                    .as_mut()
-                    .expect("modeled")
-                    .set_status(Status::Cancelled);
-            }
-        }
-        Op::Retry { job } => {
-            let Some(modeled) = target(*job) else {
-                return Ok(store);
-            };
-            let before = store.job(modeled.id).await.expect("read").expect("exists");
-            let outcome = store.retry(modeled.id, "model retry").await.expect("retry");
-            if matches!(modeled.status, Status::Failed | Status::Cancelled) {
-                prop_assert!(outcome.is_ok(), "{outcome:?}");
-                model.jobs[*job]
-                    .as_mut()
-                    .expect("modeled")
-                    .set_status(Status::Pending);
-            } else {
-                assert_refused(&store, modeled.id, &before, outcome, false).await?;
-            }
-        }
-        Op::Reingest { job } => {
-            let Some(modeled) = target(*job) else {
-                return Ok(store);
-            };
-            let before = store.job(modeled.id).await.expect("read").expect("exists");
-            let outcome = store.reingest(modeled.id).await.expect("reingest");
-            if modeled.status == Status::Succeeded {
-                prop_assert!(outcome.is_ok(), "{outcome:?}");
-                model.jobs[*job]
-                    .as_mut()
-                    .expect("modeled")
-                    .set_status(Status::Pending);
-            } else {
-                assert_refused(&store, modeled.id, &before, outcome, false).await?;
-            }
-        }
-        Op::RetryFrom { job, step } => {
-            let Some(modeled) = target(*job) else {
-                return Ok(store);
-            };
-            let before = store.job(modeled.id).await.expect("read").expect("exists");
-            let later: Vec<String> = STEPS[step + 1..].iter().map(|s| s.to_string()).collect();
-            let outcome = store
-                .retry_from(modeled.id, STEPS[*step], &later, "model retry from")
-                .await
-                .expect("retry_from");
-            if modeled.status.is_terminal() {
-                prop_assert!(outcome.is_ok(), "{outcome:?}");
-                let modeled = model.jobs[*job].as_mut().expect("modeled");
-                for discarded in &STEPS[*step..] {
-                    modeled.steps_done.remove(discarded);
-                }
-                modeled.set_status(Status::Pending);
-            } else {
-                assert_refused(&store, modeled.id, &before, outcome, false).await?;
-            }
-        }
-        Op::Prune { job } => {
-            let Some(modeled) = target(*job) else {
-                return Ok(store);
-            };
-            let before = store.job(modeled.id).await.expect("read").expect("exists");
-            let cutoff = Timestamp::now().plus_ms(60_000);
-            let outcomes = store
-                .prune_jobs(&[modeled.id], cutoff)
-                .await
-                .expect("prune_jobs");
-            prop_assert_eq!(outcomes.len(), 1);
-            let outcome = outcomes.into_iter().next().expect("one outcome");
-            if modeled.status.is_terminal() {
-                prop_assert!(outcome.is_ok(), "{outcome:?}");
-                let pruned = store.pruned_job(modeled.id).await.expect("pruned");
-                prop_assert_eq!(
-                    pruned.map(|tombstone| tombstone.status),
-                    Some(modeled.status)
-                );
-                prop_assert!(store.job(modeled.id).await.expect("read").is_none());
-                model.jobs[*job] = None;
-            } else {
-                assert_refused(&store, modeled.id, &before, outcome, false).await?;
-            }
-        }
-        Op::LeaseExpiry { job } => {
-            let Some(modeled) = target(*job) else {
-                return Ok(store);
-            };
-            let before = store.job(modeled.id).await.expect("read").expect("exists");
-            let outcome = store
-                .reclaim(modeled.id, "lease expired")
-                .await
-                .expect("reclaim");
-            if modeled.running() {
-                prop_assert!(outcome.is_ok(), "{outcome:?}");
-                model.jobs[*job].as_mut().expect("modeled").reclaim();
-            } else {
-                assert_refused(&store, modeled.id, &before, outcome, false).await?;
-            }
-        }
+        Op::Submit { key, reingest } => submit(&store, model, *key, *reingest).await?,
+        Op::ClaimNext => claim_next(&store, model).await?,
         Op::Crash => {
             drop(store);
             store = backend.open().await;
         }
-        Op::Work { .. } => unreachable!("expanded before it is applied"),
         Op::Restart => {
             drop(store);
             store = backend.open().await;
-            let running = store
-                .jobs(&JobFilter {
-                    status: Some(Status::Running),
-                    limit: usize::MAX,
-                })
-                .await
-                .expect("jobs");
-            for job in running {
+            for job in listed(&store, Some(Status::Running)).await {
                 let reclaimed = store.reclaim(job.id, "restart").await.expect("reclaim");
                 prop_assert!(reclaimed.is_ok(), "{reclaimed:?}");
             }
@@ -728,8 +440,267 @@ async fn apply<B: Backend>(
                 }
             }
         }
+        Op::Work { .. } => unreachable!("expanded before it is applied"),
+        _ => apply_to_job(&store, model, op).await?,
     }
     Ok(store)
+}
+
+fn worker() -> WorkerId {
+    WorkerId("model:1:1".to_string())
+}
+
+async fn submit(
+    store: &dyn StateStore,
+    model: &mut Model,
+    key: usize,
+    reingest: bool,
+) -> Result<(), TestCaseError> {
+    let request = SubmitRequest {
+        key: key_name(key),
+        source: format!("https://example.com/{key}.mp4"),
+        workflow: "ingest".into(),
+        reingest,
+        priority: crate::model::job::PRIORITY_LIVE,
+    };
+    let submitted = store.submit(&request).await.expect("submit");
+    if model.jobs.len() <= key {
+        model.jobs.resize(key + 1, None);
+    }
+    let Some(job) = model.jobs[key].as_mut() else {
+        prop_assert_eq!(submitted.outcome, SubmitOutcome::Created);
+        model.jobs[key] = Some(ModelJob {
+            id: submitted.job.id,
+            key: request.key.clone(),
+            status: Status::Pending,
+            phase: None,
+            token: 0,
+            attempts: 0,
+            cancel_requested: false,
+            steps_done: BTreeSet::new(),
+        });
+        return Ok(());
+    };
+    prop_assert_eq!(submitted.job.id, job.id, "one job per key");
+    let expected = match job.status {
+        Status::Pending | Status::Running => SubmitOutcome::Existing,
+        Status::Succeeded if !reingest => SubmitOutcome::Existing,
+        Status::Succeeded => SubmitOutcome::Reingested,
+        Status::Failed | Status::Cancelled => SubmitOutcome::Retried,
+    };
+    prop_assert_eq!(submitted.outcome, expected);
+    if expected != SubmitOutcome::Existing {
+        job.set_status(Status::Pending);
+    }
+    Ok(())
+}
+
+async fn claim_next(store: &dyn StateStore, model: &mut Model) -> Result<(), TestCaseError> {
+    let claimed = claim_next_as(store, &worker()).await;
+    // The oldest pending job, by id (ids are ULIDs: creation order, to the millisecond).
+    let oldest = model
+        .jobs
+        .iter_mut()
+        .flatten()
+        .filter(|job| job.status == Status::Pending)
+        .min_by_key(|job| job.id);
+    match (claimed, oldest) {
+        (None, None) => {}
+        (Some((claimed, token)), Some(oldest)) => {
+            prop_assert_eq!(
+                claimed.id,
+                oldest.id,
+                "claim_next takes the oldest pending job"
+            );
+            oldest.claimed();
+            prop_assert_eq!(token.fencing_token, oldest.token);
+        }
+        (claimed, oldest) => {
+            prop_assert!(false, "claim_next gave {claimed:?}, the model {oldest:?}")
+        }
+    }
+    Ok(())
+}
+
+/// Applies an operation on one job, if the model has that job: the store's answer must be the
+/// model's, and an accepted write moves the model along.
+async fn apply_to_job(
+    store: &dyn StateStore,
+    model: &mut Model,
+    op: &Op,
+) -> Result<(), TestCaseError> {
+    let index = op.job().expect("an operation on a job");
+    let Some(modeled) = model.job(index).cloned() else {
+        return Ok(());
+    };
+    let id = modeled.id;
+    let before = store.job(id).await.expect("read").expect("exists");
+    let presented = |choice: TokenChoice| lease_token(id, modeled.resolve(choice));
+    let writer = |choice: TokenChoice| {
+        if modeled.holds(modeled.resolve(choice)) {
+            Expected::Accepted
+        } else {
+            Expected::Fenced
+        }
+    };
+    let job = model.jobs[index].as_mut().expect("modeled");
+    match *op {
+        Op::Claim { .. } => {
+            let outcome = store.claim(id, &worker(), LEASE_TTL_MS).await;
+            let expected = allowed(modeled.status == Status::Pending);
+            let outcome = agreed(store, &before, outcome.expect("claim"), expected).await?;
+            if let Some((claimed, token)) = outcome {
+                job.claimed();
+                prop_assert_eq!(token.fencing_token, job.token);
+                prop_assert_eq!(claimed.id, job.id);
+            }
+        }
+        Op::SetPhase { token, phase, .. } => {
+            let outcome = store.set_phase(&presented(token), phase).await;
+            let outcome = outcome.expect("set_phase");
+            if agreed(store, &before, outcome, writer(token))
+                .await?
+                .is_some()
+            {
+                job.phase = Some(phase);
+            }
+        }
+        Op::StepDone { token, .. } => {
+            let Some(step) = STEPS
+                .iter()
+                .find(|step| !modeled.steps_done.contains(*step))
+            else {
+                return Ok(());
+            };
+            let outcome = store
+                .record_checkpoint(&presented(token), &checkpoint(step), None)
+                .await
+                .expect("record_checkpoint");
+            if agreed(store, &before, outcome, writer(token))
+                .await?
+                .is_some()
+            {
+                job.steps_done.insert(step);
+            }
+        }
+        Op::StepFailed { token, .. } => {
+            let error = ErrorInfo {
+                class: "network_error".into(),
+                message: "model failure".into(),
+            };
+            let failed = StepEvent::Failed {
+                error: error.clone(),
+            };
+            let event = store
+                .record_step_event(&presented(token), "download", failed)
+                .await
+                .expect("record_step_event");
+            agreed(store, &before, event, writer(token)).await?;
+            let outcome = store.fail(&presented(token), error).await.expect("fail");
+            if agreed(store, &before, outcome, writer(token))
+                .await?
+                .is_some()
+            {
+                job.set_status(Status::Failed);
+            }
+        }
+        Op::Complete { token, .. } => {
+            // The orchestrator completes a job only when its worker reports every step done.
+            if modeled.steps_done.len() < STEPS.len() {
+                return Ok(());
+            }
+            let outcome = store.complete(&presented(token)).await;
+            let outcome = outcome.expect("complete");
+            if agreed(store, &before, outcome, writer(token))
+                .await?
+                .is_some()
+            {
+                job.set_status(Status::Succeeded);
+            }
+        }
+        Op::Cancel { .. } => {
+            let outcome = store.cancel(id).await.expect("cancel");
+            let expected = allowed(!matches!(
+                modeled.status,
+                Status::Succeeded | Status::Cancelled
+            ));
+            if agreed(store, &before, outcome, expected).await?.is_some() {
+                // A running job's worker is asked to stop; any other job stops at once.
+                if job.running() {
+                    job.cancel_requested = true;
+                } else {
+                    job.set_status(Status::Cancelled);
+                }
+            }
+        }
+        Op::ConfirmCancel { token, .. } => {
+            let outcome = store.confirm_cancel(&presented(token)).await;
+            let expected = match writer(token) {
+                Expected::Accepted => allowed(modeled.cancel_requested),
+                refused => refused,
+            };
+            let outcome = outcome.expect("confirm_cancel");
+            if agreed(store, &before, outcome, expected).await?.is_some() {
+                job.set_status(Status::Cancelled);
+            }
+        }
+        Op::Retry { .. } => {
+            let outcome = store.retry(id, "model retry").await.expect("retry");
+            let expected = allowed(matches!(modeled.status, Status::Failed | Status::Cancelled));
+            if agreed(store, &before, outcome, expected).await?.is_some() {
+                job.set_status(Status::Pending);
+            }
+        }
+        Op::Reingest { .. } => {
+            let outcome = store.reingest(id).await.expect("reingest");
+            let expected = allowed(modeled.status == Status::Succeeded);
+            if agreed(store, &before, outcome, expected).await?.is_some() {
+                job.set_status(Status::Pending);
+            }
+        }
+        Op::RetryFrom { step, .. } => {
+            let later: Vec<String> = STEPS[step + 1..].iter().map(|s| s.to_string()).collect();
+            let outcome = store
+                .retry_from(id, STEPS[step], &later, "model retry from")
+                .await
+                .expect("retry_from");
+            let expected = allowed(modeled.status.is_terminal());
+            if agreed(store, &before, outcome, expected).await?.is_some() {
+                for discarded in &STEPS[step..] {
+                    job.steps_done.remove(discarded);
+                }
+                job.set_status(Status::Pending);
+            }
+        }
+        Op::Prune { .. } => {
+            let cutoff = Timestamp::now().plus_ms(60_000);
+            let outcomes = store.prune_jobs(&[id], cutoff).await.expect("prune_jobs");
+            prop_assert_eq!(outcomes.len(), 1);
+            let outcome = outcomes.into_iter().next().expect("one outcome");
+            let expected = allowed(modeled.status.is_terminal());
+            if agreed(store, &before, outcome, expected).await?.is_some() {
+                let pruned = store.pruned_job(id).await.expect("pruned");
+                prop_assert_eq!(
+                    pruned.map(|tombstone| tombstone.status),
+                    Some(modeled.status)
+                );
+                prop_assert!(store.job(id).await.expect("read").is_none());
+                model.jobs[index] = None;
+            }
+        }
+        Op::LeaseExpiry { .. } => {
+            let outcome = store.reclaim(id, "lease expired").await;
+            let expected = allowed(modeled.running());
+            let outcome = outcome.expect("reclaim");
+            if agreed(store, &before, outcome, expected).await?.is_some() {
+                job.reclaim();
+            }
+        }
+        Op::Submit { .. } | Op::ClaimNext | Op::Crash | Op::Restart | Op::Work { .. } => {
+            unreachable!("{op:?} is applied by `apply`")
+        }
+    }
+    Ok(())
 }
 
 /// The store agrees with the model, and every invariant holds.
@@ -739,13 +710,7 @@ async fn check<B: Backend>(
     model: &Model,
 ) -> Result<(), TestCaseError> {
     let modeled: Vec<&ModelJob> = model.jobs.iter().flatten().collect();
-    let all = store
-        .jobs(&JobFilter {
-            status: None,
-            limit: usize::MAX,
-        })
-        .await
-        .expect("jobs");
+    let all = listed(store, None).await;
     prop_assert_eq!(all.len(), modeled.len(), "no job lost, none added");
     for expected in modeled {
         let job = store.job(expected.id).await.expect("read");
@@ -773,10 +738,8 @@ async fn check<B: Backend>(
         }
         let by_key = store.job_by_key(&expected.key).await.expect("by key");
         prop_assert_eq!(by_key.map(|job| job.id), Some(expected.id));
-        let steps: BTreeSet<String> = store
-            .checkpoints(expected.id)
-            .await
-            .expect("checkpoints")
+        let checkpoints = store.checkpoints(expected.id).await.expect("checkpoints");
+        let steps: BTreeSet<String> = checkpoints
             .into_iter()
             .map(|checkpoint| checkpoint.step)
             .collect();
@@ -907,7 +870,7 @@ fn the_postgres_store_acts_like_the_model_even_after_crashes() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let server = runtime.block_on(super::pg_store::test_server::TestServer::start());
+    let server = runtime.block_on(crate::store::pg_store::test_server::TestServer::start());
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases,
         failure_persistence: None,
