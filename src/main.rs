@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let result = runtime.block_on(narra::cli::run(cli, narra::api::http_service));
+    let result = runtime.block_on(narra::cli::run(cli, http_service));
     drop(runtime);
     report_peak_rss();
     match result {
@@ -30,6 +30,13 @@ fn main() -> ExitCode {
             ExitCode::from(error.exit_code())
         }
     }
+}
+
+/// `narra serve`'s HTTP side: the API's server, handed to the CLI here, since the CLI and the API
+/// never use each other.
+fn http_service(bind: std::net::SocketAddr) -> Result<narra::cli::serve::HttpService, String> {
+    narra::api::http_service(bind)
+        .map(|service| Box::new(service) as narra::cli::serve::HttpService)
 }
 
 /// With `NARRA_REPORT_PEAK_RSS=1`, prints the process's peak resident memory as the last stderr

@@ -254,28 +254,31 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// `cli::serve::HttpService`'s shape, written here too since the API never uses the CLI.
-type HttpService = Box<
-    dyn FnOnce(
-            Engine,
-            tokio::net::TcpListener,
-            BoxFuture<'static, ()>,
-        ) -> BoxFuture<'static, std::io::Result<()>>
-        + Send,
->;
-
 /// The HTTP side of `narra serve`, which the binary hands to `cli::run` (the CLI and the API never
 /// use each other): checks the configuration for `bind` (`NARRA_API_TOKEN`; a usage error when it
 /// is refused), then, given the engine, the bound listener and the signal to drain on, serves the
 /// API and the console until drained.
-pub fn http_service(bind: std::net::SocketAddr) -> Result<HttpService, String> {
+// The shape is `cli::serve::HttpService`, which the API may not name.
+#[allow(clippy::type_complexity)]
+pub fn http_service(
+    bind: std::net::SocketAddr,
+) -> Result<
+    impl FnOnce(
+        Engine,
+        tokio::net::TcpListener,
+        BoxFuture<'static, ()>,
+    ) -> BoxFuture<'static, std::io::Result<()>>
+    + Send
+    + 'static,
+    String,
+> {
     let config = ApiConfig::for_bind(bind, std::env::var(TOKEN_ENV).ok())?;
     if config.token.is_none() {
         tracing::warn!("{TOKEN_ENV} is not set: the API and the console are read-only");
     }
-    Ok(Box::new(move |engine, listener, drained| {
-        Box::pin(serve(listener, router(engine, config), drained))
-    }))
+    Ok(move |engine, listener, drained: BoxFuture<'static, ()>| {
+        Box::pin(serve(listener, router(engine, config), drained)) as BoxFuture<'static, _>
+    })
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, letting requests in flight finish.
