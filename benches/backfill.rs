@@ -484,7 +484,7 @@ async fn measure_floors(
     assert!(
         std::fs::read(&extracted.audio_path).expect("read the step's audio")
             == std::fs::read(&raw_output).expect("read the bench's audio"),
-        "the bench's copy of the extract command lines has drifted from src/steps/extract.rs"
+        "the bench's copy of the extract command lines has drifted from src/steps/extract/"
     );
 
     // One file at a time, the bench's copy of the invocations and the step itself in turn, so
@@ -553,7 +553,7 @@ async fn concurrent_floor(
 /// The three runs the extract step makes for one of these files under the default workflow
 /// (`audio = "copy"` of the AAC stream, index 1, into .m4a): ffprobe of the input, ffmpeg's stream
 /// copy, ffprobe of the output. The step does not expose its command lines, so they are copied
-/// here from `src/steps/extract.rs` (`probe`, `input_args`, `ffmpeg_args`, `plan_output`), and
+/// here from `src/steps/extract/` (`probe`, `input_args`, `ffmpeg_args`, `plan_output`), and
 /// [`measure_floors`] checks that this ffmpeg run writes the bytes the step writes. They run through the step's own
 /// `run_process` (process group, stdin closed, output captured).
 async fn run_extract_invocations(
