@@ -11,8 +11,8 @@
 
 use crate::model::attribution::{self, DeathSeen, Holding};
 use crate::model::job::{
-    Attribution, Checkpoint, ErrorInfo, EventKind, Job, JobId, Lease, LeaseToken, Location, Phase,
-    ProgressMarker, Status, Timestamp, WorkerId,
+    Attribution, Checkpoint, ErrorInfo, EventKind, Job, JobId, JobProgress, Lease, LeaseToken,
+    Location, Phase, ProgressMarker, Status, Timestamp, WorkerId,
 };
 
 /// How many deaths at the same [`ProgressMarker`], each attributed to the job
@@ -96,6 +96,27 @@ pub enum OrchestratorOp {
 }
 
 impl OrchestratorOp {
+    /// The reclaim of `job`, whose process died where the store found it: its phase, its
+    /// `checkpoints` count and its step's last recorded `progress` (the marker the crash-loop rule
+    /// counts deaths at).
+    pub fn reclaim_orphan(
+        job: &Job,
+        reason: &str,
+        checkpoints: usize,
+        progress: Option<&JobProgress>,
+        seen: DeathSeen,
+    ) -> OrchestratorOp {
+        OrchestratorOp::ReclaimOrphan {
+            reason: reason.to_string(),
+            marker: ProgressMarker {
+                phase: job.ingestion_phase,
+                checkpoints: u32::try_from(checkpoints).unwrap_or(u32::MAX),
+                bytes_done: progress.map_or(0, |progress| progress.bytes_done),
+            },
+            seen,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             OrchestratorOp::Claim { .. } => "claim",
@@ -619,6 +640,29 @@ pub fn retry_from(
     })
 }
 
+/// Out of a job's `checkpoints`, those `retry --from step` discards (of `step` and of
+/// `later_steps`, the steps after it in workflow order, in that order) and those it keeps (in the
+/// order given): what [`retry_from`] takes.
+pub fn split_for_retry_from(
+    checkpoints: Vec<Checkpoint>,
+    step: &str,
+    later_steps: &[String],
+) -> (Vec<Checkpoint>, Vec<Checkpoint>) {
+    let order: Vec<&str> = std::iter::once(step)
+        .chain(later_steps.iter().map(String::as_str))
+        .collect();
+    let (mut discarded, kept): (Vec<Checkpoint>, Vec<Checkpoint>) = checkpoints
+        .into_iter()
+        .partition(|checkpoint| order.contains(&checkpoint.step.as_str()));
+    discarded.sort_by_key(|checkpoint| {
+        order
+            .iter()
+            .position(|name| *name == checkpoint.step)
+            .unwrap_or(order.len())
+    });
+    (discarded, kept)
+}
+
 /// Checks that `narra prune` may remove a job's records: it is finished (succeeded, failed or
 /// cancelled: never pending or running) and was last updated before `cutoff`.
 pub fn check_prunable(job: &Job, cutoff: Timestamp) -> Result<(), Rejected> {
@@ -788,6 +832,25 @@ mod tests {
             blake3: crate::model::job::Hash([byte; 32]),
             change_token: crate::model::job::ChangeToken::None,
         }
+    }
+
+    // Guards what `retry --from` discards: the step's checkpoint and the later steps', in
+    // workflow order whatever order they were read in; the earlier ones are kept as read.
+    #[test]
+    fn retry_from_discards_the_step_and_the_later_ones_in_workflow_order() {
+        let read = ["store", "download", "extract", "notify"]
+            .map(|step| checkpoint(step, Vec::new()))
+            .to_vec();
+        let later = vec!["store".to_string(), "notify".to_string()];
+        let (discarded, kept) = split_for_retry_from(read, "extract", &later);
+        let steps = |checkpoints: &[Checkpoint]| {
+            checkpoints
+                .iter()
+                .map(|checkpoint| checkpoint.step.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(steps(&discarded), vec!["extract", "store", "notify"]);
+        assert_eq!(steps(&kept), vec!["download"]);
     }
 
     // Guards `retry --from`: only finished jobs go back (never pending or running ones); each

@@ -320,6 +320,45 @@ pub fn record_outcome(
     }
 }
 
+/// What recording an outcome writes: the verdict, and the host's state when the outcome changed
+/// it (`None`: nothing to write).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutcomeUpdate {
+    pub verdict: OutcomeVerdict,
+    pub state: Option<HostState>,
+}
+
+/// Records `job`'s outcome on `host`, whose state is `before` (`None`: it has none yet): what
+/// `OrchestratorStore::record_host_outcome` writes. A host with no state that answered keeps none:
+/// only a refusal starts a host's record. A state is written again only when its breaker, its
+/// failures or its held count changed, not for a new `updated_at` alone.
+pub fn outcome_update(
+    before: Option<&HostState>,
+    host: &str,
+    job: JobId,
+    outcome: &HostOutcome,
+    policy: &SchedulingPolicy,
+    now: Timestamp,
+) -> OutcomeUpdate {
+    if before.is_none() && *outcome == HostOutcome::Answered {
+        return OutcomeUpdate {
+            verdict: OutcomeVerdict::default(),
+            state: None,
+        };
+    }
+    let mut state = before.cloned().unwrap_or_else(|| HostState::new(host, now));
+    let verdict = record_outcome(&mut state, job, outcome, &policy.breaker, now);
+    let changed = before.is_none_or(|before| {
+        before.breaker != state.breaker
+            || before.failures != state.failures
+            || before.held_total != state.held_total
+    });
+    OutcomeUpdate {
+        verdict,
+        state: changed.then_some(state),
+    }
+}
+
 fn open(state: &mut HostState, cooldown_ms: u64, now: Timestamp) {
     state.breaker = Breaker::Open {
         until: now.plus_ms(cooldown_ms),
@@ -329,10 +368,11 @@ fn open(state: &mut HostState, cooldown_ms: u64, now: Timestamp) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn policy() -> SchedulingPolicy {
+    /// A policy with every limit small enough for a test to reach (`model::claims` uses it too).
+    pub(crate) fn policy() -> SchedulingPolicy {
         SchedulingPolicy {
             host_running_max: 2,
             host_start_interval_ms: 100,
@@ -353,6 +393,47 @@ mod tests {
         HostOutcome::Blocked {
             class: "download_blocked".to_string(),
         }
+    }
+
+    // Guards what `record_host_outcome` writes: nothing for a host never seen that answered, a new
+    // record for its first refusal, and no rewrite when only the time would change.
+    #[test]
+    fn an_outcome_writes_the_host_state_only_when_it_changed() {
+        let policy = policy();
+        let now = Timestamp(10_000);
+        let answered = outcome_update(None, "a:1", JobId(1), &HostOutcome::Answered, &policy, now);
+        assert_eq!(
+            answered,
+            OutcomeUpdate {
+                verdict: OutcomeVerdict::default(),
+                state: None
+            }
+        );
+
+        let first = outcome_update(None, "a:1", JobId(1), &blocked(), &policy, now);
+        assert_eq!(first.verdict, OutcomeVerdict::default());
+        let state = first.state.expect("a refusal starts the host's record");
+        assert_eq!((state.host.as_str(), state.failures.len()), ("a:1", 1));
+
+        let closed = HostState::new("a:1", now);
+        let again = outcome_update(
+            Some(&closed),
+            "a:1",
+            JobId(2),
+            &HostOutcome::Answered,
+            &policy,
+            Timestamp(20_000),
+        );
+        assert_eq!(again.state, None, "only updated_at would change");
+
+        let mut open = HostState::new("a:1", now);
+        open.breaker = Breaker::Open {
+            until: Timestamp(99_000),
+            cooldown_ms: 500,
+        };
+        let held = outcome_update(Some(&open), "a:1", JobId(3), &blocked(), &policy, now);
+        assert!(held.verdict.hold);
+        assert_eq!(held.state.expect("the held count changed").held_total, 1);
     }
 
     // Guards the per-host limits: the concurrency cap and the start interval each hold a job back.

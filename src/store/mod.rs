@@ -12,6 +12,7 @@
 //! operation that names a phase; [`WorkerStore`] can set the phase and record checkpoints but has no
 //! operation that names a status. The engine hands each side only its own trait.
 
+mod claims;
 pub mod codec;
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -25,13 +26,16 @@ use std::collections::BTreeSet;
 use async_trait::async_trait;
 
 use crate::model::job::{
-    Backfill, BackfillId, Checkpoint, Delivery, DeliveryId, ErrorInfo, Event, EventKind,
-    EventSummary, HostState, Incident, Job, JobId, JobProgress, LeaseToken, Location, LogLine,
-    MediaMetadata, Notice, Phase, PrunedJob, Status, Timestamp, Webhook, WorkerId,
+    Backfill, BackfillId, Checkpoint, Delivery, ErrorInfo, Event, EventKind, EventSummary,
+    HostState, Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase,
+    PrunedJob, Status, Timestamp, Webhook, WorkerId,
 };
-use crate::model::machine::Rejected;
+use crate::model::machine::{OrchestratorOp, Rejected};
 use crate::model::scheduling::{HostOutcome, OutcomeVerdict, SchedulingPolicy};
 
+pub use crate::model::claims::ClaimNext;
+pub use crate::model::notices::DELIVERIES_MAX;
+pub use crate::model::submission::{Resubmit, SubmitOutcome, SubmitRequest};
 pub use lock::{HomeLock, LockError};
 pub use pg_store::PgStore;
 pub use sled_store::SledStore;
@@ -123,18 +127,6 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// What `submit` asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubmitRequest {
-    pub key: String,
-    pub source: String,
-    pub workflow: String,
-    /// Re-run a succeeded job's workflow; done steps are skipped.
-    pub reingest: bool,
-    /// The new job's priority (`Job::priority`); an existing job keeps its own.
-    pub priority: i32,
-}
-
 /// What `claim_next` may claim, and by which rules.
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimRequest<'a> {
@@ -143,44 +135,6 @@ pub struct ClaimRequest<'a> {
     pub policy: &'a SchedulingPolicy,
     /// Only these jobs (a command running the jobs it was given); all pending jobs when `None`.
     pub only: Option<&'a BTreeSet<JobId>>,
-}
-
-/// What `claim_next` found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClaimNext {
-    /// The job, now running under the returned lease.
-    Claimed(Box<Job>, LeaseToken),
-    /// Pending jobs exist, but none may start now: a retry delay, a breaker's cool-down or a
-    /// rate limit ends at `until`; with `None`, a running job must end first (a concurrency limit,
-    /// a running probe).
-    Wait { until: Option<Timestamp> },
-    /// No pending job (of those asked for).
-    Empty,
-}
-
-/// What `submit` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubmitOutcome {
-    /// No job had this key: a new pending job.
-    Created,
-    /// A job with this key is pending, running or succeeded: returned as it is.
-    Existing,
-    /// A job with this key had failed or was cancelled: it is pending again.
-    Retried,
-    /// A succeeded job was sent back to pending because `reingest` was asked.
-    Reingested,
-}
-
-/// Which finished, unsucceeded jobs a submission of their key sends back to pending.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Resubmit {
-    /// Failed and cancelled jobs alike: what `submit` always does.
-    #[default]
-    FailedAndCancelled,
-    /// Only failed jobs whose error class is transient (`machine::is_transient_failure`): a
-    /// backfill re-run without `--retry-permanent`. Permanent failures and cancelled jobs are
-    /// returned as they are, with the outcome `Existing`.
-    TransientFailures,
 }
 
 /// How `submit_batch` applies its requests.
@@ -239,6 +193,39 @@ pub enum StepEvent {
     },
 }
 
+impl StepEvent {
+    /// The event a worker's step event of `step` appends.
+    pub(crate) fn into_event(self, step: &str) -> EventKind {
+        let step = step.to_string();
+        match self {
+            StepEvent::Started => EventKind::StepStarted { step },
+            StepEvent::Skipped { reason } => EventKind::StepSkipped { step, reason },
+            StepEvent::Failed { error } => EventKind::StepFailed { step, error },
+            StepEvent::AudioSelected {
+                stream_index,
+                codec,
+                language,
+                output,
+                container,
+                reason,
+            } => EventKind::AudioSelected {
+                stream_index,
+                codec,
+                language,
+                output,
+                container,
+                reason,
+            },
+            StepEvent::Redone { cause, reason } => EventKind::StepRedone {
+                step,
+                cause,
+                reason,
+            },
+            StepEvent::ObjectsWritten { keys } => EventKind::ObjectsWritten { step, keys },
+        }
+    }
+}
+
 /// Reads shared by every side.
 #[async_trait]
 pub trait JobReader: Send + Sync {
@@ -280,6 +267,19 @@ pub trait JobReader: Send + Sync {
     async fn hosts(&self) -> StoreResult<Vec<HostState>>;
 }
 
+/// One of [`OrchestratorStore`]'s own operations, as the machine transition it makes: what a
+/// store's [`OrchestratorStore::transition`] applies. Only this module builds one (its field is
+/// private), so a caller moves a job through the trait's named operations, never by naming a
+/// transition the trait does not offer (a claim without the claiming process's holding, a
+/// reclaim at a marker the store did not read).
+pub struct TransitionOp<'a>(&'a OrchestratorOp);
+
+impl TransitionOp<'_> {
+    pub(crate) fn op(&self) -> &OrchestratorOp {
+        self.0
+    }
+}
+
 /// The orchestrator's side: the global status. Nothing here can set a phase.
 #[async_trait]
 pub trait OrchestratorStore: JobReader {
@@ -319,24 +319,56 @@ pub trait OrchestratorStore: JobReader {
         worker_id: &WorkerId,
         lease_ttl_ms: u64,
     ) -> StoreResult<Result<(Job, LeaseToken), Rejected>>;
+    /// Makes one of this trait's own transitions of the job `id` (see [`TransitionOp`]), with
+    /// its events, in one transaction durable before it returns: the one write the operations
+    /// below that name a job and a transition share.
+    async fn transition(
+        &self,
+        id: JobId,
+        op: TransitionOp<'_>,
+    ) -> StoreResult<Result<Job, Rejected>>;
     async fn renew_lease(
         &self,
         token: &LeaseToken,
         lease_ttl_ms: u64,
-    ) -> StoreResult<Result<Job, Rejected>>;
-    async fn complete(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>>;
+    ) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::RenewLease {
+            token: token.fencing_token,
+            lease_ttl_ms,
+        };
+        self.transition(token.job_id, TransitionOp(&op)).await
+    }
+    async fn complete(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::Complete {
+            token: token.fencing_token,
+        };
+        self.transition(token.job_id, TransitionOp(&op)).await
+    }
     async fn fail(
         &self,
         token: &LeaseToken,
         error: ErrorInfo,
-    ) -> StoreResult<Result<Job, Rejected>>;
+    ) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::Fail {
+            token: token.fencing_token,
+            error,
+        };
+        self.transition(token.job_id, TransitionOp(&op)).await
+    }
     /// running -> pending after a transient failure, not claimed before `not_before`.
     async fn retry_later(
         &self,
         token: &LeaseToken,
         error: ErrorInfo,
         not_before: Timestamp,
-    ) -> StoreResult<Result<Job, Rejected>>;
+    ) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::RetryLater {
+            token: token.fencing_token,
+            error,
+            not_before,
+        };
+        self.transition(token.job_id, TransitionOp(&op)).await
+    }
     /// running -> pending without spending the attempt (its host's breaker is open; with `until`,
     /// not claimed before that time, keeping the error that made it wait).
     async fn hold(
@@ -344,7 +376,14 @@ pub trait OrchestratorStore: JobReader {
         token: &LeaseToken,
         reason: &str,
         until: Option<(Timestamp, ErrorInfo)>,
-    ) -> StoreResult<Result<Job, Rejected>>;
+    ) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::Hold {
+            token: token.fencing_token,
+            reason: reason.to_string(),
+            until,
+        };
+        self.transition(token.job_id, TransitionOp(&op)).await
+    }
     /// Records how a run of `job` went on its source host's breaker (`model::scheduling`).
     async fn record_host_outcome(
         &self,
@@ -353,10 +392,26 @@ pub trait OrchestratorStore: JobReader {
         outcome: &HostOutcome,
         policy: &SchedulingPolicy,
     ) -> StoreResult<OutcomeVerdict>;
-    async fn cancel(&self, id: JobId) -> StoreResult<Result<Job, Rejected>>;
-    async fn confirm_cancel(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>>;
-    async fn retry(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
-    async fn reingest(&self, id: JobId) -> StoreResult<Result<Job, Rejected>>;
+    async fn cancel(&self, id: JobId) -> StoreResult<Result<Job, Rejected>> {
+        self.transition(id, TransitionOp(&OrchestratorOp::Cancel))
+            .await
+    }
+    async fn confirm_cancel(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::ConfirmCancel {
+            token: token.fencing_token,
+        };
+        self.transition(token.job_id, TransitionOp(&op)).await
+    }
+    async fn retry(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::Retry {
+            reason: reason.to_string(),
+        };
+        self.transition(id, TransitionOp(&op)).await
+    }
+    async fn reingest(&self, id: JobId) -> StoreResult<Result<Job, Rejected>> {
+        self.transition(id, TransitionOp(&OrchestratorOp::Reingest))
+            .await
+    }
     /// `narra retry --from STEP` (`machine::retry_from`): a succeeded, failed or cancelled job back
     /// to pending, with the checkpoints of `step` and of `later_steps` (the steps after it, in
     /// workflow order) discarded, the job's blob references with the store checkpoint, and each
@@ -370,7 +425,12 @@ pub trait OrchestratorStore: JobReader {
         reason: &str,
     ) -> StoreResult<Result<Job, Rejected>>;
     /// running -> pending: the holder let go of the job (graceful shutdown).
-    async fn reclaim(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
+    async fn reclaim(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::Reclaim {
+            reason: reason.to_string(),
+        };
+        self.transition(id, TransitionOp(&op)).await
+    }
     /// running -> pending for a job whose process died; the store reads where the job was (its
     /// phase, checkpoints and progress) for the crash-loop rule (`OrchestratorOp::ReclaimOrphan`).
     async fn reclaim_orphan(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
@@ -383,7 +443,12 @@ pub trait OrchestratorStore: JobReader {
         Ok(Vec::new())
     }
     /// succeeded|failed -> pending after `cleanup` removed artifacts the job needs.
-    async fn reset(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>>;
+    async fn reset(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::Reset {
+            reason: reason.to_string(),
+        };
+        self.transition(id, TransitionOp(&op)).await
+    }
     /// An operator's `narra reset` (`machine::OrchestratorOp::ResetByOperator`): a running job
     /// whose lease expired (or any, with `force`), or a succeeded or failed one, back to pending.
     async fn reset_by_operator(
@@ -391,7 +456,13 @@ pub trait OrchestratorStore: JobReader {
         id: JobId,
         reason: &str,
         force: bool,
-    ) -> StoreResult<Result<Job, Rejected>>;
+    ) -> StoreResult<Result<Job, Rejected>> {
+        let op = OrchestratorOp::ResetByOperator {
+            reason: reason.to_string(),
+            force,
+        };
+        self.transition(id, TransitionOp(&op)).await
+    }
     /// `narra reprobe`: replaces a finished job's metadata record and its extract checkpoint (whose
     /// `metadata` output hashes the record) and appends a `reprobed` event listing `changes`, in one
     /// transaction. Refused unless the job is succeeded, failed or cancelled, so no worker is
@@ -506,141 +577,13 @@ pub trait WebhookStore: JobReader {
     /// sent again after that, and another notifier (PostgreSQL: another process) does not send it
     /// meanwhile.
     async fn claim_notice(&self, now: Timestamp, lease_ms: u64) -> StoreResult<ClaimNotice>;
-    /// Records one attempt of a notice (see [`apply_delivery`]), flushed.
+    /// Records one attempt of a notice (see `model::notices::apply_delivery`), flushed.
     async fn record_delivery(
         &self,
         id: JobId,
         delivery: &Delivery,
         retry_at: Option<Timestamp>,
     ) -> StoreResult<()>;
-}
-
-/// The most delivery attempts a webhook record keeps: the oldest go first.
-pub const DELIVERIES_MAX: usize = 50;
-
-/// What a terminal transition does to the job's webhook, in the transition's transaction: a new
-/// notice of the job's status, due now. A notice of an earlier transition still pending is
-/// replaced (its delivery id is not reused): the receiver learns the job's latest end.
-pub(crate) fn queue_notice(webhook: &mut Webhook, job: &Job, now: Timestamp) {
-    debug_assert!(
-        job.status.is_terminal(),
-        "a notice is for a terminal status"
-    );
-    webhook.pending = Some(Notice {
-        delivery_id: DeliveryId::new(),
-        status: job.status,
-        error: job.error.clone().filter(|_| job.status == Status::Failed),
-        finished_at: job.updated_at,
-        attempts: 0,
-        next_attempt_at: now,
-    });
-}
-
-/// A new webhook record for a job; with a notice when the job is already finished.
-pub(crate) fn new_webhook(job: &Job, url: &str, now: Timestamp) -> Webhook {
-    let mut webhook = Webhook {
-        job_id: job.id,
-        url: url.to_string(),
-        pending: None,
-        deliveries: Vec::new(),
-    };
-    if job.status.is_terminal() {
-        queue_notice(&mut webhook, job, now);
-    }
-    webhook
-}
-
-/// Records one attempt in `webhook`: appended to its deliveries (at most [`DELIVERIES_MAX`]).
-/// When it is the pending notice's, a delivered or given-up notice (`retry_at` `None`) is
-/// cleared, and any other waits until `retry_at`. An attempt of a notice replaced meanwhile
-/// changes only the history.
-pub(crate) fn apply_delivery(
-    webhook: &mut Webhook,
-    delivery: &Delivery,
-    retry_at: Option<Timestamp>,
-) {
-    webhook.deliveries.push(delivery.clone());
-    if webhook.deliveries.len() > DELIVERIES_MAX {
-        let excess = webhook.deliveries.len() - DELIVERIES_MAX;
-        webhook.deliveries.drain(..excess);
-    }
-    let Some(notice) = webhook.pending.as_mut() else {
-        return;
-    };
-    if notice.delivery_id != delivery.delivery_id {
-        return;
-    }
-    match retry_at {
-        Some(retry_at) if !delivery.ok => {
-            notice.attempts = delivery.attempt;
-            notice.next_attempt_at = retry_at;
-        }
-        _ => webhook.pending = None,
-    }
-}
-
-/// Where content-addressed objects live (`storage`'s layout): the keys `blob_refs` indexes.
-const BLOB_PREFIX: &str = "blobs/";
-
-/// The `blobs/` objects a store checkpoint names: what the `blob_refs` index holds for its job,
-/// in every store.
-pub(crate) fn referenced_blobs(checkpoint: &Checkpoint) -> impl Iterator<Item = &str> {
-    checkpoint
-        .outputs
-        .iter()
-        .filter_map(|output| match &output.location {
-            Location::Object(key) if key.starts_with(BLOB_PREFIX) => Some(key.as_str()),
-            _ => None,
-        })
-}
-
-/// What `prune_jobs` keeps of a finished job, in every store: the job's identity and times, the
-/// blobs its store checkpoint named, and its manifest's key.
-pub(crate) fn tombstone(
-    job: &Job,
-    store_checkpoint: Option<&Checkpoint>,
-    pruned_at: Timestamp,
-) -> PrunedJob {
-    PrunedJob {
-        id: job.id,
-        key: job.key.clone(),
-        workflow: job.workflow.clone(),
-        status: job.status,
-        created_at: job.created_at,
-        updated_at: job.updated_at,
-        pruned_at,
-        blobs: store_checkpoint
-            .into_iter()
-            .flat_map(referenced_blobs)
-            .map(str::to_string)
-            .collect(),
-        manifest: store_checkpoint
-            .and_then(|checkpoint| checkpoint.output("manifest"))
-            .and_then(|output| match &output.location {
-                Location::Object(key) => Some(key.clone()),
-                _ => None,
-            }),
-    }
-}
-
-/// The events a recorded checkpoint appends, in every store: `step_completed`, then
-/// `checkpoint_recorded` with its hashes.
-pub(crate) fn checkpoint_events(checkpoint: &Checkpoint) -> Vec<EventKind> {
-    let completed = EventKind::StepCompleted {
-        step: checkpoint.step.clone(),
-        outputs: u32::try_from(checkpoint.outputs.len()).unwrap_or(u32::MAX),
-    };
-    let recorded = EventKind::CheckpointRecorded {
-        step: checkpoint.step.clone(),
-        definition_hash: checkpoint.definition_hash,
-        input_hash: checkpoint.input_hash,
-        outputs: checkpoint
-            .outputs
-            .iter()
-            .map(|output| (output.name.clone(), output.blake3))
-            .collect(),
-    };
-    vec![completed, recorded]
 }
 
 /// The store as the orchestrator is handed it (`engine::Orchestrator`): statuses, leases,
@@ -661,15 +604,52 @@ pub const LOG_LINES_MAX: usize = 2_000;
 pub const EVENTS_MAX: u64 = 1_000;
 pub const LOG_LINE_BYTES_MAX: usize = 4_096;
 
-/// How many events a job holds right after its history was compacted: three quarters of the
-/// bound, and at least one. Every store compacts to the same point.
-pub(crate) fn events_kept(events_max: u64) -> u64 {
-    (events_max - events_max / 4).max(1)
+/// Cuts a message to at most `bytes_max` bytes, at a character boundary: every store's
+/// `append_log` keeps [`LOG_LINE_BYTES_MAX`] of a line.
+pub(crate) fn truncate_message(message: &mut String, bytes_max: usize) {
+    if message.len() <= bytes_max {
+        return;
+    }
+    let mut end = bytes_max;
+    // Index 0 is always a boundary, so this stops.
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message.truncate(end);
+}
+
+/// Logs what a `prune_jobs` call did, in every store.
+pub(crate) fn log_pruned(outcomes: &[Result<PrunedJob, Rejected>]) {
+    let pruned = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    tracing::info!(
+        pruned,
+        refused = outcomes.len() - pruned,
+        "pruned finished jobs"
+    );
+}
+
+/// The value of a transaction whose body never aborts with a `Rejected` (the webhook operations
+/// name no transition).
+pub(crate) fn refuses_nothing<T>(outcome: Result<T, Rejected>, operation: &str) -> T {
+    match outcome {
+        Ok(value) => value,
+        Err(rejected) => unreachable!("{operation} refuses nothing, yet: {rejected}"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_cut_at_a_char_boundary() {
+        let mut message = "ééé".to_string(); // 6 bytes
+        truncate_message(&mut message, 3);
+        assert_eq!(message, "é");
+        let mut message = "abc".to_string();
+        truncate_message(&mut message, 3);
+        assert_eq!(message, "abc");
+    }
 
     #[test]
     fn state_uris_name_sled_by_default_and_postgres_when_asked() {

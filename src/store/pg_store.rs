@@ -43,7 +43,7 @@
 //! Clocks: decisions use the process's clock (`Timestamp::now`), as sled does; the machines of a
 //! fleet must keep their clocks in sync (NTP), since a lease's expiry is compared across them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -54,25 +54,28 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Row, Transaction};
 
-use super::ClaimNotice;
+use super::claims::{self, Attempted, Batch, ClaimScan};
 use super::codec;
-use super::referenced_blobs;
-use super::{BatchOptions, ClaimNext, ClaimRequest, Resubmit, SUBMIT_BATCH_MAX};
+use super::{BatchOptions, ClaimNext, ClaimNotice, ClaimRequest, Resubmit, SUBMIT_BATCH_MAX};
 use super::{
     JobFilter, JobLogSink, JobReader, LOG_LINES_MAX, MaintenanceStore, NewIncident,
     OrchestratorStore, StepEvent, StoreError, StoreResult, SubmitOutcome, SubmitRequest, Submitted,
-    WebhookStore, WorkerStore, events_kept,
+    TransitionOp, WebhookStore, WorkerStore, refuses_nothing,
 };
 use crate::model::attribution::{self, DeathSeen, Holding};
+use crate::model::claims::{self as claims_model, Candidate, Claimant};
+use crate::model::consistency::{self, EventSeqs, Mismatch};
 use crate::model::history;
 use crate::model::job::{
-    Backfill, BackfillId, Checkpoint, Delivery, ErrorInfo, Event, EventKind, EventSummary,
-    HostState, Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase,
-    ProgressMarker, PrunedJob, Status, Timestamp, Webhook, WorkerId,
+    Backfill, BackfillId, Checkpoint, Delivery, Event, EventKind, EventSummary, HostState,
+    Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase, PrunedJob,
+    Status, Timestamp, Webhook, WorkerId,
 };
 use crate::model::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
-use crate::model::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, SchedulingPolicy};
+use crate::model::records::{STORE_STEP, referenced_blobs};
+use crate::model::scheduling::{self, HostOutcome, OutcomeVerdict, SchedulingPolicy};
 use crate::model::sources::source_host;
+use crate::model::{notices, records, submission};
 
 mod listen;
 mod logs;
@@ -103,9 +106,6 @@ pub(crate) const SCHEMA_LOCK: i32 = 1;
 const SCHEDULE_LOCK: i32 = 2;
 /// The channel a transaction that makes a job pending notifies.
 pub const JOBS_CHANNEL: &str = "narra_jobs";
-
-/// The step whose checkpoint names the stored objects, and so feeds `blob_refs`.
-const STORE_STEP: &str = "store";
 
 const TABLE_JOBS: &str = "jobs";
 const TABLE_CHECKPOINTS: &str = "checkpoints";
@@ -396,10 +396,12 @@ impl PgStore {
                 .iter()
                 .map(|row| row.get(0))
                 .collect();
-            let expected: Vec<i64> = (compacted..job.events_next)
-                .map(|seq| i64::try_from(seq).unwrap_or(i64::MAX))
-                .collect();
-            if seqs != expected {
+            let mut walk = EventSeqs::after(compacted);
+            // A negative number is never one a job's events run through.
+            let held_as_numbered = seqs
+                .iter()
+                .all(|seq| walk.next(u64::try_from(*seq).unwrap_or(u64::MAX)).is_ok());
+            if !held_as_numbered || walk.end(job.events_next).is_err() {
                 return Err(corrupt(
                     TABLE_EVENTS,
                     &job.id.to_bytes(),
@@ -410,7 +412,7 @@ impl PgStore {
                 ));
             }
         }
-        let mut expected_refs = BTreeSet::new();
+        let mut store_checkpoints = Vec::new();
         for row in client
             .query(
                 "SELECT job_id, record FROM checkpoints WHERE step = $1",
@@ -420,10 +422,9 @@ impl PgStore {
         {
             let id = job_id_in(TABLE_CHECKPOINTS, row.get(0))?;
             let checkpoint: Checkpoint = decode_in(TABLE_CHECKPOINTS, id, row.get(1))?;
-            for blob in referenced_blobs(&checkpoint) {
-                expected_refs.insert((blob.to_string(), id));
-            }
+            store_checkpoints.push((id, checkpoint));
         }
+        let mut tombstones = Vec::new();
         for row in client
             .query("SELECT job_id, record FROM pruned", &[])
             .await?
@@ -437,22 +438,31 @@ impl PgStore {
                     format!("record holds pruned job {}", pruned.id),
                 ));
             }
-            expected_refs.extend(pruned.blobs.iter().map(|blob| (blob.clone(), id)));
+            tombstones.push(pruned);
         }
+        let expected_refs = consistency::expected_blob_refs(
+            store_checkpoints
+                .iter()
+                .map(|(id, checkpoint)| (*id, checkpoint)),
+            &tombstones,
+        );
         let found_refs: BTreeSet<(String, JobId)> = self.blob_refs().await?.into_iter().collect();
-        if let Some((blob, id)) = found_refs.difference(&expected_refs).next() {
-            return Err(corrupt(
-                "blob_refs",
-                blob.as_bytes(),
-                format!("reference of job {id} no store checkpoint makes"),
-            ));
-        }
-        if let Some((blob, id)) = expected_refs.difference(&found_refs).next() {
-            return Err(corrupt(
-                "blob_refs",
-                blob.as_bytes(),
-                format!("job {id}'s store checkpoint names a blob that is not indexed"),
-            ));
+        match consistency::first_mismatch(&expected_refs, &found_refs) {
+            None => {}
+            Some(Mismatch::Unexpected((blob, id))) => {
+                return Err(corrupt(
+                    "blob_refs",
+                    blob.as_bytes(),
+                    format!("reference of job {id} no store checkpoint makes"),
+                ));
+            }
+            Some(Mismatch::Missing((blob, id))) => {
+                return Err(corrupt(
+                    "blob_refs",
+                    blob.as_bytes(),
+                    format!("job {id}'s store checkpoint names a blob that is not indexed"),
+                ));
+            }
         }
         // A webhook's due column is its pending notice's time (NULL with none pending).
         for row in client
@@ -462,10 +472,7 @@ impl PgStore {
             let id = job_id_in(TABLE_WEBHOOKS, row.get(0))?;
             let next_attempt_at: Option<i64> = row.get(1);
             let webhook: Webhook = decode_in(TABLE_WEBHOOKS, id, row.get(2))?;
-            let pending_at = webhook
-                .pending
-                .as_ref()
-                .map(|notice| notice.next_attempt_at.0);
+            let pending_at = notices::due_at(&webhook).map(|due_at| due_at.0);
             if webhook.job_id != id || next_attempt_at != pending_at {
                 return Err(corrupt(
                     TABLE_WEBHOOKS,
@@ -530,35 +537,9 @@ impl PgStore {
             .transpose()
     }
 
-    /// One orchestrator transition of one job, and the log bound once it ends.
-    async fn orchestrate(
-        &self,
-        id: JobId,
-        op: &OrchestratorOp,
-    ) -> StoreResult<Result<Job, Rejected>> {
-        let now = Timestamp::now();
-        let outcome = transaction!(self, tx => {
-            let job = tx.job_for_update(id).await?;
-            let transition = machine::apply_orchestrator(&job, op, now).map_err(TxAbort::Rejected)?;
-            tx.write_transition(Some(&job), transition, now).await
-        })?;
-        let job = match outcome {
-            Ok(job) => job,
-            Err(rejected) => return Ok(Err(rejected)),
-        };
-        tracing::debug!(job_id = %id, op = op.name(), status = %job.status, "job transition");
-        if job.status.is_terminal() {
-            self.logs.trim_best_effort(id).await;
-        }
-        Ok(Ok(job))
-    }
-
     /// `claim_next` in one transaction under the schedule lock: see the module docs.
     async fn claim_first_admitted(&self, request: &ClaimRequest<'_>) -> StoreResult<ClaimNext> {
         let now = Timestamp::now();
-        let only: Option<Vec<Vec<u8>>> = request
-            .only
-            .map(|only| only.iter().map(|id| id_bytes(*id)).collect());
         let outcome = transaction!(self, tx => {
             tx.sql
                 .execute(
@@ -566,153 +547,7 @@ impl PgStore {
                     &[&SCHEDULE_LOCK],
                 )
                 .await?;
-            // The running jobs, by host: what the concurrency limit and a probe's liveness
-            // need; and those of the claiming process, for the attribution rule.
-            let running = tx.running_jobs().await?;
-            let holding = Holding::of(request.worker_id, &running);
-            let op = OrchestratorOp::Claim {
-                worker_id: request.worker_id.clone(),
-                lease_ttl_ms: request.lease_ttl_ms,
-                holding: holding.clone(),
-            };
-            let mut running_ids = BTreeSet::new();
-            let mut running_by_host: HashMap<String, usize> = HashMap::new();
-            for job in &running {
-                *running_by_host.entry(source_host(&job.source)).or_default() += 1;
-                running_ids.insert(job.id);
-            }
-            // Storing is paused: no job is claimed until the storage breaker's cool-down ends,
-            // and then only one, its probe (`scheduling::STORAGE_BREAKER`).
-            let storage_state = tx.host(scheduling::STORAGE_BREAKER).await?;
-            let storage_probe =
-                match scheduling::admit(storage_state.as_ref(), 0, request.policy, now, |id| {
-                    running_ids.contains(&id)
-                }) {
-                    Admission::Start { probe } => probe,
-                    Admission::NotBefore(until) => {
-                        return tx.waiting(only.as_deref(), Some(until)).await;
-                    }
-                    Admission::Busy => return tx.waiting(only.as_deref(), None).await,
-                };
-            let mut host_states: HashMap<String, Option<HostState>> = HashMap::new();
-            // Hosts that may not start a job in this call: each is judged once.
-            let mut refused_hosts: BTreeSet<String> = BTreeSet::new();
-            let mut wait_until: Option<Timestamp> = None;
-            let mut any_pending = false;
-            let mut cursor: Option<(i32, Vec<u8>)> = None;
-            loop {
-                let batch = tx.queue_candidates(only.as_deref(), cursor.as_ref()).await?;
-                let Some(last) = batch.last() else {
-                    break;
-                };
-                cursor = Some((last.priority, id_bytes(last.id)));
-                for candidate in &batch {
-                    any_pending = true;
-                    if candidate.not_before > now {
-                        wait_until = Some(wait_until.map_or(candidate.not_before, |until| {
-                            until.min(candidate.not_before)
-                        }));
-                        continue;
-                    }
-                    let host = &candidate.host;
-                    if refused_hosts.contains(host) {
-                        continue;
-                    }
-                    if !host_states.contains_key(host) {
-                        let state = tx.host(host).await?;
-                        host_states.insert(host.clone(), state);
-                    }
-                    let state = host_states.get(host).and_then(Option::as_ref);
-                    let running_on_host = running_by_host.get(host).copied().unwrap_or(0);
-                    let probe = match scheduling::admit(
-                        state,
-                        running_on_host,
-                        request.policy,
-                        now,
-                        |id| running_ids.contains(&id),
-                    ) {
-                        Admission::Start { probe } => probe,
-                        Admission::NotBefore(until) => {
-                            wait_until =
-                                Some(wait_until.map_or(until, |earliest| earliest.min(until)));
-                            refused_hosts.insert(host.clone());
-                            continue;
-                        }
-                        Admission::Busy => {
-                            refused_hosts.insert(host.clone());
-                            continue;
-                        }
-                    };
-                    // Locked only if no other transaction holds it: one that does is changing
-                    // the job (a cancel, a reset), and the claim moves on.
-                    let Some(row) = tx
-                        .sql
-                        .query_opt(
-                            "SELECT record FROM jobs WHERE id = $1 AND status = $2
-                             FOR UPDATE SKIP LOCKED",
-                            &[&id_bytes(candidate.id), &status_column(Status::Pending)],
-                        )
-                        .await?
-                    else {
-                        continue;
-                    };
-                    let job = match decode_job(candidate.id, row.get(0)) {
-                        Ok(job) => job,
-                        // One unreadable record must not stop every other job: it stays
-                        // pending, named here and by `check_consistency`, and is passed over.
-                        Err(error) => {
-                            tracing::error!(job_id = %candidate.id, %error, "passing over a pending job whose record is corrupt");
-                            continue;
-                        }
-                    };
-                    let transition = match machine::apply_orchestrator(&job, &op, now) {
-                        Ok(transition) => transition,
-                        // A suspect waits first in line for a process that holds nothing, and
-                        // nothing starts beside a running suspect: this process claims nothing
-                        // now.
-                        Err(rejected @ Rejected::MustRunAlone { .. }) => {
-                            tracing::debug!(job_id = %candidate.id, %rejected, "not claimed");
-                            return Ok(ClaimNext::Wait { until: None });
-                        }
-                        Err(rejected) => {
-                            tracing::trace!(job_id = %candidate.id, %rejected, "pending job no longer claimable");
-                            continue;
-                        }
-                    };
-                    let job = tx.write_transition(Some(&job), transition, now).await?;
-                    tx.join_held(&holding).await?;
-                    let mut state = state
-                        .cloned()
-                        .unwrap_or_else(|| HostState::new(host, now));
-                    let before = state.clone();
-                    scheduling::record_start(&mut state, job.id, probe, request.policy, now);
-                    if probe {
-                        tracing::warn!(host = %host, job_id = %job.id, "circuit breaker: a probe job tests the host");
-                    }
-                    if state.next_start_at != before.next_start_at || state.breaker != before.breaker
-                    {
-                        tx.put_host(&state).await?;
-                    }
-                    if storage_probe && let Some(mut storage) = storage_state.clone() {
-                        scheduling::start_probe(&mut storage, job.id, request.policy, now);
-                        tracing::warn!(job_id = %job.id, "storing is paused: a probe job tests the storage");
-                        tx.put_host(&storage).await?;
-                    }
-                    let token = LeaseToken {
-                        job_id: job.id,
-                        fencing_token: job.fencing_token,
-                    };
-                    return Ok(ClaimNext::Claimed(Box::new(job), token));
-                }
-                if only.is_some() {
-                    break;
-                }
-            }
-            Ok(if any_pending {
-                ClaimNext::Wait { until: wait_until }
-            } else {
-                ClaimNext::Empty
-            })
+            claims::claim_next(&tx, request, now).await
         })?;
         match outcome {
             Ok(claimed) => Ok(claimed),
@@ -774,14 +609,6 @@ impl From<StoreError> for TxAbort {
 
 type TxResult<T> = Result<T, TxAbort>;
 
-/// A pending job as `claim_next` reads it before locking it.
-struct Candidate {
-    id: JobId,
-    priority: i32,
-    not_before: Timestamp,
-    host: String,
-}
-
 /// One transaction, with the writes every operation shares.
 pub(crate) struct Tx<'a> {
     sql: &'a Transaction<'a>,
@@ -792,7 +619,7 @@ pub(crate) struct Tx<'a> {
 impl Tx<'_> {
     /// Every running job. A record that does not decode is named and passed over, as a claim
     /// passes over a corrupt pending job.
-    async fn running_jobs(&self) -> TxResult<Vec<Job>> {
+    async fn running(&self) -> TxResult<Vec<Job>> {
         let rows = self
             .sql
             .query(
@@ -943,26 +770,19 @@ impl Tx<'_> {
         kinds: Vec<EventKind>,
         now: Timestamp,
     ) -> TxResult<()> {
-        for kind in kinds {
-            let seq = job.events_next;
-            let event = Event { seq, at: now, kind };
+        let events = records::number_events(job, kinds, now)
+            .map_err(|exhausted| corrupt(TABLE_JOBS, &job.id.to_bytes(), exhausted.to_string()))?;
+        for event in &events {
             self.sql
                 .execute(
                     "INSERT INTO events (job_id, seq, record) VALUES ($1, $2, $3)",
                     &[
                         &id_bytes(job.id),
-                        &seq_column(seq)?,
-                        &codec::encode(&event)?,
+                        &seq_column(event.seq)?,
+                        &codec::encode(event)?,
                     ],
                 )
                 .await?;
-            job.events_next = seq.checked_add(1).ok_or_else(|| {
-                corrupt(
-                    TABLE_JOBS,
-                    &job.id.to_bytes(),
-                    "event sequence exhausted".to_string(),
-                )
-            })?;
         }
         self.bound_history(job).await
     }
@@ -970,17 +790,17 @@ impl Tx<'_> {
     /// Folds the job's oldest events into its summary while it holds more than the bound (as
     /// sled's `compaction.rs` does, to the same point).
     async fn bound_history(&self, job: &Job) -> TxResult<()> {
-        if job.events_next <= self.events_max {
+        if !records::may_exceed(job.events_next, self.events_max) {
             return Ok(());
         }
         let summary = self.event_summary(job.id).await?;
         let compacted = summary
             .as_ref()
             .map_or(0, |summary| summary.events_compacted);
-        if job.events_next.saturating_sub(compacted) <= self.events_max {
+        let Some(fold_until) = records::fold_until(job.events_next, compacted, self.events_max)
+        else {
             return Ok(());
-        }
-        let fold_until = job.events_next - events_kept(self.events_max);
+        };
         let mut summary = summary.unwrap_or_else(|| history::empty(job.id));
         let rows = self
             .sql
@@ -1093,12 +913,10 @@ impl Tx<'_> {
                 .await?;
         }
         // A terminal transition queues its webhook notice in the same transaction.
-        if let Some(status_before) = status_before
-            && status_before != job.status
-            && job.status.is_terminal()
+        if notices::queues_notice(status_before, job)
             && let Some(mut webhook) = self.webhook_for_update(job.id).await?
         {
-            super::queue_notice(&mut webhook, job, Timestamp::now());
+            notices::queue_notice(&mut webhook, job, Timestamp::now());
             self.put_webhook(&webhook).await?;
         }
         Ok(())
@@ -1118,10 +936,7 @@ impl Tx<'_> {
 
     /// Writes a webhook record, with its pending notice's due time as a column.
     async fn put_webhook(&self, webhook: &Webhook) -> TxResult<()> {
-        let next_attempt_at = webhook
-            .pending
-            .as_ref()
-            .map(|notice| notice.next_attempt_at.0);
+        let next_attempt_at = notices::due_at(webhook).map(|due_at| due_at.0);
         self.sql
             .execute(
                 "INSERT INTO webhooks (job_id, next_attempt_at, record) VALUES ($1, $2, $3)
@@ -1147,7 +962,7 @@ impl Tx<'_> {
         Ok(())
     }
 
-    async fn host(&self, host: &str) -> TxResult<Option<HostState>> {
+    async fn host_state(&self, host: &str) -> TxResult<Option<HostState>> {
         Ok(self
             .sql
             .query_opt("SELECT record FROM hosts WHERE host = $1", &[&host])
@@ -1156,7 +971,7 @@ impl Tx<'_> {
             .transpose()?)
     }
 
-    async fn put_host(&self, state: &HostState) -> TxResult<()> {
+    async fn put_host_state(&self, state: &HostState) -> TxResult<()> {
         self.sql
             .execute(
                 "INSERT INTO hosts (host, record) VALUES ($1, $2)
@@ -1166,19 +981,43 @@ impl Tx<'_> {
             .await?;
         Ok(())
     }
+}
 
-    /// The next pending jobs in claim order after `cursor`: a batch of the whole queue, or, for
-    /// a claim limited to some jobs, all of those that are pending.
-    async fn queue_candidates(
+/// `claim_next`'s reads and writes (`store::claims`), in the claim's transaction: candidates are
+/// read in claim order, and the one the planner admits is locked with `FOR UPDATE SKIP LOCKED`.
+#[async_trait]
+impl ClaimScan for Tx<'_> {
+    type Error = TxAbort;
+    /// The (priority, id) of the last candidate of the previous batch.
+    type Cursor = (i32, Vec<u8>);
+
+    /// A record that does not decode is named and passed over, as a claim passes over a
+    /// corrupt pending job.
+    async fn running_jobs(&self) -> TxResult<Vec<Job>> {
+        self.running().await
+    }
+
+    async fn host(&self, host: &str) -> TxResult<Option<HostState>> {
+        self.host_state(host).await
+    }
+
+    async fn put_host(&self, state: &HostState) -> TxResult<()> {
+        self.put_host_state(state).await
+    }
+
+    /// A batch of the whole queue, or, for a claim limited to some jobs, all of those that are
+    /// pending.
+    async fn candidates(
         &self,
-        only: Option<&[Vec<u8>]>,
+        only: Option<&BTreeSet<JobId>>,
         cursor: Option<&(i32, Vec<u8>)>,
-    ) -> TxResult<Vec<Candidate>> {
+    ) -> TxResult<Batch<(i32, Vec<u8>)>> {
         // `status = 0` is written out (pending's column value, `status_column`), so that the
         // planner matches the `jobs_pending` partial index whatever plan it caches.
         let rows = match (only, cursor) {
             (Some(_), Some(_)) => Vec::new(),
             (Some(only), None) => {
+                let only: Vec<Vec<u8>> = only.iter().map(|id| id_bytes(*id)).collect();
                 self.sql
                     .query(
                         "SELECT id, priority, not_before, host FROM jobs
@@ -1207,31 +1046,51 @@ impl Tx<'_> {
                     .await?
             }
         };
-        rows.iter()
-            .map(|row| {
-                Ok(Candidate {
-                    id: job_id_in(TABLE_JOBS, row.get(0))?,
-                    priority: row.get(1),
-                    not_before: Timestamp(row.get::<_, Option<i64>>(2).unwrap_or(i64::MIN)),
-                    host: row.get(3),
-                })
-            })
-            .collect()
+        let mut entries = Vec::with_capacity(rows.len());
+        let mut next = None;
+        for row in &rows {
+            let id = job_id_in(TABLE_JOBS, row.get(0))?;
+            let priority: i32 = row.get(1);
+            entries.push(Ok(Candidate {
+                id,
+                not_before: Timestamp(row.get::<_, Option<i64>>(2).unwrap_or(i64::MIN)),
+                host: row.get(3),
+            }));
+            next = Some((priority, id_bytes(id)));
+        }
+        Ok(Batch { entries, next })
     }
 
-    /// What `claim_next` says when nothing may start: `Wait` if any job (of those asked for) is
-    /// pending, else `Empty`.
-    async fn waiting(
+    /// Locked only if no other transaction holds it: one that does is changing the job (a
+    /// cancel, a reset), and the claim moves on.
+    async fn try_claim(
         &self,
-        only: Option<&[Vec<u8>]>,
-        until: Option<Timestamp>,
-    ) -> TxResult<ClaimNext> {
-        let any_pending = !self.queue_candidates(only, None).await?.is_empty();
-        Ok(if any_pending {
-            ClaimNext::Wait { until }
-        } else {
-            ClaimNext::Empty
-        })
+        id: JobId,
+        claimant: &Claimant,
+        now: Timestamp,
+    ) -> TxResult<Attempted> {
+        let Some(row) = self
+            .sql
+            .query_opt(
+                "SELECT record FROM jobs WHERE id = $1 AND status = $2
+                 FOR UPDATE SKIP LOCKED",
+                &[&id_bytes(id), &status_column(Status::Pending)],
+            )
+            .await?
+        else {
+            return Ok(Attempted::Locked);
+        };
+        let job = match decode_job(id, row.get(0)) {
+            Ok(job) => job,
+            Err(error) => return Ok(Attempted::Corrupt(error)),
+        };
+        let transition = match machine::apply_orchestrator(&job, &claimant.op, now) {
+            Ok(transition) => transition,
+            Err(rejected) => return Ok(Attempted::Refused(rejected)),
+        };
+        let job = self.write_transition(Some(&job), transition, now).await?;
+        self.join_held(&claimant.holding).await?;
+        Ok(Attempted::Claimed(Box::new(job)))
     }
 }
 
@@ -1324,11 +1183,12 @@ fn job_id_in(table: &'static str, bytes: &[u8]) -> StoreResult<JobId> {
     Ok(JobId::from_bytes(bytes))
 }
 
-/// One submission inside a transaction: `submit`'s decision, shared with `submit_batch`.
+/// One submission inside a transaction, for `submit` and `submit_batch`: `model::submission`
+/// decides, this reads (and locks) the key's job and writes what it returns.
 async fn submit_in_tx(
     tx: &Tx<'_>,
     request: &SubmitRequest,
-    resubmit: Resubmit,
+    rule: Resubmit,
     now: Timestamp,
 ) -> TxResult<Submitted> {
     let Some(row) = tx
@@ -1341,65 +1201,29 @@ async fn submit_in_tx(
     else {
         // A concurrent submission of the same new key makes one of the two inserts fail on the
         // key's unique index; that transaction runs again and finds the job.
-        let transition = machine::new_job(
-            JobId::new(),
-            request.key.clone(),
-            request.source.clone(),
-            request.workflow.clone(),
-            request.priority,
-            now,
-        );
-        let job = tx.write_transition(None, transition, now).await?;
+        let job = tx
+            .write_transition(None, submission::create(request, now), now)
+            .await?;
         return Ok(Submitted {
             job,
             outcome: SubmitOutcome::Created,
         });
     };
     let job = decode_job_row(&row)?;
-    let (op, outcome) = match job.status {
-        Status::Pending | Status::Running => {
-            return Ok(Submitted {
-                job,
-                outcome: SubmitOutcome::Existing,
-            });
-        }
-        Status::Succeeded if !request.reingest => {
-            return Ok(Submitted {
-                job,
-                outcome: SubmitOutcome::Existing,
-            });
-        }
-        Status::Succeeded => (OrchestratorOp::Reingest, SubmitOutcome::Reingested),
-        // A backfill re-run leaves permanent failures and cancelled jobs alone.
-        Status::Failed | Status::Cancelled
-            if resubmit == Resubmit::TransientFailures
-                && !(job.status == Status::Failed
-                    && machine::is_transient_failure(job.error.as_ref())) =>
-        {
-            return Ok(Submitted {
-                job,
-                outcome: SubmitOutcome::Existing,
-            });
-        }
-        Status::Failed | Status::Cancelled => (
-            OrchestratorOp::Retry {
-                reason: "re-submitted".into(),
-            },
-            SubmitOutcome::Retried,
-        ),
-    };
-    let transition = machine::apply_orchestrator(&job, &op, now).map_err(|rejected| {
-        corrupt(
-            TABLE_JOBS,
-            &job.id.to_bytes(),
-            format!(
-                "the state machine refused {} during submit: {rejected}",
-                op.name()
-            ),
-        )
-    })?;
-    let job = tx.write_transition(Some(&job), transition, now).await?;
-    Ok(Submitted { job, outcome })
+    match submission::resubmit(&job, request, rule, now)
+        .map_err(|refused| corrupt(TABLE_JOBS, &job.id.to_bytes(), refused.to_string()))?
+    {
+        None => Ok(Submitted {
+            job,
+            outcome: SubmitOutcome::Existing,
+        }),
+        Some(resubmission) => Ok(Submitted {
+            job: tx
+                .write_transition(Some(&job), resubmission.transition, now)
+                .await?,
+            outcome: resubmission.outcome,
+        }),
+    }
 }
 
 #[async_trait]
@@ -1456,9 +1280,7 @@ impl JobReader for PgStore {
             checkpoints.push(decode_in::<Checkpoint>(TABLE_CHECKPOINTS, id, row.get(0))?);
         }
         // The trait promises the order the steps were recorded in.
-        checkpoints.sort_by(|left, right| {
-            (left.recorded_at, &left.step).cmp(&(right.recorded_at, &right.step))
-        });
+        records::in_recorded_order(&mut checkpoints);
         Ok(checkpoints)
     }
 
@@ -1686,6 +1508,30 @@ impl JobReader for PgStore {
 
 #[async_trait]
 impl OrchestratorStore for PgStore {
+    /// One transaction, and the log bound once the job ends.
+    async fn transition(
+        &self,
+        id: JobId,
+        op: TransitionOp<'_>,
+    ) -> StoreResult<Result<Job, Rejected>> {
+        let op = op.op();
+        let now = Timestamp::now();
+        let outcome = transaction!(self, tx => {
+            let job = tx.job_for_update(id).await?;
+            let transition = machine::apply_orchestrator(&job, op, now).map_err(TxAbort::Rejected)?;
+            tx.write_transition(Some(&job), transition, now).await
+        })?;
+        let job = match outcome {
+            Ok(job) => job,
+            Err(rejected) => return Ok(Err(rejected)),
+        };
+        tracing::debug!(job_id = %id, op = op.name(), status = %job.status, "job transition");
+        if job.status.is_terminal() {
+            self.logs.trim_best_effort(id).await;
+        }
+        Ok(Ok(job))
+    }
+
     fn shared(&self) -> bool {
         true
     }
@@ -1797,84 +1643,18 @@ impl OrchestratorStore for PgStore {
     ) -> StoreResult<Result<(Job, LeaseToken), Rejected>> {
         let now = Timestamp::now();
         let outcome = transaction!(self, tx => {
-            let holding = Holding::of(worker_id, &tx.running_jobs().await?);
-            let op = OrchestratorOp::Claim {
-                worker_id: worker_id.clone(),
-                lease_ttl_ms,
-                holding: holding.clone(),
-            };
+            let claimant = Claimant::new(worker_id, lease_ttl_ms, &tx.running().await?);
             let job = tx.job_for_update(id).await?;
-            let transition = machine::apply_orchestrator(&job, &op, now).map_err(TxAbort::Rejected)?;
+            let transition =
+                machine::apply_orchestrator(&job, &claimant.op, now).map_err(TxAbort::Rejected)?;
             let claimed = tx.write_transition(Some(&job), transition, now).await?;
-            tx.join_held(&holding).await?;
+            tx.join_held(&claimant.holding).await?;
             Ok(claimed)
         })?;
         Ok(outcome.map(|job| {
-            let token = LeaseToken {
-                job_id: job.id,
-                fencing_token: job.fencing_token,
-            };
+            let token = claims_model::lease_of(&job);
             (job, token)
         }))
-    }
-
-    async fn renew_lease(
-        &self,
-        token: &LeaseToken,
-        lease_ttl_ms: u64,
-    ) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::RenewLease {
-            token: token.fencing_token,
-            lease_ttl_ms,
-        };
-        self.orchestrate(token.job_id, &op).await
-    }
-
-    async fn complete(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::Complete {
-            token: token.fencing_token,
-        };
-        self.orchestrate(token.job_id, &op).await
-    }
-
-    async fn fail(
-        &self,
-        token: &LeaseToken,
-        error: ErrorInfo,
-    ) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::Fail {
-            token: token.fencing_token,
-            error,
-        };
-        self.orchestrate(token.job_id, &op).await
-    }
-
-    async fn retry_later(
-        &self,
-        token: &LeaseToken,
-        error: ErrorInfo,
-        not_before: Timestamp,
-    ) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::RetryLater {
-            token: token.fencing_token,
-            error,
-            not_before,
-        };
-        self.orchestrate(token.job_id, &op).await
-    }
-
-    async fn hold(
-        &self,
-        token: &LeaseToken,
-        reason: &str,
-        until: Option<(Timestamp, ErrorInfo)>,
-    ) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::Hold {
-            token: token.fencing_token,
-            reason: reason.to_string(),
-            until,
-        };
-        self.orchestrate(token.job_id, &op).await
     }
 
     async fn record_host_outcome(
@@ -1892,22 +1672,12 @@ impl OrchestratorStore for PgStore {
                     &[&SCHEDULE_LOCK],
                 )
                 .await?;
-            let before = tx.host(host).await?;
-            if before.is_none() && *outcome == HostOutcome::Answered {
-                return Ok(OutcomeVerdict::default());
+            let before = tx.host_state(host).await?;
+            let update = scheduling::outcome_update(before.as_ref(), host, job, outcome, policy, now);
+            if let Some(state) = &update.state {
+                tx.put_host_state(state).await?;
             }
-            let mut state = before.clone().unwrap_or_else(|| HostState::new(host, now));
-            let verdict =
-                scheduling::record_outcome(&mut state, job, outcome, &policy.breaker, now);
-            let changed = before.is_none_or(|before| {
-                before.breaker != state.breaker
-                    || before.failures != state.failures
-                    || before.held_total != state.held_total
-            });
-            if changed {
-                tx.put_host(&state).await?;
-            }
-            Ok(verdict)
+            Ok(update.verdict)
         })?;
         verdict.map_err(|rejected| {
             corrupt(
@@ -1918,28 +1688,6 @@ impl OrchestratorStore for PgStore {
         })
     }
 
-    async fn cancel(&self, id: JobId) -> StoreResult<Result<Job, Rejected>> {
-        self.orchestrate(id, &OrchestratorOp::Cancel).await
-    }
-
-    async fn confirm_cancel(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::ConfirmCancel {
-            token: token.fencing_token,
-        };
-        self.orchestrate(token.job_id, &op).await
-    }
-
-    async fn retry(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::Retry {
-            reason: reason.to_string(),
-        };
-        self.orchestrate(id, &op).await
-    }
-
-    async fn reingest(&self, id: JobId) -> StoreResult<Result<Job, Rejected>> {
-        self.orchestrate(id, &OrchestratorOp::Reingest).await
-    }
-
     async fn retry_from(
         &self,
         id: JobId,
@@ -1947,23 +1695,11 @@ impl OrchestratorStore for PgStore {
         later_steps: &[String],
         reason: &str,
     ) -> StoreResult<Result<Job, Rejected>> {
-        let order: Vec<&str> = std::iter::once(step)
-            .chain(later_steps.iter().map(String::as_str))
-            .collect();
         let now = Timestamp::now();
         let outcome = transaction!(self, tx => {
             let job = tx.job_for_update(id).await?;
-            let (mut discarded, kept): (Vec<Checkpoint>, Vec<Checkpoint>) = tx
-                .all_checkpoints(id)
-                .await?
-                .into_iter()
-                .partition(|checkpoint| order.contains(&checkpoint.step.as_str()));
-            discarded.sort_by_key(|checkpoint| {
-                order
-                    .iter()
-                    .position(|name| *name == checkpoint.step)
-                    .unwrap_or(order.len())
-            });
+            let (discarded, kept) =
+                machine::split_for_retry_from(tx.all_checkpoints(id).await?, step, later_steps);
             let decision = machine::retry_from(&job, step, &discarded, &kept, reason, now)
                 .map_err(TxAbort::Rejected)?;
             for checkpoint in &discarded {
@@ -1989,13 +1725,6 @@ impl OrchestratorStore for PgStore {
         Ok(outcome)
     }
 
-    async fn reclaim(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::Reclaim {
-            reason: reason.to_string(),
-        };
-        self.orchestrate(id, &op).await
-    }
-
     async fn reclaim_orphan(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
         // Where the job was when its process died, read in the transaction that holds its row.
         let now = Timestamp::now();
@@ -2009,27 +1738,23 @@ impl OrchestratorStore for PgStore {
                 )
                 .await?
                 .get(0);
-            let bytes_done = match tx
+            let progress = tx
                 .sql
                 .query_opt(
                     "SELECT record FROM progress WHERE job_id = $1",
                     &[&id_bytes(id)],
                 )
                 .await?
-            {
-                Some(row) => decode_in::<JobProgress>(TABLE_PROGRESS, id, row.get(0))?.bytes_done,
-                None => 0,
-            };
+                .map(|row| decode_in::<JobProgress>(TABLE_PROGRESS, id, row.get(0)))
+                .transpose()?;
             // A fleet sees a death only as a lease that ran out: its holder may have stalled.
-            let op = OrchestratorOp::ReclaimOrphan {
-                reason: reason.to_string(),
-                marker: ProgressMarker {
-                    phase: job.ingestion_phase,
-                    checkpoints: u32::try_from(checkpoints).unwrap_or(u32::MAX),
-                    bytes_done,
-                },
-                seen: DeathSeen::LeaseExpired,
-            };
+            let op = OrchestratorOp::reclaim_orphan(
+                &job,
+                reason,
+                usize::try_from(checkpoints).unwrap_or(usize::MAX),
+                progress.as_ref(),
+                DeathSeen::LeaseExpired,
+            );
             let transition =
                 machine::apply_orchestrator(&job, &op, now).map_err(TxAbort::Rejected)?;
             tx.write_transition(Some(&job), transition, now).await
@@ -2063,31 +1788,11 @@ impl OrchestratorStore for PgStore {
                 continue;
             }
             // Decided again under the row's lock: a renewal may have cleared it meanwhile.
-            if let Ok(job) = self.orchestrate(job.id, &op).await? {
+            if let Ok(job) = self.transition(job.id, TransitionOp(&op)).await? {
                 settled.push(job);
             }
         }
         Ok(settled)
-    }
-
-    async fn reset(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::Reset {
-            reason: reason.to_string(),
-        };
-        self.orchestrate(id, &op).await
-    }
-
-    async fn reset_by_operator(
-        &self,
-        id: JobId,
-        reason: &str,
-        force: bool,
-    ) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::ResetByOperator {
-            reason: reason.to_string(),
-            force,
-        };
-        self.orchestrate(id, &op).await
     }
 
     async fn record_reprobe(
@@ -2213,7 +1918,7 @@ impl MaintenanceStore for PgStore {
                 let job = tx.job_for_update(id).await?;
                 machine::check_prunable(&job, cutoff).map_err(TxAbort::Rejected)?;
                 let store_checkpoint = tx.checkpoint(id, STORE_STEP).await?;
-                let tombstone = super::tombstone(&job, store_checkpoint.as_ref(), pruned_at);
+                let tombstone = records::tombstone(&job, store_checkpoint.as_ref(), pruned_at);
                 // The blob references stay: they are the tombstone's now.
                 tx.sql
                     .execute("DELETE FROM logs WHERE job_id = $1", &[&id_bytes(id)])
@@ -2232,12 +1937,7 @@ impl MaintenanceStore for PgStore {
             })?;
             outcomes.push(outcome);
         }
-        let pruned = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
-        tracing::info!(
-            pruned,
-            refused = outcomes.len() - pruned,
-            "pruned finished jobs"
-        );
+        super::log_pruned(&outcomes);
         Ok(outcomes)
     }
 
@@ -2246,15 +1946,6 @@ impl MaintenanceStore for PgStore {
         records: &[super::transfer::Record],
     ) -> StoreResult<Vec<super::transfer::ImportOutcome>> {
         self.import_records(records).await
-    }
-}
-
-/// The value of a transaction whose body never aborts with a `Rejected` (the webhook operations
-/// name no transition).
-fn refuses_nothing<T>(outcome: Result<T, Rejected>, operation: &str) -> T {
-    match outcome {
-        Ok(value) => value,
-        Err(rejected) => unreachable!("{operation} refuses nothing, yet: {rejected}"),
     }
 }
 
@@ -2278,13 +1969,8 @@ impl WebhookStore for PgStore {
                     continue;
                 };
                 let job = decode_job(*id, row.get(0))?;
-                let webhook = match tx.webhook_for_update(*id).await? {
-                    Some(before) => Webhook {
-                        url: url.clone(),
-                        ..before
-                    },
-                    None => super::new_webhook(&job, url, now),
-                };
+                let before = tx.webhook_for_update(*id).await?;
+                let webhook = notices::set_url(before, &job, url, now);
                 tx.put_webhook(&webhook).await?;
             }
             Ok(())
@@ -2329,15 +2015,14 @@ impl WebhookStore for PgStore {
             };
             let id = job_id_in(TABLE_WEBHOOKS, row.get(0))?;
             let mut webhook: Webhook = decode_in(TABLE_WEBHOOKS, id, row.get(1))?;
-            let Some(notice) = webhook.pending.as_mut() else {
+            if !notices::claim_notice(&mut webhook, now, lease_ms) {
                 return Err(corrupt(
                     TABLE_WEBHOOKS,
                     &id.to_bytes(),
                     "a due time but no pending notice".to_string(),
                 )
                 .into());
-            };
-            notice.next_attempt_at = now.plus_ms(lease_ms);
+            }
             tx.put_webhook(&webhook).await?;
             Ok(ClaimNotice::Claimed(Box::new(webhook)))
         })?;
@@ -2352,7 +2037,7 @@ impl WebhookStore for PgStore {
     ) -> StoreResult<()> {
         let outcome = transaction!(self, tx => {
             if let Some(mut webhook) = tx.webhook_for_update(id).await? {
-                super::apply_delivery(&mut webhook, delivery, retry_at);
+                notices::apply_delivery(&mut webhook, delivery, retry_at);
                 tx.put_webhook(&webhook).await?;
             }
             Ok(())
@@ -2390,9 +2075,10 @@ impl WorkerStore for PgStore {
         let now = Timestamp::now();
         let id = token.job_id;
         let outcome = transaction!(self, tx => {
-            let mut job = tx.job_for_update(id).await?;
-            machine::check_lease(&job, token).map_err(TxAbort::Rejected)?;
-            if checkpoint.step == STORE_STEP {
+            let job = tx.job_for_update(id).await?;
+            let write =
+                records::record_checkpoint(&job, token, checkpoint).map_err(TxAbort::Rejected)?;
+            if write.blob_refs {
                 let before = tx.checkpoint(id, STORE_STEP).await?;
                 tx.replace_blob_refs(id, before.as_ref(), Some(checkpoint)).await?;
             }
@@ -2400,12 +2086,8 @@ impl WorkerStore for PgStore {
             if let Some(metadata) = metadata {
                 tx.put_metadata(id, metadata).await?;
             }
-            tx.append_events(&mut job, super::checkpoint_events(checkpoint), now).await?;
-            // A suspect that passed a checkpoint runs beside others again
-            // (`model::attribution`).
-            if let Some(cleared) = attribution::checkpoint_passed(&job) {
-                job = cleared;
-            }
+            let mut job = write.job;
+            tx.append_events(&mut job, write.events, now).await?;
             tx.put_job(Some(job.status), &job).await
         })?;
         if outcome.is_ok() {
@@ -2420,34 +2102,7 @@ impl WorkerStore for PgStore {
         step: &str,
         event: StepEvent,
     ) -> StoreResult<Result<(), Rejected>> {
-        let step = step.to_string();
-        let kind = match event {
-            StepEvent::Started => EventKind::StepStarted { step },
-            StepEvent::Skipped { reason } => EventKind::StepSkipped { step, reason },
-            StepEvent::Failed { error } => EventKind::StepFailed { step, error },
-            StepEvent::AudioSelected {
-                stream_index,
-                codec,
-                language,
-                output,
-                container,
-                reason,
-            } => EventKind::AudioSelected {
-                stream_index,
-                codec,
-                language,
-                output,
-                container,
-                reason,
-            },
-            StepEvent::Redone { cause, reason } => EventKind::StepRedone {
-                step,
-                cause,
-                reason,
-            },
-            StepEvent::ObjectsWritten { keys } => EventKind::ObjectsWritten { step, keys },
-        };
-        self.leased_write(token, vec![kind]).await
+        self.leased_write(token, vec![event.into_event(step)]).await
     }
 
     async fn set_progress(

@@ -66,7 +66,7 @@
 //! log buffer, and at worst waits for a concurrent flush's fsync (sled serializes transactions
 //! against flushes with one process-wide lock). The flush itself runs on tokio's blocking pool.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,24 +78,27 @@ use sled::transaction::{
 };
 use sled::{IVec, Transactional};
 
-use super::ClaimNotice;
+use super::claims::{self, Attempted, Batch, ClaimScan};
 use super::codec;
-use super::referenced_blobs;
-use super::{BatchOptions, ClaimNext, ClaimRequest, Resubmit, SUBMIT_BATCH_MAX};
+use super::{BatchOptions, ClaimNext, ClaimNotice, ClaimRequest, Resubmit, SUBMIT_BATCH_MAX};
 use super::{
     JobFilter, JobLogSink, JobReader, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, MaintenanceStore,
     NewIncident, OrchestratorStore, StepEvent, StoreError, StoreResult, SubmitOutcome,
-    SubmitRequest, Submitted, WebhookStore, WorkerStore,
+    SubmitRequest, Submitted, TransitionOp, WebhookStore, WorkerStore, refuses_nothing,
+    truncate_message,
 };
-use crate::model::attribution::{self, DeathSeen, Holding};
+use crate::model::attribution::{self, DeathSeen};
+use crate::model::claims::{self as claims_model, Candidate, Claimant};
+use crate::model::consistency::{self, EventSeqs, Mismatch};
 use crate::model::job::{
-    Backfill, BackfillId, Checkpoint, Delivery, ErrorInfo, Event, EventKind, EventSummary,
-    HostState, Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase,
-    ProgressMarker, PrunedJob, Status, Timestamp, Webhook, WorkerId,
+    Backfill, BackfillId, Checkpoint, Delivery, Event, EventKind, EventSummary, HostState,
+    Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase, PrunedJob,
+    Status, Timestamp, Webhook, WorkerId,
 };
 use crate::model::machine::{self, OrchestratorOp, Rejected, Transition, WorkerOp};
-use crate::model::scheduling::{self, Admission, HostOutcome, OutcomeVerdict, SchedulingPolicy};
-use crate::model::sources::source_host;
+use crate::model::records::{STORE_STEP, referenced_blobs};
+use crate::model::scheduling::{self, HostOutcome, OutcomeVerdict, SchedulingPolicy};
+use crate::model::{notices, records, submission};
 
 mod compaction;
 mod group_commit;
@@ -137,9 +140,6 @@ const TREE_WEBHOOKS: &str = "webhooks";
 /// `next_attempt_at` (order-preserving bytes) ++ job id -> nothing: the pending notices in the
 /// order they are due; exactly one entry per webhook with a pending notice.
 const TREE_WEBHOOK_DUE: &str = "webhook_due";
-
-/// The step whose checkpoint names the stored objects, and so feeds `blob_refs`.
-const STORE_STEP: &str = "store";
 
 const JOB_ID_BYTES: usize = 16;
 const SEQ_KEY_BYTES: usize = JOB_ID_BYTES + 8;
@@ -452,28 +452,25 @@ impl SledStore {
                 ));
             }
             // The compacted events are in the job's summary; the rest follow with no gap.
-            let mut seq_expected = self.events_compacted(&job)?;
+            let mut seqs = EventSeqs::after(self.events_compacted(&job)?);
             for event_key in self.events.scan_prefix(&key).keys() {
                 let event_key = event_key?;
-                if seq_in(TREE_EVENTS, &event_key)? != seq_expected {
-                    return Err(corrupt(
-                        TREE_EVENTS,
-                        &event_key,
-                        format!("expected event seq {seq_expected}"),
-                    ));
-                }
-                seq_expected += 1;
+                seqs.next(seq_in(TREE_EVENTS, &event_key)?)
+                    .map_err(|expected| {
+                        corrupt(
+                            TREE_EVENTS,
+                            &event_key,
+                            format!("expected event seq {expected}"),
+                        )
+                    })?;
             }
-            if seq_expected != job.events_next {
-                return Err(corrupt(
+            seqs.end(job.events_next).map_err(|held| {
+                corrupt(
                     TREE_JOBS,
                     &key,
-                    format!(
-                        "{seq_expected} events but events_next is {}",
-                        job.events_next
-                    ),
-                ));
-            }
+                    format!("{held} events but events_next is {}", job.events_next),
+                )
+            })?;
         }
         if let Some(index_key) = index_keys.first() {
             return Err(corrupt(
@@ -519,7 +516,7 @@ impl SledStore {
                 ));
             }
         }
-        let mut expected_refs = BTreeSet::new();
+        let mut store_checkpoints = Vec::new();
         for entry in self.checkpoints.iter() {
             let (key, bytes) = entry?;
             if key.get(JOB_ID_BYTES..) != Some(STORE_STEP.as_bytes()) {
@@ -534,30 +531,40 @@ impl SledStore {
                     "checkpoint of a job that does not exist".to_string(),
                 ));
             }
-            for blob in referenced_blobs(&checkpoint) {
-                expected_refs.insert(blob_ref_key(blob, id));
-            }
+            store_checkpoints.push((id, checkpoint));
         }
-        expected_refs.extend(self.pruned_blob_refs()?);
+        let tombstones = self.read_pruned_all()?;
+        let expected_refs: BTreeSet<Vec<u8>> = consistency::expected_blob_refs(
+            store_checkpoints
+                .iter()
+                .map(|(id, checkpoint)| (*id, checkpoint)),
+            &tombstones,
+        )
+        .iter()
+        .map(|(blob, id)| blob_ref_key(blob, *id))
+        .collect();
         let found_refs = self
             .blob_refs
             .iter()
             .keys()
             .map(|key| key.map(|key| key.to_vec()))
             .collect::<Result<BTreeSet<Vec<u8>>, _>>()?;
-        if let Some(extra) = found_refs.difference(&expected_refs).next() {
-            return Err(corrupt(
-                TREE_BLOB_REFS,
-                extra,
-                "reference no store checkpoint makes".to_string(),
-            ));
-        }
-        if let Some(missing) = expected_refs.difference(&found_refs).next() {
-            return Err(corrupt(
-                TREE_BLOB_REFS,
-                missing,
-                "a store checkpoint's blob is not indexed".to_string(),
-            ));
+        match consistency::first_mismatch(&expected_refs, &found_refs) {
+            None => {}
+            Some(Mismatch::Unexpected(extra)) => {
+                return Err(corrupt(
+                    TREE_BLOB_REFS,
+                    extra,
+                    "reference no store checkpoint makes".to_string(),
+                ));
+            }
+            Some(Mismatch::Missing(missing)) => {
+                return Err(corrupt(
+                    TREE_BLOB_REFS,
+                    missing,
+                    "a store checkpoint's blob is not indexed".to_string(),
+                ));
+            }
         }
         self.check_event_summaries()?;
         self.check_pruned()?;
@@ -581,8 +588,8 @@ impl SledStore {
             if !self.jobs.contains_key(&key)? {
                 return Err(corrupt(TREE_WEBHOOKS, &key, "no such job".to_string()));
             }
-            if let Some(notice) = &webhook.pending {
-                expected_due.insert(due_key(notice.next_attempt_at, webhook.job_id).to_vec());
+            if let Some(due_at) = notices::due_at(&webhook) {
+                expected_due.insert(due_key(due_at, webhook.job_id).to_vec());
             }
         }
         let found_due = self
@@ -763,222 +770,8 @@ impl SledStore {
         }
     }
 
-    /// One orchestrator transition of one job: transaction, flush, and the log bound.
-    async fn orchestrate(
-        &self,
-        id: JobId,
-        op: &OrchestratorOp,
-    ) -> StoreResult<Result<Job, Rejected>> {
-        let now = Timestamp::now();
-        let outcome = self.transact(|tx| {
-            let job = tx.existing_job(id)?;
-            let transition = machine::apply_orchestrator(&job, op, now).map_err(reject)?;
-            tx.write_transition(Some(&job), transition, now)
-        })?;
-        let job = match outcome {
-            Ok(job) => job,
-            Err(rejected) => return Ok(Err(rejected)),
-        };
-        self.flush().await?;
-        tracing::debug!(job_id = %id, op = op.name(), status = %job.status, "job transition");
-        if job.status.is_terminal() {
-            self.trim_logs_best_effort(id);
-        }
-        Ok(Ok(job))
-    }
-
-    /// `claim_next`'s search, called under `schedule_lock`: walks the queue in claim order and
-    /// claims the first job the scheduling rules admit, recording its start on its host. No sled
-    /// iterator is open while a transaction runs (sled 0.34 has had deadlocks between the two,
-    /// spacejam/sled#1301): candidates are read in batches, then claimed one by one.
-    fn claim_first_admitted(&self, request: &ClaimRequest<'_>) -> StoreResult<ClaimNext> {
-        let now = Timestamp::now();
-        // The running jobs, by host: what the concurrency limit and a probe's liveness need; and
-        // those of the claiming process, for the attribution rule.
-        let running = self.running_jobs()?;
-        let holding = Holding::of(request.worker_id, &running);
-        let op = OrchestratorOp::Claim {
-            worker_id: request.worker_id.clone(),
-            lease_ttl_ms: request.lease_ttl_ms,
-            holding: holding.clone(),
-        };
-        let mut running_ids = BTreeSet::new();
-        let mut running_by_host: HashMap<String, usize> = HashMap::new();
-        for job in &running {
-            *running_by_host.entry(source_host(&job.source)).or_default() += 1;
-            running_ids.insert(job.id);
-        }
-        // Storing is paused: no job is claimed until the storage breaker's cool-down ends, and
-        // then only one, its probe (`scheduling::STORAGE_BREAKER`).
-        let storage_state = self.read_host(scheduling::STORAGE_BREAKER)?;
-        let storage_probe =
-            match scheduling::admit(storage_state.as_ref(), 0, request.policy, now, |id| {
-                running_ids.contains(&id)
-            }) {
-                Admission::Start { probe } => probe,
-                Admission::NotBefore(until) => {
-                    return self.waiting(request.only, Some(until));
-                }
-                Admission::Busy => return self.waiting(request.only, None),
-            };
-        let mut host_states: HashMap<String, Option<HostState>> = HashMap::new();
-        // Hosts that may not start a job in this call: each is judged once.
-        let mut refused_hosts: BTreeSet<String> = BTreeSet::new();
-        let mut wait_until: Option<Timestamp> = None;
-        let mut any_pending = false;
-        let mut cursor: Option<Vec<u8>> = None;
-        loop {
-            let batch = self.queue_candidates(request.only, cursor.as_deref())?;
-            let Some((last_key, _)) = batch.last() else {
-                break;
-            };
-            let next_cursor = {
-                let mut next = last_key.clone();
-                next.push(0);
-                next
-            };
-            for (key, value) in &batch {
-                let (id, not_before, host) = match split_queue_entry(key, value) {
-                    Ok(entry) => entry,
-                    Err(error) => {
-                        tracing::error!(%error, "passing over a corrupt queue entry");
-                        continue;
-                    }
-                };
-                any_pending = true;
-                if not_before > now {
-                    wait_until = Some(wait_until.map_or(not_before, |until| until.min(not_before)));
-                    continue;
-                }
-                if refused_hosts.contains(&host) {
-                    continue;
-                }
-                if !host_states.contains_key(&host) {
-                    let state = self.read_host(&host)?;
-                    host_states.insert(host.clone(), state);
-                }
-                let state = host_states.get(&host).and_then(Option::as_ref);
-                let running_on_host = running_by_host.get(&host).copied().unwrap_or(0);
-                let probe =
-                    match scheduling::admit(state, running_on_host, request.policy, now, |id| {
-                        running_ids.contains(&id)
-                    }) {
-                        Admission::Start { probe } => probe,
-                        Admission::NotBefore(until) => {
-                            wait_until =
-                                Some(wait_until.map_or(until, |earliest| earliest.min(until)));
-                            refused_hosts.insert(host);
-                            continue;
-                        }
-                        Admission::Busy => {
-                            refused_hosts.insert(host);
-                            continue;
-                        }
-                    };
-                let outcome = self.transact(|tx| tx.claim(id, &op, &holding, now));
-                match outcome {
-                    Ok(Ok(job)) => {
-                        let mut state =
-                            state.cloned().unwrap_or_else(|| HostState::new(&host, now));
-                        let before = state.clone();
-                        scheduling::record_start(&mut state, id, probe, request.policy, now);
-                        if probe {
-                            tracing::warn!(host = %host, job_id = %id, "circuit breaker: a probe job tests the host");
-                        }
-                        if state.next_start_at != before.next_start_at
-                            || state.breaker != before.breaker
-                        {
-                            self.hosts.insert(host.as_bytes(), codec::encode(&state)?)?;
-                        }
-                        if storage_probe && let Some(mut storage) = storage_state.clone() {
-                            scheduling::start_probe(&mut storage, id, request.policy, now);
-                            tracing::warn!(job_id = %id, "storing is paused: a probe job tests the storage");
-                            self.hosts.insert(
-                                scheduling::STORAGE_BREAKER.as_bytes(),
-                                codec::encode(&storage)?,
-                            )?;
-                        }
-                        let token = LeaseToken {
-                            job_id: job.id,
-                            fencing_token: job.fencing_token,
-                        };
-                        return Ok(ClaimNext::Claimed(Box::new(job), token));
-                    }
-                    // A suspect waits first in line for a process that holds nothing, and
-                    // nothing starts beside a running suspect: this process claims nothing now.
-                    Ok(Err(rejected @ Rejected::MustRunAlone { .. })) => {
-                        tracing::debug!(job_id = %id, %rejected, "not claimed");
-                        return Ok(ClaimNext::Wait { until: None });
-                    }
-                    // The job moved on since the queue was read: try the next one.
-                    Ok(Err(rejected)) => {
-                        tracing::trace!(job_id = %id, %rejected, "pending job no longer claimable");
-                    }
-                    // One unreadable record must not stop every other job: it stays pending, named
-                    // here and by `check_consistency` (`narra doctor`), and is passed over.
-                    Err(error @ StoreError::Corrupt { .. }) => {
-                        tracing::error!(job_id = %id, %error, "passing over a pending job whose record is corrupt");
-                    }
-                    Err(error) => return Err(error),
-                }
-            }
-            if request.only.is_some() {
-                break;
-            }
-            cursor = Some(next_cursor);
-        }
-        Ok(if any_pending {
-            ClaimNext::Wait { until: wait_until }
-        } else {
-            ClaimNext::Empty
-        })
-    }
-
-    /// What `claim_next` says when nothing may start: `Wait` if any job (of those asked for) is
-    /// pending, else `Empty`.
-    fn waiting(
-        &self,
-        only: Option<&BTreeSet<JobId>>,
-        until: Option<Timestamp>,
-    ) -> StoreResult<ClaimNext> {
-        let any_pending = !self.queue_candidates(only, None)?.is_empty();
-        Ok(if any_pending {
-            ClaimNext::Wait { until }
-        } else {
-            ClaimNext::Empty
-        })
-    }
-
-    /// The next queue entries in claim order from `cursor`: a batch of the whole queue, or, for
-    /// a claim limited to some jobs, all of those that are pending (read by id, not by scanning).
-    fn queue_candidates(
-        &self,
-        only: Option<&BTreeSet<JobId>>,
-        cursor: Option<&[u8]>,
-    ) -> StoreResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        let Some(only) = only else {
-            return self
-                .queue
-                .range(cursor.unwrap_or_default()..)
-                .take(QUEUE_SCAN_BATCH)
-                .map(|entry| entry.map(|(key, value)| (key.to_vec(), value.to_vec())))
-                .collect::<Result<_, _>>()
-                .map_err(StoreError::from);
-        };
-        let mut entries = Vec::new();
-        for &id in only {
-            if let Some(job) = self.read_job(id)?
-                && job.status == Status::Pending
-            {
-                entries.push((queue_key(job.priority, id).to_vec(), queue_value(&job)));
-            }
-        }
-        entries.sort();
-        Ok(entries)
-    }
-
     /// Every running job, read through the status index.
-    fn running_jobs(&self) -> StoreResult<Vec<Job>> {
+    fn read_running_jobs(&self) -> StoreResult<Vec<Job>> {
         let mut running = Vec::new();
         for key in self
             .status_index
@@ -1045,6 +838,86 @@ impl SledStore {
         let seq = self.log_seq_next.fetch_add(1, Ordering::Relaxed);
         self.logs.insert(seq_key(id, seq), codec::encode(line)?)?;
         Ok(())
+    }
+}
+
+/// `claim_next`'s reads and writes (`store::claims`), called under `schedule_lock`. No sled
+/// iterator is open while a transaction runs (sled 0.34 has had deadlocks between the two,
+/// spacejam/sled#1301): candidates are read in batches, then claimed one by one, each in a
+/// transaction of its own. A host's state is written on its own, after the claim's commit.
+#[async_trait]
+impl ClaimScan for SledStore {
+    type Error = StoreError;
+    /// The first queue key after the previous batch.
+    type Cursor = Vec<u8>;
+
+    async fn running_jobs(&self) -> StoreResult<Vec<Job>> {
+        self.read_running_jobs()
+    }
+
+    async fn host(&self, host: &str) -> StoreResult<Option<HostState>> {
+        self.read_host(host)
+    }
+
+    async fn put_host(&self, state: &HostState) -> StoreResult<()> {
+        self.hosts
+            .insert(state.host.as_bytes(), codec::encode(state)?)?;
+        Ok(())
+    }
+
+    /// A batch of the whole queue, or, for a claim limited to some jobs, all of those that are
+    /// pending (read by id, not by scanning).
+    async fn candidates(
+        &self,
+        only: Option<&BTreeSet<JobId>>,
+        cursor: Option<&Vec<u8>>,
+    ) -> StoreResult<Batch<Vec<u8>>> {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = match only {
+            None => self
+                .queue
+                .range(cursor.map(Vec::as_slice).unwrap_or_default()..)
+                .take(QUEUE_SCAN_BATCH)
+                .map(|entry| entry.map(|(key, value)| (key.to_vec(), value.to_vec())))
+                .collect::<Result<_, _>>()?,
+            Some(only) => {
+                let mut entries = Vec::new();
+                for &id in only {
+                    if let Some(job) = self.read_job(id)?
+                        && job.status == Status::Pending
+                    {
+                        entries.push((queue_key(job.priority, id).to_vec(), queue_value(&job)));
+                    }
+                }
+                entries.sort();
+                entries
+            }
+        };
+        let next = entries.last().map(|(last_key, _)| {
+            let mut next = last_key.clone();
+            next.push(0);
+            next
+        });
+        Ok(Batch {
+            entries: entries
+                .iter()
+                .map(|(key, value)| split_queue_entry(key, value))
+                .collect(),
+            next,
+        })
+    }
+
+    async fn try_claim(
+        &self,
+        id: JobId,
+        claimant: &Claimant,
+        now: Timestamp,
+    ) -> StoreResult<Attempted> {
+        match self.transact(|tx| tx.claim(id, claimant, now)) {
+            Ok(Ok(job)) => Ok(Attempted::Claimed(Box::new(job))),
+            Ok(Err(rejected)) => Ok(Attempted::Refused(rejected)),
+            Err(error @ StoreError::Corrupt { .. }) => Ok(Attempted::Corrupt(error)),
+            Err(error) => Err(error),
+        }
     }
 }
 
@@ -1137,18 +1010,16 @@ impl Tx<'_> {
     /// Appends events at the job's `events_next`, advancing it, and folds the oldest into the
     /// job's summary when it holds more than the bound; the caller then writes the job.
     fn append_events(&self, job: &mut Job, kinds: Vec<EventKind>, now: Timestamp) -> TxResult<()> {
-        for kind in kinds {
-            let seq = job.events_next;
-            let event = Event { seq, at: now, kind };
+        let events = records::number_events(job, kinds, now).map_err(|exhausted| {
+            store_abort(corrupt(
+                TREE_JOBS,
+                &job.id.to_bytes(),
+                exhausted.to_string(),
+            ))
+        })?;
+        for event in &events {
             self.events
-                .insert(&seq_key(job.id, seq)[..], encode_in_tx(&event)?)?;
-            job.events_next = seq.checked_add(1).ok_or_else(|| {
-                store_abort(corrupt(
-                    TREE_JOBS,
-                    &job.id.to_bytes(),
-                    "event sequence exhausted".to_string(),
-                ))
-            })?;
+                .insert(&seq_key(job.id, event.seq)[..], encode_in_tx(event)?)?;
         }
         self.bound_history(job)
     }
@@ -1182,31 +1053,23 @@ impl Tx<'_> {
                 .insert(&index_key(job.status, job.id)[..], Vec::new())?;
         }
         // A terminal transition queues its webhook notice in the same transaction.
-        if let Some(status_before) = status_before
-            && status_before != job.status
-            && job.status.is_terminal()
+        if notices::queues_notice(status_before, job)
             && let Some(before) = self.webhook(job.id)?
         {
             let mut webhook = before.clone();
-            super::queue_notice(&mut webhook, job, Timestamp::now());
+            notices::queue_notice(&mut webhook, job, Timestamp::now());
             self.put_webhook(Some(&before), &webhook)?;
         }
         Ok(())
     }
 
-    /// Claims a pending job (`op` is the claim) for a process holding `holding`; the jobs it
-    /// holds no longer run alone (`attribution::joined`).
-    fn claim(
-        &self,
-        id: JobId,
-        op: &OrchestratorOp,
-        holding: &Holding,
-        now: Timestamp,
-    ) -> TxResult<Job> {
+    /// Claims a pending job for `claimant`; the jobs its process holds no longer run alone
+    /// (`attribution::joined`).
+    fn claim(&self, id: JobId, claimant: &Claimant, now: Timestamp) -> TxResult<Job> {
         let job = self.existing_job(id)?;
-        let transition = machine::apply_orchestrator(&job, op, now).map_err(reject)?;
+        let transition = machine::apply_orchestrator(&job, &claimant.op, now).map_err(reject)?;
         let claimed = self.write_transition(Some(&job), transition, now)?;
-        for &id in &holding.jobs {
+        for &id in &claimant.holding.jobs {
             if let Some(held) = self.job(id)?
                 && let Some(joined) = attribution::joined(&held)
             {
@@ -1228,15 +1091,13 @@ impl Tx<'_> {
 
     /// Writes a webhook record and moves its `webhook_due` entry; `before` is the record read.
     fn put_webhook(&self, before: Option<&Webhook>, webhook: &Webhook) -> TxResult<()> {
-        if let Some(notice) = before.and_then(|before| before.pending.as_ref()) {
+        if let Some(due_at) = before.and_then(notices::due_at) {
             self.webhook_due
-                .remove(&due_key(notice.next_attempt_at, webhook.job_id)[..])?;
+                .remove(&due_key(due_at, webhook.job_id)[..])?;
         }
-        if let Some(notice) = &webhook.pending {
-            self.webhook_due.insert(
-                &due_key(notice.next_attempt_at, webhook.job_id)[..],
-                Vec::new(),
-            )?;
+        if let Some(due_at) = notices::due_at(webhook) {
+            self.webhook_due
+                .insert(&due_key(due_at, webhook.job_id)[..], Vec::new())?;
         }
         self.webhooks
             .insert(&webhook.job_id.to_bytes()[..], encode_in_tx(webhook)?)?;
@@ -1246,22 +1107,12 @@ impl Tx<'_> {
     /// Removes a job's webhook record with its job (`delete_job`, `prune`).
     fn remove_webhook(&self, id: JobId) -> TxResult<()> {
         if let Some(webhook) = self.webhook(id)? {
-            if let Some(notice) = &webhook.pending {
-                self.webhook_due
-                    .remove(&due_key(notice.next_attempt_at, id)[..])?;
+            if let Some(due_at) = notices::due_at(&webhook) {
+                self.webhook_due.remove(&due_key(due_at, id)[..])?;
             }
             self.webhooks.remove(&id.to_bytes()[..])?;
         }
         Ok(())
-    }
-}
-
-/// The value of a transaction whose body never aborts with a `Rejected` (the webhook operations
-/// name no transition).
-fn refuses_nothing<T>(outcome: Result<T, Rejected>, operation: &str) -> T {
-    match outcome {
-        Ok(value) => value,
-        Err(rejected) => unreachable!("{operation} refuses nothing, yet: {rejected}"),
     }
 }
 
@@ -1289,24 +1140,17 @@ fn split_due_key(key: &[u8]) -> StoreResult<(Timestamp, JobId)> {
     Ok((Timestamp(at.cast_signed()), JobId::from_bytes(id)))
 }
 
-/// One submission inside a transaction: `submit`'s decision, shared with `submit_batch`.
+/// One submission inside a transaction, for `submit` and `submit_batch`: `model::submission`
+/// decides, this reads the key's job and writes what it returns.
 fn submit_in_tx(
     tx: &Tx<'_>,
     request: &SubmitRequest,
-    resubmit: Resubmit,
+    rule: Resubmit,
     now: Timestamp,
 ) -> TxResult<Submitted> {
     let key = request.key.as_bytes();
     let Some(id_bytes) = tx.keys.get(key)? else {
-        let transition = machine::new_job(
-            JobId::new(),
-            request.key.clone(),
-            request.source.clone(),
-            request.workflow.clone(),
-            request.priority,
-            now,
-        );
-        let job = tx.write_transition(None, transition, now)?;
+        let job = tx.write_transition(None, submission::create(request, now), now)?;
         tx.keys.insert(key, &job.id.to_bytes()[..])?;
         return Ok(Submitted {
             job,
@@ -1321,50 +1165,18 @@ fn submit_in_tx(
             format!("key names job {id}, which does not exist"),
         )));
     };
-    let (op, outcome) = match job.status {
-        Status::Pending | Status::Running => {
-            return Ok(Submitted {
-                job,
-                outcome: SubmitOutcome::Existing,
-            });
-        }
-        Status::Succeeded if !request.reingest => {
-            return Ok(Submitted {
-                job,
-                outcome: SubmitOutcome::Existing,
-            });
-        }
-        Status::Succeeded => (OrchestratorOp::Reingest, SubmitOutcome::Reingested),
-        // A backfill re-run leaves permanent failures and cancelled jobs alone.
-        Status::Failed | Status::Cancelled
-            if resubmit == Resubmit::TransientFailures
-                && !(job.status == Status::Failed
-                    && machine::is_transient_failure(job.error.as_ref())) =>
-        {
-            return Ok(Submitted {
-                job,
-                outcome: SubmitOutcome::Existing,
-            });
-        }
-        Status::Failed | Status::Cancelled => (
-            OrchestratorOp::Retry {
-                reason: "re-submitted".into(),
-            },
-            SubmitOutcome::Retried,
-        ),
-    };
-    let transition = machine::apply_orchestrator(&job, &op, now).map_err(|rejected| {
-        store_abort(corrupt(
-            TREE_JOBS,
-            &id.to_bytes(),
-            format!(
-                "the state machine refused {} during submit: {rejected}",
-                op.name()
-            ),
-        ))
-    })?;
-    let job = tx.write_transition(Some(&job), transition, now)?;
-    Ok(Submitted { job, outcome })
+    match submission::resubmit(&job, request, rule, now)
+        .map_err(|refused| store_abort(corrupt(TREE_JOBS, &id.to_bytes(), refused.to_string())))?
+    {
+        None => Ok(Submitted {
+            job,
+            outcome: SubmitOutcome::Existing,
+        }),
+        Some(resubmission) => Ok(Submitted {
+            job: tx.write_transition(Some(&job), resubmission.transition, now)?,
+            outcome: resubmission.outcome,
+        }),
+    }
 }
 
 fn encode_in_tx<T: serde::Serialize>(value: &T) -> TxResult<Vec<u8>> {
@@ -1455,7 +1267,7 @@ fn queue_value(job: &Job) -> Vec<u8> {
 }
 
 /// Reads a queue entry: the job, when it may start, and its host.
-fn split_queue_entry(key: &[u8], value: &[u8]) -> StoreResult<(JobId, Timestamp, String)> {
+fn split_queue_entry(key: &[u8], value: &[u8]) -> StoreResult<Candidate> {
     let id = job_id_in(TREE_QUEUE, key, key.get(4..).unwrap_or_default())?;
     let not_before = value
         .get(..8)
@@ -1464,7 +1276,11 @@ fn split_queue_entry(key: &[u8], value: &[u8]) -> StoreResult<(JobId, Timestamp,
         .ok_or_else(|| corrupt(TREE_QUEUE, key, "value shorter than 8 bytes".to_string()))?;
     let host = std::str::from_utf8(&value[8..])
         .map_err(|_| corrupt(TREE_QUEUE, key, "host is not UTF-8".to_string()))?;
-    Ok((id, Timestamp(not_before), host.to_string()))
+    Ok(Candidate {
+        id,
+        not_before: Timestamp(not_before),
+        host: host.to_string(),
+    })
 }
 
 fn seq_key(id: JobId, seq: u64) -> [u8; SEQ_KEY_BYTES] {
@@ -1556,19 +1372,6 @@ fn next_log_seq(logs: &sled::Tree) -> StoreResult<u64> {
     }
 }
 
-/// Cuts a message to at most `bytes_max` bytes, at a character boundary.
-fn truncate_message(message: &mut String, bytes_max: usize) {
-    if message.len() <= bytes_max {
-        return;
-    }
-    let mut end = bytes_max;
-    // Index 0 is always a boundary, so this stops.
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    message.truncate(end);
-}
-
 #[async_trait]
 impl JobReader for SledStore {
     async fn job(&self, id: JobId) -> StoreResult<Option<Job>> {
@@ -1631,9 +1434,7 @@ impl JobReader for SledStore {
             checkpoints.push(codec::decode::<Checkpoint>(TREE_CHECKPOINTS, &key, &bytes)?);
         }
         // Keys sort by step name; the trait promises the order the steps were recorded in.
-        checkpoints.sort_by(|left, right| {
-            (left.recorded_at, &left.step).cmp(&(right.recorded_at, &right.step))
-        });
+        records::in_recorded_order(&mut checkpoints);
         Ok(checkpoints)
     }
 
@@ -1761,6 +1562,31 @@ impl JobReader for SledStore {
 
 #[async_trait]
 impl OrchestratorStore for SledStore {
+    /// Transaction, flush, and the log bound.
+    async fn transition(
+        &self,
+        id: JobId,
+        op: TransitionOp<'_>,
+    ) -> StoreResult<Result<Job, Rejected>> {
+        let op = op.op();
+        let now = Timestamp::now();
+        let outcome = self.transact(|tx| {
+            let job = tx.existing_job(id)?;
+            let transition = machine::apply_orchestrator(&job, op, now).map_err(reject)?;
+            tx.write_transition(Some(&job), transition, now)
+        })?;
+        let job = match outcome {
+            Ok(job) => job,
+            Err(rejected) => return Ok(Err(rejected)),
+        };
+        self.flush().await?;
+        tracing::debug!(job_id = %id, op = op.name(), status = %job.status, "job transition");
+        if job.status.is_terminal() {
+            self.trim_logs_best_effort(id);
+        }
+        Ok(Ok(job))
+    }
+
     async fn submit(&self, request: &SubmitRequest) -> StoreResult<Submitted> {
         let now = Timestamp::now();
         let outcome = self.transact(|tx| submit_in_tx(tx, request, Resubmit::default(), now))?;
@@ -1847,7 +1673,7 @@ impl OrchestratorStore for SledStore {
     async fn claim_next(&self, request: &ClaimRequest<'_>) -> StoreResult<ClaimNext> {
         let claimed = {
             let _one_scheduler = self.schedule_lock.lock().await;
-            self.claim_first_admitted(request)?
+            claims::claim_next(self, request, Timestamp::now()).await?
         };
         if let ClaimNext::Claimed(job, _) = &claimed {
             self.flush().await?;
@@ -1862,77 +1688,16 @@ impl OrchestratorStore for SledStore {
         worker_id: &WorkerId,
         lease_ttl_ms: u64,
     ) -> StoreResult<Result<(Job, LeaseToken), Rejected>> {
-        let holding = Holding::of(worker_id, &self.running_jobs()?);
-        let op = OrchestratorOp::Claim {
-            worker_id: worker_id.clone(),
-            lease_ttl_ms,
-            holding: holding.clone(),
-        };
+        let claimant = Claimant::new(worker_id, lease_ttl_ms, &self.read_running_jobs()?);
         let now = Timestamp::now();
-        let outcome = self.transact(|tx| tx.claim(id, &op, &holding, now))?;
+        let outcome = self.transact(|tx| tx.claim(id, &claimant, now))?;
         if outcome.is_ok() {
             self.flush().await?;
         }
         Ok(outcome.map(|job| {
-            let token = LeaseToken {
-                job_id: job.id,
-                fencing_token: job.fencing_token,
-            };
+            let token = claims_model::lease_of(&job);
             (job, token)
         }))
-    }
-
-    async fn renew_lease(
-        &self,
-        token: &LeaseToken,
-        lease_ttl_ms: u64,
-    ) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::RenewLease {
-            token: token.fencing_token,
-            lease_ttl_ms,
-        };
-        self.orchestrate(token.job_id, &op).await
-    }
-
-    async fn complete(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::Complete {
-            token: token.fencing_token,
-        };
-        self.orchestrate(token.job_id, &op).await
-    }
-
-    async fn fail(
-        &self,
-        token: &LeaseToken,
-        error: ErrorInfo,
-    ) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::Fail {
-            token: token.fencing_token,
-            error,
-        };
-        self.orchestrate(token.job_id, &op).await
-    }
-
-    async fn cancel(&self, id: JobId) -> StoreResult<Result<Job, Rejected>> {
-        self.orchestrate(id, &OrchestratorOp::Cancel).await
-    }
-
-    async fn confirm_cancel(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::ConfirmCancel {
-            token: token.fencing_token,
-        };
-        self.orchestrate(token.job_id, &op).await
-    }
-
-    async fn retry(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::Retry {
-            reason: reason.to_string(),
-        };
-        self.orchestrate(id, &op).await
-    }
-
-    async fn reingest(&self, id: JobId) -> StoreResult<Result<Job, Rejected>> {
-        self.orchestrate(id, &OrchestratorOp::Reingest).await
     }
 
     async fn retry_from(
@@ -1975,13 +1740,6 @@ impl OrchestratorStore for SledStore {
         Ok(outcome)
     }
 
-    async fn reclaim(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::Reclaim {
-            reason: reason.to_string(),
-        };
-        self.orchestrate(id, &op).await
-    }
-
     async fn reclaim_orphan(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
         // Where the job was when its process died. Nothing writes to an orphan while its
         // reclaim is decided: its process is gone, and this process holds the store alone.
@@ -1989,51 +1747,20 @@ impl OrchestratorStore for SledStore {
             return Ok(Err(Rejected::NotFound(id)));
         };
         let checkpoints = self.checkpoints.scan_prefix(id.to_bytes()).keys().count();
-        let bytes_done = match self.progress.get(id.to_bytes())? {
-            Some(bytes) => {
-                codec::decode::<JobProgress>(TREE_PROGRESS, &id.to_bytes(), &bytes)?.bytes_done
-            }
-            None => 0,
-        };
+        let progress = self
+            .progress
+            .get(id.to_bytes())?
+            .map(|bytes| codec::decode::<JobProgress>(TREE_PROGRESS, &id.to_bytes(), &bytes))
+            .transpose()?;
         // This process holds the store alone: the job's process is certainly gone.
-        let op = OrchestratorOp::ReclaimOrphan {
-            reason: reason.to_string(),
-            marker: ProgressMarker {
-                phase: job.ingestion_phase,
-                checkpoints: u32::try_from(checkpoints).unwrap_or(u32::MAX),
-                bytes_done,
-            },
-            seen: DeathSeen::Certain,
-        };
-        self.orchestrate(id, &op).await
-    }
-
-    async fn retry_later(
-        &self,
-        token: &LeaseToken,
-        error: ErrorInfo,
-        not_before: Timestamp,
-    ) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::RetryLater {
-            token: token.fencing_token,
-            error,
-            not_before,
-        };
-        self.orchestrate(token.job_id, &op).await
-    }
-
-    async fn hold(
-        &self,
-        token: &LeaseToken,
-        reason: &str,
-        until: Option<(Timestamp, ErrorInfo)>,
-    ) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::Hold {
-            token: token.fencing_token,
-            reason: reason.to_string(),
-            until,
-        };
-        self.orchestrate(token.job_id, &op).await
+        let op = OrchestratorOp::reclaim_orphan(
+            &job,
+            reason,
+            checkpoints,
+            progress.as_ref(),
+            DeathSeen::Certain,
+        );
+        self.transition(id, TransitionOp(&op)).await
     }
 
     async fn record_host_outcome(
@@ -2044,46 +1771,23 @@ impl OrchestratorStore for SledStore {
         policy: &SchedulingPolicy,
     ) -> StoreResult<OutcomeVerdict> {
         let _one_scheduler = self.schedule_lock.lock().await;
-        let now = Timestamp::now();
         let before = self.read_host(host)?;
-        if before.is_none() && *outcome == HostOutcome::Answered {
-            return Ok(OutcomeVerdict::default());
-        }
-        let mut state = before.clone().unwrap_or_else(|| HostState::new(host, now));
-        let verdict = scheduling::record_outcome(&mut state, job, outcome, &policy.breaker, now);
-        let changed = before.is_none_or(|before| {
-            before.breaker != state.breaker
-                || before.failures != state.failures
-                || before.held_total != state.held_total
-        });
-        if changed {
-            self.hosts.insert(host.as_bytes(), codec::encode(&state)?)?;
+        let update = scheduling::outcome_update(
+            before.as_ref(),
+            host,
+            job,
+            outcome,
+            policy,
+            Timestamp::now(),
+        );
+        if let Some(state) = &update.state {
+            self.hosts.insert(host.as_bytes(), codec::encode(state)?)?;
             // The job's own transition follows and flushes; an opened breaker is flushed now.
-            if verdict.opened {
+            if update.verdict.opened {
                 self.flush().await?;
             }
         }
-        Ok(verdict)
-    }
-
-    async fn reset(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::Reset {
-            reason: reason.to_string(),
-        };
-        self.orchestrate(id, &op).await
-    }
-
-    async fn reset_by_operator(
-        &self,
-        id: JobId,
-        reason: &str,
-        force: bool,
-    ) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::ResetByOperator {
-            reason: reason.to_string(),
-            force,
-        };
-        self.orchestrate(id, &op).await
+        Ok(update.verdict)
     }
 }
 
@@ -2127,7 +1831,7 @@ impl MaintenanceStore for SledStore {
     }
 
     async fn delete_job(&self, id: JobId) -> StoreResult<Result<Job, Rejected>> {
-        // No iterator is open while the transaction runs (see `claim_oldest_pending`): the
+        // No iterator is open while the transaction runs (see `ClaimScan for SledStore`): the
         // checkpoint keys are read first. A job that is not running gets no new checkpoint, and
         // the transaction re-reads the job, so the list cannot go stale under it.
         let checkpoint_keys = self
@@ -2195,13 +1899,7 @@ impl WebhookStore for SledStore {
                     continue;
                 };
                 let before = tx.webhook(*id)?;
-                let webhook = match &before {
-                    Some(before) => Webhook {
-                        url: url.clone(),
-                        ..before.clone()
-                    },
-                    None => super::new_webhook(&job, url, now),
-                };
+                let webhook = notices::set_url(before.clone(), &job, url, now);
                 tx.put_webhook(before.as_ref(), &webhook)?;
             }
             Ok(())
@@ -2220,7 +1918,7 @@ impl WebhookStore for SledStore {
 
     async fn claim_notice(&self, now: Timestamp, lease_ms: u64) -> StoreResult<ClaimNotice> {
         // The first entry is read before the transaction: no iterator is open while one runs
-        // (see `claim_first_admitted`); the transaction checks the entry is still there.
+        // (see `ClaimScan for SledStore`); the transaction checks the entry is still there.
         let Some((key, _)) = self.webhook_due.first()? else {
             return Ok(ClaimNotice::Wait { until: None });
         };
@@ -2242,14 +1940,13 @@ impl WebhookStore for SledStore {
                 )));
             };
             let mut webhook = before.clone();
-            let Some(notice) = webhook.pending.as_mut() else {
+            if !notices::claim_notice(&mut webhook, now, lease_ms) {
                 return Err(store_abort(corrupt(
                     TREE_WEBHOOK_DUE,
                     &key,
                     format!("names job {id}, whose webhook has no pending notice"),
                 )));
-            };
-            notice.next_attempt_at = now.plus_ms(lease_ms);
+            }
             tx.put_webhook(Some(&before), &webhook)?;
             Ok(Some(webhook))
         })?;
@@ -2271,7 +1968,7 @@ impl WebhookStore for SledStore {
                 return Ok(());
             };
             let mut webhook = before.clone();
-            super::apply_delivery(&mut webhook, delivery, retry_at);
+            notices::apply_delivery(&mut webhook, delivery, retry_at);
             tx.put_webhook(Some(&before), &webhook)
         })
         .map(|outcome| refuses_nothing(outcome, "record_delivery"))?;
@@ -2319,33 +2016,7 @@ impl WorkerStore for SledStore {
         event: StepEvent,
     ) -> StoreResult<Result<(), Rejected>> {
         let now = Timestamp::now();
-        let step = step.to_string();
-        let kind = match event {
-            StepEvent::Started => EventKind::StepStarted { step },
-            StepEvent::Skipped { reason } => EventKind::StepSkipped { step, reason },
-            StepEvent::Failed { error } => EventKind::StepFailed { step, error },
-            StepEvent::AudioSelected {
-                stream_index,
-                codec,
-                language,
-                output,
-                container,
-                reason,
-            } => EventKind::AudioSelected {
-                stream_index,
-                codec,
-                language,
-                output,
-                container,
-                reason,
-            },
-            StepEvent::Redone { cause, reason } => EventKind::StepRedone {
-                step,
-                cause,
-                reason,
-            },
-            StepEvent::ObjectsWritten { keys } => EventKind::ObjectsWritten { step, keys },
-        };
+        let kind = event.into_event(step);
         let outcome = self.transact(|tx| {
             let mut job = tx.existing_job(token.job_id)?;
             machine::check_lease(&job, token).map_err(reject)?;
@@ -2757,16 +2428,6 @@ mod tests {
             logs.insert(seq_key(id, seq), Vec::new()).expect("insert");
         }
         assert_eq!(next_log_seq(&logs).expect("filled"), 13);
-    }
-
-    #[test]
-    fn messages_are_cut_at_a_char_boundary() {
-        let mut message = "ééé".to_string(); // 6 bytes
-        truncate_message(&mut message, 3);
-        assert_eq!(message, "é");
-        let mut message = "abc".to_string();
-        truncate_message(&mut message, 3);
-        assert_eq!(message, "abc");
     }
 
     // Guards the blob index of stores written before it existed: opening one builds the index

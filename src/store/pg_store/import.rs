@@ -36,7 +36,7 @@ async fn import_in_tx(tx: &Tx<'_>, record: &Record) -> TxResult<ImportOutcome> {
         Record::Incident(incident) => import_incident(tx, incident).await,
         Record::Backfill { backfill, jobs } => import_backfill(tx, backfill, jobs).await,
         Record::Host(host) => {
-            let existing = tx.host(&host.host).await?;
+            let existing = tx.host_state(&host.host).await?;
             Ok(match existing {
                 Some(existing) if existing == *host => ImportOutcome::AlreadyPresent,
                 Some(_) => ImportOutcome::Conflict(format!(
@@ -44,7 +44,7 @@ async fn import_in_tx(tx: &Tx<'_>, record: &Record) -> TxResult<ImportOutcome> {
                     host.host
                 )),
                 None => {
-                    tx.put_host(host).await?;
+                    tx.put_host_state(host).await?;
                     ImportOutcome::Imported
                 }
             })

@@ -14,7 +14,7 @@ use deadpool_postgres::Pool;
 
 use super::{LOG_LINES_MAX, id_bytes};
 use crate::model::job::{JobId, LogLine};
-use crate::store::{LOG_LINE_BYTES_MAX, StoreError, codec};
+use crate::store::{LOG_LINE_BYTES_MAX, StoreError, codec, truncate_message};
 
 pub(super) struct LogBuffer {
     pool: Pool,
@@ -130,17 +130,4 @@ impl LogBuffer {
             Err(error) => tracing::warn!(job_id = %id, %error, "cannot trim job log"),
         }
     }
-}
-
-/// Cuts a message to at most `bytes_max` bytes, at a character boundary.
-fn truncate_message(message: &mut String, bytes_max: usize) {
-    if message.len() <= bytes_max {
-        return;
-    }
-    let mut end = bytes_max;
-    // Index 0 is always a boundary, so this stops.
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    message.truncate(end);
 }

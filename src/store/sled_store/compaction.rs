@@ -3,7 +3,7 @@
 //! the transaction of the append, so the summary and the events never disagree and nothing is
 //! folded twice or lost.
 //!
-//! A compaction leaves [`events_kept`] events (three quarters of the bound), so a long history is
+//! A compaction leaves `records::events_kept` events (three quarters of the bound), so a long history is
 //! compacted once per quarter-bound appends, not on every one. Each job's events are then
 //! `summary.events_compacted..events_next`, numbered with no gap (`check_consistency`).
 
@@ -15,7 +15,7 @@ use crate::model::history;
 use crate::model::job::{Event, EventSummary, Job, JobId};
 use crate::store::StoreResult;
 
-use crate::store::events_kept;
+use crate::model::records;
 
 /// Decodes a summary and checks it right after reading it back: it is the summary of the job its
 /// key names.
@@ -43,17 +43,17 @@ impl Tx<'_> {
     /// Folds the job's oldest events into its summary while it holds more than the bound. Cheap
     /// for a job that never had that many events: it reads nothing.
     pub(super) fn bound_history(&self, job: &Job) -> TxResult<()> {
-        if job.events_next <= self.events_max {
+        if !records::may_exceed(job.events_next, self.events_max) {
             return Ok(());
         }
         let summary = self.event_summary(job.id)?;
         let compacted = summary
             .as_ref()
             .map_or(0, |summary| summary.events_compacted);
-        if job.events_next.saturating_sub(compacted) <= self.events_max {
+        let Some(fold_until) = records::fold_until(job.events_next, compacted, self.events_max)
+        else {
             return Ok(());
-        }
-        let fold_until = job.events_next - events_kept(self.events_max);
+        };
         let mut summary = summary.unwrap_or_else(|| history::empty(job.id));
         for seq in compacted..fold_until {
             let key = seq_key(job.id, seq);

@@ -20,9 +20,9 @@
 use tokio::sync::oneshot;
 
 use super::{SledStore, StoreError, Tx, TxResult, checkpoint_key, encode_in_tx};
-use crate::model::attribution;
 use crate::model::job::{Checkpoint, LeaseToken, MediaMetadata, Timestamp};
-use crate::model::machine::{self, Rejected};
+use crate::model::machine::Rejected;
+use crate::model::records;
 use crate::store::StoreResult;
 
 /// The most checkpoints one transaction applies; more wait for the next batch.
@@ -231,13 +231,14 @@ fn apply(
     now: Timestamp,
 ) -> TxResult<Result<(), Rejected>> {
     let id = token.job_id;
-    let Some(mut job) = tx.job(id)? else {
+    let Some(job) = tx.job(id)? else {
         return Ok(Err(Rejected::NotFound(id)));
     };
-    if let Err(rejected) = machine::check_lease(&job, token) {
-        return Ok(Err(rejected));
-    }
-    if checkpoint.step == super::STORE_STEP {
+    let write = match records::record_checkpoint(&job, token, checkpoint) {
+        Ok(write) => write,
+        Err(rejected) => return Ok(Err(rejected)),
+    };
+    if write.blob_refs {
         let before = tx.store_checkpoint(id)?;
         tx.replace_blob_refs(id, before.as_ref(), Some(checkpoint))?;
     }
@@ -249,11 +250,8 @@ fn apply(
         tx.metadata
             .insert(&id.to_bytes()[..], encode_in_tx(metadata)?)?;
     }
-    tx.append_events(&mut job, crate::store::checkpoint_events(checkpoint), now)?;
-    // A suspect that passed a checkpoint runs beside others again (`model::attribution`).
-    if let Some(cleared) = attribution::checkpoint_passed(&job) {
-        job = cleared;
-    }
+    let mut job = write.job;
+    tx.append_events(&mut job, write.events, now)?;
     tx.put_job(Some(job.status), &job)?;
     Ok(Ok(()))
 }

@@ -8,8 +8,8 @@
 //! `check_consistency` accounts for every reference: a store checkpoint's or a tombstone's.
 
 use super::{
-    SledStore, TREE_EVENT_SUMMARIES, TREE_PRUNED, TREE_STATUS_INDEX, blob_ref_key, codec, corrupt,
-    encode_in_tx, index_key, reject,
+    SledStore, TREE_EVENT_SUMMARIES, TREE_PRUNED, TREE_STATUS_INDEX, codec, corrupt, encode_in_tx,
+    index_key, reject,
 };
 use crate::model::job::{EventSummary, JobId, PrunedJob, Status, Timestamp};
 use crate::model::machine::{self, Rejected};
@@ -65,7 +65,8 @@ impl SledStore {
                 let job = tx.existing_job(id)?;
                 machine::check_prunable(&job, cutoff).map_err(reject)?;
                 let store_checkpoint = tx.store_checkpoint(id)?;
-                let tombstone = crate::store::tombstone(&job, store_checkpoint.as_ref(), pruned_at);
+                let tombstone =
+                    crate::model::records::tombstone(&job, store_checkpoint.as_ref(), pruned_at);
                 // The blob references stay: they are the tombstone's now.
                 for key in &checkpoint_keys {
                     tx.checkpoints.remove(key)?;
@@ -93,12 +94,7 @@ impl SledStore {
         }
         // One flush before any of it is acknowledged, as `submit_batch` does.
         self.flush().await?;
-        let pruned = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
-        tracing::info!(
-            pruned,
-            refused = outcomes.len() - pruned,
-            "pruned finished jobs"
-        );
+        crate::store::log_pruned(&outcomes);
         Ok(outcomes)
     }
 
@@ -118,22 +114,6 @@ impl SledStore {
             tombstones.push(decode_pruned(&key, &bytes)?);
         }
         Ok(tombstones)
-    }
-
-    /// The `blob_refs` keys the tombstones account for.
-    pub(super) fn pruned_blob_refs(&self) -> StoreResult<Vec<Vec<u8>>> {
-        let mut refs = Vec::new();
-        for entry in self.pruned.iter() {
-            let (key, bytes) = entry?;
-            let pruned = decode_pruned(&key, &bytes)?;
-            refs.extend(
-                pruned
-                    .blobs
-                    .iter()
-                    .map(|blob| blob_ref_key(blob, pruned.id)),
-            );
-        }
-        Ok(refs)
     }
 
     /// Every tombstone decodes, is its key's, and names no job that exists.

@@ -4,11 +4,11 @@
 //! record it and makes the job pending, as `machine::retry_from` decides.
 
 use super::{
-    STORE_STEP, SledStore, TREE_CHECKPOINTS, checkpoint_key, codec, encode_in_tx, reject,
-    store_abort,
+    SledStore, TREE_CHECKPOINTS, checkpoint_key, codec, encode_in_tx, reject, store_abort,
 };
 use crate::model::job::{Checkpoint, Job, JobId, Timestamp};
 use crate::model::machine::{self, Rejected};
+use crate::model::records::STORE_STEP;
 use crate::store::StoreResult;
 
 impl SledStore {
@@ -19,7 +19,7 @@ impl SledStore {
         later_steps: &[String],
         reason: &str,
     ) -> StoreResult<Result<Job, Rejected>> {
-        // No iterator is open while the transaction runs (see `claim_oldest_pending`): the keys
+        // No iterator is open while the transaction runs (see `ClaimScan for SledStore`): the keys
         // are read first. Only a finished job passes the machine, and a finished job gets no new
         // checkpoint, so the list cannot go stale; each checkpoint is read again inside.
         let checkpoint_keys = self
@@ -27,32 +27,18 @@ impl SledStore {
             .scan_prefix(id.to_bytes())
             .keys()
             .collect::<Result<Vec<_>, _>>()?;
-        let order: Vec<&str> = std::iter::once(step)
-            .chain(later_steps.iter().map(String::as_str))
-            .collect();
         let now = Timestamp::now();
         let outcome = self.transact(|tx| {
             let job = tx.existing_job(id)?;
-            let mut discarded: Vec<Checkpoint> = Vec::new();
-            let mut kept: Vec<Checkpoint> = Vec::new();
+            let mut checkpoints: Vec<Checkpoint> = Vec::new();
             for key in &checkpoint_keys {
                 let Some(bytes) = tx.checkpoints.get(key)? else {
                     continue;
                 };
-                let checkpoint: Checkpoint =
-                    codec::decode(TREE_CHECKPOINTS, key, &bytes).map_err(store_abort)?;
-                if order.contains(&checkpoint.step.as_str()) {
-                    discarded.push(checkpoint);
-                } else {
-                    kept.push(checkpoint);
-                }
+                checkpoints
+                    .push(codec::decode(TREE_CHECKPOINTS, key, &bytes).map_err(store_abort)?);
             }
-            discarded.sort_by_key(|checkpoint| {
-                order
-                    .iter()
-                    .position(|name| *name == checkpoint.step)
-                    .unwrap_or(order.len())
-            });
+            let (discarded, kept) = machine::split_for_retry_from(checkpoints, step, later_steps);
             let decision =
                 machine::retry_from(&job, step, &discarded, &kept, reason, now).map_err(reject)?;
             for checkpoint in &discarded {
