@@ -1,5 +1,5 @@
-//! Backfill figures (issue 7), measured through the functions `narra backfill` calls, against
-//! floors measured in the same run.
+//! Backfill figures, measured through the functions `narra backfill` calls, against floors measured
+//! in the same run.
 //!
 //! Run with `cargo bench --bench backfill 2>backfill.log`: the engine logs to stderr at `NARRA_LOG`
 //! (default `info`) as `narra backfill` does, and the figures go to stdout. Prints figures and

@@ -1,5 +1,5 @@
-//! One job end to end (issue 9): narra against the shell script a user would write instead, on
-//! the same input, alternately, in the same run.
+//! One job end to end: narra against the shell script a user would write instead, on the same
+//! input, alternately, in the same run.
 //!
 //! Run with `cargo bench --bench e2e`. Prints figures and ratios; asserts nothing about time.
 //!

@@ -5,7 +5,7 @@
 //! - record encoding (schema byte + bincode) vs serde_json of the same job record;
 //! - blake3 the way narra hashes files (`storage::hash_file`: 1 MiB reads through a `BufReader`,
 //!   from the page cache) vs `blake3::Hasher::update` over the same bytes in memory, one thread,
-//!   in 64 KiB and 1 MiB chunks (issue 9: narra's hashing at least 80 % of the crate's);
+//!   in 64 KiB and 1 MiB chunks (the goal: narra's hashing at least 80 % of the crate's);
 //! - checkpoint commits (`WorkerStore::record_checkpoint` on a `SledStore` in a temp dir, each one
 //!   a transaction and a flush): one job alone, and 64 jobs committing at once, against a plain
 //!   sled insert + flush.

@@ -1,5 +1,5 @@
-//! Fleet figures (issue 10): claims per second and jobs per second on one PostgreSQL state store,
-//! with 1, 2 and 4 claimers or workers, each against the 1 measured in the same run.
+//! Fleet figures: claims per second and jobs per second on one PostgreSQL state store, with 1, 2
+//! and 4 claimers or workers, each against the 1 measured in the same run.
 //!
 //! Run with `cargo bench --bench fleet`. Prints figures and ratios; asserts nothing about time.
 //! The PostgreSQL server is `NARRA_TEST_POSTGRES_URL`'s (what `.ci/setup` starts) or, without it, a

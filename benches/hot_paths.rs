@@ -9,8 +9,8 @@
 //!   and a flush) against one plain sled insert and flush.
 //!
 //! Run with `cargo bench --bench hot_paths` (criterion's report: times, throughput, and the change
-//! since the last run). The figures issue 9 asks for, as ratios measured in one run, are printed by
-//! `cargo bench --bench engine` (docs/PERFORMANCE.md).
+//! since the last run). The figures the performance goals name, as ratios measured in one run, are
+//! printed by `cargo bench --bench engine` (docs/PERFORMANCE.md).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

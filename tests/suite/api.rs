@@ -1,5 +1,5 @@
-//! The HTTP API of `narra serve` (issue 8): every endpoint over real HTTP on loopback, against a
-//! real `narra serve` process with its worker, real sled, real ffmpeg and a loopback origin. Auth
+//! The HTTP API of `narra serve`: every endpoint over real HTTP on loopback, against a real
+//! `narra serve` process with its worker, real sled, real ffmpeg and a loopback origin. Auth
 //! failures (401/403), bad input (400 with a class), idempotent `POST /jobs`, pagination, the SSRF
 //! guard on sources, `/metrics` as valid Prometheus text whose counters move with the work.
 

@@ -314,10 +314,10 @@ fn two_thousand_lines_from_stdin_are_a_few_jobs_and_resume_as_one_backfill() {
     assert_eq!(origin.gets("media/sample.mp4"), 1);
 }
 
-// Guards a large mixed backfill (the 200 lines): good sources, refusals (403), missing
-// videos (404), corrupt files, duplicate lines and bad lines finish with the right counts by class
-// and the bad lines named by number; run again, the succeeded jobs are recognised at once and
-// nothing is downloaded or run.
+// Guards a large mixed backfill of 200 lines: good sources, refusals (403), missing videos (404),
+// corrupt files, duplicate lines and bad lines finish with the right counts by class and the bad
+// lines named by number; run again, the succeeded jobs are recognised at once and nothing is
+// downloaded or run.
 #[test]
 fn a_mixed_backfill_of_200_lines_counts_each_class_and_resumes_with_no_work() {
     let home = Home::new();

@@ -1,7 +1,7 @@
-//! The admin console in a real browser (issue 8): headless Chromium driven over the WebDriver
-//! protocol (plain JSON over HTTP to Debian's `chromedriver`), against a real `narra serve`.
-//! Behind `NARRA_TEST_BROWSER=1`, which `.ci/test` sets; without it the test says so and passes
-//! without checking anything. Chromium runs as root here only with `--no-sandbox`.
+//! The admin console in a real browser: headless Chromium driven over the WebDriver protocol (plain
+//! JSON over HTTP to Debian's `chromedriver`), against a real `narra serve`. Behind
+//! `NARRA_TEST_BROWSER=1`, which `.ci/test` sets; without it the test says so and passes without
+//! checking anything. Chromium runs as root here only with `--no-sandbox`.
 
 use std::process::{Command, Stdio};
 

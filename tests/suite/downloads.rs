@@ -1,6 +1,6 @@
-//! Downloads that survive the real internet (issue 3): resume, completeness, error classes,
-//! retries, the network guard, the size limit, secrets in URLs, yt-dlp and flat memory, against a
-//! loopback origin whose every answer is scripted.
+//! Downloads that survive the real internet: resume, completeness, error classes, retries, the
+//! network guard, the size limit, secrets in URLs, yt-dlp and flat memory, against a loopback
+//! origin whose every answer is scripted.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -949,9 +949,10 @@ fn sealed(command: &Command, hosts: &Path) -> Command {
     sealed
 }
 
-// Guards #16 item 5: with private networks allowed, the cloud metadata addresses (an IPv4 and an
-// IPv6 literal, and a name resolving to one) are still `forbidden_address`. It runs where nothing
-// can leave the machine: without the rule each job fails as `network_error` (no route).
+// Guards against reaching cloud metadata: with private networks allowed, the cloud metadata
+// addresses (an IPv4 and an IPv6 literal, and a name resolving to one) are still
+// `forbidden_address`. It runs where nothing can leave the machine: without the rule each job fails
+// as `network_error` (no route).
 #[test]
 fn metadata_addresses_are_refused_with_private_networks_allowed() {
     let home = Home::new();
@@ -1119,9 +1120,9 @@ fn proxies_from_the_environment_are_ignored() {
     assert_eq!(origin.log_of("/media/clip.mp4").len(), 1);
 }
 
-// Guards #16 item 2 (a configured proxy): with `NARRA_PROXY` set, a name that resolves to
-// loopback is still `forbidden_address`, checked before anything is sent to the proxy (which
-// would resolve the name itself, past narra's resolver).
+// Guards against reaching loopback through a configured proxy: with `NARRA_PROXY` set, a name that
+// resolves to loopback is still `forbidden_address`, checked before anything is sent to the proxy
+// (which would resolve the name itself, past narra's resolver).
 #[test]
 fn a_name_resolving_to_loopback_is_refused_before_the_configured_proxy() {
     let home = Home::new();
@@ -1399,10 +1400,10 @@ fn ingest_platform_on_localhost(home: &Home, port: u16, path: &str) -> Value {
     )
 }
 
-// Guards #16 item 2 (redirects): a platform page on an allowed host whose media URL redirects to
-// another loopback origin, by address. yt-dlp follows the redirect itself; every hop goes through
-// narra's egress proxy, which refuses the internal one: `forbidden_address`, and the internal
-// origin never sees a request.
+// Guards against reaching an internal address through a redirect: a platform page on an allowed
+// host whose media URL redirects to another loopback origin, by address. yt-dlp follows the
+// redirect itself; every hop goes through narra's egress proxy, which refuses the internal one:
+// `forbidden_address`, and the internal origin never sees a request.
 #[test]
 fn a_platform_media_redirect_to_an_internal_address_is_a_forbidden_address() {
     require_yt_dlp();
@@ -1431,11 +1432,11 @@ fn a_platform_media_redirect_to_an_internal_address_is_a_forbidden_address() {
     );
 }
 
-// Guards #16 item 2 (HLS): a platform page whose video is an HLS playlist on the allowed host with
-// its segment on another loopback origin, by address. yt-dlp's own HLS downloader fetches the
-// segment through the egress proxy; a SAMPLE-AES playlist, which yt-dlp hands to ffmpeg, is
-// fetched by ffmpeg through the proxy too. Each time the proxy refuses the segment:
-// `forbidden_address`, and the internal origin never sees a request.
+// Guards against reaching an internal address through HLS segments: a platform page whose video is
+// an HLS playlist on the allowed host with its segment on another loopback origin, by address.
+// yt-dlp's own HLS downloader fetches the segment through the egress proxy; a SAMPLE-AES playlist,
+// which yt-dlp hands to ffmpeg, is fetched by ffmpeg through the proxy too. Each time the proxy
+// refuses the segment: `forbidden_address`, and the internal origin never sees a request.
 #[test]
 fn hls_segments_on_an_internal_address_are_a_forbidden_address() {
     require_yt_dlp();
@@ -1511,10 +1512,11 @@ fn dead(pid: u32) -> bool {
     }
 }
 
-// Guards #16 item 9 (yt-dlp's process group): yt-dlp hands an HLS playlist it cannot read itself
-// (SAMPLE-AES) to ffmpeg, whose request stalls; the step's timeout ends the job. yt-dlp must lead a
-// process group of its own with ffmpeg in it (not narra's group: a kill of yt-dlp alone left ffmpeg
-// behind), and once narra has given up on the job neither yt-dlp nor ffmpeg is left running.
+// Guards against processes a timed-out yt-dlp leaves behind: yt-dlp hands an HLS playlist it cannot
+// read itself (SAMPLE-AES) to ffmpeg, whose request stalls; the step's timeout ends the job. yt-dlp
+// must lead a process group of its own with ffmpeg in it (not narra's group: a kill of yt-dlp alone
+// left ffmpeg behind), and once narra has given up on the job neither yt-dlp nor ffmpeg is left
+// running.
 #[test]
 fn a_timed_out_yt_dlp_leaves_no_process_behind() {
     require_yt_dlp();

@@ -1,6 +1,6 @@
-//! Attacks on narra's doors (issue 16), each a scenario that failed before its fix: a source that
-//! reads a local file through the API, a source that forges log lines, a web page that reaches the
-//! loopback API through DNS rebinding, and reads that make the server read every object.
+//! Attacks on narra's doors, each a scenario that failed before its fix: a source that reads a
+//! local file through the API, a source that forges log lines, a web page that reaches the loopback
+//! API through DNS rebinding, and reads that make the server read every object.
 //!
 //! Nothing here lets a connection leave the machine: the API server runs without a worker where a
 //! source names another host, and the CLI runs such sources inside a network namespace of its own
@@ -45,11 +45,12 @@ fn strings(value: &Value) -> Vec<String> {
     }
 }
 
-// Guards issue 16 item 1: a text that parses as a URL is a URL, in any case. `POST /jobs` with
-// `http:/../../../secret.mp4` was accepted and joined onto serve's working directory, which held a
-// directory named `http:`, and the job copied the local file; `http:/etc/passwd` and
-// `https:etc/passwd` were accepted as paths too. Now the API answers each with the URL it parses to
-// (or refuses it), what is stored is that URL, and no job ever names a path.
+// Guards against sources read as local paths: a text that parses as a URL is a URL, in any case.
+// `POST /jobs` with `http:/../../../secret.mp4` was accepted and joined onto serve's working
+// directory, which held a directory named `http:`, and the job copied the local file;
+// `http:/etc/passwd` and `https:etc/passwd` were accepted as paths too. Now the API answers each
+// with the URL it parses to (or refuses it), what is stored is that URL, and no job ever names a
+// path.
 #[test]
 fn the_api_never_takes_a_url_without_slashes_as_a_local_path() {
     let home = Home::new();
@@ -102,9 +103,9 @@ fn the_api_never_takes_a_url_without_slashes_as_a_local_path() {
     }
 }
 
-// Guards issue 16 item 1 at the CLI: the same texts typed on the command line are URLs too, so a
-// job never copies the file a path reading of them reaches. (The CLI runs in a network namespace
-// with only `lo`, so the URLs' hosts resolve nowhere.)
+// Guards against sources read as local paths at the CLI: the same texts typed on the command line
+// are URLs too, so a job never copies the file a path reading of them reaches. (The CLI runs in a
+// network namespace with only `lo`, so the URLs' hosts resolve nowhere.)
 #[test]
 fn the_cli_takes_a_url_without_slashes_as_a_url_and_reads_no_local_file() {
     let home = Home::new();
@@ -169,9 +170,9 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     files
 }
 
-// Guards issue 16 item 1: a source with a control character forged a line in the server's log
-// and in `narra jobs`. It is refused at every door: 400 from the API, exit 2 from the CLI, a bad
-// line of a manifest; no job is made.
+// Guards against forged log lines: a source with a control character forged a line in the server's
+// log and in `narra jobs`. It is refused at every door: 400 from the API, exit 2 from the CLI, a
+// bad line of a manifest; no job is made.
 #[test]
 fn a_source_with_a_control_character_is_refused_at_every_door() {
     let home = Home::new();
@@ -220,10 +221,10 @@ fn a_source_with_a_control_character_is_refused_at_every_door() {
     assert_eq!(jobs.as_array().map(Vec::len), Some(0), "{jobs}");
 }
 
-// Guards issue 16 item 7: on a loopback bind, reads needed no token, so a web page that rebinds its
-// own name to 127.0.0.1 could read jobs, logs and health through a visitor's browser, and start
-// heavy work. A request whose Host is not a loopback name or address is refused; the cleanup dry
-// run and a deep verify need the token whatever the Host.
+// Guards against DNS rebinding: on a loopback bind, reads needed no token, so a web page that
+// rebinds its own name to 127.0.0.1 could read jobs, logs and health through a visitor's browser,
+// and start heavy work. A request whose Host is not a loopback name or address is refused; the
+// cleanup dry run and a deep verify need the token whatever the Host.
 #[test]
 fn a_rebinding_page_reaches_nothing_and_heavy_reads_need_the_token() {
     let home = Home::new();
@@ -272,10 +273,10 @@ fn a_rebinding_page_reaches_nothing_and_heavy_reads_need_the_token() {
     assert_eq!(status, 200, "a shallow verify stays open: {answer}");
 }
 
-// Guards issue 16 item 9: a workflow with `read_timeout_s = 0` or `redirects_max = 4294967295`
-// loaded, and every download then failed at once or could follow redirects without bound. Such a
-// workflow is refused when it is loaded (exit 2), naming the parameter and its range, and no job
-// is made.
+// Guards against download parameters out of range: a workflow with `read_timeout_s = 0` or
+// `redirects_max = 4294967295` loaded, and every download then failed at once or could follow
+// redirects without bound. Such a workflow is refused when it is loaded (exit 2), naming the
+// parameter and its range, and no job is made.
 #[test]
 fn download_parameters_out_of_range_refuse_the_workflow() {
     let home = Home::new();

@@ -25,7 +25,7 @@ use super::fixture::{
     wait_until,
 };
 
-/// How far an extracted audio's duration may be from its source stream's (the rule).
+/// How far an extracted audio's duration may be from its source stream's: 1 %, at least 0.2 s.
 fn tolerance_s(source_s: f64) -> f64 {
     (source_s * 0.01).max(0.2)
 }

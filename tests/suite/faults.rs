@@ -1,7 +1,7 @@
 //! Fault injection: the scratch disk fills up mid-download.
 //!
-//! The other faults of issue 6 are tested where they live: the state directory held by another
-//! narra (`lock.rs`), a corrupted state record (`src/store/sled_store.rs`,
+//! The other injected faults are tested where they live: the state directory held by another narra
+//! (`lock.rs`), a corrupted state record (`src/store/sled_store.rs`,
 //! `a_corrupted_job_record_is_named_and_leaves_the_other_jobs_working`), object storage unavailable
 //! for a while (`s3.rs`, `an_outage_during_store_is_waited_out_without_redownloading`).
 

@@ -1,8 +1,8 @@
-//! The fleet test (issue 10): four `narra worker` processes in four homes (four "machines") share
-//! one PostgreSQL state store and one S3 bucket (moto, behind the counting proxy of `s3.rs`) and
-//! run a backfill of distinct videos. Two workers are SIGKILLed while they hold jobs, and a third
-//! is SIGSTOPped while it holds one, kept stopped until another worker has taken that job over
-//! (its fencing token advanced), then resumed.
+//! The fleet test: four `narra worker` processes in four homes (four "machines") share one
+//! PostgreSQL state store and one S3 bucket (moto, behind the counting proxy of `s3.rs`) and run a
+//! backfill of distinct videos. Two workers are SIGKILLed while they hold jobs, and a third is
+//! SIGSTOPped while it holds one, kept stopped until another worker has taken that job over (its
+//! fencing token advanced), then resumed.
 //!
 //! Guards the fleet's promises under those faults: every job succeeds once (no job lost, none
 //! duplicated), `narra audit` is clean (no verified step redone, no object written twice by the
@@ -13,7 +13,7 @@
 //!
 //! Behind `NARRA_TEST_FLEET=1` (which `.ci/test` sets, running it as its own suite); without it the
 //! test says so and passes without checking anything. `NARRA_TEST_FLEET_JOBS` sizes it (default
-//! and CI: 200, the issue's size; about 80 s on 2 cores). Every wait is on a condition read from
+//! and CI: 200, the required size; about 80 s on 2 cores). Every wait is on a condition read from
 //! the store; a wait fails only when nothing moves for two minutes (a hang), never on a total.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -31,11 +31,12 @@ fn newest_snapshot(state: &Path) -> String {
         .unwrap_or_else(|| format!("snap.{:016X}", 0))
 }
 
-// Guards item 4 of #16, deterministically: sled 0.34.7 writes a snapshot only while opening a
-// database, into `snap.<LSN>.generating`, renamed once whole; a write that ran out of space leaves
-// that file empty or partial, and sled then reads it first on every open and fails with "Read
-// corrupted data". Planted here as a full disk leaves them (one empty at the newest snapshot's
-// LSN, one partial at a later one), every command opens the store again and says what it removed.
+// Guards recovery from a full disk, deterministically: sled 0.34.7 writes a snapshot only while
+// opening a database, into `snap.<LSN>.generating`, renamed once whole; a write that ran out of
+// space leaves that file empty or partial, and sled then reads it first on every open and fails
+// with "Read corrupted data". Planted here as a full disk leaves them (one empty at the newest
+// snapshot's LSN, one partial at a later one), every command opens the store again and says what it
+// removed.
 #[test]
 fn the_snapshots_sled_left_unfinished_are_removed_when_the_store_opens() {
     let home = Home::new();
@@ -76,8 +77,8 @@ fn the_snapshots_sled_left_unfinished_are_removed_when_the_store_opens() {
     );
 }
 
-// Guards ffmpeg's side of item 4: ffmpeg that runs out of space writing the audio (its output is
-// the kernel's /dev/full here, which answers every write with ENOSPC, as a full scratch file
+// Guards ffmpeg's side of a full disk: ffmpeg that runs out of space writing the audio (its output
+// is the kernel's /dev/full here, which answers every write with ENOSPC, as a full scratch file
 // system does) fails the job as `scratch_error`, naming the cause, not as `extract_failed` (which
 // sends an operator after the media or ffmpeg); once there is space, a retry completes it.
 #[test]
@@ -171,11 +172,11 @@ fn assert_out_of_space(home: &Home, job: &serde_json::Value, class: &str, done: 
     assert_eq!(checkpointed(home, &id_of(job)), done, "{job}");
 }
 
-// Guards item 4 of #16 on a real full disk: the WHOLE home (state store, scratch, objects, lock) on
-// a 16 MiB tmpfs, filled so that space runs out in each step of a job in turn (the download, the
+// Guards recovery from a real full disk: the WHOLE home (state store, scratch, objects, lock) on a
+// 16 MiB tmpfs, filled so that space runs out in each step of a job in turn (the download, the
 // extraction, the store step, and the state store's own writes, which leave sled's unfinished
-// snapshot behind); once space is freed, every command opens the store again, each job completes
-// on retry, and `verify` and `audit` are clean. The sizes: three 10 s clips of about 170 KiB with
+// snapshot behind); once space is freed, every command opens the store again, each job completes on
+// retry, and `verify` and `audit` are clean. The sizes: three 10 s clips of about 170 KiB with
 // 80 KiB of audio; the store step links the scratch files into the objects (same file system) and
 // writes only the metadata record and the manifest, so it runs out with one page free; every sled
 // write lands in log pages its last open already zeroed, but for the snapshot an open writes.

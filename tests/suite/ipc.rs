@@ -1,6 +1,6 @@
-//! The CLI while another narra process holds the home (issue 7, item 7b): the holder serves other
-//! processes' commands on `<home>/narra.sock`, so `jobs`, `show`, `logs`, `verify`, `submit`,
-//! `retry` and `cancel` work during a running worker or backfill.
+//! The CLI while another narra process holds the home: the holder serves other processes' commands
+//! on `<home>/narra.sock`, so `jobs`, `show`, `logs`, `verify`, `submit`, `retry` and `cancel` work
+//! during a running worker or backfill.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -33,11 +33,12 @@ fn code_and_stdout(output: &Output) -> (Option<i32>, String) {
     (output.status.code(), text(&output.stdout))
 }
 
-// Guards issue 7b's promise: while `narra worker` holds the home, another process's `jobs`,
-// `show`, `logs`, `verify` and `backfill --list` print exactly what they print with nobody holding
-// it; `submit` of a path relative to the client's directory queues a job the worker runs to
-// success; `retry` of a failed job sends it back to pending and the worker runs it again; `reset`
-// is recorded as the client's user's; the socket is private (0600) and gone once the worker exits.
+// Guards the commands served over the home's socket: while `narra worker` holds the home, another
+// process's `jobs`, `show`, `logs`, `verify` and `backfill --list` print exactly what they print
+// with nobody holding it; `submit` of a path relative to the client's directory queues a job the
+// worker runs to success; `retry` of a failed job sends it back to pending and the worker runs it
+// again; `reset` is recorded as the client's user's; the socket is private (0600) and gone once the
+// worker exits.
 #[test]
 fn while_a_worker_runs_other_processes_inspect_submit_retry_and_verify() {
     let home = Home::new();

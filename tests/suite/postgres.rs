@@ -9,8 +9,8 @@ use narra::store::pg_store::test_server::TestServer;
 
 use super::fixture::{ChildGuard, Home, Origin, id_of, sample_video, wait_until};
 
-// Guards issue 10's fleet wiring: two workers (two homes, as on two machines) and a third process
-// that submits share one PostgreSQL store; every job runs once, to success, and no home is locked.
+// Guards the fleet's wiring: two workers (two homes, as on two machines) and a third process that
+// submits share one PostgreSQL store; every job runs once, to success, and no home is locked.
 #[test]
 fn two_workers_and_a_submitter_share_one_postgres_store() {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");

@@ -45,10 +45,10 @@ fn files_under(root: &Path) -> usize {
     count
 }
 
-// Guards item 3 of #16 (a home readable by every local user): a fresh home after a job crashed
-// between its steps (scratch holds the original and the audio), while a worker holds it (the lock
-// file, the socket) and after that worker finished the job (sled's files, the stored objects):
-// nothing in it is open to group or others.
+// Guards against a home readable by every local user: a fresh home after a job crashed between its
+// steps (scratch holds the original and the audio), while a worker holds it (the lock file, the
+// socket) and after that worker finished the job (sled's files, the stored objects): nothing in it
+// is open to group or others.
 #[test]
 fn everything_narra_creates_under_a_fresh_home_is_private() {
     let home = Home::new();
@@ -96,8 +96,9 @@ fn doctor_permissions(home: &Home, expected_code: i32) -> serde_json::Value {
         .clone()
 }
 
-// Guards doctor's part of item 3: a home made by an older narra (0755, its files 0644) is reported
-// naming each open path, its mode and the chmod that closes it, and passes once closed.
+// Guards doctor's part in keeping the home private: a home made by an older narra (0755, its files
+// 0644) is reported naming each open path, its mode and the chmod that closes it, and passes once
+// closed.
 #[test]
 fn doctor_reports_a_home_others_can_read_and_how_to_close_it() {
     let home = Home::new();

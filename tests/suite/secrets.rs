@@ -1,8 +1,8 @@
-//! Secrets in URLs (issue 16, item 6): a source's user info and signed query, a callback URL's
-//! credentials, a PostgreSQL URI's password and the signed URLs inside yt-dlp's description are
-//! used, and shown nowhere: not in `show`, `jobs`, `logs`, events, the stored manifest, webhook
-//! bodies, `export`, `doctor`, debug log lines or error messages. Against the real binary, real
-//! sled, a loopback origin and a loopback webhook receiver.
+//! Secrets in URLs: a source's user info and signed query, a callback URL's credentials, a
+//! PostgreSQL URI's password and the signed URLs inside yt-dlp's description are used, and shown
+//! nowhere: not in `show`, `jobs`, `logs`, events, the stored manifest, webhook bodies, `export`,
+//! `doctor`, debug log lines or error messages. Against the real binary, real sled, a loopback
+//! origin and a loopback webhook receiver.
 
 use std::process::Output;
 
@@ -34,13 +34,13 @@ fn assert_no_secret(what: &str, text: &str) {
     );
 }
 
-// Guards item 6: a job whose source carries a user name (a GitHub-style token), a JWT, an auth key,
-// a session id, an access key under a percent-encoded name and an operator-named parameter, and a
-// job whose source carries a password and a signature and fails, both with a callback URL holding a
-// password and an auth key: every secret fetches or notifies, and none appears in any output, log
-// line, event, manifest, webhook body, export or error message. An export keeps them only when
-// asked with `--include-secrets`; a redacted export is refused by `import`, since its jobs could not
-// be fetched or notified.
+// Guards secrets in URLs: a job whose source carries a user name (a GitHub-style token), a JWT, an
+// auth key, a session id, an access key under a percent-encoded name and an operator-named
+// parameter, and a job whose source carries a password and a signature and fails, both with a
+// callback URL holding a password and an auth key: every secret fetches or notifies, and none
+// appears in any output, log line, event, manifest, webhook body, export or error message. An
+// export keeps them only when asked with `--include-secrets`; a redacted export is refused by
+// `import`, since its jobs could not be fetched or notified.
 #[test]
 fn secrets_in_sources_and_callbacks_appear_in_no_output() {
     let home = Home::new();
@@ -209,8 +209,8 @@ fn platform_workflows(home: &Home) -> String {
     dir.to_str().expect("a UTF-8 path").to_string()
 }
 
-// Guards item 6 for platform sources: yt-dlp's description of a page, stored with the job as
-// `platform_metadata`, names the page's URL and the signed URL of each format; the stored copy
+// Guards secrets in URLs for platform sources: yt-dlp's description of a page, stored with the job
+// as `platform_metadata`, names the page's URL and the signed URL of each format; the stored copy
 // keeps neither secret, and neither does anything else the job shows.
 #[test]
 fn signed_format_urls_are_redacted_in_the_stored_platform_metadata() {

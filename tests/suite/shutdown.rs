@@ -7,7 +7,7 @@ use std::sync::mpsc;
 
 use super::fixture::{ChildGuard, Home, StallingOrigin, id_of, sample_video, signal};
 
-// Guards item 6 of issue 7: a worker told to stop while a download is stalled waits out its grace
+// Guards graceful shutdown: a worker told to stop while a download is stalled waits out its grace
 // period, cancels the step, releases the job to pending (not left running), exits 0, and a later
 // worker finishes the job.
 #[test]

@@ -1,7 +1,7 @@
-//! State growth (issue 7, item 9) and `retry --from STEP` (item 7), through the real binary:
-//! bounded event histories (`show` tells what was compacted, `audit` does not change), `prune` of
-//! old finished jobs (their media stays, and stays protected from `cleanup`), the store's size in
-//! `doctor`, and redoing a finished job from a named step.
+//! State growth and `retry --from STEP`, through the real binary: bounded event histories (`show`
+//! tells what was compacted, `audit` does not change), `prune` of old finished jobs (their media
+//! stays, and stays protected from `cleanup`), the store's size in `doctor`, and redoing a finished
+//! job from a named step.
 
 use serde_json::Value;
 

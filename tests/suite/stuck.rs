@@ -3,9 +3,9 @@
 
 use super::fixture::{Home, Origin, StallingOrigin, id_of, sample_video};
 
-// Guards item 7 of issue 7: a job left running by a killed worker is listed by `jobs --stuck`,
-// `reset` refuses it while its lease is live, `reset --force` returns it to pending recording who
-// and why (event and incident), and a worker then finishes it.
+// Guards the recovery of stuck jobs: a job left running by a killed worker is listed by
+// `jobs --stuck`, `reset` refuses it while its lease is live, `reset --force` returns it to pending
+// recording who and why (event and incident), and a worker then finishes it.
 #[test]
 fn a_stuck_job_is_listed_and_reset_only_with_force_while_its_lease_is_live() {
     let home = Home::new();

@@ -1,8 +1,7 @@
 //! `narra export` and `narra import` through the binary: a single machine's sled state moves into
-//! PostgreSQL (issue 10, item 5) and the fleet goes on from it. The record-level promises (every
-//! record reads back the same, a second import writes nothing, conflicts are not written) are
-//! `engine::transfer`'s own tests (`src/engine/transfer/tests.rs`); this is the CLI's wiring and
-//! the file's.
+//! PostgreSQL and the fleet goes on from it. The record-level promises (every record reads back the
+//! same, a second import writes nothing, conflicts are not written) are `engine::transfer`'s own
+//! tests (`src/engine/transfer/tests.rs`); this is the CLI's wiring and the file's.
 
 use std::process::Output;
 
@@ -32,7 +31,7 @@ fn succeeded(output: &Output) -> Value {
     stdout_json(output)
 }
 
-// Guards the move of issue 10, item 5: a home's jobs (one succeeded, one failed), exported from
+// Guards the move from sled to PostgreSQL: a home's jobs (one succeeded, one failed), exported from
 // sled while no process holds the home, imported into PostgreSQL over the same storage, read back
 // the same there, verify and audit clean, and a re-run import writes nothing. Export is refused
 // while a worker holds the home, and a cut export is refused before anything is written.

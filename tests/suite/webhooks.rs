@@ -1,7 +1,7 @@
-//! Completion webhooks (issue 8, item 4): a receiver on loopback gets one signed notice per
-//! terminal job, whose HMAC it verifies itself; a receiver that was down at first is reached by a
-//! retry; callback URLs the network guard refuses are refused at submission with a class. Against
-//! a real `narra serve` (its worker runs the notifier), real sled and a loopback origin.
+//! Completion webhooks: a receiver on loopback gets one signed notice per terminal job, whose HMAC
+//! it verifies itself; a receiver that was down at first is reached by a retry; callback URLs the
+//! network guard refuses are refused at submission with a class. Against a real `narra serve` (its
+//! worker runs the notifier), real sled and a loopback origin.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
