@@ -296,6 +296,74 @@ fn every_import_in_src_is_an_arrow_the_architecture_table_allows() {
     );
 }
 
+/// The crates the model may name: the standard library, serde, url, blake3, ulid and chrono, with
+/// thiserror's derive and proptest in its tests. Nothing that does I/O.
+const MODEL_CRATES: [&str; 11] = [
+    "std",
+    "core",
+    "alloc",
+    "serde",
+    "serde_json",
+    "url",
+    "blake3",
+    "ulid",
+    "chrono",
+    "thiserror",
+    "proptest",
+];
+
+/// The dependencies of Cargo.toml (all tables) a file's code names as `name::`, beyond `allowed`.
+fn other_crates(cargo_toml: &str, text: &str, allowed: &[&str]) -> BTreeSet<String> {
+    let crates: BTreeSet<String> = cargo_toml
+        .lines()
+        .filter_map(|line| line.split_once(" = "))
+        .map(|(name, _)| name.trim().replace('-', "_"))
+        .filter(|name| !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_'))
+        .collect();
+    let code = code_only(text);
+    let mut named = BTreeSet::new();
+    for (at, _) in code.match_indices("::") {
+        let before = &code[..at];
+        let start = before
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .map_or(0, |p| p + 1);
+        let name = &before[start..];
+        // A path's first segment only: `a::b::c` names `a`.
+        let first = !before[..start].ends_with("::");
+        if first && crates.contains(name) && !allowed.contains(&name) {
+            named.insert(name.to_string());
+        }
+    }
+    named
+}
+
+#[test]
+fn the_model_names_no_crate_that_does_io() {
+    let cargo_toml = std::fs::read_to_string(root().join("Cargo.toml")).expect("read Cargo.toml");
+    let mut files = Vec::new();
+    rust_files(&root().join("src/model"), &mut files);
+    assert!(files.len() > 5, "src/model/ has its files");
+    let mut wrong = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read source");
+        for name in other_crates(&cargo_toml, &text, &MODEL_CRATES) {
+            wrong.push(format!("{}: {name}", file.display()));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the model names these crates:\n{}",
+        wrong.join("\n")
+    );
+    // The check itself sees a planted import, an inline path and a path in a macro.
+    let planted = "use tokio::sync::Mutex;\nfn f() { let _ = sled::open(\"x\"); \
+                   println!(\"{}\", reqwest::Method::GET); let _ = std::fs::read(\"y\"); }";
+    assert_eq!(
+        other_crates(&cargo_toml, planted, &MODEL_CRATES),
+        ["reqwest", "sled", "tokio"].map(String::from).into()
+    );
+}
+
 #[test]
 fn the_check_finds_a_planted_forbidden_import_in_every_form() {
     let layers = layers();
