@@ -153,43 +153,32 @@ fn label(value: &str) -> String {
 /// The exposition text of `metrics`.
 pub fn exposition(metrics: &Metrics) -> String {
     let mut text = String::new();
-    let section = |text: &mut String, name: &str, kind: &str, help: &str, samples: &str| {
+    let mut section = |name: &str, kind: &str, help: &str, samples: &str| {
         let _ = writeln!(text, "# HELP {name} {help}");
         let _ = writeln!(text, "# TYPE {name} {kind}");
         text.push_str(samples);
     };
-    let mut samples = String::new();
-    for (status, count) in &metrics.jobs_by_status {
-        let _ = writeln!(
-            samples,
-            "narra_jobs{{status=\"{}\"}} {count}",
-            label(status)
-        );
-    }
+    // A family with one sample a value of its one label, in the map's order.
+    let by_label = |name: &str, key: &str, counts: &BTreeMap<String, u64>| {
+        let mut samples = String::new();
+        for (value, count) in counts {
+            let _ = writeln!(samples, "{name}{{{key}=\"{}\"}} {count}", label(value));
+        }
+        samples
+    };
     section(
-        &mut text,
         "narra_jobs",
         "gauge",
         "Jobs in the state store by status.",
-        &samples,
+        &by_label("narra_jobs", "status", &metrics.jobs_by_status),
     );
-    let mut samples = String::new();
-    for (phase, count) in &metrics.running_by_phase {
-        let _ = writeln!(
-            samples,
-            "narra_jobs_running{{phase=\"{}\"}} {count}",
-            label(phase)
-        );
-    }
     section(
-        &mut text,
         "narra_jobs_running",
         "gauge",
         "Running jobs by ingestion_phase.",
-        &samples,
+        &by_label("narra_jobs_running", "phase", &metrics.running_by_phase),
     );
     section(
-        &mut text,
         "narra_bytes_downloaded_total",
         "counter",
         "Bytes of the downloads jobs' checkpoints hold.",
@@ -199,7 +188,6 @@ pub fn exposition(metrics: &Metrics) -> String {
         ),
     );
     section(
-        &mut text,
         "narra_bytes_stored_total",
         "counter",
         "Bytes of the objects jobs wrote to storage (not those found already stored).",
@@ -218,40 +206,28 @@ pub fn exposition(metrics: &Metrics) -> String {
         );
     }
     section(
-        &mut text,
         "narra_step_duration_seconds",
         "summary",
         "How long step runs took, from step_started to step_completed or step_failed.",
         &samples,
     );
     section(
-        &mut text,
         "narra_retries_total",
         "counter",
         "Retries requested (by operators, submissions, or automatically).",
         &format!("narra_retries_total {}\n", metrics.retries),
     );
     section(
-        &mut text,
         "narra_steps_skipped_total",
         "counter",
         "Steps skipped because their checkpoint verified.",
         &format!("narra_steps_skipped_total {}\n", metrics.steps_skipped),
     );
-    let mut samples = String::new();
-    for (class, count) in &metrics.failures_by_class {
-        let _ = writeln!(
-            samples,
-            "narra_failures_total{{class=\"{}\"}} {count}",
-            label(class)
-        );
-    }
     section(
-        &mut text,
         "narra_failures_total",
         "counter",
         "Step failures by error class.",
-        &samples,
+        &by_label("narra_failures_total", "class", &metrics.failures_by_class),
     );
     text
 }

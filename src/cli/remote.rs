@@ -684,20 +684,11 @@ async fn forward(path: &Path, request: &Request) -> Result<(Vec<u8>, Vec<u8>, u8
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::Storage;
-    use crate::store::SledStore;
-    use crate::workflow::WorkflowRegistry;
+    use crate::engine::orchestrator::test_engine;
     use std::os::unix::ffi::OsStrExt;
 
     fn engine(home: &Path) -> Engine {
-        let store = Arc::new(SledStore::open(&home.join("state"), 8 * 1024 * 1024).unwrap());
-        Engine::new(
-            store,
-            Storage::from_uri("memory://").unwrap(),
-            WorkflowRegistry::builtin(),
-            home,
-            crate::steps::net::NetworkPolicy::default(),
-        )
+        test_engine::on_sled(home, crate::steps::net::NetworkPolicy::default())
     }
 
     fn holder() -> Holder {

@@ -901,23 +901,28 @@ mod tests {
 
     #[test]
     fn json_lines_and_csv_may_name_a_callback_url() {
-        let manifest = parse_manifest(
-            "-",
-            "{\"source\": \"https://h/a.mp4\", \"callback_url\": \"https://hooks.example.com/a\"}\n",
+        let callback_urls = |name: &str, text: &str| -> Vec<Option<String>> {
+            let manifest = parse_manifest(name, text);
+            manifest
+                .entries
+                .into_iter()
+                .map(|entry| entry.callback_url)
+                .collect()
+        };
+        assert_eq!(
+            callback_urls(
+                "-",
+                "{\"source\": \"https://h/a.mp4\", \"callback_url\": \"https://hooks.example.com/a\"}\n",
+            ),
+            [Some("https://hooks.example.com/a".to_string())]
         );
         assert_eq!(
-            manifest.entries[0].callback_url.as_deref(),
-            Some("https://hooks.example.com/a")
+            callback_urls(
+                "list.csv",
+                "source,callback_url\nhttps://h/a.mp4,https://hooks.example.com/b\nhttps://h/c.mp4,\n",
+            ),
+            [Some("https://hooks.example.com/b".to_string()), None]
         );
-        let manifest = parse_manifest(
-            "list.csv",
-            "source,callback_url\nhttps://h/a.mp4,https://hooks.example.com/b\nhttps://h/c.mp4,\n",
-        );
-        assert_eq!(
-            manifest.entries[0].callback_url.as_deref(),
-            Some("https://hooks.example.com/b")
-        );
-        assert_eq!(manifest.entries[1].callback_url, None);
     }
 
     #[test]

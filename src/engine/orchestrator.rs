@@ -412,16 +412,13 @@ async fn record_host_outcome(
             tracing::error!(
                 "the storage does not answer: storing is paused (no job is claimed) until a probe job gets through"
             );
-            engine
-                .store
-                .record_incident(NewIncident {
-                    actor: "narra".to_string(),
-                    action: "circuit_opened".to_string(),
-                    job: Some(job.id),
-                    key: Some(STORAGE_BREAKER.to_string()),
-                    reason: "the storage did not answer (storage_unavailable): no job is claimed until one probe job stores again".to_string(),
-                })
-                .await?;
+            circuit_opened(
+                engine,
+                job,
+                STORAGE_BREAKER.to_string(),
+                "the storage did not answer (storage_unavailable): no job is claimed until one probe job stores again".to_string(),
+            )
+            .await?;
         }
         verdict.hold |= storage.hold;
     }
@@ -437,23 +434,40 @@ async fn record_host_outcome(
     if host_verdict.opened {
         let breaker = &engine.scheduling.breaker;
         tracing::error!(host = %host, "circuit breaker opened: the host's jobs are held (not failed) until a probe job gets through");
-        engine
-            .store
-            .record_incident(NewIncident {
-                actor: "narra".to_string(),
-                action: "circuit_opened".to_string(),
-                job: Some(job.id),
-                key: Some(host.clone()),
-                reason: format!(
-                    "{} refusals ({}) from {host} in a row within {} s: its pending jobs are held, then one probe job tests it",
-                    breaker.failures_max,
-                    class.unwrap_or("unknown"),
-                    breaker.window_ms / 1000
-                ),
-            })
-            .await?;
+        circuit_opened(
+            engine,
+            job,
+            host.clone(),
+            format!(
+                "{} refusals ({}) from {host} in a row within {} s: its pending jobs are held, then one probe job tests it",
+                breaker.failures_max,
+                class.unwrap_or("unknown"),
+                breaker.window_ms / 1000
+            ),
+        )
+        .await?;
     }
     Ok(verdict)
+}
+
+/// Records the incident of the breaker `key` opening on `job`'s outcome, saying why.
+async fn circuit_opened(
+    engine: &Orchestrator,
+    job: &Job,
+    key: String,
+    reason: String,
+) -> Result<(), StoreError> {
+    engine
+        .store
+        .record_incident(NewIncident {
+            actor: "narra".to_string(),
+            action: "circuit_opened".to_string(),
+            job: Some(job.id),
+            key: Some(key),
+            reason,
+        })
+        .await?;
+    Ok(())
 }
 
 /// Gives a job this process holds back to `pending` because the process is shutting down (the
@@ -799,40 +813,111 @@ pub async fn work(
     Ok(finished)
 }
 
+/// Engines for the tests of every door: an in-memory storage and the built-in workflows over
+/// the store and network policy the test picks, so a test states only what it varies.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::job::Phase;
-    use crate::storage::Storage;
-    use crate::store::SledStore;
-    use crate::workflow::WorkflowRegistry;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+pub(crate) mod test_engine {
+    use std::path::Path;
+    use std::sync::Arc;
 
-    fn engine(home: &std::path::Path) -> Engine {
-        let store = Arc::new(SledStore::open(&home.join("state"), 8 * 1024 * 1024).unwrap());
+    use crate::engine::Engine;
+    use crate::steps::net::NetworkPolicy;
+    use crate::storage::Storage;
+    use crate::store::{SledStore, StateStore};
+    use crate::workflow::WorkflowRegistry;
+
+    /// An engine over `store`, with its home at `home`.
+    pub(crate) fn over(store: Arc<dyn StateStore>, home: &Path, network: NetworkPolicy) -> Engine {
         Engine::new(
             store,
             Storage::from_uri("memory://").unwrap(),
             WorkflowRegistry::builtin(),
             home,
-            crate::steps::net::NetworkPolicy {
+            network,
+        )
+    }
+
+    /// An engine over a fresh sled store in `home/state`.
+    pub(crate) fn on_sled(home: &Path, network: NetworkPolicy) -> Engine {
+        let store = Arc::new(SledStore::open(&home.join("state"), 8 * 1024 * 1024).unwrap());
+        over(store, home, network)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::job::Phase;
+    use crate::steps::net::NetworkPolicy;
+    use crate::store::pg_store::test_server::TestServer;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn engine(home: &std::path::Path) -> Engine {
+        test_engine::on_sled(
+            home,
+            NetworkPolicy {
                 allow_private_network: true,
                 ..Default::default()
             },
         )
     }
 
+    /// An engine over a fresh schema `schema` of the PostgreSQL `server`.
+    async fn pg_engine(server: &TestServer, schema: &str, home: &std::path::Path) -> Engine {
+        let uri = server.fresh_schema(schema).await;
+        let store = Arc::new(crate::store::PgStore::open(&uri).await.unwrap());
+        test_engine::over(store, home, NetworkPolicy::default())
+    }
+
+    /// Waits until the lease `job` holds now has expired, as a dead holder's would.
+    async fn outlive_lease(engine: &Engine, job: JobId) {
+        let lease_end = engine
+            .store
+            .job(job)
+            .await
+            .unwrap()
+            .unwrap()
+            .lease
+            .unwrap()
+            .expires_at;
+        while Timestamp::now() <= lease_end {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The id of the one job `source` was submitted as, with the default options.
+    async fn submitted(engine: &Engine, source: String) -> JobId {
+        let submitted = submit(&engine.orchestrator(), &[source], &SubmitOptions::default())
+            .await
+            .unwrap();
+        submitted[0].job.id
+    }
+
+    /// Claims job `id` for `worker` under a lease of `lease_ttl_ms`: the lease token.
+    async fn claimed_by(
+        engine: &Engine,
+        id: JobId,
+        worker: &crate::model::job::WorkerId,
+        lease_ttl_ms: u64,
+    ) -> LeaseToken {
+        let claimed = engine.store.claim(id, worker, lease_ttl_ms).await.unwrap();
+        claimed.unwrap().1
+    }
+
+    /// Asserts that `token` no longer writes: setting a phase under it is fenced.
+    async fn assert_fenced(engine: &Engine, token: &LeaseToken) {
+        let stale = engine
+            .store
+            .set_phase(token, Phase::Downloading)
+            .await
+            .unwrap();
+        assert!(matches!(stale, Err(Rejected::Fenced { .. })), "{stale:?}");
+    }
+
     /// One job submitted (an `ftp://` source: claimable, never downloaded) and claimed by this
     /// engine: its id, the claimed record and the lease token.
     async fn submitted_and_claimed(engine: &Engine) -> (JobId, Job, LeaseToken) {
-        let submitted = submit(
-            &engine.orchestrator(),
-            &["ftp://example.com/a.mp4".to_string()],
-            &SubmitOptions::default(),
-        )
-        .await
-        .unwrap();
-        let id = submitted[0].job.id;
+        let id = submitted(engine, "ftp://example.com/a.mp4".to_string()).await;
         let (job, token) = engine
             .store
             .claim(id, &engine.worker_id, engine.lease_ttl_ms)
@@ -870,10 +955,7 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let engine = engine(home.path());
         let (url, bytes_sent) = stalling_origin().await;
-        let submitted = submit(&engine.orchestrator(), &[url], &SubmitOptions::default())
-            .await
-            .unwrap();
-        let id = submitted[0].job.id;
+        let id = submitted(&engine, url).await;
         let runner = {
             let engine = engine.clone();
             tokio::spawn(async move { run_job(&engine.orchestrator(), id).await })
@@ -991,12 +1073,7 @@ mod tests {
         let reclaimed = reclaim_orphans(&engine.orchestrator()).await.unwrap();
         assert_eq!(reclaimed.len(), 1);
         assert_eq!(reclaimed[0].status, Status::Pending);
-        let stale = engine
-            .store
-            .set_phase(&old_token, Phase::Downloading)
-            .await
-            .unwrap();
-        assert!(matches!(stale, Err(Rejected::Fenced { .. })), "{stale:?}");
+        assert_fenced(&engine, &old_token).await;
 
         let finished = run_job(&engine.orchestrator(), id).await.unwrap();
         assert_eq!(finished.status, Status::Failed);
@@ -1009,54 +1086,18 @@ mod tests {
     // expired; a lease holder that lost its job that way is fenced.
     #[tokio::test]
     async fn on_a_shared_store_only_jobs_with_expired_leases_are_orphans() {
-        let server = crate::store::pg_store::test_server::TestServer::start().await;
-        let uri = server.fresh_schema("orphans").await;
+        let server = TestServer::start().await;
         let home = tempfile::tempdir().unwrap();
-        let store = Arc::new(crate::store::PgStore::open(&uri).await.unwrap());
-        let engine = Engine::new(
-            store,
-            Storage::from_uri("memory://").unwrap(),
-            WorkflowRegistry::builtin(),
-            home.path(),
-            crate::steps::net::NetworkPolicy::default(),
-        );
+        let engine = pg_engine(&server, "orphans", home.path()).await;
         let mut ids = Vec::new();
         for key in ["alive", "dead"] {
-            let submitted = submit(
-                &engine.orchestrator(),
-                &[format!("https://example.com/{key}.mp4")],
-                &SubmitOptions::default(),
-            )
-            .await
-            .unwrap();
-            ids.push(submitted[0].job.id);
+            ids.push(submitted(&engine, format!("https://example.com/{key}.mp4")).await);
         }
         let worker = crate::model::job::WorkerId("other-machine:1".to_string());
-        let (_, alive_token) = engine
-            .store
-            .claim(ids[0], &worker, 600_000)
-            .await
-            .unwrap()
-            .unwrap();
+        let alive_token = claimed_by(&engine, ids[0], &worker, 600_000).await;
         // A lease of 1 ms has expired by the time the reclaim reads it.
-        let (_, dead_token) = engine
-            .store
-            .claim(ids[1], &worker, 1)
-            .await
-            .unwrap()
-            .unwrap();
-        let lease_end = engine
-            .store
-            .job(ids[1])
-            .await
-            .unwrap()
-            .unwrap()
-            .lease
-            .unwrap()
-            .expires_at;
-        while crate::model::job::Timestamp::now() <= lease_end {
-            tokio::task::yield_now().await;
-        }
+        let dead_token = claimed_by(&engine, ids[1], &worker, 1).await;
+        outlive_lease(&engine, ids[1]).await;
 
         let reclaimed = reclaim_orphans(&engine.orchestrator()).await.unwrap();
         assert_eq!(
@@ -1071,12 +1112,7 @@ mod tests {
             .await
             .unwrap()
             .expect("the live holder keeps its job");
-        let stale = engine
-            .store
-            .set_phase(&dead_token, Phase::Downloading)
-            .await
-            .unwrap();
-        assert!(matches!(stale, Err(Rejected::Fenced { .. })), "{stale:?}");
+        assert_fenced(&engine, &dead_token).await;
         server.cleanup().await;
     }
 
@@ -1084,39 +1120,13 @@ mod tests {
     // it) is reclaimed by a scheduler already running elsewhere, and run again there.
     #[tokio::test]
     async fn a_running_scheduler_takes_over_a_job_whose_lease_expired() {
-        let server = crate::store::pg_store::test_server::TestServer::start().await;
-        let uri = server.fresh_schema("takeover").await;
+        let server = TestServer::start().await;
         let home = tempfile::tempdir().unwrap();
-        let store = Arc::new(crate::store::PgStore::open(&uri).await.unwrap());
-        let engine = Engine::new(
-            store,
-            Storage::from_uri("memory://").unwrap(),
-            WorkflowRegistry::builtin(),
-            home.path(),
-            crate::steps::net::NetworkPolicy::default(),
-        );
-        let submitted = submit(
-            &engine.orchestrator(),
-            &["ftp://example.com/dead.mp4".to_string()],
-            &SubmitOptions::default(),
-        )
-        .await
-        .unwrap();
-        let id = submitted[0].job.id;
+        let engine = pg_engine(&server, "takeover", home.path()).await;
+        let id = submitted(&engine, "ftp://example.com/dead.mp4".to_string()).await;
         let dead = crate::model::job::WorkerId("dead-machine:1".to_string());
-        let (_, dead_token) = engine.store.claim(id, &dead, 1).await.unwrap().unwrap();
-        let lease_end = engine
-            .store
-            .job(id)
-            .await
-            .unwrap()
-            .unwrap()
-            .lease
-            .unwrap()
-            .expires_at;
-        while Timestamp::now() <= lease_end {
-            tokio::task::yield_now().await;
-        }
+        let dead_token = claimed_by(&engine, id, &dead, 1).await;
+        outlive_lease(&engine, id).await;
 
         let finished = work(&engine.orchestrator(), 1, true, std::future::pending())
             .await

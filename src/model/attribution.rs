@@ -89,21 +89,22 @@ pub fn claimed(attribution: &Attribution, holding: &Holding) -> Attribution {
 /// A job running in a process that just claimed another job beside it: its run is no longer
 /// alone. `None` when nothing changes.
 pub fn joined(job: &Job) -> Option<Job> {
-    if !job.attribution.alone {
-        return None;
-    }
-    let mut next = job.clone();
-    next.attribution.alone = false;
-    Some(next)
+    turned_off(job, |attribution| &mut attribution.alone)
 }
 
 /// A job passed a checkpoint: a suspect mark clears. `None` when nothing changes.
 pub fn checkpoint_passed(job: &Job) -> Option<Job> {
-    if !job.attribution.suspect {
+    turned_off(job, |attribution| &mut attribution.suspect)
+}
+
+/// `job` with the attribution flag `flag` picks turned off; `None` when it already was.
+fn turned_off(job: &Job, flag: fn(&mut Attribution) -> &mut bool) -> Option<Job> {
+    let mut next = job.clone();
+    let flag = flag(&mut next.attribution);
+    if !*flag {
         return None;
     }
-    let mut next = job.clone();
-    next.attribution.suspect = false;
+    *flag = false;
     Some(next)
 }
 

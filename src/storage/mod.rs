@@ -186,6 +186,9 @@ impl Storage {
             .map(|(name, value)| (name.into_owned(), value.into_owned()))
             .collect();
         let env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        // A setting of the URI's query, else of the environment variable that stands for it.
+        let setting =
+            |name: &str, variable: &str| query.get(name).cloned().or_else(|| env(variable));
         let container = parsed
             .host_str()
             .filter(|host| !host.is_empty())
@@ -196,17 +199,10 @@ impl Storage {
         let operator = match parsed.scheme() {
             "s3" => {
                 let mut builder = services::S3::default().bucket(container).root(&root);
-                if let Some(endpoint) = query
-                    .get("endpoint")
-                    .cloned()
-                    .or_else(|| env("AWS_ENDPOINT_URL"))
-                {
+                if let Some(endpoint) = setting("endpoint", "AWS_ENDPOINT_URL") {
                     builder = builder.endpoint(&endpoint);
                 }
-                let region = query
-                    .get("region")
-                    .cloned()
-                    .or_else(|| env("AWS_REGION"))
+                let region = setting("region", "AWS_REGION")
                     .or_else(|| env("AWS_DEFAULT_REGION"))
                     .unwrap_or_else(|| "us-east-1".to_string());
                 builder = builder.region(&region);
@@ -228,18 +224,10 @@ impl Storage {
             }
             "azblob" => {
                 let mut builder = services::Azblob::default().container(container).root(&root);
-                if let Some(endpoint) = query
-                    .get("endpoint")
-                    .cloned()
-                    .or_else(|| env("AZURE_STORAGE_ENDPOINT"))
-                {
+                if let Some(endpoint) = setting("endpoint", "AZURE_STORAGE_ENDPOINT") {
                     builder = builder.endpoint(&endpoint);
                 }
-                if let Some(account) = query
-                    .get("account")
-                    .cloned()
-                    .or_else(|| env("AZURE_STORAGE_ACCOUNT"))
-                {
+                if let Some(account) = setting("account", "AZURE_STORAGE_ACCOUNT") {
                     builder = builder.account_name(&account);
                 }
                 if let Some(key) = env("AZURE_STORAGE_KEY") {
@@ -378,17 +366,32 @@ impl Storage {
             Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(self.classify("reading", key, error)),
         };
-        let mut hasher = blake3::Hasher::new();
-        let mut size = 0u64;
-        while let Some(chunk) = stream
+        let mut digest = Digest::default();
+        while self
+            .next_chunk(key, &mut stream, &mut digest)
+            .await?
+            .is_some()
+        {}
+        Ok(Some(digest.finish()))
+    }
+
+    /// The next chunk of object `key` read through `stream`, counted into `digest`; `None` at the
+    /// end of the object.
+    async fn next_chunk(
+        &self,
+        key: &str,
+        stream: &mut opendal::FuturesBytesStream,
+        digest: &mut Digest,
+    ) -> Result<Option<Bytes>, StorageError> {
+        let chunk = stream
             .try_next()
             .await
-            .map_err(|error| self.classify_io("reading", key, error))?
-        {
-            size += chunk.len() as u64;
-            hasher.update(&chunk);
+            .map_err(|error| self.classify_io("reading", key, error))?;
+        if let Some(chunk) = &chunk {
+            digest.size += chunk.len() as u64;
+            digest.hasher.update(chunk);
         }
-        Ok(Some((size, hasher.finalize().into())))
+        Ok(chunk)
     }
 
     /// Writes a local file to `key`, streamed in chunks (multipart with concurrency on object
@@ -615,21 +618,14 @@ impl Storage {
         let mut file = tokio::fs::File::create(target)
             .await
             .map_err(write_failed)?;
-        let mut hasher = blake3::Hasher::new();
-        let mut size = 0u64;
-        while let Some(chunk) = stream
-            .try_next()
-            .await
-            .map_err(|error| self.classify_io("reading", key, error))?
-        {
-            size += chunk.len() as u64;
-            hasher.update(&chunk);
+        let mut digest = Digest::default();
+        while let Some(chunk) = self.next_chunk(key, &mut stream, &mut digest).await? {
             tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
                 .await
                 .map_err(write_failed)?;
         }
         file.sync_all().await.map_err(write_failed)?;
-        Ok((size, hasher.finalize().into()))
+        Ok(digest.finish())
     }
 
     async fn after_write(&self, key: &str, expected: u64) -> Result<ObjectStat, StorageError> {
@@ -894,6 +890,19 @@ pub fn file_change_token(metadata: &std::fs::Metadata) -> ChangeToken {
     }
 }
 
+/// The size and blake3 hash of bytes read so far, chunk by chunk.
+#[derive(Default)]
+struct Digest {
+    hasher: blake3::Hasher,
+    size: u64,
+}
+
+impl Digest {
+    fn finish(self) -> (u64, Hash) {
+        (self.size, self.hasher.finalize().into())
+    }
+}
+
 /// Streams a local file through blake3 on a blocking thread: its size and hash.
 pub async fn hash_file(path: &Path) -> std::io::Result<(u64, Hash)> {
     let path = path.to_path_buf();
@@ -1099,6 +1108,28 @@ pub fn parse_hash(hex: &str) -> Option<Hash> {
 mod tests {
     use super::*;
 
+    /// A storage on `fs://` at `dir/objects`, and that root.
+    fn fs_storage(dir: &Path) -> (PathBuf, Storage) {
+        let root = dir.join("objects");
+        let storage = Storage::from_uri(&format!("fs://{}", root.display())).unwrap();
+        (root, storage)
+    }
+
+    /// Each backend a test must hold on: `memory://`, then `fs://` at `objects` in its own
+    /// directory; each with a directory of its own for the test's source files, and its URI.
+    fn each_backend() -> [(tempfile::TempDir, String, Storage); 2] {
+        [false, true].map(|on_fs| {
+            let dir = tempfile::tempdir().unwrap();
+            let uri = if on_fs {
+                format!("fs://{}", dir.path().join("objects").display())
+            } else {
+                "memory://".to_string()
+            };
+            let storage = Storage::from_uri(&uri).unwrap();
+            (dir, uri, storage)
+        })
+    }
+
     // Guards the two-thread hashing of `hash_file`: every size around the chunk boundaries (the
     // one-read path, a file that ends exactly on a chunk, a short last chunk) hashes as blake3
     // hashes the same bytes in memory, and a missing file is an error, not a hang. The sizes go up
@@ -1131,8 +1162,7 @@ mod tests {
     #[tokio::test]
     async fn fs_put_file_lands_whole_and_leaves_no_temp_file() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("objects");
-        let storage = Storage::from_uri(&format!("fs://{}", root.display())).unwrap();
+        let (root, storage) = fs_storage(dir.path());
         let source = dir.path().join("source.bin");
         let bytes: Vec<u8> = (0..3 * CHUNK_BYTES + 17).map(|i| (i % 251) as u8).collect();
         std::fs::write(&source, &bytes).unwrap();
@@ -1169,8 +1199,7 @@ mod tests {
     async fn fs_put_local_file_links_an_unchanged_file_and_copies_otherwise() {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("objects");
-        let storage = Storage::from_uri(&format!("fs://{}", root.display())).unwrap();
+        let (root, storage) = fs_storage(dir.path());
         let source = dir.path().join("source.bin");
         let bytes: Vec<u8> = (0..CHUNK_BYTES + 5).map(|i| (i % 251) as u8).collect();
         std::fs::write(&source, &bytes).unwrap();
@@ -1247,14 +1276,7 @@ mod tests {
     // grow, and the last one is the file's size.
     #[tokio::test]
     async fn an_upload_reports_the_bytes_sent_after_each_chunk() {
-        for uri in ["memory://".to_string(), String::new()] {
-            let dir = tempfile::tempdir().unwrap();
-            let uri = if uri.is_empty() {
-                format!("fs://{}", dir.path().join("objects").display())
-            } else {
-                uri
-            };
-            let storage = Storage::from_uri(&uri).unwrap();
+        for (dir, uri, storage) in each_backend() {
             let source = dir.path().join("source.bin");
             let size = 2 * CHUNK_BYTES + 5;
             std::fs::write(&source, vec![7u8; size]).unwrap();
@@ -1288,14 +1310,7 @@ mod tests {
     // (a local file that changed after its checkpoint) are never written there.
     #[tokio::test]
     async fn an_upload_whose_bytes_do_not_match_the_expected_hash_writes_nothing() {
-        for uri in ["memory://".to_string(), String::new()] {
-            let dir = tempfile::tempdir().unwrap();
-            let uri = if uri.is_empty() {
-                format!("fs://{}", dir.path().join("objects").display())
-            } else {
-                uri
-            };
-            let storage = Storage::from_uri(&uri).unwrap();
+        for (dir, uri, storage) in each_backend() {
             let source = dir.path().join("changed.bin");
             std::fs::write(&source, b"the bytes that are there now").unwrap();
             let expected = Hash::of(b"the bytes that were checkpointed");
@@ -1328,8 +1343,7 @@ mod tests {
     #[tokio::test]
     async fn writing_under_a_file_fails_as_storage_error() {
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("objects");
-        let storage = Storage::from_uri(&format!("fs://{}", root.display())).unwrap();
+        let (root, storage) = fs_storage(dir.path());
         std::fs::write(root.join("blobs"), b"in the way").unwrap();
         let error = storage
             .put_bytes("blobs/ab/abc.json", b"{}".to_vec(), WriteOptions::default())

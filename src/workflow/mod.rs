@@ -537,6 +537,19 @@ struct StepFile {
 /// The order every workflow's steps must have: each step consumes the outputs of those before it.
 const STEP_ORDER: [StepKind; 3] = [StepKind::Download, StepKind::Extract, StepKind::Store];
 
+/// A step's parameters read from its TOML table, then checked by `validate`; the reason they are
+/// refused otherwise.
+fn step_params<P: serde::de::DeserializeOwned>(
+    params: toml::Value,
+    validate: fn(&P) -> Result<(), String>,
+) -> Result<P, String> {
+    let params: P = params
+        .try_into()
+        .map_err(|error: toml::de::Error| error.to_string())?;
+    validate(&params)?;
+    Ok(params)
+}
+
 /// Parses and validates one workflow definition. `file_name` is the name the file gives.
 pub fn parse_workflow(file_name: &str, text: &str) -> Result<Workflow, WorkflowError> {
     let invalid = |reason: String| WorkflowError::Invalid {
@@ -572,24 +585,15 @@ pub fn parse_workflow(file_name: &str, text: &str) -> Result<Workflow, WorkflowE
         let params = step
             .params
             .unwrap_or_else(|| toml::Value::Table(Default::default()));
-        let parse_error =
-            |error: toml::de::Error| invalid(format!("step {}: {error}", step.kind.name()));
+        let refused = |reason: String| invalid(format!("step {}: {reason}", step.kind.name()));
         steps.push(match step.kind {
             StepKind::Download => {
-                let params: DownloadParams = params.try_into().map_err(parse_error)?;
-                params
-                    .validate()
-                    .map_err(|reason| invalid(format!("step download: {reason}")))?;
-                StepDef::Download(params)
+                StepDef::Download(step_params(params, DownloadParams::validate).map_err(refused)?)
             }
             StepKind::Extract => {
-                let params: ExtractParams = params.try_into().map_err(parse_error)?;
-                params
-                    .validate()
-                    .map_err(|reason| invalid(format!("step extract: {reason}")))?;
-                StepDef::Extract(params)
+                StepDef::Extract(step_params(params, ExtractParams::validate).map_err(refused)?)
             }
-            StepKind::Store => StepDef::Store(params.try_into().map_err(parse_error)?),
+            StepKind::Store => StepDef::Store(step_params(params, |_| Ok(())).map_err(refused)?),
         });
     }
     let attempts_max = file.attempts_max.unwrap_or(JOB_ATTEMPTS_MAX_DEFAULT);
@@ -734,10 +738,23 @@ mod tests {
         assert_eq!(before, StepDef::Download(params).definition_hash());
     }
 
+    /// Why workflow `x` written as `text` is refused.
+    fn refusal(text: &str) -> String {
+        parse_workflow("x", text).unwrap_err().to_string()
+    }
+
+    /// Workflow `x` of the three steps, its extract step given `params`.
+    fn extracting_with(params: &str) -> String {
+        format!(
+            "name = \"x\"\n[[steps]]\nkind = \"download\"\n[[steps]]\nkind = \"extract\"\nparams = {{ {params} }}\n[[steps]]\nkind = \"store\"\n"
+        )
+    }
+
     #[test]
     fn steps_out_of_order_are_refused_with_the_reason() {
-        let text = "name = \"x\"\n[[steps]]\nkind = \"store\"\n[[steps]]\nkind = \"download\"\n[[steps]]\nkind = \"extract\"\n";
-        let error = parse_workflow("x", text).unwrap_err().to_string();
+        let error = refusal(
+            "name = \"x\"\n[[steps]]\nkind = \"store\"\n[[steps]]\nkind = \"download\"\n[[steps]]\nkind = \"extract\"\n",
+        );
         assert!(error.contains("download, extract, store"), "{error}");
     }
 
@@ -773,7 +790,7 @@ mod tests {
             let text = format!(
                 "name = \"x\"\n[[steps]]\nkind = \"download\"\nparams = {{ {params} }}\n[[steps]]\nkind = \"extract\"\n[[steps]]\nkind = \"store\"\n"
             );
-            let error = parse_workflow("x", &text).unwrap_err().to_string();
+            let error = refusal(&text);
             assert!(error.contains("step download"), "{params}: {error}");
             assert!(error.contains(named), "{params}: {error}");
         }
@@ -789,8 +806,7 @@ mod tests {
 
     #[test]
     fn unknown_parameters_are_refused() {
-        let text = "name = \"x\"\n[[steps]]\nkind = \"download\"\n[[steps]]\nkind = \"extract\"\nparams = { audoi = \"copy\" }\n[[steps]]\nkind = \"store\"\n";
-        let error = parse_workflow("x", text).unwrap_err().to_string();
+        let error = refusal(&extracting_with("audoi = \"copy\""));
         assert!(error.contains("audoi"), "{error}");
     }
 
@@ -859,11 +875,6 @@ mod tests {
 
     #[test]
     fn extract_parameters_an_encoder_would_refuse_are_refused_when_loaded() {
-        let workflow = |params: &str| {
-            format!(
-                "name = \"x\"\n[[steps]]\nkind = \"download\"\n[[steps]]\nkind = \"extract\"\nparams = {{ {params} }}\n[[steps]]\nkind = \"store\"\n"
-            )
-        };
         for (params, reason) in [
             ("audio = \"opus\", sample_rate = 44100", "opus supports"),
             ("audio = \"mp3\", channels = 6", "1..=2"),
@@ -879,12 +890,12 @@ mod tests {
                 "timeout_base_ms",
             ),
         ] {
-            let error = parse_workflow("x", &workflow(params))
+            let error = parse_workflow("x", &extracting_with(params))
                 .expect_err(params)
                 .to_string();
             assert!(error.contains(reason), "{params}: {error}");
         }
-        let accepted = workflow("audio = \"opus\", sample_rate = 16000, channels = 1");
+        let accepted = extracting_with("audio = \"opus\", sample_rate = 16000, channels = 1");
         assert!(parse_workflow("x", &accepted).is_ok());
     }
 }
