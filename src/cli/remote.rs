@@ -309,11 +309,17 @@ impl Server {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(error),
         }
-        let listener = UnixListener::bind(&path)?;
-        // Until this chmod the file has the umask's mode; the peer check covers that moment.
-        if let Err(error) = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        {
-            let _ = std::fs::remove_file(&path);
+        // Bound under another name, made 0600, then renamed into place: the socket is never seen
+        // at its path with the umask's mode (the peer check would cover that moment, but a reader
+        // of the mode would not).
+        let fresh = path.with_extension("sock.new");
+        // A leftover of a process that died here is replaced too.
+        let _ = std::fs::remove_file(&fresh);
+        let listener = UnixListener::bind(&fresh)?;
+        let placed = std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))
+            .and_then(|()| std::fs::rename(&fresh, &path));
+        if let Err(error) = placed {
+            let _ = std::fs::remove_file(&fresh);
             return Err(error);
         }
         // SAFETY: geteuid has no preconditions and cannot fail.
