@@ -14,5 +14,6 @@ pub mod private_files;
 pub mod steps;
 pub mod storage;
 pub mod store;
+pub mod views;
 pub mod webhook;
 pub mod workflow;

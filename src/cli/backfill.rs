@@ -196,7 +196,7 @@ fn progress_text(tally: &BackfillProgress, elapsed: Duration) -> String {
     )
 }
 
-fn summary_json(summary: &BackfillSummary) -> serde_json::Value {
+pub(crate) fn summary_json(summary: &BackfillSummary) -> serde_json::Value {
     json!({
         "backfill": summary.backfill.id.to_string(),
         "manifest": summary.backfill.manifest,
@@ -229,7 +229,7 @@ fn counts(map: &std::collections::BTreeMap<String, usize>) -> String {
         .join(", ")
 }
 
-fn summary_text(summary: &BackfillSummary) -> String {
+pub(crate) fn summary_text(summary: &BackfillSummary) -> String {
     format!(
         "backfill   {} ({}, {})\n\
          jobs       {} (ran {}, recognised {}); {} lines accepted, {} bad\n\

@@ -9,6 +9,8 @@
 
 pub mod attribution;
 pub mod errors;
+#[cfg(test)]
+pub mod fixtures;
 pub mod history;
 pub mod job;
 pub mod machine;
