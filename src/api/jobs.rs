@@ -73,7 +73,7 @@ pub async fn list(
     let mut candidates: Vec<(Job, Option<Value>)> = if query.stuck.unwrap_or(false) {
         let stuck_after_s = query
             .stuck_after_s
-            .unwrap_or(crate::engine::stuck::DEFAULT_STUCK_AFTER_S);
+            .unwrap_or(crate::model::stuck::DEFAULT_STUCK_AFTER_S);
         crate::engine::stuck::stuck_jobs(engine, stuck_after_s, Timestamp::now())
             .await?
             .into_iter()

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use super::{API_ACTOR, ApiError, ApiState, Body, parse_job_id};
 use crate::cli::maintenance::{executed_json, plan_json, verification_json};
 use crate::engine::backfill::{BackfillOptions, jobs_of_backfill, parse_manifest, submit_manifest};
-use crate::engine::cleanup::{CleanupOptions, DEFAULT_MIN_AGE_S, execute, plan};
+use crate::engine::cleanup::{execute, plan};
+use crate::model::cleanup::{CleanupOptions, DEFAULT_MIN_AGE_S};
 use crate::model::job::{BackfillId, Timestamp};
 use crate::model::sources::LocalPaths;
 
@@ -239,8 +240,8 @@ pub async fn health(
     query: Result<Query<HealthQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
-    let defaults = crate::engine::health::HealthOptions::default();
-    let options = crate::engine::health::HealthOptions {
+    let defaults = crate::model::health::HealthOptions::default();
+    let options = crate::model::health::HealthOptions {
         host_failures_min: query
             .host_failures_min
             .unwrap_or(defaults.host_failures_min),

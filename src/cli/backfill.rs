@@ -13,10 +13,11 @@ use serde_json::json;
 use super::{CliError, io};
 use crate::engine::Engine;
 use crate::engine::backfill::{
-    BackfillOptions, BackfillProgress, BackfillSummary, list_backfills, manifest_name,
-    parse_manifest, run_backfill, submit_manifest,
+    BackfillOptions, BackfillProgress, list_backfills, manifest_name, parse_manifest, run_backfill,
+    submit_manifest,
 };
 use crate::engine::orchestrator::reclaim_orphans;
+use crate::model::backfill::BackfillSummary;
 
 /// How often the plain (not a terminal) progress line is printed, at most.
 pub const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);

@@ -7,7 +7,8 @@ use serde_json::json;
 
 use crate::cli::{CliError, io};
 use crate::engine::Engine;
-use crate::engine::health::{HealthOptions, HealthReport, assess};
+use crate::engine::health::assess;
+use crate::model::health::{HealthOptions, HealthReport};
 use crate::model::job::{Breaker, HostState, Timestamp};
 
 fn counts_text(counts: &std::collections::BTreeMap<String, usize>) -> String {

@@ -13,14 +13,14 @@ use serde_json::{Value, json};
 
 use super::CliError;
 use crate::engine::Engine;
-use crate::engine::audit::{JobAudit, audit_jobs};
-use crate::engine::cleanup::{
-    CleanupError, CleanupOptions, DeletionReason, Executed, Plan, Takedown, execute,
-    execute_takedown, plan, plan_takedown,
-};
-use crate::engine::prune::{PruneOptions, PrunePlan, Pruned, duration_text, parse_duration};
-use crate::engine::verify::{ArtifactState, JobVerification, verify_job};
+use crate::engine::audit::audit_jobs;
+use crate::engine::cleanup::{CleanupError, execute, execute_takedown, plan, plan_takedown};
+use crate::engine::verify::verify_job;
+use crate::model::audit::JobAudit;
+use crate::model::cleanup::{CleanupOptions, DeletionReason, Executed, Plan, Takedown};
 use crate::model::job::{Incident, JobId, Location, Status, Timestamp};
+use crate::model::prune::{PruneOptions, PrunePlan, Pruned, duration_text, parse_duration};
+use crate::model::verification::{ArtifactState, JobVerification};
 use crate::store::JobFilter;
 
 use super::{io, print_json};
@@ -323,7 +323,7 @@ pub async fn cleanup(
                     out,
                     "dry run: nothing was changed. To carry out exactly this plan: narra cleanup{}{} --confirm {}",
                     if options.deep { " --deep" } else { "" },
-                    if options.min_age_s == crate::engine::cleanup::DEFAULT_MIN_AGE_S {
+                    if options.min_age_s == crate::model::cleanup::DEFAULT_MIN_AGE_S {
                         String::new()
                     } else {
                         format!(" --min-age-s {}", options.min_age_s)
@@ -355,7 +355,7 @@ pub async fn cleanup(
 }
 
 pub fn plan_json(plan: &Plan) -> Value {
-    let mut value = plan.canonical();
+    let mut value = serde_json::to_value(plan.canonical()).expect("a plan serializes");
     value["id"] = json!(plan.id);
     value["notes"] = json!(plan.notes);
     if let Some(deletions) = value["deletions"].as_array_mut() {

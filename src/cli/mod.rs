@@ -280,7 +280,7 @@ pub enum Command {
         /// progress) for `--stuck-after-s` seconds.
         #[arg(long, conflicts_with_all = ["status", "backfill"])]
         stuck: bool,
-        #[arg(long, value_name = "SECONDS", default_value_t = crate::engine::stuck::DEFAULT_STUCK_AFTER_S)]
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::model::stuck::DEFAULT_STUCK_AFTER_S)]
         stuck_after_s: u64,
     },
     /// Return a job to pending (the runbook's "manually reset job status"): a running job whose
@@ -379,7 +379,7 @@ pub enum Command {
         #[arg(long)]
         deep: bool,
         /// Unreferenced objects younger than this are left alone: they may be uploads in flight.
-        #[arg(long, default_value_t = crate::engine::cleanup::DEFAULT_MIN_AGE_S)]
+        #[arg(long, default_value_t = crate::model::cleanup::DEFAULT_MIN_AGE_S)]
         min_age_s: u64,
         /// Carry out the plan the dry run printed; refused if the plan changed since.
         #[arg(long, value_name = "PLAN_ID")]
@@ -394,7 +394,7 @@ pub enum Command {
         /// How far back failures count, in seconds.
         #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
         window_s: u64,
-        #[arg(long, value_name = "SECONDS", default_value_t = crate::engine::stuck::DEFAULT_STUCK_AFTER_S)]
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::model::stuck::DEFAULT_STUCK_AFTER_S)]
         stuck_after_s: u64,
     },
     /// Print the incident log: every action cleanup and delete took.
@@ -1103,7 +1103,7 @@ pub async fn dispatch(
             min_age_s,
             confirm,
         } => {
-            let options = crate::engine::cleanup::CleanupOptions { deep, min_age_s };
+            let options = crate::model::cleanup::CleanupOptions { deep, min_age_s };
             maintenance::cleanup(engine, &mut out, err, options, confirm, context).await
         }
         Command::Reset { id, force, reason } => {
@@ -1114,7 +1114,7 @@ pub async fn dispatch(
             window_s,
             stuck_after_s,
         } => {
-            let options = crate::engine::health::HealthOptions {
+            let options = crate::model::health::HealthOptions {
                 host_failures_min,
                 window_s,
                 stuck_after_s,

@@ -7,8 +7,9 @@ use serde_json::json;
 
 use crate::cli::{CliError, io, views};
 use crate::engine::Engine;
-use crate::engine::stuck::{StuckJob, reset_job, stuck_jobs};
+use crate::engine::stuck::{reset_job, stuck_jobs};
 use crate::model::job::{JobId, Timestamp};
+use crate::model::stuck::StuckJob;
 
 /// The JSON of one stuck job: its summary plus `last_moved_at` and `stuck: [{reason, detail}]`.
 pub fn stuck_json(stuck: &StuckJob) -> serde_json::Value {

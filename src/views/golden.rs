@@ -452,17 +452,17 @@ fn incidents() -> Vec<Incident> {
 
 // Until the views move, the shapes come from where they are made today.
 use crate::cli::views;
-use crate::engine::audit::{Finding, JobAudit, Severity, StepAudit, StepCounts};
-use crate::engine::backfill::{BackfillSummary, BadLine, ManifestFormat};
-use crate::engine::cleanup::{
+use crate::model::audit::{Finding, JobAudit, Severity, StepAudit, StepCounts};
+use crate::model::backfill::{BackfillSummary, BadLine, ManifestFormat};
+use crate::model::cleanup::{
     CleanupOptions, Deletion, DeletionReason, Executed, JobReset, Plan, StaleScratch, Takedown,
 };
-use crate::engine::health::{
+use crate::model::health::{
     CorruptionHealth, FailingHost, HealthOptions, HealthReport, StorageHealth,
 };
-use crate::engine::prune::{PruneOptions, PrunePlan, Pruned};
-use crate::engine::stuck::{StuckJob, StuckReason};
-use crate::engine::verify::{ArtifactCheck, ArtifactState, JobVerification};
+use crate::model::prune::{PruneOptions, PrunePlan, Pruned};
+use crate::model::stuck::{StuckJob, StuckReason};
+use crate::model::verification::{ArtifactCheck, ArtifactState, JobVerification};
 
 fn stuck_job() -> StuckJob {
     StuckJob {
@@ -1133,14 +1133,14 @@ fn verifications_and_audits() {
 }
 
 /// The line the CLI printed after a dry run.
-fn dry_run_text(plan: &crate::engine::cleanup::Plan) -> String {
+fn dry_run_text(plan: &Plan) -> String {
     if plan.is_empty() {
         return format!("nothing to clean up (plan {})", plan.id);
     }
     format!(
         "dry run: nothing was changed. To carry out exactly this plan: narra cleanup{}{} --confirm {}",
         if plan.options.deep { " --deep" } else { "" },
-        if plan.options.min_age_s == crate::engine::cleanup::DEFAULT_MIN_AGE_S {
+        if plan.options.min_age_s == crate::model::cleanup::DEFAULT_MIN_AGE_S {
             String::new()
         } else {
             format!(" --min-age-s {}", plan.options.min_age_s)
@@ -1179,7 +1179,7 @@ fn cleanups_takedowns_and_incidents() {
         // The id is the hash of the canonical form: the same plan keeps its id.
         (
             "plan_id",
-            crate::engine::cleanup::plan_id(&cleanup_plan().canonical()),
+            crate::model::cleanup::plan_id(&cleanup_plan().canonical()),
         ),
     ]);
     assert_text(&text, include_str!("golden/cleanup.txt"));
