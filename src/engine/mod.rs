@@ -13,6 +13,7 @@ pub mod orchestrator;
 pub mod prune;
 pub mod reprobe;
 pub mod retry;
+pub mod show;
 pub mod shutdown;
 pub mod stuck;
 pub mod transfer;

@@ -9,13 +9,25 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
+use super::{job, to_json};
+use crate::model::audit::{Finding, JobAudit, Severity, StepAudit, StepCounts};
+use crate::model::backfill::{BackfillSummary, BadLine, ManifestFormat};
+use crate::model::cleanup::{
+    CleanupOptions, Deletion, DeletionReason, Executed, JobReset, Plan, StaleScratch, Takedown,
+};
 use crate::model::fixtures;
+use crate::model::health::{
+    CorruptionHealth, FailingHost, HealthOptions, HealthReport, StorageHealth,
+};
 use crate::model::job::{
     Backfill, BackfillId, Breaker, ChangeToken, Checkpoint, CrashRecord, Delivery, DeliveryId,
     ErrorInfo, Event, EventKind, EventSummary, Hash, HostFailure, HostState, Incident, Job, JobId,
-    JobProgress, Lease, Location, LogLine, MediaMetadata, Notice, Phase, ProgressMarker, PrunedJob,
-    Status, StepOutput, StepSummary, StreamInfo, Timestamp, Webhook, WorkerId,
+    JobProgress, Lease, Location, LogLine, Notice, Phase, ProgressMarker, PrunedJob, Status,
+    StepOutput, StepSummary, Timestamp, Webhook, WorkerId,
 };
+use crate::model::prune::{PruneOptions, PrunePlan, Pruned};
+use crate::model::stuck::{StuckJob, StuckReason};
+use crate::model::verification::{ArtifactCheck, ArtifactState, JobVerification};
 
 /// 2023-11-14T22:13:20Z, and then some milliseconds.
 fn at(ms: i64) -> Timestamp {
@@ -179,42 +191,10 @@ fn checkpoints() -> Vec<Checkpoint> {
     ]
 }
 
-/// A stream of which nothing but its kind and codec is known.
-fn stream(index: u32, codec_type: &str, codec_name: &str) -> StreamInfo {
-    StreamInfo {
-        index,
-        codec_type: codec_type.to_string(),
-        codec_name: Some(codec_name.to_string()),
-        width: None,
-        height: None,
-        sample_rate: None,
-        channels: None,
-        duration_s: None,
-    }
-}
-
-fn metadata() -> MediaMetadata {
-    MediaMetadata {
-        format_name: "mov,mp4,m4a,3gp,3g2,mj2".to_string(),
-        duration_s: Some(2.02),
-        size: Some(12_345),
-        bit_rate: Some(48_890),
-        streams: vec![
-            StreamInfo {
-                width: Some(320),
-                height: Some(240),
-                duration_s: Some(2.0),
-                ..stream(0, "video", "h264")
-            },
-            StreamInfo {
-                sample_rate: Some(44_100),
-                channels: Some(2),
-                duration_s: Some(2.02),
-                ..stream(1, "audio", "aac")
-            },
-        ],
-        raw: r#"{"streams":[{"index":0,"codec_type":"video","codec_name":"h264","profile":"High","width":320,"height":240,"avg_frame_rate":"30000/1001","duration":"2.000000","start_time":"0.000000"},{"index":1,"codec_type":"audio","codec_name":"aac","profile":"LC","sample_rate":"44100","channels":2,"channel_layout":"stereo","duration":"2.020000","bit_rate":"64000","tags":{"language":"eng"}}],"format":{"format_name":"mov,mp4,m4a,3gp,3g2,mj2","format_long_name":"QuickTime / MOV","start_time":"0.000000","duration":"2.020000","size":"12345","bit_rate":"48890"}}"#.to_string(),
-    }
+/// The metadata record as the extract step shows it (`steps::extract::metadata_json`): views
+/// take it as it is.
+fn metadata_view() -> Value {
+    serde_json::from_str(include_str!("golden/metadata_input.json")).expect("JSON")
 }
 
 /// One event of every kind.
@@ -428,41 +408,28 @@ fn log_line() -> LogLine {
     }
 }
 
+/// Two incidents, their fields in the order their JSON keys print in.
 fn incidents() -> Vec<Incident> {
     let deleted = Incident {
-        seq: 0,
-        at: at(20_000),
-        actor: "ops".to_string(),
         action: "deleted_object".to_string(),
+        actor: "ops".to_string(),
+        at: at(20_000),
         job: Some(JobId(1)),
         key: Some("blobs/aa/video".to_string()),
         reason: "cleanup: corrupt video".to_string(),
+        seq: 0,
     };
     let pruned = Incident {
-        seq: 1,
-        at: at(21_000),
-        actor: "narra".to_string(),
         action: "pruned_jobs".to_string(),
+        actor: "narra".to_string(),
+        at: at(21_000),
         job: None,
         key: None,
         reason: "prune --older-than 30d".to_string(),
+        seq: 1,
     };
     vec![deleted, pruned]
 }
-
-// Until the views move, the shapes come from where they are made today.
-use crate::cli::views;
-use crate::model::audit::{Finding, JobAudit, Severity, StepAudit, StepCounts};
-use crate::model::backfill::{BackfillSummary, BadLine, ManifestFormat};
-use crate::model::cleanup::{
-    CleanupOptions, Deletion, DeletionReason, Executed, JobReset, Plan, StaleScratch, Takedown,
-};
-use crate::model::health::{
-    CorruptionHealth, FailingHost, HealthOptions, HealthReport, StorageHealth,
-};
-use crate::model::prune::{PruneOptions, PrunePlan, Pruned};
-use crate::model::stuck::{StuckJob, StuckReason};
-use crate::model::verification::{ArtifactCheck, ArtifactState, JobVerification};
 
 fn stuck_job() -> StuckJob {
     StuckJob {
@@ -892,19 +859,9 @@ fn backfill_summary() -> BackfillSummary {
 }
 
 /// A job's records as `show` reads them: everything, or nothing but the job.
-struct Records {
-    job: Job,
-    checkpoints: Vec<Checkpoint>,
-    metadata: Option<MediaMetadata>,
-    summary: Option<EventSummary>,
-    events: Vec<Event>,
-    progress: Option<JobProgress>,
-    webhook: Option<Webhook>,
-}
-
-fn records(job: Job, full: bool) -> Records {
+fn records(job: Job, full: bool) -> job::ShowRecords {
     if !full {
-        return Records {
+        return job::ShowRecords {
             job,
             checkpoints: vec![],
             metadata: None,
@@ -914,65 +871,15 @@ fn records(job: Job, full: bool) -> Records {
             webhook: None,
         };
     }
-    Records {
+    job::ShowRecords {
         job,
         checkpoints: checkpoints(),
-        metadata: Some(metadata()),
+        metadata: Some(metadata_view()),
         summary: Some(event_summary()),
         events: events(),
         progress: Some(progress()),
         webhook: Some(webhook()),
     }
-}
-
-/// `show --json`, as the two doors assembled it.
-fn show_json(records: &Records) -> Value {
-    let history = views::History {
-        summary: records.summary.as_ref(),
-        events: &records.events,
-    };
-    let mut value = views::job_detail(
-        &records.job,
-        &records.checkpoints,
-        records.metadata.as_ref(),
-        &history,
-    );
-    value["progress"] = views::progress_json(&records.job, records.progress.as_ref());
-    value["webhook"] = views::webhook_json(records.webhook.as_ref());
-    value
-}
-
-/// `show` for people, as the CLI assembled it.
-fn show_text(records: &Records) -> String {
-    let job = &records.job;
-    let history = views::History {
-        summary: records.summary.as_ref(),
-        events: &records.events,
-    };
-    let mut out = String::new();
-    let text = views::job_text(
-        job,
-        &records.checkpoints,
-        records.metadata.as_ref(),
-        &history,
-    );
-    let (head, rest) = text.split_once("\n\n").unwrap_or((text.as_str(), ""));
-    out.push_str(&format!("{head}\n"));
-    if let Some(progress) = records
-        .progress
-        .as_ref()
-        .filter(|progress| job.status == Status::Running || progress.bytes_done > 0)
-    {
-        out.push_str(&format!(
-            "progress         {}\n",
-            views::progress_text(job, progress)
-        ));
-    }
-    for line in records.webhook.iter().flat_map(views::webhook_text) {
-        out.push_str(&format!("{line}\n"));
-    }
-    out.push_str(&format!("\n{rest}"));
-    out
 }
 
 /// Texts one after the other, each under a `== name ==` line, for one golden file per area.
@@ -987,57 +894,48 @@ fn lines(lines: Vec<String>) -> String {
     lines.join("\n")
 }
 
+/// The JSON of a list of views.
+fn list<'a, T, V: serde::Serialize>(items: &'a [T], view: impl Fn(&'a T) -> V) -> Value {
+    to_json(&items.iter().map(view).collect::<Vec<_>>())
+}
+
 #[test]
 fn jobs() {
     let job = rich_job();
-    // `narra jobs --json`: the summary and the progress record.
-    let mut item = views::job_summary(&job);
-    item["progress"] = views::progress_json(&job, Some(&progress()));
-    // `GET /jobs`: summaries, a stuck one with why, with progress, host and last change.
+    let minimal = minimal_job();
     let stuck = stuck_job();
-    let candidates = vec![
-        (
-            stuck.job.clone(),
-            Some(crate::cli::stuck::stuck_json(&stuck)),
-        ),
-        (minimal_job(), None),
-    ];
-    let mut page = Vec::new();
-    for (job, stuck) in candidates {
-        let mut summary = match stuck {
-            Some(detail) => detail,
-            None => views::job_summary(&job),
-        };
-        let progress = (job.id == JobId(2)).then(progress);
-        summary["progress"] = views::progress_json(&job, progress.as_ref());
-        summary["source_host"] = json!(crate::model::sources::source_host(&job.source));
-        summary["updated_at"] = json!(job.updated_at.to_rfc3339());
-        page.push(summary);
-    }
-    // `POST /jobs`.
-    let mut created = views::job_summary(&minimal_job());
-    created["outcome"] = json!("created");
+    let detail = super::stuck::stuck_detail(&stuck);
+    let page = job::JobsPage {
+        jobs: vec![
+            job::page_item(&stuck.job, Some(&detail), None),
+            job::page_item(&minimal, None, Some(&progress())),
+        ],
+        next_cursor: Some(JobId(2).to_string()),
+    };
     let value = json!({
-        "summary_rich": views::job_summary(&job),
-        "summary_minimal": views::job_summary(&minimal_job()),
-        "jobs_item": item,
-        "reprobe": {
-            "job": views::job_summary(&job),
-            "changes": vec!["size: 1 -> 2".to_string()],
-            "republished": true,
-        },
-        "api_jobs_page": {"jobs": page, "next_cursor": Some(JobId(2).to_string())},
-        "api_created": created,
+        "summary_rich": to_json(&job::summary(&job)),
+        "summary_minimal": to_json(&job::summary(&minimal)),
+        "jobs_item": to_json(&job::job_item(&job, Some(&progress()))),
+        "reprobe": to_json(&job::Reprobed {
+            job: job::summary(&job),
+            changes: &["size: 1 -> 2".to_string()],
+            republished: true,
+        }),
+        "api_jobs_page": to_json(&page),
+        "api_created": to_json(&job::Submitted {
+            summary: job::summary(&minimal),
+            outcome: "created",
+        }),
     });
     assert_json(&value, include_str!("golden/jobs.json"));
     let running = format!(
         "{}  {}",
-        views::job_line(&job),
-        views::progress_text(&job, &progress())
+        job::job_line(&job),
+        job::progress_text(&job, &progress())
     );
     let text = sections(&[
-        ("line_rich", views::job_line(&job)),
-        ("line_minimal", views::job_line(&minimal_job())),
+        ("line_rich", job::job_line(&job)),
+        ("line_minimal", job::job_line(&minimal)),
         ("line_running", running),
     ]);
     assert_text(&text, include_str!("golden/jobs.txt"));
@@ -1047,9 +945,15 @@ fn jobs() {
 fn show() {
     let rich = records(rich_job(), true);
     let minimal = records(minimal_job(), false);
-    let value = json!({"rich": show_json(&rich), "minimal": show_json(&minimal)});
+    let value = json!({
+        "rich": to_json(&job::detail(&rich)),
+        "minimal": to_json(&job::detail(&minimal)),
+    });
     assert_json(&value, include_str!("golden/show.json"));
-    let text = sections(&[("rich", show_text(&rich)), ("minimal", show_text(&minimal))]);
+    let text = sections(&[
+        ("rich", job::detail_text(&rich)),
+        ("minimal", job::detail_text(&minimal)),
+    ]);
     assert_text(&text, include_str!("golden/show.txt"));
 }
 
@@ -1062,45 +966,37 @@ fn show_leaves_out_a_finished_jobs_empty_progress() {
     let mut record = progress();
     record.bytes_done = 0;
     records.progress = Some(record.clone());
-    assert!(!show_text(&records).contains("\nprogress "));
+    assert!(!job::detail_text(&records).contains("\nprogress "));
     record.bytes_done = 1;
     records.progress = Some(record);
     let line = "\nprogress         0.0 MiB of 12.0 MiB (0%) at 1.0 MiB/s\n";
-    assert!(show_text(&records).contains(line));
+    assert!(job::detail_text(&records).contains(line));
 }
 
 #[test]
 fn history_and_logs() {
+    use super::history::{LogLineView, history, log_line_text, logs};
     let summary = event_summary();
     let events = events();
-    let lines = [log_line()];
     let value = json!({
-        "api_events": {
-            "events_compacted": summary.events_compacted,
-            "events_summary": Some(views::event_summary_json(&summary)),
-            "events": events.iter().map(views::event_json).collect::<Vec<_>>(),
-        },
-        "api_events_empty": {
-            "events_compacted": 0,
-            "events_summary": null,
-            "events": [],
-        },
-        "api_logs": {"lines": lines.iter().map(views::log_line_json).collect::<Vec<_>>()},
-        "log_line": views::log_line_json(&log_line()),
+        "api_events": to_json(&history(Some(&summary), &events)),
+        "api_events_empty": to_json(&history(None, &[])),
+        "api_logs": to_json(&logs(&[log_line()])),
+        "log_line": to_json(&LogLineView::of(&log_line())),
     });
     assert_json(&value, include_str!("golden/history.json"));
-    let text = sections(&[("log_line", views::log_line_text(&log_line()))]);
+    let text = sections(&[("log_line", log_line_text(&log_line()))]);
     assert_text(&text, include_str!("golden/history.txt"));
 }
 
 #[test]
 fn stuck_jobs_and_health() {
-    use crate::cli::health::{report_json, report_text};
-    use crate::cli::stuck::{stuck_json, stuck_text};
+    use super::health::{health, report_text};
+    use super::stuck::{stuck_text, stuck_view};
     let value = json!({
-        "stuck": stuck_json(&stuck_job()),
-        "alarming": report_json(&alarming_health()),
-        "quiet": report_json(&quiet_health()),
+        "stuck": to_json(&stuck_view(&stuck_job())),
+        "alarming": to_json(&health(&alarming_health())),
+        "quiet": to_json(&health(&quiet_health())),
     });
     assert_json(&value, include_str!("golden/health.json"));
     let text = sections(&[
@@ -1113,12 +1009,13 @@ fn stuck_jobs_and_health() {
 
 #[test]
 fn verifications_and_audits() {
-    use crate::cli::maintenance::{audit_json, audit_text, verification_json, verification_text};
+    use super::audit::{audit, audit_text};
+    use super::verify::{verification as view, verification_text};
     let audits = audits();
     let value = json!({
-        "verify": verification_json(&verification(), true),
-        "verify_unstored": verification_json(&unstored_verification(), false),
-        "audit": audits.iter().map(audit_json).collect::<Vec<_>>(),
+        "verify": to_json(&view(&verification(), true)),
+        "verify_unstored": to_json(&view(&unstored_verification(), false)),
+        "audit": list(&audits, audit),
     });
     assert_json(&value, include_str!("golden/audit.json"));
     let text = sections(&[
@@ -1132,36 +1029,20 @@ fn verifications_and_audits() {
     assert_text(&text, include_str!("golden/audit.txt"));
 }
 
-/// The line the CLI printed after a dry run.
-fn dry_run_text(plan: &Plan) -> String {
-    if plan.is_empty() {
-        return format!("nothing to clean up (plan {})", plan.id);
-    }
-    format!(
-        "dry run: nothing was changed. To carry out exactly this plan: narra cleanup{}{} --confirm {}",
-        if plan.options.deep { " --deep" } else { "" },
-        if plan.options.min_age_s == crate::model::cleanup::DEFAULT_MIN_AGE_S {
-            String::new()
-        } else {
-            format!(" --min-age-s {}", plan.options.min_age_s)
-        },
-        plan.id
-    )
-}
-
 #[test]
 fn cleanups_takedowns_and_incidents() {
-    use crate::cli::maintenance::{
-        executed_json, executed_text, incident_json, incident_text, plan_json, plan_text,
-        takedown_json, takedown_text,
+    use super::cleanup::{
+        dry_run_text, executed as executed_view, executed_text, plan, plan_text,
+        takedown as takedown_view, takedown_text,
     };
+    use super::incidents::{incident, incident_text};
     let value = json!({
-        "plan": plan_json(&cleanup_plan()),
-        "plan_empty": plan_json(&empty_plan()),
-        "executed": executed_json(&executed()),
-        "takedown_planned": takedown_json(&takedown(), false),
-        "takedown_done": takedown_json(&takedown(), true),
-        "incidents": incidents().iter().map(incident_json).collect::<Vec<_>>(),
+        "plan": to_json(&plan(&cleanup_plan())),
+        "plan_empty": to_json(&plan(&empty_plan())),
+        "executed": to_json(&executed_view(&executed())),
+        "takedown_planned": to_json(&takedown_view(&takedown(), false)),
+        "takedown_done": to_json(&takedown_view(&takedown(), true)),
+        "incidents": list(&incidents(), incident),
     });
     assert_json(&value, include_str!("golden/cleanup.json"));
     let text = sections(&[
@@ -1187,10 +1068,12 @@ fn cleanups_takedowns_and_incidents() {
 
 #[test]
 fn prunes() {
-    use crate::cli::maintenance::{prune_plan_json, prune_plan_text, pruned_json, pruned_text};
+    use super::prune::{
+        prune_plan as plan_view, prune_plan_text, pruned as pruned_view, pruned_text,
+    };
     let value = json!({
-        "plan": prune_plan_json(&prune_plan(), &prune_options()),
-        "pruned": pruned_json(&pruned(), &prune_options()),
+        "plan": to_json(&plan_view(&prune_plan(), &prune_options())),
+        "pruned": to_json(&pruned_view(&pruned(), &prune_options())),
     });
     assert_json(&value, include_str!("golden/prune.json"));
     let text = sections(&[
@@ -1205,66 +1088,59 @@ fn prunes() {
 
 #[test]
 fn backfills() {
+    use super::backfill::{
+        ListItem, Progress, Submitted, backfill, manifest_read, summary as summary_view,
+        summary_text,
+    };
     let summary = backfill_summary();
-    // `GET /backfills/{id}` of the rich and the minimal job.
-    let jobs = [rich_job(), minimal_job()];
-    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
-    for job in &jobs {
-        *by_status.entry(job.status.as_str()).or_default() += 1;
-    }
-    let finished = jobs.iter().filter(|job| job.status.is_terminal()).count();
-    let mut bytes_stored = 0u64;
-    for artifact in views::artifacts(&checkpoints()) {
-        bytes_stored = bytes_stored.saturating_add(artifact["size"].as_u64().unwrap_or(0));
-    }
+    let record = &summary.backfill;
+    let read = manifest_read(
+        record,
+        summary.format,
+        summary.lines_accepted,
+        &summary.bad_lines,
+        4,
+    );
+    // `GET /backfills/{id}` of the rich job (running) and the minimal one (pending).
+    let progress = Progress {
+        backfill: backfill(record),
+        jobs: 2,
+        by_status: BTreeMap::from([("pending", 1), ("running", 1)]),
+        finished: 0,
+        done: false,
+        bytes_downloaded: 1_000,
+        bytes_stored: job::artifacts(&checkpoints())
+            .iter()
+            .map(|artifact| artifact.size)
+            .sum(),
+    };
     let value = json!({
-        "summary": crate::cli::backfill::summary_json(&summary),
-        "list": [{
-            "id": summary.backfill.id.to_string(),
-            "manifest": summary.backfill.manifest,
-            "created_at": summary.backfill.created_at.to_rfc3339(),
-            "jobs": 4,
-        }],
-        "api_created": {
-            "id": summary.backfill.id.to_string(),
-            "manifest": summary.backfill.manifest,
-            "format": summary.format.as_str(),
-            "lines_accepted": summary.lines_accepted,
-            "bad_lines": summary.bad_lines.iter().map(|bad| json!({
-                "line": bad.line,
-                "reason": bad.reason,
-            })).collect::<Vec<_>>(),
-            "jobs": 4,
-            "to_run": 3,
-        },
-        "api_progress": {
-            "id": summary.backfill.id.to_string(),
-            "manifest": summary.backfill.manifest,
-            "created_at": summary.backfill.created_at.to_rfc3339(),
-            "jobs": jobs.len(),
-            "by_status": by_status,
-            "finished": finished,
-            "done": finished == jobs.len(),
-            "bytes_downloaded": 1_000,
-            "bytes_stored": bytes_stored,
-        },
+        "summary": to_json(&summary_view(&summary)),
+        "list": to_json(&[ListItem { backfill: backfill(record), jobs: 4 }]),
+        "api_created": to_json(&Submitted {
+            id: super::Text(record.id),
+            read,
+            to_run: 3,
+        }),
+        "api_progress": to_json(&progress),
     });
     assert_json(&value, include_str!("golden/backfill.json"));
-    let text = sections(&[("summary", crate::cli::backfill::summary_text(&summary))]);
+    let text = sections(&[("summary", summary_text(&summary))]);
     assert_text(&text, include_str!("golden/backfill.txt"));
 }
 
 #[test]
 fn webhook_notices() {
+    use super::webhook::notice_body;
     let job = rich_job();
     let failed = webhook().pending.expect("a pending notice");
     let mut succeeded = failed.clone();
     succeeded.status = Status::Succeeded;
     succeeded.error = None;
-    let artifacts = views::artifacts(&checkpoints());
+    let checkpoints = checkpoints();
     let value = json!({
-        "succeeded": crate::webhook::notice_body(&job, &succeeded, artifacts),
-        "failed": crate::webhook::notice_body(&job, &failed, Vec::new()),
+        "succeeded": to_json(&notice_body(&job, &succeeded, &checkpoints)),
+        "failed": to_json(&notice_body(&job, &failed, &[])),
     });
     assert_json(&value, include_str!("golden/webhook.json"));
 }
