@@ -18,7 +18,6 @@ use crate::model::audit::JobAudit;
 use crate::model::cleanup::CleanupOptions;
 use crate::model::job::{JobId, Status, Timestamp};
 use crate::model::prune::{PruneOptions, parse_duration};
-use crate::store::JobFilter;
 use crate::views;
 
 use super::{io, print_json};
@@ -41,11 +40,7 @@ pub async fn verify(
 ) -> Result<ExitCode, CliError> {
     let ids = if ids.is_empty() {
         engine
-            .store
-            .jobs(&JobFilter {
-                status: Some(Status::Succeeded),
-                limit: usize::MAX,
-            })
+            .all_jobs(Some(Status::Succeeded))
             .await?
             .into_iter()
             .map(|job| job.id)

@@ -44,7 +44,7 @@ use crate::model::audit::{
 };
 use crate::model::history::{self, BLOB_PREFIX};
 use crate::model::job::{Checkpoint, Incident, Job, JobId, Location, Status};
-use crate::store::{JobFilter, StoreError};
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -57,13 +57,7 @@ pub enum AuditError {
 /// Audits jobs: `ids`, or every job when `ids` is empty (newest first).
 pub async fn audit_jobs(engine: &Engine, ids: &[JobId]) -> Result<Vec<JobAudit>, AuditError> {
     let jobs = if ids.is_empty() {
-        engine
-            .store
-            .jobs(&JobFilter {
-                status: None,
-                limit: usize::MAX,
-            })
-            .await?
+        engine.all_jobs(None).await?
     } else {
         let mut jobs = Vec::with_capacity(ids.len());
         for id in ids {
@@ -157,21 +151,22 @@ pub async fn audit_job(
     let mut findings = analysis.findings;
     let storage = verify_job(engine, job.id, &checkpoints, false).await;
     for problem in storage.problems() {
-        findings.push(Finding {
-            kind: "storage_disagrees",
-            severity: if job.status == Status::Succeeded {
-                Severity::Violation
-            } else {
-                Severity::Warning
-            },
-            step: Some("store".to_string()),
-            key: match &problem.location {
-                Location::Object(key) => Some(key.clone()),
-                _ => None,
-            },
-            seq: None,
-            message: problem.message(),
-        });
+        let severity = if job.status == Status::Succeeded {
+            Severity::Violation
+        } else {
+            Severity::Warning
+        };
+        let key = match &problem.location {
+            Location::Object(key) => Some(key.clone()),
+            _ => None,
+        };
+        let message = problem.message();
+        findings.push(Finding::of_store(
+            "storage_disagrees",
+            severity,
+            key,
+            message,
+        ));
     }
     if let Some(store_checkpoint) = checkpoints
         .iter()
@@ -185,16 +180,16 @@ pub async fn audit_job(
             if key.starts_with(BLOB_PREFIX)
                 && !engine.store.jobs_referencing(key).await?.contains(&job.id)
             {
-                findings.push(Finding {
-                    kind: "index_disagrees",
-                    severity: Severity::Violation,
-                    step: Some("store".to_string()),
-                    key: Some(key.clone()),
-                    seq: None,
-                    message: format!(
-                        "the blob index does not list this job for {key}, which its store checkpoint names"
-                    ),
-                });
+                let message = format!(
+                    "the blob index does not list this job for {key}, which its store checkpoint names"
+                );
+                let key = Some(key.clone());
+                findings.push(Finding::of_store(
+                    "index_disagrees",
+                    Severity::Violation,
+                    key,
+                    message,
+                ));
             }
         }
     }
@@ -222,14 +217,13 @@ async fn check_manifest(engine: &Engine, store_checkpoint: &Checkpoint) -> Vec<F
         return Vec::new();
     };
     let unreadable = |message: String| {
-        vec![Finding {
-            kind: "manifest_unreadable",
-            severity: Severity::Violation,
-            step: Some("store".to_string()),
-            key: Some(manifest_key.clone()),
-            seq: None,
+        let key = Some(manifest_key.clone());
+        vec![Finding::of_store(
+            "manifest_unreadable",
+            Severity::Violation,
+            key,
             message,
-        }]
+        )]
     };
     let bytes = match engine.storage.read_bytes(manifest_key).await {
         Ok(Some(bytes)) => bytes,
@@ -244,22 +238,18 @@ async fn check_manifest(engine: &Engine, store_checkpoint: &Checkpoint) -> Vec<F
     for key in keys {
         match engine.storage.stat(&key).await {
             Ok(Some(_)) => {}
-            Ok(None) => findings.push(Finding {
-                kind: "manifest_names_missing_blob",
-                severity: Severity::Violation,
-                step: Some("store".to_string()),
-                key: Some(key.clone()),
-                seq: None,
-                message: format!("the manifest {manifest_key} names {key}, which does not exist"),
-            }),
-            Err(error) => findings.push(Finding {
-                kind: "manifest_names_missing_blob",
-                severity: Severity::Warning,
-                step: Some("store".to_string()),
-                key: Some(key.clone()),
-                seq: None,
-                message: format!("cannot check {key}, named by {manifest_key}: {error}"),
-            }),
+            Ok(None) => findings.push(Finding::of_store(
+                "manifest_names_missing_blob",
+                Severity::Violation,
+                Some(key.clone()),
+                format!("the manifest {manifest_key} names {key}, which does not exist"),
+            )),
+            Err(error) => findings.push(Finding::of_store(
+                "manifest_names_missing_blob",
+                Severity::Warning,
+                Some(key.clone()),
+                format!("cannot check {key}, named by {manifest_key}: {error}"),
+            )),
         }
     }
     findings
@@ -315,6 +305,17 @@ mod tests {
             Run { store, token }
         }
 
+        /// The job, succeeded, reingested and claimed again.
+        async fn again(store: &crate::store::SledStore, id: JobId) -> Run<'_> {
+            use crate::store::OrchestratorStore;
+            store
+                .reingest(id)
+                .await
+                .expect("reingest")
+                .expect("succeeded");
+            Run::claim(store, id).await
+        }
+
         async fn event(&self, step: &str, event: crate::store::StepEvent) -> &Self {
             use crate::store::WorkerStore;
             self.store
@@ -327,6 +328,14 @@ mod tests {
 
         async fn start(&self, step: &str) -> &Self {
             self.event(step, crate::store::StepEvent::Started).await
+        }
+
+        /// The step starts and records its checkpoint.
+        async fn step(&self, step: &str, input: u8, outputs: &[(&str, &str, u8)]) -> &Self {
+            self.start(step)
+                .await
+                .checkpoint(step, input, outputs)
+                .await
         }
 
         async fn skip(&self, step: &str) -> &Self {
@@ -434,34 +443,20 @@ mod tests {
         let stored = [("video", VIDEO, 10), ("audio", AUDIO, 20)];
 
         let run = Run::claim(&store, a).await;
-        run.start("download")
-            .await
-            .checkpoint("download", 1, &[("video", VIDEO, 10)])
-            .await;
-        run.start("extract")
-            .await
-            .checkpoint("extract", 2, &[("audio", AUDIO, 20)])
-            .await;
+        run.step("download", 1, &[("video", VIDEO, 10)]).await;
+        run.step("extract", 2, &[("audio", AUDIO, 20)]).await;
         run.start("store")
             .await
             .wrote(&[VIDEO, AUDIO, "jobs/a/manifest.json"])
             .await;
         run.checkpoint("store", 3, &stored).await.complete().await;
         // Another run extracts other audio from the same input, and repairs the video.
-        store
-            .reingest(a)
-            .await
-            .expect("reingest")
-            .expect("succeeded");
-        let run = Run::claim(&store, a).await;
+        let run = Run::again(&store, a).await;
         run.skip("download")
             .await
             .redo("extract", "output_changed")
             .await;
-        run.start("extract")
-            .await
-            .checkpoint("extract", 2, &[("audio", AUDIO, 29)])
-            .await;
+        run.step("extract", 2, &[("audio", AUDIO, 29)]).await;
         run.redo("store", "earlier_step_ran")
             .await
             .start("store")
@@ -473,16 +468,8 @@ mod tests {
             .complete()
             .await;
         // A download that runs again for no recorded cause.
-        store
-            .reingest(a)
-            .await
-            .expect("reingest")
-            .expect("succeeded");
-        let run = Run::claim(&store, a).await;
-        run.start("download")
-            .await
-            .checkpoint("download", 1, &[("video", VIDEO, 10)])
-            .await;
+        let run = Run::again(&store, a).await;
+        run.step("download", 1, &[("video", VIDEO, 10)]).await;
         run.skip("extract")
             .await
             .skip("store")
@@ -491,12 +478,7 @@ mod tests {
             .await;
         // Then a long, clean tail of runs that skip everything, and a failure.
         for _ in 0..12 {
-            store
-                .reingest(a)
-                .await
-                .expect("reingest")
-                .expect("succeeded");
-            let run = Run::claim(&store, a).await;
+            let run = Run::again(&store, a).await;
             run.skip("download")
                 .await
                 .skip("extract")
@@ -505,12 +487,7 @@ mod tests {
                 .await;
             run.complete().await;
         }
-        store
-            .reingest(a)
-            .await
-            .expect("reingest")
-            .expect("succeeded");
-        Run::claim(&store, a).await.fail().await;
+        Run::again(&store, a).await.fail().await;
         // Job b writes the audio a had written, with nothing showing it missing.
         let run = Run::claim(&store, b).await;
         run.start("store").await.wrote(&[AUDIO]).await;

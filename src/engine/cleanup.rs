@@ -34,7 +34,7 @@ use crate::model::cleanup::{
 use crate::model::job::{Job, JobId, Location, Status, StepOutput, Timestamp};
 use crate::model::machine::Rejected;
 use crate::storage::{FS_ATOMIC_WRITE_DIR, StorageError, manifest_key};
-use crate::store::{JobFilter, NewIncident, StoreError};
+use crate::store::{NewIncident, StoreError};
 
 const BLOB_PREFIX: &str = "blobs/";
 const MANIFEST_PREFIX: &str = "jobs/";
@@ -66,11 +66,7 @@ pub async fn plan(engine: &Engine, options: &CleanupOptions) -> Result<Plan, Cle
     };
     let mut notes = Vec::new();
     let jobs: BTreeMap<JobId, Job> = engine
-        .store
-        .jobs(&JobFilter {
-            status: None,
-            limit: usize::MAX,
-        })
+        .all_jobs(None)
         .await?
         .into_iter()
         .map(|job| (job.id, job))

@@ -15,7 +15,6 @@ use crate::model::health::{
     CorruptionHealth, HealthOptions, HealthReport, StorageHealth, failing_hosts,
 };
 use crate::model::job::{Breaker, Incident, Job, JobId, Status, Timestamp};
-use crate::store::JobFilter;
 
 /// The object key whose `stat` proves the storage backend answers; it need not exist.
 pub const PROBE_KEY: &str = "jobs/.narra-health";
@@ -60,13 +59,7 @@ pub async fn assess(
         Timestamp(now.0.saturating_sub(
             i64::try_from(options.window_s.saturating_mul(1000)).unwrap_or(i64::MAX),
         ));
-    let failed = engine
-        .store
-        .jobs(&JobFilter {
-            status: Some(Status::Failed),
-            limit: usize::MAX,
-        })
-        .await?;
+    let failed = engine.all_jobs(Some(Status::Failed)).await?;
     let failed_recently = failed.iter().filter(|job| job.updated_at >= since).count();
     let hosts = failing_hosts(&failed, since, options.host_failures_min);
     let (reachable, detail) = match engine.storage.stat(PROBE_KEY).await {
@@ -105,11 +98,7 @@ pub async fn assess(
         .filter(|host| host.breaker != Breaker::Closed)
         .collect();
     let waiting_for_scratch = engine
-        .store
-        .jobs(&JobFilter {
-            status: Some(Status::Pending),
-            limit: usize::MAX,
-        })
+        .all_jobs(Some(Status::Pending))
         .await?
         .into_iter()
         .filter(|job| {
@@ -119,14 +108,7 @@ pub async fn assess(
         })
         .collect();
     let mut workers = BTreeMap::<String, Vec<JobId>>::new();
-    for job in engine
-        .store
-        .jobs(&JobFilter {
-            status: Some(Status::Running),
-            limit: usize::MAX,
-        })
-        .await?
-    {
+    for job in engine.all_jobs(Some(Status::Running)).await? {
         if let Some(lease) = &job.lease {
             workers
                 .entry(lease.worker_id.to_string())

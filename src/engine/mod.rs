@@ -24,12 +24,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::model::job::{JobId, WorkerId};
+use crate::model::job::{Job, JobId, Status, WorkerId};
 use crate::steps::StepError;
 use crate::steps::extract::Tools;
 use crate::steps::net::NetworkPolicy;
 use crate::storage::Storage;
-use crate::store::StateStore;
+use crate::store::{JobFilter, StateStore, StoreError};
 use crate::webhook::WebhookPolicy;
 use crate::workflow::{DownloadParams, WorkflowRegistry};
 
@@ -129,6 +129,17 @@ impl Engine {
     /// checkpoint is durable.
     pub fn scratch_dir(&self, id: JobId) -> PathBuf {
         self.home.join("scratch").join(id.to_string())
+    }
+
+    /// Every job in `status` (every job at all for `None`), newest first: what the reports
+    /// (health, stuck jobs, audits, cleanup, prune, metrics) read whole.
+    pub async fn all_jobs(&self, status: Option<Status>) -> Result<Vec<Job>, StoreError> {
+        self.store
+            .jobs(&JobFilter {
+                status,
+                limit: usize::MAX,
+            })
+            .await
     }
 }
 

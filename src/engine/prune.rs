@@ -21,7 +21,7 @@ use crate::engine::Engine;
 use crate::engine::orchestrator::EngineError;
 use crate::model::job::{JobId, Status, Timestamp};
 use crate::model::prune::{PRUNABLE, PruneOptions, PrunePlan, Pruned, duration_text};
-use crate::store::{JobFilter, NewIncident};
+use crate::store::NewIncident;
 
 /// How many jobs one call of `prune_jobs` takes (one flush each).
 pub const PRUNE_BATCH_MAX: usize = 500;
@@ -60,14 +60,9 @@ pub async fn plan(
     );
     let mut jobs = Vec::new();
     for status in &statuses {
-        let filter = JobFilter {
-            status: Some(*status),
-            limit: usize::MAX,
-        };
         jobs.extend(
             engine
-                .store
-                .jobs(&filter)
+                .all_jobs(Some(*status))
                 .await?
                 .into_iter()
                 .filter(|job| job.updated_at < cutoff),

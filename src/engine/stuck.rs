@@ -12,7 +12,7 @@ use crate::engine::orchestrator::EngineError;
 use crate::model::job::{BackfillId, Job, JobId, Status, Timestamp};
 use crate::model::machine::Rejected;
 use crate::model::stuck::{StuckJob, classify};
-use crate::store::{JobFilter, NewIncident};
+use crate::store::NewIncident;
 
 /// Every running job that is stuck at `now`, newest first.
 pub async fn stuck_jobs(
@@ -20,13 +20,7 @@ pub async fn stuck_jobs(
     stuck_after_s: u64,
     now: Timestamp,
 ) -> Result<Vec<StuckJob>, EngineError> {
-    let running = engine
-        .store
-        .jobs(&JobFilter {
-            status: Some(Status::Running),
-            limit: usize::MAX,
-        })
-        .await?;
+    let running = engine.all_jobs(Some(Status::Running)).await?;
     let mut stuck = Vec::new();
     for job in running {
         let last_event_at = engine
@@ -115,15 +109,7 @@ pub async fn select_jobs(engine: &Engine, selection: &Selection) -> Result<Vec<J
             )
             .await?
         }
-        None => {
-            engine
-                .store
-                .jobs(&JobFilter {
-                    status: selection.status,
-                    limit: usize::MAX,
-                })
-                .await?
-        }
+        None => engine.all_jobs(selection.status).await?,
     };
     Ok(jobs
         .into_iter()

@@ -45,6 +45,26 @@ pub struct Finding {
     pub message: String,
 }
 
+impl Finding {
+    /// A finding about what the store step left (its objects, its manifest, the blob index),
+    /// which no event of the history is about.
+    pub fn of_store(
+        kind: &'static str,
+        severity: Severity,
+        key: Option<String>,
+        message: String,
+    ) -> Finding {
+        Finding {
+            kind,
+            severity,
+            step: Some("store".to_string()),
+            key,
+            seq: None,
+            message,
+        }
+    }
+}
+
 /// How one step went over the job's whole history.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StepCounts {
@@ -262,68 +282,62 @@ pub fn evaluate(
             } else {
                 format!("job {prior_job}")
             };
-            let finding = if write.after_verification_failure || deleted_between {
-                Finding {
-                    kind: "object_restored",
-                    severity: Severity::Info,
-                    step: Some(write.step.clone()),
-                    key: Some(write.key.clone()),
-                    seq: Some(write.seq),
-                    message: format!(
-                        "{key} was written again after {by} wrote it, once {}",
-                        if deleted_between {
-                            "cleanup had deleted it"
-                        } else {
-                            "a verification failure showed it missing or changed"
-                        }
-                    ),
-                }
+            let (kind, severity, message) = if write.after_verification_failure || deleted_between {
+                let why = if deleted_between {
+                    "cleanup had deleted it"
+                } else {
+                    "a verification failure showed it missing or changed"
+                };
+                (
+                    "object_restored",
+                    Severity::Info,
+                    format!("{key} was written again after {by} wrote it, once {why}"),
+                )
             } else {
-                Finding {
-                    kind: "object_rewritten",
-                    severity: Severity::Violation,
-                    step: Some(write.step.clone()),
-                    key: Some(write.key.clone()),
-                    seq: Some(write.seq),
-                    message: format!(
+                (
+                    "object_rewritten",
+                    Severity::Violation,
+                    format!(
                         "{key} was written again after {by} wrote it at {}, and nothing showed it missing or changed",
                         prior_at.to_rfc3339()
                     ),
-                }
+                )
             };
-            findings.push(finding);
+            findings.push(Finding {
+                kind,
+                severity,
+                step: Some(write.step.clone()),
+                key: Some(write.key.clone()),
+                seq: Some(write.seq),
+                message,
+            });
         }
         own_writes.insert(key, write.at);
     }
     // In history order, as the events met them (a stable sort keeps each event's own order).
     findings.sort_by_key(|finding| finding.seq);
 
+    // What a compacted history counted beyond its bounds is said, not judged.
+    let truncated = |message: String| Finding {
+        kind: "history_truncated",
+        severity: Severity::Warning,
+        step: None,
+        key: None,
+        seq: None,
+        message,
+    };
     if audit.findings_dropped > 0 {
-        findings.push(Finding {
-            kind: "history_truncated",
-            severity: Severity::Warning,
-            step: None,
-            key: None,
-            seq: None,
-            message: format!(
-                "{} more findings of this history were counted but not kept (the first {} are)",
-                audit.findings_dropped,
-                history::HISTORY_FINDINGS_MAX
-            ),
-        });
+        findings.push(truncated(format!(
+            "{} more findings of this history were counted but not kept (the first {} are)",
+            audit.findings_dropped,
+            history::HISTORY_FINDINGS_MAX
+        )));
     }
     if audit.blob_writes_dropped > 0 {
-        findings.push(Finding {
-            kind: "history_truncated",
-            severity: Severity::Warning,
-            step: None,
-            key: None,
-            seq: None,
-            message: format!(
-                "the {} oldest blob writes of this history were counted but not kept: rewrites of them are not judged",
-                audit.blob_writes_dropped
-            ),
-        });
+        findings.push(truncated(format!(
+            "the {} oldest blob writes of this history were counted but not kept: rewrites of them are not judged",
+            audit.blob_writes_dropped
+        )));
     }
     HistoryAnalysis {
         steps,
@@ -409,9 +423,23 @@ mod tests {
             })
         }
 
+        fn start(&mut self, step: &str) -> &mut Self {
+            self.push(EventKind::StepStarted { step: step.into() })
+        }
+
         fn run(&mut self, step: &str, input: u8, outputs: &[(&str, u8)]) -> &mut Self {
-            self.push(EventKind::StepStarted { step: step.into() });
-            self.complete(step, input, outputs)
+            self.start(step).complete(step, input, outputs)
+        }
+
+        /// A step that has a checkpoint runs again for `cause`.
+        fn rerun(
+            &mut self,
+            step: &str,
+            cause: &str,
+            input: u8,
+            outputs: &[(&str, u8)],
+        ) -> &mut Self {
+            self.redo(step, cause).run(step, input, outputs)
         }
 
         fn complete(&mut self, step: &str, input: u8, outputs: &[(&str, u8)]) -> &mut Self {
@@ -459,9 +487,7 @@ mod tests {
             self.claim()
                 .run("download", 1, &[("video", 10)])
                 .run("extract", 2, &[("audio", 20)])
-                .push(EventKind::StepStarted {
-                    step: "store".into(),
-                })
+                .start("store")
                 .wrote(&[
                     "blobs/aa/video.mp4",
                     "blobs/bb/audio.m4a",
@@ -494,15 +520,9 @@ mod tests {
         history
             .claim()
             .skip("download")
-            .redo("extract", "definition_changed")
-            .push(EventKind::StepStarted {
-                step: "extract".into(),
-            })
-            .complete("extract", 2, &[("audio", 21)])
+            .rerun("extract", "definition_changed", 2, &[("audio", 21)])
             .redo("store", "earlier_step_ran")
-            .push(EventKind::StepStarted {
-                step: "store".into(),
-            })
+            .start("store")
             .wrote(&["blobs/cc/audio.flac", "jobs/1/manifest.json"])
             .complete("store", 4, &[("video", 10), ("audio", 21)]);
 
@@ -536,9 +556,7 @@ mod tests {
             .skip("download")
             .skip("extract")
             .redo("store", "inputs_changed")
-            .push(EventKind::StepStarted {
-                step: "store".into(),
-            })
+            .start("store")
             .wrote(&["blobs/aa/video.mp4"])
             .complete("store", 5, &[("video", 10), ("audio", 20)]);
 
@@ -561,20 +579,10 @@ mod tests {
         history.first_run();
         history
             .claim()
-            .redo("download", "output_missing")
-            .push(EventKind::StepStarted {
-                step: "download".into(),
-            })
-            .complete("download", 1, &[("video", 10)])
-            .redo("extract", "earlier_step_ran")
-            .push(EventKind::StepStarted {
-                step: "extract".into(),
-            })
-            .complete("extract", 2, &[("audio", 20)])
+            .rerun("download", "output_missing", 1, &[("video", 10)])
+            .rerun("extract", "earlier_step_ran", 2, &[("audio", 20)])
             .redo("store", "earlier_step_ran")
-            .push(EventKind::StepStarted {
-                step: "store".into(),
-            })
+            .start("store")
             .wrote(&["blobs/aa/video.mp4"])
             .complete("store", 3, &[("video", 10), ("audio", 20)]);
         let analysis = analyze_history(JOB, &history.events, &[], &[]);
@@ -620,17 +628,10 @@ mod tests {
         history.first_run();
         history
             .claim()
-            .push(EventKind::StepStarted {
-                step: "download".into(),
-            })
-            .complete("download", 1, &[("video", 10)])
+            .run("download", 1, &[("video", 10)])
             .claim()
             .skip("download")
-            .redo("extract", "earlier_step_ran")
-            .push(EventKind::StepStarted {
-                step: "extract".into(),
-            })
-            .complete("extract", 2, &[("audio", 20)]);
+            .rerun("extract", "earlier_step_ran", 2, &[("audio", 20)]);
         let analysis = analyze_history(JOB, &history.events, &[], &[]);
         assert_eq!(
             kinds(&analysis),
@@ -651,9 +652,7 @@ mod tests {
             .claim()
             .skip("download")
             .redo("download", "output_changed")
-            .push(EventKind::StepStarted {
-                step: "download".into(),
-            });
+            .start("download");
         let analysis = analyze_history(JOB, &history.events, &[], &[]);
         assert_eq!(
             kinds(&analysis),
@@ -667,15 +666,9 @@ mod tests {
         history.first_run();
         history
             .claim()
-            .redo("download", "output_missing")
-            .push(EventKind::StepStarted {
-                step: "download".into(),
-            })
-            .complete("download", 1, &[("video", 11)])
+            .rerun("download", "output_missing", 1, &[("video", 11)])
             .redo("extract", "earlier_step_ran")
-            .push(EventKind::StepStarted {
-                step: "extract".into(),
-            })
+            .start("extract")
             // Same input hash as the first run, other audio: extract is not deterministic.
             .complete("extract", 2, &[("audio", 29)]);
         let analysis = analyze_history(JOB, &history.events, &[], &[]);
@@ -699,16 +692,8 @@ mod tests {
                 changes: vec!["duration_s".into()],
             })
             .claim()
-            .redo("download", "output_missing")
-            .push(EventKind::StepStarted {
-                step: "download".into(),
-            })
-            .complete("download", 1, &[("video", 11)])
-            .redo("extract", "earlier_step_ran")
-            .push(EventKind::StepStarted {
-                step: "extract".into(),
-            })
-            .complete("extract", 2, &[("audio", 29)]);
+            .rerun("download", "output_missing", 1, &[("video", 11)])
+            .rerun("extract", "earlier_step_ran", 2, &[("audio", 29)]);
         let analysis = analyze_history(JOB, &history.events, &[], &[]);
         assert_eq!(kinds(&analysis), vec![("source_changed", Severity::Info)]);
     }

@@ -113,67 +113,75 @@ mod tests {
     // written.
     #[test]
     fn a_running_job_is_stuck_when_its_lease_expired_or_nothing_moved() {
-        let live_and_moving = running(10_000, 0);
-        assert!(
-            classify(
-                &live_and_moving,
-                Some(Timestamp(5_000)),
-                None,
-                1_000,
-                Timestamp(5_500)
-            )
-            .is_none()
-        );
-
-        let expired = classify(
-            &running(1_000, 0),
-            Some(Timestamp(1_500)),
-            None,
-            60_000,
-            Timestamp(2_000),
-        )
-        .expect("stuck");
-        assert_eq!(
-            expired.reasons,
-            vec![StuckReason::LeaseExpired {
-                expired_at: Timestamp(1_000)
-            }]
-        );
-
-        let idle = classify(
-            &running(100_000, 0),
-            Some(Timestamp(1_000)),
-            None,
-            1_000,
-            Timestamp(3_000),
-        )
-        .expect("stuck");
-        assert_eq!(
-            idle.reasons,
-            vec![StuckReason::NoProgress {
-                since: Timestamp(1_000)
-            }]
-        );
-
         let progress = JobProgress {
             bytes_done: 10,
             bytes_total: None,
             rate_bytes_per_s: 1,
             updated_at: Timestamp(2_500),
         };
-        assert!(
-            classify(
-                &running(100_000, 0),
-                Some(Timestamp(1_000)),
-                Some(&progress),
-                1_000,
-                Timestamp(3_000)
-            )
-            .is_none(),
-            "step progress is movement"
-        );
         let mut pending = running(0, 0);
         pending.status = Status::Pending;
-        assert!(classify(&pending, None, None, 0, Timestamp(1)).is_none());
+        let expired = StuckReason::LeaseExpired {
+            expired_at: Timestamp(1_000),
+        };
+        let idle = StuckReason::NoProgress {
+            since: Timestamp(1_000),
+        };
+        // (what, job, its last event, its progress, stuck after (ms), now, why it is stuck)
+        let cases = [
+            (
+                "live and moving",
+                running(10_000, 0),
+                Some(5_000),
+                None,
+                1_000,
+                5_500,
+                vec![],
+            ),
+            (
+                "lease expired",
+                running(1_000, 0),
+                Some(1_500),
+                None,
+                60_000,
+                2_000,
+                vec![expired],
+            ),
+            (
+                "nothing moved",
+                running(100_000, 0),
+                Some(1_000),
+                None,
+                1_000,
+                3_000,
+                vec![idle],
+            ),
+            (
+                "step progress is movement",
+                running(100_000, 0),
+                Some(1_000),
+                Some(&progress),
+                1_000,
+                3_000,
+                vec![],
+            ),
+            ("not running", pending, None, None, 0, 1, vec![]),
+        ];
+        for (what, job, last_event_at, progress, stuck_after_ms, now, reasons) in cases {
+            let last_event_at = last_event_at.map(Timestamp);
+            let stuck = classify(
+                &job,
+                last_event_at,
+                progress,
+                stuck_after_ms,
+                Timestamp(now),
+            );
+            // A job that is not stuck has no reasons: `None`, never an empty list.
+            assert_eq!(
+                stuck.map(|stuck| stuck.reasons),
+                (!reasons.is_empty()).then_some(reasons),
+                "{what}"
+            );
+        }
     }
 }
