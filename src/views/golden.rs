@@ -63,7 +63,7 @@ fn assert_text(actual: &str, golden: &str) {
     assert_eq!(actual, golden, "\nactual:\n{actual}\n");
 }
 
-/// A failed job with everything a job can show: a secret in its source, a lease, an error, a
+/// A running job with everything a job can show: a secret in its source, a lease, an error, a
 /// retry time, crashes, a cancel request.
 fn rich_job() -> Job {
     let mut job = fixtures::job(

@@ -5,13 +5,13 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::history::{HistoryView, event_summary_text, event_text, history};
+use super::history::{EventDetail, HistoryView, event_summary_text, event_text, history};
 use super::stuck::StuckDetail;
 use super::webhook::{WebhookView, webhook, webhook_text};
 use super::{Rfc3339, Text};
 use crate::model::job::{
     ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event, EventSummary, Hash, Job, JobId,
-    JobProgress, Lease, Location, Phase, StepOutput, Webhook,
+    JobProgress, Lease, Location, Phase, Status, StepOutput, Webhook,
 };
 use crate::model::redact::redact_url;
 use crate::model::sources::source_host;
@@ -542,9 +542,10 @@ pub fn detail_text(records: &ShowRecords) -> String {
         ));
     }
     // A finished job's record at zero (a step that failed before any byte) says nothing.
-    if let Some(progress) = progress.as_ref().filter(|progress| {
-        job.status == crate::model::job::Status::Running || progress.bytes_done > 0
-    }) {
+    if let Some(progress) = progress
+        .as_ref()
+        .filter(|progress| job.status == Status::Running || progress.bytes_done > 0)
+    {
         line(format!("progress         {}", progress_text(job, progress)));
     }
     for text in webhook.iter().flat_map(webhook_text) {
@@ -603,7 +604,7 @@ pub fn detail_text(records: &ShowRecords) -> String {
         line(format!(
             "  {}  {}",
             event.at.to_rfc3339(),
-            event_text(&super::history::EventDetail::of(&event.kind))
+            event_text(&EventDetail::of(&event.kind))
         ));
     }
     out
@@ -670,7 +671,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::model::job::{Status, Timestamp};
+    use crate::model::job::Timestamp;
 
     fn job_in(phase: Option<Phase>) -> Job {
         let mut job = crate::model::fixtures::job(1, "http://example.com/a.mp4");
@@ -721,7 +722,7 @@ mod tests {
         for (phase, record, text, step) in cases {
             let job = job_in(phase);
             assert_eq!(progress_text(&job, &record), text);
-            let json = crate::views::to_json(&progress_view(&job, Some(&record)));
+            let json = super::super::to_json(&progress_view(&job, Some(&record)));
             assert_eq!(json["step"], step, "{json}");
             assert_eq!(json["bytes_done"], record.bytes_done, "{json}");
             assert_eq!(json["bytes_total"], json!(record.bytes_total), "{json}");
