@@ -50,10 +50,10 @@ use clap::Parser as _;
 
 use narra::engine::Engine;
 use narra::engine::backfill::{
-    BackfillOptions, BackfillProgress, BackfillSummary, manifest_name, parse_manifest,
-    run_backfill, submit_manifest,
+    BackfillOptions, BackfillProgress, manifest_name, parse_manifest, run_backfill, submit_manifest,
 };
 use narra::engine::orchestrator::reclaim_orphans;
+use narra::model::backfill::BackfillSummary;
 use narra::model::job::{BackfillId, EventKind, Status};
 use narra::steps::extract::{FORMAT_WHITELIST, Tools};
 use narra::steps::net::NetworkPolicy;

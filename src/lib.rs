@@ -14,4 +14,5 @@ pub mod private_files;
 pub mod steps;
 pub mod storage;
 pub mod store;
+pub mod views;
 pub mod workflow;

@@ -1,20 +1,22 @@
 //! `/jobs`: list, submit, show, events, logs, retry (optionally from a step), cancel, reset. Each
-//! handler calls what the matching CLI command calls and answers with `cli::views` shapes.
+//! handler calls what the matching CLI command calls and answers with the `views` shapes it
+//! prints.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{API_ACTOR, ApiError, ApiState, Body, parse_job_id};
-use crate::cli::views;
 use crate::engine::orchestrator::{SubmitOptions, submit};
 use crate::model::job::{Job, JobId, Status, Timestamp};
 use crate::model::machine::Rejected;
 use crate::model::sources::source_host;
 use crate::model::sources::{LocalPaths, canonical_source};
 use crate::store::{JobFilter, SubmitOutcome};
+use crate::views;
+use crate::views::stuck::StuckDetail;
 
 /// A page holds this many jobs unless `limit` says otherwise.
 pub const PAGE_DEFAULT: usize = 50;
@@ -70,15 +72,15 @@ pub async fn list(
     }
     let cursor = query.cursor.as_deref().map(parse_job_id).transpose()?;
     // Stuck jobs carry why; the others are read from the store's status index.
-    let mut candidates: Vec<(Job, Option<Value>)> = if query.stuck.unwrap_or(false) {
+    let mut candidates: Vec<(Job, Option<StuckDetail>)> = if query.stuck.unwrap_or(false) {
         let stuck_after_s = query
             .stuck_after_s
-            .unwrap_or(crate::engine::stuck::DEFAULT_STUCK_AFTER_S);
+            .unwrap_or(crate::model::stuck::DEFAULT_STUCK_AFTER_S);
         crate::engine::stuck::stuck_jobs(engine, stuck_after_s, Timestamp::now())
             .await?
             .into_iter()
             .map(|stuck| {
-                let detail = crate::cli::stuck::stuck_json(&stuck);
+                let detail = views::stuck::stuck_detail(&stuck);
                 (stuck.job, Some(detail))
             })
             .collect()
@@ -98,7 +100,7 @@ pub async fn list(
     candidates.sort_by_key(|(job, _)| std::cmp::Reverse(job.id));
     let mut page = Vec::new();
     let mut more = false;
-    for (job, stuck) in candidates {
+    for (job, stuck) in &candidates {
         if cursor.is_some_and(|cursor| job.id >= cursor)
             || status.is_some_and(|status| job.status != status)
             || query
@@ -119,25 +121,23 @@ pub async fn list(
             more = true;
             break;
         }
-        let mut summary = match stuck {
-            Some(detail) => detail,
-            None => views::job_summary(&job),
-        };
-        summary["progress"] =
-            views::progress_json(&job, engine.store.progress(job.id).await?.as_ref());
-        summary["source_host"] = json!(source_host(&job.source));
-        summary["updated_at"] = json!(job.updated_at.to_rfc3339());
-        page.push((job.id, summary));
+        let progress = engine.store.progress(job.id).await?;
+        page.push(views::job::page_item(
+            job,
+            stuck.as_ref(),
+            progress.as_ref(),
+        ));
     }
     let next_cursor = if more {
-        page.last().map(|(id, _)| id.to_string())
+        page.last().map(|item| item.summary.id.0.to_string())
     } else {
         None
     };
-    Ok(Json(json!({
-        "jobs": page.into_iter().map(|(_, summary)| summary).collect::<Vec<_>>(),
-        "next_cursor": next_cursor,
-    })))
+    let page = views::job::JobsPage {
+        jobs: page,
+        next_cursor,
+    };
+    Ok(Json(views::to_json(&page)))
 }
 
 /// `POST /jobs` body.
@@ -197,29 +197,37 @@ pub async fn create(
         SubmitOutcome::Created => StatusCode::CREATED,
         _ => StatusCode::OK,
     };
-    let mut value = views::job_summary(&submitted.job);
-    value["outcome"] = json!(match submitted.outcome {
-        SubmitOutcome::Created => "created",
-        SubmitOutcome::Existing => "existing",
-        SubmitOutcome::Retried => "retried",
-        SubmitOutcome::Reingested => "reingested",
-    });
-    Ok((status, Json(value)))
+    let view = views::job::Submitted {
+        summary: views::job::summary(&submitted.job),
+        outcome: match submitted.outcome {
+            SubmitOutcome::Created => "created",
+            SubmitOutcome::Existing => "existing",
+            SubmitOutcome::Retried => "retried",
+            SubmitOutcome::Reingested => "reingested",
+        },
+    };
+    Ok((status, Json(views::to_json(&view))))
 }
 
 /// The job, or 404 (naming a prune when `narra prune` removed it).
 async fn job_or_404(state: &ApiState, id: JobId) -> Result<Job, ApiError> {
-    if let Some(job) = state.engine.store.job(id).await? {
-        return Ok(job);
+    match state.engine.store.job(id).await? {
+        Some(job) => Ok(job),
+        None => Err(missing(state, id).await),
     }
-    match state.engine.store.pruned_job(id).await? {
-        Some(pruned) => Err(ApiError::not_found(format!(
+}
+
+/// The 404 of a job id with no job, naming a prune when `narra prune` removed it.
+async fn missing(state: &ApiState, id: JobId) -> ApiError {
+    match state.engine.store.pruned_job(id).await {
+        Ok(Some(pruned)) => ApiError::not_found(format!(
             "job {id} was pruned at {} ({}, last updated {}); its objects stay in storage",
             pruned.pruned_at.to_rfc3339(),
             pruned.status,
             pruned.updated_at.to_rfc3339()
-        ))),
-        None => Err(ApiError::job_not_found(id)),
+        )),
+        Ok(None) => ApiError::job_not_found(id),
+        Err(error) => error.into(),
     }
 }
 
@@ -229,22 +237,10 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_job_id(&id)?;
-    let engine = &state.engine;
-    let job = job_or_404(&state, id).await?;
-    let checkpoints = engine.store.checkpoints(id).await?;
-    let metadata = engine.store.metadata(id).await?;
-    let summary = engine.store.event_summary(id).await?;
-    let events = engine.store.events(id).await?;
-    let progress = engine.store.progress(id).await?;
-    let webhook = engine.store.webhook(id).await?;
-    let history = views::History {
-        summary: summary.as_ref(),
-        events: &events,
+    let Some(records) = crate::engine::show::records(&state.engine, id).await? else {
+        return Err(missing(&state, id).await);
     };
-    let mut value = views::job_detail(&job, &checkpoints, metadata.as_ref(), &history);
-    value["progress"] = views::progress_json(&job, progress.as_ref());
-    value["webhook"] = views::webhook_json(webhook.as_ref());
-    Ok(Json(value))
+    Ok(Json(views::to_json(&views::job::detail(&records))))
 }
 
 /// `GET /jobs/{id}/events`: `{events_compacted, events_summary, events}`.
@@ -256,11 +252,8 @@ pub async fn events(
     job_or_404(&state, id).await?;
     let summary = state.engine.store.event_summary(id).await?;
     let events = state.engine.store.events(id).await?;
-    Ok(Json(json!({
-        "events_compacted": summary.as_ref().map_or(0, |summary| summary.events_compacted),
-        "events_summary": summary.as_ref().map(views::event_summary_json),
-        "events": events.iter().map(views::event_json).collect::<Vec<_>>(),
-    })))
+    let history = views::history::history(summary.as_ref(), &events);
+    Ok(Json(views::to_json(&history)))
 }
 
 /// `GET /jobs/{id}/logs`: the job's own log lines, as `narra --json logs ID` prints them.
@@ -271,9 +264,7 @@ pub async fn logs(
     let id = parse_job_id(&id)?;
     job_or_404(&state, id).await?;
     let lines = state.engine.store.logs(id).await?;
-    Ok(Json(json!({
-        "lines": lines.iter().map(views::log_line_json).collect::<Vec<_>>(),
-    })))
+    Ok(Json(views::to_json(&views::history::logs(&lines))))
 }
 
 /// `POST /jobs/{id}/retry` body: `{"from": STEP}` redoes from that step (`retry --from`).
@@ -315,7 +306,7 @@ pub async fn retry(
             Err(rejected) => return Err(rejected.into()),
         },
     };
-    Ok(Json(views::job_summary(&job)))
+    Ok(Json(views::to_json(&views::job::summary(&job))))
 }
 
 /// `POST /jobs/{id}/cancel`: as `narra cancel ID`.
@@ -325,7 +316,7 @@ pub async fn cancel(
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_job_id(&id)?;
     let job = state.engine.store.cancel(id).await??;
-    Ok(Json(views::job_summary(&job)))
+    Ok(Json(views::to_json(&views::job::summary(&job))))
 }
 
 /// `POST /jobs/{id}/reset` body.
@@ -353,5 +344,5 @@ pub async fn reset(
         request.force,
     )
     .await??;
-    Ok(Json(views::job_summary(&job)))
+    Ok(Json(views::to_json(&views::job::summary(&job))))
 }

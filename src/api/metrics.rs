@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use super::{ApiError, ApiState};
 use crate::engine::Engine;
 use crate::model::job::{EventKind, Location, Status, Timestamp};
-use crate::store::{JobFilter, StoreError};
+use crate::store::StoreError;
 
 /// The statuses always exposed, so a series exists at 0 before its first job.
 const STATUSES: [Status; 5] = [
@@ -56,13 +56,7 @@ pub async fn collect(engine: &Engine) -> Result<Metrics, StoreError> {
     for phase in PHASES {
         metrics.running_by_phase.insert(phase.to_string(), 0);
     }
-    let jobs = engine
-        .store
-        .jobs(&JobFilter {
-            status: None,
-            limit: usize::MAX,
-        })
-        .await?;
+    let jobs = engine.all_jobs(None).await?;
     for job in &jobs {
         *metrics
             .jobs_by_status

@@ -3,7 +3,7 @@
 //! matching command calls (`engine::orchestrator::submit`, `store.retry`, `engine::retry::retry_from`,
 //! `engine::stuck::reset_job`, `engine::cleanup::{plan, execute}`, `engine::verify::verify_job`,
 //! `engine::health::assess`, `engine::backfill::submit_manifest`, ...) and answer with the JSON
-//! shapes of `cli::views` that `--json` prints. No transition, plan or check is decided here.
+//! shapes of `views` that `--json` prints. No transition, plan or check is decided here.
 //!
 //! What this module must never do: run a job in a request (the worker of `serve` claims what is
 //! queued), read or write a path that a request names (ids are parsed into `JobId`s, sources must be

@@ -7,14 +7,15 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{API_ACTOR, ApiError, ApiState, Body, parse_job_id};
-use crate::cli::maintenance::{executed_json, plan_json, verification_json};
 use crate::engine::backfill::{BackfillOptions, jobs_of_backfill, parse_manifest, submit_manifest};
-use crate::engine::cleanup::{CleanupOptions, DEFAULT_MIN_AGE_S, execute, plan};
+use crate::engine::cleanup::{execute, plan};
+use crate::model::cleanup::{CleanupOptions, DEFAULT_MIN_AGE_S};
 use crate::model::job::{BackfillId, Timestamp};
 use crate::model::sources::LocalPaths;
+use crate::views;
 
 /// `POST /backfills` query: the manifest's name (running the same name again resumes its
 /// backfill; default: the blake3 of the body) and the workflow of lines that name none.
@@ -78,21 +79,18 @@ pub async fn create_backfill(
         ..BackfillOptions::default()
     };
     let submission = submit_manifest(&state.engine, &name, &manifest, &options).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "id": submission.backfill.id.to_string(),
-            "manifest": submission.backfill.manifest,
-            "format": submission.format.as_str(),
-            "lines_accepted": submission.lines_accepted,
-            "bad_lines": submission.bad_lines.iter().map(|bad| json!({
-                "line": bad.line,
-                "reason": bad.reason,
-            })).collect::<Vec<_>>(),
-            "jobs": submission.jobs(),
-            "to_run": submission.to_run(),
-        })),
-    ))
+    let view = views::backfill::Submitted {
+        id: views::Text(submission.backfill.id),
+        read: views::backfill::manifest_read(
+            &submission.backfill,
+            submission.format,
+            submission.lines_accepted,
+            &submission.bad_lines,
+            submission.jobs(),
+        ),
+        to_run: submission.to_run(),
+    };
+    Ok((StatusCode::CREATED, Json(views::to_json(&view))))
 }
 
 /// `GET /backfills/{id}`: its jobs by status, how many are finished, whether all are, and the
@@ -117,7 +115,7 @@ pub async fn backfill(
         return Err(ApiError::not_found(format!("backfill {id} not found")));
     };
     let jobs = jobs_of_backfill(&state.engine, id, None, usize::MAX).await?;
-    let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut by_status: BTreeMap<&'static str, usize> = BTreeMap::new();
     for job in &jobs {
         *by_status.entry(job.status.as_str()).or_default() += 1;
     }
@@ -131,21 +129,20 @@ pub async fn backfill(
                 bytes_downloaded = bytes_downloaded.saturating_add(sizes.sum());
             }
         }
-        for artifact in crate::cli::views::artifacts(&checkpoints) {
-            bytes_stored = bytes_stored.saturating_add(artifact["size"].as_u64().unwrap_or(0));
+        for artifact in views::job::artifacts(&checkpoints) {
+            bytes_stored = bytes_stored.saturating_add(artifact.size);
         }
     }
-    Ok(Json(json!({
-        "id": backfill.id.to_string(),
-        "manifest": backfill.manifest,
-        "created_at": backfill.created_at.to_rfc3339(),
-        "jobs": jobs.len(),
-        "by_status": by_status,
-        "finished": finished,
-        "done": finished == jobs.len(),
-        "bytes_downloaded": bytes_downloaded,
-        "bytes_stored": bytes_stored,
-    })))
+    let view = views::backfill::Progress {
+        backfill: views::backfill::backfill(&backfill),
+        jobs: jobs.len(),
+        by_status,
+        finished,
+        done: finished == jobs.len(),
+        bytes_downloaded,
+        bytes_stored,
+    };
+    Ok(Json(views::to_json(&view)))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,7 +166,8 @@ pub async fn verify(
     let checkpoints = state.engine.store.checkpoints(id).await?;
     let verification =
         crate::engine::verify::verify_job(&state.engine, id, &checkpoints, query.deep).await;
-    Ok(Json(verification_json(&verification, query.deep)))
+    let view = views::verify::verification(&verification, query.deep);
+    Ok(Json(views::to_json(&view)))
 }
 
 /// Cleanup's options, in the query of `GET /cleanup` and the body of `POST /cleanup`.
@@ -197,7 +195,7 @@ pub async fn cleanup_plan(
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
     let plan = plan(&state.engine, &query.options()).await?;
-    Ok(Json(plan_json(&plan)))
+    Ok(Json(views::to_json(&views::cleanup::plan(&plan))))
 }
 
 /// `POST /cleanup` body: the plan id of the dry run and the same options.
@@ -222,7 +220,7 @@ pub async fn cleanup_confirm(
     }
     .options();
     let executed = execute(&state.engine, &options, &request.plan_id, API_ACTOR).await?;
-    Ok(Json(executed_json(&executed)))
+    Ok(Json(views::to_json(&views::cleanup::executed(&executed))))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,8 +237,8 @@ pub async fn health(
     query: Result<Query<HealthQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
-    let defaults = crate::engine::health::HealthOptions::default();
-    let options = crate::engine::health::HealthOptions {
+    let defaults = crate::model::health::HealthOptions::default();
+    let options = crate::model::health::HealthOptions {
         host_failures_min: query
             .host_failures_min
             .unwrap_or(defaults.host_failures_min),
@@ -248,5 +246,5 @@ pub async fn health(
         stuck_after_s: query.stuck_after_s.unwrap_or(defaults.stuck_after_s),
     };
     let report = crate::engine::health::assess(&state.engine, &options, Timestamp::now()).await?;
-    Ok(Json(crate::cli::health::report_json(&report)))
+    Ok(Json(views::to_json(&views::health::health(&report))))
 }

@@ -1,6 +1,7 @@
 //! `narra backfill`: reading the manifest, the progress display on stderr (an indicatif bar on a
 //! terminal, a plain line at most every [`PLAIN_PROGRESS_EVERY`] otherwise), and the summary (text,
-//! or `--json`, on stdout). The behaviour lives in `engine::backfill`.
+//! or `--json`, on stdout, as `views::backfill` shapes it). The behaviour lives in
+//! `engine::backfill`.
 
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
@@ -8,15 +9,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressStyle};
-use serde_json::json;
 
 use super::{CliError, io};
 use crate::engine::Engine;
 use crate::engine::backfill::{
-    BackfillOptions, BackfillProgress, BackfillSummary, list_backfills, manifest_name,
-    parse_manifest, run_backfill, submit_manifest,
+    BackfillOptions, BackfillProgress, list_backfills, manifest_name, parse_manifest, run_backfill,
+    submit_manifest,
 };
 use crate::engine::orchestrator::reclaim_orphans;
+use crate::views;
 
 /// How often the plain (not a terminal) progress line is printed, at most.
 pub const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -79,9 +80,9 @@ pub async fn run(
     let _ = reporter.await;
     let summary = summary?;
     if json {
-        super::print_json(out, &summary_json(&summary))?;
+        super::print_json(out, &views::backfill::summary(&summary))?;
     } else {
-        write!(out, "{}", summary_text(&summary)).map_err(io)?;
+        write!(out, "{}", views::backfill::summary_text(&summary)).map_err(io)?;
     }
     Ok(if summary.failed() > 0 {
         ExitCode::from(1)
@@ -96,13 +97,9 @@ pub async fn list(engine: &Engine, out: &mut impl Write, json: bool) -> Result<E
     if json {
         let list: Vec<_> = backfills
             .iter()
-            .map(|(backfill, jobs)| {
-                json!({
-                    "id": backfill.id.to_string(),
-                    "manifest": backfill.manifest,
-                    "created_at": backfill.created_at.to_rfc3339(),
-                    "jobs": jobs,
-                })
+            .map(|(backfill, jobs)| views::backfill::ListItem {
+                backfill: views::backfill::backfill(backfill),
+                jobs: *jobs,
             })
             .collect();
         super::print_json(out, &list)?;
@@ -193,64 +190,5 @@ fn progress_text(tally: &BackfillProgress, elapsed: Duration) -> String {
         HumanBytes(downloaded),
         HumanBytes(tally.bytes_stored),
         HumanBytes(rate),
-    )
-}
-
-fn summary_json(summary: &BackfillSummary) -> serde_json::Value {
-    json!({
-        "backfill": summary.backfill.id.to_string(),
-        "manifest": summary.backfill.manifest,
-        "format": summary.format.as_str(),
-        "lines_accepted": summary.lines_accepted,
-        "bad_lines": summary
-            .bad_lines
-            .iter()
-            .map(|bad| json!({"line": bad.line, "reason": bad.reason}))
-            .collect::<Vec<_>>(),
-        "jobs": summary.jobs,
-        "ran": summary.ran,
-        "skipped": summary.skipped,
-        "by_status": summary.by_status,
-        "failures_by_class": summary.failures_by_class,
-        "failures_by_host": summary.failures_by_host,
-        "bytes_downloaded": summary.bytes_downloaded,
-        "bytes_stored": summary.bytes_stored,
-        "elapsed_ms": summary.elapsed_ms,
-    })
-}
-
-fn counts(map: &std::collections::BTreeMap<String, usize>) -> String {
-    if map.is_empty() {
-        return "none".to_string();
-    }
-    map.iter()
-        .map(|(name, count)| format!("{name} {count}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn summary_text(summary: &BackfillSummary) -> String {
-    format!(
-        "backfill   {} ({}, {})\n\
-         jobs       {} (ran {}, recognised {}); {} lines accepted, {} bad\n\
-         status     {}\n\
-         failures   {}\n\
-         hosts      {}\n\
-         bytes      {} downloaded, {} stored\n\
-         time       {:.1} s\n",
-        summary.backfill.id,
-        summary.backfill.manifest,
-        summary.format.as_str(),
-        summary.jobs,
-        summary.ran,
-        summary.skipped,
-        summary.lines_accepted,
-        summary.bad_lines.len(),
-        counts(&summary.by_status),
-        counts(&summary.failures_by_class),
-        counts(&summary.failures_by_host),
-        HumanBytes(summary.bytes_downloaded),
-        HumanBytes(summary.bytes_stored),
-        Duration::from_millis(summary.elapsed_ms).as_secs_f64(),
     )
 }

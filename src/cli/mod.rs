@@ -12,7 +12,6 @@ pub mod serve;
 pub mod signals;
 pub mod stuck;
 pub mod transfer;
-pub mod views;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -33,6 +32,7 @@ use crate::storage::Storage;
 use crate::store::{
     HomeLock, JobFilter, LockError, PgStore, SledStore, StateStore, StateUri, StoreError,
 };
+use crate::views;
 use crate::workflow::WorkflowRegistry;
 
 /// narra: durable, resumable video ingestion (download -> extract audio -> store).
@@ -280,7 +280,7 @@ pub enum Command {
         /// progress) for `--stuck-after-s` seconds.
         #[arg(long, conflicts_with_all = ["status", "backfill"])]
         stuck: bool,
-        #[arg(long, value_name = "SECONDS", default_value_t = crate::engine::stuck::DEFAULT_STUCK_AFTER_S)]
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::model::stuck::DEFAULT_STUCK_AFTER_S)]
         stuck_after_s: u64,
     },
     /// Return a job to pending (the runbook's "manually reset job status"): a running job whose
@@ -379,7 +379,7 @@ pub enum Command {
         #[arg(long)]
         deep: bool,
         /// Unreferenced objects younger than this are left alone: they may be uploads in flight.
-        #[arg(long, default_value_t = crate::engine::cleanup::DEFAULT_MIN_AGE_S)]
+        #[arg(long, default_value_t = crate::model::cleanup::DEFAULT_MIN_AGE_S)]
         min_age_s: u64,
         /// Carry out the plan the dry run printed; refused if the plan changed since.
         #[arg(long, value_name = "PLAN_ID")]
@@ -394,7 +394,7 @@ pub enum Command {
         /// How far back failures count, in seconds.
         #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
         window_s: u64,
-        #[arg(long, value_name = "SECONDS", default_value_t = crate::engine::stuck::DEFAULT_STUCK_AFTER_S)]
+        #[arg(long, value_name = "SECONDS", default_value_t = crate::model::stuck::DEFAULT_STUCK_AFTER_S)]
         stuck_after_s: u64,
     },
     /// Print the incident log: every action cleanup and delete took.
@@ -620,17 +620,8 @@ pub async fn open_home(global: &GlobalArgs) -> Result<Home, CliError> {
     network.allow_private_network |= global.allow_private_network;
     let mut engine = Engine::new(store, storage, workflows, &home, network);
     // The lease length is a knob for tests and for stores shared by slow networks.
-    if let Ok(text) = std::env::var("NARRA_LEASE_TTL_MS") {
-        engine.lease_ttl_ms = text
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|ttl_ms| *ttl_ms > 0)
-            .ok_or_else(|| {
-                CliError::Usage(format!(
-                    "NARRA_LEASE_TTL_MS must be a positive number of milliseconds, not {text:?}"
-                ))
-            })?;
+    if let Some(ttl_ms) = positive_from_env("NARRA_LEASE_TTL_MS", "milliseconds")? {
+        engine.lease_ttl_ms = ttl_ms;
     }
     Ok(Home {
         engine,
@@ -880,19 +871,17 @@ pub async fn dispatch(
             if json {
                 let mut list = Vec::with_capacity(jobs.len());
                 for job in &jobs {
-                    let mut summary = views::job_summary(job);
                     let progress = engine.store.progress(job.id).await?;
-                    summary["progress"] = views::progress_json(job, progress.as_ref());
-                    list.push(summary);
+                    list.push(views::job::job_item(job, progress.as_ref()));
                 }
                 print_json(&mut out, &list)?;
             } else {
                 for job in &jobs {
-                    let mut line = views::job_line(job);
+                    let mut line = views::job::job_line(job);
                     if job.status == Status::Running
                         && let Some(progress) = engine.store.progress(job.id).await?
                     {
-                        line.push_str(&format!("  {}", views::progress_text(job, &progress)));
+                        line.push_str(&format!("  {}", views::job::progress_text(job, &progress)));
                     }
                     writeln!(out, "{line}").map_err(io)?;
                 }
@@ -900,44 +889,13 @@ pub async fn dispatch(
             Ok(ExitCode::SUCCESS)
         }
         Command::Show { id } => {
-            let Some(job) = engine.store.job(id).await? else {
+            let Some(records) = crate::engine::show::records(engine, id).await? else {
                 return Err(maintenance::missing_job(engine, id).await);
             };
-            let checkpoints = engine.store.checkpoints(id).await?;
-            let metadata = engine.store.metadata(id).await?;
-            let summary = engine.store.event_summary(id).await?;
-            let events = engine.store.events(id).await?;
-            let progress = engine.store.progress(id).await?;
-            let webhook = engine.store.webhook(id).await?;
-            let history = views::History {
-                summary: summary.as_ref(),
-                events: &events,
-            };
             if json {
-                let mut value = views::job_detail(&job, &checkpoints, metadata.as_ref(), &history);
-                value["progress"] = views::progress_json(&job, progress.as_ref());
-                value["webhook"] = views::webhook_json(webhook.as_ref());
-                print_json(&mut out, &value)?;
+                print_json(&mut out, &views::job::detail(&records))?;
             } else {
-                let text = views::job_text(&job, &checkpoints, metadata.as_ref(), &history);
-                let (head, rest) = text.split_once("\n\n").unwrap_or((text.as_str(), ""));
-                writeln!(out, "{head}").map_err(io)?;
-                // A finished job's record at zero (a step that failed before any byte) says nothing.
-                if let Some(progress) = progress
-                    .as_ref()
-                    .filter(|progress| job.status == Status::Running || progress.bytes_done > 0)
-                {
-                    writeln!(
-                        out,
-                        "progress         {}",
-                        views::progress_text(&job, progress)
-                    )
-                    .map_err(io)?;
-                }
-                for line in webhook.iter().flat_map(views::webhook_text) {
-                    writeln!(out, "{line}").map_err(io)?;
-                }
-                write!(out, "\n{rest}").map_err(io)?;
+                write!(out, "{}", views::job::detail_text(&records)).map_err(io)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -946,9 +904,9 @@ pub async fn dispatch(
             let lines = engine.store.logs(id).await?;
             for line in &lines {
                 let text = if json {
-                    views::log_line_json(line).to_string()
+                    views::to_json(&views::history::LogLineView::of(line)).to_string()
                 } else {
-                    views::log_line_text(line)
+                    views::history::log_line_text(line)
                 };
                 writeln!(out, "{text}").map_err(io)?;
             }
@@ -1082,12 +1040,12 @@ pub async fn dispatch(
                 .await
                 .map_err(|error| CliError::Other(error.into()))?;
             if json {
-                let value = json!({
-                    "job": views::job_summary(&reprobed.job),
-                    "changes": reprobed.changes,
-                    "republished": reprobed.republished,
-                });
-                print_json(&mut out, &value)?;
+                let view = views::job::Reprobed {
+                    job: views::job::summary(&reprobed.job),
+                    changes: &reprobed.changes,
+                    republished: reprobed.republished,
+                };
+                print_json(&mut out, &view)?;
             } else {
                 if reprobed.changes.is_empty() {
                     writeln!(out, "{id}  metadata record unchanged").map_err(io)?;
@@ -1096,7 +1054,7 @@ pub async fn dispatch(
                     writeln!(out, "{id}  changed  {change}").map_err(io)?;
                 }
                 if reprobed.republished {
-                    writeln!(out, "{}", views::job_line(&reprobed.job)).map_err(io)?;
+                    writeln!(out, "{}", views::job::job_line(&reprobed.job)).map_err(io)?;
                 }
             }
             Ok(if reprobed.republished {
@@ -1114,7 +1072,7 @@ pub async fn dispatch(
             min_age_s,
             confirm,
         } => {
-            let options = crate::engine::cleanup::CleanupOptions { deep, min_age_s };
+            let options = crate::model::cleanup::CleanupOptions { deep, min_age_s };
             maintenance::cleanup(engine, &mut out, err, options, confirm, context).await
         }
         Command::Reset { id, force, reason } => {
@@ -1125,7 +1083,7 @@ pub async fn dispatch(
             window_s,
             stuck_after_s,
         } => {
-            let options = crate::engine::health::HealthOptions {
+            let options = crate::model::health::HealthOptions {
                 host_failures_min,
                 window_s,
                 stuck_after_s,
@@ -1223,13 +1181,23 @@ pub(crate) fn print_jobs(
     jobs: &[crate::model::job::Job],
     json: bool,
 ) -> Result<(), CliError> {
+    print_list(out, jobs, json, views::job::summary, views::job::job_line)
+}
+
+/// Prints a list: with `--json`, one array of each item's view; otherwise a line per item.
+pub(crate) fn print_list<'a, T, V: serde::Serialize>(
+    out: &mut impl Write,
+    items: &'a [T],
+    json: bool,
+    view: impl Fn(&'a T) -> V,
+    line: impl Fn(&'a T) -> String,
+) -> Result<(), CliError> {
     if json {
-        let list: Vec<_> = jobs.iter().map(views::job_summary).collect();
-        print_json(out, &list)?;
-    } else {
-        for job in jobs {
-            writeln!(out, "{}", views::job_line(job)).map_err(io)?;
-        }
+        let views: Vec<V> = items.iter().map(view).collect();
+        return print_json(out, &views);
+    }
+    for item in items {
+        writeln!(out, "{}", line(item)).map_err(io)?;
     }
     Ok(())
 }
@@ -1242,7 +1210,7 @@ fn exit_for(jobs: &[crate::model::job::Job]) -> ExitCode {
     }
 }
 
-/// Prints a JSON value, pretty, as one document on stdout.
+/// Prints a view (or any JSON value), pretty, as one document on stdout.
 pub(crate) fn print_json(
     out: &mut impl Write,
     value: &impl serde::Serialize,
@@ -1250,9 +1218,26 @@ pub(crate) fn print_json(
     writeln!(
         out,
         "{}",
-        serde_json::to_string_pretty(value).expect("JSON values serialize")
+        serde_json::to_string_pretty(&views::to_json(value)).expect("JSON values serialize")
     )
     .map_err(io)
+}
+
+/// A positive whole number of `unit` from the variable `name`; `None` when it is not set.
+pub(crate) fn positive_from_env(name: &str, unit: &str) -> Result<Option<u64>, CliError> {
+    let Ok(text) = std::env::var(name) else {
+        return Ok(None);
+    };
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|number| *number > 0)
+        .map(Some)
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "{name} must be a positive number of {unit}, not {text:?}"
+            ))
+        })
 }
 
 fn not_found(id: JobId) -> CliError {

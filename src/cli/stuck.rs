@@ -1,39 +1,14 @@
-//! Output of `narra jobs --stuck` and `narra reset` (the library side is `engine::stuck`).
+//! `narra jobs --stuck` and `narra reset`: the glue to `engine::stuck`, printed as `views::stuck`
+//! and `views::job` shape it.
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use serde_json::json;
-
-use crate::cli::{CliError, io, views};
+use crate::cli::{CliError, io};
 use crate::engine::Engine;
-use crate::engine::stuck::{StuckJob, reset_job, stuck_jobs};
+use crate::engine::stuck::{reset_job, stuck_jobs};
 use crate::model::job::{JobId, Timestamp};
-
-/// The JSON of one stuck job: its summary plus `last_moved_at` and `stuck: [{reason, detail}]`.
-pub fn stuck_json(stuck: &StuckJob) -> serde_json::Value {
-    let mut value = views::job_summary(&stuck.job);
-    value["last_moved_at"] = json!(stuck.last_moved_at.to_rfc3339());
-    value["stuck"] = stuck
-        .reasons
-        .iter()
-        .map(|reason| json!({"reason": reason.name(), "detail": reason.describe()}))
-        .collect();
-    value
-}
-
-pub fn stuck_text(stuck: &StuckJob) -> String {
-    let reasons: Vec<String> = stuck
-        .reasons
-        .iter()
-        .map(|reason| reason.describe())
-        .collect();
-    format!(
-        "{}  stuck: {}",
-        views::job_line(&stuck.job),
-        reasons.join("; ")
-    )
-}
+use crate::views;
 
 /// `jobs --stuck`.
 pub async fn list(
@@ -43,14 +18,8 @@ pub async fn list(
     json: bool,
 ) -> Result<ExitCode, CliError> {
     let stuck = stuck_jobs(engine, stuck_after_s, Timestamp::now()).await?;
-    if json {
-        let list: Vec<_> = stuck.iter().map(stuck_json).collect();
-        super::print_json(out, &list)?;
-    } else {
-        for stuck in &stuck {
-            writeln!(out, "{}", stuck_text(stuck)).map_err(io)?;
-        }
-    }
+    let (view, line) = (views::stuck::stuck_view, views::stuck::stuck_text);
+    super::print_list(out, &stuck, json, view, line)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,12 +3,11 @@
 //!
 //! The history is the evidence. The worker records why a step that has a checkpoint runs again
 //! (`step_redone`), which objects each store run wrote (`objects_written`), and the store records
-//! every checkpoint's hashes with it (`checkpoint_recorded`). [`analyze`] is a pure function of
-//! those events (read through `model::history::fold`, which also reads the summary compaction left
-//! of a long history's oldest events, so compaction never changes an answer), the incident log and
-//! the writes other jobs made of the same blobs; [`audit_job`]
-//! adds what only the state store and the object store can say (the current checkpoints, whether
-//! storage agrees with them, whether the manifest's blobs exist, whether the blob index agrees).
+//! every checkpoint's hashes with it (`checkpoint_recorded`). `model::audit::analyze` is a pure
+//! function of those events, the incident log and the writes other jobs made of the same blobs;
+//! [`audit_job`] reads them and adds what only the state store and the object store can say (the
+//! current checkpoints, whether storage agrees with them, whether the manifest's blobs exist,
+//! whether the blob index agrees).
 //!
 //! Findings and their severity:
 //!
@@ -36,371 +35,16 @@
 //!
 //! This module only reads: it never writes to the state store or to storage.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use crate::engine::Engine;
-use crate::engine::verify::{JobVerification, verify_job};
-use crate::model::history::{self, BLOB_PREFIX};
-use crate::model::job::{
-    Checkpoint, Event, EventSummary, Hash, HistoryFindingKind, Incident, Job, JobId, Location,
-    Status, Timestamp,
+use crate::engine::verify::verify_job;
+use crate::model::audit::{
+    BlobWrite, Finding, JobAudit, Severity, StepAudit, blob_writes, evaluate, folded_blob_writes,
 };
-use crate::store::{JobFilter, StoreError};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    Info,
-    Warning,
-    Violation,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Violation => "violation",
-        }
-    }
-}
-
-/// One thing the audit found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    /// A stable code (see the module docs).
-    pub kind: &'static str,
-    pub severity: Severity,
-    pub step: Option<String>,
-    pub key: Option<String>,
-    /// The event the finding is about, if one.
-    pub seq: Option<u64>,
-    pub message: String,
-}
-
-/// How one step went over the job's whole history.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StepCounts {
-    /// `step_started` events: how many times the step executed.
-    pub executed: u32,
-    pub completed: u32,
-    pub skipped: u32,
-    pub failed: u32,
-    /// `step_redone` events: how many of the executions re-ran a checkpointed step.
-    pub redone: u32,
-}
-
-/// What the history says, before storage is consulted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HistoryAnalysis {
-    /// By step, in the order steps first appear in the history.
-    pub steps: Vec<(String, StepCounts)>,
-    /// How many times this job wrote each key, by key.
-    pub writes: BTreeMap<String, u32>,
-    pub findings: Vec<Finding>,
-    /// The history predates the audit events (`checkpoint_recorded`, `objects_written`).
-    pub legacy: bool,
-}
-
-/// A write of a blob by some job, for comparing writes across jobs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlobWrite {
-    pub job_id: JobId,
-    pub at: Timestamp,
-    pub key: String,
-}
-
-/// The blob writes recorded in a history: those of the summary of its compacted events, then those
-/// of the events still held.
-pub fn blob_writes(
-    job_id: JobId,
-    summary: Option<&EventSummary>,
-    events: &[Event],
-) -> Vec<BlobWrite> {
-    folded_blob_writes(&history::fold_all(job_id, summary, events))
-}
-
-fn folded_blob_writes(folded: &EventSummary) -> Vec<BlobWrite> {
-    folded
-        .audit
-        .blob_writes
-        .iter()
-        .map(|write| BlobWrite {
-            job_id: folded.job_id,
-            at: write.at,
-            key: write.key.clone(),
-        })
-        .collect()
-}
-
-/// Reads a whole job history (no event compacted): see [`analyze`].
-pub fn analyze_history(
-    job_id: JobId,
-    events: &[Event],
-    other_writes: &[BlobWrite],
-    incidents: &[Incident],
-) -> HistoryAnalysis {
-    analyze(job_id, None, events, other_writes, incidents)
-}
-
-/// Reads a job's history, the summary of its compacted events first (`model::history`): the
-/// per-step counts, this job's writes, and the findings the events alone support. `other_writes`
-/// are blob writes by other jobs; `incidents` is the incident log. The answer does not depend on
-/// how much of the history was compacted.
-pub fn analyze(
-    job_id: JobId,
-    summary: Option<&EventSummary>,
-    events: &[Event],
-    other_writes: &[BlobWrite],
-    incidents: &[Incident],
-) -> HistoryAnalysis {
-    evaluate(
-        &history::fold_all(job_id, summary, events),
-        other_writes,
-        incidents,
-    )
-}
-
-/// The findings of a folded history: what the fold met, worded, and each blob write judged
-/// against the writes before it (this job's and other jobs') and the incident log.
-fn evaluate(
-    folded: &EventSummary,
-    other_writes: &[BlobWrite],
-    incidents: &[Incident],
-) -> HistoryAnalysis {
-    let job_id = folded.job_id;
-    let audit = &folded.audit;
-    let legacy = audit.saw_step_completed && !audit.saw_audit_events;
-    let rerun_severity = if legacy {
-        Severity::Warning
-    } else {
-        Severity::Violation
-    };
-    let count = |count: u64| u32::try_from(count).unwrap_or(u32::MAX);
-    let steps = folded
-        .steps
-        .iter()
-        .map(|step| {
-            (
-                step.step.clone(),
-                StepCounts {
-                    executed: count(step.executed),
-                    completed: count(step.completed),
-                    skipped: count(step.skipped),
-                    failed: count(step.failed),
-                    redone: count(step.redone),
-                },
-            )
-        })
-        .collect();
-    let writes = history::writes(folded)
-        .into_iter()
-        .map(|(key, times)| (key, count(times)))
-        .collect();
-
-    let mut findings: Vec<Finding> = Vec::new();
-    for found in &audit.findings {
-        let step = found.step.as_str();
-        let (kind, severity, message) = match &found.kind {
-            HistoryFindingKind::RerunAfterSkip => (
-                "rerun_after_skip",
-                Severity::Violation,
-                format!("step {step} ran after it was skipped as verified in the same run"),
-            ),
-            HistoryFindingKind::RerunWithoutCause => (
-                "rerun_without_cause",
-                rerun_severity,
-                if legacy {
-                    format!(
-                        "step {step} ran again with no recorded cause (the history predates recorded causes)"
-                    )
-                } else {
-                    format!(
-                        "step {step} ran again though it had a checkpoint, and no cause was recorded"
-                    )
-                },
-            ),
-            HistoryFindingKind::RerunCauseFalse => (
-                "rerun_cause_false",
-                Severity::Violation,
-                format!(
-                    "step {step} ran again because an earlier step ran, but none ran in this run"
-                ),
-            ),
-            HistoryFindingKind::RerunUnknownCause { cause } => (
-                "rerun_without_cause",
-                Severity::Warning,
-                format!("step {step} ran again for an unknown cause {cause:?}"),
-            ),
-            HistoryFindingKind::OutputsDiffer {
-                first_seq,
-                first,
-                outputs,
-            } => {
-                let (kind, severity, what) = if step == "download" {
-                    (
-                        "source_changed",
-                        Severity::Info,
-                        "the origin served other bytes for the same source",
-                    )
-                } else {
-                    (
-                        "outputs_differ",
-                        Severity::Violation,
-                        "the step is not deterministic",
-                    )
-                };
-                (
-                    kind,
-                    severity,
-                    format!(
-                        "step {step} recorded {} for the same definition and input as event {first_seq} ({}): {what}",
-                        outputs_text(outputs),
-                        outputs_text(first)
-                    ),
-                )
-            }
-        };
-        findings.push(Finding {
-            kind,
-            severity,
-            step: Some(found.step.clone()),
-            key: None,
-            seq: Some(found.seq),
-            message,
-        });
-    }
-
-    // Blob key -> when this job last wrote it.
-    let mut own_writes: HashMap<&str, Timestamp> = HashMap::new();
-    for write in &audit.blob_writes {
-        let key = write.key.as_str();
-        let own_prior = own_writes.get(key).map(|at| (*at, job_id));
-        let other_prior = other_writes
-            .iter()
-            .filter(|other| other.key == key && other.job_id != job_id && other.at < write.at)
-            .map(|other| (other.at, other.job_id))
-            .max();
-        let prior = own_prior.into_iter().chain(other_prior).max();
-        if let Some((prior_at, prior_job)) = prior {
-            let deleted_between = incidents.iter().any(|incident| {
-                incident.key.as_deref() == Some(key)
-                    && incident.action == "deleted_object"
-                    && incident.at >= prior_at
-                    && incident.at <= write.at
-            });
-            let by = if prior_job == job_id {
-                "this job".to_string()
-            } else {
-                format!("job {prior_job}")
-            };
-            let finding = if write.after_verification_failure || deleted_between {
-                Finding {
-                    kind: "object_restored",
-                    severity: Severity::Info,
-                    step: Some(write.step.clone()),
-                    key: Some(write.key.clone()),
-                    seq: Some(write.seq),
-                    message: format!(
-                        "{key} was written again after {by} wrote it, once {}",
-                        if deleted_between {
-                            "cleanup had deleted it"
-                        } else {
-                            "a verification failure showed it missing or changed"
-                        }
-                    ),
-                }
-            } else {
-                Finding {
-                    kind: "object_rewritten",
-                    severity: Severity::Violation,
-                    step: Some(write.step.clone()),
-                    key: Some(write.key.clone()),
-                    seq: Some(write.seq),
-                    message: format!(
-                        "{key} was written again after {by} wrote it at {}, and nothing showed it missing or changed",
-                        prior_at.to_rfc3339()
-                    ),
-                }
-            };
-            findings.push(finding);
-        }
-        own_writes.insert(key, write.at);
-    }
-    // In history order, as the events met them (a stable sort keeps each event's own order).
-    findings.sort_by_key(|finding| finding.seq);
-
-    if audit.findings_dropped > 0 {
-        findings.push(Finding {
-            kind: "history_truncated",
-            severity: Severity::Warning,
-            step: None,
-            key: None,
-            seq: None,
-            message: format!(
-                "{} more findings of this history were counted but not kept (the first {} are)",
-                audit.findings_dropped,
-                history::HISTORY_FINDINGS_MAX
-            ),
-        });
-    }
-    if audit.blob_writes_dropped > 0 {
-        findings.push(Finding {
-            kind: "history_truncated",
-            severity: Severity::Warning,
-            step: None,
-            key: None,
-            seq: None,
-            message: format!(
-                "the {} oldest blob writes of this history were counted but not kept: rewrites of them are not judged",
-                audit.blob_writes_dropped
-            ),
-        });
-    }
-    HistoryAnalysis {
-        steps,
-        writes,
-        findings,
-        legacy,
-    }
-}
-
-fn outputs_text(outputs: &[(String, Hash)]) -> String {
-    outputs
-        .iter()
-        .map(|(name, blake3)| format!("{name} {}", &blake3.to_hex()[..16]))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// One step of a job's audit: its counts and its current checkpoint.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepAudit {
-    pub step: String,
-    pub counts: StepCounts,
-    pub checkpoint: Option<Checkpoint>,
-}
-
-/// The audit of one job.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobAudit {
-    pub job: Job,
-    /// The workflow's steps in order, then any other step the history names.
-    pub steps: Vec<StepAudit>,
-    /// How many times this job wrote each key.
-    pub writes: BTreeMap<String, u32>,
-    /// Shallow `verify`: does storage agree with the checkpoints?
-    pub storage: JobVerification,
-    pub findings: Vec<Finding>,
-}
-
-impl JobAudit {
-    pub fn violations(&self) -> usize {
-        self.findings
-            .iter()
-            .filter(|finding| finding.severity == Severity::Violation)
-            .count()
-    }
-}
+use crate::model::history::{self, BLOB_PREFIX};
+use crate::model::job::{Checkpoint, Incident, Job, JobId, Location, Status};
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -413,13 +57,7 @@ pub enum AuditError {
 /// Audits jobs: `ids`, or every job when `ids` is empty (newest first).
 pub async fn audit_jobs(engine: &Engine, ids: &[JobId]) -> Result<Vec<JobAudit>, AuditError> {
     let jobs = if ids.is_empty() {
-        engine
-            .store
-            .jobs(&JobFilter {
-                status: None,
-                limit: usize::MAX,
-            })
-            .await?
+        engine.all_jobs(None).await?
     } else {
         let mut jobs = Vec::with_capacity(ids.len());
         for id in ids {
@@ -513,21 +151,22 @@ pub async fn audit_job(
     let mut findings = analysis.findings;
     let storage = verify_job(engine, job.id, &checkpoints, false).await;
     for problem in storage.problems() {
-        findings.push(Finding {
-            kind: "storage_disagrees",
-            severity: if job.status == Status::Succeeded {
-                Severity::Violation
-            } else {
-                Severity::Warning
-            },
-            step: Some("store".to_string()),
-            key: match &problem.location {
-                Location::Object(key) => Some(key.clone()),
-                _ => None,
-            },
-            seq: None,
-            message: problem.message(),
-        });
+        let severity = if job.status == Status::Succeeded {
+            Severity::Violation
+        } else {
+            Severity::Warning
+        };
+        let key = match &problem.location {
+            Location::Object(key) => Some(key.clone()),
+            _ => None,
+        };
+        let message = problem.message();
+        findings.push(Finding::of_store(
+            "storage_disagrees",
+            severity,
+            key,
+            message,
+        ));
     }
     if let Some(store_checkpoint) = checkpoints
         .iter()
@@ -541,16 +180,16 @@ pub async fn audit_job(
             if key.starts_with(BLOB_PREFIX)
                 && !engine.store.jobs_referencing(key).await?.contains(&job.id)
             {
-                findings.push(Finding {
-                    kind: "index_disagrees",
-                    severity: Severity::Violation,
-                    step: Some("store".to_string()),
-                    key: Some(key.clone()),
-                    seq: None,
-                    message: format!(
-                        "the blob index does not list this job for {key}, which its store checkpoint names"
-                    ),
-                });
+                let message = format!(
+                    "the blob index does not list this job for {key}, which its store checkpoint names"
+                );
+                let key = Some(key.clone());
+                findings.push(Finding::of_store(
+                    "index_disagrees",
+                    Severity::Violation,
+                    key,
+                    message,
+                ));
             }
         }
     }
@@ -578,14 +217,13 @@ async fn check_manifest(engine: &Engine, store_checkpoint: &Checkpoint) -> Vec<F
         return Vec::new();
     };
     let unreadable = |message: String| {
-        vec![Finding {
-            kind: "manifest_unreadable",
-            severity: Severity::Violation,
-            step: Some("store".to_string()),
-            key: Some(manifest_key.clone()),
-            seq: None,
+        let key = Some(manifest_key.clone());
+        vec![Finding::of_store(
+            "manifest_unreadable",
+            Severity::Violation,
+            key,
             message,
-        }]
+        )]
     };
     let bytes = match engine.storage.read_bytes(manifest_key).await {
         Ok(Some(bytes)) => bytes,
@@ -600,22 +238,18 @@ async fn check_manifest(engine: &Engine, store_checkpoint: &Checkpoint) -> Vec<F
     for key in keys {
         match engine.storage.stat(&key).await {
             Ok(Some(_)) => {}
-            Ok(None) => findings.push(Finding {
-                kind: "manifest_names_missing_blob",
-                severity: Severity::Violation,
-                step: Some("store".to_string()),
-                key: Some(key.clone()),
-                seq: None,
-                message: format!("the manifest {manifest_key} names {key}, which does not exist"),
-            }),
-            Err(error) => findings.push(Finding {
-                kind: "manifest_names_missing_blob",
-                severity: Severity::Warning,
-                step: Some("store".to_string()),
-                key: Some(key.clone()),
-                seq: None,
-                message: format!("cannot check {key}, named by {manifest_key}: {error}"),
-            }),
+            Ok(None) => findings.push(Finding::of_store(
+                "manifest_names_missing_blob",
+                Severity::Violation,
+                Some(key.clone()),
+                format!("the manifest {manifest_key} names {key}, which does not exist"),
+            )),
+            Err(error) => findings.push(Finding::of_store(
+                "manifest_names_missing_blob",
+                Severity::Warning,
+                Some(key.clone()),
+                format!("cannot check {key}, named by {manifest_key}: {error}"),
+            )),
         }
     }
     findings
@@ -633,390 +267,8 @@ pub fn manifest_blob_keys(bytes: &[u8]) -> Option<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
-    //! The history analysis on hand-written histories: a clean history has no finding, and each
-    //! injected violation is named.
-
     use super::*;
-    use crate::model::job::{ErrorInfo, EventKind};
-
-    const JOB: JobId = JobId(1);
-    const OTHER: JobId = JobId(2);
-
-    /// Builds a history one event at a time, one millisecond apart.
-    #[derive(Default)]
-    struct History {
-        events: Vec<Event>,
-        /// Added to each step's definition hash: a changed workflow.
-        definition: u8,
-    }
-
-    impl History {
-        fn push(&mut self, kind: EventKind) -> &mut Self {
-            let seq = u64::try_from(self.events.len()).expect("small");
-            self.events.push(Event {
-                seq,
-                at: Timestamp(1_000 + i64::try_from(seq).expect("small")),
-                kind,
-            });
-            self
-        }
-
-        fn claim(&mut self) -> &mut Self {
-            self.push(EventKind::StatusChanged {
-                from: Some(Status::Pending),
-                to: Status::Running,
-                reason: "claimed".into(),
-            })
-        }
-
-        fn run(&mut self, step: &str, input: u8, outputs: &[(&str, u8)]) -> &mut Self {
-            self.push(EventKind::StepStarted { step: step.into() });
-            self.complete(step, input, outputs)
-        }
-
-        fn complete(&mut self, step: &str, input: u8, outputs: &[(&str, u8)]) -> &mut Self {
-            self.push(EventKind::StepCompleted {
-                step: step.into(),
-                outputs: u32::try_from(outputs.len()).expect("small"),
-            });
-            self.push(EventKind::CheckpointRecorded {
-                step: step.into(),
-                definition_hash: Hash(
-                    [u8::try_from(step.len()).expect("short") + self.definition; 32],
-                ),
-                input_hash: Hash([input; 32]),
-                outputs: outputs
-                    .iter()
-                    .map(|(name, byte)| (name.to_string(), Hash([*byte; 32])))
-                    .collect(),
-            })
-        }
-
-        fn skip(&mut self, step: &str) -> &mut Self {
-            self.push(EventKind::StepSkipped {
-                step: step.into(),
-                reason: "checkpoint verified".into(),
-            })
-        }
-
-        fn redo(&mut self, step: &str, cause: &str) -> &mut Self {
-            self.push(EventKind::StepRedone {
-                step: step.into(),
-                cause: cause.into(),
-                reason: cause.into(),
-            })
-        }
-
-        fn wrote(&mut self, keys: &[&str]) -> &mut Self {
-            self.push(EventKind::ObjectsWritten {
-                step: "store".into(),
-                keys: keys.iter().map(|key| key.to_string()).collect(),
-            })
-        }
-
-        /// download, extract and store, from nothing.
-        fn first_run(&mut self) -> &mut Self {
-            self.claim()
-                .run("download", 1, &[("video", 10)])
-                .run("extract", 2, &[("audio", 20)])
-                .push(EventKind::StepStarted {
-                    step: "store".into(),
-                })
-                .wrote(&[
-                    "blobs/aa/video.mp4",
-                    "blobs/bb/audio.m4a",
-                    "jobs/1/manifest.json",
-                ])
-                .complete("store", 3, &[("video", 10), ("audio", 20)])
-        }
-    }
-
-    fn kinds(analysis: &HistoryAnalysis) -> Vec<(&'static str, Severity)> {
-        analysis
-            .findings
-            .iter()
-            .map(|finding| (finding.kind, finding.severity))
-            .collect()
-    }
-
-    #[test]
-    fn a_clean_history_has_no_finding() {
-        let mut history = History::default();
-        history.first_run();
-        // A re-run that skips everything, then a reingest whose changed extract re-runs the store
-        // step, which writes only the new audio.
-        history
-            .claim()
-            .skip("download")
-            .skip("extract")
-            .skip("store");
-        history.definition = 1;
-        history
-            .claim()
-            .skip("download")
-            .redo("extract", "definition_changed")
-            .push(EventKind::StepStarted {
-                step: "extract".into(),
-            })
-            .complete("extract", 2, &[("audio", 21)])
-            .redo("store", "earlier_step_ran")
-            .push(EventKind::StepStarted {
-                step: "store".into(),
-            })
-            .wrote(&["blobs/cc/audio.flac", "jobs/1/manifest.json"])
-            .complete("store", 4, &[("video", 10), ("audio", 21)]);
-
-        let analysis = analyze_history(JOB, &history.events, &[], &[]);
-
-        assert_eq!(kinds(&analysis), vec![]);
-        assert!(!analysis.legacy);
-        let counts: HashMap<_, _> = analysis.steps.iter().cloned().collect();
-        assert_eq!(
-            counts["download"],
-            StepCounts {
-                executed: 1,
-                completed: 1,
-                skipped: 2,
-                failed: 0,
-                redone: 0
-            }
-        );
-        assert_eq!(counts["store"].executed, 2);
-        assert_eq!(counts["store"].redone, 1);
-        assert_eq!(analysis.writes["jobs/1/manifest.json"], 2);
-        assert_eq!(analysis.writes["blobs/aa/video.mp4"], 1);
-    }
-
-    #[test]
-    fn a_store_step_that_writes_a_stored_blob_again_is_a_violation() {
-        let mut history = History::default();
-        history.first_run();
-        history
-            .claim()
-            .skip("download")
-            .skip("extract")
-            .redo("store", "inputs_changed")
-            .push(EventKind::StepStarted {
-                step: "store".into(),
-            })
-            .wrote(&["blobs/aa/video.mp4"])
-            .complete("store", 5, &[("video", 10), ("audio", 20)]);
-
-        let analysis = analyze_history(JOB, &history.events, &[], &[]);
-
-        assert_eq!(
-            kinds(&analysis),
-            vec![("object_rewritten", Severity::Violation)]
-        );
-        assert_eq!(
-            analysis.findings[0].key.as_deref(),
-            Some("blobs/aa/video.mp4")
-        );
-        assert_eq!(analysis.writes["blobs/aa/video.mp4"], 2);
-    }
-
-    #[test]
-    fn a_rewrite_after_a_verification_failure_or_a_cleanup_is_a_repair() {
-        let mut history = History::default();
-        history.first_run();
-        history
-            .claim()
-            .redo("download", "output_missing")
-            .push(EventKind::StepStarted {
-                step: "download".into(),
-            })
-            .complete("download", 1, &[("video", 10)])
-            .redo("extract", "earlier_step_ran")
-            .push(EventKind::StepStarted {
-                step: "extract".into(),
-            })
-            .complete("extract", 2, &[("audio", 20)])
-            .redo("store", "earlier_step_ran")
-            .push(EventKind::StepStarted {
-                step: "store".into(),
-            })
-            .wrote(&["blobs/aa/video.mp4"])
-            .complete("store", 3, &[("video", 10), ("audio", 20)]);
-        let analysis = analyze_history(JOB, &history.events, &[], &[]);
-        assert_eq!(kinds(&analysis), vec![("object_restored", Severity::Info)]);
-
-        // Another job wrote the blob first; cleanup deleted it in between.
-        let mut history = History::default();
-        history.first_run();
-        let earlier = BlobWrite {
-            job_id: OTHER,
-            at: Timestamp(10),
-            key: "blobs/aa/video.mp4".into(),
-        };
-        let deleted = Incident {
-            seq: 0,
-            at: Timestamp(20),
-            actor: "ops".into(),
-            action: "deleted_object".into(),
-            job: Some(OTHER),
-            key: Some("blobs/aa/video.mp4".into()),
-            reason: "corrupt".into(),
-        };
-        let analysis = analyze_history(
-            JOB,
-            &history.events,
-            std::slice::from_ref(&earlier),
-            &[deleted],
-        );
-        assert_eq!(kinds(&analysis), vec![("object_restored", Severity::Info)]);
-
-        // Without the deletion, the second job's write is a duplicate.
-        let analysis = analyze_history(JOB, &history.events, &[earlier], &[]);
-        assert_eq!(
-            kinds(&analysis),
-            vec![("object_rewritten", Severity::Violation)]
-        );
-        assert!(analysis.findings[0].message.contains(&OTHER.to_string()));
-    }
-
-    #[test]
-    fn a_rerun_with_no_or_a_false_cause_is_a_violation() {
-        let mut history = History::default();
-        history.first_run();
-        history
-            .claim()
-            .push(EventKind::StepStarted {
-                step: "download".into(),
-            })
-            .complete("download", 1, &[("video", 10)])
-            .claim()
-            .skip("download")
-            .redo("extract", "earlier_step_ran")
-            .push(EventKind::StepStarted {
-                step: "extract".into(),
-            })
-            .complete("extract", 2, &[("audio", 20)]);
-        let analysis = analyze_history(JOB, &history.events, &[], &[]);
-        assert_eq!(
-            kinds(&analysis),
-            vec![
-                ("rerun_without_cause", Severity::Violation),
-                ("rerun_cause_false", Severity::Violation)
-            ]
-        );
-        assert_eq!(analysis.findings[0].step.as_deref(), Some("download"));
-        assert_eq!(analysis.findings[1].step.as_deref(), Some("extract"));
-    }
-
-    #[test]
-    fn a_step_run_after_its_skip_in_the_same_run_is_a_violation() {
-        let mut history = History::default();
-        history.first_run();
-        history
-            .claim()
-            .skip("download")
-            .redo("download", "output_changed")
-            .push(EventKind::StepStarted {
-                step: "download".into(),
-            });
-        let analysis = analyze_history(JOB, &history.events, &[], &[]);
-        assert_eq!(
-            kinds(&analysis),
-            vec![("rerun_after_skip", Severity::Violation)]
-        );
-    }
-
-    #[test]
-    fn different_outputs_for_the_same_input_are_named() {
-        let mut history = History::default();
-        history.first_run();
-        history
-            .claim()
-            .redo("download", "output_missing")
-            .push(EventKind::StepStarted {
-                step: "download".into(),
-            })
-            .complete("download", 1, &[("video", 11)])
-            .redo("extract", "earlier_step_ran")
-            .push(EventKind::StepStarted {
-                step: "extract".into(),
-            })
-            // Same input hash as the first run, other audio: extract is not deterministic.
-            .complete("extract", 2, &[("audio", 29)]);
-        let analysis = analyze_history(JOB, &history.events, &[], &[]);
-        assert_eq!(
-            kinds(&analysis),
-            vec![
-                ("source_changed", Severity::Info),
-                ("outputs_differ", Severity::Violation)
-            ]
-        );
-    }
-
-    // Guards reprobe: a deliberate re-derivation of the metadata record starts a new extract
-    // baseline, so a later extraction is not reported as non-deterministic against the old one.
-    #[test]
-    fn a_reprobe_starts_a_new_extract_baseline() {
-        let mut history = History::default();
-        history.first_run();
-        history
-            .push(EventKind::Reprobed {
-                changes: vec!["duration_s".into()],
-            })
-            .claim()
-            .redo("download", "output_missing")
-            .push(EventKind::StepStarted {
-                step: "download".into(),
-            })
-            .complete("download", 1, &[("video", 11)])
-            .redo("extract", "earlier_step_ran")
-            .push(EventKind::StepStarted {
-                step: "extract".into(),
-            })
-            .complete("extract", 2, &[("audio", 29)]);
-        let analysis = analyze_history(JOB, &history.events, &[], &[]);
-        assert_eq!(kinds(&analysis), vec![("source_changed", Severity::Info)]);
-    }
-
-    #[test]
-    fn a_history_from_before_recorded_causes_only_warns() {
-        let events = vec![
-            Event {
-                seq: 0,
-                at: Timestamp(1),
-                kind: EventKind::StepStarted {
-                    step: "download".into(),
-                },
-            },
-            Event {
-                seq: 1,
-                at: Timestamp(2),
-                kind: EventKind::StepCompleted {
-                    step: "download".into(),
-                    outputs: 1,
-                },
-            },
-            Event {
-                seq: 2,
-                at: Timestamp(3),
-                kind: EventKind::StepFailed {
-                    step: "extract".into(),
-                    error: ErrorInfo {
-                        class: "corrupt_media".into(),
-                        message: "x".into(),
-                    },
-                },
-            },
-            Event {
-                seq: 3,
-                at: Timestamp(4),
-                kind: EventKind::StepStarted {
-                    step: "download".into(),
-                },
-            },
-        ];
-        let analysis = analyze_history(JOB, &events, &[], &[]);
-        assert!(analysis.legacy);
-        assert_eq!(
-            kinds(&analysis),
-            vec![("rerun_without_cause", Severity::Warning)]
-        );
-    }
+    use crate::model::job::{ErrorInfo, Hash, Timestamp};
 
     #[test]
     fn manifest_blob_keys_reads_the_artifacts() {
@@ -1053,6 +305,17 @@ mod tests {
             Run { store, token }
         }
 
+        /// The job, succeeded, reingested and claimed again.
+        async fn again(store: &crate::store::SledStore, id: JobId) -> Run<'_> {
+            use crate::store::OrchestratorStore;
+            store
+                .reingest(id)
+                .await
+                .expect("reingest")
+                .expect("succeeded");
+            Run::claim(store, id).await
+        }
+
         async fn event(&self, step: &str, event: crate::store::StepEvent) -> &Self {
             use crate::store::WorkerStore;
             self.store
@@ -1065,6 +328,14 @@ mod tests {
 
         async fn start(&self, step: &str) -> &Self {
             self.event(step, crate::store::StepEvent::Started).await
+        }
+
+        /// The step starts and records its checkpoint.
+        async fn step(&self, step: &str, input: u8, outputs: &[(&str, &str, u8)]) -> &Self {
+            self.start(step)
+                .await
+                .checkpoint(step, input, outputs)
+                .await
         }
 
         async fn skip(&self, step: &str) -> &Self {
@@ -1172,34 +443,20 @@ mod tests {
         let stored = [("video", VIDEO, 10), ("audio", AUDIO, 20)];
 
         let run = Run::claim(&store, a).await;
-        run.start("download")
-            .await
-            .checkpoint("download", 1, &[("video", VIDEO, 10)])
-            .await;
-        run.start("extract")
-            .await
-            .checkpoint("extract", 2, &[("audio", AUDIO, 20)])
-            .await;
+        run.step("download", 1, &[("video", VIDEO, 10)]).await;
+        run.step("extract", 2, &[("audio", AUDIO, 20)]).await;
         run.start("store")
             .await
             .wrote(&[VIDEO, AUDIO, "jobs/a/manifest.json"])
             .await;
         run.checkpoint("store", 3, &stored).await.complete().await;
         // Another run extracts other audio from the same input, and repairs the video.
-        store
-            .reingest(a)
-            .await
-            .expect("reingest")
-            .expect("succeeded");
-        let run = Run::claim(&store, a).await;
+        let run = Run::again(&store, a).await;
         run.skip("download")
             .await
             .redo("extract", "output_changed")
             .await;
-        run.start("extract")
-            .await
-            .checkpoint("extract", 2, &[("audio", AUDIO, 29)])
-            .await;
+        run.step("extract", 2, &[("audio", AUDIO, 29)]).await;
         run.redo("store", "earlier_step_ran")
             .await
             .start("store")
@@ -1211,16 +468,8 @@ mod tests {
             .complete()
             .await;
         // A download that runs again for no recorded cause.
-        store
-            .reingest(a)
-            .await
-            .expect("reingest")
-            .expect("succeeded");
-        let run = Run::claim(&store, a).await;
-        run.start("download")
-            .await
-            .checkpoint("download", 1, &[("video", VIDEO, 10)])
-            .await;
+        let run = Run::again(&store, a).await;
+        run.step("download", 1, &[("video", VIDEO, 10)]).await;
         run.skip("extract")
             .await
             .skip("store")
@@ -1229,12 +478,7 @@ mod tests {
             .await;
         // Then a long, clean tail of runs that skip everything, and a failure.
         for _ in 0..12 {
-            store
-                .reingest(a)
-                .await
-                .expect("reingest")
-                .expect("succeeded");
-            let run = Run::claim(&store, a).await;
+            let run = Run::again(&store, a).await;
             run.skip("download")
                 .await
                 .skip("extract")
@@ -1243,12 +487,7 @@ mod tests {
                 .await;
             run.complete().await;
         }
-        store
-            .reingest(a)
-            .await
-            .expect("reingest")
-            .expect("succeeded");
-        Run::claim(&store, a).await.fail().await;
+        Run::again(&store, a).await.fail().await;
         // Job b writes the audio a had written, with nothing showing it missing.
         let run = Run::claim(&store, b).await;
         run.start("store").await.wrote(&[AUDIO]).await;

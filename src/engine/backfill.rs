@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use crate::engine::Engine;
 use crate::engine::orchestrator::{EngineError, ScheduleOptions, Until, schedule};
+use crate::model::backfill::{BackfillSummary, BadLine, ManifestFormat};
 use crate::model::job::{
     Backfill, BackfillId, EventKind, Job, JobId, Location, PRIORITY_BACKFILL, Phase, Status,
 };
@@ -24,27 +25,6 @@ use crate::store::{BatchOptions, JobFilter, Resubmit, SUBMIT_BATCH_MAX, SubmitRe
 
 /// The longest manifest line accepted; a longer one is a bad line (no URL or path is this long).
 pub const LINE_BYTES_MAX: usize = 64 * 1024;
-
-/// How a manifest is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ManifestFormat {
-    /// One source per line.
-    Lines,
-    /// One JSON object per line: `{"source": ..., "workflow": ..., "key": ..., "priority": ...}`.
-    JsonLines,
-    /// A header line naming a `source` column (and optionally `key`, `workflow`, `priority`).
-    Csv,
-}
-
-impl ManifestFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ManifestFormat::Lines => "lines",
-            ManifestFormat::JsonLines => "jsonl",
-            ManifestFormat::Csv => "csv",
-        }
-    }
-}
 
 /// One source of a manifest, with the line it came from (1-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,13 +38,6 @@ pub struct ManifestEntry {
     pub priority: Option<i64>,
     /// Where the job's completion notice goes (`webhook`); the workflow's when `None`.
     pub callback_url: Option<String>,
-}
-
-/// A line that could not be read as a source: reported, skipped, never fatal for the others.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadLine {
-    pub line: usize,
-    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -566,33 +539,6 @@ pub struct BackfillProgress {
 impl BackfillProgress {
     pub fn finished(&self) -> usize {
         self.succeeded + self.failed + self.skipped
-    }
-}
-
-/// The end of a backfill run.
-#[derive(Debug, Clone)]
-pub struct BackfillSummary {
-    pub backfill: Backfill,
-    pub format: ManifestFormat,
-    pub lines_accepted: usize,
-    pub bad_lines: Vec<BadLine>,
-    pub jobs: usize,
-    /// Jobs run by this run, and jobs recognised without running.
-    pub ran: usize,
-    pub skipped: usize,
-    /// Every job of the manifest by its status at the end (names as `jobs` shows them).
-    pub by_status: BTreeMap<String, usize>,
-    /// The failed jobs by error class and by source host (`local` for files).
-    pub failures_by_class: BTreeMap<String, usize>,
-    pub failures_by_host: BTreeMap<String, usize>,
-    pub bytes_downloaded: u64,
-    pub bytes_stored: u64,
-    pub elapsed_ms: u64,
-}
-
-impl BackfillSummary {
-    pub fn failed(&self) -> usize {
-        self.by_status.get("failed").copied().unwrap_or(0)
     }
 }
 

@@ -24,183 +24,20 @@
 //! its objects that no other job references.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-
-use serde_json::{Value, json};
 
 use crate::engine::Engine;
 use crate::engine::verify::{OutputState, check_output};
-use crate::model::job::{Hash, Job, JobId, Location, Status, StepOutput, Timestamp};
+use crate::model::cleanup::{
+    CleanupOptions, Deletion, DeletionReason, Executed, JobReset, Plan, StaleScratch, Takedown,
+    plan_id,
+};
+use crate::model::job::{Job, JobId, Location, Status, StepOutput, Timestamp};
 use crate::model::machine::Rejected;
 use crate::storage::{FS_ATOMIC_WRITE_DIR, StorageError, manifest_key};
-use crate::store::{JobFilter, NewIncident, StoreError};
-
-/// An object younger than this is never an orphan or a partial write: it may be an upload whose
-/// checkpoint is not recorded yet.
-pub const DEFAULT_MIN_AGE_S: u64 = 3_600;
-
-/// Bumped when the canonical form of a plan changes, so an old id never matches a new plan.
-const PLAN_FORMAT: u32 = 1;
+use crate::store::{NewIncident, StoreError};
 
 const BLOB_PREFIX: &str = "blobs/";
 const MANIFEST_PREFIX: &str = "jobs/";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CleanupOptions {
-    /// Re-hash every stored artifact instead of trusting unchanged change tokens.
-    pub deep: bool,
-    pub min_age_s: u64,
-}
-
-impl Default for CleanupOptions {
-    fn default() -> Self {
-        CleanupOptions {
-            deep: false,
-            min_age_s: DEFAULT_MIN_AGE_S,
-        }
-    }
-}
-
-/// Why an object is in the plan.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeletionReason {
-    /// A blob no job references and no manifest names, older than the minimum age.
-    Orphan,
-    /// A temp file of a write that never finished, older than the minimum age.
-    Partial,
-    /// A stored artifact whose bytes are not its checkpoint's.
-    Corrupt {
-        artifact: String,
-        expected_size: u64,
-        expected_blake3: Hash,
-        found_blake3: Option<Hash>,
-    },
-}
-
-impl DeletionReason {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            DeletionReason::Orphan => "orphan",
-            DeletionReason::Partial => "partial",
-            DeletionReason::Corrupt { .. } => "corrupt",
-        }
-    }
-}
-
-/// An object the plan deletes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Deletion {
-    pub key: String,
-    /// The size found when planning.
-    pub size: u64,
-    pub last_modified: Option<Timestamp>,
-    pub reason: DeletionReason,
-    /// The jobs that reference it (corrupt artifacts only).
-    pub jobs: Vec<JobId>,
-}
-
-impl Deletion {
-    pub fn message(&self) -> String {
-        match &self.reason {
-            DeletionReason::Orphan => format!(
-                "orphan blob ({} bytes): no job references it and no manifest names it",
-                self.size
-            ),
-            DeletionReason::Partial => {
-                format!("partial write ({} bytes) that never finished", self.size)
-            }
-            DeletionReason::Corrupt {
-                artifact,
-                expected_size,
-                expected_blake3,
-                found_blake3,
-            } => format!(
-                "corrupt {artifact}: {} bytes, blake3 {} (its checkpoint says {expected_size} bytes, blake3 {expected_blake3}); referenced by {}",
-                self.size,
-                found_blake3
-                    .map(|hash| hash.to_hex())
-                    .unwrap_or_else(|| "not computed".into()),
-                ids_text(&self.jobs)
-            ),
-        }
-    }
-}
-
-/// A scratch directory the plan removes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaleScratch {
-    pub path: PathBuf,
-    pub job_id: JobId,
-    /// The job's status, or `None` when no such job exists.
-    pub status: Option<Status>,
-}
-
-/// A job the plan sends back to pending.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobReset {
-    pub job_id: JobId,
-    pub status: Status,
-    pub reason: String,
-}
-
-/// What cleanup would do, with the id that `--confirm` must repeat.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    pub id: String,
-    pub options: CleanupOptions,
-    pub deletions: Vec<Deletion>,
-    pub scratch: Vec<StaleScratch>,
-    pub resets: Vec<JobReset>,
-    /// What was seen and deliberately left alone (young objects, cancelled jobs, ...). Not part of
-    /// the id.
-    pub notes: Vec<String>,
-}
-
-impl Plan {
-    pub fn is_empty(&self) -> bool {
-        self.deletions.is_empty() && self.scratch.is_empty() && self.resets.is_empty()
-    }
-
-    /// The canonical form the id hashes: sorted, and with nothing that changes between two plans
-    /// of the same state.
-    pub fn canonical(&self) -> Value {
-        canonical(&self.options, &self.deletions, &self.scratch, &self.resets)
-    }
-}
-
-fn canonical(
-    options: &CleanupOptions,
-    deletions: &[Deletion],
-    scratch: &[StaleScratch],
-    resets: &[JobReset],
-) -> Value {
-    json!({
-        "format": PLAN_FORMAT,
-        "deep": options.deep,
-        "min_age_s": options.min_age_s,
-        "deletions": deletions.iter().map(|deletion| json!({
-            "key": deletion.key,
-            "size": deletion.size,
-            "last_modified_ms": deletion.last_modified.map(|at| at.0),
-            "reason": deletion.reason.as_str(),
-            "found_blake3": match &deletion.reason {
-                DeletionReason::Corrupt { found_blake3, .. } => found_blake3.map(|hash| hash.to_hex()),
-                _ => None,
-            },
-            "jobs": deletion.jobs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-        "scratch": scratch.iter().map(|dir| json!({
-            "path": dir.path.display().to_string(),
-            "job": dir.job_id.to_string(),
-            "status": dir.status.map(|status| status.as_str()),
-        })).collect::<Vec<_>>(),
-        "resets": resets.iter().map(|reset| json!({
-            "job": reset.job_id.to_string(),
-            "status": reset.status.as_str(),
-            "reason": reset.reason,
-        })).collect::<Vec<_>>(),
-    })
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
@@ -229,11 +66,7 @@ pub async fn plan(engine: &Engine, options: &CleanupOptions) -> Result<Plan, Cle
     };
     let mut notes = Vec::new();
     let jobs: BTreeMap<JobId, Job> = engine
-        .store
-        .jobs(&JobFilter {
-            status: None,
-            limit: usize::MAX,
-        })
+        .all_jobs(None)
         .await?
         .into_iter()
         .map(|job| (job.id, job))
@@ -411,21 +244,16 @@ pub async fn plan(engine: &Engine, options: &CleanupOptions) -> Result<Plan, Cle
         }
     }
 
-    let id = plan_id(&canonical(options, &deletions, &scratch, &resets));
-    Ok(Plan {
-        id,
+    let mut plan = Plan {
+        id: String::new(),
         options: *options,
         deletions,
         scratch,
         resets,
         notes,
-    })
-}
-
-/// The first 16 hex digits of the blake3 of a canonical plan.
-pub fn plan_id(canonical: &Value) -> String {
-    let bytes = serde_json::to_vec(canonical).expect("JSON values serialize");
-    blake3::hash(&bytes).to_hex()[..16].to_string()
+    };
+    plan.id = plan_id(&plan.canonical());
+    Ok(plan)
 }
 
 /// The jobs the blob index lists for `key`; for a key it does not index (a manifest), the job
@@ -497,17 +325,6 @@ async fn stale_scratch(
     }
     stale.sort_by(|left, right| left.path.cmp(&right.path));
     Ok(stale)
-}
-
-/// What [`execute`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Executed {
-    pub plan: Plan,
-    pub deleted: Vec<String>,
-    pub removed_scratch: Vec<PathBuf>,
-    pub reset: Vec<JobId>,
-    /// Plan items that were not carried out, and why.
-    pub skipped: Vec<String>,
 }
 
 /// Recomputes the plan and, when its id is `plan_id`, carries it out: deletes its objects, removes
@@ -652,17 +469,6 @@ async fn verifies_for_a_succeeded_job(
     Ok(None)
 }
 
-/// What `narra delete` removes, or would.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Takedown {
-    pub job: Job,
-    /// Objects of the job that exist and no other job references.
-    pub objects: Vec<String>,
-    /// Objects of the job kept because another job references them, with those jobs.
-    pub shared: Vec<(String, Vec<JobId>)>,
-    pub scratch: Option<PathBuf>,
-}
-
 /// Plans the takedown of a job: its manifest, the blobs its store checkpoint names and those it
 /// ever wrote (its history's `objects_written`), except those another job references; its scratch
 /// directory; and its records. Reads only.
@@ -798,16 +604,6 @@ pub fn actor_from_env() -> String {
         .unwrap_or_else(|| "narra".to_string())
 }
 
-fn ids_text(ids: &[JobId]) -> String {
-    if ids.is_empty() {
-        return "no job".to_string();
-    }
-    ids.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 #[cfg(test)]
 mod tests {
     //! A property test of cleanup on real parts (a sled store on disk, an `fs://` storage root):
@@ -821,7 +617,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::model::job::{Checkpoint, ErrorInfo, WorkerId};
+    use crate::model::cleanup::DEFAULT_MIN_AGE_S;
+    use crate::model::job::{Checkpoint, ErrorInfo, Hash, WorkerId};
     use crate::storage::{Storage, WriteOptions, Written, blob_key};
     use crate::store::{SledStore, StateStore, SubmitRequest};
     use crate::workflow::WorkflowRegistry;

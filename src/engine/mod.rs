@@ -13,6 +13,7 @@ pub mod orchestrator;
 pub mod prune;
 pub mod reprobe;
 pub mod retry;
+pub mod show;
 pub mod shutdown;
 pub mod stuck;
 pub mod transfer;
@@ -24,12 +25,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::engine::webhook::WebhookPolicy;
-use crate::model::job::{JobId, WorkerId};
+use crate::model::job::{Job, JobId, Status, WorkerId};
 use crate::steps::StepError;
 use crate::steps::extract::Tools;
 use crate::steps::net::{HttpClients, NetworkPolicy};
 use crate::storage::Storage;
-use crate::store::{OrchestratorSide, StateStore};
+use crate::store::{JobFilter, OrchestratorSide, StateStore, StoreError};
 use crate::workflow::{DownloadParams, WorkflowRegistry};
 
 /// The user agent of webhook notices.
@@ -107,6 +108,17 @@ impl Engine {
     /// The services, without the store.
     pub fn services(&self) -> &Services {
         &self.services
+    }
+
+    /// Every job in `status` (every job at all for `None`), newest first: what the reports
+    /// (health, stuck jobs, audits, cleanup, prune, metrics) read whole.
+    pub async fn all_jobs(&self, status: Option<Status>) -> Result<Vec<Job>, StoreError> {
+        self.store
+            .jobs(&JobFilter {
+                status,
+                limit: usize::MAX,
+            })
+            .await
     }
 
     /// What the orchestrator's functions are handed (`orchestrator::submit`, `run_jobs`, `work`, ...).

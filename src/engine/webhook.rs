@@ -16,13 +16,13 @@
 use std::time::Duration;
 
 use hmac::{KeyInit, Mac};
-use serde_json::{Value, json};
 use tracing::Instrument;
 
 use crate::engine::{Orchestrator, Services};
-use crate::model::job::{Delivery, DeliveryId, Job, Notice, Status, Timestamp, Webhook};
+use crate::model::job::{Delivery, DeliveryId, Status, Timestamp, Webhook};
 use crate::steps::net::NetworkPolicy;
 use crate::store::{ClaimNotice, StoreError};
+use crate::views;
 
 /// The header naming the notice: the same on every retry of one notice.
 pub const HEADER_DELIVERY: &str = "x-narra-delivery";
@@ -235,27 +235,6 @@ pub fn verify(secret: &[u8], timestamp_s: i64, body: &[u8], signature: &str) -> 
     subtle::ConstantTimeEq::ct_eq(expected.as_bytes(), signature.trim().as_bytes()).into()
 }
 
-/// The JSON a receiver gets: the job as it ended (key and source redacted as everywhere), its
-/// error when it failed, and its artifacts when it succeeded.
-pub fn notice_body(job: &Job, notice: &Notice, artifacts: Vec<Value>) -> Value {
-    json!({
-        "event": "job.finished",
-        "delivery_id": notice.delivery_id.to_string(),
-        "job_id": job.id.to_string(),
-        "key": crate::cli::views::redact_url_in_key(&job.key),
-        "source": crate::model::redact::redact_url(&job.source),
-        "workflow": job.workflow,
-        "status": notice.status.as_str(),
-        "error": notice.error.as_ref().map(|error| json!({
-            "class": error.class,
-            "message": error.message,
-        })),
-        "finished_at": notice.finished_at.to_rfc3339(),
-        "attempts": job.attempts,
-        "artifacts": artifacts,
-    })
-}
-
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Attempted {
@@ -360,12 +339,14 @@ async fn deliver_in_span(engine: &Orchestrator, webhook: &Webhook) -> Result<Del
             final_: true,
         },
         Some(job) => {
-            let artifacts = if notice.status == Status::Succeeded {
-                crate::cli::views::artifacts(&engine.store.checkpoints(job.id).await?)
+            // Only a succeeded job's notice lists its artifacts.
+            let checkpoints = if notice.status == Status::Succeeded {
+                engine.store.checkpoints(job.id).await?
             } else {
                 Vec::new()
             };
-            let body = notice_body(&job, &notice, artifacts).to_string();
+            let body = views::webhook::notice_body(&job, &notice, &checkpoints);
+            let body = views::to_json(&body).to_string();
             match engine.webhook_client() {
                 Ok(client) => {
                     send(

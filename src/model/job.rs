@@ -4,7 +4,7 @@
 //! These are plain data. They know nothing of sled, opendal or ffmpeg; the rules for how a job may
 //! change live in `model::machine`, and the encoding of these records lives in `store::codec`.
 //! Stored records derive serde with no `skip`/`tag` attributes, because bincode cannot decode those;
-//! the JSON shapes users see are built in `cli::views`.
+//! the JSON shapes users see are built in `views`.
 
 use std::fmt;
 use std::str::FromStr;
