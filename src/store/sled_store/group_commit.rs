@@ -19,11 +19,13 @@
 
 use tokio::sync::oneshot;
 
-use super::{SledStore, StoreError, Tx, TxResult, checkpoint_key, encode_in_tx};
+use super::SledStore;
+use super::keys::checkpoint_key;
+use super::tx::{Tx, TxResult, encode_in_tx};
 use crate::model::job::{Checkpoint, LeaseToken, MediaMetadata, Timestamp};
 use crate::model::machine::Rejected;
 use crate::model::records;
-use crate::store::StoreResult;
+use crate::store::{StoreError, StoreResult};
 
 /// The most checkpoints one transaction applies; more wait for the next batch.
 const BATCH_MAX: usize = 256;
