@@ -15,7 +15,7 @@ use crate::store::{StepEvent, StoreResult, WorkerStore, codec};
 
 impl PgStore {
     /// A worker's write under a lease that changes no status: locks the job, checks the token,
-    /// lets `body` write, and appends `events`.
+    /// and appends `events`.
     pub(super) async fn leased_write(
         &self,
         token: &LeaseToken,
