@@ -6,8 +6,10 @@
 //! return in the operation's transaction. It never decides what a checkpoint, an append or a
 //! prune writes itself.
 
+use crate::model::history;
 use crate::model::job::{
-    Checkpoint, Event, EventKind, Job, LeaseToken, Location, PrunedJob, Timestamp,
+    Checkpoint, Event, EventKind, EventSummary, Job, JobId, LeaseToken, Location, PrunedJob,
+    Timestamp,
 };
 use crate::model::machine::{self, Rejected};
 
@@ -122,6 +124,53 @@ pub fn fold_until(events_next: u64, compacted: u64, events_max: u64) -> Option<u
         return None;
     }
     Some(events_next - events_kept(events_max))
+}
+
+/// A compaction of a job's history under way: its events `from..until`, folded in order into
+/// the job's summary (`model::history::fold`), then removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compaction {
+    pub from: u64,
+    pub until: u64,
+    summary: EventSummary,
+}
+
+/// The compaction the history of job `job_id` needs when its next event is `events_next` and
+/// its summary `summary` (`None`: none yet): `None` while it holds no more than `events_max`.
+pub fn compaction(
+    job_id: JobId,
+    events_next: u64,
+    summary: Option<EventSummary>,
+    events_max: u64,
+) -> Option<Compaction> {
+    let from = summary
+        .as_ref()
+        .map_or(0, |summary| summary.events_compacted);
+    let until = fold_until(events_next, from, events_max)?;
+    Some(Compaction {
+        from,
+        until,
+        summary: summary.unwrap_or_else(|| history::empty(job_id)),
+    })
+}
+
+impl Compaction {
+    /// Folds the next event, in order.
+    pub fn fold(&mut self, event: &Event) {
+        history::fold(&mut self.summary, event);
+    }
+
+    /// The summary to write, once every event `from..until` was folded; `Err` says how far the
+    /// folding got instead.
+    pub fn finish(self) -> Result<EventSummary, String> {
+        if self.summary.events_compacted != self.until {
+            return Err(format!(
+                "compaction folded events up to {} instead of {}",
+                self.summary.events_compacted, self.until
+            ));
+        }
+        Ok(self.summary)
+    }
 }
 
 /// What `narra prune` keeps of a finished job: its identity and times, the blobs its store
@@ -293,6 +342,35 @@ mod tests {
             number_events(&mut job, kinds, Timestamp(3)),
             Err(SequenceExhausted)
         );
+    }
+
+    // Guards a compaction's end: the summary is written only once every event it took was
+    // folded, and a history just compacted needs none.
+    #[test]
+    fn a_compaction_folds_every_event_it_takes() {
+        let job_id = JobId(9);
+        let at = |seq| Event {
+            seq,
+            at: Timestamp(1),
+            kind: EventKind::StepStarted {
+                step: "download".into(),
+            },
+        };
+        assert_eq!(compaction(job_id, 8, None, 8), None);
+        let mut partial = compaction(job_id, 9, None, 8).expect("past the bound");
+        assert_eq!((partial.from, partial.until), (0, 3));
+        let mut whole = partial.clone();
+        partial.fold(&at(0));
+        assert_eq!(
+            partial.finish(),
+            Err("compaction folded events up to 1 instead of 3".to_string())
+        );
+        for seq in 0..3 {
+            whole.fold(&at(seq));
+        }
+        let summary = whole.finish().expect("all folded");
+        assert_eq!(summary.events_compacted, 3);
+        assert_eq!(compaction(job_id, 9, Some(summary), 8), None);
     }
 
     proptest! {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::StoreError;
-use crate::model::job::Job;
+use crate::model::job::{Backfill, EventSummary, Incident, Job, PrunedJob};
 
 /// The version of the record layout this narra writes.
 ///
@@ -85,6 +85,68 @@ fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
 /// Decodes a job record of any version this narra reads: an older job gets the defaults of the
 /// fields later versions added (version 2: the live priority, no retry delay, no crash record;
 /// version 3: no attribution).
+/// A record kept under a key made of its own identity (its job's id, its seq, its backfill's id),
+/// checked against that key right after it is read back, in every store.
+pub(crate) trait Keyed: DeserializeOwned {
+    /// The key the record belongs under.
+    fn key(&self) -> Vec<u8>;
+    /// What a record found under another key holds, for the corruption it is.
+    fn holds(&self) -> String;
+}
+
+impl Keyed for EventSummary {
+    fn key(&self) -> Vec<u8> {
+        self.job_id.to_bytes().to_vec()
+    }
+    fn holds(&self) -> String {
+        format!("record holds the summary of job {}", self.job_id)
+    }
+}
+
+impl Keyed for PrunedJob {
+    fn key(&self) -> Vec<u8> {
+        self.id.to_bytes().to_vec()
+    }
+    fn holds(&self) -> String {
+        format!("record holds pruned job {}", self.id)
+    }
+}
+
+impl Keyed for Incident {
+    fn key(&self) -> Vec<u8> {
+        self.seq.to_be_bytes().to_vec()
+    }
+    fn holds(&self) -> String {
+        format!("record holds incident seq {}", self.seq)
+    }
+}
+
+impl Keyed for Backfill {
+    fn key(&self) -> Vec<u8> {
+        self.id.to_bytes().to_vec()
+    }
+    fn holds(&self) -> String {
+        format!("record holds backfill {}", self.id)
+    }
+}
+
+/// Decodes a [`Keyed`] record of `tree` found under `key`, and checks it belongs there.
+pub(crate) fn decode_keyed<T: Keyed>(
+    tree: &'static str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    let record: T = decode(tree, key, bytes)?;
+    if record.key() != key {
+        return Err(StoreError::Corrupt {
+            tree,
+            key: hex(key),
+            reason: record.holds(),
+        });
+    }
+    Ok(record)
+}
+
 pub fn decode_job(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<Job, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         tree,

@@ -19,6 +19,8 @@ pub(crate) mod conformance;
 pub mod lock;
 pub mod pg_store;
 pub mod sled_store;
+#[cfg(test)]
+mod test_support;
 pub mod transfer;
 
 use std::collections::BTreeSet;
@@ -616,6 +618,19 @@ pub(crate) fn truncate_message(message: &mut String, bytes_max: usize) {
         end -= 1;
     }
     message.truncate(end);
+}
+
+/// Logs an incident line a store just recorded, in every store.
+pub(crate) fn log_incident(incident: &Incident) {
+    tracing::info!(
+        seq = incident.seq,
+        actor = %incident.actor,
+        action = %incident.action,
+        job_id = ?incident.job.map(|id| id.to_string()),
+        key = ?incident.key,
+        "incident recorded: {}",
+        incident.reason
+    );
 }
 
 /// Logs what a `prune_jobs` call did, in every store.

@@ -8,7 +8,9 @@
 //! runs the state machine, so ids, fencing tokens, event sequences and timestamps survive the
 //! move. The file format around the records (header, trailer, checksum) is `engine::transfer`'s.
 //!
-//! This module owns no I/O; the stores do.
+//! This module owns no I/O; the stores do. It owns the import rules both stores apply: a record
+//! whose identity the store holds already is never written, and is either the same record (an
+//! import run again) or a conflict, worded here (`ImportOutcome::over` and its kin).
 
 use serde::{Deserialize, Serialize};
 
@@ -88,4 +90,72 @@ pub enum ImportOutcome {
     /// The store holds something else under the record's identity (its id, its key, its
     /// manifest, its seq): nothing written, and why.
     Conflict(String),
+}
+
+impl ImportOutcome {
+    /// `record` imported where the store holds `existing` under its identity: nothing is written;
+    /// the same record is an import run again, anything else a conflict worded by `conflict`.
+    fn over<T: PartialEq>(existing: &T, record: &T, conflict: impl FnOnce() -> String) -> Self {
+        if existing == record {
+            ImportOutcome::AlreadyPresent
+        } else {
+            ImportOutcome::Conflict(conflict())
+        }
+    }
+
+    /// A job whose id the store holds.
+    pub fn job_over(existing: &Job, job: &Job) -> Self {
+        Self::over(existing, job, || {
+            format!("the store has another record for job {}", job.id)
+        })
+    }
+
+    /// A job whose key another job of the store, `holder`, holds.
+    pub fn key_held(holder: JobId, key: &str) -> Self {
+        ImportOutcome::Conflict(format!("the store has job {holder} under key {key:?}"))
+    }
+
+    /// A job the store holds as pruned.
+    pub fn job_pruned(id: JobId) -> Self {
+        ImportOutcome::Conflict(format!("the store has job {id} as pruned"))
+    }
+
+    /// A pruned job's tombstone whose job the store holds alive.
+    pub fn job_live(id: JobId) -> Self {
+        ImportOutcome::Conflict(format!("the store has a live job {id}"))
+    }
+
+    /// A tombstone the store holds one for.
+    pub fn tombstone_over(existing: &PrunedJob, pruned: &PrunedJob) -> Self {
+        Self::over(existing, pruned, || {
+            format!(
+                "the store has another tombstone for pruned job {}",
+                pruned.id
+            )
+        })
+    }
+
+    /// An incident whose seq the store holds.
+    pub fn incident_over(existing: &Incident, incident: &Incident) -> Self {
+        Self::over(existing, incident, || {
+            format!("the store has another incident at seq {}", incident.seq)
+        })
+    }
+
+    /// A backfill whose id or manifest the store holds (`existing`, named in a conflict).
+    pub fn backfill_over(existing: &Backfill, backfill: &Backfill) -> Self {
+        Self::over(existing, backfill, || {
+            format!(
+                "the store has backfill {} of manifest {:?}",
+                existing.id, existing.manifest
+            )
+        })
+    }
+
+    /// A host's state the store holds one for.
+    pub fn host_over(existing: &HostState, host: &HostState) -> Self {
+        Self::over(existing, host, || {
+            format!("the store has another state for host {}", host.host)
+        })
+    }
 }

@@ -3,51 +3,27 @@
 //! metadata, progress, log lines, blob references and webhook commit together, so an interrupted import
 //! run again finds each job whole or absent.
 
-use std::sync::atomic::Ordering;
-
-// `transaction!` names these where it is expanded.
-use super::{
-    PgStore, TABLE_BACKFILLS, TABLE_INCIDENTS, TABLE_PRUNED, TRANSACTION_ATTEMPTS_MAX, Tx, TxAbort,
-    TxResult, codec, decode_in, decode_job, id_bytes, seq_column,
+use super::rows::{
+    TABLE_BACKFILLS, TABLE_INCIDENTS, TABLE_JOBS, TABLE_PRUNED, decode_in, decode_job, id_bytes,
+    job_id_in, seq_column,
 };
+use super::tx::{Tx, TxResult};
 use crate::model::job::{Backfill, Incident, JobId, PrunedJob};
+use crate::store::codec;
 use crate::store::transfer::{ImportOutcome, JobRecords, Record};
-use crate::store::{StoreError, StoreResult};
 
-impl PgStore {
-    pub(super) async fn import_records(
-        &self,
-        records: &[Record],
-    ) -> StoreResult<Vec<ImportOutcome>> {
-        let mut outcomes = Vec::with_capacity(records.len());
-        for record in records {
-            let outcome = transaction!(self, tx => import_in_tx(&tx, record).await)?;
-            outcomes.push(
-                outcome.unwrap_or_else(|rejected| ImportOutcome::Conflict(rejected.to_string())),
-            );
-        }
-        Ok(outcomes)
-    }
-}
-
-async fn import_in_tx(tx: &Tx<'_>, record: &Record) -> TxResult<ImportOutcome> {
+/// One record in the caller's transaction: `import` commits each on its own.
+pub(super) async fn import_in_tx(tx: &Tx<'_>, record: &Record) -> TxResult<ImportOutcome> {
     match record {
         Record::Job(records) => import_job(tx, records).await,
         Record::Incident(incident) => import_incident(tx, incident).await,
         Record::Backfill { backfill, jobs } => import_backfill(tx, backfill, jobs).await,
         Record::Host(host) => {
-            let existing = tx.host_state(&host.host).await?;
-            Ok(match existing {
-                Some(existing) if existing == *host => ImportOutcome::AlreadyPresent,
-                Some(_) => ImportOutcome::Conflict(format!(
-                    "the store has another state for host {}",
-                    host.host
-                )),
-                None => {
-                    tx.put_host_state(host).await?;
-                    ImportOutcome::Imported
-                }
-            })
+            if let Some(existing) = tx.host_state(&host.host).await? {
+                return Ok(ImportOutcome::host_over(&existing, host));
+            }
+            tx.put_host_state(host).await?;
+            Ok(ImportOutcome::Imported)
         }
         Record::Pruned(pruned) => import_pruned(tx, pruned).await,
     }
@@ -65,28 +41,18 @@ async fn import_job(tx: &Tx<'_>, records: &JobRecords) -> TxResult<ImportOutcome
         )
         .await?;
     if let Some(row) = holders.first() {
-        let holder_id = super::job_id_in(super::TABLE_JOBS, row.get(0))?;
+        let holder_id = job_id_in(TABLE_JOBS, row.get(0))?;
         if holder_id != id {
-            return Ok(ImportOutcome::Conflict(format!(
-                "the store has job {holder_id} under key {:?}",
-                job.key
-            )));
+            return Ok(ImportOutcome::key_held(holder_id, &job.key));
         }
-        let existing = decode_job(id, row.get(1))?;
-        return Ok(if existing == *job {
-            ImportOutcome::AlreadyPresent
-        } else {
-            ImportOutcome::Conflict(format!("the store has another record for job {id}"))
-        });
+        return Ok(ImportOutcome::job_over(&decode_job(id, row.get(1))?, job));
     }
     let pruned = tx
         .sql
         .query_opt("SELECT 1 FROM pruned WHERE job_id = $1", &[&id_bytes(id)])
         .await?;
     if pruned.is_some() {
-        return Ok(ImportOutcome::Conflict(format!(
-            "the store has job {id} as pruned"
-        )));
+        return Ok(ImportOutcome::job_pruned(id));
     }
     // The row first: the others reference it.
     tx.put_job(None, job).await?;
@@ -106,12 +72,12 @@ async fn import_job(tx: &Tx<'_>, records: &JobRecords) -> TxResult<ImportOutcome
             .await?;
     }
     if let Some(summary) = &records.event_summary {
-        tx.sql
-            .execute(
-                "INSERT INTO event_summaries (job_id, record) VALUES ($1, $2)",
-                &[&id_bytes(id), &codec::encode(summary)?],
-            )
-            .await?;
+        tx.put_record(
+            "INSERT INTO event_summaries (job_id, record) VALUES ($1, $2)",
+            id,
+            summary,
+        )
+        .await?;
     }
     if let Some(metadata) = &records.metadata {
         tx.put_metadata(id, metadata).await?;
@@ -122,41 +88,30 @@ async fn import_job(tx: &Tx<'_>, records: &JobRecords) -> TxResult<ImportOutcome
         .execute("DELETE FROM progress WHERE job_id = $1", &[&id_bytes(id)])
         .await?;
     if let Some(progress) = &records.progress {
-        tx.sql
-            .execute(
-                "INSERT INTO progress (job_id, record) VALUES ($1, $2)",
-                &[&id_bytes(id), &codec::encode(progress)?],
-            )
-            .await?;
+        tx.put_record(
+            "INSERT INTO progress (job_id, record) VALUES ($1, $2)",
+            id,
+            progress,
+        )
+        .await?;
     }
     tx.sql
         .execute("DELETE FROM logs WHERE job_id = $1", &[&id_bytes(id)])
         .await?;
     for line in &records.logs {
-        tx.sql
-            .execute(
-                "INSERT INTO logs (job_id, record) VALUES ($1, $2)",
-                &[&id_bytes(id), &codec::encode(line)?],
-            )
-            .await?;
+        tx.put_record(
+            "INSERT INTO logs (job_id, record) VALUES ($1, $2)",
+            id,
+            line,
+        )
+        .await?;
     }
-    insert_blob_refs(tx, id, &records.blobs).await?;
+    let blobs: Vec<&str> = records.blobs.iter().map(String::as_str).collect();
+    tx.insert_blob_refs(id, &blobs).await?;
     if let Some(webhook) = &records.webhook {
         tx.put_webhook(webhook).await?;
     }
     Ok(ImportOutcome::Imported)
-}
-
-async fn insert_blob_refs(tx: &Tx<'_>, id: JobId, blobs: &[String]) -> TxResult<()> {
-    for blob in blobs {
-        tx.sql
-            .execute(
-                "INSERT INTO blob_refs (blob, job_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[blob, &id_bytes(id)],
-            )
-            .await?;
-    }
-    Ok(())
 }
 
 async fn import_incident(tx: &Tx<'_>, incident: &Incident) -> TxResult<ImportOutcome> {
@@ -172,14 +127,7 @@ async fn import_incident(tx: &Tx<'_>, incident: &Incident) -> TxResult<ImportOut
     if let Some(row) = existing {
         let existing: Incident =
             codec::decode(TABLE_INCIDENTS, &incident.seq.to_be_bytes(), row.get(0))?;
-        return Ok(if existing == *incident {
-            ImportOutcome::AlreadyPresent
-        } else {
-            ImportOutcome::Conflict(format!(
-                "the store has another incident at seq {}",
-                incident.seq
-            ))
-        });
+        return Ok(ImportOutcome::incident_over(&existing, incident));
     }
     tx.sql
         .execute(
@@ -207,13 +155,11 @@ async fn import_backfill(
         Some(row) => {
             let key: &[u8] = row.get(0);
             let existing: Backfill = codec::decode(TABLE_BACKFILLS, key, row.get(1))?;
-            if existing != *backfill {
-                return Ok(ImportOutcome::Conflict(format!(
-                    "the store has backfill {} of manifest {:?}",
-                    existing.id, existing.manifest
-                )));
+            let outcome = ImportOutcome::backfill_over(&existing, backfill);
+            if outcome != ImportOutcome::AlreadyPresent {
+                return Ok(outcome);
             }
-            ImportOutcome::AlreadyPresent
+            outcome
         }
         None => {
             tx.sql
@@ -252,29 +198,22 @@ async fn import_pruned(tx: &Tx<'_>, pruned: &PrunedJob) -> TxResult<ImportOutcom
         .await?;
     if let Some(row) = existing {
         let existing: PrunedJob = decode_in(TABLE_PRUNED, id, row.get(0))?;
-        return Ok(if existing == *pruned {
-            ImportOutcome::AlreadyPresent
-        } else {
-            ImportOutcome::Conflict(format!(
-                "the store has another tombstone for pruned job {id}"
-            ))
-        });
+        return Ok(ImportOutcome::tombstone_over(&existing, pruned));
     }
     let live = tx
         .sql
         .query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id_bytes(id)])
         .await?;
     if live.is_some() {
-        return Ok(ImportOutcome::Conflict(format!(
-            "the store has a live job {id}"
-        )));
+        return Ok(ImportOutcome::job_live(id));
     }
-    tx.sql
-        .execute(
-            "INSERT INTO pruned (job_id, record) VALUES ($1, $2)",
-            &[&id_bytes(id), &codec::encode(pruned)?],
-        )
-        .await?;
-    insert_blob_refs(tx, id, &pruned.blobs).await?;
+    tx.put_record(
+        "INSERT INTO pruned (job_id, record) VALUES ($1, $2)",
+        id,
+        pruned,
+    )
+    .await?;
+    let blobs: Vec<&str> = pruned.blobs.iter().map(String::as_str).collect();
+    tx.insert_blob_refs(id, &blobs).await?;
     Ok(ImportOutcome::Imported)
 }

@@ -12,9 +12,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use deadpool_postgres::Pool;
 
-use super::{LOG_LINES_MAX, id_bytes};
+use super::PgStore;
+use super::rows::id_bytes;
 use crate::model::job::{JobId, LogLine};
-use crate::store::{LOG_LINE_BYTES_MAX, StoreError, codec, truncate_message};
+use crate::store::{
+    JobLogSink, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, StoreError, codec, truncate_message,
+};
 
 pub(super) struct LogBuffer {
     pool: Pool,
@@ -129,5 +132,16 @@ impl LogBuffer {
             Ok(removed) => tracing::debug!(job_id = %id, removed, "trimmed job log"),
             Err(error) => tracing::warn!(job_id = %id, %error, "cannot trim job log"),
         }
+    }
+}
+
+impl JobLogSink for PgStore {
+    /// Best effort and buffered; see `logs.rs`.
+    fn append_log(&self, id: JobId, line: LogLine) {
+        self.logs.append(id, line);
+    }
+
+    fn flush_logs(&self) {
+        self.logs.flush_blocking();
     }
 }

@@ -7,37 +7,22 @@
 //! compacted once per quarter-bound appends, not on every one. Each job's events are then
 //! `summary.events_compacted..events_next`, numbered with no gap (`check_consistency`).
 
-use super::{
-    SledStore, TREE_EVENT_SUMMARIES, TREE_EVENTS, Tx, TxResult, codec, corrupt, encode_in_tx,
-    seq_key, store_abort,
-};
-use crate::model::history;
+use super::SledStore;
+use super::keys::{TREE_EVENT_SUMMARIES, TREE_EVENTS, corrupt, read_by_id, seq_key};
+use super::tx::{Tx, TxResult, encode_in_tx, read_in_tx, store_abort};
 use crate::model::job::{Event, EventSummary, Job, JobId};
-use crate::store::StoreResult;
-
 use crate::model::records;
+use crate::store::{StoreResult, codec};
 
 /// Decodes a summary and checks it right after reading it back: it is the summary of the job its
 /// key names.
-fn decode_summary(key: &[u8], bytes: &[u8]) -> StoreResult<EventSummary> {
-    let summary: EventSummary = codec::decode(TREE_EVENT_SUMMARIES, key, bytes)?;
-    if summary.job_id.to_bytes() != key {
-        return Err(corrupt(
-            TREE_EVENT_SUMMARIES,
-            key,
-            format!("record holds the summary of job {}", summary.job_id),
-        ));
-    }
-    Ok(summary)
+pub(super) fn decode_summary(key: &[u8], bytes: &[u8]) -> StoreResult<EventSummary> {
+    codec::decode_keyed(TREE_EVENT_SUMMARIES, key, bytes)
 }
 
 impl Tx<'_> {
     fn event_summary(&self, id: JobId) -> TxResult<Option<EventSummary>> {
-        let key = id.to_bytes();
-        match self.event_summaries.get(key)? {
-            None => Ok(None),
-            Some(bytes) => decode_summary(&key, &bytes).map(Some).map_err(store_abort),
-        }
+        read_in_tx(self.event_summaries, &id.to_bytes(), decode_summary)
     }
 
     /// Folds the job's oldest events into its summary while it holds more than the bound. Cheap
@@ -47,15 +32,13 @@ impl Tx<'_> {
             return Ok(());
         }
         let summary = self.event_summary(job.id)?;
-        let compacted = summary
-            .as_ref()
-            .map_or(0, |summary| summary.events_compacted);
-        let Some(fold_until) = records::fold_until(job.events_next, compacted, self.events_max)
+        let Some(mut compaction) =
+            records::compaction(job.id, job.events_next, summary, self.events_max)
         else {
             return Ok(());
         };
-        let mut summary = summary.unwrap_or_else(|| history::empty(job.id));
-        for seq in compacted..fold_until {
+        let compacted = compaction.from;
+        for seq in compacted..compaction.until {
             let key = seq_key(job.id, seq);
             let Some(bytes) = self.events.get(key)? else {
                 return Err(store_abort(corrupt(
@@ -75,19 +58,12 @@ impl Tx<'_> {
                     format!("record holds event seq {}", event.seq),
                 )));
             }
-            history::fold(&mut summary, &event);
+            compaction.fold(&event);
             self.events.remove(&key[..])?;
         }
-        if summary.events_compacted != fold_until {
-            return Err(store_abort(corrupt(
-                TREE_EVENT_SUMMARIES,
-                &job.id.to_bytes(),
-                format!(
-                    "compaction folded events up to {} instead of {fold_until}",
-                    summary.events_compacted
-                ),
-            )));
-        }
+        let summary = compaction.finish().map_err(|reason| {
+            store_abort(corrupt(TREE_EVENT_SUMMARIES, &job.id.to_bytes(), reason))
+        })?;
         self.event_summaries
             .insert(&job.id.to_bytes()[..], encode_in_tx(&summary)?)?;
         Ok(())
@@ -116,11 +92,7 @@ impl SledStore {
     }
 
     pub(super) fn read_event_summary(&self, id: JobId) -> StoreResult<Option<EventSummary>> {
-        let key = id.to_bytes();
-        self.event_summaries
-            .get(key)?
-            .map(|bytes| decode_summary(&key, &bytes))
-            .transpose()
+        read_by_id(&self.event_summaries, id, decode_summary)
     }
 
     /// The number of the job's first event still held.
@@ -128,33 +100,5 @@ impl SledStore {
         Ok(self
             .read_event_summary(job.id)?
             .map_or(0, |summary| summary.events_compacted))
-    }
-
-    /// Every summary decodes, is its key's, belongs to a job, and folded no more events than the
-    /// job has. (That no event below a summary's `events_compacted` is left is checked with the
-    /// job's events.)
-    pub(super) fn check_event_summaries(&self) -> StoreResult<()> {
-        for entry in self.event_summaries.iter() {
-            let (key, bytes) = entry?;
-            let summary = decode_summary(&key, &bytes)?;
-            let Some(job) = self.read_job(summary.job_id)? else {
-                return Err(corrupt(
-                    TREE_EVENT_SUMMARIES,
-                    &key,
-                    "summary of a job that does not exist".to_string(),
-                ));
-            };
-            if summary.events_compacted > job.events_next {
-                return Err(corrupt(
-                    TREE_EVENT_SUMMARIES,
-                    &key,
-                    format!(
-                        "{} events compacted but job {} has only {}",
-                        summary.events_compacted, job.id, job.events_next
-                    ),
-                ));
-            }
-        }
-        Ok(())
     }
 }

@@ -19,11 +19,13 @@
 
 use tokio::sync::oneshot;
 
-use super::{SledStore, StoreError, Tx, TxResult, checkpoint_key, encode_in_tx};
+use super::SledStore;
+use super::keys::checkpoint_key;
+use super::tx::{Tx, TxResult, encode_in_tx};
 use crate::model::job::{Checkpoint, LeaseToken, MediaMetadata, Timestamp};
 use crate::model::machine::Rejected;
 use crate::model::records;
-use crate::store::StoreResult;
+use crate::store::{StoreError, StoreResult};
 
 /// The most checkpoints one transaction applies; more wait for the next batch.
 const BATCH_MAX: usize = 256;
@@ -260,7 +262,8 @@ fn apply(
 mod tests {
     use super::*;
     use crate::model::job::{Hash, WorkerId};
-    use crate::store::{JobReader, OrchestratorStore, SubmitRequest};
+    use crate::store::JobReader;
+    use crate::store::test_support;
 
     fn checkpoint(step: &str) -> Checkpoint {
         Checkpoint {
@@ -281,21 +284,8 @@ mod tests {
         let store = SledStore::open(&dir.path().join("state"), 8 << 20).expect("open");
         let mut tokens = Vec::new();
         for key in ["good", "bad"] {
-            let submitted = store
-                .submit(&SubmitRequest {
-                    key: key.to_string(),
-                    source: format!("https://cdn.example.com/{key}.mp4"),
-                    workflow: "ingest".to_string(),
-                    reingest: false,
-                    priority: 0,
-                })
-                .await
-                .expect("submit");
-            let (_, token) = store
-                .claim(submitted.job.id, &WorkerId("test:1".into()), 60_000)
-                .await
-                .expect("claim")
-                .expect("pending");
+            let (_, token) =
+                test_support::submit_and_claim(&store, key, &WorkerId("test:1".into())).await;
             tokens.push(token);
         }
         store

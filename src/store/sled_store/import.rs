@@ -7,49 +7,45 @@
 //! removing any a previous, interrupted import left: the job record, written last, is what says
 //! the job was imported, and an import run again finds either all of it or a job to write anew.
 
-use super::{
-    SledStore, TREE_INCIDENTS, TREE_KEYS, TREE_PRUNED, backfill_job_key, blob_ref_key,
-    checkpoint_key, codec, encode_in_tx, job_id_in, seq_key, store_abort,
+use super::SledStore;
+use super::keys::{
+    TREE_INCIDENTS, TREE_KEYS, TREE_PRUNED, backfill_job_key, blob_ref_key, checkpoint_key,
+    job_id_in, seq_key,
 };
-use crate::model::job::{Backfill, BackfillId, Incident, JobId, PrunedJob};
+use super::tx::{encode_in_tx, store_abort};
+use crate::model::job::{Backfill, BackfillId, HostState, Incident, JobId, PrunedJob};
 use crate::store::transfer::{ImportOutcome, JobRecords, Record};
-use crate::store::{JobReader, StoreResult};
+use crate::store::{JobReader, StoreResult, codec};
 
 impl SledStore {
-    /// Every record in order, and one flush before any of it is acknowledged.
-    pub(super) async fn import_records(
-        &self,
-        records: &[Record],
-    ) -> StoreResult<Vec<ImportOutcome>> {
-        let mut outcomes = Vec::with_capacity(records.len());
-        for record in records {
-            outcomes.push(match record {
-                Record::Job(records) => self.import_job(records)?,
-                Record::Incident(incident) => self.import_incident(incident).await?,
-                Record::Backfill { backfill, jobs } => self.import_backfill(backfill, jobs).await?,
-                Record::Host(host) => match self.read_host(&host.host)? {
-                    Some(existing) if existing == *host => ImportOutcome::AlreadyPresent,
-                    Some(_) => ImportOutcome::Conflict(format!(
-                        "the store has another state for host {}",
-                        host.host
-                    )),
-                    None => match self.hosts.compare_and_swap(
-                        host.host.as_bytes(),
-                        None as Option<&[u8]>,
-                        Some(codec::encode(host)?),
-                    )? {
-                        Ok(()) => ImportOutcome::Imported,
-                        Err(_) => ImportOutcome::Conflict(format!(
-                            "host {} was written while it was imported",
-                            host.host
-                        )),
-                    },
-                },
-                Record::Pruned(pruned) => self.import_pruned(pruned)?,
-            });
+    /// One record, not flushed: `import` flushes once for all.
+    pub(super) async fn import_record(&self, record: &Record) -> StoreResult<ImportOutcome> {
+        Ok(match record {
+            Record::Job(records) => self.import_job(records)?,
+            Record::Incident(incident) => self.import_incident(incident).await?,
+            Record::Backfill { backfill, jobs } => self.import_backfill(backfill, jobs).await?,
+            Record::Host(host) => self.import_host(host)?,
+            Record::Pruned(pruned) => self.import_pruned(pruned)?,
+        })
+    }
+
+    fn import_host(&self, host: &HostState) -> StoreResult<ImportOutcome> {
+        if let Some(existing) = self.read_host(&host.host)? {
+            return Ok(ImportOutcome::host_over(&existing, host));
         }
-        self.flush().await?;
-        Ok(outcomes)
+        Ok(
+            match self.hosts.compare_and_swap(
+                host.host.as_bytes(),
+                None as Option<&[u8]>,
+                Some(codec::encode(host)?),
+            )? {
+                Ok(()) => ImportOutcome::Imported,
+                Err(_) => ImportOutcome::Conflict(format!(
+                    "host {} was written while it was imported",
+                    host.host
+                )),
+            },
+        )
     }
 
     async fn import_backfill(
@@ -63,15 +59,14 @@ impl SledStore {
                 existing.id == backfill.id || existing.manifest == backfill.manifest
             });
         Ok(match existing {
-            Some(existing) if existing == *backfill => {
-                // Its list may be short of what an interrupted import meant to write.
-                self.import_backfill_jobs(backfill.id, jobs)?;
-                ImportOutcome::AlreadyPresent
+            Some(existing) => {
+                let outcome = ImportOutcome::backfill_over(&existing, backfill);
+                if outcome == ImportOutcome::AlreadyPresent {
+                    // Its list may be short of what an interrupted import meant to write.
+                    self.import_backfill_jobs(backfill.id, jobs)?;
+                }
+                outcome
             }
-            Some(existing) => ImportOutcome::Conflict(format!(
-                "the store has backfill {} of manifest {:?}",
-                existing.id, existing.manifest
-            )),
             None => {
                 // Its job list first: the record is what `backfills` lists.
                 self.import_backfill_jobs(backfill.id, jobs)?;
@@ -88,18 +83,10 @@ impl SledStore {
             if let Some(bytes) = pruned_tree.get(id.to_bytes())? {
                 let existing: PrunedJob =
                     codec::decode(TREE_PRUNED, &id.to_bytes(), &bytes).map_err(store_abort)?;
-                return Ok(if existing == *pruned {
-                    ImportOutcome::AlreadyPresent
-                } else {
-                    ImportOutcome::Conflict(format!(
-                        "the store has another tombstone for pruned job {id}"
-                    ))
-                });
+                return Ok(ImportOutcome::tombstone_over(&existing, pruned));
             }
             if tx.job(id)?.is_some() {
-                return Ok(ImportOutcome::Conflict(format!(
-                    "the store has a live job {id}"
-                )));
+                return Ok(ImportOutcome::job_live(id));
             }
             for blob in &pruned.blobs {
                 tx.blob_refs.insert(blob_ref_key(blob, id), Vec::new())?;
@@ -114,23 +101,14 @@ impl SledStore {
         let job = &records.job;
         let id = job.id;
         if let Some(existing) = self.read_job(id)? {
-            return Ok(if existing == *job {
-                ImportOutcome::AlreadyPresent
-            } else {
-                ImportOutcome::Conflict(format!("the store has another record for job {id}"))
-            });
+            return Ok(ImportOutcome::job_over(&existing, job));
         }
         if let Some(id_bytes) = self.keys.get(job.key.as_bytes())? {
             let holder = job_id_in(TREE_KEYS, job.key.as_bytes(), &id_bytes)?;
-            return Ok(ImportOutcome::Conflict(format!(
-                "the store has job {holder} under key {:?}",
-                job.key
-            )));
+            return Ok(ImportOutcome::key_held(holder, &job.key));
         }
         if self.read_pruned(id)?.is_some() {
-            return Ok(ImportOutcome::Conflict(format!(
-                "the store has job {id} as pruned"
-            )));
+            return Ok(ImportOutcome::job_pruned(id));
         }
         // Outside the transaction, and before the job (see the module docs).
         let mut batch = sled::Batch::default();
@@ -194,14 +172,7 @@ impl SledStore {
         let key = incident.seq.to_be_bytes();
         if let Some(bytes) = self.incidents.get(key)? {
             let existing: Incident = codec::decode(TREE_INCIDENTS, &key, &bytes)?;
-            return Ok(if existing == *incident {
-                ImportOutcome::AlreadyPresent
-            } else {
-                ImportOutcome::Conflict(format!(
-                    "the store has another incident at seq {}",
-                    incident.seq
-                ))
-            });
+            return Ok(ImportOutcome::incident_over(&existing, incident));
         }
         self.incidents.insert(key, codec::encode(incident)?)?;
         Ok(ImportOutcome::Imported)

@@ -7,13 +7,15 @@
 //! deletes them as orphans), `delete` of another job keeps the blobs they share, and
 //! `check_consistency` accounts for every reference: a store checkpoint's or a tombstone's.
 
-use super::{
-    SledStore, TREE_EVENT_SUMMARIES, TREE_PRUNED, TREE_STATUS_INDEX, codec, corrupt, encode_in_tx,
-    index_key, reject,
+use super::SledStore;
+use super::keys::{
+    TREE_EVENT_SUMMARIES, TREE_PRUNED, TREE_STATUS_INDEX, corrupt, decode_all, read_by_id,
 };
+use super::tx::{encode_in_tx, reject};
 use crate::model::job::{EventSummary, JobId, PrunedJob, Status, Timestamp};
-use crate::model::machine::{self, Rejected};
-use crate::store::{JobReader, StoreResult};
+use crate::model::machine;
+use crate::model::machine::Rejected;
+use crate::store::{JobReader, StoreResult, codec};
 
 /// The state store's size and what it holds, for `narra doctor`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,16 +35,8 @@ pub struct StoreStats {
     pub events_max: u64,
 }
 
-fn decode_pruned(key: &[u8], bytes: &[u8]) -> StoreResult<PrunedJob> {
-    let pruned: PrunedJob = codec::decode(TREE_PRUNED, key, bytes)?;
-    if pruned.id.to_bytes() != key {
-        return Err(corrupt(
-            TREE_PRUNED,
-            key,
-            format!("record holds pruned job {}", pruned.id),
-        ));
-    }
-    Ok(pruned)
+pub(super) fn decode_pruned(key: &[u8], bytes: &[u8]) -> StoreResult<PrunedJob> {
+    codec::decode_keyed(TREE_PRUNED, key, bytes)
 }
 
 impl SledStore {
@@ -55,11 +49,7 @@ impl SledStore {
         for &id in ids {
             // As in `delete_job`: no iterator is open while the transaction runs, and a finished
             // job gets no new checkpoint, so the keys read first cannot go stale.
-            let checkpoint_keys = self
-                .checkpoints
-                .scan_prefix(id.to_bytes())
-                .keys()
-                .collect::<Result<Vec<_>, _>>()?;
+            let checkpoint_keys = self.checkpoint_keys(id)?;
             let pruned_at = Timestamp::now();
             let outcome = self.transact_with(&self.pruned, |tx, pruned| {
                 let job = tx.existing_job(id)?;
@@ -68,27 +58,12 @@ impl SledStore {
                 let tombstone =
                     crate::model::records::tombstone(&job, store_checkpoint.as_ref(), pruned_at);
                 // The blob references stay: they are the tombstone's now.
-                for key in &checkpoint_keys {
-                    tx.checkpoints.remove(key)?;
-                }
-                tx.remove_history(&job)?;
-                tx.remove_webhook(id)?;
-                tx.metadata.remove(&id.to_bytes()[..])?;
-                tx.status_index.remove(&index_key(job.status, id)[..])?;
-                tx.keys.remove(job.key.as_bytes())?;
-                tx.jobs.remove(&id.to_bytes()[..])?;
+                tx.remove_job(&job, &checkpoint_keys)?;
                 pruned.insert(&id.to_bytes()[..], encode_in_tx(&tombstone)?)?;
                 Ok(tombstone)
             })?;
             if outcome.is_ok() {
-                // Best effort, as for `delete_job`: lines of a job that no longer exists are
-                // read by nothing.
-                let mut batch = sled::Batch::default();
-                for key in self.logs.scan_prefix(id.to_bytes()).keys() {
-                    batch.remove(key?);
-                }
-                self.logs.apply_batch(batch)?;
-                self.progress.remove(id.to_bytes())?;
+                self.remove_logs_and_progress(id)?;
             }
             outcomes.push(outcome);
         }
@@ -99,37 +74,12 @@ impl SledStore {
     }
 
     pub(super) fn read_pruned(&self, id: JobId) -> StoreResult<Option<PrunedJob>> {
-        let key = id.to_bytes();
-        self.pruned
-            .get(key)?
-            .map(|bytes| decode_pruned(&key, &bytes))
-            .transpose()
+        read_by_id(&self.pruned, id, decode_pruned)
     }
 
     /// Every tombstone, in id order.
     pub(super) fn read_pruned_all(&self) -> StoreResult<Vec<PrunedJob>> {
-        let mut tombstones = Vec::new();
-        for entry in self.pruned.iter() {
-            let (key, bytes) = entry?;
-            tombstones.push(decode_pruned(&key, &bytes)?);
-        }
-        Ok(tombstones)
-    }
-
-    /// Every tombstone decodes, is its key's, and names no job that exists.
-    pub(super) fn check_pruned(&self) -> StoreResult<()> {
-        for entry in self.pruned.iter() {
-            let (key, bytes) = entry?;
-            let pruned = decode_pruned(&key, &bytes)?;
-            if self.read_job(pruned.id)?.is_some() {
-                return Err(corrupt(
-                    TREE_PRUNED,
-                    &key,
-                    format!("job {} is pruned and exists", pruned.id),
-                ));
-            }
-        }
-        Ok(())
+        decode_all(self.pruned.iter(), TREE_PRUNED)
     }
 
     /// The store's size on disk and how many records of each kind it holds. Reads every key of
