@@ -1,6 +1,6 @@
 //! The records `narra export` writes and `narra import` reads: a whole state store as a stream
 //! of self-contained records, so that a single machine's sled store can move into PostgreSQL
-//! (issue 10) or a store can be copied between machines.
+//! or a store can be copied between machines.
 //!
 //! A [`Record`] is what one store transaction restores: a job with everything hanging off it, an
 //! incident, a backfill with its job list, a host's scheduling state, or a pruned job's tombstone.
