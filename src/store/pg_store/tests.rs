@@ -279,7 +279,7 @@ async fn an_idle_wait_ends_when_another_process_submits_or_finishes_a_job() {
     server.cleanup().await;
 }
 
-// Guards fault isolation on PostgreSQL (issue 6, as sled's test of the same name): garbage in
+// Guards fault isolation on PostgreSQL (as sled's test of the same name): garbage in
 // one job's record is an error naming the `jobs` table and that job wherever it is read, and
 // `check_consistency` reports it; `claim_next` passes over it and the other jobs still run.
 #[tokio::test]

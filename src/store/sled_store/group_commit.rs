@@ -1,5 +1,5 @@
 //! Group commit of checkpoints: when many jobs finish steps at once, their `record_checkpoint`
-//! calls share one sled transaction and one flush (issue 9: "many jobs, one flush").
+//! calls share one sled transaction and one flush.
 //!
 //! Each call queues its checkpoint, then waits its turn at the committer lock. Whoever holds the
 //! lock takes every queued checkpoint (its own and those that arrived while the previous batch was
@@ -275,7 +275,7 @@ mod tests {
         }
     }
 
-    // Guards issue 6's fault isolation under group commit: a batch holding a checkpoint of a job
+    // Guards fault isolation under group commit: a batch holding a checkpoint of a job
     // whose record is corrupt commits the others, and only that job's caller gets the error, as
     // the `Corrupt` naming where it was found.
     #[tokio::test]

@@ -384,7 +384,7 @@ async fn a_corrupt_job_record_names_its_tree_and_key() {
     }
 }
 
-// Guards fault isolation (issue 6): garbage in one job's record is an error that names the
+// Guards fault isolation: garbage in one job's record is an error that names the
 // `jobs` tree and that job's key wherever the record is read, and `check_consistency` (what
 // `narra doctor` runs) reports it; the other jobs still read, checkpoint and complete, and
 // `claim_next` passes over the corrupt pending job instead of stopping every worker.
