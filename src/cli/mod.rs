@@ -349,7 +349,8 @@ pub async fn dispatch(
             shutdown: _,
             scheduling: _,
         } => {
-            reclaim_orphans(&engine.orchestrator()).await?;
+            let orchestrator = engine.orchestrator();
+            reclaim_orphans(&orchestrator).await?;
             let options = SubmitOptions {
                 workflow,
                 key,
@@ -358,7 +359,7 @@ pub async fn dispatch(
                 local_paths: context.local_paths(),
                 callback_url,
             };
-            let submitted = submit(&engine.orchestrator(), &sources, &options).await?;
+            let submitted = submit(&orchestrator, &sources, &options).await?;
             // The same source twice on one command line is one job, run once.
             let mut ids: Vec<JobId> = Vec::with_capacity(submitted.len());
             for submitted in &submitted {
@@ -366,7 +367,7 @@ pub async fn dispatch(
                     ids.push(submitted.job.id);
                 }
             }
-            let jobs = run_jobs(&engine.orchestrator(), &ids, concurrency).await?;
+            let jobs = run_jobs(&orchestrator, &ids, concurrency).await?;
             print_jobs(&mut out, &jobs, json)?;
             Ok(exit_for(&jobs))
         }
@@ -403,9 +404,10 @@ pub async fn dispatch(
         Command::Worker {
             concurrency, drain, ..
         } => {
-            reclaim_orphans(&engine.orchestrator()).await?;
+            let orchestrator = engine.orchestrator();
+            reclaim_orphans(&orchestrator).await?;
             let jobs = work(
-                &engine.orchestrator(),
+                &orchestrator,
                 concurrency,
                 drain,
                 engine.shutdown.draining(),
