@@ -15,4 +15,5 @@ pub mod steps;
 pub mod storage;
 pub mod store;
 pub mod views;
+pub mod wire;
 pub mod workflow;

@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // A media helper started by a worker: no command line to parse, no logging, no runtime.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(narra::steps::media::HELPER_ARG) {
+        let status = narra::steps::media::helper::main(&args[2..]);
+        return ExitCode::from(u8::try_from(status).unwrap_or(1));
+    }
     // Before anything is created: the home, its state store and scratch are the owner's alone.
     narra::private_files::restrict_umask();
     let cli = narra::cli::Cli::parse();

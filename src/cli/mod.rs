@@ -194,6 +194,10 @@ pub async fn open_home(global: &GlobalArgs) -> Result<Home, CliError> {
     let mut network = crate::steps::net::NetworkPolicy::from_env();
     network.allow_private_network |= global.allow_private_network;
     let mut engine = Engine::new(store, storage, workflows, &home, network);
+    // This binary can be its own media helper: the extract step gets helpers unless
+    // NARRA_MEDIA=cli.
+    engine.tools.media =
+        crate::steps::media::Media::from_env(&engine.scratch_root()).map_err(CliError::Usage)?;
     // The lease length is a knob for tests and for stores shared by slow networks.
     if let Some(ttl_ms) = positive_from_env("NARRA_LEASE_TTL_MS", "milliseconds")? {
         engine.lease_ttl_ms = ttl_ms;

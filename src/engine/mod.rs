@@ -185,7 +185,12 @@ impl Services {
     /// The job's scratch directory: partial and unstored outputs live here until the store step's
     /// checkpoint is durable.
     pub fn scratch_dir(&self, id: JobId) -> PathBuf {
-        self.home.join("scratch").join(id.to_string())
+        self.scratch_root().join(id.to_string())
+    }
+
+    /// Where every job's scratch directory is: all a media helper may read or write.
+    pub fn scratch_root(&self) -> PathBuf {
+        self.home.join("scratch")
     }
 }
 

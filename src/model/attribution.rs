@@ -28,6 +28,15 @@ use crate::model::job::{
 };
 use crate::model::machine::Rejected;
 
+/// How many deaths of a media helper on one input fail the extract step as `media_crash`. A
+/// helper runs one job's request at a time, so its death is that input's, with no bystander to
+/// spare: the first death may still be the machine's (the out-of-memory killer choosing it), the
+/// second is the media's. Helper deaths never count toward [`CRASH_LOOP_DEATHS`]
+/// (`machine`), which is about the worker process: the worker survives them.
+///
+/// [`CRASH_LOOP_DEATHS`]: crate::model::machine::CRASH_LOOP_DEATHS
+pub const MEDIA_CRASH_DEATHS: u32 = 2;
+
 /// What the claiming process holds: the jobs running under its leases. In a fleet, "alone" is per
 /// worker process, and a worker id names one process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -53,11 +53,14 @@ pub enum ErrorClass {
     /// The process running the job died three times at the same point with no progress in
     /// between: the job is quarantined so one poisonous input cannot take workers down again.
     CrashLoop,
+    /// The media helper (FFmpeg's libraries in a sandboxed process) died twice on the job's input:
+    /// the media crashes the decoder, the demuxer or a limit. Only that step fails.
+    MediaCrash,
 }
 
 impl ErrorClass {
     /// Every class, for reading one back from its stored name.
-    pub const ALL: [ErrorClass; 25] = [
+    pub const ALL: [ErrorClass; 26] = [
         ErrorClass::UnsupportedSource,
         ErrorClass::DownloadBlocked,
         ErrorClass::NotFound,
@@ -83,6 +86,7 @@ impl ErrorClass {
         ErrorClass::Internal,
         ErrorClass::CrashLoop,
         ErrorClass::ScratchLow,
+        ErrorClass::MediaCrash,
     ];
 
     /// The class stored as `name` (`ErrorInfo::class`), if it is one.
@@ -119,6 +123,7 @@ impl ErrorClass {
             ErrorClass::Internal => "internal",
             ErrorClass::CrashLoop => "crash_loop",
             ErrorClass::ScratchLow => "scratch_low",
+            ErrorClass::MediaCrash => "media_crash",
         }
     }
 

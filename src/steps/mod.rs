@@ -7,6 +7,7 @@
 pub mod download;
 pub mod egress;
 pub mod extract;
+pub mod media;
 pub mod net;
 pub mod process;
 pub mod scratch;

@@ -330,6 +330,20 @@ pub struct ExtractParams {
     pub timeout_base_ms: u64,
     pub timeout_ms_per_media_s: u64,
     pub timeout_max_ms: u64,
+    /// Which tools do the media work: narra's sandboxed helper (FFmpeg's libraries, no program
+    /// started per job) or the `ffprobe` and `ffmpeg` programs. Not in the definition hash: both
+    /// write the same stream into the same container; the setting `NARRA_MEDIA=cli` picks the
+    /// programs for every workflow.
+    pub media: MediaPath,
+}
+
+/// Which tools do the extract step's media work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaPath {
+    #[default]
+    Helper,
+    Cli,
 }
 
 impl Default for ExtractParams {
@@ -345,6 +359,7 @@ impl Default for ExtractParams {
             timeout_base_ms: 60_000,
             timeout_ms_per_media_s: 500,
             timeout_max_ms: 2 * 3600 * 1000,
+            media: MediaPath::Helper,
         }
     }
 }

@@ -626,6 +626,7 @@ fn a_stuck_ffprobe_or_ffmpeg_is_killed_at_its_timeout_with_no_process_left() {
     let tools = Tools {
         ffmpeg: wrapper(dir.path(), "ffmpeg"),
         ffprobe: wrapper(dir.path(), "ffprobe"),
+        ..Tools::default()
     };
     let params = ExtractParams {
         probe_timeout_ms: 300,
@@ -945,6 +946,8 @@ fn a_killed_narra_leaves_no_ffprobe_behind() {
     let child = home
         .command(&["ingest", &source])
         .env("NARRA_FFPROBE", &wrapper)
+        // The programs' path: the media helpers start no ffprobe.
+        .env("NARRA_MEDIA", "cli")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

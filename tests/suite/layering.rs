@@ -435,7 +435,7 @@ fn the_table_is_the_one_the_architecture_promises() {
     }
     assert_eq!(
         layers.leaves,
-        ["failpoint", "logging", "private_files"]
+        ["failpoint", "logging", "private_files", "wire"]
             .map(String::from)
             .into()
     );

@@ -23,6 +23,7 @@ mod layering;
 mod lock;
 mod logs;
 mod maintenance;
+mod media;
 mod phases;
 mod postgres;
 mod private_home;

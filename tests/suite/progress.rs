@@ -121,6 +121,7 @@ fn extraction_progress_moves_with_the_bytes_ffmpeg_writes_while_the_step_runs() 
     let tools = Tools {
         ffmpeg: gated_ffmpeg(gates.path(), &start, &end),
         ffprobe: PathBuf::from("ffprobe"),
+        ..Tools::default()
     };
     let video = generate("progress.mp4", 60.0, 330);
     let video_size = std::fs::metadata(&video).unwrap().len();

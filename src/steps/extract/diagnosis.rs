@@ -15,14 +15,14 @@ const QUOTED_LINE_CHARS_MAX: usize = 300;
 
 /// What ffmpeg's or ffprobe's messages say about the input: a class and the line that says so.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Diagnosis {
+pub(in crate::steps) struct Diagnosis {
     pub(super) class: ErrorClass,
     what: String,
     pub(super) line: String,
 }
 
 impl Diagnosis {
-    pub(super) fn into_error(self, program: &str, stream: Option<&str>) -> StepError {
+    pub(in crate::steps) fn into_error(self, program: &str, stream: Option<&str>) -> StepError {
         let context = stream
             .map(|stream| format!(" ({stream})"))
             .unwrap_or_default();
@@ -108,7 +108,7 @@ const PATTERNS: &[(&str, ErrorClass, &str, bool)] = &[
 
 /// The decisive line of a tool's stderr, if any pattern matches. `failed`: the tool exited
 /// non-zero, so patterns that are harmless in a successful run count too.
-pub(super) fn diagnose(stderr: &str, failed: bool) -> Option<Diagnosis> {
+pub(in crate::steps) fn diagnose(stderr: &str, failed: bool) -> Option<Diagnosis> {
     for (pattern, class, what, on_failure_only) in PATTERNS {
         if *on_failure_only && !failed {
             continue;

@@ -37,7 +37,7 @@
 //! ffprobe and asks them about themselves (doctor).
 
 mod command;
-mod diagnosis;
+pub(in crate::steps) mod diagnosis;
 mod plan;
 mod probe;
 mod progress;
@@ -46,15 +46,17 @@ mod tools;
 
 use std::path::{Path, PathBuf};
 
+use super::media::{self, Request};
 use super::process::run_process_streaming;
 use super::scratch;
 use super::{Cancel, ErrorClass, ProgressSender, StepError};
 use crate::model::job::MediaMetadata;
-use crate::workflow::ExtractParams;
+use crate::workflow::{ExtractParams, TranscodeTarget};
 
 pub use command::FORMAT_WHITELIST;
 pub use plan::{
-    choose_track, copy_extension, encoder_of, extract_timeout, plan_output, video_extension,
+    choose_track, copy_extension, encoder_of, extract_timeout, plan_output, transcode_muxer,
+    video_extension,
 };
 pub use probe::{parse_probe, probe};
 pub use progress::{FfmpegProgress, PROGRESS_LINE_BYTES_MAX, ProgressParser};
@@ -62,8 +64,9 @@ pub use record::{metadata_changes, metadata_json, record_json};
 pub use tools::{Tools, encoders, tool_version};
 
 use command::ffmpeg_args;
-use diagnosis::{diagnose, run_failure, stderr_tail};
+use diagnosis::{Diagnosis, diagnose, run_failure, stderr_tail};
 use plan::Container;
+use probe::helpers;
 
 /// How far the extracted audio's duration may be from the source stream's: the larger of these.
 const DURATION_TOLERANCE_MIN_S: f64 = 0.2;
@@ -91,6 +94,8 @@ pub struct OutputPlan {
     /// Why this plan: a copy into its matching container, the workflow's target, or the fallback.
     pub reason: String,
     container: Container,
+    /// The transcode target; `None` for a stream copy.
+    target: Option<TranscodeTarget>,
     sample_rate: Option<u32>,
     channels: Option<u32>,
     codec_args: Vec<&'static str>,
@@ -198,27 +203,116 @@ async fn write_checked(
     // from the same bytes, truncation included, and can be off by more than the tolerance.
     let source_duration_s =
         estimated_duration_s.filter(|_| declares_durations(&metadata.format_name));
+    let stream = format!("audio stream {} ({})", track.stream_index, track.codec);
+    let mut report = |bytes_written: u64| {
+        progress.send_if_modified(|progress| {
+            let before = *progress;
+            progress.bytes_done = bytes_written;
+            progress.bytes_total = None;
+            *progress != before
+        });
+    };
+    let written = match helpers(tools, params) {
+        Some(pool) => {
+            let request = Request::Extract {
+                input: input.to_path_buf(),
+                stream_index: track.stream_index,
+                plan: plan.write_plan(),
+                output: temp_path.to_path_buf(),
+                threads: params.threads,
+            };
+            // The helper judged libav's messages itself, with the same patterns.
+            let json = media::extract(pool, &request, timeout, cancel, &mut report).await?;
+            let synced = scratch::sync_file(temp_path).await;
+            let output = parse_probe(json.as_bytes()).map_err(|error| {
+                StepError::new(
+                    ErrorClass::CorruptMedia,
+                    format!(
+                        "the media helper wrote no readable audio from {stream} ({})",
+                        error.message
+                    ),
+                )
+            });
+            Written {
+                tool: HELPER,
+                output,
+                diagnosis: None,
+                synced,
+            }
+        }
+        None => {
+            write_with_ffmpeg(
+                tools,
+                input,
+                track,
+                plan,
+                params,
+                temp_path,
+                timeout,
+                &mut report,
+                cancel,
+                &stream,
+            )
+            .await?
+        }
+    };
+    let said = written
+        .diagnosis
+        .as_ref()
+        .map(|diagnosis| format!("; {} said \"{}\"", written.tool, diagnosis.line))
+        .unwrap_or_default();
+    let duration_s = validate_output(&written.output?, plan, source_duration_s, &stream, &said)?;
+    // The tool finished and the output looks whole, but it saw damage: the input is not whole.
+    // What the media says comes before a scratch error.
+    if let Some(diagnosis) = written.diagnosis {
+        return Err(diagnosis.into_error(written.tool, Some(&stream)));
+    }
+    written.synced?;
+    Ok(duration_s)
+}
+
+/// How the media helper names itself in messages where ffmpeg's path says `ffmpeg`.
+const HELPER: &str = "the media helper";
+
+/// An output written into scratch, before it is judged: its probe, what the tool said about the
+/// input, whether its fsync succeeded.
+struct Written {
+    tool: &'static str,
+    output: Result<MediaMetadata, StepError>,
+    diagnosis: Option<Diagnosis>,
+    synced: Result<(), StepError>,
+}
+
+/// Runs ffmpeg into `temp_path`, then probes what it wrote with ffprobe while the output is
+/// fsynced.
+#[allow(clippy::too_many_arguments)]
+async fn write_with_ffmpeg(
+    tools: &Tools,
+    input: &Path,
+    track: &TrackChoice,
+    plan: &OutputPlan,
+    params: &ExtractParams,
+    temp_path: &Path,
+    timeout: std::time::Duration,
+    report: &mut (dyn FnMut(u64) + Send),
+    cancel: &mut Cancel,
+    stream: &str,
+) -> Result<Written, StepError> {
     let args = ffmpeg_args(input, track, plan, params.threads, temp_path);
     let mut parser = ProgressParser::default();
     let mut on_stdout = |chunk: &[u8]| {
         if let Some(bytes_written) = parser.feed(chunk).and_then(|block| block.total_size) {
-            progress.send_if_modified(|progress| {
-                let before = *progress;
-                progress.bytes_done = bytes_written;
-                progress.bytes_total = None;
-                *progress != before
-            });
+            report(bytes_written);
         }
     };
     let finished = run_process_streaming(&tools.ffmpeg, &args, &mut on_stdout, timeout, cancel)
         .await
         .map_err(|error| run_failure(error, "ffmpeg", &tools.ffmpeg, timeout))?;
-    let stream = format!("audio stream {} ({})", track.stream_index, track.codec);
     let diagnosis = diagnose(&finished.stderr, !finished.success);
     if let Some(diagnosis) = &diagnosis
         && (!finished.success || diagnosis.class != ErrorClass::CorruptMedia)
     {
-        return Err(diagnosis.clone().into_error("ffmpeg", Some(&stream)));
+        return Err(diagnosis.clone().into_error("ffmpeg", Some(stream)));
     }
     if !finished.success {
         return Err(StepError::new(
@@ -238,17 +332,15 @@ async fn write_checked(
     // overlap. Both must succeed before the audio is renamed into place. A cancellation stops
     // ffprobe at once; the fsync, already started, is waited for (the file is then removed).
     let (output, synced) = tokio::join!(
-        read_back(tools, temp_path, params, cancel, &stream, &ffmpeg_said),
+        read_back(tools, temp_path, params, cancel, stream, &ffmpeg_said),
         scratch::sync_file(temp_path)
     );
-    let duration_s = validate_output(&output?, plan, source_duration_s, &stream, &ffmpeg_said)?;
-    // ffmpeg exited 0 and the output looks whole, but ffmpeg saw damage: the input is not whole.
-    // What the media says comes before a scratch error.
-    if let Some(diagnosis) = diagnosis {
-        return Err(diagnosis.into_error("ffmpeg", Some(&stream)));
-    }
-    synced?;
-    Ok(duration_s)
+    Ok(Written {
+        tool: "ffmpeg",
+        output,
+        diagnosis,
+        synced,
+    })
 }
 
 /// Probes what ffmpeg wrote. An unreadable output means ffmpeg found nothing it could write.

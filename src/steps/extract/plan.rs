@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::probe::{language, raw_json, raw_stream};
 use super::{OutputPlan, TrackChoice};
 use crate::model::job::{MediaMetadata, StreamInfo};
+use crate::steps::media::WritePlan;
 use crate::steps::{ErrorClass, StepError};
 use crate::workflow::{AudioMode, ExtractParams, TranscodeTarget};
 
@@ -188,6 +189,7 @@ pub fn plan_output(
                 extension: container.extension,
                 reason: format!("stream copy of {codec} into .{}", container.extension),
                 container,
+                target: None,
                 sample_rate: None,
                 channels: None,
                 codec_args,
@@ -208,12 +210,13 @@ pub fn plan_output(
 fn transcode_plan(target: TranscodeTarget, params: &ExtractParams, reason: String) -> OutputPlan {
     // FLAC and WAV are 16-bit: lossless for the 16-bit sources and speech models they serve, and
     // half the size of ffmpeg's 24-bit default for float decoders.
-    let (codec, container, format_args): (&str, Container, &[&'static str]) = match target {
-        TranscodeTarget::Flac => ("flac", FLAC, &["-sample_fmt", "s16"]),
-        TranscodeTarget::Wav => ("pcm_s16le", WAV, &["-rf64", "auto"]),
-        TranscodeTarget::Opus => ("opus", OPUS, &[]),
-        TranscodeTarget::Mp3 => ("mp3", MP3, &[]),
+    let (codec, format_args): (&str, &[&'static str]) = match target {
+        TranscodeTarget::Flac => ("flac", &["-sample_fmt", "s16"]),
+        TranscodeTarget::Wav => ("pcm_s16le", &["-rf64", "auto"]),
+        TranscodeTarget::Opus => ("opus", &[]),
+        TranscodeTarget::Mp3 => ("mp3", &[]),
     };
+    let container = transcode_container(target);
     let mut codec_args = vec!["-c:a", encoder_of(target)];
     codec_args.extend_from_slice(format_args);
     codec_args.extend(["-flags:a", "+bitexact"]);
@@ -223,9 +226,26 @@ fn transcode_plan(target: TranscodeTarget, params: &ExtractParams, reason: Strin
         extension: container.extension,
         reason,
         container,
+        target: Some(target),
         sample_rate: params.sample_rate,
         channels: params.channels,
         codec_args,
+    }
+}
+
+impl OutputPlan {
+    /// The plan as the media helper takes it.
+    pub(super) fn write_plan(&self) -> WritePlan {
+        match self.target {
+            None => WritePlan::Copy {
+                muxer: self.container.muxer.to_string(),
+            },
+            Some(target) => WritePlan::Transcode {
+                target,
+                sample_rate: self.sample_rate,
+                channels: self.channels,
+            },
+        }
     }
 }
 
@@ -261,6 +281,21 @@ pub fn video_extension(metadata: &MediaMetadata) -> &'static str {
         .map(|(_, extension)| *extension)
         .or_else(|| AUDIO.into_iter().find(|name| has(name)))
         .unwrap_or("bin")
+}
+
+/// The muxer a transcode target's output is written with (the container of its extension).
+pub fn transcode_muxer(target: TranscodeTarget) -> &'static str {
+    transcode_container(target).muxer
+}
+
+/// The container a transcode target is written in.
+fn transcode_container(target: TranscodeTarget) -> Container {
+    match target {
+        TranscodeTarget::Flac => FLAC,
+        TranscodeTarget::Wav => WAV,
+        TranscodeTarget::Opus => OPUS,
+        TranscodeTarget::Mp3 => MP3,
+    }
 }
 
 /// The ffmpeg encoder a transcode target needs: the plan writes with it, and `doctor` checks that

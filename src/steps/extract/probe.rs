@@ -12,9 +12,10 @@ use super::Tools;
 use super::command::ffprobe_args;
 use super::diagnosis::{diagnose, run_failure, stderr_tail};
 use crate::model::job::{MediaMetadata, StreamInfo};
+use crate::steps::media::{self, HelperPool, Media};
 use crate::steps::process::run_process;
 use crate::steps::{Cancel, ErrorClass, StepError};
-use crate::workflow::ExtractParams;
+use crate::workflow::{ExtractParams, MediaPath};
 
 /// The largest ffprobe JSON accepted; real probes are a few KiB.
 const FFPROBE_OUTPUT_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -35,8 +36,43 @@ pub async fn probe(
             "the file is empty (0 bytes): there is no media to read",
         ));
     }
-    let args = ffprobe_args(input, params.threads);
     let timeout = Duration::from_millis(params.probe_timeout_ms);
+    let json = match helpers(tools, params) {
+        Some(pool) => media::probe(pool, input, timeout, cancel)
+            .await?
+            .into_bytes(),
+        None => run_ffprobe(tools, input, params.threads, timeout, cancel).await?,
+    };
+    let metadata = parse_probe(&json)?;
+    if metadata.streams.is_empty() {
+        return Err(StepError::new(
+            ErrorClass::CorruptMedia,
+            format!(
+                "ffprobe found no stream in the {} file",
+                metadata.format_name
+            ),
+        ));
+    }
+    Ok(metadata)
+}
+
+/// The media helpers when the tools have them and the workflow does not ask for the programs.
+pub(super) fn helpers<'a>(tools: &'a Tools, params: &ExtractParams) -> Option<&'a HelperPool> {
+    match (&tools.media, params.media) {
+        (Media::Helpers(pool), MediaPath::Helper) => Some(pool),
+        _ => None,
+    }
+}
+
+/// ffprobe's JSON for `input`, its messages judged.
+async fn run_ffprobe(
+    tools: &Tools,
+    input: &Path,
+    threads: u32,
+    timeout: Duration,
+    cancel: &mut Cancel,
+) -> Result<Vec<u8>, StepError> {
+    let args = ffprobe_args(input, threads);
     let finished = run_process(
         &tools.ffprobe,
         &args,
@@ -64,17 +100,7 @@ pub async fn probe(
             ),
         });
     }
-    let metadata = parse_probe(&finished.stdout)?;
-    if metadata.streams.is_empty() {
-        return Err(StepError::new(
-            ErrorClass::CorruptMedia,
-            format!(
-                "ffprobe found no stream in the {} file",
-                metadata.format_name
-            ),
-        ));
-    }
-    Ok(metadata)
+    Ok(finished.stdout)
 }
 
 /// Parses ffprobe's JSON into the metadata record, keeping the JSON in `raw` without the local file

@@ -8,17 +8,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::diagnosis::stderr_tail;
+use crate::steps::media::Media;
 use crate::steps::process::{RunError, run_process};
 
 /// How long `ffmpeg -version` or `-encoders` may take (doctor).
 const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where ffmpeg and ffprobe are: `NARRA_FFMPEG` and `NARRA_FFPROBE` when set, else the names looked
-/// up on PATH.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// up on PATH; and whether the media helpers do the work instead (`steps::media`).
+#[derive(Debug, Clone)]
 pub struct Tools {
     pub ffmpeg: PathBuf,
     pub ffprobe: PathBuf,
+    /// The programs, unless the door that opened the engine (the narra binary, which can be its
+    /// own helper) gave it helpers.
+    pub media: Media,
 }
 
 impl Default for Tools {
@@ -26,6 +30,7 @@ impl Default for Tools {
         Tools {
             ffmpeg: PathBuf::from("ffmpeg"),
             ffprobe: PathBuf::from("ffprobe"),
+            media: Media::Programs,
         }
     }
 }
@@ -41,6 +46,7 @@ impl Tools {
         Tools {
             ffmpeg: configured("NARRA_FFMPEG", "ffmpeg"),
             ffprobe: configured("NARRA_FFPROBE", "ffprobe"),
+            media: Media::Programs,
         }
     }
 }

@@ -1,0 +1,938 @@
+//! The module against the programs it replaces: a corpus made by ffmpeg's lavfi sources, probed
+//! by both (narra's typed fields equal, stream for stream), extracted by both (same codec,
+//! container, rate, channels, and duration within one frame), and the inputs narra refuses given
+//! the same class by both.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use super::*;
+use crate::model::ErrorClass;
+use crate::steps::extract::FORMAT_WHITELIST;
+use crate::steps::media::protocol::WritePlan;
+use crate::workflow::TranscodeTarget;
+
+fn run(program: &str, args: &[&str]) -> std::process::Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {program}: {error}"))
+}
+
+/// Runs ffmpeg quietly; panics when it fails.
+fn ffmpeg(args: &[&str]) {
+    let mut all = vec!["-nostdin", "-v", "error", "-y"];
+    all.extend_from_slice(args);
+    let output = run("ffmpeg", &all);
+    assert!(
+        output.status.success(),
+        "ffmpeg {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+const SINE: [&str; 4] = ["-f", "lavfi", "-i", "sine=f=440:d=1.5"];
+const SINE_48K: [&str; 4] = ["-f", "lavfi", "-i", "sine=f=440:d=1.5:sample_rate=48000"];
+const VIDEO: [&str; 4] = ["-f", "lavfi", "-i", "testsrc=d=1.5:s=96x64:r=25"];
+
+/// The corpus: (file name, ffmpeg arguments before the output name).
+fn corpus_recipes() -> Vec<(&'static str, Vec<&'static str>)> {
+    let with_video = |video_codec: &'static str, audio: &[&'static str]| {
+        let mut args: Vec<&'static str> = SINE.to_vec();
+        args.extend(VIDEO);
+        args.extend(["-map", "1:v", "-map", "0:a", "-c:v", video_codec]);
+        args.extend_from_slice(audio);
+        args
+    };
+    let audio_only = |audio: &[&'static str]| {
+        let mut args: Vec<&'static str> = SINE.to_vec();
+        args.extend_from_slice(audio);
+        args
+    };
+    vec![
+        (
+            "aac_h264.mp4",
+            with_video(
+                "libx264",
+                &["-preset", "ultrafast", "-c:a", "aac", "-ac", "2"],
+            ),
+        ),
+        ("opus_mpeg4.mkv", {
+            let mut args: Vec<&'static str> = SINE_48K.to_vec();
+            args.extend(VIDEO);
+            args.extend([
+                "-map", "1:v", "-map", "0:a", "-c:v", "mpeg4", "-c:a", "libopus",
+            ]);
+            args
+        }),
+        ("vorbis.webm", audio_only(&["-c:a", "libvorbis"])),
+        (
+            "aac_mpeg2.ts",
+            with_video("mpeg2video", &["-c:a", "aac", "-f", "mpegts"]),
+        ),
+        (
+            "mp3_mpeg4.avi",
+            with_video("mpeg4", &["-c:a", "libmp3lame"]),
+        ),
+        ("stereo.flac", audio_only(&["-c:a", "flac", "-ac", "2"])),
+        (
+            "s16.wav",
+            audio_only(&["-c:a", "pcm_s16le", "-ar", "22050", "-ac", "2"]),
+        ),
+        ("s24.wav", audio_only(&["-c:a", "pcm_s24le"])),
+        ("vorbis.ogg", audio_only(&["-c:a", "libvorbis", "-ac", "2"])),
+        ("adts.aac", audio_only(&["-c:a", "aac"])),
+        ("lame.mp3", audio_only(&["-c:a", "libmp3lame"])),
+        (
+            "video_only.mp4",
+            vec![
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc=d=1:s=96x64:r=25",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+            ],
+        ),
+        (
+            "two_languages.mkv",
+            vec![
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=f=440:d=1.5",
+                "-f",
+                "lavfi",
+                "-i",
+                "sine=f=880:d=1.5",
+                "-map",
+                "0:a",
+                "-map",
+                "1:a",
+                "-c:a",
+                "aac",
+                "-metadata:s:a:0",
+                "language=eng",
+                "-metadata:s:a:1",
+                "language=fra",
+            ],
+        ),
+        ("ac3.mov", with_video("mpeg4", &["-c:a", "ac3", "-ac", "2"])),
+        ("s16be.mov", audio_only(&["-c:a", "pcm_s16be"])),
+    ]
+}
+
+/// Makes the corpus in `dir`, returning the files' paths.
+fn make_corpus(dir: &Path) -> Vec<PathBuf> {
+    corpus_recipes()
+        .into_iter()
+        .map(|(name, mut args)| {
+            let path = dir.join(name);
+            let path_text = path.to_str().unwrap().to_string();
+            args.push(&path_text);
+            ffmpeg(&args);
+            path
+        })
+        .collect()
+}
+
+fn ffprobe_json(path: &Path) -> Value {
+    let url = format!("file:{}", path.display());
+    let output = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-protocol_whitelist",
+            "file",
+            "-format_whitelist",
+            FORMAT_WHITELIST,
+            "-show_format",
+            "-show_streams",
+            "-of",
+            "json",
+            &url,
+        ],
+    );
+    assert!(output.status.success(), "ffprobe {}", path.display());
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+// The typed fields narra's `parse_probe` reads (src/steps/extract/probe.rs), copied.
+fn number(value: &Value, key: &str) -> Option<f64> {
+    value
+        .get(key)
+        .and_then(|field| match field {
+            Value::String(text) => text.parse::<f64>().ok(),
+            Value::Number(number) => number.as_f64(),
+            _ => None,
+        })
+        .filter(|number| number.is_finite())
+}
+
+fn integer(value: &Value, key: &str) -> Option<u64> {
+    number(value, key)
+        .filter(|number| *number >= 0.0 && *number <= u64::MAX as f64)
+        .map(|number| number as u64)
+}
+
+fn small(value: &Value, key: &str) -> Option<u32> {
+    integer(value, key).and_then(|number| u32::try_from(number).ok())
+}
+
+fn text(value: &Value, key: &str) -> Option<String> {
+    value.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+fn parse_clock(clock: &str) -> Option<f64> {
+    let mut parts = clock.trim().split(':');
+    let hours: f64 = parts.next()?.parse().ok()?;
+    let minutes: f64 = parts.next()?.parse().ok()?;
+    let seconds: f64 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() || hours < 0.0 || minutes < 0.0 || seconds < 0.0 {
+        return None;
+    }
+    Some(hours * 3600.0 + minutes * 60.0 + seconds).filter(|total| total.is_finite())
+}
+
+fn tag_duration(stream: &Value) -> Option<f64> {
+    let tags = stream.get("tags")?.as_object()?;
+    let (_, value) = tags
+        .iter()
+        .find(|(key, _)| key.to_ascii_uppercase().starts_with("DURATION"))?;
+    parse_clock(value.as_str()?)
+}
+
+fn language(stream: &Value) -> Option<String> {
+    let tags = stream.get("tags")?.as_object()?;
+    tags.iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case("language"))
+        .and_then(|(_, value)| value.as_str())
+        .map(str::to_string)
+}
+
+/// narra's typed record from a probe JSON, as a comparable value.
+fn typed(json: &Value) -> Value {
+    let format = &json["format"];
+    let streams: Vec<Value> = json["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|stream| {
+            serde_json::json!({
+                "index": small(stream, "index").unwrap_or_default(),
+                "codec_type": text(stream, "codec_type").unwrap_or_else(|| "unknown".into()),
+                "codec_name": text(stream, "codec_name"),
+                "width": small(stream, "width"),
+                "height": small(stream, "height"),
+                "sample_rate": small(stream, "sample_rate"),
+                "channels": small(stream, "channels"),
+                "duration_s": number(stream, "duration").or_else(|| tag_duration(stream)),
+                // What narra's plan reads from `raw`.
+                "language": language(stream),
+                "codec_tag_string": text(stream, "codec_tag_string"),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "format_name": text(format, "format_name").unwrap_or_else(|| "unknown".into()),
+        "duration_s": number(format, "duration"),
+        "size": integer(format, "size"),
+        "bit_rate": integer(format, "bit_rate"),
+        "streams": streams,
+    })
+}
+
+/// Every field the module prints has ffprobe's value; returns the differences.
+fn field_differences(ours: &Value, theirs: &Value, at: &str, differences: &mut Vec<String>) {
+    match (ours, theirs) {
+        (Value::Object(ours), Value::Object(theirs)) => {
+            for (key, value) in ours {
+                match theirs.get(key) {
+                    Some(their) => {
+                        field_differences(value, their, &format!("{at}.{key}"), differences)
+                    }
+                    None => differences.push(format!("{at}.{key}: {value} (ffprobe: absent)")),
+                }
+            }
+        }
+        (Value::Array(ours), Value::Array(theirs)) if ours.len() == theirs.len() => {
+            for (index, (ours, theirs)) in ours.iter().zip(theirs).enumerate() {
+                field_differences(ours, theirs, &format!("{at}[{index}]"), differences);
+            }
+        }
+        _ if ours == theirs => {}
+        _ => differences.push(format!("{at}: {ours} (ffprobe: {theirs})")),
+    }
+}
+
+#[test]
+fn probes_give_ffprobes_typed_fields_stream_for_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = make_corpus(dir.path());
+    let mut differences = Vec::new();
+    for path in &corpus {
+        let ours = probe(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        let theirs = ffprobe_json(path);
+        assert_eq!(typed(&ours), typed(&theirs), "{}", path.display());
+        field_differences(
+            &ours,
+            &theirs,
+            &path.display().to_string(),
+            &mut differences,
+        );
+    }
+    assert!(
+        differences.is_empty(),
+        "fields that differ from ffprobe's:\n{}",
+        differences.join("\n")
+    );
+    // The Matroska file's languages and duration tags are there for narra's track choice.
+    let two = probe(&dir.path().join("two_languages.mkv")).unwrap();
+    assert_eq!(two["streams"][1]["tags"]["language"], "fra");
+    assert!(tag_duration(&two["streams"][0]).is_some(), "{two}");
+}
+
+#[test]
+fn a_file_named_like_a_url_is_still_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("http:clip.wav");
+    ffmpeg(&[&SINE[..], &[path.to_str().unwrap()]].concat());
+    let json = probe(&path).unwrap();
+    assert_eq!(json["format"]["format_name"], "wav");
+}
+
+/// The class narra's CLI path gives `path` (its probe, then its ffmpeg run with `plan_args`),
+/// judged by the same patterns; `None` when both programs pass. Output validation is narra's and
+/// not repeated here.
+fn cli_class(path: &Path, plan_args: &[&str], output: &Path) -> Option<ErrorClass> {
+    if std::fs::metadata(path).unwrap().len() == 0 {
+        return Some(ErrorClass::CorruptMedia);
+    }
+    let url = format!("file:{}", path.display());
+    // One decoder thread, as the module decodes: with narra's default of two, ffmpeg's
+    // frame-threaded FLAC decoder does not report a damaged frame (the module does).
+    let input = [
+        "-threads",
+        "1",
+        "-protocol_whitelist",
+        "file",
+        "-format_whitelist",
+        FORMAT_WHITELIST,
+        "-i",
+        &url,
+    ];
+    let probed = run(
+        "ffprobe",
+        &[
+            &["-v", "warning", "-hide_banner"][..],
+            &input,
+            &["-print_format", "json", "-show_format", "-show_streams"],
+        ]
+        .concat(),
+    );
+    let lines = |stderr: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(stderr)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let stderr = lines(&probed.stderr);
+    if let Some(error) = log::judge(&stderr, false, "") {
+        return Some(error.class);
+    }
+    if !probed.status.success() {
+        return Some(
+            log::judge(&stderr, true, "")
+                .map(|error| error.class)
+                .unwrap_or(ErrorClass::CorruptMedia),
+        );
+    }
+    let json: Value = serde_json::from_slice(&probed.stdout).unwrap();
+    let streams = json["streams"].as_array().cloned().unwrap_or_default();
+    if streams.is_empty() {
+        return Some(ErrorClass::CorruptMedia);
+    }
+    let Some(audio) = streams
+        .iter()
+        .find(|stream| stream["codec_type"] == "audio")
+    else {
+        return Some(ErrorClass::NoAudioStream);
+    };
+    let map = format!("0:{}", audio["index"]);
+    let output_url = format!("file:{}", output.display());
+    let ran = run(
+        "ffmpeg",
+        &[
+            &[
+                "-nostdin",
+                "-hide_banner",
+                "-nostats",
+                "-loglevel",
+                "warning",
+                "-y",
+            ][..],
+            &input,
+            &["-map", &map, "-vn", "-sn", "-dn", "-map_metadata", "-1"],
+            &["-map_chapters", "-1"],
+            plan_args,
+            &["-fflags", "+bitexact", &output_url],
+        ]
+        .concat(),
+    );
+    let stderr = lines(&ran.stderr);
+    let judged = log::judge(&stderr, !ran.status.success(), "");
+    match judged {
+        Some(error) => Some(error.class),
+        None if !ran.status.success() => Some(ErrorClass::ExtractFailed),
+        None => None,
+    }
+}
+
+/// The module's class for the same run: open, then extract the first audio stream.
+fn our_class(path: &Path, plan: &WritePlan, output: &Path) -> Option<ErrorClass> {
+    let mut input = match open_input(path) {
+        Ok(input) => input,
+        Err(error) => return Some(error.class),
+    };
+    let json = probe_input(&input);
+    let Some(index) = json["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|stream| stream["codec_type"] == "audio")
+        .map(|stream| stream["index"].as_u64().unwrap() as u32)
+    else {
+        return Some(ErrorClass::NoAudioStream);
+    };
+    extract(&mut input, index, plan, output, &mut |_| {})
+        .err()
+        .map(|error| error.class)
+}
+
+#[test]
+fn playlists_and_scripts_are_refused_whatever_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("secret.wav");
+    ffmpeg(&[&SINE[..], &[target.to_str().unwrap()]].concat());
+    let hls = dir.path().join("clip.mp4");
+    std::fs::write(
+        &hls,
+        format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{}\n#EXT-X-ENDLIST\n",
+            target.display()
+        ),
+    )
+    .unwrap();
+    let concat = dir.path().join("script.mp4");
+    std::fs::write(
+        &concat,
+        format!("ffconcat version 1.0\nfile '{}'\n", target.display()),
+    )
+    .unwrap();
+    for path in [&hls, &concat] {
+        let error = open_input(path).err().expect("refused");
+        assert_eq!(error.class, ErrorClass::UnsupportedSource, "{error}");
+        assert!(error.message.contains("not on whitelist"), "{error}");
+        let error = probe(path).unwrap_err();
+        assert_eq!(error.class, ErrorClass::UnsupportedSource);
+        let out = dir.path().join("out.flac");
+        assert_eq!(
+            cli_class(path, &["-c:a", "flac", "-f", "flac"], &out),
+            Some(ErrorClass::UnsupportedSource),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+/// The first `fraction` of a file, as a cut-off download leaves it.
+fn truncated(dir: &Path, source: &Path, fraction: f64) -> PathBuf {
+    let bytes = std::fs::read(source).unwrap();
+    let cut = (bytes.len() as f64 * fraction) as usize;
+    let name = format!("cut-{}", source.file_name().unwrap().to_str().unwrap());
+    let path = dir.join(name);
+    std::fs::write(&path, &bytes[..cut]).unwrap();
+    path
+}
+
+#[test]
+fn broken_inputs_get_the_class_narras_cli_path_gives_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = make_corpus(dir.path());
+    let find = |name: &str| corpus.iter().find(|path| path.ends_with(name)).unwrap();
+    let empty = dir.path().join("empty.mp4");
+    std::fs::write(&empty, b"").unwrap();
+    let garbage = dir.path().join("garbage.mp4");
+    // Deterministic noise: a linear congruential generator.
+    let mut state: u32 = 12345;
+    let noise: Vec<u8> = (0..65536)
+        .map(|_| {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (state >> 16) as u8
+        })
+        .collect();
+    std::fs::write(&garbage, noise).unwrap();
+    let mut faststart = dir.path().join("faststart.mp4");
+    ffmpeg(&[
+        "-i",
+        find("aac_h264.mp4").to_str().unwrap(),
+        "-c",
+        "copy",
+        "-movflags",
+        "+faststart",
+        faststart.to_str().unwrap(),
+    ]);
+    faststart = truncated(dir.path(), &faststart, 0.5);
+    // Noise over the middle of the file: damage a decoder or demuxer meets mid-stream.
+    let damaged = |name: &str| -> PathBuf {
+        let mut bytes = std::fs::read(find(name)).unwrap();
+        let start = bytes.len() / 2;
+        let end = (start + 1500).min(bytes.len());
+        let mut state: u32 = 777;
+        for byte in &mut bytes[start..end] {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            *byte = (state >> 16) as u8;
+        }
+        let path = dir.path().join(format!("damaged-{name}"));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let cases: Vec<(PathBuf, Option<ErrorClass>)> = vec![
+        (damaged("lame.mp3"), None),
+        (damaged("adts.aac"), None),
+        (damaged("opus_mpeg4.mkv"), None),
+        (damaged("aac_mpeg2.ts"), None),
+        (damaged("vorbis.ogg"), None),
+        (damaged("stereo.flac"), None),
+        (damaged("aac_h264.mp4"), None),
+        (empty, Some(ErrorClass::CorruptMedia)),
+        (garbage, Some(ErrorClass::CorruptMedia)),
+        (
+            truncated(dir.path(), find("aac_h264.mp4"), 0.5),
+            Some(ErrorClass::CorruptMedia),
+        ),
+        (faststart, None),
+        (truncated(dir.path(), find("opus_mpeg4.mkv"), 0.5), None),
+        (truncated(dir.path(), find("aac_mpeg2.ts"), 0.5), None),
+        (truncated(dir.path(), find("s16.wav"), 0.5), None),
+        (truncated(dir.path(), find("stereo.flac"), 0.5), None),
+        (truncated(dir.path(), find("vorbis.ogg"), 0.5), None),
+        (
+            find("video_only.mp4").clone(),
+            Some(ErrorClass::NoAudioStream),
+        ),
+    ];
+    let plans: [(WritePlan, &[&str]); 2] = [
+        (
+            WritePlan::Transcode {
+                target: TranscodeTarget::Flac,
+                sample_rate: None,
+                channels: None,
+            },
+            &[
+                "-c:a",
+                "flac",
+                "-sample_fmt",
+                "s16",
+                "-flags:a",
+                "+bitexact",
+                "-f",
+                "flac",
+            ],
+        ),
+        (
+            WritePlan::Transcode {
+                target: TranscodeTarget::Wav,
+                sample_rate: Some(16000),
+                channels: Some(1),
+            },
+            &["-c:a", "pcm_s16le", "-ar", "16000", "-ac", "1", "-f", "wav"],
+        ),
+    ];
+    let mut report = Vec::new();
+    for (path, expected) in &cases {
+        for (plan, args) in &plans {
+            let ours = our_class(path, plan, &dir.path().join("ours.out"));
+            let theirs = cli_class(path, args, &dir.path().join("theirs.out"));
+            report.push(format!(
+                "{}: ours {ours:?}, cli {theirs:?}",
+                path.file_name().unwrap().to_str().unwrap()
+            ));
+            assert_eq!(ours, theirs, "{}", report.join("\n"));
+            if expected.is_some() {
+                assert_eq!(ours, *expected, "{}", path.display());
+            }
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+/// ffprobe's view of a written file: (format, codec, rate, channels, duration, streams).
+fn probed_output(path: &Path) -> (String, String, u32, u32, f64, usize) {
+    let json = ffprobe_json(path);
+    let streams = json["streams"].as_array().unwrap();
+    let stream = &streams[0];
+    (
+        text(&json["format"], "format_name").unwrap(),
+        text(stream, "codec_name").unwrap(),
+        small(stream, "sample_rate").unwrap(),
+        small(stream, "channels").unwrap(),
+        number(stream, "duration")
+            .or_else(|| number(&json["format"], "duration"))
+            .unwrap(),
+        streams.len(),
+    )
+}
+
+/// One frame of `codec` at `rate`, in seconds: the tolerance of a duration.
+fn frame_s(codec: &str, rate: u32) -> f64 {
+    let samples = match codec {
+        "aac" => 1024.0,
+        "mp3" => 1152.0,
+        "opus" => 960.0,
+        "vorbis" => 2048.0,
+        "flac" => 4608.0,
+        _ => 1024.0,
+    };
+    samples / f64::from(rate)
+}
+
+/// narra's copy table (`plan::copy_container`): the muxer a codec is copied into.
+fn copy_muxer(codec: &str) -> Option<(&'static str, &'static str)> {
+    match codec {
+        "aac" | "alac" => Some(("ipod", "m4a")),
+        "mp3" => Some(("mp3", "mp3")),
+        "opus" => Some(("opus", "opus")),
+        "vorbis" => Some(("ogg", "ogg")),
+        "flac" => Some(("flac", "flac")),
+        "pcm_s16le" | "pcm_s24le" | "pcm_f32le" => Some(("wav", "wav")),
+        _ => None,
+    }
+}
+
+fn transcode_args(
+    target: TranscodeTarget,
+    rate: Option<u32>,
+    channels: Option<u32>,
+) -> Vec<String> {
+    let mut args: Vec<String> = match target {
+        TranscodeTarget::Flac => vec!["-c:a", "flac", "-sample_fmt", "s16"],
+        TranscodeTarget::Wav => vec!["-c:a", "pcm_s16le", "-rf64", "auto"],
+        TranscodeTarget::Opus => vec!["-c:a", "libopus"],
+        TranscodeTarget::Mp3 => vec!["-c:a", "libmp3lame"],
+    }
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    args.extend(["-flags:a".into(), "+bitexact".into()]);
+    if let Some(rate) = rate {
+        args.extend(["-ar".into(), rate.to_string()]);
+    }
+    if let Some(channels) = channels {
+        args.extend(["-ac".into(), channels.to_string()]);
+    }
+    args.extend([
+        "-f".into(),
+        crate::steps::extract::transcode_muxer(target).into(),
+    ]);
+    args
+}
+
+#[test]
+fn extractions_match_the_ffmpeg_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = make_corpus(dir.path());
+    let mut checked = 0;
+    let mut different_bytes = Vec::new();
+    for path in &corpus {
+        let json = ffprobe_json(path);
+        let Some(audio) = json["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|stream| stream["codec_type"] == "audio")
+            .cloned()
+        else {
+            continue;
+        };
+        let index = audio["index"].as_u64().unwrap() as u32;
+        let codec = text(&audio, "codec_name").unwrap();
+        let mut plans: Vec<(WritePlan, Vec<String>)> = Vec::new();
+        if let Some((muxer, _)) = copy_muxer(&codec) {
+            let mut args: Vec<String> = vec!["-c:a".into(), "copy".into()];
+            let adts = ["mpegts", "aac"].iter().any(|name| {
+                text(&json["format"], "format_name")
+                    .unwrap()
+                    .split(',')
+                    .any(|n| n == *name)
+            });
+            if codec == "aac" && adts {
+                args.extend(["-bsf:a".into(), "aac_adtstoasc".into()]);
+            }
+            args.extend(["-f".into(), muxer.into()]);
+            plans.push((
+                WritePlan::Copy {
+                    muxer: muxer.into(),
+                },
+                args,
+            ));
+        }
+        for target in [
+            TranscodeTarget::Flac,
+            TranscodeTarget::Wav,
+            TranscodeTarget::Opus,
+            TranscodeTarget::Mp3,
+        ] {
+            plans.push((
+                WritePlan::Transcode {
+                    target,
+                    sample_rate: None,
+                    channels: None,
+                },
+                transcode_args(target, None, None),
+            ));
+        }
+        for (target, rate, channels) in [
+            (TranscodeTarget::Wav, Some(16000), Some(1)),
+            (TranscodeTarget::Flac, Some(8000), Some(2)),
+            (TranscodeTarget::Opus, Some(16000), Some(1)),
+            (TranscodeTarget::Mp3, Some(22050), Some(1)),
+        ] {
+            plans.push((
+                WritePlan::Transcode {
+                    target,
+                    sample_rate: rate,
+                    channels,
+                },
+                transcode_args(target, rate, channels),
+            ));
+        }
+        for (number, (plan, args)) in plans.iter().enumerate() {
+            let what = format!("{} {plan:?}", path.display());
+            let ours = dir.path().join(format!("ours-{number}"));
+            let theirs = dir.path().join(format!("theirs-{number}"));
+            let mut input = open_input(path).unwrap();
+            let mut reports = Vec::new();
+            let written = extract(&mut input, index, plan, &ours, &mut |bytes| {
+                reports.push(bytes)
+            })
+            .unwrap_or_else(|error| panic!("{what}: {error}"));
+            assert_eq!(
+                written.bytes,
+                std::fs::metadata(&ours).unwrap().len(),
+                "{what}"
+            );
+            assert_eq!(reports.last(), Some(&written.bytes), "{what}");
+            assert!(reports.windows(2).all(|pair| pair[0] < pair[1]), "{what}");
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            assert_eq!(cli_class(path, &args, &theirs), None, "{what}");
+            let (our_format, our_codec, our_rate, our_channels, our_duration, our_streams) =
+                probed_output(&ours);
+            let (format, codec, rate, channels, duration, streams) = probed_output(&theirs);
+            assert_eq!(
+                (&our_format, &our_codec, our_rate, our_channels, our_streams),
+                (&format, &codec, rate, channels, streams),
+                "{what}"
+            );
+            // Ogg Opus reads back at 48 kHz whatever rate the encoder was given.
+            let written_rate = if codec == "opus" {
+                rate
+            } else {
+                written.sample_rate
+            };
+            assert_eq!(
+                (written.codec_name.as_str(), written_rate, written.channels),
+                (codec.as_str(), rate, channels),
+                "{what}"
+            );
+            let tolerance = frame_s(&codec, rate);
+            assert!(
+                (our_duration - duration).abs() <= tolerance + 1e-6,
+                "{what}: {our_duration} s, ffmpeg {duration} s (one frame {tolerance} s)"
+            );
+            let back = read_back(&ours).unwrap();
+            assert_eq!(
+                (
+                    back.format_name.as_str(),
+                    back.codec_name.as_deref(),
+                    back.stream_count
+                ),
+                (format.as_str(), Some(codec.as_str()), 1),
+                "{what}"
+            );
+            if std::fs::read(&ours).unwrap() != std::fs::read(&theirs).unwrap() {
+                different_bytes.push(what.clone());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 80, "{checked}");
+    // Stronger than the issue asks, and what lets a workflow switch paths without its audio
+    // changing: the same libav gives the same bytes as the ffmpeg program.
+    assert!(
+        different_bytes.is_empty(),
+        "{} of {checked} extractions differ from ffmpeg's bytes:\n{}",
+        different_bytes.len(),
+        different_bytes.join("\n")
+    );
+}
+
+#[test]
+fn the_same_input_gives_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.mkv");
+    ffmpeg(
+        &[
+            &SINE[..],
+            &["-c:a", "aac", "-ac", "2", source.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    let plans = [
+        WritePlan::Copy {
+            muxer: "ipod".into(),
+        },
+        WritePlan::Transcode {
+            target: TranscodeTarget::Flac,
+            sample_rate: None,
+            channels: None,
+        },
+        WritePlan::Transcode {
+            target: TranscodeTarget::Wav,
+            sample_rate: Some(16000),
+            channels: Some(1),
+        },
+        WritePlan::Transcode {
+            target: TranscodeTarget::Opus,
+            sample_rate: None,
+            channels: None,
+        },
+        WritePlan::Transcode {
+            target: TranscodeTarget::Mp3,
+            sample_rate: None,
+            channels: Some(1),
+        },
+    ];
+    for plan in plans {
+        let mut outputs = Vec::new();
+        for run in 0..2 {
+            let output = dir.path().join(format!("run-{run}"));
+            let mut input = open_input(&source).unwrap();
+            extract(&mut input, 0, &plan, &output, &mut |_| {}).unwrap();
+            outputs.push(std::fs::read(&output).unwrap());
+        }
+        assert!(outputs[0] == outputs[1], "{plan:?}");
+    }
+}
+
+#[test]
+fn adts_aac_is_copied_into_m4a() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("adts.aac");
+    ffmpeg(&[&SINE[..], &["-c:a", "aac", source.to_str().unwrap()]].concat());
+    let output = dir.path().join("out.m4a");
+    let mut input = open_input(&source).unwrap();
+    extract(
+        &mut input,
+        0,
+        &WritePlan::Copy {
+            muxer: "ipod".into(),
+        },
+        &output,
+        &mut |_| {},
+    )
+    .unwrap();
+    let back = read_back(&output).unwrap();
+    assert_eq!(back.format_name, "mov,mp4,m4a,3gp,3g2,mj2");
+    assert_eq!(back.codec_name.as_deref(), Some("aac"));
+    // Decodes without an error: the ADTS headers were turned into MP4's AudioSpecificConfig.
+    let decoded = run(
+        "ffmpeg",
+        &[
+            "-v",
+            "error",
+            "-xerror",
+            "-i",
+            output.to_str().unwrap(),
+            "-f",
+            "null",
+            "-",
+        ],
+    );
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+}
+
+#[test]
+fn opus_gets_the_rate_the_cli_would_pick() {
+    let opus = [48000, 24000, 16000, 12000, 8000];
+    for (wanted, picked) in [
+        (44100, 48000),
+        (48000, 48000),
+        (36000, 48000),
+        (32000, 24000),
+        (22050, 24000),
+        (11025, 12000),
+        (96000, 48000),
+        (4000, 8000),
+    ] {
+        assert_eq!(extract::pick_sample_rate(&opus, wanted), picked, "{wanted}");
+    }
+    assert_eq!(extract::pick_sample_rate(&[], 44100), 44100);
+}
+
+#[test]
+fn misuse_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("v.mp4");
+    let mut args: Vec<&str> = SINE.to_vec();
+    args.extend(VIDEO);
+    args.extend(["-map", "1:v", "-map", "0:a", "-c:v", "mpeg4", "-c:a", "aac"]);
+    args.push(source.to_str().unwrap());
+    ffmpeg(&args);
+    let output = dir.path().join("out.flac");
+    let plan = WritePlan::Transcode {
+        target: TranscodeTarget::Flac,
+        sample_rate: None,
+        channels: None,
+    };
+    let mut input = open_input(&source).unwrap();
+    let error = extract(&mut input, 0, &plan, &output, &mut |_| {}).unwrap_err();
+    assert_eq!(error.class, ErrorClass::NoAudioStream);
+    assert!(!output.exists());
+    let error = extract(&mut input, 7, &plan, &output, &mut |_| {}).unwrap_err();
+    assert_eq!(error.class, ErrorClass::Internal);
+    extract(&mut input, 1, &plan, &output, &mut |_| {}).unwrap();
+    let error = extract(&mut input, 1, &plan, &output, &mut |_| {}).unwrap_err();
+    assert_eq!(
+        error.class,
+        ErrorClass::Internal,
+        "a second read of one input"
+    );
+    // A codec its container cannot hold: the muxer refuses it as ffmpeg would.
+    for (muxer, extension) in [("mp3", "mp3"), ("flac", "flac"), ("opus", "opus")] {
+        let mut input = open_input(&source).unwrap();
+        let output = dir.path().join(format!("out.{extension}"));
+        let error = extract(
+            &mut input,
+            1,
+            &WritePlan::Copy {
+                muxer: muxer.to_string(),
+            },
+            &output,
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(!output.exists(), "a failed extraction leaves no file");
+        let cli = cli_class(&source, &["-c:a", "copy", "-f", muxer], &output);
+        assert_eq!(Some(error.class), cli, "{muxer}: {error}");
+    }
+}

@@ -1,0 +1,166 @@
+//! The media helper: FFmpeg's libraries in a long-lived, sandboxed process of the narra binary,
+//! so that probing and extracting a job's audio starts no program.
+//!
+//! The extract step once started three programs per job (ffprobe, ffmpeg, ffprobe of the output):
+//! 90 to 160 ms each on a small machine before any media is read, most of the time of a short
+//! clip. A helper is started once per job slot and answers requests for as long as it lives.
+//!
+//! - `protocol`: the frames on the helper's stdin and stdout.
+//! - `pool`: the worker's side: starting, reusing, killing helpers; how one ended.
+//! - `helper`: the helper's side: its main loop.
+//! - `sandbox`: what a helper gives up before its first request (limits, network, files).
+//! - `libav`: the media work itself, through the ffmpeg-next bindings.
+//! - this file: the calls the extract step makes, with what a helper's death, a timeout and a
+//!   cancellation mean for the step.
+//!
+//! The programs stay: `media = "cli"` in a workflow, or `NARRA_MEDIA=cli`, takes the extract
+//! step's program path, which is also the oracle the differential tests compare with.
+//!
+//! Nothing here decides which stream is extracted or whether the result is good: the extract step
+//! does, for both paths, from the probe JSON the helper returns in ffprobe's shape.
+
+pub mod helper;
+pub mod libav;
+pub mod pool;
+pub mod protocol;
+pub mod sandbox;
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::model::ErrorClass;
+use crate::model::attribution::MEDIA_CRASH_DEATHS;
+use crate::steps::{Cancel, StepError};
+pub use pool::{CallError, HELPER_ARG, HelperPool};
+pub use protocol::{Request, Response, WritePlan};
+
+/// The setting that picks the media path for every workflow: `cli` for the programs.
+pub const MEDIA_ENV: &str = "NARRA_MEDIA";
+
+/// The probe of `input` (inside the scratch root), as ffprobe's JSON.
+pub async fn probe(
+    pool: &HelperPool,
+    input: &Path,
+    timeout: Duration,
+    cancel: &mut Cancel,
+) -> Result<String, StepError> {
+    let request = Request::Probe {
+        input: input.to_path_buf(),
+    };
+    match ask(pool, &request, "probing", timeout, cancel, &mut |_| {}).await? {
+        Response::Probed { json } => Ok(json),
+        other => Err(unexpected(other, "probing")),
+    }
+}
+
+/// Writes as `request` (an [`Request::Extract`]) says; returns the output's probe (ffprobe's
+/// JSON). Bytes written so far go to `on_progress`.
+pub async fn extract(
+    pool: &HelperPool,
+    request: &Request,
+    timeout: Duration,
+    cancel: &mut Cancel,
+    on_progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<String, StepError> {
+    match ask(pool, request, "extracting", timeout, cancel, on_progress).await? {
+        Response::Written { json } => Ok(json),
+        other => Err(unexpected(other, "extracting")),
+    }
+}
+
+fn unexpected(response: Response, what: &str) -> StepError {
+    StepError::new(
+        ErrorClass::Internal,
+        format!("the media helper answered {what} with {response:?}"),
+    )
+}
+
+/// Sends `request` to a helper of `pool`, restarting a helper that dies: [`MEDIA_CRASH_DEATHS`]
+/// deaths on the request fail it as `media_crash`, naming how the last helper ended. A timeout
+/// kills the helper and is `extract_timeout`, never a death; `what` names the work in messages
+/// ("probing", "extracting").
+async fn ask(
+    pool: &HelperPool,
+    request: &Request,
+    what: &str,
+    timeout: Duration,
+    cancel: &mut Cancel,
+    on_progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<Response, StepError> {
+    let mut deaths = 0;
+    loop {
+        let called = pool.call(request, timeout, cancel, on_progress).await;
+        let how = match called {
+            Ok(Response::Failed { class, message }) => {
+                return Err(StepError::new(
+                    ErrorClass::from_name(&class).unwrap_or(ErrorClass::Internal),
+                    message,
+                ));
+            }
+            Ok(response) => return Ok(response),
+            Err(CallError::Died(how)) => how,
+            Err(CallError::TimedOut) => {
+                return Err(StepError::new(
+                    ErrorClass::ExtractTimeout,
+                    format!(
+                        "the media helper did not finish {what} within {:.1} s and was killed",
+                        timeout.as_secs_f64()
+                    ),
+                ));
+            }
+            Err(CallError::Cancelled) => {
+                return Err(StepError::new(
+                    ErrorClass::Cancelled,
+                    format!("cancelled while the media helper was {what}; it was killed"),
+                ));
+            }
+            Err(CallError::Broken(message)) => {
+                return Err(StepError::new(ErrorClass::Internal, message));
+            }
+        };
+        deaths += 1;
+        if deaths >= MEDIA_CRASH_DEATHS {
+            return Err(StepError::new(
+                ErrorClass::MediaCrash,
+                format!(
+                    "the media helper died {deaths} times {what} this input (the last one \
+                     {how}): the media crashes FFmpeg's libraries; no other job was affected"
+                ),
+            ));
+        }
+        tracing::warn!(
+            what,
+            how = %how,
+            "the media helper died; trying again in a fresh one"
+        );
+    }
+}
+
+/// Which path the extract step takes.
+#[derive(Debug, Clone)]
+pub enum Media {
+    /// ffprobe and ffmpeg, started per job.
+    Programs,
+    /// The helpers.
+    Helpers(std::sync::Arc<HelperPool>),
+}
+
+impl Media {
+    /// The helpers of this narra binary confined to `scratch_root`, unless [`MEDIA_ENV`] says
+    /// `cli`. An unknown value is an error naming it.
+    pub fn from_env(scratch_root: &Path) -> Result<Media, String> {
+        match std::env::var(MEDIA_ENV).unwrap_or_default().as_str() {
+            "cli" => Ok(Media::Programs),
+            "" | "helper" => {
+                let program = std::env::current_exe()
+                    .map_err(|error| format!("cannot find the narra binary: {error}"))?;
+                Ok(Media::Helpers(std::sync::Arc::new(HelperPool::new(
+                    program,
+                    scratch_root.to_path_buf(),
+                    sandbox::Limits::default(),
+                ))))
+            }
+            other => Err(format!("{MEDIA_ENV}={other:?}: expected cli or helper")),
+        }
+    }
+}
