@@ -618,9 +618,10 @@ mod tests {
 
     use super::*;
     use crate::model::cleanup::DEFAULT_MIN_AGE_S;
-    use crate::model::job::{Checkpoint, ErrorInfo, Hash, WorkerId};
+    use crate::model::job::{Checkpoint, ErrorInfo, Hash};
     use crate::storage::{Storage, WriteOptions, Written, blob_key};
-    use crate::store::{SledStore, StateStore, SubmitRequest};
+    use crate::store::conformance::fixtures::{self, Answer};
+    use crate::store::{SledStore, StateStore};
     use crate::workflow::WorkflowRegistry;
 
     const JOBS: usize = 3;
@@ -761,21 +762,7 @@ mod tests {
         // Each job: submitted, claimed, its store checkpoint recorded, then succeeded or failed.
         let mut ids = Vec::new();
         for (job, job_outputs) in outputs.iter().enumerate() {
-            let submitted = store
-                .submit(&SubmitRequest {
-                    key: format!("job-{job}"),
-                    source: format!("https://example.com/{job}.mp4"),
-                    workflow: "ingest".into(),
-                    reingest: false,
-                    priority: crate::model::job::PRIORITY_LIVE,
-                })
-                .await
-                .expect("submit");
-            let (_, token) = store
-                .claim(submitted.job.id, &WorkerId("prop:1:1".into()), 60_000)
-                .await
-                .expect("claim")
-                .expect("claimable");
+            let token = fixtures::running_job(store.as_ref(), &format!("job-{job}")).await;
             let checkpoint = Checkpoint {
                 step: "store".into(),
                 definition_hash: Hash::of(b"store"),
@@ -783,29 +770,18 @@ mod tests {
                 outputs: job_outputs.clone(),
                 recorded_at: Timestamp::now(),
             };
-            store
-                .record_checkpoint(&token, &checkpoint, None)
-                .await
-                .expect("checkpoint")
-                .expect("current token");
+            let recorded = store.record_checkpoint(&token, &checkpoint, None).await;
+            recorded.accepted("checkpoint");
             if succeeded[job] {
-                store
-                    .complete(&token)
-                    .await
-                    .expect("complete")
-                    .expect("token");
+                store.complete(&token).await.accepted("complete");
             } else {
                 let error = ErrorInfo {
                     class: "internal".into(),
                     message: "generated".into(),
                 };
-                store
-                    .fail(&token, error)
-                    .await
-                    .expect("fail")
-                    .expect("token");
+                store.fail(&token, error).await.accepted("fail");
             }
-            ids.push(submitted.job.id);
+            ids.push(token.job_id);
         }
         let placed: Vec<Placed> = placed
             .into_iter()

@@ -82,9 +82,6 @@ fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     Ok(value)
 }
 
-/// Decodes a job record of any version this narra reads: an older job gets the defaults of the
-/// fields later versions added (version 2: the live priority, no retry delay, no crash record;
-/// version 3: no attribution).
 /// A record kept under a key made of its own identity (its job's id, its seq, its backfill's id),
 /// checked against that key right after it is read back, in every store.
 pub(crate) trait Keyed: DeserializeOwned {
@@ -94,41 +91,25 @@ pub(crate) trait Keyed: DeserializeOwned {
     fn holds(&self) -> String;
 }
 
-impl Keyed for EventSummary {
-    fn key(&self) -> Vec<u8> {
-        self.job_id.to_bytes().to_vec()
-    }
-    fn holds(&self) -> String {
-        format!("record holds the summary of job {}", self.job_id)
-    }
+/// A [`Keyed`] record whose key is its field `$field` as `$bytes` gives it, and which names itself
+/// as `$holds` followed by that field.
+macro_rules! keyed_by {
+    ($record:ty, $field:ident, $bytes:ident, $holds:literal) => {
+        impl Keyed for $record {
+            fn key(&self) -> Vec<u8> {
+                self.$field.$bytes().to_vec()
+            }
+            fn holds(&self) -> String {
+                format!(concat!("record holds ", $holds, " {}"), self.$field)
+            }
+        }
+    };
 }
 
-impl Keyed for PrunedJob {
-    fn key(&self) -> Vec<u8> {
-        self.id.to_bytes().to_vec()
-    }
-    fn holds(&self) -> String {
-        format!("record holds pruned job {}", self.id)
-    }
-}
-
-impl Keyed for Incident {
-    fn key(&self) -> Vec<u8> {
-        self.seq.to_be_bytes().to_vec()
-    }
-    fn holds(&self) -> String {
-        format!("record holds incident seq {}", self.seq)
-    }
-}
-
-impl Keyed for Backfill {
-    fn key(&self) -> Vec<u8> {
-        self.id.to_bytes().to_vec()
-    }
-    fn holds(&self) -> String {
-        format!("record holds backfill {}", self.id)
-    }
-}
+keyed_by!(EventSummary, job_id, to_bytes, "the summary of job");
+keyed_by!(PrunedJob, id, to_bytes, "pruned job");
+keyed_by!(Incident, seq, to_be_bytes, "incident seq");
+keyed_by!(Backfill, id, to_bytes, "backfill");
 
 /// Decodes a [`Keyed`] record of `tree` found under `key`, and checks it belongs there.
 pub(crate) fn decode_keyed<T: Keyed>(
@@ -147,6 +128,9 @@ pub(crate) fn decode_keyed<T: Keyed>(
     Ok(record)
 }
 
+/// Decodes a job record of any version this narra reads: an older job gets the defaults of the
+/// fields later versions added (version 2: the live priority, no retry delay, no crash record;
+/// version 3: no attribution).
 pub fn decode_job(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<Job, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         tree,
@@ -293,67 +277,48 @@ pub(crate) mod strategies {
         )
     }
 
-    pub fn job() -> impl Strategy<Value = Job> {
-        (
-            (
-                job_id(),
-                any::<String>(),
-                any::<String>(),
-                any::<String>(),
-                status(),
-                proptest::option::of(phase()),
-                any::<u32>(),
-            ),
-            (
-                proptest::option::of(error_info()),
-                timestamp(),
-                timestamp(),
-                proptest::option::of(lease()),
-                any::<u64>(),
-                any::<bool>(),
-                any::<u64>(),
-            ),
-            (
-                any::<i32>(),
-                proptest::option::of(timestamp()),
-                proptest::option::of(crash_record()),
-                attribution(),
-            ),
-        )
-            .prop_map(
-                |(
-                    (id, key, source, workflow, status, ingestion_phase, attempts),
-                    (
-                        error,
-                        created_at,
-                        updated_at,
-                        lease,
-                        fencing_token,
-                        cancel_requested,
-                        events_next,
-                    ),
-                    (priority, not_before, crashes, attribution),
-                )| Job {
-                    id,
-                    key,
-                    source,
-                    workflow,
-                    status,
-                    ingestion_phase,
-                    attempts,
-                    error,
-                    created_at,
-                    updated_at,
-                    lease,
-                    fencing_token,
-                    cancel_requested,
-                    events_next,
-                    priority,
-                    not_before,
-                    crashes,
-                    attribution,
-                },
-            )
+    prop_compose! {
+        pub fn job()(
+            id in job_id(),
+            key in any::<String>(),
+            source in any::<String>(),
+            workflow in any::<String>(),
+            status in status(),
+            ingestion_phase in proptest::option::of(phase()),
+            attempts in any::<u32>(),
+            error in proptest::option::of(error_info()),
+            created_at in timestamp(),
+            updated_at in timestamp(),
+            lease in proptest::option::of(lease()),
+            fencing_token in any::<u64>(),
+            cancel_requested in any::<bool>(),
+            events_next in any::<u64>(),
+            priority in any::<i32>(),
+            not_before in proptest::option::of(timestamp()),
+            crashes in proptest::option::of(crash_record()),
+            attribution in attribution(),
+        ) -> Job {
+            Job {
+                id,
+                key,
+                source,
+                workflow,
+                status,
+                ingestion_phase,
+                attempts,
+                error,
+                created_at,
+                updated_at,
+                lease,
+                fencing_token,
+                cancel_requested,
+                events_next,
+                priority,
+                not_before,
+                crashes,
+                attribution,
+            }
+        }
     }
 
     pub fn attribution() -> impl Strategy<Value = Attribution> {
@@ -550,7 +515,7 @@ pub(crate) mod strategies {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
@@ -679,7 +644,8 @@ mod tests {
         ]
     }
 
-    fn golden_metadata() -> MediaMetadata {
+    /// Also the metadata record the conformance suite writes: any record must read back as written.
+    pub(crate) fn golden_metadata() -> MediaMetadata {
         MediaMetadata {
             format_name: "mov,mp4,m4a".to_string(),
             duration_s: Some(12.5),
@@ -769,20 +735,6 @@ mod tests {
         assert!(GOLDEN_JOB[2..].starts_with(&GOLDEN_JOB_V2[2..]));
     }
 
-    #[test]
-    fn checkpoint_golden_bytes() {
-        assert_golden(&golden_checkpoint(), GOLDEN_CHECKPOINT);
-    }
-
-    #[test]
-    fn event_golden_bytes() {
-        let events = golden_events();
-        for (event, golden_hex) in events.iter().zip(GOLDEN_EVENTS) {
-            assert_golden(event, golden_hex);
-        }
-        assert_eq!(events.len(), GOLDEN_EVENTS.len());
-    }
-
     fn golden_maintenance_events() -> Vec<Event> {
         vec![
             Event {
@@ -830,36 +782,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn maintenance_event_golden_bytes() {
-        let events = golden_maintenance_events();
-        for (event, golden_hex) in events.iter().zip(GOLDEN_MAINTENANCE_EVENTS) {
-            assert_golden(event, golden_hex);
-        }
-        assert_eq!(events.len(), GOLDEN_MAINTENANCE_EVENTS.len());
-    }
-
-    #[test]
-    fn incident_golden_bytes() {
-        assert_golden(&golden_incident(), GOLDEN_INCIDENT);
-    }
-
     fn golden_backfill() -> crate::model::job::Backfill {
         crate::model::job::Backfill {
             id: crate::model::job::BackfillId(0x0190_0000_0000_0000_0000_0000_0000_0007),
             manifest: "/srv/manifests/talks.csv".to_string(),
             created_at: Timestamp(1_700_000_005_000),
         }
-    }
-
-    #[test]
-    fn backfill_golden_bytes() {
-        assert_golden(&golden_backfill(), GOLDEN_BACKFILL);
-    }
-
-    #[test]
-    fn metadata_golden_bytes() {
-        assert_golden(&golden_metadata(), GOLDEN_METADATA);
     }
 
     /// [`assert_golden`] for records whose golden bytes are written without the version byte:
@@ -869,6 +797,43 @@ mod tests {
         T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
     {
         assert_golden(value, &format!("{}{body_hex}", hex(&[SCHEMA_VERSION])));
+    }
+
+    /// [`assert_golden`] for each of `values`, one golden encoding each.
+    fn assert_golden_each<T>(values: &[T], golden_hexes: &[&str])
+    where
+        T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        for (value, golden_hex) in values.iter().zip(golden_hexes) {
+            assert_golden(value, golden_hex);
+        }
+        assert_eq!(values.len(), golden_hexes.len());
+    }
+
+    /// One test a record type (the job's is above, with its migrations): its golden value's
+    /// encoding against its golden bytes.
+    macro_rules! golden_bytes_tests {
+        ($($test:ident => $check:expr;)+) => {
+            $(
+                #[test]
+                fn $test() {
+                    $check;
+                }
+            )+
+        };
+    }
+
+    golden_bytes_tests! {
+        checkpoint_golden_bytes => assert_golden(&golden_checkpoint(), GOLDEN_CHECKPOINT);
+        event_golden_bytes => assert_golden_each(&golden_events(), &GOLDEN_EVENTS);
+        maintenance_event_golden_bytes =>
+            assert_golden_each(&golden_maintenance_events(), &GOLDEN_MAINTENANCE_EVENTS);
+        incident_golden_bytes => assert_golden(&golden_incident(), GOLDEN_INCIDENT);
+        backfill_golden_bytes => assert_golden(&golden_backfill(), GOLDEN_BACKFILL);
+        metadata_golden_bytes => assert_golden(&golden_metadata(), GOLDEN_METADATA);
+        event_summary_golden_bytes =>
+            assert_golden_body(&golden_event_summary(), GOLDEN_EVENT_SUMMARY_BODY);
+        pruned_job_golden_bytes => assert_golden_body(&golden_pruned_job(), GOLDEN_PRUNED_JOB_BODY);
     }
 
     fn golden_event_summary() -> crate::model::job::EventSummary {
@@ -971,16 +936,6 @@ mod tests {
             blobs: vec!["blobs/ab/ab.mp4".to_string()],
             manifest: Some("jobs/x/manifest.json".to_string()),
         }
-    }
-
-    #[test]
-    fn event_summary_golden_bytes() {
-        assert_golden_body(&golden_event_summary(), GOLDEN_EVENT_SUMMARY_BODY);
-    }
-
-    #[test]
-    fn pruned_job_golden_bytes() {
-        assert_golden_body(&golden_pruned_job(), GOLDEN_PRUNED_JOB_BODY);
     }
 
     #[test]

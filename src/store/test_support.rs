@@ -1,23 +1,13 @@
 //! Fixtures the stores' own tests share (`sled_store/tests.rs`, `pg_store/tests.rs`): a
-//! submission, a record corrupted past reading, and concurrent claimers. Test code only; the
-//! conformance suite keeps its own.
+//! submission (the conformance suite's), a record corrupted past reading, and concurrent claimers.
+//! Test code only.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::{OrchestratorStore, StateStore, SubmitRequest, codec, conformance};
+pub(crate) use super::conformance::fixtures::request;
+use super::{OrchestratorStore, StateStore, codec, conformance};
 use crate::model::job::{Job, JobId, LeaseToken, WorkerId};
-
-/// A submission of `key`, a video on a host of its own.
-pub(crate) fn request(key: &str) -> SubmitRequest {
-    SubmitRequest {
-        key: key.to_string(),
-        source: format!("https://example.com/{key}.mp4"),
-        workflow: "ingest".to_string(),
-        reingest: false,
-        priority: crate::model::job::PRIORITY_LIVE,
-    }
-}
 
 /// Submits `key` and claims its job as `worker_id`: a job running under a fresh lease.
 pub(crate) async fn submit_and_claim(

@@ -107,7 +107,7 @@ pub(super) async fn reprobe_replaces_the_record_of_a_finished_job_only(store: &d
         }],
         ..extract.clone()
     };
-    let changes = vec!["duration_s: 3.5 -> 2.0".to_string()];
+    let changes = vec!["duration_s: 12.5 -> 2.0".to_string()];
     let events_before = store.events(id).await.expect("events").len();
     let reprobe = || {
         store.record_reprobe(

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::model::job::{
     ChangeToken, Checkpoint, ErrorInfo, Event, Hash, Job, JobId, LeaseToken, Location, LogLine,
-    MediaMetadata, Status, StepOutput, StreamInfo, Timestamp, Webhook, WorkerId,
+    MediaMetadata, Status, StepOutput, Timestamp, Webhook, WorkerId,
 };
 use crate::model::machine::Rejected;
 use crate::model::scheduling::{BreakerPolicy, RetryPolicy, SchedulingPolicy};
@@ -88,6 +88,7 @@ pub(crate) fn expect_not_allowed<T: Debug>(result: Result<T, Rejected>, what: &s
     }
 }
 
+/// A submission of `key`, a video on a host of its own.
 pub(crate) fn request(key: &str) -> SubmitRequest {
     SubmitRequest {
         key: key.to_string(),
@@ -192,24 +193,9 @@ pub(crate) fn store_checkpoint(id: JobId, blobs: &[&str], recorded_at: i64) -> C
     }
 }
 
+/// A metadata record: the codec's golden one.
 pub(crate) fn media_metadata() -> MediaMetadata {
-    MediaMetadata {
-        format_name: "mov,mp4,m4a".to_string(),
-        duration_s: Some(3.5),
-        size: Some(1_000),
-        bit_rate: Some(128_000),
-        streams: vec![StreamInfo {
-            index: 0,
-            codec_type: "audio".to_string(),
-            codec_name: Some("aac".to_string()),
-            width: None,
-            height: None,
-            sample_rate: Some(44_100),
-            channels: Some(2),
-            duration_s: Some(3.5),
-        }],
-        raw: "{\"format\":{}}".to_string(),
-    }
+    crate::store::codec::tests::golden_metadata()
 }
 
 /// Makes the next job id sort after every id made so far: job ids are ULIDs, which sort by

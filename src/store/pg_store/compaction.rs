@@ -2,12 +2,15 @@
 //! events into the job's summary (`model::history::fold`) and deletes them, in the append's
 //! transaction, to the point `model::records::fold_until` names (the same as sled's).
 
+use super::reader::record_of;
 use super::rows::{
-    TABLE_EVENT_SUMMARIES, TABLE_EVENTS, corrupt, decode_in, decode_summary, id_bytes, seq_column,
+    TABLE_EVENT_SUMMARIES, corrupt, corrupt_events, decode_event_row, decode_summary, id_bytes,
+    seq_column,
 };
 use super::tx::{Tx, TxResult};
 use crate::model::job::{Event, EventSummary, Job, JobId};
 use crate::model::records;
+use crate::store::StoreResult;
 
 impl Tx<'_> {
     /// Folds the job's oldest events into its summary while it holds more than the bound (as
@@ -29,32 +32,18 @@ impl Tx<'_> {
                 &[&id_bytes(job.id), &seq_column(compaction.until)?],
             )
             .await?;
-        let mut events = Vec::with_capacity(rows.len());
-        for row in rows {
-            let seq: i64 = row.get(0);
-            let event: Event = decode_in(TABLE_EVENTS, job.id, row.get(1))?;
-            if i64::try_from(event.seq).ok() != Some(seq) {
-                return Err(corrupt(
-                    TABLE_EVENTS,
-                    &job.id.to_bytes(),
-                    format!("row {seq} holds event seq {}", event.seq),
-                )
-                .into());
-            }
-            events.push(event);
-        }
+        let mut events = rows
+            .iter()
+            .map(|row| decode_event_row(job.id, row))
+            .collect::<StoreResult<Vec<Event>>>()?;
         events.sort_by_key(|event| event.seq);
         for (expected, event) in (compaction.from..compaction.until).zip(&events) {
             if event.seq != expected {
-                return Err(corrupt(
-                    TABLE_EVENTS,
-                    &job.id.to_bytes(),
-                    format!(
-                        "event {expected} of job {} is missing from its history",
-                        job.id
-                    ),
-                )
-                .into());
+                let reason = format!(
+                    "event {expected} of job {} is missing from its history",
+                    job.id
+                );
+                return Err(corrupt_events(job.id, reason).into());
             }
             compaction.fold(event);
         }
@@ -71,14 +60,12 @@ impl Tx<'_> {
     }
 
     pub(super) async fn event_summary(&self, id: JobId) -> TxResult<Option<EventSummary>> {
-        Ok(self
-            .sql
-            .query_opt(
-                "SELECT record FROM event_summaries WHERE job_id = $1",
-                &[&id_bytes(id)],
-            )
-            .await?
-            .map(|row| decode_summary(id, row.get(0)))
-            .transpose()?)
+        record_of(
+            self.sql,
+            "SELECT record FROM event_summaries WHERE job_id = $1",
+            id,
+            |record| decode_summary(id, record),
+        )
+        .await
     }
 }

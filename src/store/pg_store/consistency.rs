@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use super::PgStore;
 use super::rows::{
-    JobColumns, TABLE_CHECKPOINTS, TABLE_EVENTS, TABLE_JOBS, TABLE_WEBHOOKS, corrupt, decode_in,
+    JobColumns, TABLE_CHECKPOINTS, TABLE_JOBS, TABLE_WEBHOOKS, corrupt, corrupt_events, decode_in,
     decode_job_row, decode_summary, id_bytes, job_id_in,
 };
 use crate::model::consistency::{EventSeqs, Mismatch};
@@ -77,14 +77,11 @@ impl PgStore {
                 .iter()
                 .all(|seq| walk.next(u64::try_from(*seq).unwrap_or(u64::MAX)).is_ok());
             if !held_as_numbered || walk.end(job.events_next).is_err() {
-                return Err(corrupt(
-                    TABLE_EVENTS,
-                    &job.id.to_bytes(),
-                    format!(
-                        "events {seqs:?} but the summary ends at {compacted} and events_next is {}",
-                        job.events_next
-                    ),
-                ));
+                let reason = format!(
+                    "events {seqs:?} but the summary ends at {compacted} and events_next is {}",
+                    job.events_next
+                );
+                return Err(corrupt_events(job.id, reason));
             }
         }
         let mut store_checkpoints = Vec::new();

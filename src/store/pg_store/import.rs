@@ -3,11 +3,12 @@
 //! metadata, progress, log lines, blob references and webhook commit together, so an interrupted import
 //! run again finds each job whole or absent.
 
+use super::reader::record_of;
 use super::rows::{
     TABLE_BACKFILLS, TABLE_INCIDENTS, TABLE_JOBS, TABLE_PRUNED, decode_in, decode_job, id_bytes,
     job_id_in, seq_column,
 };
-use super::tx::{Tx, TxResult};
+use super::tx::{Tx, TxAbort, TxResult};
 use crate::model::job::{Backfill, Incident, JobId, PrunedJob};
 use crate::store::codec;
 use crate::store::transfer::{ImportOutcome, JobRecords, Record};
@@ -47,11 +48,7 @@ async fn import_job(tx: &Tx<'_>, records: &JobRecords) -> TxResult<ImportOutcome
         }
         return Ok(ImportOutcome::job_over(&decode_job(id, row.get(1))?, job));
     }
-    let pruned = tx
-        .sql
-        .query_opt("SELECT 1 FROM pruned WHERE job_id = $1", &[&id_bytes(id)])
-        .await?;
-    if pruned.is_some() {
+    if holds_row(tx, "SELECT 1 FROM pruned WHERE job_id = $1", id).await? {
         return Ok(ImportOutcome::job_pruned(id));
     }
     // The row first: the others reference it.
@@ -71,47 +68,65 @@ async fn import_job(tx: &Tx<'_>, records: &JobRecords) -> TxResult<ImportOutcome
             )
             .await?;
     }
-    if let Some(summary) = &records.event_summary {
-        tx.put_record(
-            "INSERT INTO event_summaries (job_id, record) VALUES ($1, $2)",
-            id,
-            summary,
-        )
-        .await?;
-    }
+    put_each(
+        tx,
+        "INSERT INTO event_summaries (job_id, record) VALUES ($1, $2)",
+        id,
+        &records.event_summary,
+    )
+    .await?;
     if let Some(metadata) = &records.metadata {
         tx.put_metadata(id, metadata).await?;
     }
     // Progress and log lines have no foreign key: lines an earlier, failed import could not have
     // left (it rolled back), but a deleted job's could.
-    tx.sql
-        .execute("DELETE FROM progress WHERE job_id = $1", &[&id_bytes(id)])
-        .await?;
-    if let Some(progress) = &records.progress {
-        tx.put_record(
-            "INSERT INTO progress (job_id, record) VALUES ($1, $2)",
-            id,
-            progress,
-        )
-        .await?;
+    for table in ["progress", "logs"] {
+        tx.sql
+            .execute(
+                &format!("DELETE FROM {table} WHERE job_id = $1"),
+                &[&id_bytes(id)],
+            )
+            .await?;
     }
-    tx.sql
-        .execute("DELETE FROM logs WHERE job_id = $1", &[&id_bytes(id)])
-        .await?;
-    for line in &records.logs {
-        tx.put_record(
-            "INSERT INTO logs (job_id, record) VALUES ($1, $2)",
-            id,
-            line,
-        )
-        .await?;
-    }
+    put_each(
+        tx,
+        "INSERT INTO progress (job_id, record) VALUES ($1, $2)",
+        id,
+        &records.progress,
+    )
+    .await?;
+    put_each(
+        tx,
+        "INSERT INTO logs (job_id, record) VALUES ($1, $2)",
+        id,
+        &records.logs,
+    )
+    .await?;
     let blobs: Vec<&str> = records.blobs.iter().map(String::as_str).collect();
     tx.insert_blob_refs(id, &blobs).await?;
     if let Some(webhook) = &records.webhook {
         tx.put_webhook(webhook).await?;
     }
     Ok(ImportOutcome::Imported)
+}
+
+/// Whether the query `sql` finds a row for the job `id` (its one parameter).
+async fn holds_row(tx: &Tx<'_>, sql: &str, id: JobId) -> TxResult<bool> {
+    Ok(tx.sql.query_opt(sql, &[&id_bytes(id)]).await?.is_some())
+}
+
+/// Writes each of `records` (none, one or many) as a row of the job `id` with `sql` (as
+/// [`Tx::put_record`]).
+async fn put_each<'a, T: serde::Serialize + 'a>(
+    tx: &Tx<'_>,
+    sql: &str,
+    id: JobId,
+    records: impl IntoIterator<Item = &'a T>,
+) -> TxResult<()> {
+    for record in records {
+        tx.put_record(sql, id, record).await?;
+    }
+    Ok(())
 }
 
 async fn import_incident(tx: &Tx<'_>, incident: &Incident) -> TxResult<ImportOutcome> {
@@ -189,22 +204,17 @@ async fn import_backfill(
 
 async fn import_pruned(tx: &Tx<'_>, pruned: &PrunedJob) -> TxResult<ImportOutcome> {
     let id = pruned.id;
-    let existing = tx
-        .sql
-        .query_opt(
-            "SELECT record FROM pruned WHERE job_id = $1",
-            &[&id_bytes(id)],
-        )
-        .await?;
-    if let Some(row) = existing {
-        let existing: PrunedJob = decode_in(TABLE_PRUNED, id, row.get(0))?;
+    let existing = record_of::<PrunedJob, TxAbort>(
+        tx.sql,
+        "SELECT record FROM pruned WHERE job_id = $1",
+        id,
+        |record| decode_in(TABLE_PRUNED, id, record),
+    )
+    .await?;
+    if let Some(existing) = existing {
         return Ok(ImportOutcome::tombstone_over(&existing, pruned));
     }
-    let live = tx
-        .sql
-        .query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&id_bytes(id)])
-        .await?;
-    if live.is_some() {
+    if holds_row(tx, "SELECT 1 FROM jobs WHERE id = $1", id).await? {
         return Ok(ImportOutcome::job_live(id));
     }
     tx.put_record(

@@ -1,15 +1,16 @@
 //! `JobReader` on PostgreSQL: each read one statement on a pooled connection, outside any
-//! transaction. Reads only.
+//! transaction; and [`record_of`], the read of one record that transactions make too. Reads only.
 
-use super::rows::decode_records;
 use std::sync::atomic::Ordering;
 
 use async_trait::async_trait;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{GenericClient, Row};
 
 use super::PgStore;
 use super::rows::{
-    TABLE_BACKFILLS, TABLE_CHECKPOINTS, TABLE_EVENTS, TABLE_HOSTS, TABLE_INCIDENTS, TABLE_LOGS,
-    TABLE_METADATA, TABLE_PROGRESS, TABLE_PRUNED, corrupt, decode_in, decode_job, decode_job_row,
+    TABLE_BACKFILLS, TABLE_CHECKPOINTS, TABLE_HOSTS, TABLE_INCIDENTS, TABLE_LOGS, TABLE_METADATA,
+    TABLE_PROGRESS, TABLE_PRUNED, corrupt, decode_event_row, decode_in, decode_job, decode_job_row,
     decode_summary, id_bytes, job_id_in, status_column,
 };
 use crate::model::job::{
@@ -17,7 +18,25 @@ use crate::model::job::{
     JobProgress, LogLine, MediaMetadata, PrunedJob,
 };
 use crate::model::records;
-use crate::store::{JobFilter, JobReader, StoreResult, codec};
+use crate::store::{JobFilter, JobReader, StoreError, StoreResult, codec};
+
+/// The record the query `sql` finds for the job `id` (its one parameter), decoded by `decode`, on
+/// `client`: a pooled connection or a transaction, whose caller keeps its own error type (a
+/// transaction tells a conflict from other failures).
+pub(super) async fn record_of<T, E>(
+    client: &impl GenericClient,
+    sql: &str,
+    id: JobId,
+    decode: impl FnOnce(&[u8]) -> StoreResult<T>,
+) -> Result<Option<T>, E>
+where
+    E: From<tokio_postgres::Error> + From<StoreError>,
+{
+    match client.query_opt(sql, &[&id_bytes(id)]).await? {
+        Some(row) => Ok(Some(decode(row.get(0))?)),
+        None => Ok(None),
+    }
+}
 
 impl PgStore {
     pub(super) async fn read_job(&self, id: JobId) -> StoreResult<Option<Job>> {
@@ -35,9 +54,21 @@ impl PgStore {
         table: &'static str,
         id: JobId,
     ) -> StoreResult<Vec<T>> {
+        self.rows_read(sql, &[&id_bytes(id)], |row| {
+            decode_in(table, id, row.get(0))
+        })
+        .await
+    }
+
+    /// Every row the query `sql` finds with `params`, each read by `read`, on a pooled connection.
+    pub(super) async fn rows_read<T>(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        read: impl FnMut(&Row) -> StoreResult<T>,
+    ) -> StoreResult<Vec<T>> {
         let client = self.client().await?;
-        let rows = client.query(sql, &[&id_bytes(id)]).await?;
-        decode_records(&rows, table, id)
+        client.query(sql, params).await?.iter().map(read).collect()
     }
 
     /// The record `table` keeps for the job `id` (its one row's `record`), on a pooled connection.
@@ -63,11 +94,7 @@ impl PgStore {
         decode: impl FnOnce(&[u8]) -> StoreResult<T>,
     ) -> StoreResult<Option<T>> {
         let client = self.client().await?;
-        client
-            .query_opt(sql, &[&id_bytes(id)])
-            .await?
-            .map(|row| decode(row.get(0)))
-            .transpose()
+        record_of(&**client, sql, id, decode).await
     }
 }
 
@@ -91,25 +118,24 @@ impl JobReader for PgStore {
             return Ok(Vec::new());
         }
         let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);
-        let client = self.client().await?;
-        let rows =
-            match filter.status {
-                Some(status) => client
-                    .query(
-                        "SELECT id, record FROM jobs WHERE status = $1 ORDER BY id DESC LIMIT $2",
-                        &[&status_column(status), &limit],
-                    )
-                    .await?,
-                None => {
-                    client
-                        .query(
-                            "SELECT id, record FROM jobs ORDER BY id DESC LIMIT $1",
-                            &[&limit],
-                        )
-                        .await?
-                }
-            };
-        rows.iter().map(decode_job_row).collect()
+        match filter.status {
+            Some(status) => {
+                self.rows_read(
+                    "SELECT id, record FROM jobs WHERE status = $1 ORDER BY id DESC LIMIT $2",
+                    &[&status_column(status), &limit],
+                    decode_job_row,
+                )
+                .await
+            }
+            None => {
+                self.rows_read(
+                    "SELECT id, record FROM jobs ORDER BY id DESC LIMIT $1",
+                    &[&limit],
+                    decode_job_row,
+                )
+                .await
+            }
+        }
     }
 
     async fn checkpoints(&self, id: JobId) -> StoreResult<Vec<Checkpoint>> {
@@ -138,27 +164,12 @@ impl JobReader for PgStore {
     }
 
     async fn events(&self, id: JobId) -> StoreResult<Vec<Event>> {
-        let client = self.client().await?;
-        let mut events = Vec::new();
-        for row in client
-            .query(
-                "SELECT seq, record FROM events WHERE job_id = $1 ORDER BY seq",
-                &[&id_bytes(id)],
-            )
-            .await?
-        {
-            let seq: i64 = row.get(0);
-            let event: Event = decode_in(TABLE_EVENTS, id, row.get(1))?;
-            if i64::try_from(event.seq).ok() != Some(seq) {
-                return Err(corrupt(
-                    TABLE_EVENTS,
-                    &id.to_bytes(),
-                    format!("row {seq} holds event seq {}", event.seq),
-                ));
-            }
-            events.push(event);
-        }
-        Ok(events)
+        self.rows_read(
+            "SELECT seq, record FROM events WHERE job_id = $1 ORDER BY seq",
+            &[&id_bytes(id)],
+            |row| decode_event_row(id, row),
+        )
+        .await
     }
 
     async fn event_summary(&self, id: JobId) -> StoreResult<Option<EventSummary>> {
@@ -194,51 +205,42 @@ impl JobReader for PgStore {
     }
 
     async fn jobs_referencing(&self, key: &str) -> StoreResult<Vec<JobId>> {
-        let client = self.client().await?;
-        client
-            .query(
-                "SELECT job_id FROM blob_refs WHERE blob = $1 ORDER BY job_id",
-                &[&key],
-            )
-            .await?
-            .iter()
-            .map(|row| job_id_in("blob_refs", row.get(0)))
-            .collect()
+        self.rows_read(
+            "SELECT job_id FROM blob_refs WHERE blob = $1 ORDER BY job_id",
+            &[&key],
+            |row| job_id_in("blob_refs", row.get(0)),
+        )
+        .await
     }
 
     async fn blob_refs(&self) -> StoreResult<Vec<(String, JobId)>> {
-        let client = self.client().await?;
-        client
-            .query(
-                "SELECT blob, job_id FROM blob_refs ORDER BY blob, job_id",
-                &[],
-            )
-            .await?
-            .iter()
-            .map(|row| Ok((row.get(0), job_id_in("blob_refs", row.get(1))?)))
-            .collect()
+        self.rows_read(
+            "SELECT blob, job_id FROM blob_refs ORDER BY blob, job_id",
+            &[],
+            |row| Ok((row.get(0), job_id_in("blob_refs", row.get(1))?)),
+        )
+        .await
     }
 
     async fn incidents(&self) -> StoreResult<Vec<Incident>> {
-        let client = self.client().await?;
-        let mut incidents = Vec::new();
-        for row in client
-            .query("SELECT seq, record FROM incidents ORDER BY seq", &[])
-            .await?
-        {
-            let seq: i64 = row.get(0);
-            let key = seq.to_be_bytes();
-            let incident: Incident = codec::decode(TABLE_INCIDENTS, &key, row.get(1))?;
-            if i64::try_from(incident.seq).ok() != Some(seq) {
-                return Err(corrupt(
-                    TABLE_INCIDENTS,
-                    &key,
-                    format!("record holds incident seq {}", incident.seq),
-                ));
-            }
-            incidents.push(incident);
-        }
-        Ok(incidents)
+        self.rows_read(
+            "SELECT seq, record FROM incidents ORDER BY seq",
+            &[],
+            |row| {
+                let seq: i64 = row.get(0);
+                let key = seq.to_be_bytes();
+                let incident: Incident = codec::decode(TABLE_INCIDENTS, &key, row.get(1))?;
+                if i64::try_from(incident.seq).ok() != Some(seq) {
+                    return Err(corrupt(
+                        TABLE_INCIDENTS,
+                        &key,
+                        format!("record holds incident seq {}", incident.seq),
+                    ));
+                }
+                Ok(incident)
+            },
+        )
+        .await
     }
 
     async fn pruned_job(&self, id: JobId) -> StoreResult<Option<PrunedJob>> {
@@ -246,61 +248,38 @@ impl JobReader for PgStore {
     }
 
     async fn pruned_jobs(&self) -> StoreResult<Vec<PrunedJob>> {
-        let client = self.client().await?;
-        let mut tombstones = Vec::new();
-        for row in client
-            .query("SELECT job_id, record FROM pruned ORDER BY job_id", &[])
-            .await?
-        {
-            let id = job_id_in(TABLE_PRUNED, row.get(0))?;
-            tombstones.push(codec::decode_keyed(
-                TABLE_PRUNED,
-                &id.to_bytes(),
-                row.get(1),
-            )?);
-        }
-        Ok(tombstones)
+        self.rows_read(
+            "SELECT job_id, record FROM pruned ORDER BY job_id",
+            &[],
+            |row| {
+                let id = job_id_in(TABLE_PRUNED, row.get(0))?;
+                codec::decode_keyed(TABLE_PRUNED, &id.to_bytes(), row.get(1))
+            },
+        )
+        .await
     }
 
     async fn backfills(&self) -> StoreResult<Vec<Backfill>> {
-        let client = self.client().await?;
-        let mut backfills = Vec::new();
-        for row in client
-            .query("SELECT id, record FROM backfills ORDER BY id", &[])
-            .await?
-        {
-            backfills.push(codec::decode_keyed(
-                TABLE_BACKFILLS,
-                row.get(0),
-                row.get(1),
-            )?);
-        }
-        Ok(backfills)
+        self.rows_read("SELECT id, record FROM backfills ORDER BY id", &[], |row| {
+            codec::decode_keyed(TABLE_BACKFILLS, row.get(0), row.get(1))
+        })
+        .await
     }
 
     async fn backfill_jobs(&self, id: BackfillId) -> StoreResult<Vec<JobId>> {
-        let client = self.client().await?;
-        client
-            .query(
-                "SELECT job_id FROM backfill_jobs WHERE backfill_id = $1 ORDER BY job_id",
-                &[&id.to_bytes().to_vec()],
-            )
-            .await?
-            .iter()
-            .map(|row| job_id_in("backfill_jobs", row.get(0)))
-            .collect()
+        self.rows_read(
+            "SELECT job_id FROM backfill_jobs WHERE backfill_id = $1 ORDER BY job_id",
+            &[&id.to_bytes().to_vec()],
+            |row| job_id_in("backfill_jobs", row.get(0)),
+        )
+        .await
     }
 
     async fn hosts(&self) -> StoreResult<Vec<HostState>> {
-        let client = self.client().await?;
-        client
-            .query("SELECT host, record FROM hosts ORDER BY host", &[])
-            .await?
-            .iter()
-            .map(|row| {
-                let host: &str = row.get(0);
-                codec::decode(TABLE_HOSTS, host.as_bytes(), row.get(1))
-            })
-            .collect()
+        self.rows_read("SELECT host, record FROM hosts ORDER BY host", &[], |row| {
+            let host: &str = row.get(0);
+            codec::decode(TABLE_HOSTS, host.as_bytes(), row.get(1))
+        })
+        .await
     }
 }

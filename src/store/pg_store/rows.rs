@@ -4,7 +4,7 @@
 
 use tokio_postgres::Row;
 
-use crate::model::job::{EventSummary, Job, JobId, Status};
+use crate::model::job::{Event, EventSummary, Job, JobId, Status};
 use crate::model::sources::source_host;
 use crate::store::{StoreError, StoreResult, codec};
 
@@ -90,6 +90,22 @@ pub(super) fn decode_records<T: serde::de::DeserializeOwned>(
     rows.iter()
         .map(|row| decode_in(table, id, row.get(0)))
         .collect()
+}
+
+/// The job `id`'s event history is corrupt: an event is missing, or not the one its row says.
+pub(super) fn corrupt_events(id: JobId, reason: String) -> StoreError {
+    corrupt(TABLE_EVENTS, &id.to_bytes(), reason)
+}
+
+/// Decodes a row of `events` (`seq, record`) of the job `id`, and checks the record is the row's.
+pub(super) fn decode_event_row(id: JobId, row: &Row) -> StoreResult<Event> {
+    let seq: i64 = row.get(0);
+    let event: Event = decode_in(TABLE_EVENTS, id, row.get(1))?;
+    if i64::try_from(event.seq).ok() != Some(seq) {
+        let reason = format!("row {seq} holds event seq {}", event.seq);
+        return Err(corrupt_events(id, reason));
+    }
+    Ok(event)
 }
 
 /// Decodes a job and checks it right after reading it back: its id and its invariants.

@@ -10,11 +10,8 @@ use super::keys::{TREE_BLOB_REFS, TREE_JOBS, TREE_LOGS, seq_key};
 use super::logs::next_log_seq;
 use super::open::held_by_another;
 use super::{SledStore, TEST_PATIENCE};
-use crate::model::job::{
-    ChangeToken, Checkpoint, Delivery, Hash, Job, JobId, Location, LogLine, Phase, Status,
-    StepOutput, Timestamp, WorkerId,
-};
-use crate::model::records::STORE_STEP;
+use crate::model::job::{Delivery, Job, JobId, Phase, Status, Timestamp, WorkerId};
+use crate::store::conformance::fixtures::{self, Answer};
 use crate::store::test_support::request;
 use crate::store::{
     ClaimNotice, JobFilter, JobLogSink, JobReader, OrchestratorStore, StateStore, StoreError,
@@ -209,40 +206,15 @@ async fn a_batch_of_2000_submissions_is_one_flush_and_four_transactions() {
 #[tokio::test]
 async fn reopened_store_finds_what_was_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let checkpoint = Checkpoint {
-        step: "download".to_string(),
-        definition_hash: Hash([1; 32]),
-        input_hash: Hash([2; 32]),
-        outputs: vec![StepOutput {
-            name: "video".to_string(),
-            location: Location::Object("jobs/x/video.mp4".to_string()),
-            size: 10,
-            blake3: Hash([3; 32]),
-            change_token: ChangeToken::ETag("e".to_string()),
-        }],
-        recorded_at: Timestamp(1_000),
-    };
+    let checkpoint = fixtures::checkpoint("download", 1_000);
     let (job, events) = {
         let store = open(dir.path());
         let (_, token) = test_support::submit_and_claim(&store, "a", &worker()).await;
-        store
-            .set_phase(&token, Phase::Downloading)
-            .await
-            .expect("set_phase")
-            .expect("current token");
-        store
-            .record_checkpoint(&token, &checkpoint, None)
-            .await
-            .expect("record_checkpoint")
-            .expect("current token");
-        store.append_log(
-            token.job_id,
-            LogLine {
-                at: Timestamp(5),
-                level: "INFO".to_string(),
-                message: "before reopen".to_string(),
-            },
-        );
+        let phase_set = store.set_phase(&token, Phase::Downloading).await;
+        phase_set.accepted("set_phase");
+        let recorded = store.record_checkpoint(&token, &checkpoint, None).await;
+        recorded.accepted("record_checkpoint");
+        store.append_log(token.job_id, fixtures::log_line(5, "before reopen"));
         let job = store.job(token.job_id).await.expect("job").expect("exists");
         let events = store.events(token.job_id).await.expect("events");
         (job, events)
@@ -262,24 +234,11 @@ async fn reopened_store_finds_what_was_acknowledged() {
             .expect("checkpoint"),
         Some(checkpoint)
     );
-    let running = store
-        .jobs(&JobFilter {
-            status: Some(Status::Running),
-            limit: usize::MAX,
-        })
-        .await
-        .expect("jobs");
+    let running = fixtures::listed(&store, Some(Status::Running)).await;
     assert_eq!(running, vec![job.clone()]);
 
     // The log sequence resumes past the lines already on disk, so new lines sort after them.
-    store.append_log(
-        job.id,
-        LogLine {
-            at: Timestamp(6),
-            level: "INFO".to_string(),
-            message: "after reopen".to_string(),
-        },
-    );
+    store.append_log(job.id, fixtures::log_line(6, "after reopen"));
     let messages: Vec<String> = store
         .logs(job.id)
         .await
@@ -328,24 +287,7 @@ async fn the_blob_index_is_built_when_a_store_without_one_is_opened() {
     let id = {
         let store = open(dir.path());
         let (job, token) = test_support::submit_and_claim(&store, "indexed", &worker()).await;
-        let checkpoint = Checkpoint {
-            step: STORE_STEP.to_string(),
-            definition_hash: Hash([1; 32]),
-            input_hash: Hash([2; 32]),
-            outputs: vec![StepOutput {
-                name: "video".to_string(),
-                location: Location::Object(blob.to_string()),
-                size: 10,
-                blake3: Hash([3; 32]),
-                change_token: ChangeToken::None,
-            }],
-            recorded_at: Timestamp(1_000),
-        };
-        store
-            .record_checkpoint(&token, &checkpoint, None)
-            .await
-            .expect("record_checkpoint")
-            .expect("current token");
+        fixtures::record_stored(&store, &token, &[blob], 1_000).await;
         store.check_consistency().expect("consistent");
         // What a store written before the index looks like.
         store.blob_refs.clear().expect("clear");
@@ -444,32 +386,15 @@ async fn a_corrupted_job_record_is_named_and_leaves_the_other_jobs_working() {
         .await
         .expect("the healthy job is claimable");
     assert_eq!(token.job_id, id);
-    store
-        .set_phase(&token, Phase::Downloading)
-        .await
-        .expect("set_phase")
-        .expect("current token");
-    let checkpoint = Checkpoint {
-        step: "download".to_string(),
-        definition_hash: Hash([1; 32]),
-        input_hash: Hash([2; 32]),
-        outputs: Vec::new(),
-        recorded_at: Timestamp::now(),
-    };
-    store
-        .record_checkpoint(&token, &checkpoint, None)
-        .await
-        .expect("record_checkpoint")
-        .expect("current token");
+    let phase_set = store.set_phase(&token, Phase::Downloading).await;
+    phase_set.accepted("set_phase");
+    let checkpoint = fixtures::checkpoint("download", Timestamp::now().0);
+    let recorded = store.record_checkpoint(&token, &checkpoint, None).await;
+    recorded.accepted("record_checkpoint");
     let done = test_support::complete(&store, &token).await;
     assert_eq!(done.status, Status::Succeeded);
-    let succeeded = store
-        .jobs(&JobFilter {
-            status: Some(Status::Succeeded),
-            limit: usize::MAX,
-        })
-        .await
-        .expect("the status index still lists the healthy job");
+    // The status index still lists the healthy job.
+    let succeeded = fixtures::listed(&store, Some(Status::Succeeded)).await;
     assert_eq!(
         succeeded.iter().map(|job| job.id).collect::<Vec<_>>(),
         vec![id]
