@@ -38,7 +38,7 @@ pub enum ClaimNext {
 impl ClaimNext {
     /// A job just claimed, with its lease.
     pub fn claimed(job: Job) -> ClaimNext {
-        let token = lease_of(&job);
+        let (job, token) = with_lease(job);
         ClaimNext::Claimed(Box::new(job), token)
     }
 
@@ -59,6 +59,12 @@ pub fn lease_of(job: &Job) -> LeaseToken {
         job_id: job.id,
         fencing_token: job.fencing_token,
     }
+}
+
+/// A claimed job and the lease it runs under: what a claim of one job by id returns.
+pub fn with_lease(job: Job) -> (Job, LeaseToken) {
+    let token = lease_of(&job);
+    (job, token)
 }
 
 /// A claim by one process: the transition, and what the process holds already (its runs are no

@@ -19,6 +19,7 @@ pub(crate) mod conformance;
 pub mod lock;
 pub mod pg_store;
 pub mod sled_store;
+mod submit;
 #[cfg(test)]
 mod test_support;
 pub mod transfer;
@@ -334,28 +335,21 @@ pub trait OrchestratorStore: JobReader {
         token: &LeaseToken,
         lease_ttl_ms: u64,
     ) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::RenewLease {
-            token: token.fencing_token,
+        under_lease(self, token, |token| OrchestratorOp::RenewLease {
+            token,
             lease_ttl_ms,
-        };
-        self.transition(token.job_id, TransitionOp(&op)).await
+        })
+        .await
     }
     async fn complete(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::Complete {
-            token: token.fencing_token,
-        };
-        self.transition(token.job_id, TransitionOp(&op)).await
+        under_lease(self, token, |token| OrchestratorOp::Complete { token }).await
     }
     async fn fail(
         &self,
         token: &LeaseToken,
         error: ErrorInfo,
     ) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::Fail {
-            token: token.fencing_token,
-            error,
-        };
-        self.transition(token.job_id, TransitionOp(&op)).await
+        under_lease(self, token, |token| OrchestratorOp::Fail { token, error }).await
     }
     /// running -> pending after a transient failure, not claimed before `not_before`.
     async fn retry_later(
@@ -364,12 +358,12 @@ pub trait OrchestratorStore: JobReader {
         error: ErrorInfo,
         not_before: Timestamp,
     ) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::RetryLater {
-            token: token.fencing_token,
+        under_lease(self, token, |token| OrchestratorOp::RetryLater {
+            token,
             error,
             not_before,
-        };
-        self.transition(token.job_id, TransitionOp(&op)).await
+        })
+        .await
     }
     /// running -> pending without spending the attempt (its host's breaker is open; with `until`,
     /// not claimed before that time, keeping the error that made it wait).
@@ -379,12 +373,12 @@ pub trait OrchestratorStore: JobReader {
         reason: &str,
         until: Option<(Timestamp, ErrorInfo)>,
     ) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::Hold {
-            token: token.fencing_token,
+        under_lease(self, token, |token| OrchestratorOp::Hold {
+            token,
             reason: reason.to_string(),
             until,
-        };
-        self.transition(token.job_id, TransitionOp(&op)).await
+        })
+        .await
     }
     /// Records how a run of `job` went on its source host's breaker (`model::scheduling`).
     async fn record_host_outcome(
@@ -399,10 +393,7 @@ pub trait OrchestratorStore: JobReader {
             .await
     }
     async fn confirm_cancel(&self, token: &LeaseToken) -> StoreResult<Result<Job, Rejected>> {
-        let op = OrchestratorOp::ConfirmCancel {
-            token: token.fencing_token,
-        };
-        self.transition(token.job_id, TransitionOp(&op)).await
+        under_lease(self, token, |token| OrchestratorOp::ConfirmCancel { token }).await
     }
     async fn retry(&self, id: JobId, reason: &str) -> StoreResult<Result<Job, Rejected>> {
         let op = OrchestratorOp::Retry {
@@ -476,6 +467,17 @@ pub trait OrchestratorStore: JobReader {
         metadata: &MediaMetadata,
         changes: Vec<String>,
     ) -> StoreResult<Result<Job, Rejected>>;
+}
+
+/// The transition `op` makes of the job `token` leases, built with the lease's fencing token: every
+/// operation of a lease holder names its job and presents its token the same way.
+async fn under_lease<S: OrchestratorStore + ?Sized>(
+    store: &S,
+    token: &LeaseToken,
+    op: impl FnOnce(u64) -> OrchestratorOp,
+) -> StoreResult<Result<Job, Rejected>> {
+    let op = op(token.fencing_token);
+    store.transition(token.job_id, TransitionOp(&op)).await
 }
 
 /// The worker's side: execution details. Nothing here can set a status.

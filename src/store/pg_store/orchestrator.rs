@@ -22,8 +22,8 @@ use crate::model::records::STORE_STEP;
 use crate::model::scheduling::{HostOutcome, OutcomeVerdict, SchedulingPolicy};
 use crate::model::{attribution, machine, scheduling, submission};
 use crate::store::{
-    BatchOptions, ClaimNext, ClaimRequest, OrchestratorStore, Resubmit, SUBMIT_BATCH_MAX,
-    StoreResult, SubmitOutcome, SubmitRequest, Submitted, TransitionOp, codec,
+    BatchOptions, ClaimNext, ClaimRequest, OrchestratorStore, Resubmit, StoreResult, SubmitOutcome,
+    SubmitRequest, Submitted, TransitionOp, codec, submit,
 };
 
 /// One submission inside a transaction, for `submit` and `submit_batch`: `model::submission`
@@ -108,13 +108,7 @@ impl OrchestratorStore for PgStore {
         let outcome = transaction!(self, tx => {
             submit_in_tx(&tx, request, Resubmit::default(), now).await
         })?;
-        let submitted = outcome.map_err(|rejected| {
-            corrupt(
-                TABLE_JOBS,
-                request.key.as_bytes(),
-                format!("submit was refused: {rejected}"),
-            )
-        })?;
+        let submitted = submit::one(outcome, TABLE_JOBS, request)?;
         tracing::debug!(job_id = %submitted.job.id, outcome = ?submitted.outcome, "job submitted");
         Ok(submitted)
     }
@@ -124,10 +118,8 @@ impl OrchestratorStore for PgStore {
         requests: &[SubmitRequest],
         options: &BatchOptions,
     ) -> StoreResult<Vec<Submitted>> {
-        let mut submitted = Vec::with_capacity(requests.len());
-        for chunk in requests.chunks(SUBMIT_BATCH_MAX) {
-            let now = Timestamp::now();
-            let outcome = transaction!(self, tx => {
+        let submitted = submit::in_chunks(requests, TABLE_JOBS, |chunk, now| async move {
+            transaction!(self, tx => {
                 let mut chunk_submitted = Vec::with_capacity(chunk.len());
                 for request in chunk {
                     let one = submit_in_tx(&tx, request, options.resubmit, now).await?;
@@ -143,16 +135,9 @@ impl OrchestratorStore for PgStore {
                     chunk_submitted.push(one);
                 }
                 Ok(chunk_submitted)
-            })?;
-            let chunk_submitted = outcome.map_err(|rejected| {
-                corrupt(
-                    TABLE_JOBS,
-                    b"",
-                    format!("a batch submit was refused: {rejected}"),
-                )
-            })?;
-            submitted.extend(chunk_submitted);
-        }
+            })
+        })
+        .await?;
         tracing::debug!(requests = requests.len(), "batch submitted");
         Ok(submitted)
     }
@@ -214,10 +199,7 @@ impl OrchestratorStore for PgStore {
             tx.join_held(&claimant.holding).await?;
             Ok(claimed)
         })?;
-        Ok(outcome.map(|job| {
-            let token = claims_model::lease_of(&job);
-            (job, token)
-        }))
+        Ok(outcome.map(claims_model::with_lease))
     }
 
     async fn record_host_outcome(

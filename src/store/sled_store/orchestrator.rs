@@ -22,9 +22,8 @@ use crate::model::records::STORE_STEP;
 use crate::model::scheduling::{HostOutcome, OutcomeVerdict, SchedulingPolicy};
 use crate::model::{machine, scheduling, submission};
 use crate::store::{
-    BatchOptions, ClaimNext, ClaimRequest, JobReader, OrchestratorStore, Resubmit,
-    SUBMIT_BATCH_MAX, StoreResult, SubmitOutcome, SubmitRequest, Submitted, TransitionOp, claims,
-    codec,
+    BatchOptions, ClaimNext, ClaimRequest, JobReader, OrchestratorStore, Resubmit, StoreResult,
+    SubmitOutcome, SubmitRequest, Submitted, TransitionOp, claims, codec, submit,
 };
 
 /// One submission inside a transaction, for `submit` and `submit_batch`: `model::submission`
@@ -96,17 +95,7 @@ impl OrchestratorStore for SledStore {
     async fn submit(&self, request: &SubmitRequest) -> StoreResult<Submitted> {
         let now = Timestamp::now();
         let outcome = self.transact(|tx| submit_in_tx(tx, request, Resubmit::default(), now))?;
-        let submitted = match outcome {
-            Ok(submitted) => submitted,
-            // The body refuses only through `store_abort`.
-            Err(rejected) => {
-                return Err(corrupt(
-                    TREE_KEYS,
-                    request.key.as_bytes(),
-                    format!("submit was refused: {rejected}"),
-                ));
-            }
-        };
+        let submitted = submit::one(outcome, TREE_KEYS, request)?;
         // Also for an existing job: another caller may have committed it and not yet flushed, and
         // this call is about to acknowledge it. A flush with nothing to write returns at once.
         self.flush().await?;
@@ -123,33 +112,23 @@ impl OrchestratorStore for SledStore {
         requests: &[SubmitRequest],
         options: &BatchOptions,
     ) -> StoreResult<Vec<Submitted>> {
-        let mut submitted = Vec::with_capacity(requests.len());
-        for chunk in requests.chunks(SUBMIT_BATCH_MAX) {
-            let now = Timestamp::now();
-            let outcome = self.transact_with(&self.backfill_jobs, |tx, backfill_jobs| {
-                let mut chunk_submitted = Vec::with_capacity(chunk.len());
-                for request in chunk {
-                    let one = submit_in_tx(tx, request, options.resubmit, now)?;
-                    if let Some(backfill) = options.backfill {
-                        backfill_jobs
-                            .insert(&backfill_job_key(backfill, one.job.id)[..], Vec::new())?;
+        let submitted = submit::in_chunks(requests, TREE_KEYS, |chunk, now| {
+            std::future::ready(
+                self.transact_with(&self.backfill_jobs, |tx, backfill_jobs| {
+                    let mut chunk_submitted = Vec::with_capacity(chunk.len());
+                    for request in chunk {
+                        let one = submit_in_tx(tx, request, options.resubmit, now)?;
+                        if let Some(backfill) = options.backfill {
+                            backfill_jobs
+                                .insert(&backfill_job_key(backfill, one.job.id)[..], Vec::new())?;
+                        }
+                        chunk_submitted.push(one);
                     }
-                    chunk_submitted.push(one);
-                }
-                Ok(chunk_submitted)
-            })?;
-            match outcome {
-                Ok(chunk_submitted) => submitted.extend(chunk_submitted),
-                // The body refuses only through `store_abort`.
-                Err(rejected) => {
-                    return Err(corrupt(
-                        TREE_KEYS,
-                        b"",
-                        format!("a batch submit was refused: {rejected}"),
-                    ));
-                }
-            }
-        }
+                    Ok(chunk_submitted)
+                }),
+            )
+        })
+        .await?;
         // One flush for the whole batch, before any of it is acknowledged (as `submit` does for
         // one request, existing jobs included).
         self.flush().await?;
@@ -199,10 +178,7 @@ impl OrchestratorStore for SledStore {
         let outcome = self
             .transact_durably(|tx| tx.claim(id, &claimant, now))
             .await?;
-        Ok(outcome.map(|job| {
-            let token = claims_model::lease_of(&job);
-            (job, token)
-        }))
+        Ok(outcome.map(claims_model::with_lease))
     }
 
     async fn retry_from(
