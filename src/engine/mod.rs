@@ -36,6 +36,23 @@ use crate::workflow::{DownloadParams, WorkflowRegistry};
 /// The user agent of webhook notices.
 const WEBHOOK_USER_AGENT: &str = concat!("narra-webhook/", env!("CARGO_PKG_VERSION"));
 
+/// The environment variable that names more secret parameters, beside the model's built-in list.
+pub const REDACT_PARAMS_ENV: &str = "NARRA_REDACT_PARAMS";
+
+/// Installs the process's redactor: the built-in rules plus the names in `NARRA_REDACT_PARAMS`.
+/// The model reads no environment, so the doors call this before they show anything, and
+/// [`Engine::new`] does for a caller of the library; the first call wins.
+pub fn install_redactor_from_env() {
+    let extra = std::env::var(REDACT_PARAMS_ENV).unwrap_or_default();
+    crate::model::redact::Redactor::install(crate::model::redact::Redactor::with_params(&extra));
+}
+
+/// This process's working directory, what `LocalPaths::CurrentDir` resolves relative local paths
+/// against (empty when it cannot be read, which leaves such a path relative).
+pub fn working_dir() -> PathBuf {
+    std::env::current_dir().unwrap_or_default()
+}
+
 /// How long a claim lasts without renewal. The holder renews it every third of this.
 pub const LEASE_TTL_MS: u64 = 30_000;
 
@@ -86,6 +103,7 @@ impl Engine {
         home: &Path,
         network: NetworkPolicy,
     ) -> Engine {
+        install_redactor_from_env();
         Engine {
             store,
             services: Services {

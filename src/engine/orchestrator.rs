@@ -101,7 +101,7 @@ pub async fn submit(
         check_key(key)?;
     }
     // Every source is checked before any is submitted: a refused one submits nothing.
-    let base_dir = options.local_paths.base_dir();
+    let base_dir = options.local_paths.base_dir(crate::engine::working_dir);
     let sources = sources
         .iter()
         .map(|source| canonical_source(source, base_dir.as_deref()))
