@@ -30,7 +30,7 @@ use crate::steps::StepError;
 use crate::steps::extract::Tools;
 use crate::steps::net::{HttpClients, NetworkPolicy};
 use crate::storage::Storage;
-use crate::store::{JobFilter, OrchestratorSide, StateStore, StoreError};
+use crate::store::{JobFilter, JobReader, OrchestratorSide, StateStore, StoreError};
 use crate::workflow::{DownloadParams, WorkflowRegistry};
 
 /// The user agent of webhook notices.
@@ -131,12 +131,7 @@ impl Engine {
     /// Every job in `status` (every job at all for `None`), newest first: what the reports
     /// (health, stuck jobs, audits, cleanup, prune, metrics) read whole.
     pub async fn all_jobs(&self, status: Option<Status>) -> Result<Vec<Job>, StoreError> {
-        self.store
-            .jobs(&JobFilter {
-                status,
-                limit: usize::MAX,
-            })
-            .await
+        all_jobs(&*self.store, status).await
     }
 
     /// What the orchestrator's functions are handed (`orchestrator::submit`, `run_jobs`, `work`, ...).
@@ -158,6 +153,27 @@ pub struct Orchestrator {
     pub store: Arc<dyn OrchestratorSide>,
     /// What the worker of a claimed job is handed; only `worker::execute` opens it.
     pub worker: worker::WorkerSide,
+}
+
+impl Orchestrator {
+    /// Every job in `status`, newest first, as [`Engine::all_jobs`] reads them.
+    pub async fn all_jobs(&self, status: Option<Status>) -> Result<Vec<Job>, StoreError> {
+        all_jobs(&*self.store, status).await
+    }
+}
+
+/// Every job in `status` (every job at all for `None`), newest first, with no limit: the one read
+/// of the engine's and the orchestrator's `all_jobs`, and of `export`.
+pub(crate) async fn all_jobs(
+    store: &(impl JobReader + ?Sized),
+    status: Option<Status>,
+) -> Result<Vec<Job>, StoreError> {
+    store
+        .jobs(&JobFilter {
+            status,
+            limit: usize::MAX,
+        })
+        .await
 }
 
 impl std::ops::Deref for Orchestrator {
