@@ -252,6 +252,8 @@ pub async fn run(cli: Cli, http: serve::HttpServer) -> Result<ExitCode, CliError
         signals::install(shutdown.clone(), std::time::Duration::from_secs(grace_s))
             .map_err(|error| CliError::Other(error.into()))?;
     }
+    // Before anything is shown: the operator's secret parameters are redacted everywhere.
+    crate::engine::install_redactor_from_env();
     // Doctor must answer when the home is missing, broken or held by another process.
     if let Command::Doctor {
         scratch_min_free_mb,

@@ -398,7 +398,7 @@ pub async fn submit_manifest(
     // An unknown default workflow is a usage error; an unknown one on a line is that line's.
     engine.workflows.get(&default_workflow)?;
     let backfill = engine.store.open_backfill(manifest_name).await?;
-    let base_dir = options.local_paths.base_dir();
+    let base_dir = options.local_paths.base_dir(crate::engine::working_dir);
     let mut bad_lines = manifest.bad_lines.clone();
     let mut requests = Vec::with_capacity(manifest.entries.len());
     // Each request's callback URL, in request order.

@@ -30,11 +30,28 @@ use crate::steps::StepError;
 use crate::steps::extract::Tools;
 use crate::steps::net::{HttpClients, NetworkPolicy};
 use crate::storage::Storage;
-use crate::store::{JobFilter, OrchestratorSide, StateStore, StoreError};
+use crate::store::{JobFilter, JobReader, OrchestratorSide, StateStore, StoreError};
 use crate::workflow::{DownloadParams, WorkflowRegistry};
 
 /// The user agent of webhook notices.
 const WEBHOOK_USER_AGENT: &str = concat!("narra-webhook/", env!("CARGO_PKG_VERSION"));
+
+/// The environment variable that names more secret parameters, beside the model's built-in list.
+pub const REDACT_PARAMS_ENV: &str = "NARRA_REDACT_PARAMS";
+
+/// Installs the process's redactor: the built-in rules plus the names in `NARRA_REDACT_PARAMS`.
+/// The model reads no environment, so the doors call this before they show anything, and
+/// [`Engine::new`] does for a caller of the library; the first call wins.
+pub fn install_redactor_from_env() {
+    let extra = std::env::var(REDACT_PARAMS_ENV).unwrap_or_default();
+    crate::model::redact::Redactor::install(crate::model::redact::Redactor::with_params(&extra));
+}
+
+/// This process's working directory, what `LocalPaths::CurrentDir` resolves relative local paths
+/// against (empty when it cannot be read, which leaves such a path relative).
+pub fn working_dir() -> PathBuf {
+    std::env::current_dir().unwrap_or_default()
+}
 
 /// How long a claim lasts without renewal. The holder renews it every third of this.
 pub const LEASE_TTL_MS: u64 = 30_000;
@@ -86,6 +103,7 @@ impl Engine {
         home: &Path,
         network: NetworkPolicy,
     ) -> Engine {
+        install_redactor_from_env();
         Engine {
             store,
             services: Services {
@@ -113,12 +131,7 @@ impl Engine {
     /// Every job in `status` (every job at all for `None`), newest first: what the reports
     /// (health, stuck jobs, audits, cleanup, prune, metrics) read whole.
     pub async fn all_jobs(&self, status: Option<Status>) -> Result<Vec<Job>, StoreError> {
-        self.store
-            .jobs(&JobFilter {
-                status,
-                limit: usize::MAX,
-            })
-            .await
+        all_jobs(&*self.store, status).await
     }
 
     /// What the orchestrator's functions are handed (`orchestrator::submit`, `run_jobs`, `work`, ...).
@@ -140,6 +153,27 @@ pub struct Orchestrator {
     pub store: Arc<dyn OrchestratorSide>,
     /// What the worker of a claimed job is handed; only `worker::execute` opens it.
     pub worker: worker::WorkerSide,
+}
+
+impl Orchestrator {
+    /// Every job in `status`, newest first, as [`Engine::all_jobs`] reads them.
+    pub async fn all_jobs(&self, status: Option<Status>) -> Result<Vec<Job>, StoreError> {
+        all_jobs(&*self.store, status).await
+    }
+}
+
+/// Every job in `status` (every job at all for `None`), newest first, with no limit: the one read
+/// of the engine's and the orchestrator's `all_jobs`, and of `export`.
+pub(crate) async fn all_jobs(
+    store: &(impl JobReader + ?Sized),
+    status: Option<Status>,
+) -> Result<Vec<Job>, StoreError> {
+    store
+        .jobs(&JobFilter {
+            status,
+            limit: usize::MAX,
+        })
+        .await
 }
 
 impl std::ops::Deref for Orchestrator {

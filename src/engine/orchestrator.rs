@@ -24,8 +24,7 @@ use crate::model::sources::{
     LocalPaths, SourceError, canonical_source, check_key, idempotency_key,
 };
 use crate::store::{
-    ClaimNext, ClaimRequest, JobFilter, NewIncident, OrchestratorStore, StoreError, SubmitRequest,
-    Submitted,
+    ClaimNext, ClaimRequest, NewIncident, OrchestratorStore, StoreError, SubmitRequest, Submitted,
 };
 
 /// What a caller asks to submit.
@@ -101,7 +100,7 @@ pub async fn submit(
         check_key(key)?;
     }
     // Every source is checked before any is submitted: a refused one submits nothing.
-    let base_dir = options.local_paths.base_dir();
+    let base_dir = options.local_paths.base_dir(crate::engine::working_dir);
     let sources = sources
         .iter()
         .map(|source| canonical_source(source, base_dir.as_deref()))
@@ -150,13 +149,7 @@ pub async fn submit(
 /// takeover is a provisional charge, settled here once two lease lengths pass without a word from
 /// its old holder.
 pub async fn reclaim_orphans(engine: &Orchestrator) -> Result<Vec<Job>, EngineError> {
-    let running = engine
-        .store
-        .jobs(&JobFilter {
-            status: Some(Status::Running),
-            limit: usize::MAX,
-        })
-        .await?;
+    let running = engine.all_jobs(Some(Status::Running)).await?;
     let shared = engine.store.shared();
     let now = crate::model::job::Timestamp::now();
     let mut reclaimed = Vec::with_capacity(running.len());

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::job::{JobId, Status, Timestamp};
 use crate::store::transfer::{ImportOutcome, JobRecords, Record};
-use crate::store::{JobFilter, StateStore, StoreError};
+use crate::store::{StateStore, StoreError};
 
 /// The version of the file layout this narra writes and reads.
 pub const EXPORT_FORMAT: u32 = 1;
@@ -166,12 +166,7 @@ pub async fn export(
     }
     let mut counts = RecordCounts::default();
     let mut running = 0;
-    let mut jobs = store
-        .jobs(&JobFilter {
-            status: None,
-            limit: usize::MAX,
-        })
-        .await?;
+    let mut jobs = crate::engine::all_jobs(store, None).await?;
     // Oldest first, so an import recreates them in the order they were made.
     jobs.reverse();
     for job in jobs {

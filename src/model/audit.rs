@@ -482,6 +482,27 @@ mod tests {
             })
         }
 
+        /// A history whose first run did download, extract and store.
+        fn after_first_run() -> History {
+            let mut history = History::default();
+            history.first_run();
+            history
+        }
+
+        /// The analysis of this history alone, with no other job's writes and no incident.
+        fn analysis(&self) -> HistoryAnalysis {
+            analyze_history(JOB, &self.events, &[], &[])
+        }
+
+        /// The store step runs again for `cause` on `input`, writes `keys`, and records the first
+        /// run's outputs.
+        fn store_again(&mut self, cause: &str, input: u8, keys: &[&str]) -> &mut Self {
+            self.redo("store", cause)
+                .start("store")
+                .wrote(keys)
+                .complete("store", input, &[("video", 10), ("audio", 20)])
+        }
+
         /// download, extract and store, from nothing.
         fn first_run(&mut self) -> &mut Self {
             self.claim()
@@ -507,8 +528,7 @@ mod tests {
 
     #[test]
     fn a_clean_history_has_no_finding() {
-        let mut history = History::default();
-        history.first_run();
+        let mut history = History::after_first_run();
         // A re-run that skips everything, then a reingest whose changed extract re-runs the store
         // step, which writes only the new audio.
         history
@@ -526,7 +546,7 @@ mod tests {
             .wrote(&["blobs/cc/audio.flac", "jobs/1/manifest.json"])
             .complete("store", 4, &[("video", 10), ("audio", 21)]);
 
-        let analysis = analyze_history(JOB, &history.events, &[], &[]);
+        let analysis = history.analysis();
 
         assert_eq!(kinds(&analysis), vec![]);
         assert!(!analysis.legacy);
@@ -549,18 +569,14 @@ mod tests {
 
     #[test]
     fn a_store_step_that_writes_a_stored_blob_again_is_a_violation() {
-        let mut history = History::default();
-        history.first_run();
+        let mut history = History::after_first_run();
         history
             .claim()
             .skip("download")
             .skip("extract")
-            .redo("store", "inputs_changed")
-            .start("store")
-            .wrote(&["blobs/aa/video.mp4"])
-            .complete("store", 5, &[("video", 10), ("audio", 20)]);
+            .store_again("inputs_changed", 5, &["blobs/aa/video.mp4"]);
 
-        let analysis = analyze_history(JOB, &history.events, &[], &[]);
+        let analysis = history.analysis();
 
         assert_eq!(
             kinds(&analysis),
@@ -575,22 +591,17 @@ mod tests {
 
     #[test]
     fn a_rewrite_after_a_verification_failure_or_a_cleanup_is_a_repair() {
-        let mut history = History::default();
-        history.first_run();
+        let mut history = History::after_first_run();
         history
             .claim()
             .rerun("download", "output_missing", 1, &[("video", 10)])
             .rerun("extract", "earlier_step_ran", 2, &[("audio", 20)])
-            .redo("store", "earlier_step_ran")
-            .start("store")
-            .wrote(&["blobs/aa/video.mp4"])
-            .complete("store", 3, &[("video", 10), ("audio", 20)]);
-        let analysis = analyze_history(JOB, &history.events, &[], &[]);
+            .store_again("earlier_step_ran", 3, &["blobs/aa/video.mp4"]);
+        let analysis = history.analysis();
         assert_eq!(kinds(&analysis), vec![("object_restored", Severity::Info)]);
 
         // Another job wrote the blob first; cleanup deleted it in between.
-        let mut history = History::default();
-        history.first_run();
+        let history = History::after_first_run();
         let earlier = BlobWrite {
             job_id: OTHER,
             at: Timestamp(10),
@@ -624,15 +635,14 @@ mod tests {
 
     #[test]
     fn a_rerun_with_no_or_a_false_cause_is_a_violation() {
-        let mut history = History::default();
-        history.first_run();
+        let mut history = History::after_first_run();
         history
             .claim()
             .run("download", 1, &[("video", 10)])
             .claim()
             .skip("download")
             .rerun("extract", "earlier_step_ran", 2, &[("audio", 20)]);
-        let analysis = analyze_history(JOB, &history.events, &[], &[]);
+        let analysis = history.analysis();
         assert_eq!(
             kinds(&analysis),
             vec![
@@ -646,14 +656,13 @@ mod tests {
 
     #[test]
     fn a_step_run_after_its_skip_in_the_same_run_is_a_violation() {
-        let mut history = History::default();
-        history.first_run();
+        let mut history = History::after_first_run();
         history
             .claim()
             .skip("download")
             .redo("download", "output_changed")
             .start("download");
-        let analysis = analyze_history(JOB, &history.events, &[], &[]);
+        let analysis = history.analysis();
         assert_eq!(
             kinds(&analysis),
             vec![("rerun_after_skip", Severity::Violation)]
@@ -662,8 +671,7 @@ mod tests {
 
     #[test]
     fn different_outputs_for_the_same_input_are_named() {
-        let mut history = History::default();
-        history.first_run();
+        let mut history = History::after_first_run();
         history
             .claim()
             .rerun("download", "output_missing", 1, &[("video", 11)])
@@ -671,7 +679,7 @@ mod tests {
             .start("extract")
             // Same input hash as the first run, other audio: extract is not deterministic.
             .complete("extract", 2, &[("audio", 29)]);
-        let analysis = analyze_history(JOB, &history.events, &[], &[]);
+        let analysis = history.analysis();
         assert_eq!(
             kinds(&analysis),
             vec![
@@ -685,8 +693,7 @@ mod tests {
     // baseline, so a later extraction is not reported as non-deterministic against the old one.
     #[test]
     fn a_reprobe_starts_a_new_extract_baseline() {
-        let mut history = History::default();
-        history.first_run();
+        let mut history = History::after_first_run();
         history
             .push(EventKind::Reprobed {
                 changes: vec!["duration_s".into()],
@@ -694,7 +701,7 @@ mod tests {
             .claim()
             .rerun("download", "output_missing", 1, &[("video", 11)])
             .rerun("extract", "earlier_step_ran", 2, &[("audio", 29)]);
-        let analysis = analyze_history(JOB, &history.events, &[], &[]);
+        let analysis = history.analysis();
         assert_eq!(kinds(&analysis), vec![("source_changed", Severity::Info)]);
     }
 

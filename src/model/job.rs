@@ -11,9 +11,64 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// A job's identity: a ULID, so ids sort by creation time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct JobId(pub u128);
+/// An identity that is a ULID, so ids sort by creation time: the newtype over its 128 bits, its
+/// big-endian bytes (which sort like the ULID itself, so tree scans are in id order), its 26
+/// characters for display and parsing, a new one by default, and the error of a text that is none.
+/// Each id writes its own `new`.
+macro_rules! ulid_id {
+    ($(#[$doc:meta])* $id:ident, $error:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $id(pub u128);
+
+        impl $id {
+            /// Big-endian bytes: the byte order sorts like the ULID itself.
+            pub fn to_bytes(self) -> [u8; 16] {
+                self.0.to_be_bytes()
+            }
+
+            pub fn from_bytes(bytes: [u8; 16]) -> $id {
+                $id(u128::from_be_bytes(bytes))
+            }
+        }
+
+        impl Default for $id {
+            fn default() -> Self {
+                $id::new()
+            }
+        }
+
+        impl fmt::Display for $id {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", ulid::Ulid(self.0))
+            }
+        }
+
+        #[derive(Debug, thiserror::Error)]
+        #[error("invalid {what} {input:?}: a {what} is a 26-character ULID", what = $what)]
+        pub struct $error {
+            pub input: String,
+        }
+
+        impl FromStr for $id {
+            type Err = $error;
+            fn from_str(input: &str) -> Result<$id, $error> {
+                ulid::Ulid::from_string(input.trim())
+                    .map(|ulid| $id(ulid.0))
+                    .map_err(|_| $error {
+                        input: input.to_string(),
+                    })
+            }
+        }
+    };
+}
+
+ulid_id!(
+    /// A job's identity.
+    JobId,
+    InvalidJobId,
+    "job id"
+);
 
 impl JobId {
     /// A new id, greater than every id this process made before: ULIDs made in the same
@@ -26,44 +81,6 @@ impl JobId {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         // The generator only fails when 2^80 ids were made in one millisecond.
         JobId(generator.generate().unwrap_or_else(|_| ulid::Ulid::new()).0)
-    }
-
-    /// Big-endian bytes: the byte order sorts like the ULID itself, so tree scans are in id order.
-    pub fn to_bytes(self) -> [u8; 16] {
-        self.0.to_be_bytes()
-    }
-
-    pub fn from_bytes(bytes: [u8; 16]) -> JobId {
-        JobId(u128::from_be_bytes(bytes))
-    }
-}
-
-impl Default for JobId {
-    fn default() -> Self {
-        JobId::new()
-    }
-}
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", ulid::Ulid(self.0))
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("invalid job id {input:?}: a job id is a 26-character ULID")]
-pub struct InvalidJobId {
-    pub input: String,
-}
-
-impl FromStr for JobId {
-    type Err = InvalidJobId;
-    fn from_str(input: &str) -> Result<JobId, InvalidJobId> {
-        ulid::Ulid::from_string(input.trim())
-            .map(|ulid| JobId(ulid.0))
-            .map_err(|_| InvalidJobId {
-                input: input.to_string(),
-            })
     }
 }
 
@@ -614,51 +631,16 @@ pub struct Incident {
     pub reason: String,
 }
 
-/// A backfill's identity: a ULID, so backfills sort by creation time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct BackfillId(pub u128);
+ulid_id!(
+    /// A backfill's identity.
+    BackfillId,
+    InvalidBackfillId,
+    "backfill id"
+);
 
 impl BackfillId {
     pub fn new() -> BackfillId {
         BackfillId(ulid::Ulid::new().0)
-    }
-
-    /// Big-endian bytes, sorting like the ULID (as [`JobId::to_bytes`]).
-    pub fn to_bytes(self) -> [u8; 16] {
-        self.0.to_be_bytes()
-    }
-
-    pub fn from_bytes(bytes: [u8; 16]) -> BackfillId {
-        BackfillId(u128::from_be_bytes(bytes))
-    }
-}
-
-impl Default for BackfillId {
-    fn default() -> Self {
-        BackfillId::new()
-    }
-}
-
-impl fmt::Display for BackfillId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", ulid::Ulid(self.0))
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("invalid backfill id {input:?}: a backfill id is a 26-character ULID")]
-pub struct InvalidBackfillId {
-    pub input: String,
-}
-
-impl FromStr for BackfillId {
-    type Err = InvalidBackfillId;
-    fn from_str(input: &str) -> Result<BackfillId, InvalidBackfillId> {
-        ulid::Ulid::from_string(input.trim())
-            .map(|ulid| BackfillId(ulid.0))
-            .map_err(|_| InvalidBackfillId {
-                input: input.to_string(),
-            })
     }
 }
 
@@ -946,12 +928,35 @@ pub struct Delivery {
 
 #[cfg(test)]
 mod id_tests {
-    use super::JobId;
+    use super::{BackfillId, JobId};
 
     // Guards "newest first": ids made back to back (same millisecond) still sort in creation order.
     #[test]
     fn ids_made_in_a_row_sort_in_creation_order() {
         let ids: Vec<JobId> = (0..1_000).map(|_| JobId::new()).collect();
         assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
+    }
+
+    // Guards the two ids' shared impls: each round-trips its text and bytes and names itself
+    // when a text is no id.
+    #[test]
+    fn each_id_round_trips_and_names_itself_in_its_error() {
+        let job = JobId::new();
+        assert_eq!(job.to_string().parse::<JobId>().unwrap(), job);
+        assert_eq!(JobId::from_bytes(job.to_bytes()), job);
+        let backfill = BackfillId::new();
+        assert_eq!(
+            format!(" {backfill} ").parse::<BackfillId>().unwrap(),
+            backfill
+        );
+        assert_eq!(BackfillId::from_bytes(backfill.to_bytes()), backfill);
+        assert_eq!(
+            "nope".parse::<JobId>().unwrap_err().to_string(),
+            "invalid job id \"nope\": a job id is a 26-character ULID"
+        );
+        assert_eq!(
+            "nope".parse::<BackfillId>().unwrap_err().to_string(),
+            "invalid backfill id \"nope\": a backfill id is a 26-character ULID"
+        );
     }
 }

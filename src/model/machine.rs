@@ -253,15 +253,21 @@ pub fn apply_orchestrator(
         op: op.name(),
         status: job.status,
     };
+    // The ops that apply to jobs in one status only.
+    let only_from = |status: Status| {
+        if job.status == status {
+            Ok(())
+        } else {
+            Err(not_allowed())
+        }
+    };
     match op {
         OrchestratorOp::Claim {
             worker_id,
             lease_ttl_ms,
             holding,
         } => {
-            if job.status != Status::Pending {
-                return Err(not_allowed());
-            }
+            only_from(Status::Pending)?;
             attribution::check_claim(holding, job)?;
             next.attribution = attribution::claimed(&job.attribution, holding);
             next.fencing_token = job.fencing_token + 1;
@@ -339,34 +345,19 @@ pub fn apply_orchestrator(
         }
         OrchestratorOp::Retry { reason } => match job.status {
             Status::Failed | Status::Cancelled => {
-                events.push(EventKind::RetryRequested {
-                    reason: reason.clone(),
-                });
-                set_status(&mut next, &mut events, Status::Pending, reason.clone());
+                request_retry(&mut next, &mut events, Status::Pending, reason);
             }
             _ => return Err(not_allowed()),
         },
         OrchestratorOp::Reingest => {
-            if job.status != Status::Succeeded {
-                return Err(not_allowed());
-            }
-            events.push(EventKind::RetryRequested {
-                reason: "reingest".into(),
-            });
-            set_status(&mut next, &mut events, Status::Pending, "reingest".into());
+            only_from(Status::Succeeded)?;
+            request_retry(&mut next, &mut events, Status::Pending, "reingest");
         }
         OrchestratorOp::Reclaim { reason } => {
-            if job.status != Status::Running {
-                return Err(not_allowed());
-            }
+            only_from(Status::Running)?;
             // A cancel asked of a job whose process then died is honoured, not forgotten.
             if job.cancel_requested {
-                set_status(
-                    &mut next,
-                    &mut events,
-                    Status::Cancelled,
-                    format!("{reason}; it had been asked to cancel"),
-                );
+                cancel_as_asked(&mut next, &mut events, reason);
             } else {
                 set_status(&mut next, &mut events, Status::Pending, reason.clone());
             }
@@ -376,9 +367,7 @@ pub fn apply_orchestrator(
             marker,
             seen,
         } => {
-            if job.status != Status::Running {
-                return Err(not_allowed());
-            }
+            only_from(Status::Running)?;
             let reclaimed = attribution::reclaim(job, *marker, *seen, now);
             next.crashes = reclaimed.crashes;
             next.attribution = reclaimed.attribution;
@@ -390,12 +379,7 @@ pub fn apply_orchestrator(
                 "; a suspect: its process held other jobs, so it runs alone until its next checkpoint"
             };
             if job.cancel_requested {
-                set_status(
-                    &mut next,
-                    &mut events,
-                    Status::Cancelled,
-                    format!("{reason}; it had been asked to cancel"),
-                );
+                cancel_as_asked(&mut next, &mut events, reason);
             } else if !quarantine(&mut next, &mut events) {
                 set_status(
                     &mut next,
@@ -454,10 +438,7 @@ pub fn apply_orchestrator(
             // A cancelled job stays cancelled: someone decided it should not run. A pending or
             // running job will verify its checkpoints anyway when it next runs.
             Status::Succeeded | Status::Failed => {
-                events.push(EventKind::RetryRequested {
-                    reason: reason.clone(),
-                });
-                set_status(&mut next, &mut events, Status::Pending, reason.clone());
+                request_retry(&mut next, &mut events, Status::Pending, reason);
             }
             _ => return Err(not_allowed()),
         },
@@ -473,22 +454,16 @@ pub fn apply_orchestrator(
                         expires_at: lease.expires_at.to_rfc3339(),
                     });
                 }
-                events.push(EventKind::RetryRequested {
-                    reason: reason.clone(),
-                });
                 // As with reclaim, a cancel asked of the job is honoured, not forgotten.
                 let to = if job.cancel_requested {
                     Status::Cancelled
                 } else {
                     Status::Pending
                 };
-                set_status(&mut next, &mut events, to, reason.clone());
+                request_retry(&mut next, &mut events, to, reason);
             }
             Status::Succeeded | Status::Failed => {
-                events.push(EventKind::RetryRequested {
-                    reason: reason.clone(),
-                });
-                set_status(&mut next, &mut events, Status::Pending, reason.clone());
+                request_retry(&mut next, &mut events, Status::Pending, reason);
             }
             _ => return Err(not_allowed()),
         },
@@ -734,6 +709,25 @@ fn marker_words(marker: &ProgressMarker) -> String {
 
 /// The one place a status changes. Leaving `running` clears the phase, the lease and any cancel
 /// request in the same transition: the phase's life is bounded by `running`.
+/// A retry asked of the job (retry, reingest, reset): the request is recorded, then the job moves
+/// to `to` for the same reason.
+fn request_retry(job: &mut Job, events: &mut Vec<EventKind>, to: Status, reason: &str) {
+    events.push(EventKind::RetryRequested {
+        reason: reason.to_string(),
+    });
+    set_status(job, events, to, reason.to_string());
+}
+
+/// A running job that was asked to cancel and lost its process: the cancel is honoured.
+fn cancel_as_asked(job: &mut Job, events: &mut Vec<EventKind>, reason: &str) {
+    set_status(
+        job,
+        events,
+        Status::Cancelled,
+        format!("{reason}; it had been asked to cancel"),
+    );
+}
+
 fn set_status(job: &mut Job, events: &mut Vec<EventKind>, to: Status, reason: String) {
     let from = job.status;
     if to != Status::Running {

@@ -4,8 +4,9 @@
 //! lines, events, `show`, `jobs`, error messages, webhook bodies, the stored manifest, the stored
 //! platform metadata and `export` (unless asked to keep them).
 //!
-//! This module decides what is a secret and rewrites text; it never reads or writes anything but
-//! the environment variable `NARRA_REDACT_PARAMS`, read once.
+//! This module decides what is a secret and rewrites text; it reads and writes nothing. The
+//! operator's names (`NARRA_REDACT_PARAMS`) are read by the doors, which install the process's
+//! [`Redactor`] once with [`Redactor::install`].
 //!
 //! The rules: user info (name and password) is always a secret, since a lone user name is often a
 //! token; a query or fragment parameter is a secret when its name, percent-decoded (repeatedly, so
@@ -115,12 +116,17 @@ const SECRET_JSON_MEMBERS: &[&str] = &[
 
 pub const REDACTED: &str = "REDACTED";
 
-/// The environment variable that names more secret parameters.
-pub const REDACT_PARAMS_ENV: &str = "NARRA_REDACT_PARAMS";
-
 /// How many times a name is percent-decoded at most: more than any honest URL needs, and a bound
 /// on the work a hostile one can ask for.
 const DECODE_ROUNDS_MAX: usize = 4;
+
+/// The redactor [`Redactor::install`] set for this process.
+static PROCESS_REDACTOR: OnceLock<Redactor> = OnceLock::new();
+
+/// The built-in rules, with no operator's names.
+static BUILT_IN: Redactor = Redactor {
+    extra_params: Vec::new(),
+};
 
 /// What is secret: the built-in rules plus the operator's names.
 #[derive(Debug, Clone, Default)]
@@ -141,12 +147,15 @@ impl Redactor {
         }
     }
 
-    /// The process's redactor: the built-in rules plus `NARRA_REDACT_PARAMS`.
+    /// Makes `redactor` the process's, once: the first call wins and later ones change nothing,
+    /// so every door of a process may call it with the same operator's names.
+    pub fn install(redactor: Redactor) {
+        let _first_wins = PROCESS_REDACTOR.set(redactor);
+    }
+
+    /// The process's redactor: the one installed, or the built-in rules alone until one is.
     pub fn global() -> &'static Redactor {
-        static GLOBAL: OnceLock<Redactor> = OnceLock::new();
-        GLOBAL.get_or_init(|| {
-            Redactor::with_params(&std::env::var(REDACT_PARAMS_ENV).unwrap_or_default())
-        })
+        PROCESS_REDACTOR.get().unwrap_or(&BUILT_IN)
     }
 
     /// Whether a query parameter of this name (as written in the URL, or decoded) holds a secret.

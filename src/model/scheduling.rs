@@ -395,6 +395,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// The host refused `job` at `at` ms, under [`policy`]'s breaker.
+    fn refused(state: &mut HostState, job: u128, at: i64) -> OutcomeVerdict {
+        record_outcome(
+            state,
+            JobId(job),
+            &blocked(),
+            &policy().breaker,
+            Timestamp(at),
+        )
+    }
+
     // Guards what `record_host_outcome` writes: nothing for a host never seen that answered, a new
     // record for its first refusal, and no rewrite when only the time would change.
     #[test]
@@ -473,22 +484,10 @@ pub(crate) mod tests {
         let policy = policy();
         let mut state = HostState::new("a:1", Timestamp(0));
         for job in 1..=2 {
-            let verdict = record_outcome(
-                &mut state,
-                JobId(job),
-                &blocked(),
-                &policy.breaker,
-                Timestamp(100),
-            );
+            let verdict = refused(&mut state, job, 100);
             assert_eq!(verdict, OutcomeVerdict::default());
         }
-        let verdict = record_outcome(
-            &mut state,
-            JobId(3),
-            &blocked(),
-            &policy.breaker,
-            Timestamp(200),
-        );
+        let verdict = refused(&mut state, 3, 200);
         assert!(verdict.opened && !verdict.hold);
         assert_eq!(state.opened_total, 1);
         assert_eq!(
@@ -496,13 +495,7 @@ pub(crate) mod tests {
             Admission::NotBefore(Timestamp(700))
         );
         // A job that was already running when it opened, refused too: held, not failed.
-        let verdict = record_outcome(
-            &mut state,
-            JobId(4),
-            &blocked(),
-            &policy.breaker,
-            Timestamp(300),
-        );
+        let verdict = refused(&mut state, 4, 300);
         assert!(verdict.hold);
         assert_eq!(state.held_total, 1);
 
@@ -517,13 +510,7 @@ pub(crate) mod tests {
             Admission::Busy,
             "no other job starts while the probe runs"
         );
-        let verdict = record_outcome(
-            &mut state,
-            JobId(5),
-            &blocked(),
-            &policy.breaker,
-            Timestamp(800),
-        );
+        let verdict = refused(&mut state, 5, 800);
         assert!(verdict.opened && !verdict.hold);
         assert_eq!(
             state.breaker,
@@ -533,13 +520,7 @@ pub(crate) mod tests {
             }
         );
         record_start(&mut state, JobId(6), true, &policy, Timestamp(1_800));
-        record_outcome(
-            &mut state,
-            JobId(6),
-            &blocked(),
-            &policy.breaker,
-            Timestamp(1_900),
-        );
+        refused(&mut state, 6, 1_900);
         assert_eq!(
             state.breaker,
             Breaker::Open {
@@ -569,13 +550,7 @@ pub(crate) mod tests {
         let policy = policy();
         let mut state = HostState::new("a:1", Timestamp(0));
         for (job, at) in [(1, 0), (2, 10)] {
-            record_outcome(
-                &mut state,
-                JobId(job),
-                &blocked(),
-                &policy.breaker,
-                Timestamp(at),
-            );
+            refused(&mut state, job, at);
         }
         record_outcome(
             &mut state,
@@ -585,22 +560,10 @@ pub(crate) mod tests {
             Timestamp(20),
         );
         for (job, at) in [(4, 30), (5, 40)] {
-            record_outcome(
-                &mut state,
-                JobId(job),
-                &blocked(),
-                &policy.breaker,
-                Timestamp(at),
-            );
+            refused(&mut state, job, at);
         }
         assert_eq!(state.breaker, Breaker::Closed);
-        let verdict = record_outcome(
-            &mut state,
-            JobId(6),
-            &blocked(),
-            &policy.breaker,
-            Timestamp(5_000),
-        );
+        let verdict = refused(&mut state, 6, 5_000);
         assert!(!verdict.opened, "the two earlier refusals left the window");
         assert_eq!(state.failures.len(), 1);
     }

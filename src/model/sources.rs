@@ -9,8 +9,8 @@
 //!
 //! The key is what makes submission idempotent: the same video submitted twice is one job. Without
 //! `--key`, it is the workflow name plus the normalised source: scheme and host lower-cased, the
-//! default port and the fragment dropped, local paths made absolute. Nothing here does I/O but
-//! [`LocalPaths::base_dir`], which reads the working directory once per submission.
+//! default port and the fragment dropped, local paths made absolute. Nothing here does I/O: the
+//! working directory is read by the caller and handed to [`LocalPaths::base_dir`].
 
 use std::path::{Path, PathBuf};
 
@@ -29,11 +29,12 @@ pub enum LocalPaths {
 
 impl LocalPaths {
     /// The directory relative paths are resolved against, `None` when local paths are refused:
-    /// what [`canonical_source`] takes. `CurrentDir` reads this process's working directory, so a
+    /// what [`canonical_source`] takes. `working_dir` reads this process's working directory (the
+    /// caller's to read: the model reads no environment), asked only for `CurrentDir`, so a
     /// submission asks once for all its sources.
-    pub fn base_dir(&self) -> Option<PathBuf> {
+    pub fn base_dir(&self, working_dir: impl FnOnce() -> PathBuf) -> Option<PathBuf> {
         match self {
-            LocalPaths::CurrentDir => Some(std::env::current_dir().unwrap_or_default()),
+            LocalPaths::CurrentDir => Some(working_dir()),
             LocalPaths::RelativeTo(dir) => Some(dir.clone()),
             LocalPaths::Refused => None,
         }

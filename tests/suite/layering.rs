@@ -337,19 +337,25 @@ fn other_crates(cargo_toml: &str, text: &str, allowed: &[&str]) -> BTreeSet<Stri
     named
 }
 
-#[test]
-fn the_model_names_no_crate_that_does_io() {
-    let cargo_toml = std::fs::read_to_string(root().join("Cargo.toml")).expect("read Cargo.toml");
+/// What `find` reports of each file of `src/model/`, as `path: what`.
+fn in_each_model_file<T: std::fmt::Display>(find: impl Fn(&str) -> BTreeSet<T>) -> Vec<String> {
     let mut files = Vec::new();
     rust_files(&root().join("src/model"), &mut files);
     assert!(files.len() > 5, "src/model/ has its files");
-    let mut wrong = Vec::new();
+    let mut found = Vec::new();
     for file in &files {
         let text = std::fs::read_to_string(file).expect("read source");
-        for name in other_crates(&cargo_toml, &text, &MODEL_CRATES) {
-            wrong.push(format!("{}: {name}", file.display()));
+        for what in find(&text) {
+            found.push(format!("{}: {what}", file.display()));
         }
     }
+    found
+}
+
+#[test]
+fn the_model_names_no_crate_that_does_io() {
+    let cargo_toml = std::fs::read_to_string(root().join("Cargo.toml")).expect("read Cargo.toml");
+    let wrong = in_each_model_file(|text| other_crates(&cargo_toml, text, &MODEL_CRATES));
     assert!(
         wrong.is_empty(),
         "the model names these crates:\n{}",
@@ -362,6 +368,47 @@ fn the_model_names_no_crate_that_does_io() {
         other_crates(&cargo_toml, planted, &MODEL_CRATES),
         ["reqwest", "sled", "tokio"].map(String::from).into()
     );
+}
+
+/// The ways code reads the process's environment: its variables, arguments and working directory.
+/// The model reads none of them: the doors read them and hand the values in.
+const ENVIRONMENT_READS: [&str; 3] = ["std::env", "env::", "current_dir"];
+
+/// The environment reads a file's code makes (comments and string literals name nothing).
+fn environment_reads(text: &str) -> BTreeSet<&'static str> {
+    let code = code_only(text);
+    ENVIRONMENT_READS
+        .into_iter()
+        .filter(|read| {
+            code.match_indices(read).any(|(at, _)| {
+                // `env::` as a path's own segment, not the end of `myenv::`.
+                !code[..at]
+                    .chars()
+                    .next_back()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_')
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn the_model_reads_no_environment() {
+    let wrong = in_each_model_file(environment_reads);
+    assert!(
+        wrong.is_empty(),
+        "the model reads the environment:\n{}",
+        wrong.join("\n")
+    );
+    // The check itself sees a planted read in every form, and not one in a comment or a string.
+    let planted = "use std::{env, fs};\n// std::env::current_dir() in a comment reads nothing\n\
+                   fn f() -> String { let _ = fs::read(\"std::env\"); env::var(\"X\").unwrap() }";
+    assert_eq!(environment_reads(planted), ["env::"].into());
+    let planted = "fn g() { let _ = std::env::current_dir(); let _ = myenv::x(); }";
+    assert_eq!(
+        environment_reads(planted),
+        ["current_dir", "env::", "std::env"].into()
+    );
+    assert!(environment_reads("fn h() { let _ = myenv::var(); }").is_empty());
 }
 
 #[test]
