@@ -229,15 +229,14 @@ pub async fn prune(
     context: &Context,
     out: &mut impl Write,
 ) -> Result<ExitCode, CliError> {
-    let (json, confirm) = (context.json, args.confirm);
     let options = PruneOptions {
         older_than_ms: parse_duration(&args.older_than).map_err(CliError::Usage)?,
         statuses: args.status,
     };
     let now = Timestamp::now();
-    if !confirm {
+    if !args.confirm {
         let plan = crate::engine::prune::plan(engine, &options, now).await?;
-        if json {
+        if context.json {
             print_json(out, &views::prune::prune_plan(&plan, &options))?;
         } else {
             for line in views::prune::prune_plan_text(&plan, &options) {
@@ -253,7 +252,7 @@ pub async fn prune(
         now,
     )
     .await?;
-    if json {
+    if context.json {
         print_json(out, &views::prune::pruned(&pruned, &options))?;
     } else {
         for line in views::prune::pruned_text(&pruned) {

@@ -36,9 +36,10 @@ pub async fn serve(
     context: &Context,
     out: &mut impl Write,
 ) -> Result<ExitCode, CliError> {
-    let (bind, no_worker) = (args.bind, args.no_worker);
-    let http = context.http;
-    let http = http.ok_or_else(|| CliError::Usage("this process serves no HTTP API".into()))?;
+    let http = context
+        .http
+        .ok_or_else(|| CliError::Usage("this process serves no HTTP API".into()))?;
+    let bind = args.bind;
     let service = http(bind).map_err(CliError::Usage)?;
     // One orchestrator serves the whole command: the reclaim before and the worker after.
     let orchestrator = engine.orchestrator();
@@ -49,14 +50,14 @@ pub async fn serve(
     let local = listener.local_addr().map_err(io)?;
     writeln!(out, "http://{local}/").map_err(io)?;
     out.flush().map_err(io)?;
-    tracing::info!(address = %local, worker = !no_worker, "serving the API and the console");
+    tracing::info!(address = %local, worker = !args.no_worker, "serving the API and the console");
     let stopping = engine.shutdown.clone();
     let server = service(
         engine.clone(),
         listener,
         Box::pin(async move { stopping.draining().await }),
     );
-    if no_worker {
+    if args.no_worker {
         server.await.map_err(io)?;
     } else {
         let worker = work(
