@@ -113,7 +113,7 @@ fn cli_backfill_concurrency() -> usize {
     let cli = narra::cli::Cli::try_parse_from(["narra", "backfill", "manifest.txt"])
         .expect("`narra backfill MANIFEST` parses");
     match cli.command {
-        narra::cli::Command::Backfill { concurrency, .. } => concurrency,
+        narra::cli::Command::Backfill(args) => args.concurrency,
         _ => unreachable!("parsed as a backfill"),
     }
 }

@@ -142,216 +142,60 @@ impl SchedulingArgs {
     }
 }
 
+/// What every command that runs jobs takes: how it stops and how it schedules.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct RunningArgs {
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+    #[command(flatten)]
+    pub scheduling: SchedulingArgs,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Submit sources and run their jobs to completion in this process.
-    Ingest {
-        /// HTTP(S) URLs, file:// URLs or local paths.
-        #[arg(required = true)]
-        sources: Vec<String>,
-        /// The workflow to run (default: ingest).
-        #[arg(long)]
-        workflow: Option<String>,
-        /// Your own idempotency key (for signed or expiring URLs); default: the normalised source.
-        #[arg(long)]
-        key: Option<String>,
-        /// How many jobs run at once.
-        #[arg(long, default_value_t = 2)]
-        concurrency: usize,
-        /// Re-run succeeded jobs through their checkpoints: only missing or changed work is done.
-        #[arg(long)]
-        reingest: bool,
-        /// The new jobs' priority: higher runs first (default 10; backfill lines default to 0).
-        #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
-        priority: Option<i32>,
-        /// Send a signed notice to this http(s) URL when each job finishes (default: the
-        /// workflow's `callback_url`). Needs NARRA_WEBHOOK_SECRET; see docs/RUNBOOK.md.
-        #[arg(long)]
-        callback_url: Option<String>,
-        #[command(flatten)]
-        shutdown: ShutdownArgs,
-        #[command(flatten)]
-        scheduling: SchedulingArgs,
-    },
+    Ingest(IngestArgs),
     /// Enqueue sources without running them; prints the job ids.
-    Submit {
-        #[arg(required = true)]
-        sources: Vec<String>,
-        #[arg(long)]
-        workflow: Option<String>,
-        #[arg(long)]
-        key: Option<String>,
-        #[arg(long)]
-        reingest: bool,
-        /// The new jobs' priority: higher runs first (default 10; backfill lines default to 0).
-        #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
-        priority: Option<i32>,
-        /// Send a signed notice to this http(s) URL when each job finishes (default: the
-        /// workflow's `callback_url`). Needs NARRA_WEBHOOK_SECRET; see docs/RUNBOOK.md.
-        #[arg(long)]
-        callback_url: Option<String>,
-    },
+    Submit(SubmitArgs),
     /// Run queued jobs.
-    Worker {
-        #[arg(long, default_value_t = 2)]
-        concurrency: usize,
-        /// Exit once no job is left to run.
-        #[arg(long)]
-        drain: bool,
-        #[command(flatten)]
-        shutdown: ShutdownArgs,
-        #[command(flatten)]
-        scheduling: SchedulingArgs,
-    },
+    Worker(WorkerArgs),
     /// Serve the HTTP API and the admin console on `--bind`, and run queued jobs like `worker`
     /// (unless `--no-worker`). Mutations need `NARRA_API_TOKEN`; a non-loopback address is refused
     /// without it. Prints the URL it serves on stdout.
-    Serve {
-        /// The address to listen on; port 0 picks a free port.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        bind: std::net::SocketAddr,
-        /// Only serve: run no jobs (another `narra worker` cannot run while this holds the home,
-        /// so queued jobs wait until it ends).
-        #[arg(long)]
-        no_worker: bool,
-        #[arg(long, default_value_t = 2)]
-        concurrency: usize,
-        #[command(flatten)]
-        shutdown: ShutdownArgs,
-        #[command(flatten)]
-        scheduling: SchedulingArgs,
-    },
+    Serve(ServeArgs),
     /// List jobs, newest first.
-    Jobs {
-        /// pending, running, succeeded (or completed), failed or cancelled.
-        #[arg(long)]
-        status: Option<Status>,
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
-        /// Only the jobs of this backfill (`backfill --list` shows the ids).
-        #[arg(long, value_name = "ID")]
-        backfill: Option<BackfillId>,
-        /// Only running jobs whose lease expired or that have not moved (no event, no download
-        /// progress) for `--stuck-after-s` seconds.
-        #[arg(long, conflicts_with_all = ["status", "backfill"])]
-        stuck: bool,
-        #[arg(long, value_name = "SECONDS", default_value_t = crate::model::stuck::DEFAULT_STUCK_AFTER_S)]
-        stuck_after_s: u64,
-    },
+    Jobs(JobsArgs),
     /// Return a job to pending (the runbook's "manually reset job status"): a running job whose
     /// lease expired, or a succeeded or failed one. Recorded as an event and an incident.
-    Reset {
-        id: JobId,
-        /// Also reset a running job whose lease is still live (its holder may still be working).
-        #[arg(long)]
-        force: bool,
-        /// Why, for the event history and the incident log.
-        #[arg(long)]
-        reason: Option<String>,
-    },
+    Reset(ResetArgs),
     /// Submit a manifest of sources in batches and run them; running it again resumes it.
-    Backfill {
-        /// One source per line, JSON Lines ({"source": ...}) or CSV with a `source` column; `-`
-        /// reads standard input.
-        #[arg(required_unless_present = "list")]
-        manifest: Option<String>,
-        /// The workflow of lines that name none (default: ingest).
-        #[arg(long)]
-        workflow: Option<String>,
-        #[arg(long, default_value_t = crate::engine::backfill::DEFAULT_CONCURRENCY)]
-        concurrency: usize,
-        /// Also retry jobs that failed with a permanent class (and cancelled ones).
-        #[arg(long)]
-        retry_permanent: bool,
-        /// Re-run succeeded jobs through their checkpoints: only missing or changed work is done.
-        #[arg(long)]
-        reingest: bool,
-        /// List the backfills instead: id, creation time, jobs, manifest.
-        #[arg(long, conflicts_with = "manifest")]
-        list: bool,
-        #[command(flatten)]
-        shutdown: ShutdownArgs,
-        #[command(flatten)]
-        scheduling: SchedulingArgs,
-    },
+    Backfill(BackfillArgs),
     /// Show a job: status, phase, checkpoints, artifacts, metadata and events.
-    Show { id: JobId },
+    Show(JobArg),
     /// Print a job's own log lines.
-    Logs { id: JobId },
+    Logs(JobArg),
     /// Send failed or cancelled jobs back to pending and run them, resuming from their last done step.
-    Retry {
-        #[arg(required_unless_present_any = ["status", "class", "backfill"], conflicts_with_all = ["status", "class", "backfill"])]
-        ids: Vec<JobId>,
-        #[command(flatten)]
-        selection: SelectionArgs,
-        /// Redo from this step: its checkpoint and those of the steps after it are discarded
-        /// first (succeeded jobs too; never pending or running ones).
-        #[arg(long, value_name = "STEP")]
-        from: Option<String>,
-        /// Only enqueue; a worker runs them.
-        #[arg(long)]
-        detach: bool,
-        #[arg(long, default_value_t = 2)]
-        concurrency: usize,
-        #[command(flatten)]
-        shutdown: ShutdownArgs,
-        #[command(flatten)]
-        scheduling: SchedulingArgs,
-    },
+    Retry(RetryArgs),
     /// Cancel jobs: pending or failed ones at once, running ones at their next step boundary.
-    Cancel {
-        #[arg(required_unless_present_any = ["status", "class", "backfill"], conflicts_with_all = ["status", "class", "backfill"])]
-        ids: Vec<JobId>,
-        #[command(flatten)]
-        selection: SelectionArgs,
-    },
+    Cancel(TargetArgs),
     /// Check that each job's video, audio, metadata object, manifest and metadata record exist and
     /// match their checkpoints (runbook step 3). Exits 1 on any problem.
-    Verify {
-        /// Jobs to verify (default: every succeeded job).
-        ids: Vec<JobId>,
-        /// Stream and re-hash every object, even when its change token says it is unchanged.
-        #[arg(long, visible_alias = "full")]
-        deep: bool,
-    },
+    Verify(VerifyArgs),
     /// Re-derive a finished job's metadata record from its stored original, record what changed,
     /// and store the new record (a succeeded job runs again; only its store step does work).
-    Reprobe { id: JobId },
+    Reprobe(JobArg),
     /// Check that narra can run here: ffmpeg, ffprobe, workflows and their encoders, the state
     /// store, the storage backend and free scratch space. Exits 1 on any problem.
-    Doctor {
-        /// The least free space the scratch directory's file system must have, in MiB.
-        #[arg(long, default_value_t = 1024)]
-        scratch_min_free_mb: u64,
-    },
+    Doctor(DoctorArgs),
     /// Audit jobs' checkpoint chains and idempotency from their event history (default: every
     /// job). Exits 1 when any finding is a violation.
-    Audit { ids: Vec<JobId> },
+    Audit(AuditArgs),
     /// Runbook step 5: list stale scratch, orphan and partial objects, corrupt artifacts and the
     /// jobs to reset (a dry run, with a plan id); `--confirm PLAN_ID` carries out that exact plan.
-    Cleanup {
-        /// Re-hash every stored artifact to find corruption (default: size and change token).
-        #[arg(long)]
-        deep: bool,
-        /// Unreferenced objects younger than this are left alone: they may be uploads in flight.
-        #[arg(long, default_value_t = crate::model::cleanup::DEFAULT_MIN_AGE_S)]
-        min_age_s: u64,
-        /// Carry out the plan the dry run printed; refused if the plan changed since.
-        #[arg(long, value_name = "PLAN_ID")]
-        confirm: Option<String>,
-    },
+    Cleanup(CleanupArgs),
     /// The runbook's escalation signals: hosts with repeated failures, storage reachability and
     /// failures, stuck jobs, corruption. Exits 1 when something calls for escalation.
-    Health {
-        /// A host with at least this many failed jobs in the window calls for escalation.
-        #[arg(long, default_value_t = 3)]
-        host_failures_min: usize,
-        /// How far back failures count, in seconds.
-        #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
-        window_s: u64,
-        #[arg(long, value_name = "SECONDS", default_value_t = crate::model::stuck::DEFAULT_STUCK_AFTER_S)]
-        stuck_after_s: u64,
-    },
+    Health(HealthArgs),
     /// Print the incident log: every action cleanup and delete took.
     Incidents,
     /// Bring the state store's schema up to this narra's: on PostgreSQL, apply the migrations
@@ -362,74 +206,324 @@ pub enum Command {
     /// pruned jobs, backfills, the incident log, hosts) as one JSON Lines file, ending in a
     /// checksummed trailer: what `import` reads to move a home's state into PostgreSQL. Needs a
     /// home no other process holds.
-    Export {
-        /// The file to write (written beside it, then renamed into place); default: stdout.
-        #[arg(long, short)]
-        output: Option<PathBuf>,
-        /// Keep the secrets in sources, keys and callback URLs, as moving a store with `import`
-        /// needs (the file is then as sensitive as the store). Default: redacted, which `import`
-        /// refuses.
-        #[arg(long)]
-        include_secrets: bool,
-    },
+    Export(ExportArgs),
     /// Read a file `export` wrote into the state store `--state` names. The whole file is checked
     /// first (trailer, count, hash); records are written as they were, each in one transaction;
     /// run again after an interruption, it skips what it already wrote. Records the store holds
     /// with other content are conflicts: listed, never overwritten (exit 1).
-    Import {
-        file: PathBuf,
-        /// Only check the file; write nothing.
-        #[arg(long)]
-        check: bool,
-    },
+    Import(ImportArgs),
     /// Delete a job's records and its artifacts no other job references (a takedown). Without
     /// `--confirm`, prints what it would delete and changes nothing.
-    Delete {
-        id: JobId,
-        #[arg(long)]
-        confirm: bool,
-    },
+    Delete(DeleteArgs),
     /// Remove the state of finished jobs last updated longer ago than `--older-than`, keeping
     /// their objects and manifests in storage. Without `--confirm`, lists them and changes nothing.
-    Prune {
-        /// A whole number and a unit: 30d, 12h, 90m, 45s.
-        #[arg(long, value_name = "DURATION")]
-        older_than: String,
-        /// Only jobs with these statuses (succeeded, failed, cancelled; default: all three).
-        #[arg(long, num_args = 1..)]
-        status: Vec<Status>,
-        #[arg(long)]
-        confirm: bool,
-    },
+    Prune(PruneArgs),
+}
+
+// Each command's own options. The help a command prints is its variant's doc comment above, which
+// clap applies after these structs' own (so theirs never reach the user).
+
+/// What a new job is given besides its source, in `ingest` and `submit` alike.
+#[derive(Debug, Args, Clone)]
+pub struct NewJobArgs {
+    /// The new jobs' priority: higher runs first (default 10; backfill lines default to 0).
+    #[arg(long, allow_hyphen_values = true, value_parser = clap::value_parser!(i32).range(-1000..=1000))]
+    pub priority: Option<i32>,
+    /// Send a signed notice to this http(s) URL when each job finishes (default: the
+    /// workflow's `callback_url`). Needs NARRA_WEBHOOK_SECRET; see docs/RUNBOOK.md.
+    #[arg(long)]
+    pub callback_url: Option<String>,
+}
+
+/// `narra ingest`.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// HTTP(S) URLs, file:// URLs or local paths.
+    #[arg(required = true)]
+    pub sources: Vec<String>,
+    /// The workflow to run (default: ingest).
+    #[arg(long)]
+    pub workflow: Option<String>,
+    /// Your own idempotency key (for signed or expiring URLs); default: the normalised source.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// How many jobs run at once.
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+    /// Re-run succeeded jobs through their checkpoints: only missing or changed work is done.
+    #[arg(long)]
+    pub reingest: bool,
+    #[command(flatten)]
+    pub new_job: NewJobArgs,
+    #[command(flatten)]
+    pub running: RunningArgs,
+}
+
+/// `narra submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[arg(required = true)]
+    pub sources: Vec<String>,
+    #[arg(long)]
+    pub workflow: Option<String>,
+    #[arg(long)]
+    pub key: Option<String>,
+    #[arg(long)]
+    pub reingest: bool,
+    #[command(flatten)]
+    pub new_job: NewJobArgs,
+}
+
+/// `narra worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+    /// Exit once no job is left to run.
+    #[arg(long)]
+    pub drain: bool,
+    #[command(flatten)]
+    pub running: RunningArgs,
+}
+
+/// `narra serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub bind: std::net::SocketAddr,
+    /// Only serve: run no jobs (another `narra worker` cannot run while this holds the home,
+    /// so queued jobs wait until it ends).
+    #[arg(long)]
+    pub no_worker: bool,
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub running: RunningArgs,
+}
+
+/// `narra jobs`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// pending, running, succeeded (or completed), failed or cancelled.
+    #[arg(long)]
+    pub status: Option<Status>,
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// Only the jobs of this backfill (`backfill --list` shows the ids).
+    #[arg(long, value_name = "ID")]
+    pub backfill: Option<BackfillId>,
+    /// Only running jobs whose lease expired or that have not moved (no event, no download
+    /// progress) for `--stuck-after-s` seconds.
+    #[arg(long, conflicts_with_all = ["status", "backfill"])]
+    pub stuck: bool,
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::model::stuck::DEFAULT_STUCK_AFTER_S)]
+    pub stuck_after_s: u64,
+}
+
+/// `narra reset`.
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    pub id: JobId,
+    /// Also reset a running job whose lease is still live (its holder may still be working).
+    #[arg(long)]
+    pub force: bool,
+    /// Why, for the event history and the incident log.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+/// `narra backfill`.
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// One source per line, JSON Lines ({"source": ...}) or CSV with a `source` column; `-`
+    /// reads standard input.
+    #[arg(required_unless_present = "list")]
+    pub manifest: Option<String>,
+    /// The workflow of lines that name none (default: ingest).
+    #[arg(long)]
+    pub workflow: Option<String>,
+    #[arg(long, default_value_t = crate::engine::backfill::DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    /// Also retry jobs that failed with a permanent class (and cancelled ones).
+    #[arg(long)]
+    pub retry_permanent: bool,
+    /// Re-run succeeded jobs through their checkpoints: only missing or changed work is done.
+    #[arg(long)]
+    pub reingest: bool,
+    /// List the backfills instead: id, creation time, jobs, manifest.
+    #[arg(long, conflicts_with = "manifest")]
+    pub list: bool,
+    #[command(flatten)]
+    pub running: RunningArgs,
+}
+
+/// One job: `show`, `logs`, `reprobe`.
+#[derive(Debug, Args)]
+pub struct JobArg {
+    pub id: JobId,
+}
+
+/// The jobs a bulk command acts on: ids, or the jobs a selection names (`retry`, `cancel`).
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    #[arg(required_unless_present_any = ["status", "class", "backfill"], conflicts_with_all = ["status", "class", "backfill"])]
+    pub ids: Vec<JobId>,
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+}
+
+/// `narra retry`.
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    #[command(flatten)]
+    pub targets: TargetArgs,
+    /// Redo from this step: its checkpoint and those of the steps after it are discarded
+    /// first (succeeded jobs too; never pending or running ones).
+    #[arg(long, value_name = "STEP")]
+    pub from: Option<String>,
+    /// Only enqueue; a worker runs them.
+    #[arg(long)]
+    pub detach: bool,
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub running: RunningArgs,
+}
+
+/// `narra verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Jobs to verify (default: every succeeded job).
+    pub ids: Vec<JobId>,
+    /// Stream and re-hash every object, even when its change token says it is unchanged.
+    #[arg(long, visible_alias = "full")]
+    pub deep: bool,
+}
+
+/// `narra doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The least free space the scratch directory's file system must have, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub scratch_min_free_mb: u64,
+}
+
+/// `narra audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    pub ids: Vec<JobId>,
+}
+
+/// `narra cleanup`.
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Re-hash every stored artifact to find corruption (default: size and change token).
+    #[arg(long)]
+    pub deep: bool,
+    /// Unreferenced objects younger than this are left alone: they may be uploads in flight.
+    #[arg(long, default_value_t = crate::model::cleanup::DEFAULT_MIN_AGE_S)]
+    pub min_age_s: u64,
+    /// Carry out the plan the dry run printed; refused if the plan changed since.
+    #[arg(long, value_name = "PLAN_ID")]
+    pub confirm: Option<String>,
+}
+
+/// `narra health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// A host with at least this many failed jobs in the window calls for escalation.
+    #[arg(long, default_value_t = 3)]
+    pub host_failures_min: usize,
+    /// How far back failures count, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 86_400)]
+    pub window_s: u64,
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::model::stuck::DEFAULT_STUCK_AFTER_S)]
+    pub stuck_after_s: u64,
+}
+
+/// `narra export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The file to write (written beside it, then renamed into place); default: stdout.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Keep the secrets in sources, keys and callback URLs, as moving a store with `import`
+    /// needs (the file is then as sensitive as the store). Default: redacted, which `import`
+    /// refuses.
+    #[arg(long)]
+    pub include_secrets: bool,
+}
+
+/// `narra import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    pub file: PathBuf,
+    /// Only check the file; write nothing.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// `narra delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    pub id: JobId,
+    #[arg(long)]
+    pub confirm: bool,
+}
+
+/// `narra prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// A whole number and a unit: 30d, 12h, 90m, 45s.
+    #[arg(long, value_name = "DURATION")]
+    pub older_than: String,
+    /// Only jobs with these statuses (succeeded, failed, cancelled; default: all three).
+    #[arg(long, num_args = 1..)]
+    pub status: Vec<Status>,
+    #[arg(long)]
+    pub confirm: bool,
 }
 
 impl Command {
     /// The subcommand's name, as typed.
     pub fn name(&self) -> &'static str {
         match self {
-            Command::Ingest { .. } => "ingest",
-            Command::Submit { .. } => "submit",
-            Command::Worker { .. } => "worker",
-            Command::Serve { .. } => "serve",
-            Command::Jobs { .. } => "jobs",
-            Command::Reset { .. } => "reset",
-            Command::Backfill { .. } => "backfill",
-            Command::Show { .. } => "show",
-            Command::Logs { .. } => "logs",
-            Command::Retry { .. } => "retry",
-            Command::Cancel { .. } => "cancel",
-            Command::Verify { .. } => "verify",
-            Command::Reprobe { .. } => "reprobe",
-            Command::Doctor { .. } => "doctor",
-            Command::Audit { .. } => "audit",
-            Command::Cleanup { .. } => "cleanup",
-            Command::Health { .. } => "health",
+            Command::Ingest(_) => "ingest",
+            Command::Submit(_) => "submit",
+            Command::Worker(_) => "worker",
+            Command::Serve(_) => "serve",
+            Command::Jobs(_) => "jobs",
+            Command::Reset(_) => "reset",
+            Command::Backfill(_) => "backfill",
+            Command::Show(_) => "show",
+            Command::Logs(_) => "logs",
+            Command::Retry(_) => "retry",
+            Command::Cancel(_) => "cancel",
+            Command::Verify(_) => "verify",
+            Command::Reprobe(_) => "reprobe",
+            Command::Doctor(_) => "doctor",
+            Command::Audit(_) => "audit",
+            Command::Cleanup(_) => "cleanup",
+            Command::Health(_) => "health",
             Command::Incidents => "incidents",
             Command::Migrate => "migrate",
-            Command::Delete { .. } => "delete",
-            Command::Prune { .. } => "prune",
-            Command::Export { .. } => "export",
-            Command::Import { .. } => "import",
+            Command::Delete(_) => "delete",
+            Command::Prune(_) => "prune",
+            Command::Export(_) => "export",
+            Command::Import(_) => "import",
+        }
+    }
+
+    /// How a command that runs jobs stops and schedules them; `None` for the others.
+    pub fn running(&self) -> Option<&RunningArgs> {
+        match self {
+            Command::Ingest(IngestArgs { running, .. })
+            | Command::Worker(WorkerArgs { running, .. })
+            | Command::Serve(ServeArgs { running, .. })
+            | Command::Retry(RetryArgs { running, .. })
+            | Command::Backfill(BackfillArgs { running, .. }) => Some(running),
+            _ => None,
         }
     }
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressStyle};
 
-use super::{CliError, io};
+use super::args::BackfillArgs;
+use super::{CliError, Context, io};
 use crate::engine::Engine;
 use crate::engine::backfill::{
     BackfillOptions, BackfillProgress, list_backfills, manifest_name, parse_manifest, run_backfill,
@@ -37,8 +38,32 @@ fn read_manifest(path: &str) -> Result<String, CliError> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// `narra backfill MANIFEST` (or `--list`).
+pub async fn backfill(
+    engine: &Engine,
+    args: BackfillArgs,
+    context: &Context,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> Result<ExitCode, CliError> {
+    if args.list {
+        return list(engine, out, context.json).await;
+    }
+    let manifest = args
+        .manifest
+        .expect("clap requires a manifest unless --list");
+    let options = BackfillOptions {
+        workflow: args.workflow,
+        concurrency: args.concurrency,
+        retry_permanent: args.retry_permanent,
+        reingest: args.reingest,
+        local_paths: context.local_paths(),
+    };
+    run(engine, out, err, &manifest, options, context.json).await
+}
+
 /// `narra backfill MANIFEST`.
-pub async fn run(
+async fn run(
     engine: &Engine,
     out: &mut impl Write,
     err: &mut impl Write,
@@ -92,7 +117,7 @@ pub async fn run(
 }
 
 /// `narra backfill --list`.
-pub async fn list(engine: &Engine, out: &mut impl Write, json: bool) -> Result<ExitCode, CliError> {
+async fn list(engine: &Engine, out: &mut impl Write, json: bool) -> Result<ExitCode, CliError> {
     let backfills = list_backfills(engine).await?;
     if json {
         let list: Vec<_> = backfills

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use super::GlobalArgs;
 use crate::steps::extract::{Tools, encoder_of, encoders, tool_version};
+use crate::steps::free_bytes;
 use crate::storage::Storage;
 use crate::store::sled_store::StoreStats;
 use crate::store::{HomeLock, LockError, SledStore};
@@ -498,8 +499,6 @@ fn writable(path: &Path) -> bool {
     // SAFETY: `path` is a NUL-terminated string that outlives the call; access(2) only reads it.
     unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
 }
-
-use crate::steps::free_bytes;
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,7 @@
 //! The maintenance commands' glue and output: `verify` (runbook step 3), `audit`, `cleanup`
-//! (runbook step 5), `incidents`, `delete`, `prune` and `retry --from STEP`. The behaviour lives in
-//! `engine::verify`, `engine::audit`, `engine::cleanup`, `engine::prune` and `engine::retry`; this
-//! file only calls them and prints what they return.
+//! (runbook step 5), `incidents`, `delete`, `prune` and `reprobe`. The behaviour lives in
+//! `engine::verify`, `engine::audit`, `engine::cleanup`, `engine::prune` and `engine::reprobe`;
+//! this file only calls them and prints what they return.
 //!
 //! Exit codes: 0 when nothing is wrong (and for dry runs), 1 when a check found a problem, an audit
 //! found a violation, or a confirmed plan no longer matches.
@@ -9,18 +9,18 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use super::CliError;
+use super::args::{AuditArgs, CleanupArgs, DeleteArgs, JobArg, PruneArgs, VerifyArgs};
+use super::{CliError, Context};
 use crate::engine::Engine;
 use crate::engine::audit::audit_jobs;
 use crate::engine::cleanup::{CleanupError, execute, execute_takedown, plan, plan_takedown};
 use crate::engine::verify::verify_job;
 use crate::model::audit::JobAudit;
-use crate::model::cleanup::CleanupOptions;
 use crate::model::job::{JobId, Status, Timestamp};
 use crate::model::prune::{PruneOptions, parse_duration};
 use crate::views;
 
-use super::{io, print_json};
+use super::{exit_for, io, print_json};
 
 fn exit(ok: bool) -> ExitCode {
     if ok {
@@ -33,11 +33,11 @@ fn exit(ok: bool) -> ExitCode {
 /// `narra verify [ID...] [--deep]`: every artifact of each job, one line each.
 pub async fn verify(
     engine: &Engine,
+    VerifyArgs { ids, deep }: VerifyArgs,
+    context: &Context,
     out: &mut impl Write,
-    ids: Vec<JobId>,
-    deep: bool,
-    json: bool,
 ) -> Result<ExitCode, CliError> {
+    let json = context.json;
     let ids = if ids.is_empty() {
         engine
             .all_jobs(Some(Status::Succeeded))
@@ -77,10 +77,11 @@ pub async fn verify(
 /// `narra audit [ID...]`: exit 1 when any job has a violation.
 pub async fn audit(
     engine: &Engine,
+    AuditArgs { ids }: AuditArgs,
+    context: &Context,
     out: &mut impl Write,
-    ids: Vec<JobId>,
-    json: bool,
 ) -> Result<ExitCode, CliError> {
+    let json = context.json;
     let audits = audit_jobs(engine, &ids)
         .await
         .map_err(|error| CliError::Other(error.into()))?;
@@ -111,14 +112,17 @@ fn cleanup_error(error: CleanupError) -> CliError {
 /// `narra cleanup [--deep] [--min-age-s N] [--confirm PLAN_ID]`.
 pub async fn cleanup(
     engine: &Engine,
+    args: CleanupArgs,
+    context: &Context,
     out: &mut impl Write,
     err: &mut impl Write,
-    options: CleanupOptions,
-    confirm: Option<String>,
-    context: &super::Context,
 ) -> Result<ExitCode, CliError> {
     let json = context.json;
-    let Some(plan_id) = confirm else {
+    let options = crate::model::cleanup::CleanupOptions {
+        deep: args.deep,
+        min_age_s: args.min_age_s,
+    };
+    let Some(plan_id) = args.confirm else {
         let plan = plan(engine, &options).await.map_err(cleanup_error)?;
         if json {
             print_json(out, &views::cleanup::plan(&plan))?;
@@ -152,23 +156,22 @@ pub async fn cleanup(
 /// `narra incidents`: the incident log, oldest first.
 pub async fn incidents(
     engine: &Engine,
+    context: &Context,
     out: &mut impl Write,
-    json: bool,
 ) -> Result<ExitCode, CliError> {
     let incidents = engine.store.incidents().await?;
     let (view, line) = (views::incidents::incident, views::incidents::incident_text);
-    super::print_list(out, &incidents, json, view, line)?;
+    super::print_list(out, &incidents, context.json, view, line)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `narra delete ID [--confirm]`: without `--confirm`, prints what would go and exits 0.
 pub async fn delete(
     engine: &Engine,
+    DeleteArgs { id, confirm }: DeleteArgs,
+    context: &Context,
     out: &mut impl Write,
     err: &mut impl Write,
-    id: JobId,
-    confirm: bool,
-    context: &super::Context,
 ) -> Result<ExitCode, CliError> {
     let json = context.json;
     let result = if confirm {
@@ -218,79 +221,22 @@ pub async fn missing_job(engine: &Engine, id: JobId) -> CliError {
     }
 }
 
-/// What `retry --from STEP` was asked besides the jobs.
-#[derive(Debug, Clone)]
-pub struct RetryFrom {
-    pub step: String,
-    pub detach: bool,
-    pub concurrency: usize,
-}
-
-/// `narra retry (ID... | --status S [--class C] [--backfill ID]) --from STEP`: exit 2 when STEP is
-/// not a step of a selected job's workflow (nothing changed), 1 when a job was refused (pending or
-/// running) or did not succeed.
-pub async fn retry_from(
-    engine: &Engine,
-    out: &mut impl Write,
-    ids: Vec<JobId>,
-    selection: &super::SelectionArgs,
-    options: RetryFrom,
-    json: bool,
-) -> Result<ExitCode, CliError> {
-    crate::engine::orchestrator::reclaim_orphans(&engine.orchestrator()).await?;
-    let ids = super::ids_or_selection(
-        engine,
-        ids,
-        selection,
-        &[Status::Succeeded, Status::Failed, Status::Cancelled],
-    )
-    .await?;
-    let reason = format!("asked by {}", crate::engine::cleanup::actor_from_env());
-    let outcomes = crate::engine::retry::retry_from(engine, &ids, &options.step, &reason).await?;
-    let mut refused = false;
-    let mut queued = Vec::new();
-    for (_, outcome) in outcomes {
-        match outcome {
-            Ok(job) => queued.push(job),
-            Err(rejected) => {
-                refused = true;
-                eprintln!("narra: {rejected}");
-            }
-        }
-    }
-    let jobs = if options.detach {
-        queued
-    } else {
-        let ids: Vec<JobId> = queued.iter().map(|job| job.id).collect();
-        crate::engine::orchestrator::run_jobs(&engine.orchestrator(), &ids, options.concurrency)
-            .await?
-    };
-    super::print_jobs(out, &jobs, json)?;
-    Ok(if refused {
-        ExitCode::from(1)
-    } else {
-        super::exit_for(&jobs)
-    })
-}
-
 /// `narra prune --older-than D [--status S...] [--confirm]`: without `--confirm`, lists what would
 /// go and exits 0; with it, exits 1 when a listed job was left alone (it changed meanwhile).
 pub async fn prune(
     engine: &Engine,
+    args: PruneArgs,
+    context: &Context,
     out: &mut impl Write,
-    older_than: &str,
-    statuses: Vec<Status>,
-    confirm: bool,
-    json: bool,
 ) -> Result<ExitCode, CliError> {
     let options = PruneOptions {
-        older_than_ms: parse_duration(older_than).map_err(CliError::Usage)?,
-        statuses,
+        older_than_ms: parse_duration(&args.older_than).map_err(CliError::Usage)?,
+        statuses: args.status,
     };
     let now = Timestamp::now();
-    if !confirm {
+    if !args.confirm {
         let plan = crate::engine::prune::plan(engine, &options, now).await?;
-        if json {
+        if context.json {
             print_json(out, &views::prune::prune_plan(&plan, &options))?;
         } else {
             for line in views::prune::prune_plan_text(&plan, &options) {
@@ -306,7 +252,7 @@ pub async fn prune(
         now,
     )
     .await?;
-    if json {
+    if context.json {
         print_json(out, &views::prune::pruned(&pruned, &options))?;
     } else {
         for line in views::prune::pruned_text(&pruned) {
@@ -314,4 +260,41 @@ pub async fn prune(
         }
     }
     Ok(exit(pruned.refused.is_empty()))
+}
+
+/// `narra reprobe ID`: what changed in the job's metadata record, and the job when it was stored
+/// again (exit 1 when that run did not succeed).
+pub async fn reprobe(
+    engine: &Engine,
+    JobArg { id }: JobArg,
+    context: &Context,
+    out: &mut impl Write,
+) -> Result<ExitCode, CliError> {
+    crate::engine::orchestrator::reclaim_orphans(&engine.orchestrator()).await?;
+    let reprobed = crate::engine::reprobe::reprobe(engine, id)
+        .await
+        .map_err(|error| CliError::Other(error.into()))?;
+    if context.json {
+        let view = views::job::Reprobed {
+            job: views::job::summary(&reprobed.job),
+            changes: &reprobed.changes,
+            republished: reprobed.republished,
+        };
+        print_json(out, &view)?;
+    } else {
+        if reprobed.changes.is_empty() {
+            writeln!(out, "{id}  metadata record unchanged").map_err(io)?;
+        }
+        for change in &reprobed.changes {
+            writeln!(out, "{id}  changed  {change}").map_err(io)?;
+        }
+        if reprobed.republished {
+            writeln!(out, "{}", views::job::job_line(&reprobed.job)).map_err(io)?;
+        }
+    }
+    Ok(if reprobed.republished {
+        exit_for(std::slice::from_ref(&reprobed.job))
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -1,5 +1,8 @@
-//! The command line: the glue that opens a home and calls the library, and the printing of views
-//! (the clap definitions are `args.rs`). No behaviour lives here that the library does not expose to tests and the API too.
+//! The command line: the glue that opens a home and calls the library, and the printing of views.
+//! The clap definitions are `args.rs`; `dispatch` hands each command to one function of its own,
+//! grouped by concern (`jobs.rs`, `maintenance.rs`, `backfill.rs`, `health.rs`, `serve.rs`,
+//! `transfer.rs`). No behaviour lives here that the library does not expose to tests and the API
+//! too.
 //!
 //! Data goes to stdout (text or, with `--json`, JSON only); logs go to stderr, always.
 
@@ -7,11 +10,11 @@ pub mod args;
 pub mod backfill;
 pub mod doctor;
 pub mod health;
+pub mod jobs;
 pub mod maintenance;
 pub mod remote;
 pub mod serve;
 pub mod signals;
-pub mod stuck;
 pub mod transfer;
 
 use std::io::Write;
@@ -22,37 +25,16 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::engine::Engine;
-use crate::engine::orchestrator::{
-    EngineError, SubmitOptions, reclaim_orphans, run_jobs, submit, work,
-};
-use crate::model::job::{JobId, Status};
+use crate::engine::orchestrator::EngineError;
+use crate::model::job::Status;
 use crate::model::sources::LocalPaths;
 use crate::storage::Storage;
-use crate::store::{
-    HomeLock, JobFilter, LockError, PgStore, SledStore, StateStore, StateUri, StoreError,
-};
+use crate::store::{HomeLock, LockError, PgStore, SledStore, StateStore, StateUri, StoreError};
 use crate::views;
 use crate::workflow::WorkflowRegistry;
-pub use args::{Cli, Command, GlobalArgs, SchedulingArgs, SelectionArgs, ShutdownArgs};
-
-/// The ids given, or the jobs a selection names that `allowed` statuses admit (a bulk operation
-/// skips jobs it could not act on rather than refusing them one by one).
-async fn ids_or_selection(
-    engine: &Engine,
-    ids: Vec<JobId>,
-    selection: &SelectionArgs,
-    allowed: &[Status],
-) -> Result<Vec<JobId>, CliError> {
-    if !ids.is_empty() {
-        return Ok(ids);
-    }
-    let jobs = crate::engine::stuck::select_jobs(engine, &selection.selection()).await?;
-    Ok(jobs
-        .into_iter()
-        .filter(|job| allowed.contains(&job.status))
-        .map(|job| job.id)
-        .collect())
-}
+pub use args::{
+    Cli, Command, GlobalArgs, RunningArgs, SchedulingArgs, SelectionArgs, ShutdownArgs,
+};
 
 /// A failure of a command as a whole, with its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -220,33 +202,12 @@ pub async fn run(cli: Cli, http: serve::HttpServer) -> Result<ExitCode, CliError
     // Commands that run jobs stop gracefully on SIGINT/SIGTERM; the handlers are installed before
     // anything else, so an early signal is never the default "die at once".
     let shutdown = crate::engine::shutdown::Shutdown::new();
-    let (grace_s, scheduling) = match &cli.command {
-        Command::Worker {
-            shutdown,
-            scheduling,
-            ..
-        }
-        | Command::Serve {
-            shutdown,
-            scheduling,
-            ..
-        }
-        | Command::Ingest {
-            shutdown,
-            scheduling,
-            ..
-        }
-        | Command::Retry {
-            shutdown,
-            scheduling,
-            ..
-        }
-        | Command::Backfill {
-            shutdown,
-            scheduling,
-            ..
-        } => (Some(shutdown.grace_s), Some(scheduling.policy()?)),
-        _ => (None, None),
+    let (grace_s, scheduling) = match cli.command.running() {
+        Some(running) => (
+            Some(running.shutdown.grace_s),
+            Some(running.scheduling.policy()?),
+        ),
+        None => (None, None),
     };
     if let Some(grace_s) = grace_s {
         signals::install(shutdown.clone(), std::time::Duration::from_secs(grace_s))
@@ -255,11 +216,8 @@ pub async fn run(cli: Cli, http: serve::HttpServer) -> Result<ExitCode, CliError
     // Before anything is shown: the operator's secret parameters are redacted everywhere.
     crate::engine::install_redactor_from_env();
     // Doctor must answer when the home is missing, broken or held by another process.
-    if let Command::Doctor {
-        scratch_min_free_mb,
-    } = cli.command
-    {
-        return run_doctor(&cli.global, scratch_min_free_mb).await;
+    if let Command::Doctor(args) = &cli.command {
+        return run_doctor(&cli.global, args.scratch_min_free_mb).await;
     }
     if let Command::Migrate = cli.command {
         return run_migrate(&cli.global).await;
@@ -270,7 +228,7 @@ pub async fn run(cli: Cli, http: serve::HttpServer) -> Result<ExitCode, CliError
         remote::Opened::Forwarded(code) => return Ok(code),
     };
     home.engine.shutdown = shutdown;
-    if let Command::Export { .. } | Command::Import { .. } = &cli.command {
+    if let Command::Export(_) | Command::Import(_) = &cli.command {
         let home_dir = absolute(&cli.global.home)?;
         let state = state_uri(&cli.global, &home_dir)?.display();
         let result = transfer::run(&home.engine, &cli.command, &state, cli.global.json).await;
@@ -341,348 +299,29 @@ pub async fn dispatch(
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> Result<ExitCode, CliError> {
-    let json = context.json;
-    let mut out = out;
     match command {
-        Command::Ingest {
-            sources,
-            workflow,
-            key,
-            concurrency,
-            reingest,
-            priority,
-            callback_url,
-            shutdown: _,
-            scheduling: _,
-        } => {
-            let orchestrator = engine.orchestrator();
-            reclaim_orphans(&orchestrator).await?;
-            let options = SubmitOptions {
-                workflow,
-                key,
-                reingest,
-                priority,
-                local_paths: context.local_paths(),
-                callback_url,
-            };
-            let submitted = submit(&orchestrator, &sources, &options).await?;
-            // The same source twice on one command line is one job, run once.
-            let mut ids: Vec<JobId> = Vec::with_capacity(submitted.len());
-            for submitted in &submitted {
-                if !ids.contains(&submitted.job.id) {
-                    ids.push(submitted.job.id);
-                }
-            }
-            let jobs = run_jobs(&orchestrator, &ids, concurrency).await?;
-            print_jobs(&mut out, &jobs, json)?;
-            Ok(exit_for(&jobs))
-        }
-        Command::Submit {
-            sources,
-            workflow,
-            key,
-            reingest,
-            priority,
-            callback_url,
-        } => {
-            let options = SubmitOptions {
-                workflow,
-                key,
-                reingest,
-                priority,
-                local_paths: context.local_paths(),
-                callback_url,
-            };
-            let submitted = submit(&engine.orchestrator(), &sources, &options).await?;
-            let jobs: Vec<_> = submitted
-                .into_iter()
-                .map(|submitted| submitted.job)
-                .collect();
-            if json {
-                print_jobs(&mut out, &jobs, true)?;
-            } else {
-                for job in &jobs {
-                    writeln!(out, "{}", job.id).map_err(io)?;
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Worker {
-            concurrency, drain, ..
-        } => {
-            let orchestrator = engine.orchestrator();
-            reclaim_orphans(&orchestrator).await?;
-            let jobs = work(
-                &orchestrator,
-                concurrency,
-                drain,
-                engine.shutdown.draining(),
-            )
-            .await?;
-            print_jobs(&mut out, &jobs, json)?;
-            // Stopped by a signal: the jobs it held are released, which is a clean exit.
-            if engine.shutdown.is_draining() {
-                return Ok(ExitCode::SUCCESS);
-            }
-            Ok(exit_for(&jobs))
-        }
-        Command::Serve {
-            bind,
-            no_worker,
-            concurrency,
-            ..
-        } => serve::serve(engine, &mut out, bind, no_worker, concurrency, context.http).await,
-        Command::Jobs {
-            status,
-            limit,
-            backfill,
-            stuck,
-            stuck_after_s,
-        } => {
-            if stuck {
-                return stuck::list(engine, &mut out, stuck_after_s, json).await;
-            }
-            let jobs = match backfill {
-                None => engine.store.jobs(&JobFilter { status, limit }).await?,
-                Some(id) => {
-                    if !engine.store.backfills().await?.iter().any(|b| b.id == id) {
-                        return Err(CliError::Other(anyhow::anyhow!("backfill {id} not found")));
-                    }
-                    crate::engine::backfill::jobs_of_backfill(engine, id, status, limit).await?
-                }
-            };
-            if json {
-                let mut list = Vec::with_capacity(jobs.len());
-                for job in &jobs {
-                    let progress = engine.store.progress(job.id).await?;
-                    list.push(views::job::job_item(job, progress.as_ref()));
-                }
-                print_json(&mut out, &list)?;
-            } else {
-                for job in &jobs {
-                    let mut line = views::job::job_line(job);
-                    if job.status == Status::Running
-                        && let Some(progress) = engine.store.progress(job.id).await?
-                    {
-                        line.push_str(&format!("  {}", views::job::progress_text(job, &progress)));
-                    }
-                    writeln!(out, "{line}").map_err(io)?;
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Show { id } => {
-            let Some(records) = crate::engine::show::records(engine, id).await? else {
-                return Err(maintenance::missing_job(engine, id).await);
-            };
-            if json {
-                print_json(&mut out, &views::job::detail(&records))?;
-            } else {
-                write!(out, "{}", views::job::detail_text(&records)).map_err(io)?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Logs { id } => {
-            engine.store.job(id).await?.ok_or_else(|| not_found(id))?;
-            let lines = engine.store.logs(id).await?;
-            for line in &lines {
-                let text = if json {
-                    views::to_json(&views::history::LogLineView::of(line)).to_string()
-                } else {
-                    views::history::log_line_text(line)
-                };
-                writeln!(out, "{text}").map_err(io)?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Retry {
-            ids,
-            selection,
-            from: Some(step),
-            detach,
-            concurrency,
-            ..
-        } => {
-            let options = maintenance::RetryFrom {
-                step,
-                detach,
-                concurrency,
-            };
-            maintenance::retry_from(engine, &mut out, ids, &selection, options, json).await
-        }
-        Command::Retry {
-            ids,
-            detach,
-            concurrency,
-            selection,
-            ..
-        } => {
-            // A served retry leaves the running jobs alone: they are the holder's, alive.
-            if context.served.is_none() {
-                reclaim_orphans(&engine.orchestrator()).await?;
-            }
-            let ids = ids_or_selection(
-                engine,
-                ids,
-                &selection,
-                &[Status::Failed, Status::Cancelled, Status::Pending],
-            )
-            .await?;
-            let mut refused = false;
-            let mut queued = Vec::new();
-            for id in ids {
-                match engine
-                    .store
-                    .retry(id, "retry requested by an operator")
-                    .await?
-                {
-                    Ok(job) => queued.push(job),
-                    // A pending job (one reclaimed from a dead process, say) needs no transition:
-                    // it is simply run.
-                    Err(crate::model::machine::Rejected::NotAllowed {
-                        status: Status::Pending,
-                        ..
-                    }) => queued.push(engine.store.job(id).await?.ok_or_else(|| not_found(id))?),
-                    Err(rejected) => {
-                        refused = true;
-                        writeln!(err, "narra: {rejected}").map_err(io)?;
-                    }
-                }
-            }
-            let jobs = if let Some(holder) = &context.served {
-                // The holder's own work goes on; the jobs wait in the queue it may be running.
-                if !queued.is_empty() {
-                    let note = holder.queued_note(queued.len(), engine.shutdown.is_draining());
-                    writeln!(err, "narra: {note}").map_err(io)?;
-                }
-                queued
-            } else if detach {
-                queued
-            } else {
-                let ids: Vec<JobId> = queued.iter().map(|job| job.id).collect();
-                run_jobs(&engine.orchestrator(), &ids, concurrency).await?
-            };
-            print_jobs(&mut out, &jobs, json)?;
-            if refused {
-                Ok(ExitCode::from(1))
-            } else {
-                Ok(exit_for(&jobs))
-            }
-        }
-        Command::Cancel { ids, selection } => {
-            let ids = ids_or_selection(
-                engine,
-                ids,
-                &selection,
-                &[Status::Pending, Status::Failed, Status::Running],
-            )
-            .await?;
-            let mut refused = false;
-            let mut jobs = Vec::new();
-            for id in ids {
-                match engine.store.cancel(id).await? {
-                    Ok(job) => jobs.push(job),
-                    Err(rejected) => {
-                        refused = true;
-                        writeln!(err, "narra: {rejected}").map_err(io)?;
-                    }
-                }
-            }
-            print_jobs(&mut out, &jobs, json)?;
-            Ok(if refused {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
-        Command::Backfill { list: true, .. } => backfill::list(engine, &mut out, json).await,
-        Command::Backfill {
-            manifest,
-            workflow,
-            concurrency,
-            retry_permanent,
-            reingest,
-            list: false,
-            ..
-        } => {
-            let manifest = manifest.expect("clap requires a manifest unless --list");
-            let options = crate::engine::backfill::BackfillOptions {
-                workflow,
-                concurrency,
-                retry_permanent,
-                reingest,
-                local_paths: context.local_paths(),
-            };
-            backfill::run(engine, &mut out, err, &manifest, options, json).await
-        }
-        Command::Doctor { .. } => unreachable!("doctor runs before the home is opened"),
+        Command::Ingest(args) => jobs::ingest(engine, args, context, out).await,
+        Command::Submit(args) => jobs::submit(engine, args, context, out).await,
+        Command::Worker(args) => jobs::worker(engine, args, context, out).await,
+        Command::Serve(args) => serve::serve(engine, args, context, out).await,
+        Command::Jobs(args) => jobs::jobs(engine, args, context, out).await,
+        Command::Show(args) => jobs::show(engine, args, context, out).await,
+        Command::Logs(args) => jobs::logs(engine, args, context, out).await,
+        Command::Retry(args) => jobs::retry(engine, args, context, out, err).await,
+        Command::Cancel(args) => jobs::cancel(engine, args, context, out, err).await,
+        Command::Reset(args) => jobs::reset(engine, args, context, out, err).await,
+        Command::Backfill(args) => backfill::backfill(engine, args, context, out, err).await,
+        Command::Reprobe(args) => maintenance::reprobe(engine, args, context, out).await,
+        Command::Verify(args) => maintenance::verify(engine, args, context, out).await,
+        Command::Audit(args) => maintenance::audit(engine, args, context, out).await,
+        Command::Cleanup(args) => maintenance::cleanup(engine, args, context, out, err).await,
+        Command::Health(args) => health::health(engine, args, context, out).await,
+        Command::Incidents => maintenance::incidents(engine, context, out).await,
+        Command::Delete(args) => maintenance::delete(engine, args, context, out, err).await,
+        Command::Prune(args) => maintenance::prune(engine, args, context, out).await,
+        Command::Doctor(_) => unreachable!("doctor runs before the home is opened"),
         Command::Migrate => unreachable!("migrate runs before the home is opened"),
-        Command::Reprobe { id } => {
-            reclaim_orphans(&engine.orchestrator()).await?;
-            let reprobed = crate::engine::reprobe::reprobe(engine, id)
-                .await
-                .map_err(|error| CliError::Other(error.into()))?;
-            if json {
-                let view = views::job::Reprobed {
-                    job: views::job::summary(&reprobed.job),
-                    changes: &reprobed.changes,
-                    republished: reprobed.republished,
-                };
-                print_json(&mut out, &view)?;
-            } else {
-                if reprobed.changes.is_empty() {
-                    writeln!(out, "{id}  metadata record unchanged").map_err(io)?;
-                }
-                for change in &reprobed.changes {
-                    writeln!(out, "{id}  changed  {change}").map_err(io)?;
-                }
-                if reprobed.republished {
-                    writeln!(out, "{}", views::job::job_line(&reprobed.job)).map_err(io)?;
-                }
-            }
-            Ok(if reprobed.republished {
-                exit_for(std::slice::from_ref(&reprobed.job))
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
-        Command::Verify { ids, deep } => {
-            maintenance::verify(engine, &mut out, ids, deep, json).await
-        }
-        Command::Audit { ids } => maintenance::audit(engine, &mut out, ids, json).await,
-        Command::Cleanup {
-            deep,
-            min_age_s,
-            confirm,
-        } => {
-            let options = crate::model::cleanup::CleanupOptions { deep, min_age_s };
-            maintenance::cleanup(engine, &mut out, err, options, confirm, context).await
-        }
-        Command::Reset { id, force, reason } => {
-            stuck::reset(engine, &mut out, err, id, reason.as_deref(), force, context).await
-        }
-        Command::Health {
-            host_failures_min,
-            window_s,
-            stuck_after_s,
-        } => {
-            let options = crate::model::health::HealthOptions {
-                host_failures_min,
-                window_s,
-                stuck_after_s,
-            };
-            health::health(engine, &mut out, options, json).await
-        }
-        Command::Incidents => maintenance::incidents(engine, &mut out, json).await,
-        Command::Delete { id, confirm } => {
-            maintenance::delete(engine, &mut out, err, id, confirm, context).await
-        }
-        Command::Prune {
-            older_than,
-            status,
-            confirm,
-        } => maintenance::prune(engine, &mut out, &older_than, status, confirm, json).await,
-        Command::Export { .. } | Command::Import { .. } => Err(CliError::Usage(format!(
+        Command::Export(_) | Command::Import(_) => Err(CliError::Usage(format!(
             "`narra {}` is not run for another process: stop the process that holds the home \
              first",
             command.name()
@@ -821,10 +460,6 @@ pub(crate) fn positive_from_env(name: &str, unit: &str) -> Result<Option<u64>, C
                 "{name} must be a positive number of {unit}, not {text:?}"
             ))
         })
-}
-
-fn not_found(id: JobId) -> CliError {
-    CliError::Other(anyhow::anyhow!("job {id} not found"))
 }
 
 pub(crate) fn io(error: std::io::Error) -> CliError {

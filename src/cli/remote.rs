@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
+use super::args::{BackfillArgs, ServeArgs};
 use super::{Cli, CliError, Command, Context, Home, dispatch, open_home};
 use crate::engine::Engine;
 use crate::engine::shutdown::Shutdown;
@@ -170,12 +171,12 @@ impl Holder {
             command: command.name(),
             runs_queue: matches!(
                 command,
-                Command::Worker { .. }
-                    | Command::Serve {
+                Command::Worker(_)
+                    | Command::Serve(ServeArgs {
                         no_worker: false,
                         ..
-                    }
-                    | Command::Backfill { list: false, .. }
+                    })
+                    | Command::Backfill(BackfillArgs { list: false, .. })
             ),
         }
     }
@@ -210,15 +211,15 @@ impl Holder {
 pub fn served_remotely(command: &Command) -> bool {
     !matches!(
         command,
-        Command::Worker { .. }
-            | Command::Serve { .. }
-            | Command::Ingest { .. }
-            | Command::Backfill { list: false, .. }
-            | Command::Reprobe { .. }
-            | Command::Doctor { .. }
+        Command::Worker(_)
+            | Command::Serve(_)
+            | Command::Ingest(_)
+            | Command::Backfill(BackfillArgs { list: false, .. })
+            | Command::Reprobe(_)
+            | Command::Doctor(_)
             | Command::Migrate
-            | Command::Export { .. }
-            | Command::Import { .. }
+            | Command::Export(_)
+            | Command::Import(_)
     )
 }
 

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use futures::future::BoxFuture;
 
-use super::{CliError, io};
+use super::args::ServeArgs;
+use super::{CliError, Context, io};
 use crate::engine::Engine;
 use crate::engine::orchestrator::{reclaim_orphans, work};
 
@@ -31,35 +32,37 @@ pub type HttpService = Box<
 /// Serves until a signal; prints the URL it serves on (port 0 resolved) as one line of stdout.
 pub async fn serve(
     engine: &Engine,
+    args: ServeArgs,
+    context: &Context,
     out: &mut impl Write,
-    bind: SocketAddr,
-    no_worker: bool,
-    concurrency: usize,
-    http: Option<HttpServer>,
 ) -> Result<ExitCode, CliError> {
-    let http = http.ok_or_else(|| CliError::Usage("this process serves no HTTP API".into()))?;
+    let http = context
+        .http
+        .ok_or_else(|| CliError::Usage("this process serves no HTTP API".into()))?;
+    let bind = args.bind;
     let service = http(bind).map_err(CliError::Usage)?;
-    reclaim_orphans(&engine.orchestrator()).await?;
+    // One orchestrator serves the whole command: the reclaim before and the worker after.
+    let orchestrator = engine.orchestrator();
+    reclaim_orphans(&orchestrator).await?;
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .map_err(|error| CliError::Usage(format!("cannot listen on {bind}: {error}")))?;
     let local = listener.local_addr().map_err(io)?;
     writeln!(out, "http://{local}/").map_err(io)?;
     out.flush().map_err(io)?;
-    tracing::info!(address = %local, worker = !no_worker, "serving the API and the console");
+    tracing::info!(address = %local, worker = !args.no_worker, "serving the API and the console");
     let stopping = engine.shutdown.clone();
     let server = service(
         engine.clone(),
         listener,
         Box::pin(async move { stopping.draining().await }),
     );
-    if no_worker {
+    if args.no_worker {
         server.await.map_err(io)?;
     } else {
-        let orchestrator = engine.orchestrator();
         let worker = work(
             &orchestrator,
-            concurrency,
+            args.concurrency,
             false,
             engine.shutdown.draining(),
         );

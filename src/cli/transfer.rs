@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
+use super::args::ExportArgs;
 use super::{CliError, Command, io, print_json};
 use crate::engine::Engine;
 use crate::engine::transfer::{self, ExportSummary, RecordCounts, Secrets, TransferError};
@@ -22,6 +23,8 @@ impl From<TransferError> for CliError {
     }
 }
 
+/// `narra export` or `narra import`, run by `cli::run` before the home serves other processes
+/// (these two are never run for another process).
 pub async fn run(
     engine: &Engine,
     command: &Command,
@@ -29,29 +32,24 @@ pub async fn run(
     json: bool,
 ) -> Result<ExitCode, CliError> {
     match command {
-        Command::Export {
-            output,
-            include_secrets,
-        } => {
-            let secrets = if *include_secrets {
-                Secrets::Included
-            } else {
-                Secrets::Redacted
-            };
-            export(engine, output.as_deref(), state, secrets, json).await
-        }
-        Command::Import { file, check } => import(engine, file, *check, json).await,
+        Command::Export(args) => export(engine, args, state, json).await,
+        Command::Import(args) => import(engine, &args.file, args.check, json).await,
         _ => unreachable!("only export and import are run here"),
     }
 }
 
 async fn export(
     engine: &Engine,
-    output: Option<&Path>,
+    args: &ExportArgs,
     state: &str,
-    secrets: Secrets,
     json: bool,
 ) -> Result<ExitCode, CliError> {
+    let output = args.output.as_deref();
+    let secrets = if args.include_secrets {
+        Secrets::Included
+    } else {
+        Secrets::Redacted
+    };
     let summary = match output {
         None => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
