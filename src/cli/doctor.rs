@@ -108,6 +108,7 @@ pub async fn run_checks(global: &GlobalArgs, scratch_free_min_bytes: u64) -> Vec
         tool_check("ffmpeg", &tools.ffmpeg).await,
         tool_check("ffprobe", &tools.ffprobe).await,
     ];
+    checks.push(media_helper_check().await);
     let ffmpeg_found = checks[0].ok;
     match WorkflowRegistry::load(global.workflows.as_deref()) {
         Ok(registry) => {
@@ -202,6 +203,49 @@ fn permissions_check(home: &Path, sled_dir: Option<&Path>, object_root: Option<&
 }
 
 /// The storage URI `global` names, `fs://<home>/objects` by default.
+/// Starts a media helper in a scratch root of its own and asks it what its sandbox allows: the
+/// protections it reports are what it found when it entered them, and the refusals it reports
+/// are what it tried (open /etc/passwd, create a socket). Fails when no helper answers; warns when
+/// a protection is off.
+async fn media_helper_check() -> Check {
+    const NAME: &str = "media_helper";
+    if std::env::var(crate::steps::media::MEDIA_ENV).as_deref() == Ok("cli") {
+        return Check::pass(NAME, "not used: NARRA_MEDIA=cli runs ffprobe and ffmpeg per job".into());
+    }
+    let program = match std::env::current_exe() {
+        Ok(program) => program,
+        Err(error) => return Check::fail(NAME, format!("cannot find the narra binary: {error}")),
+    };
+    let scratch = std::env::temp_dir().join(format!("narra-doctor-{}", std::process::id()));
+    let pool = crate::steps::media::HelperPool::new(
+        program,
+        scratch.clone(),
+        Vec::new(),
+        crate::steps::media::sandbox::Limits::default(),
+    );
+    let checked =
+        crate::steps::media::self_check(&pool, std::time::Duration::from_secs(10)).await;
+    drop(pool);
+    let _ = std::fs::remove_dir_all(&scratch);
+    match checked {
+        Err(error) => Check::fail(NAME, error),
+        Ok(check) => {
+            let confined = check.read_etc_passwd.is_err() && check.open_socket.is_err();
+            let detail = format!(
+                "{}; /etc/passwd {}, socket() {}",
+                check.protections.summary(),
+                if check.read_etc_passwd.is_err() { "refused" } else { "READABLE" },
+                if check.open_socket.is_err() { "refused" } else { "ALLOWED" },
+            );
+            if confined && check.protections.landlock == "fully" {
+                Check::pass(NAME, detail)
+            } else {
+                Check::warn(NAME, detail)
+            }
+        }
+    }
+}
+
 fn storage_uri(global: &GlobalArgs, home: &Path) -> String {
     global
         .storage

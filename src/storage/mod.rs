@@ -302,6 +302,11 @@ impl Storage {
         self.user_metadata
     }
 
+    /// The directory an `fs://` backend keeps its objects in; `None` for every other backend.
+    pub fn local_root(&self) -> Option<&Path> {
+        self.fs_root.as_deref()
+    }
+
     /// The file behind a key, for `fs://` roots: steps read stored originals in place from it.
     pub fn local_path(&self, key: &str) -> Option<PathBuf> {
         self.fs_root.as_ref().map(|root| root.join(key))

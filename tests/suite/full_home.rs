@@ -80,7 +80,9 @@ fn the_snapshots_sled_left_unfinished_are_removed_when_the_store_opens() {
 // Guards ffmpeg's side of a full disk: ffmpeg that runs out of space writing the audio (its output
 // is the kernel's /dev/full here, which answers every write with ENOSPC, as a full scratch file
 // system does) fails the job as `scratch_error`, naming the cause, not as `extract_failed` (which
-// sends an operator after the media or ffmpeg); once there is space, a retry completes it.
+// sends an operator after the media or ffmpeg); once there is space, a retry completes it. The
+// media helper may write only beneath scratch, so its Landlock rule is switched off here to let it
+// reach /dev/full: the point is what ENOSPC becomes.
 #[test]
 fn ffmpeg_out_of_space_is_a_scratch_error_and_a_retry_completes_the_job() {
     let home = Home::new();
@@ -90,7 +92,14 @@ fn ffmpeg_out_of_space_is_a_scratch_error_and_a_retry_completes_the_job() {
     std::os::unix::fs::symlink("/dev/full", scratch.join("tmp-audio.m4a"))
         .expect("point the audio's temp file at /dev/full");
 
-    let failed = home.one_job(&["retry", &id], 1);
+    let output = home
+        .command(&["--json", "retry", &id])
+        .env("NARRA_MEDIA_SANDBOX_DISABLE", "landlock")
+        .output()
+        .expect("narra runs");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let failed: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    let failed = failed[0].clone();
 
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(failed["error"]["class"], "scratch_error", "{failed}");

@@ -297,6 +297,7 @@ fn helper_tools(scratch_root: &Path) -> Tools {
         media: Media::Helpers(Arc::new(HelperPool::new(
             narra_binary(),
             scratch_root.to_path_buf(),
+            Vec::new(),
             Limits::default(),
         ))),
         ..Tools::default()

@@ -1,5 +1,5 @@
-//! The helper process itself: `narra __media-helper SCRATCH_ROOT MEMORY_BYTES FILE_BYTES`, started
-//! by the worker's pool, never by a person.
+//! The helper process itself: `narra __media-helper SCRATCH_ROOT MEMORY_BYTES FILE_BYTES
+//! [READ_ROOT]...`, started by the worker's pool, never by a person.
 //!
 //! It initialises FFmpeg's libraries, enters its sandbox (`sandbox::enter`) while it is still one
 //! thread, then answers requests from stdin on stdout until stdin ends. It keeps no state between
@@ -16,10 +16,11 @@ use super::sandbox::{self, DISABLE_ENV, Disabled, Limits};
 
 /// Runs the helper on `args` (what follows [`super::pool::HELPER_ARG`]); returns the exit status.
 pub fn main(args: &[String]) -> i32 {
-    let [scratch_root, memory_bytes, file_bytes] = args else {
-        eprintln!("narra media helper: expected SCRATCH_ROOT MEMORY_BYTES FILE_BYTES");
+    let [scratch_root, memory_bytes, file_bytes, read_roots @ ..] = args else {
+        eprintln!("narra media helper: expected SCRATCH_ROOT MEMORY_BYTES FILE_BYTES [READ_ROOT]...");
         return 2;
     };
+    let read_roots: Vec<PathBuf> = read_roots.iter().map(PathBuf::from).collect();
     let (Ok(memory_bytes), Ok(file_bytes)) = (memory_bytes.parse(), file_bytes.parse()) else {
         eprintln!("narra media helper: the limits are byte counts");
         return 2;
@@ -36,7 +37,7 @@ pub fn main(args: &[String]) -> i32 {
         memory_bytes,
         file_bytes,
     };
-    let protections = sandbox::enter(&PathBuf::from(scratch_root), limits, disabled);
+    let protections = sandbox::enter(&PathBuf::from(scratch_root), &read_roots, limits, disabled);
     let mut input = BufReader::new(std::io::stdin().lock());
     let mut output = BufWriter::new(std::io::stdout().lock());
     loop {
@@ -75,8 +76,17 @@ pub fn main(args: &[String]) -> i32 {
                     .and_then(|mut opened| {
                         libav::extract(&mut opened, stream_index, &plan, &path, &mut progress)
                     })
-                    .and_then(|_| libav::probe(&path));
-                match written {
+                    .and_then(|written| libav::probe(&path).map(|json| (written, json)));
+                if let Ok((written, _)) = &written {
+                    // The last figure is always sent: the step's progress ends at the whole size.
+                    let _ = write_frame(
+                        &mut output,
+                        &Response::Progress {
+                            bytes: written.bytes,
+                        },
+                    );
+                }
+                match written.map(|(_, json)| json) {
                     Ok(json) => Response::Written {
                         json: json.to_string(),
                     },

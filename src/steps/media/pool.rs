@@ -47,6 +47,7 @@ pub enum CallError {
 pub struct HelperPool {
     program: PathBuf,
     scratch_root: PathBuf,
+    read_roots: Vec<PathBuf>,
     limits: Limits,
     idle: Mutex<Vec<Helper>>,
     started: AtomicU64,
@@ -66,11 +67,18 @@ struct Helper {
 }
 
 impl HelperPool {
-    /// Helpers run `program` (this binary), confined to `scratch_root`.
-    pub fn new(program: PathBuf, scratch_root: PathBuf, limits: Limits) -> HelperPool {
+    /// Helpers run `program` (this binary), confined to reading and writing beneath
+    /// `scratch_root` and reading beneath `read_roots`.
+    pub fn new(
+        program: PathBuf,
+        scratch_root: PathBuf,
+        read_roots: Vec<PathBuf>,
+        limits: Limits,
+    ) -> HelperPool {
         HelperPool {
             program,
             scratch_root,
+            read_roots,
             limits,
             idle: Mutex::new(Vec::new()),
             started: AtomicU64::new(0),
@@ -159,19 +167,20 @@ impl HelperPool {
     }
 
     fn start(&self) -> Result<Helper, CallError> {
-        // Landlock confines a helper to what exists beneath the scratch root when it starts.
-        crate::private_files::create_dir_all(&self.scratch_root).map_err(|error| {
-            CallError::Broken(format!(
-                "cannot create the scratch root {}: {error}",
-                self.scratch_root.display()
-            ))
-        })?;
+        // Landlock grants access beneath directories that exist when the helper starts: an
+        // object store's root may not exist yet when the first job is extracted.
+        for root in std::iter::once(&self.scratch_root).chain(&self.read_roots) {
+            crate::private_files::create_dir_all(root).map_err(|error| {
+                CallError::Broken(format!("cannot create {}: {error}", root.display()))
+            })?;
+        }
         let mut command = Command::new(&self.program);
         command
             .arg(HELPER_ARG)
             .arg(&self.scratch_root)
             .arg(self.limits.memory_bytes.to_string())
             .arg(self.limits.file_bytes.to_string())
+            .args(&self.read_roots)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             // Its own messages (a failpoint, a panic) reach the worker's stderr.

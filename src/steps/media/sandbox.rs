@@ -13,8 +13,10 @@
 //!    that refuses `socket()` with `EACCES`. The namespace is defence in depth; the filter is what
 //!    makes any socket fail, inside a namespace or not.
 //! 4. Files: Landlock, where the kernel has it (probed with `landlock_create_ruleset`, through the
-//!    landlock crate), allows reading and writing beneath the scratch root and nothing else. The
-//!    helper's libraries are loaded before, and its stdin and stdout are already open.
+//!    landlock crate), allows reading and writing beneath the scratch root, reading beneath the
+//!    read roots the worker names (an `fs://` object store, whose stored originals re-extraction
+//!    and `reprobe` read in place), and nothing else. The helper's libraries are loaded before,
+//!    and its stdin and stdout are already open.
 //!
 //! Each protection can be switched off by [`DISABLE_ENV`] (a comma-separated list of `netns`,
 //! `seccomp`, `landlock`, `rlimits`) so that tests force each fallback and an operator on a
@@ -22,7 +24,7 @@
 //!
 //! This module never decides a job's outcome; it only restricts the process that calls it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -115,7 +117,12 @@ impl Disabled {
 
 /// Restricts the calling process for good. Call it while the process has one thread. A
 /// protection the kernel refuses is reported off, never a reason to stop: `doctor` names it.
-pub fn enter(scratch_root: &Path, limits: Limits, disabled: Disabled) -> Protections {
+pub fn enter(
+    scratch_root: &Path,
+    read_roots: &[PathBuf],
+    limits: Limits,
+    disabled: Disabled,
+) -> Protections {
     let mut protections = Protections {
         rlimits: !disabled.rlimits && set_rlimits(limits).is_ok(),
         ..Protections::default()
@@ -127,7 +134,7 @@ pub fn enter(scratch_root: &Path, limits: Limits, disabled: Disabled) -> Protect
     protections.landlock = if disabled.landlock {
         "disabled".to_string()
     } else {
-        confine_files(scratch_root)
+        confine_files(scratch_root, read_roots)
     };
     protections
 }
@@ -178,9 +185,9 @@ fn refuse_sockets() -> Result<(), String> {
     seccompiler::apply_filter(&program).map_err(|error| error.to_string())
 }
 
-/// Landlock: read and write beneath `scratch_root`, nothing else. Returns the status as `doctor`
-/// shows it.
-fn confine_files(scratch_root: &Path) -> String {
+/// Landlock: read and write beneath `scratch_root`, read beneath `read_roots`, nothing else.
+/// Returns the status as `doctor` shows it.
+fn confine_files(scratch_root: &Path, read_roots: &[PathBuf]) -> String {
     use landlock::{
         ABI, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus,
         path_beneath_rules,
@@ -191,6 +198,9 @@ fn confine_files(scratch_root: &Path) -> String {
         .and_then(|ruleset| ruleset.create())
         .and_then(|ruleset| {
             ruleset.add_rules(path_beneath_rules([scratch_root], AccessFs::from_all(abi)))
+        })
+        .and_then(|ruleset| {
+            ruleset.add_rules(path_beneath_rules(read_roots, AccessFs::from_read(abi)))
         })
         .and_then(|ruleset| ruleset.restrict_self());
     match restricted {
