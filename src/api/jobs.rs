@@ -27,7 +27,10 @@ pub const PAGE_MAX: usize = 1_000;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// Only jobs of this status: `pending`, `running`, `succeeded` (or `completed`), `failed` or
+    /// `cancelled`.
     pub status: Option<String>,
+    /// Only running jobs in this phase: `downloading`, `processing` or `storing`.
     pub phase: Option<String>,
     /// The error class of the job's last failure.
     pub class: Option<String>,
@@ -35,7 +38,10 @@ pub struct ListQuery {
     pub host: Option<String>,
     /// Only running jobs that look stuck (`narra jobs --stuck`).
     pub stuck: Option<bool>,
+    /// With `stuck=true`: seconds without progress after which a running job is stuck (default
+    /// 600).
     pub stuck_after_s: Option<u64>,
+    /// Jobs per page, 1 to 1,000 (default 50).
     pub limit: Option<usize>,
     /// The `next_cursor` of the previous page: jobs older than it.
     pub cursor: Option<String>,
@@ -144,10 +150,13 @@ pub async fn list(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
+    /// An `http(s)` URL; local paths are refused over HTTP.
     pub source: String,
+    /// The workflow to run (default: `ingest`).
     pub workflow: Option<String>,
     /// The caller's own idempotency key (signed or expiring URLs).
     pub key: Option<String>,
+    /// -1000 to 1000; pending jobs are claimed highest first (default: 10, above a backfill's 0).
     pub priority: Option<i32>,
     /// Where the job's signed completion notice goes (`webhook`); checked by the network guard
     /// like a source. Default: the workflow's `callback_url`.
@@ -271,6 +280,8 @@ pub async fn logs(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryRequest {
+    /// A step of the job's workflow: its checkpoint and those of later steps are discarded first;
+    /// absent, the job runs again from its checkpoints.
     pub from: Option<String>,
 }
 
@@ -323,7 +334,9 @@ pub async fn cancel(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResetRequest {
+    /// Why, for the job's events and the incident log (default: `manual reset`).
     pub reason: Option<String>,
+    /// Reset a running job even while its lease is live (default: false, which refuses it).
     #[serde(default)]
     pub force: bool,
 }

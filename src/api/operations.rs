@@ -22,7 +22,10 @@ use crate::views;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackfillQuery {
+    /// Names the manifest (`api:<name>`); the same name again resumes its backfill (default: the
+    /// first 16 hex digits of the body's blake3).
     pub name: Option<String>,
+    /// The workflow of lines that name none (default: `ingest`).
     pub workflow: Option<String>,
 }
 
@@ -148,6 +151,7 @@ pub async fn backfill(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyQuery {
+    /// Re-hash every object, not only those whose change token changed (default: false).
     #[serde(default)]
     pub deep: bool,
 }
@@ -174,8 +178,11 @@ pub async fn verify(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CleanupQuery {
+    /// Re-hash every stored artifact instead of trusting unchanged change tokens (default: false).
     #[serde(default)]
     pub deep: bool,
+    /// Objects younger than this many seconds are never deleted as orphans or partial writes
+    /// (default: 3,600).
     pub min_age_s: Option<u64>,
 }
 
@@ -202,9 +209,13 @@ pub async fn cleanup_plan(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CleanupConfirm {
+    /// The `id` of the dry run (`GET /cleanup`) to carry out: 409 `plan_changed` if the plan is no
+    /// longer the same.
     pub plan_id: String,
+    /// The dry run's `deep`: the plan must be made with the same options.
     #[serde(default)]
     pub deep: bool,
+    /// The dry run's `min_age_s` (default: 3,600).
     pub min_age_s: Option<u64>,
 }
 
@@ -226,8 +237,11 @@ pub async fn cleanup_confirm(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthQuery {
+    /// A host with this many failed jobs in the window escalates (default: 3).
     pub host_failures_min: Option<usize>,
+    /// How far back failures, storage faults and corruption count, in seconds (default: 86,400).
     pub window_s: Option<u64>,
+    /// Seconds without progress after which a running job is stuck (default: 600).
     pub stuck_after_s: Option<u64>,
 }
 

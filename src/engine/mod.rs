@@ -1,9 +1,15 @@
-//! The engine: the job model, the status/phase state machine, the orchestrator that moves status,
-//! and the worker that runs steps and moves the phase.
+//! The engine: it runs jobs and the maintenance commands over the pure model (`model`: the job,
+//! the status/phase machine, scheduling, the report types). The orchestrator (`orchestrator.rs`)
+//! moves status; the worker (`worker.rs`) runs steps and moves the phase; the notifier
+//! (`webhook.rs`) sends completion notices; `audit`, `cleanup`, `health`, `prune`, `verify` and the
+//! rest read the stores and storage and fill the model's reports for `views` to show.
 //!
-//! The engine never spawns ffmpeg and never speaks HTTP; steps do. It never imports sled or opendal;
-//! it talks to `store::StateStore` and `storage::Storage`. The orchestrator (`orchestrator.rs`) sees
-//! the store only as an `OrchestratorStore`, the worker (`worker.rs`) only as a `WorkerStore`.
+//! The engine never spawns ffmpeg and never fetches a source; steps do. It builds the network
+//! guard's HTTP clients (`steps::net`, in [`Services`]) and hands the download step its own; the
+//! only requests it sends itself are the notifier's. It never imports sled or opendal: it talks
+//! to `store::StateStore` and `storage::Storage`. The orchestrator is handed an [`Orchestrator`]
+//! (the store as an `OrchestratorSide`), the worker only a `WorkerStore`; the whole store stays
+//! with the doors and the maintenance commands.
 
 pub mod audit;
 pub mod backfill;

@@ -37,11 +37,15 @@ impl Severity {
 pub struct Finding {
     /// A stable code (see the module docs).
     pub kind: &'static str,
+    /// `Violation` makes `narra audit` exit 1; `Warning` and `Info` do not.
     pub severity: Severity,
+    /// The step it is about, if one.
     pub step: Option<String>,
+    /// The object key it is about, if one.
     pub key: Option<String>,
     /// The event the finding is about, if one.
     pub seq: Option<u64>,
+    /// The finding in words, for people.
     pub message: String,
 }
 
@@ -70,8 +74,11 @@ impl Finding {
 pub struct StepCounts {
     /// `step_started` events: how many times the step executed.
     pub executed: u32,
+    /// `step_completed` events: runs that recorded a checkpoint.
     pub completed: u32,
+    /// `step_skipped` events: runs skipped because the checkpoint verified.
     pub skipped: u32,
+    /// `step_failed` events.
     pub failed: u32,
     /// `step_redone` events: how many of the executions re-ran a checkpointed step.
     pub redone: u32,
@@ -84,6 +91,7 @@ pub struct HistoryAnalysis {
     pub steps: Vec<(String, StepCounts)>,
     /// How many times this job wrote each key, by key.
     pub writes: BTreeMap<String, u32>,
+    /// What the history supports, judged with other jobs' writes and the incident log.
     pub findings: Vec<Finding>,
     /// The history predates the audit events (`checkpoint_recorded`, `objects_written`).
     pub legacy: bool,
@@ -92,8 +100,11 @@ pub struct HistoryAnalysis {
 /// A write of a blob by some job, for comparing writes across jobs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobWrite {
+    /// The job whose run wrote the blob.
     pub job_id: JobId,
+    /// When the `objects_written` event was recorded.
     pub at: Timestamp,
+    /// The blob's key (`blobs/...`).
     pub key: String,
 }
 
@@ -358,14 +369,18 @@ fn outputs_text(outputs: &[(String, Hash)]) -> String {
 /// One step of a job's audit: its counts and its current checkpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepAudit {
+    /// The step's name in the workflow.
     pub step: String,
+    /// How the step went over the whole history.
     pub counts: StepCounts,
+    /// Its current checkpoint; `None` when it has none.
     pub checkpoint: Option<Checkpoint>,
 }
 
 /// The audit of one job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobAudit {
+    /// The audited job as it was read.
     pub job: Job,
     /// The workflow's steps in order, then any other step the history names.
     pub steps: Vec<StepAudit>,
@@ -373,6 +388,7 @@ pub struct JobAudit {
     pub writes: BTreeMap<String, u32>,
     /// Shallow `verify`: does storage agree with the checkpoints?
     pub storage: JobVerification,
+    /// What the history and the stores support, each with its severity.
     pub findings: Vec<Finding>,
 }
 

@@ -31,28 +31,40 @@ impl ManifestFormat {
 /// A line that could not be read as a source: reported, skipped, never fatal for the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadLine {
+    /// The line's number in the manifest, from 1.
     pub line: usize,
+    /// Why it could not be read as a source.
     pub reason: String,
 }
 
 /// The end of a backfill run.
 #[derive(Debug, Clone)]
 pub struct BackfillSummary {
+    /// The backfill's record: its id, its manifest's name, when it was first run.
     pub backfill: Backfill,
+    /// How the manifest was read.
     pub format: ManifestFormat,
+    /// Lines read as a source (blank lines and `#` comments are not counted).
     pub lines_accepted: usize,
+    /// Lines that could not be read, skipped.
     pub bad_lines: Vec<BadLine>,
+    /// Distinct jobs the manifest names: several lines may name one.
     pub jobs: usize,
     /// Jobs run by this run, and jobs recognised without running.
     pub ran: usize,
+    /// Jobs recognised without running: finished already after submission.
     pub skipped: usize,
     /// Every job of the manifest by its status at the end (names as `jobs` shows them).
     pub by_status: BTreeMap<String, usize>,
     /// The failed jobs by error class and by source host (`local` for files).
     pub failures_by_class: BTreeMap<String, usize>,
+    /// Failed jobs by source host.
     pub failures_by_host: BTreeMap<String, usize>,
+    /// Bytes this run's finished jobs downloaded.
     pub bytes_downloaded: u64,
+    /// Bytes this run's finished jobs stored.
     pub bytes_stored: u64,
+    /// How long the run took, in milliseconds.
     pub elapsed_ms: u64,
 }
 

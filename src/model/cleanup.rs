@@ -23,6 +23,7 @@ const PLAN_FORMAT: u32 = 1;
 pub struct CleanupOptions {
     /// Re-hash every stored artifact instead of trusting unchanged change tokens.
     pub deep: bool,
+    /// Objects younger than this many seconds are never orphans or partial writes.
     pub min_age_s: u64,
 }
 
@@ -44,9 +45,14 @@ pub enum DeletionReason {
     Partial,
     /// A stored artifact whose bytes are not its checkpoint's.
     Corrupt {
+        /// Which artifact it is: `video`, `audio`, `metadata`, ...
         artifact: String,
+        /// The size in bytes its checkpoint records.
         expected_size: u64,
+        /// The blake3 its checkpoint records.
         expected_blake3: Hash,
+        /// The blake3 of the bytes found; `None` when it was not computed (a size mismatch needs
+        /// none).
         found_blake3: Option<Hash>,
     },
 }
@@ -64,10 +70,13 @@ impl DeletionReason {
 /// An object the plan deletes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Deletion {
+    /// The object's key in storage.
     pub key: String,
     /// The size found when planning.
     pub size: u64,
+    /// When storage says it was last written; `None` when it does not say.
     pub last_modified: Option<Timestamp>,
+    /// Why: an orphan blob, a partial write, or a corrupt artifact with what was expected.
     pub reason: DeletionReason,
     /// The jobs that reference it (corrupt artifacts only).
     pub jobs: Vec<JobId>,
@@ -103,7 +112,9 @@ impl Deletion {
 /// A scratch directory the plan removes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaleScratch {
+    /// The scratch directory, named after its job's id.
     pub path: PathBuf,
+    /// The job the directory belongs to, by its name.
     pub job_id: JobId,
     /// The job's status, or `None` when no such job exists.
     pub status: Option<Status>,
@@ -112,18 +123,26 @@ pub struct StaleScratch {
 /// A job the plan sends back to pending.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobReset {
+    /// A succeeded or failed job that needs an artifact that is missing or deleted as corrupt.
     pub job_id: JobId,
+    /// Its status before the reset: `Succeeded` or `Failed`.
     pub status: Status,
+    /// `reset by cleanup: ` and which artifacts are missing or corrupt.
     pub reason: String,
 }
 
 /// What cleanup would do, with the id that `--confirm` must repeat.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
+    /// The first 16 hex digits of the blake3 of [`Plan::canonical`]: what `--confirm` repeats.
     pub id: String,
+    /// The options the plan was made with; a confirm must give the same.
     pub options: CleanupOptions,
+    /// The objects to delete, sorted by key.
     pub deletions: Vec<Deletion>,
+    /// The scratch directories to remove.
     pub scratch: Vec<StaleScratch>,
+    /// The jobs to send back to pending.
     pub resets: Vec<JobReset>,
     /// What was seen and deliberately left alone (young objects, cancelled jobs, ...). Not part of
     /// the id.
@@ -178,21 +197,35 @@ impl Plan {
 /// id.
 #[derive(Debug, Serialize)]
 pub struct CanonicalPlan<'a, D> {
+    /// The version of this canonical form: an id made under another never matches.
     pub format: u32,
+    /// Whether every stored artifact was re-hashed, instead of trusting unchanged change tokens.
     pub deep: bool,
+    /// Objects younger than this many seconds were left alone.
     pub min_age_s: u64,
+    /// The objects to delete: orphan blobs, partial writes and corrupt artifacts, sorted by key.
     pub deletions: Vec<D>,
+    /// The scratch directories to remove.
     pub scratch: Vec<CanonicalScratch>,
+    /// The jobs to send back to pending.
     pub resets: Vec<CanonicalReset<'a>>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct CanonicalDeletion<'a> {
+    /// The object's key in storage.
     pub key: &'a str,
+    /// Its size in bytes when the plan was made.
     pub size: u64,
+    /// When storage says it was last written, in milliseconds since the Unix epoch; `null` when it
+    /// does not say.
     pub last_modified_ms: Option<i64>,
+    /// `orphan`, `partial` or `corrupt`.
     pub reason: &'static str,
+    /// A corrupt artifact's blake3 as found, 64 hex digits; `null` for other reasons or when not
+    /// computed.
     pub found_blake3: Option<String>,
+    /// The ids of the jobs that reference a corrupt artifact; empty for other reasons.
     pub jobs: Vec<String>,
 }
 
@@ -216,15 +249,21 @@ impl CanonicalDeletion<'_> {
 
 #[derive(Debug, Serialize)]
 pub struct CanonicalScratch {
+    /// The directory's path on the machine that made the plan.
     pub path: String,
+    /// The id of the job the directory belongs to.
     pub job: String,
+    /// That job's status (`succeeded`, `failed`, `cancelled`); `null` when no such job exists.
     pub status: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct CanonicalReset<'a> {
+    /// The id of the job to reset.
     pub job: String,
+    /// Its status now: `succeeded` or `failed`.
     pub status: &'static str,
+    /// `reset by cleanup: ` and which artifacts are missing or corrupt.
     pub reason: &'a str,
 }
 
@@ -240,9 +279,13 @@ pub fn plan_id<D: Serialize>(canonical: &CanonicalPlan<'_, D>) -> String {
 /// What a confirmed plan did (`engine::cleanup::execute`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Executed {
+    /// The plan that was carried out.
     pub plan: Plan,
+    /// The keys of the objects deleted.
     pub deleted: Vec<String>,
+    /// The scratch directories removed.
     pub removed_scratch: Vec<PathBuf>,
+    /// The jobs sent back to pending.
     pub reset: Vec<JobId>,
     /// Plan items that were not carried out, and why.
     pub skipped: Vec<String>,
@@ -251,11 +294,13 @@ pub struct Executed {
 /// What `narra delete` removes, or would.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Takedown {
+    /// The job taken down (or that a dry run would take down).
     pub job: Job,
     /// Objects of the job that exist and no other job references.
     pub objects: Vec<String>,
     /// Objects of the job kept because another job references them, with those jobs.
     pub shared: Vec<(String, Vec<JobId>)>,
+    /// The job's scratch directory, when it has one.
     pub scratch: Option<PathBuf>,
 }
 

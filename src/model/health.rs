@@ -33,16 +33,21 @@ impl Default for HealthOptions {
 /// A host whose jobs failed repeatedly in the window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailingHost {
+    /// The source's host and port (`model::sources::source_host`); `local` for files.
     pub host: String,
+    /// Its jobs that failed in the window.
     pub failures: usize,
     /// Failures by error class.
     pub classes: BTreeMap<String, usize>,
+    /// Whether `failures` reached `host_failures_min` (at least 1).
     pub escalate: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct StorageHealth {
+    /// Whether storage answered a probe of one key just now.
     pub reachable: bool,
+    /// The storage URI and what the probe found, in words.
     pub detail: String,
     /// Recent job failures of a storage class, by class.
     pub failures: BTreeMap<String, usize>,
@@ -58,11 +63,17 @@ pub struct CorruptionHealth {
 
 #[derive(Debug, Clone)]
 pub struct HealthReport {
+    /// The thresholds and window the report was made with.
     pub options: HealthOptions,
+    /// Jobs that failed in the window (last updated within `window_s`).
     pub failed_recently: usize,
+    /// Hosts with failed jobs in the window, busiest first ([`failing_hosts`]).
     pub hosts: Vec<FailingHost>,
+    /// Whether storage answers, and the window's storage failures.
     pub storage: StorageHealth,
+    /// Running jobs whose lease expired or that made no progress for `stuck_after_s`.
     pub stuck: Vec<StuckJob>,
+    /// The window's checksum failures and corrupt-artifact removals.
     pub corruption: CorruptionHealth,
     /// Jobs quarantined as `crash_loop` in the window: their process died again and again.
     pub crash_loops: Vec<JobId>,

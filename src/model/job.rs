@@ -607,9 +607,13 @@ pub struct MediaMetadata {
 /// second, never per chunk. Which step it belongs to is the job's phase's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobProgress {
+    /// Bytes downloaded, written or sent to storage so far in the current step.
     pub bytes_done: u64,
+    /// The step's whole in bytes, when it is known.
     pub bytes_total: Option<u64>,
+    /// Bytes per second over the last interval between writes; 0 in a step's final figures.
     pub rate_bytes_per_s: u64,
+    /// When the record was last written.
     pub updated_at: Timestamp,
 }
 
@@ -619,15 +623,18 @@ pub struct JobProgress {
 pub struct Incident {
     /// The position in the log, from 0.
     pub seq: u64,
+    /// When the action was taken.
     pub at: Timestamp,
     /// Who acted: `$USER`, else `narra`.
     pub actor: String,
     /// `deleted_object`, `removed_scratch`, `reset_job`, `deleted_job`, `circuit_opened`,
     /// `fenced_write` (a write refused by a stale fencing token: `actor` is the worker).
     pub action: String,
+    /// The job acted on; `None` when the action concerned no single job.
     pub job: Option<JobId>,
     /// The object key or scratch path acted on.
     pub key: Option<String>,
+    /// Why, in words.
     pub reason: String,
 }
 
@@ -717,11 +724,13 @@ impl HostState {
 /// that builds it, for compaction and for `audit` alike.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventSummary {
+    /// The job whose history this is.
     pub job_id: JobId,
     /// How many events were folded in: the job's events `0..events_compacted`.
     pub events_compacted: u64,
-    /// When the first and the last folded event happened.
+    /// When the oldest folded event happened.
     pub first_at: Timestamp,
+    /// When the newest folded event happened.
     pub last_at: Timestamp,
     /// How many folded events of each kind (`EventKind::name`), in first-seen order.
     pub kinds: Vec<(String, u64)>,
@@ -729,6 +738,7 @@ pub struct EventSummary {
     pub steps: Vec<StepSummary>,
     /// The status and the phase after the last folded event: a replay of the history starts here.
     pub status: Option<Status>,
+    /// The phase after the last folded event; `None` when the job was not running then.
     pub phase: Option<Phase>,
     /// What `audit` reads beyond the counts.
     pub audit: AuditState,
@@ -737,11 +747,15 @@ pub struct EventSummary {
 /// How one step went over the folded events.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepSummary {
+    /// The step's name in the workflow.
     pub step: String,
     /// `step_started` events: how many times the step executed.
     pub executed: u64,
+    /// `step_completed` events.
     pub completed: u64,
+    /// `step_skipped` events: runs skipped because the checkpoint verified.
     pub skipped: u64,
+    /// `step_failed` events.
     pub failed: u64,
     /// `step_redone` events.
     pub redone: u64,
@@ -841,12 +855,19 @@ pub enum HistoryFindingKind {
 /// `cleanup` still counts them as referenced; its manifest stays in storage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrunedJob {
+    /// The pruned job's id: `show` and `GET /jobs/{id}` answer it as pruned.
     pub id: JobId,
+    /// Its idempotency key: a submission of it again makes a new job.
     pub key: String,
+    /// The workflow it ran.
     pub workflow: String,
+    /// Its finished status when pruned.
     pub status: Status,
+    /// When it was submitted.
     pub created_at: Timestamp,
+    /// When its record last changed before the prune.
     pub updated_at: Timestamp,
+    /// When it was pruned.
     pub pruned_at: Timestamp,
     /// The `blobs/` objects its store checkpoint named.
     pub blobs: Vec<String>,

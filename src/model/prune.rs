@@ -21,6 +21,7 @@ pub struct PruneOptions {
 pub struct PrunePlan {
     /// Jobs last updated before this are pruned.
     pub cutoff: Timestamp,
+    /// The finished statuses it prunes: those asked for, or all of [`PRUNABLE`].
     pub statuses: Vec<Status>,
     /// Oldest first.
     pub jobs: Vec<Job>,
@@ -29,7 +30,9 @@ pub struct PrunePlan {
 /// What a confirmed prune did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pruned {
+    /// The plan that was carried out.
     pub plan: PrunePlan,
+    /// The tombstones of the jobs pruned: what is left of each.
     pub pruned: Vec<PrunedJob>,
     /// Jobs of the plan left alone, and why (they changed since the plan was made).
     pub refused: Vec<(JobId, String)>,

@@ -41,9 +41,11 @@ impl StuckReason {
 /// A running job that looks stuck.
 #[derive(Debug, Clone)]
 pub struct StuckJob {
+    /// The running job as it was read.
     pub job: Job,
     /// When anything last moved: the latest event or progress record.
     pub last_moved_at: Timestamp,
+    /// Why it is stuck: an expired lease, no progress, or both; never empty.
     pub reasons: Vec<StuckReason>,
 }
 

@@ -12,11 +12,15 @@ pub enum ArtifactState {
     Missing,
     /// Found with other bytes: its size differs, or its blake3 (`found_blake3`, when computed).
     Mismatch {
+        /// The size in bytes found.
         found_size: u64,
+        /// The blake3 of the bytes found; `None` when the size already differed and nothing was
+        /// hashed.
         found_blake3: Option<Hash>,
     },
     /// It could not be checked (the object store failed).
     Unreadable {
+        /// The object store's error.
         message: String,
     },
 }
@@ -39,9 +43,13 @@ pub struct ArtifactCheck {
     /// `video`, `audio`, `metadata`, `platform_metadata`, `manifest` (stored objects) or
     /// `metadata_record` (the record in the state store).
     pub artifact: String,
+    /// Where the checkpoint says it is.
     pub location: Location,
+    /// The size in bytes its checkpoint records.
     pub size: u64,
+    /// The blake3 its checkpoint records.
     pub blake3: Hash,
+    /// What was found there.
     pub state: ArtifactState,
 }
 
@@ -77,9 +85,11 @@ impl ArtifactCheck {
 /// `verify` of one job (runbook step 3).
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobVerification {
+    /// The verified job.
     pub job_id: JobId,
     /// False when the job has no store checkpoint: ingestion did not complete, nothing to check.
     pub stored: bool,
+    /// Each output of the store checkpoint, then the metadata record; empty when not `stored`.
     pub artifacts: Vec<ArtifactCheck>,
 }
 

@@ -22,14 +22,19 @@ use crate::model::job::{
 /// A job and every record that belongs to it, restored in one transaction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecords {
+    /// The job record, with its fencing token and event sequence as they were.
     pub job: Job,
     /// In step order, as `JobReader::checkpoints` returns them.
     pub checkpoints: Vec<Checkpoint>,
     /// The events still held, oldest first.
     pub events: Vec<Event>,
+    /// What compaction kept of its oldest events; `None` when none were compacted.
     pub event_summary: Option<EventSummary>,
+    /// Its metadata record; `None` before the extract step recorded one.
     pub metadata: Option<MediaMetadata>,
+    /// The last progress record of its steps; `None` when no step wrote one.
     pub progress: Option<JobProgress>,
+    /// Its own log lines, oldest first.
     pub logs: Vec<LogLine>,
     /// The blob keys the job references (the `blob_refs` index), sorted.
     pub blobs: Vec<String>,

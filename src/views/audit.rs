@@ -14,39 +14,51 @@ use crate::model::job::{Checkpoint, Hash, JobId};
 /// findings: [{kind, severity, step, key, seq, message}]}`.
 #[derive(Debug, Serialize)]
 pub struct AuditView<'a> {
+    /// The audited job's id.
     pub id: Text<JobId>,
+    /// The job's status now: `pending`, `running`, `succeeded`, `failed` or `cancelled`.
     pub status: &'static str,
     /// Findings of severity `violation`: `narra audit` exits 1 when there is one.
     pub violations: usize,
     /// The workflow's steps in order, then any other step the history names.
     pub steps: Vec<AuditStepView<'a>>,
+    /// Whether storage agrees with the checkpoints (a shallow `verify`: size and change token).
     pub storage: AuditStorageView<'a>,
     /// How many times this job wrote each object.
     pub writes: Vec<KeyCount<'a>>,
+    /// Everything the audit found, each with its severity and what it is about.
     pub findings: Vec<FindingView<'a>>,
 }
 
 /// `{step, executed, completed, skipped, failed, redone, checkpoint}`.
 #[derive(Debug, Serialize)]
 pub struct AuditStepView<'a> {
+    /// `step`, `executed`, `completed`, `skipped`, `failed` and `redone`, at the top level.
     #[serde(flatten)]
     pub counts: StepCountsView<'a>,
+    /// The step's current checkpoint; `null` when it has none.
     pub checkpoint: Option<AuditCheckpointView<'a>>,
 }
 
 /// `{definition_hash, input_hash, recorded_at, outputs: [{name, location, size, blake3}]}`.
 #[derive(Debug, Serialize)]
 pub struct AuditCheckpointView<'a> {
+    /// The blake3 of the step's definition, 64 hex digits.
     pub definition_hash: Text<Hash>,
+    /// The blake3 of what the step read, 64 hex digits.
     pub input_hash: Text<Hash>,
+    /// When the checkpoint was recorded.
     pub recorded_at: Rfc3339,
+    /// Each output with its location, size in bytes and blake3.
     pub outputs: Vec<OutputView<'a>>,
 }
 
 /// Does storage agree with the checkpoints (a shallow `verify`)?
 #[derive(Debug, Serialize)]
 pub struct AuditStorageView<'a> {
+    /// The store step completed and every artifact it recorded is found as recorded.
     pub agrees: bool,
+    /// Each recorded artifact with what was found (`state`, `message`).
     pub artifacts: Vec<ArtifactCheckView<'a>>,
 }
 
@@ -57,11 +69,13 @@ pub struct FindingView<'a> {
     pub kind: &'static str,
     /// `info`, `warning` or `violation`.
     pub severity: &'static str,
+    /// The step it is about; `null` when it is about no one step.
     pub step: Option<&'a str>,
     /// The object it is about, if one.
     pub key: Option<&'a str>,
     /// The event it is about, if one.
     pub seq: Option<u64>,
+    /// The finding in words.
     pub message: &'a str,
 }
 

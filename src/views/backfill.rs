@@ -14,8 +14,12 @@ use crate::model::job::{Backfill, BackfillId};
 /// `{id, manifest, created_at}`: a backfill's record.
 #[derive(Debug, Serialize)]
 pub struct BackfillView<'a> {
+    /// The backfill's ULID, 26 characters.
     pub id: Text<BackfillId>,
+    /// What names the manifest: its absolute path, `stdin:<hash>` or `api:<name>`; running the same
+    /// name again resumes this backfill.
     pub manifest: &'a str,
+    /// When the backfill was first run.
     pub created_at: Rfc3339,
 }
 
@@ -30,8 +34,10 @@ pub fn backfill(backfill: &Backfill) -> BackfillView<'_> {
 /// A backfill of `backfill --list`, with how many jobs it has.
 #[derive(Debug, Serialize)]
 pub struct ListItem<'a> {
+    /// `id`, `manifest` and `created_at`, at the top level.
     #[serde(flatten)]
     pub backfill: BackfillView<'a>,
+    /// How many jobs the backfill has.
     pub jobs: usize,
 }
 
@@ -43,7 +49,9 @@ pub struct ManifestRead<'a> {
     pub manifest: &'a str,
     /// `lines`, `jsonl` or `csv`.
     pub format: &'static str,
+    /// Lines read as a source (blank lines and `#` comments are not counted).
     pub lines_accepted: usize,
+    /// Lines that could not be read: skipped, each with why.
     pub bad_lines: Vec<BadLineView<'a>>,
     /// Distinct jobs: several lines may name one.
     pub jobs: usize,
@@ -51,7 +59,9 @@ pub struct ManifestRead<'a> {
 
 #[derive(Debug, Serialize)]
 pub struct BadLineView<'a> {
+    /// The line's number in the manifest, from 1.
     pub line: usize,
+    /// Why the line could not be read as a source.
     pub reason: &'a str,
 }
 
@@ -80,7 +90,9 @@ pub fn manifest_read<'a>(
 /// `POST /backfills`: the backfill, how its manifest read, its jobs and how many will run.
 #[derive(Debug, Serialize)]
 pub struct Submitted<'a> {
+    /// The backfill's id: `GET /backfills/{id}` follows it.
     pub id: Text<BackfillId>,
+    /// `manifest`, `format`, `lines_accepted`, `bad_lines` and `jobs`, at the top level.
     #[serde(flatten)]
     pub read: ManifestRead<'a>,
     /// Jobs that will run: new, pending, retried or reingested.
@@ -91,12 +103,16 @@ pub struct Submitted<'a> {
 /// bytes its jobs' checkpoints record.
 #[derive(Debug, Serialize)]
 pub struct Progress<'a> {
+    /// `id`, `manifest` and `created_at`, at the top level.
     #[serde(flatten)]
     pub backfill: BackfillView<'a>,
+    /// How many jobs the backfill has.
     pub jobs: usize,
+    /// Its jobs by status (`pending`, `running`, ...); a status no job has is absent.
     pub by_status: BTreeMap<&'static str, usize>,
     /// Jobs in a terminal status.
     pub finished: usize,
+    /// Whether every job is in a terminal status.
     pub done: bool,
     /// The download step's outputs, once checkpointed.
     pub bytes_downloaded: u64,
@@ -107,19 +123,26 @@ pub struct Progress<'a> {
 /// The end of `narra backfill --json`.
 #[derive(Debug, Serialize)]
 pub struct SummaryView<'a> {
+    /// The backfill's id.
     pub backfill: Text<BackfillId>,
+    /// `manifest`, `format`, `lines_accepted`, `bad_lines` and `jobs`, at the top level.
     #[serde(flatten)]
     pub read: ManifestRead<'a>,
     /// Jobs this run ran, and jobs it recognised without running.
     pub ran: usize,
+    /// Jobs recognised without running (already succeeded, permanently failed, cancelled).
     pub skipped: usize,
     /// Every job of the manifest by its status at the end.
     pub by_status: &'a BTreeMap<String, usize>,
     /// The failed jobs by error class and by source host (`local` for files).
     pub failures_by_class: &'a BTreeMap<String, usize>,
+    /// Failed jobs by source host, as `health` names it.
     pub failures_by_host: &'a BTreeMap<String, usize>,
+    /// Bytes this run's finished jobs downloaded.
     pub bytes_downloaded: u64,
+    /// Bytes this run's finished jobs stored.
     pub bytes_stored: u64,
+    /// How long the run took, in milliseconds.
     pub elapsed_ms: u64,
 }
 

@@ -14,6 +14,8 @@ use crate::model::redact::redact_url;
 /// reason in words.
 #[derive(Debug, Serialize)]
 pub struct PlanView<'a> {
+    /// `format`, `deep`, `min_age_s`, `deletions`, `scratch` and `resets` (what the id hashes), at
+    /// the top level.
     #[serde(flatten)]
     pub canonical: CanonicalPlan<'a, DeletionView<'a>>,
     /// What `--confirm` (`POST /cleanup`'s `plan_id`) repeats.
@@ -24,8 +26,10 @@ pub struct PlanView<'a> {
 
 #[derive(Debug, Serialize)]
 pub struct DeletionView<'a> {
+    /// `key`, `size`, `last_modified_ms`, `reason`, `found_blake3` and `jobs`, at the top level.
     #[serde(flatten)]
     pub canonical: CanonicalDeletion<'a>,
+    /// Why the object is deleted, in words.
     pub message: String,
 }
 
@@ -121,9 +125,11 @@ pub fn dry_run_text(plan: &Plan) -> String {
 /// `{plan, deleted, removed_scratch, reset, skipped}`: what a confirmed plan did.
 #[derive(Debug, Serialize)]
 pub struct ExecutedView<'a> {
+    /// The plan that was carried out.
     pub plan: PlanView<'a>,
     /// The keys of the objects deleted.
     pub deleted: &'a [String],
+    /// The paths of the scratch directories removed.
     pub removed_scratch: Vec<String>,
     /// The jobs sent back to pending.
     pub reset: Vec<Text<JobId>>,
@@ -178,10 +184,13 @@ pub fn executed_text(executed: &Executed) -> Vec<String> {
 /// would (`deleted: false`).
 #[derive(Debug, Serialize)]
 pub struct TakedownView<'a> {
+    /// The id of the job taken down.
     pub id: Text<JobId>,
+    /// `true` when the takedown was carried out, `false` for a dry run.
     pub deleted: bool,
     /// The job's objects that exist and no other job references.
     pub objects: &'a [String],
+    /// The job's objects kept because other jobs reference them.
     pub shared: Vec<SharedView<'a>>,
     /// The job's scratch directory, when it has one.
     pub scratch: Option<String>,
@@ -190,7 +199,9 @@ pub struct TakedownView<'a> {
 /// An object of the job kept because other jobs reference it.
 #[derive(Debug, Serialize)]
 pub struct SharedView<'a> {
+    /// The object's key in storage.
     pub key: &'a str,
+    /// The other jobs that reference it.
     pub jobs: Vec<Text<JobId>>,
 }
 

@@ -21,16 +21,23 @@ pub struct HealthView<'a> {
     pub escalations: Vec<&'static str>,
     /// How far back failures, storage faults and corruption count.
     pub window_s: u64,
+    /// Jobs that failed in the window (last updated within `window_s`).
     pub failed_recently: usize,
+    /// Source hosts with failed jobs in the window, busiest first.
     pub failing_hosts: Vec<FailingHostView<'a>>,
     /// A host with this many failed jobs in the window escalates.
     pub host_failures_min: usize,
+    /// Whether storage answers, and the window's job failures of a storage class.
     pub storage: StorageView<'a>,
+    /// Running jobs whose lease expired or that made no progress for `stuck_after_s`.
     pub stuck: Vec<StuckView<'a>>,
+    /// The window's checksum failures, and the corrupt artifacts cleanup deleted.
     pub corruption: CorruptionView<'a>,
     /// Jobs quarantined as `crash_loop` in the window.
     pub crash_loops: Vec<Text<JobId>>,
+    /// Source hosts whose breaker is open or probing: their pending jobs are held.
     pub circuit_breakers: Vec<BreakerView<'a>>,
+    /// Pending jobs held back (`scratch_low`) until scratch space frees up.
     pub waiting_for_scratch: Vec<WaitingView<'a>>,
     /// The running jobs by the worker that holds them: information, not an escalation.
     pub workers: Vec<WorkerView<'a>>,
@@ -40,27 +47,38 @@ pub struct HealthView<'a> {
 
 #[derive(Debug, Serialize)]
 pub struct FailingHostView<'a> {
+    /// The source's host and port; `local` for files.
     pub host: &'a str,
+    /// Its jobs that failed in the window.
     pub failures: usize,
     /// The failures by error class.
     pub classes: &'a BTreeMap<String, usize>,
+    /// Whether `failures` reached `host_failures_min`.
     pub escalate: bool,
 }
 
 /// Whether storage answers, and recent job failures of a storage class.
 #[derive(Debug, Serialize)]
 pub struct StorageView<'a> {
+    /// Whether storage answered a probe just now.
     pub reachable: bool,
+    /// The storage URI and what the probe found, in words.
     pub detail: &'a str,
+    /// Jobs that failed in the window with a storage class (`storage_unavailable`, `storage_auth`),
+    /// by class.
     pub failures: &'a BTreeMap<String, usize>,
+    /// Storage is unreachable, or some job failed with a storage class.
     pub escalate: bool,
 }
 
 /// Recent checksum failures, and corrupt artifacts cleanup removed.
 #[derive(Debug, Serialize)]
 pub struct CorruptionView<'a> {
+    /// Jobs that failed in the window with `checksum_mismatch`, by class.
     pub failures: &'a BTreeMap<String, usize>,
+    /// Corrupt artifacts cleanup deleted in the window.
     pub corrupt_artifacts_removed: usize,
+    /// Whether either count is above zero.
     pub escalate: bool,
 }
 
@@ -68,11 +86,15 @@ pub struct CorruptionView<'a> {
 /// opened_total, held_total}`.
 #[derive(Debug, Serialize)]
 pub struct BreakerView<'a> {
+    /// The source's host and port.
     pub host: &'a str,
     /// `closed`, `open` (until `until`) or `probing` (with job `probe`).
     pub state: &'static str,
+    /// When an open breaker lets one probe job through; `null` unless `open`.
     pub until: Option<Rfc3339>,
+    /// The job testing the host; `null` unless `probing`.
     pub probe: Option<Text<JobId>>,
+    /// The host's blocking failures since it last answered a job, oldest first.
     pub recent_refusals: Vec<RefusalView<'a>>,
     /// How many times the breaker opened, ever.
     pub opened_total: u64,
@@ -82,23 +104,31 @@ pub struct BreakerView<'a> {
 
 #[derive(Debug, Serialize)]
 pub struct RefusalView<'a> {
+    /// When the job failed.
     pub at: Rfc3339,
+    /// The blocking error class (`download_blocked`, `rate_limited`, ...).
     pub class: &'a str,
+    /// The job that failed.
     pub job: Text<JobId>,
 }
 
 /// A pending job that waits for scratch space, and why.
 #[derive(Debug, Serialize)]
 pub struct WaitingView<'a> {
+    /// The waiting job's id.
     pub id: Text<JobId>,
+    /// Why it waits, as its error message says.
     pub reason: Option<&'a str>,
+    /// When it is tried again; `null` when it may be claimed now.
     pub not_before: Option<Rfc3339>,
 }
 
 /// A worker (`host:pid`) and the running jobs it holds.
 #[derive(Debug, Serialize)]
 pub struct WorkerView<'a> {
+    /// The worker, as its leases name it (`host:pid`).
     pub worker_id: &'a str,
+    /// The running jobs whose lease it holds.
     pub running: Vec<Text<JobId>>,
 }
 

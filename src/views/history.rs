@@ -13,8 +13,11 @@ use crate::model::job::{Event, EventKind, EventSummary, Hash, LogLine, Phase, St
 /// `GET /jobs/{id}/events` show.
 #[derive(Debug, Serialize)]
 pub struct HistoryView<'a> {
+    /// How many of the oldest events compaction folded into `events_summary`; 0 when none were.
     pub events_compacted: u64,
+    /// What the folded events left; `null` when none were compacted.
     pub events_summary: Option<EventSummaryView<'a>>,
+    /// The events still held, oldest first; at most 1,000, older ones are folded away.
     pub events: Vec<EventView<'a>>,
 }
 
@@ -31,9 +34,11 @@ pub fn history<'a>(summary: Option<&'a EventSummary>, events: &'a [Event]) -> Hi
 pub struct EventView<'a> {
     /// The event's place in the job's history, from 0.
     pub seq: u64,
+    /// When the event happened.
     pub at: Rfc3339,
     /// `submitted`, `status_changed`, `step_started`, ... (`EventKind::name`).
     pub kind: &'static str,
+    /// The kind's own fields, at the top level (none for `cancel_requested`).
     #[serde(flatten)]
     pub detail: EventDetail<'a>,
 }
@@ -52,48 +57,71 @@ pub fn event_view(event: &Event) -> EventView<'_> {
 #[serde(untagged)]
 pub enum EventDetail<'a> {
     Submitted {
+        /// The source as submitted, its secrets redacted.
         source: &'a str,
+        /// The name of the workflow the job runs.
         workflow: &'a str,
     },
     StatusChanged {
+        /// The status before; `null` for the job's first status.
         from: Option<&'static str>,
+        /// `pending`, `running`, `succeeded`, `failed` or `cancelled`.
         to: &'static str,
+        /// Why, in words (`submitted`, `claimed by host:pid:n`, `all steps done`, ...).
         reason: &'a str,
     },
     PhaseChanged {
+        /// `downloading`, `processing`, `storing`, or `null` when the job was not running.
         from: Option<&'static str>,
+        /// `downloading`, `processing`, `storing`, or `null` when the job stops running.
         to: Option<&'static str>,
     },
     StepStarted {
+        /// The step's name in the workflow (`download`, `extract`, `store`).
         step: &'a str,
     },
     StepCompleted {
+        /// The step's name in the workflow.
         step: &'a str,
+        /// How many outputs the step's checkpoint recorded.
         outputs: u32,
     },
     StepSkipped {
+        /// The step's name in the workflow.
         step: &'a str,
+        /// Why the step did not run (its checkpoint verified), in words.
         reason: &'a str,
     },
     StepFailed {
+        /// The step's name in the workflow.
         step: &'a str,
+        /// The step's error class and message.
         error: ErrorView<'a>,
     },
     RetryRequested {
+        /// Who asked, or why, in words.
         reason: &'a str,
     },
     CancelRequested {},
     AudioSelected(AudioSelection<'a>),
     Reprobed {
+        /// Each difference from the replaced metadata record, as `field: old -> new`; empty when it
+        /// was right.
         changes: &'a [String],
     },
     StepRedone {
+        /// The step that runs again.
         step: &'a str,
+        /// A stable code: `definition_changed`, `inputs_changed`, `output_missing`,
+        /// `output_changed`, `earlier_step_ran` or `checkpoint_discarded`.
         cause: &'a str,
+        /// The cause in words.
         reason: &'a str,
     },
     ObjectsWritten {
+        /// The step whose run wrote them.
         step: &'a str,
+        /// The object keys this run wrote, not those it found stored already with their bytes.
         keys: &'a [String],
     },
     CheckpointRecorded(CheckpointRecord<'a>),
@@ -102,7 +130,9 @@ pub enum EventDetail<'a> {
 /// The audio stream the extract step chose and how it writes it.
 #[derive(Debug, Serialize)]
 pub struct AudioSelection<'a> {
+    /// The chosen stream's index, as ffprobe numbers the streams.
     pub stream_index: u32,
+    /// The stream's codec as ffprobe names it (`aac`, `opus`, ...).
     pub codec: &'a str,
     /// The stream's language tag, when the container has one.
     pub language: Option<&'a str>,
@@ -110,14 +140,18 @@ pub struct AudioSelection<'a> {
     pub output: &'a str,
     /// The audio file's container, as its extension.
     pub container: &'a str,
+    /// Why this stream and this output, in words.
     pub reason: &'a str,
 }
 
 /// The hashes a checkpoint recorded.
 #[derive(Debug, Serialize)]
 pub struct CheckpointRecord<'a> {
+    /// The step whose checkpoint was recorded.
     pub step: &'a str,
+    /// The blake3 of the step's definition, 64 hex digits.
     pub definition_hash: Text<Hash>,
+    /// The blake3 of what the step read, 64 hex digits.
     pub input_hash: Text<Hash>,
     /// Each output's name and blake3: what `audit` compares across runs.
     pub outputs: Vec<NamedHash<'a>>,
@@ -126,7 +160,9 @@ pub struct CheckpointRecord<'a> {
 /// `{name, blake3}` of a recorded output.
 #[derive(Debug, Serialize)]
 pub struct NamedHash<'a> {
+    /// The output's name (`video`, `audio`, `metadata`, ...).
     pub name: &'a str,
+    /// The output's blake3, 64 hex digits.
     pub blake3: Text<Hash>,
 }
 
@@ -279,12 +315,15 @@ pub fn event_text(detail: &EventDetail<'_>) -> String {
 /// compacted history and `audit` count them.
 #[derive(Debug, Serialize)]
 pub struct StepCountsView<'a> {
+    /// The step's name in the workflow.
     pub step: &'a str,
     /// `step_started` events: how many times the step ran.
     pub executed: u64,
+    /// `step_completed` events: runs that recorded a checkpoint.
     pub completed: u64,
     /// Skipped because its checkpoint verified.
     pub skipped: u64,
+    /// `step_failed` events.
     pub failed: u64,
     /// Runs of a step that had a checkpoint (`step_redone`).
     pub redone: u64,
@@ -293,7 +332,9 @@ pub struct StepCountsView<'a> {
 /// `{key, count}`: how many times an object was written.
 #[derive(Debug, Serialize)]
 pub struct KeyCount<'a> {
+    /// The object's key in storage.
     pub key: &'a str,
+    /// How many times it was written; above 1, the same key was written again.
     pub count: u64,
 }
 
@@ -304,21 +345,27 @@ pub struct KeyCount<'a> {
 pub struct EventSummaryView<'a> {
     /// How many events were folded in.
     pub events: u64,
+    /// When the oldest folded event happened.
     pub first_at: Rfc3339,
+    /// When the newest folded event happened.
     pub last_at: Rfc3339,
     /// How many folded events of each kind.
     pub kinds: BTreeMap<&'a str, u64>,
+    /// Per step, in the order steps first appear in the history.
     pub steps: Vec<StepSummaryView<'a>>,
     /// The status and phase the history had reached at its last folded event.
     pub status: Option<&'static str>,
+    /// `null` when the job was not running at that event.
     pub ingestion_phase: Option<&'static str>,
 }
 
 /// How one step went over the folded events, and the objects it wrote.
 #[derive(Debug, Serialize)]
 pub struct StepSummaryView<'a> {
+    /// `step`, `executed`, `completed`, `skipped`, `failed` and `redone`, at the top level.
     #[serde(flatten)]
     pub counts: StepCountsView<'a>,
+    /// Each object key a run of this step wrote, with how many times.
     pub objects_written: Vec<KeyCount<'a>>,
 }
 
@@ -377,8 +424,11 @@ pub fn event_summary_text(summary: &EventSummary) -> Vec<String> {
 /// `{at, level, message}`: one line of a job's own log.
 #[derive(Debug, Serialize)]
 pub struct LogLineView<'a> {
+    /// When the line was logged.
     pub at: Rfc3339,
+    /// `ERROR`, `WARN`, `INFO`, `DEBUG` or `TRACE`.
     pub level: &'a str,
+    /// The message, followed by the event's fields.
     pub message: &'a str,
 }
 
@@ -395,6 +445,7 @@ impl LogLineView<'_> {
 /// `GET /jobs/{id}/logs`: `{lines: [{at, level, message}]}`.
 #[derive(Debug, Serialize)]
 pub struct LogsView<'a> {
+    /// The job's log lines, oldest first; a finished job keeps its last 2,000.
     pub lines: Vec<LogLineView<'a>>,
 }
 

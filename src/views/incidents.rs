@@ -11,14 +11,18 @@ use crate::model::job::{Incident, JobId};
 pub struct IncidentView<'a> {
     /// The position in the log, from 0.
     pub seq: u64,
+    /// When the action was taken.
     pub at: Rfc3339,
     /// Who acted: `$USER`, `api`, or the worker a fenced write came from.
     pub actor: &'a str,
     /// `deleted_object`, `removed_scratch`, `reset_job`, `deleted_job`, `pruned_jobs`, ...
     pub action: &'a str,
+    /// The job acted on; `null` when the action concerned no single job (an orphan blob, a prune of
+    /// several).
     pub job: Option<Text<JobId>>,
     /// The object key or scratch path acted on.
     pub key: Option<&'a str>,
+    /// Why, in words.
     pub reason: &'a str,
 }
 

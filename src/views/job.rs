@@ -40,6 +40,7 @@ pub fn location_text(location: &Location) -> &str {
 /// running job, so a fleet's jobs can be told apart by machine and process.
 #[derive(Debug, Serialize)]
 pub struct JobSummary<'a> {
+    /// The job's ULID, 26 characters; ids sort by submission time.
     pub id: Text<JobId>,
     /// The source, its secrets redacted.
     pub source: String,
@@ -47,12 +48,17 @@ pub struct JobSummary<'a> {
     pub status: &'static str,
     /// What a running job is doing: `downloading`, `processing` or `storing`.
     pub ingestion_phase: Option<&'static str>,
+    /// Runs started so far: each claim by a worker counts one; a run handed back because its host's
+    /// breaker is open does not.
     pub attempts: u32,
     /// Pending jobs are claimed highest priority first.
     pub priority: i32,
     /// A pending job is not claimed before this: an automatic retry's delay.
     pub not_before: Option<Rfc3339>,
+    /// The job's last error; `null` until it first fails, kept while it is retried or waits to run
+    /// again, cleared when it succeeds.
     pub error: Option<ErrorView<'a>>,
+    /// Who holds the job; present exactly when `status` is `running`.
     pub lease: Option<LeaseView<'a>>,
 }
 
@@ -73,7 +79,9 @@ pub fn summary(job: &Job) -> JobSummary<'_> {
 /// `{class, message}`: why a job (or a step) failed.
 #[derive(Debug, Serialize)]
 pub struct ErrorView<'a> {
+    /// A stable error class to filter on (`download_blocked`, `corrupt_media`, `crash_loop`, ...).
     pub class: &'a str,
+    /// What went wrong, in words for people; its wording is not stable.
     pub message: &'a str,
 }
 
@@ -89,10 +97,11 @@ impl ErrorView<'_> {
 /// `{worker_id, fencing_token, expires_at}` of a job's lease.
 #[derive(Debug, Serialize)]
 pub struct LeaseView<'a> {
-    /// The process that holds the job: `host:pid:n`.
+    /// The process that holds the job: `host:pid`.
     pub worker_id: &'a str,
     /// Grows with every claim; a write under an older token is refused.
     pub fencing_token: u64,
+    /// When the lease lapses unless its worker renews it; past it, the job may be taken over.
     pub expires_at: Rfc3339,
 }
 
@@ -130,8 +139,11 @@ pub fn job_line(job: &Job) -> String {
 /// A job of `narra jobs --json`: its summary and its progress record.
 #[derive(Debug, Serialize)]
 pub struct JobItem<'a> {
+    /// The job's summary, its fields at the top level of the item.
     #[serde(flatten)]
     pub summary: JobSummary<'a>,
+    /// The running step's progress, or the last step's final figures; `null` when no step has
+    /// recorded any.
     pub progress: Option<ProgressView>,
 }
 
@@ -146,13 +158,19 @@ pub fn job_item<'a>(job: &'a Job, progress: Option<&JobProgress>) -> JobItem<'a>
 /// source's host (as `health` names it) and when it last changed.
 #[derive(Debug, Serialize)]
 pub struct PageItem<'a> {
+    /// The job's summary, its fields at the top level of the item.
     #[serde(flatten)]
     pub summary: JobSummary<'a>,
+    /// On a page of stuck jobs (`stuck=true`), `last_moved_at` and the `stuck` reasons at the top
+    /// level; absent otherwise.
     #[serde(flatten)]
     pub stuck: Option<&'a StuckDetail>,
+    /// The running step's progress, or the last step's final figures; `null` when no step has
+    /// recorded any.
     pub progress: Option<ProgressView>,
     /// The source's host and port, as `health` groups failures; `local` for files.
     pub source_host: String,
+    /// When the job record last changed: any transition, a lease renewal included.
     pub updated_at: Rfc3339,
 }
 
@@ -173,7 +191,9 @@ pub fn page_item<'a>(
 /// `GET /jobs`: a page of jobs, newest first, and the cursor of the next page, if any.
 #[derive(Debug, Serialize)]
 pub struct JobsPage<'a> {
+    /// At most `limit` jobs, newest first (descending id).
     pub jobs: Vec<PageItem<'a>>,
+    /// The id to pass as `cursor` for the next page; `null` on the last page.
     pub next_cursor: Option<String>,
 }
 
@@ -181,8 +201,11 @@ pub struct JobsPage<'a> {
 /// `reingested`).
 #[derive(Debug, Serialize)]
 pub struct Submitted<'a> {
+    /// The job's summary, its fields at the top level.
     #[serde(flatten)]
     pub summary: JobSummary<'a>,
+    /// `created` (a new job), `existing` (the key's job, returned as it is), `retried` (its failed
+    /// or cancelled job is pending again) or `reingested` (its succeeded job is pending again).
     pub outcome: &'static str,
 }
 
@@ -190,8 +213,13 @@ pub struct Submitted<'a> {
 /// was written again.
 #[derive(Debug, Serialize)]
 pub struct Reprobed<'a> {
+    /// The job after the reprobe, and after its run when it was republished.
     pub job: JobSummary<'a>,
+    /// Each difference from the replaced metadata record, as `field: old -> new`; empty when the
+    /// record was right.
     pub changes: &'a [String],
+    /// Whether the job (a succeeded one whose record changed) ran again to store the new metadata
+    /// object and manifest.
     pub republished: bool,
 }
 
@@ -210,12 +238,17 @@ pub fn progress_step(job: &Job) -> Option<&'static str> {
 /// [`progress_step`]'s.
 #[derive(Debug, Serialize)]
 pub struct ProgressView {
+    /// `download`, `extract` or `store`; `null` for a job that is not running (its last step's
+    /// final figures).
     pub step: Option<&'static str>,
     /// Bytes downloaded, written or sent to storage so far.
     pub bytes_done: u64,
     /// The whole, when it is known.
     pub bytes_total: Option<u64>,
+    /// Bytes per second over the last interval between writes (about a second); 0 in a step's final
+    /// figures.
     pub rate_bytes_per_s: u64,
+    /// When the record was last written: about once a second while the step moves.
     pub updated_at: Rfc3339,
 }
 
@@ -262,7 +295,9 @@ pub struct Artifact<'a> {
     pub kind: &'a str,
     /// The object's key in storage.
     pub key: &'a str,
+    /// The object's size in bytes.
     pub size: u64,
+    /// The blake3 of the object's bytes, 64 hex digits.
     pub blake3: Text<Hash>,
 }
 
@@ -291,7 +326,9 @@ pub fn artifacts(checkpoints: &[Checkpoint]) -> Vec<Artifact<'_>> {
 pub struct Bytes<'a> {
     /// `scratch:<path>`, `object:<key>` or `state`.
     pub location: Text<&'a Location>,
+    /// The size in bytes.
     pub size: u64,
+    /// The blake3 of the bytes, 64 hex digits.
     pub blake3: Text<Hash>,
 }
 
@@ -308,7 +345,9 @@ impl Bytes<'_> {
 /// `{name, location, size, blake3}` of a step output.
 #[derive(Debug, Serialize)]
 pub struct OutputView<'a> {
+    /// The output's name within its step (`video`, `audio`, `metadata`, `manifest`, ...).
     pub name: &'a str,
+    /// `location`, `size` and `blake3`, at the top level.
     #[serde(flatten)]
     pub bytes: Bytes<'a>,
 }
@@ -326,19 +365,24 @@ impl OutputView<'_> {
 /// recorded_at}`.
 #[derive(Debug, Serialize)]
 pub struct CheckpointView<'a> {
+    /// The step's name in the workflow (`download`, `extract`, `store`).
     pub step: &'a str,
     /// The blake3 of the step's definition: a changed workflow runs the step again.
     pub definition_hash: Text<Hash>,
     /// The blake3 of what the step read.
     pub input_hash: Text<Hash>,
+    /// What the step produced, each with the token that tells cheaply whether it changed since.
     pub outputs: Vec<CheckedOutput<'a>>,
+    /// When the step finished and its checkpoint was written.
     pub recorded_at: Rfc3339,
 }
 
 #[derive(Debug, Serialize)]
 pub struct CheckedOutput<'a> {
+    /// `name`, `location`, `size` and `blake3`, at the top level.
     #[serde(flatten)]
     pub output: OutputView<'a>,
+    /// How a later run tells the output is unchanged without hashing it again.
     pub change_token: ChangeTokenView<'a>,
 }
 
@@ -347,11 +391,15 @@ pub struct CheckedOutput<'a> {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ChangeTokenView<'a> {
     File {
+        /// The file's inode number.
         inode: u64,
+        /// The file's size in bytes when the checkpoint was recorded.
         size: u64,
+        /// Its modification time, in nanoseconds since the Unix epoch.
         mtime_ns: i64,
     },
     Etag {
+        /// The ETag storage gave the object.
         etag: &'a str,
     },
     None,
@@ -397,14 +445,19 @@ pub fn checkpoint_view(checkpoint: &Checkpoint) -> CheckpointView<'_> {
 /// holds too).
 #[derive(Debug, Clone)]
 pub struct ShowRecords {
+    /// The job record.
     pub job: Job,
+    /// Its checkpoints, in step order.
     pub checkpoints: Vec<Checkpoint>,
+    /// `None` until the extract step records the metadata record.
     pub metadata: Option<Value>,
-    /// What compaction kept of the oldest events, and the events still held.
+    /// What compaction kept of the oldest events; `None` when none were compacted.
     pub summary: Option<EventSummary>,
+    /// The events still held, oldest first.
     pub events: Vec<Event>,
     /// The running step's progress record, or the last step's final figures.
     pub progress: Option<JobProgress>,
+    /// `None` when the job was submitted without a callback URL.
     pub webhook: Option<Webhook>,
 }
 
@@ -415,7 +468,9 @@ pub struct CrashesView {
     pub count: u32,
     /// Where they died: the phase, the checkpoints recorded and the running step's bytes.
     pub phase: Option<&'static str>,
+    /// How many steps had a checkpoint.
     pub checkpoints: u32,
+    /// The running step's recorded bytes.
     pub bytes_done: u64,
 }
 
@@ -434,24 +489,38 @@ impl CrashesView {
 /// `events_compacted` says how many older ones were folded into `events_summary`.
 #[derive(Debug, Serialize)]
 pub struct JobDetail<'a> {
+    /// The job's summary, its fields at the top level.
     #[serde(flatten)]
     pub summary: JobSummary<'a>,
     /// The idempotency key, its URL redacted.
     pub key: String,
+    /// The name of the workflow the job runs.
     pub workflow: &'a str,
+    /// Deaths of its process in a row with no progress in between; `null` when none, cleared when
+    /// the job finishes.
     pub crashes: Option<CrashesView>,
+    /// When the job was submitted.
     pub created_at: Rfc3339,
+    /// When the job record last changed: any transition, a lease renewal included.
     pub updated_at: Rfc3339,
     /// A cancel of a running job waits for its next step boundary.
     pub cancel_requested: bool,
+    /// Each finished step's record, in step order; empty before the first step completes.
     pub checkpoints: Vec<CheckpointView<'a>>,
+    /// The objects the store step wrote, video first; empty until its checkpoint is recorded.
     pub artifacts: Vec<Artifact<'a>>,
     /// The manifest's key, once the store step wrote it.
     pub manifest: Option<&'a str>,
+    /// The media's metadata record (format, duration, streams) as the extract step records it;
+    /// `null` before that.
     pub metadata: Option<&'a Value>,
+    /// `events_compacted`, `events_summary` and `events`, at the top level.
     #[serde(flatten)]
     pub history: HistoryView<'a>,
+    /// The running step's progress, or the last step's final figures; `null` when no step has
+    /// recorded any.
     pub progress: Option<ProgressView>,
+    /// The completion webhook and its deliveries; `null` when the job has no callback URL.
     pub webhook: Option<WebhookView<'a>>,
 }
 

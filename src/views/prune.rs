@@ -11,11 +11,13 @@ use crate::model::prune::{PruneOptions, PrunePlan, Pruned, duration_text};
 /// count}`.
 #[derive(Debug, Serialize)]
 pub struct PruneHead {
+    /// `true` when nothing was changed: the jobs listed would be pruned.
     pub dry_run: bool,
     /// The age asked for, in the largest unit that states it (`30d`).
     pub older_than: String,
     /// Jobs last updated before this are pruned.
     pub cutoff: Rfc3339,
+    /// The finished statuses pruned: `succeeded`, `failed`, `cancelled`.
     pub statuses: Vec<&'static str>,
     /// Jobs listed (a dry run) or pruned.
     pub count: usize,
@@ -34,16 +36,20 @@ fn head(plan: &PrunePlan, options: &PruneOptions, dry_run: bool, count: usize) -
 /// The dry run: the head, and the jobs with when they last changed.
 #[derive(Debug, Serialize)]
 pub struct PrunePlanView<'a> {
+    /// `dry_run`, `older_than`, `cutoff`, `statuses` and `count`, at the top level.
     #[serde(flatten)]
     pub head: PruneHead,
+    /// The jobs a confirmed prune would remove, oldest first.
     pub jobs: Vec<DatedSummary<'a>>,
 }
 
 /// A job's summary and when it last changed.
 #[derive(Debug, Serialize)]
 pub struct DatedSummary<'a> {
+    /// The job's summary, its fields at the top level.
     #[serde(flatten)]
     pub summary: JobSummary<'a>,
+    /// When the job record last changed: the age the cutoff is compared with.
     pub updated_at: Rfc3339,
 }
 
@@ -65,8 +71,10 @@ pub fn prune_plan<'a>(plan: &'a PrunePlan, options: &PruneOptions) -> PrunePlanV
 /// that records the run.
 #[derive(Debug, Serialize)]
 pub struct PrunedView<'a> {
+    /// `dry_run`, `older_than`, `cutoff`, `statuses` and `count`, at the top level.
     #[serde(flatten)]
     pub head: PruneHead,
+    /// The ids of the jobs pruned: their records are gone, their objects and manifests stay.
     pub pruned: Vec<Text<JobId>>,
     /// Jobs of the plan left alone: they changed since it was made.
     pub refused: Vec<RefusedView<'a>>,
@@ -76,7 +84,9 @@ pub struct PrunedView<'a> {
 
 #[derive(Debug, Serialize)]
 pub struct RefusedView<'a> {
+    /// The id of the job left alone.
     pub id: Text<JobId>,
+    /// Why it was left alone: what changed since the plan was made.
     pub reason: &'a str,
 }
 

@@ -9,13 +9,17 @@ use crate::model::stuck::StuckJob;
 /// `{last_moved_at, stuck: [{reason, detail}]}`: why a job is listed as stuck.
 #[derive(Debug, Serialize)]
 pub struct StuckDetail {
+    /// When anything last moved: the latest event or progress record.
     pub last_moved_at: Rfc3339,
+    /// Why it is listed: its lease expired, nothing moved for `stuck_after_s`, or both.
     pub stuck: Vec<StuckReasonView>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct StuckReasonView {
+    /// `lease_expired` or `no_progress`.
     pub reason: &'static str,
+    /// The reason in words, with its time (`lease expired at ...`, `no progress since ...`).
     pub detail: String,
 }
 
@@ -36,8 +40,10 @@ pub fn stuck_detail(stuck: &StuckJob) -> StuckDetail {
 /// One stuck job: its summary and why it is stuck.
 #[derive(Debug, Serialize)]
 pub struct StuckView<'a> {
+    /// The job's summary, its fields at the top level.
     #[serde(flatten)]
     pub summary: JobSummary<'a>,
+    /// `last_moved_at` and `stuck`, at the top level.
     #[serde(flatten)]
     pub detail: StuckDetail,
 }

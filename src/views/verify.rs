@@ -15,12 +15,16 @@ const NOT_STORED: &str = "no store checkpoint: ingestion did not complete";
 /// [{artifact, location, problem, message}]}`.
 #[derive(Debug, Serialize)]
 pub struct VerificationView<'a> {
+    /// The verified job's id.
     pub id: Text<JobId>,
     /// Every artifact is there with its bytes (and ingestion completed).
     pub ok: bool,
     /// Every object was re-hashed, not only those whose change token changed.
     pub deep: bool,
+    /// Each output of the store step's checkpoint and the metadata record, with its state; empty
+    /// when nothing was stored.
     pub artifacts: Vec<ArtifactCheckView<'a>>,
+    /// The artifacts that are not `ok`; one `not_stored` entry when ingestion did not complete.
     pub problems: Vec<ProblemView<'a>>,
 }
 
@@ -28,21 +32,28 @@ pub struct VerificationView<'a> {
 /// it holds, and what was found.
 #[derive(Debug, Serialize)]
 pub struct ArtifactCheckView<'a> {
+    /// `video`, `audio`, `metadata`, `platform_metadata`, `manifest` (stored objects) or
+    /// `metadata_record` (the record in the state store).
     pub artifact: &'a str,
+    /// `location`, `size` and `blake3` as the checkpoint records them, at the top level.
     #[serde(flatten)]
     pub bytes: Bytes<'a>,
     /// `ok`, `missing`, `mismatch` or `unreadable`.
     pub state: &'static str,
+    /// What was found, in words.
     pub message: String,
 }
 
 /// An artifact that is not `ok`, or `all` of them when nothing was stored.
 #[derive(Debug, Serialize)]
 pub struct ProblemView<'a> {
+    /// The artifact's name, or `all` when nothing was stored.
     pub artifact: &'a str,
+    /// `scratch:<path>`, `object:<key>` or `state`; empty for `all`.
     pub location: String,
     /// `missing`, `mismatch`, `unreadable` or `not_stored`.
     pub problem: &'static str,
+    /// What was found, in words.
     pub message: String,
 }
 

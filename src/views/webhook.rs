@@ -16,14 +16,22 @@ pub struct NoticeBody<'a> {
     pub event: &'static str,
     /// The same on every retry of one notice (`X-Narra-Delivery`): a receiver drops repeats.
     pub delivery_id: Text<DeliveryId>,
+    /// The id of the job that ended.
     pub job_id: Text<JobId>,
+    /// The job's idempotency key, its URL part redacted.
     pub key: String,
+    /// The job's source, its secrets redacted.
     pub source: String,
+    /// The name of the workflow the job ran.
     pub workflow: &'a str,
     /// `succeeded`, `failed` or `cancelled`.
     pub status: &'static str,
+    /// The job's error at that transition (a failed job's class and message); `null` when it had
+    /// none.
     pub error: Option<ErrorView<'a>>,
+    /// When the job reached its terminal status.
     pub finished_at: Rfc3339,
+    /// Runs the job took, as its summary counts them.
     pub attempts: u32,
     /// What the store step wrote, for a job that succeeded.
     pub artifacts: Vec<Artifact<'a>>,
@@ -56,32 +64,42 @@ pub fn notice_body<'a>(
 /// `show --json`'s and `GET /jobs/{id}`'s `webhook`.
 #[derive(Debug, Serialize)]
 pub struct WebhookView<'a> {
+    /// The callback URL, its secrets redacted.
     pub url: String,
+    /// The notice waiting to be delivered or retried; `null` when none waits.
     pub pending: Option<PendingView>,
+    /// Every delivery attempt, oldest first; only the last 50 are kept.
     pub deliveries: Vec<DeliveryView<'a>>,
 }
 
 /// The notice waiting to be delivered or retried.
 #[derive(Debug, Serialize)]
 pub struct PendingView {
+    /// The same on every retry of this notice (`X-Narra-Delivery`).
     pub delivery_id: Text<DeliveryId>,
+    /// The terminal status the notice reports: `succeeded`, `failed` or `cancelled`.
     pub status: &'static str,
     /// Attempts made so far.
     pub attempts: u32,
+    /// Not sent before this: a retry's backoff, or a notifier's claim while it sends.
     pub next_attempt_at: Rfc3339,
 }
 
 /// One attempt to deliver a notice.
 #[derive(Debug, Serialize)]
 pub struct DeliveryView<'a> {
+    /// The notice this attempt carried (`X-Narra-Delivery`).
     pub delivery_id: Text<DeliveryId>,
     /// The status the notice was for.
     pub status: &'static str,
     /// 1 for a notice's first attempt.
     pub attempt: u32,
+    /// When the attempt was made.
     pub at: Rfc3339,
     /// The receiver's HTTP status, when it answered.
     pub status_code: Option<u16>,
+    /// Why the attempt failed (no answer, a non-2xx status, a refused address); `null` when it was
+    /// delivered.
     pub error: Option<&'a str>,
     /// A 2xx answer: the notice is delivered.
     pub ok: bool,
