@@ -234,9 +234,9 @@ pub(crate) mod strategies {
     use proptest::prelude::*;
 
     use crate::model::job::{
-        Attribution, ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event, EventKind, Hash, Job,
-        JobId, Lease, Location, Phase, ProgressMarker, Status, StepOutput, Takeover, Timestamp,
-        WorkerId,
+        Attribution, AudioSelection, ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event,
+        EventKind, Hash, Job, JobId, Lease, Location, Phase, ProgressMarker, Status, StepOutput,
+        Takeover, Timestamp, WorkerId,
     };
 
     pub fn job_id() -> impl Strategy<Value = JobId> {
@@ -441,14 +441,14 @@ pub(crate) mod strategies {
             )
                 .prop_map(
                     |(stream_index, codec, language, output, container, reason)| {
-                        EventKind::AudioSelected {
+                        EventKind::AudioSelected(AudioSelection {
                             stream_index,
                             codec,
                             language,
                             output,
                             container,
                             reason,
-                        }
+                        })
                     }
                 ),
             proptest::collection::vec(any::<String>(), 0..4)
@@ -520,9 +520,9 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::model::job::{
-        Attribution, ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event, EventKind, Hash, Job,
-        JobId, Lease, Location, MediaMetadata, Phase, ProgressMarker, Status, StepOutput,
-        StreamInfo, Takeover, Timestamp, WorkerId,
+        Attribution, AudioSelection, ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event,
+        EventKind, Hash, Job, JobId, Lease, Location, MediaMetadata, Phase, ProgressMarker, Status,
+        StepOutput, StreamInfo, Takeover, Timestamp, WorkerId,
     };
 
     fn golden_job() -> Job {
@@ -776,19 +776,19 @@ pub(crate) mod tests {
             Event {
                 seq: 7,
                 at: Timestamp(1_700_000_000_700),
-                kind: EventKind::AudioSelected {
+                kind: EventKind::AudioSelected(AudioSelection {
                     stream_index: 1,
                     codec: "aac".to_string(),
                     language: Some("eng".to_string()),
                     output: "copy".to_string(),
                     container: "m4a".to_string(),
                     reason: "the first audio stream; the codec fits the container".to_string(),
-                },
+                }),
             },
             Event {
                 seq: 8,
                 at: Timestamp(1_700_000_000_800),
-                kind: EventKind::AudioSelected {
+                kind: EventKind::AudioSelected(AudioSelection {
                     stream_index: 3,
                     codec: "pcm_s24le".to_string(),
                     language: None,
@@ -796,7 +796,7 @@ pub(crate) mod tests {
                     container: "flac".to_string(),
                     reason: "the only audio stream; transcoded, the codec has no container"
                         .to_string(),
-                },
+                }),
             },
         ]
     }
