@@ -51,11 +51,7 @@ pub fn decode<T: DeserializeOwned>(
     key: &[u8],
     bytes: &[u8],
 ) -> Result<T, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        tree,
-        key: hex(key),
-        reason,
-    };
+    let corrupt = |reason: String| StoreError::corrupt(tree, key, reason);
     let Some((&version, body)) = bytes.split_first() else {
         return Err(corrupt("empty record".to_string()));
     };
@@ -119,11 +115,7 @@ pub(crate) fn decode_keyed<T: Keyed>(
 ) -> Result<T, StoreError> {
     let record: T = decode(tree, key, bytes)?;
     if record.key() != key {
-        return Err(StoreError::Corrupt {
-            tree,
-            key: hex(key),
-            reason: record.holds(),
-        });
+        return Err(StoreError::corrupt(tree, key, record.holds()));
     }
     Ok(record)
 }
@@ -132,11 +124,7 @@ pub(crate) fn decode_keyed<T: Keyed>(
 /// fields later versions added (version 2: the live priority, no retry delay, no crash record;
 /// version 3: no attribution).
 pub fn decode_job(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<Job, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        tree,
-        key: hex(key),
-        reason,
-    };
+    let corrupt = |reason: String| StoreError::corrupt(tree, key, reason);
     match bytes.first() {
         Some(1) => Ok(decode_body::<legacy::JobV1>(&bytes[1..])
             .map_err(corrupt)?

@@ -122,6 +122,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The record of `tree` (a sled tree or a PostgreSQL table) at `key` is not what it should
+    /// be, for `reason`.
+    pub fn corrupt(tree: &'static str, key: &[u8], reason: String) -> Self {
+        StoreError::Corrupt {
+            tree,
+            key: codec::hex(key),
+            reason,
+        }
+    }
+
     /// Store failures are not worth retrying blindly: an I/O error on the state store is escalated.
     pub fn retryable(&self) -> bool {
         false
