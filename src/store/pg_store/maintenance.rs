@@ -123,9 +123,7 @@ impl MaintenanceStore for PgStore {
         let mut outcomes = Vec::with_capacity(records.len());
         for record in records {
             let outcome = transaction!(self, tx => import_in_tx(&tx, record).await)?;
-            outcomes.push(
-                outcome.unwrap_or_else(|rejected| ImportOutcome::Conflict(rejected.to_string())),
-            );
+            outcomes.push(ImportOutcome::or_conflict(outcome));
         }
         Ok(outcomes)
     }
