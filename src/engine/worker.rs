@@ -21,7 +21,7 @@ use crate::engine::Services;
 use crate::engine::verify::{OutputState, Resolved, check_output, metadata_record_bytes};
 use crate::model::ErrorClass;
 use crate::model::job::{
-    Checkpoint, Hash, Job, JobProgress, LeaseToken, Location, StepOutput, Timestamp,
+    AudioSelection, Checkpoint, Hash, Job, JobProgress, LeaseToken, Location, StepOutput, Timestamp,
 };
 use crate::model::machine::Rejected;
 use crate::steps::download::{DownloadContext, download};
@@ -539,14 +539,14 @@ impl<'a> Run<'a> {
             extracted.output.reason
         );
         // The choice is history: recorded before the checkpoint, whose write re-checks the lease.
-        let selected = StepEvent::AudioSelected {
+        let selected = StepEvent::AudioSelected(AudioSelection {
             stream_index: extracted.track.stream_index,
             codec: extracted.track.codec.clone(),
             language: extracted.track.language.clone(),
             output: extracted.output.mode.to_string(),
             container: extracted.audio_extension.clone(),
             reason: format!("{}; {}", extracted.track.reason, extracted.output.reason),
-        };
+        });
         let _ = self.step_event("extract", selected).await;
         let change_token = local_token(&extracted.audio_path).await?;
         let record = metadata_record_bytes(&metadata);

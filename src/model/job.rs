@@ -497,16 +497,7 @@ pub enum EventKind {
     CancelRequested,
     // New variants go last: bincode stores a variant by its position.
     /// The extract step chose an audio stream and how to write it.
-    AudioSelected {
-        stream_index: u32,
-        codec: String,
-        language: Option<String>,
-        /// `copy`, or the transcode target (`flac`, `wav`, `opus`, `mp3`).
-        output: String,
-        /// The audio file's container, as its extension.
-        container: String,
-        reason: String,
-    },
+    AudioSelected(AudioSelection),
     /// `narra reprobe` re-derived the metadata record from the stored original; `changes` lists
     /// what differs from the record it replaced (empty: nothing).
     Reprobed {
@@ -536,6 +527,22 @@ pub enum EventKind {
         /// Each output's name and blake3.
         outputs: Vec<(String, Hash)>,
     },
+}
+
+/// The audio stream the extract step chose and how it writes it: the payload of the worker's
+/// step event and of the history event it becomes. A newtype variant around it encodes (bincode,
+/// JSON) exactly as a struct variant with these fields in this order did, so the field order is
+/// the stored layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudioSelection {
+    pub stream_index: u32,
+    pub codec: String,
+    pub language: Option<String>,
+    /// `copy`, or the transcode target (`flac`, `wav`, `opus`, `mp3`).
+    pub output: String,
+    /// The audio file's container, as its extension.
+    pub container: String,
+    pub reason: String,
 }
 
 impl EventKind {

@@ -51,11 +51,7 @@ pub fn decode<T: DeserializeOwned>(
     key: &[u8],
     bytes: &[u8],
 ) -> Result<T, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        tree,
-        key: hex(key),
-        reason,
-    };
+    let corrupt = |reason: String| StoreError::corrupt(tree, key, reason);
     let Some((&version, body)) = bytes.split_first() else {
         return Err(corrupt("empty record".to_string()));
     };
@@ -119,11 +115,7 @@ pub(crate) fn decode_keyed<T: Keyed>(
 ) -> Result<T, StoreError> {
     let record: T = decode(tree, key, bytes)?;
     if record.key() != key {
-        return Err(StoreError::Corrupt {
-            tree,
-            key: hex(key),
-            reason: record.holds(),
-        });
+        return Err(StoreError::corrupt(tree, key, record.holds()));
     }
     Ok(record)
 }
@@ -132,11 +124,7 @@ pub(crate) fn decode_keyed<T: Keyed>(
 /// fields later versions added (version 2: the live priority, no retry delay, no crash record;
 /// version 3: no attribution).
 pub fn decode_job(tree: &'static str, key: &[u8], bytes: &[u8]) -> Result<Job, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        tree,
-        key: hex(key),
-        reason,
-    };
+    let corrupt = |reason: String| StoreError::corrupt(tree, key, reason);
     match bytes.first() {
         Some(1) => Ok(decode_body::<legacy::JobV1>(&bytes[1..])
             .map_err(corrupt)?
@@ -234,9 +222,9 @@ pub(crate) mod strategies {
     use proptest::prelude::*;
 
     use crate::model::job::{
-        Attribution, ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event, EventKind, Hash, Job,
-        JobId, Lease, Location, Phase, ProgressMarker, Status, StepOutput, Takeover, Timestamp,
-        WorkerId,
+        Attribution, AudioSelection, ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event,
+        EventKind, Hash, Job, JobId, Lease, Location, Phase, ProgressMarker, Status, StepOutput,
+        Takeover, Timestamp, WorkerId,
     };
 
     pub fn job_id() -> impl Strategy<Value = JobId> {
@@ -441,14 +429,14 @@ pub(crate) mod strategies {
             )
                 .prop_map(
                     |(stream_index, codec, language, output, container, reason)| {
-                        EventKind::AudioSelected {
+                        EventKind::AudioSelected(AudioSelection {
                             stream_index,
                             codec,
                             language,
                             output,
                             container,
                             reason,
-                        }
+                        })
                     }
                 ),
             proptest::collection::vec(any::<String>(), 0..4)
@@ -520,9 +508,9 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::model::job::{
-        Attribution, ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event, EventKind, Hash, Job,
-        JobId, Lease, Location, MediaMetadata, Phase, ProgressMarker, Status, StepOutput,
-        StreamInfo, Takeover, Timestamp, WorkerId,
+        Attribution, AudioSelection, ChangeToken, Checkpoint, CrashRecord, ErrorInfo, Event,
+        EventKind, Hash, Job, JobId, Lease, Location, MediaMetadata, Phase, ProgressMarker, Status,
+        StepOutput, StreamInfo, Takeover, Timestamp, WorkerId,
     };
 
     fn golden_job() -> Job {
@@ -770,6 +758,50 @@ pub(crate) mod tests {
         ]
     }
 
+    /// The extract step's audio choice, with and without a language, as the worker records it.
+    fn golden_audio_events() -> Vec<Event> {
+        vec![
+            Event {
+                seq: 7,
+                at: Timestamp(1_700_000_000_700),
+                kind: EventKind::AudioSelected(AudioSelection {
+                    stream_index: 1,
+                    codec: "aac".to_string(),
+                    language: Some("eng".to_string()),
+                    output: "copy".to_string(),
+                    container: "m4a".to_string(),
+                    reason: "the first audio stream; the codec fits the container".to_string(),
+                }),
+            },
+            Event {
+                seq: 8,
+                at: Timestamp(1_700_000_000_800),
+                kind: EventKind::AudioSelected(AudioSelection {
+                    stream_index: 3,
+                    codec: "pcm_s24le".to_string(),
+                    language: None,
+                    output: "flac".to_string(),
+                    container: "flac".to_string(),
+                    reason: "the only audio stream; transcoded, the codec has no container"
+                        .to_string(),
+                }),
+            },
+        ]
+    }
+
+    // Guards the export format of the audio choice: an export file holds events as JSON, and a
+    // file an earlier narra wrote must still import.
+    #[test]
+    fn audio_event_golden_json() {
+        let events = golden_audio_events();
+        for (event, json) in events.iter().zip(GOLDEN_AUDIO_EVENTS_JSON) {
+            assert_eq!(serde_json::to_string(&event.kind).expect("serialize"), json);
+            let read: EventKind = serde_json::from_str(json).expect("deserialize");
+            assert_eq!(read, event.kind);
+        }
+        assert_eq!(events.len(), GOLDEN_AUDIO_EVENTS_JSON.len());
+    }
+
     fn golden_incident() -> crate::model::job::Incident {
         crate::model::job::Incident {
             seq: 3,
@@ -828,6 +860,7 @@ pub(crate) mod tests {
         event_golden_bytes => assert_golden_each(&golden_events(), &GOLDEN_EVENTS);
         maintenance_event_golden_bytes =>
             assert_golden_each(&golden_maintenance_events(), &GOLDEN_MAINTENANCE_EVENTS);
+        audio_event_golden_bytes => assert_golden_each(&golden_audio_events(), &GOLDEN_AUDIO_EVENTS);
         incident_golden_bytes => assert_golden(&golden_incident(), GOLDEN_INCIDENT);
         backfill_golden_bytes => assert_golden(&golden_backfill(), GOLDEN_BACKFILL);
         metadata_golden_bytes => assert_golden(&golden_metadata(), GOLDEN_METADATA);
@@ -1050,6 +1083,16 @@ pub(crate) mod tests {
         "010cfda0dfca9f170300000b0573746f72650e6f75747075745f6d697373696e67176f757470757420766964656f206973206d697373696e67",
         "010efd70e7ca9f170300000c0573746f7265020f626c6f62732f61622f61622e6d7034146a6f62732f782f6d616e69666573742e6a736f6e",
         "010ffd58ebca9f170300000d07657874726163741111111111111111111111111111111111111111111111111111111111111111a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a50105617564696f0101010101010101010101010101010101010101010101010101010101010101",
+    ];
+    // `audio_selected`, as schema version 1 wrote it.
+    const GOLDEN_AUDIO_EVENTS: [&str; 2] = [
+        "0107fd78d5ca9f170300000901036161630103656e6704636f7079036d34613474686520666972737420617564696f2073747265616d3b2074686520636f64656320666974732074686520636f6e7461696e6572",
+        "0108fd40d6ca9f1703000009030970636d5f7332346c650004666c616304666c61633d746865206f6e6c7920617564696f2073747265616d3b207472616e73636f6465642c2074686520636f64656320686173206e6f20636f6e7461696e6572",
+    ];
+    // The same events' kinds as an export file holds them (JSON, `engine::transfer`).
+    const GOLDEN_AUDIO_EVENTS_JSON: [&str; 2] = [
+        r#"{"AudioSelected":{"stream_index":1,"codec":"aac","language":"eng","output":"copy","container":"m4a","reason":"the first audio stream; the codec fits the container"}}"#,
+        r#"{"AudioSelected":{"stream_index":3,"codec":"pcm_s24le","language":null,"output":"flac","container":"flac","reason":"the only audio stream; transcoded, the codec has no container"}}"#,
     ];
     const GOLDEN_BACKFILL: &str = "01fe07000000000000000000000000009001182f7372762f6d616e6966657374732f74616c6b732e637376fd10f7ca9f17030000";
     const GOLDEN_INCIDENT: &str = "0103fd40efca9f17030000036f70730e64656c657465645f6f626a65637401fe2a000000000000000000000000009001010f626c6f62732f61622f61622e6d703418636f72727570743a20626c616b6533206d69736d61746368";

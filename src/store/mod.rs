@@ -29,9 +29,9 @@ use std::collections::BTreeSet;
 use async_trait::async_trait;
 
 use crate::model::job::{
-    Backfill, BackfillId, Checkpoint, Delivery, ErrorInfo, Event, EventKind, EventSummary,
-    HostState, Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata, Phase,
-    PrunedJob, Status, Timestamp, Webhook, WorkerId,
+    AudioSelection, Backfill, BackfillId, Checkpoint, Delivery, ErrorInfo, Event, EventKind,
+    EventSummary, HostState, Incident, Job, JobId, JobProgress, LeaseToken, LogLine, MediaMetadata,
+    Phase, PrunedJob, Status, Timestamp, Webhook, WorkerId,
 };
 use crate::model::machine::{OrchestratorOp, Rejected};
 use crate::model::scheduling::{HostOutcome, OutcomeVerdict, SchedulingPolicy};
@@ -122,6 +122,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The record of `tree` (a sled tree or a PostgreSQL table) at `key` is not what it should
+    /// be, for `reason`.
+    pub fn corrupt(tree: &'static str, key: &[u8], reason: String) -> Self {
+        StoreError::Corrupt {
+            tree,
+            key: codec::hex(key),
+            reason,
+        }
+    }
+
     /// Store failures are not worth retrying blindly: an I/O error on the state store is escalated.
     pub fn retryable(&self) -> bool {
         false
@@ -177,14 +187,7 @@ pub enum StepEvent {
         error: ErrorInfo,
     },
     /// The extract step's choice of audio stream and output (`EventKind::AudioSelected`).
-    AudioSelected {
-        stream_index: u32,
-        codec: String,
-        language: Option<String>,
-        output: String,
-        container: String,
-        reason: String,
-    },
+    AudioSelected(AudioSelection),
     /// The step has a checkpoint and runs again, for this cause (`EventKind::StepRedone`).
     Redone {
         cause: String,
@@ -204,21 +207,7 @@ impl StepEvent {
             StepEvent::Started => EventKind::StepStarted { step },
             StepEvent::Skipped { reason } => EventKind::StepSkipped { step, reason },
             StepEvent::Failed { error } => EventKind::StepFailed { step, error },
-            StepEvent::AudioSelected {
-                stream_index,
-                codec,
-                language,
-                output,
-                container,
-                reason,
-            } => EventKind::AudioSelected {
-                stream_index,
-                codec,
-                language,
-                output,
-                container,
-                reason,
-            },
+            StepEvent::AudioSelected(selection) => EventKind::AudioSelected(selection),
             StepEvent::Redone { cause, reason } => EventKind::StepRedone {
                 step,
                 cause,

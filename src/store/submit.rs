@@ -1,25 +1,16 @@
 //! What `submit` and `submit_batch` do around a store's transaction, written once for every
 //! store: a batch applied in transactions of at most [`SUBMIT_BATCH_MAX`], each at one `now`, and
-//! what a refused submission means.
+//! what a refused submission means: a submission body refuses only through a store failure, so
+//! a refusal that comes back anyway says a record is not what the body read it as (corrupt).
 //!
 //! Each store's `submit_in_tx` reads and writes the key's job (`model::submission` decides); this
 //! module never opens a transaction, never reads a record and never flushes: the store does.
 
 use std::future::Future;
 
-use super::{SUBMIT_BATCH_MAX, StoreError, StoreResult, SubmitRequest, Submitted, codec};
+use super::{SUBMIT_BATCH_MAX, StoreError, StoreResult, SubmitRequest, Submitted};
 use crate::model::job::Timestamp;
 use crate::model::machine::Rejected;
-
-/// A submission body refuses only through a store failure, so a refusal that comes back anyway
-/// says a record of `tree` (at `key`) is not what the body read it as.
-fn refusal(tree: &'static str, key: &[u8], reason: String) -> StoreError {
-    StoreError::Corrupt {
-        tree,
-        key: codec::hex(key),
-        reason,
-    }
-}
 
 /// `submit`'s outcome of `request` from the store's one transaction.
 pub(crate) fn one(
@@ -28,7 +19,7 @@ pub(crate) fn one(
     request: &SubmitRequest,
 ) -> StoreResult<Submitted> {
     outcome.map_err(|rejected| {
-        refusal(
+        StoreError::corrupt(
             tree,
             request.key.as_bytes(),
             format!("submit was refused: {rejected}"),
@@ -51,7 +42,7 @@ where
     let mut submitted = Vec::with_capacity(requests.len());
     for chunk in requests.chunks(SUBMIT_BATCH_MAX) {
         let chunk_submitted = apply(chunk, Timestamp::now()).await?.map_err(|rejected| {
-            refusal(tree, b"", format!("a batch submit was refused: {rejected}"))
+            StoreError::corrupt(tree, b"", format!("a batch submit was refused: {rejected}"))
         })?;
         submitted.extend(chunk_submitted);
     }

@@ -18,6 +18,7 @@ use crate::model::job::{
     Backfill, Checkpoint, Event, EventSummary, HostState, Incident, Job, JobId, JobProgress,
     LogLine, MediaMetadata, PrunedJob, Webhook,
 };
+use crate::model::machine::Rejected;
 
 /// A job and every record that belongs to it, restored in one transaction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,6 +99,12 @@ pub enum ImportOutcome {
 }
 
 impl ImportOutcome {
+    /// The outcome of a record's import transaction. A refusal there wrote nothing, as a
+    /// conflict does, so it is reported as one, in the refusal's words.
+    pub fn or_conflict(outcome: Result<ImportOutcome, Rejected>) -> Self {
+        outcome.unwrap_or_else(|rejected| ImportOutcome::Conflict(rejected.to_string()))
+    }
+
     /// `record` imported where the store holds `existing` under its identity: nothing is written;
     /// the same record is an import run again, anything else a conflict worded by `conflict`.
     fn over<T: PartialEq>(existing: &T, record: &T, conflict: impl FnOnce() -> String) -> Self {

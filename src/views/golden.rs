@@ -20,10 +20,10 @@ use crate::model::health::{
     CorruptionHealth, FailingHost, HealthOptions, HealthReport, StorageHealth,
 };
 use crate::model::job::{
-    Backfill, BackfillId, Breaker, ChangeToken, Checkpoint, CrashRecord, Delivery, DeliveryId,
-    ErrorInfo, Event, EventKind, EventSummary, Hash, HostFailure, HostState, Incident, Job, JobId,
-    JobProgress, Lease, Location, LogLine, Notice, Phase, ProgressMarker, PrunedJob, Status,
-    StepOutput, StepSummary, Timestamp, Webhook, WorkerId,
+    AudioSelection, Backfill, BackfillId, Breaker, ChangeToken, Checkpoint, CrashRecord, Delivery,
+    DeliveryId, ErrorInfo, Event, EventKind, EventSummary, Hash, HostFailure, HostState, Incident,
+    Job, JobId, JobProgress, Lease, Location, LogLine, Notice, Phase, ProgressMarker, PrunedJob,
+    Status, StepOutput, StepSummary, Timestamp, Webhook, WorkerId,
 };
 use crate::model::prune::{PruneOptions, PrunePlan, Pruned};
 use crate::model::stuck::{StuckJob, StuckReason};
@@ -241,22 +241,22 @@ fn events() -> Vec<Event> {
             reason: "retry requested by an operator".to_string(),
         },
         EventKind::CancelRequested,
-        EventKind::AudioSelected {
+        EventKind::AudioSelected(AudioSelection {
             stream_index: 1,
             codec: "aac".to_string(),
             language: Some("eng".to_string()),
             output: "copy".to_string(),
             container: "m4a".to_string(),
             reason: "the first audio stream".to_string(),
-        },
-        EventKind::AudioSelected {
+        }),
+        EventKind::AudioSelected(AudioSelection {
             stream_index: 2,
             codec: "opus".to_string(),
             language: None,
             output: "flac".to_string(),
             container: "flac".to_string(),
             reason: "no stream in the preferred language".to_string(),
-        },
+        }),
         EventKind::Reprobed { changes: vec![] },
         EventKind::Reprobed {
             changes: vec![

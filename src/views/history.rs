@@ -193,20 +193,13 @@ impl EventDetail<'_> {
             },
             EventKind::RetryRequested { reason } => EventDetail::RetryRequested { reason },
             EventKind::CancelRequested => EventDetail::CancelRequested {},
-            EventKind::AudioSelected {
-                stream_index: index,
-                codec,
-                language,
-                output,
-                container,
-                reason,
-            } => EventDetail::AudioSelected(AudioSelection {
-                stream_index: *index,
-                codec,
-                language: language.as_deref(),
-                output,
-                container,
-                reason,
+            EventKind::AudioSelected(selection) => EventDetail::AudioSelected(AudioSelection {
+                stream_index: selection.stream_index,
+                codec: &selection.codec,
+                language: selection.language.as_deref(),
+                output: &selection.output,
+                container: &selection.container,
+                reason: &selection.reason,
             }),
             EventKind::Reprobed { changes } => EventDetail::Reprobed { changes },
             EventKind::StepRedone {

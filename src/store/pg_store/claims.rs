@@ -33,11 +33,11 @@ impl PgStore {
         match outcome {
             Ok(claimed) => Ok(claimed),
             // The body refuses nothing: a refused candidate is passed over.
-            Err(rejected) => Err(StoreError::Corrupt {
-                tree: TABLE_JOBS,
-                key: String::new(),
-                reason: format!("claim_next was refused: {rejected}"),
-            }),
+            Err(rejected) => Err(StoreError::corrupt(
+                TABLE_JOBS,
+                b"",
+                format!("claim_next was refused: {rejected}"),
+            )),
         }
     }
 }

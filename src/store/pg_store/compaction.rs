@@ -4,13 +4,12 @@
 
 use super::reader::record_of;
 use super::rows::{
-    TABLE_EVENT_SUMMARIES, corrupt, corrupt_events, decode_event_row, decode_summary, id_bytes,
-    seq_column,
+    TABLE_EVENT_SUMMARIES, corrupt_events, decode_event_row, decode_summary, id_bytes, seq_column,
 };
 use super::tx::{Tx, TxResult};
 use crate::model::job::{Event, EventSummary, Job, JobId};
 use crate::model::records;
-use crate::store::StoreResult;
+use crate::store::{StoreError, StoreResult};
 
 impl Tx<'_> {
     /// Folds the job's oldest events into its summary while it holds more than the bound (as
@@ -47,9 +46,9 @@ impl Tx<'_> {
             }
             compaction.fold(event);
         }
-        let summary = compaction
-            .finish()
-            .map_err(|reason| corrupt(TABLE_EVENT_SUMMARIES, &job.id.to_bytes(), reason))?;
+        let summary = compaction.finish().map_err(|reason| {
+            StoreError::corrupt(TABLE_EVENT_SUMMARIES, &job.id.to_bytes(), reason)
+        })?;
         self.put_record(
             "INSERT INTO event_summaries (job_id, record) VALUES ($1, $2)
              ON CONFLICT (job_id) DO UPDATE SET record = EXCLUDED.record",

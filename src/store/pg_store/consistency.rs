@@ -6,14 +6,14 @@ use std::collections::BTreeSet;
 
 use super::PgStore;
 use super::rows::{
-    JobColumns, TABLE_CHECKPOINTS, TABLE_JOBS, TABLE_WEBHOOKS, corrupt, corrupt_events, decode_in,
+    JobColumns, TABLE_CHECKPOINTS, TABLE_JOBS, TABLE_WEBHOOKS, corrupt_events, decode_in,
     decode_job_row, decode_summary, id_bytes, job_id_in,
 };
 use crate::model::consistency::{EventSeqs, Mismatch};
 use crate::model::job::{Checkpoint, JobId, Webhook};
 use crate::model::records::STORE_STEP;
 use crate::model::{consistency, notices};
-use crate::store::{JobReader, StoreResult};
+use crate::store::{JobReader, StoreError, StoreResult};
 
 impl PgStore {
     /// Checks the tables against each other, as `SledStore::check_consistency` checks its trees:
@@ -46,7 +46,7 @@ impl PgStore {
                     columns.host,
                 )
             {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     TABLE_JOBS,
                     &job.id.to_bytes(),
                     "the row's columns disagree with its record".to_string(),
@@ -107,14 +107,14 @@ impl PgStore {
         match consistency::first_mismatch(&expected_refs, &found_refs) {
             None => {}
             Some(Mismatch::Unexpected((blob, id))) => {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     "blob_refs",
                     blob.as_bytes(),
                     format!("reference of job {id} no store checkpoint makes"),
                 ));
             }
             Some(Mismatch::Missing((blob, id))) => {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     "blob_refs",
                     blob.as_bytes(),
                     format!("job {id}'s store checkpoint names a blob that is not indexed"),
@@ -131,7 +131,7 @@ impl PgStore {
             let webhook: Webhook = decode_in(TABLE_WEBHOOKS, id, row.get(2))?;
             let pending_at = notices::due_at(&webhook).map(|due_at| due_at.0);
             if webhook.job_id != id || next_attempt_at != pending_at {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     TABLE_WEBHOOKS,
                     &id.to_bytes(),
                     format!(

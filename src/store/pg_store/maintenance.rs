@@ -5,13 +5,13 @@ use async_trait::async_trait;
 
 use super::PgStore;
 use super::import::import_in_tx;
-use super::rows::{TABLE_INCIDENTS, corrupt, id_bytes, seq_column};
+use super::rows::{TABLE_INCIDENTS, id_bytes, seq_column};
 use crate::model::job::{Incident, Job, JobId, PrunedJob, Timestamp};
 use crate::model::machine::Rejected;
 use crate::model::records::STORE_STEP;
 use crate::model::{machine, records};
 use crate::store::transfer::ImportOutcome;
-use crate::store::{MaintenanceStore, NewIncident, StoreResult, codec};
+use crate::store::{MaintenanceStore, NewIncident, StoreError, StoreResult, codec};
 
 #[async_trait]
 impl MaintenanceStore for PgStore {
@@ -33,7 +33,7 @@ impl MaintenanceStore for PgStore {
                     .ok()
                     .and_then(|last| last.checked_add(1))
                     .ok_or_else(|| {
-                        corrupt(
+                        StoreError::corrupt(
                             TABLE_INCIDENTS,
                             &last.to_be_bytes(),
                             "incident sequence exhausted".into(),
@@ -58,7 +58,7 @@ impl MaintenanceStore for PgStore {
             Ok(incident)
         })?;
         let incident = outcome.map_err(|rejected| {
-            corrupt(
+            StoreError::corrupt(
                 TABLE_INCIDENTS,
                 b"",
                 format!("an incident was refused: {rejected}"),
@@ -123,9 +123,7 @@ impl MaintenanceStore for PgStore {
         let mut outcomes = Vec::with_capacity(records.len());
         for record in records {
             let outcome = transaction!(self, tx => import_in_tx(&tx, record).await)?;
-            outcomes.push(
-                outcome.unwrap_or_else(|rejected| ImportOutcome::Conflict(rejected.to_string())),
-            );
+            outcomes.push(ImportOutcome::or_conflict(outcome));
         }
         Ok(outcomes)
     }

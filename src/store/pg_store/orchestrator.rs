@@ -6,8 +6,8 @@ use async_trait::async_trait;
 
 use super::PgStore;
 use super::rows::{
-    TABLE_BACKFILLS, TABLE_HOSTS, TABLE_JOBS, TABLE_PROGRESS, corrupt, decode_in, decode_job_row,
-    id_bytes, status_column,
+    TABLE_BACKFILLS, TABLE_HOSTS, TABLE_JOBS, TABLE_PROGRESS, decode_in, decode_job_row, id_bytes,
+    status_column,
 };
 use super::tx::{Tx, TxResult};
 use crate::model::attribution::DeathSeen;
@@ -22,8 +22,8 @@ use crate::model::records::STORE_STEP;
 use crate::model::scheduling::{HostOutcome, OutcomeVerdict, SchedulingPolicy};
 use crate::model::{attribution, machine, scheduling, submission};
 use crate::store::{
-    BatchOptions, ClaimNext, ClaimRequest, OrchestratorStore, Resubmit, StoreResult, SubmitOutcome,
-    SubmitRequest, Submitted, TransitionOp, codec, submit,
+    BatchOptions, ClaimNext, ClaimRequest, OrchestratorStore, Resubmit, StoreError, StoreResult,
+    SubmitOutcome, SubmitRequest, Submitted, TransitionOp, codec, submit,
 };
 
 /// One submission inside a transaction, for `submit` and `submit_batch`: `model::submission`
@@ -53,9 +53,9 @@ pub(super) async fn submit_in_tx(
         });
     };
     let job = decode_job_row(&row)?;
-    match submission::resubmit(&job, request, rule, now)
-        .map_err(|refused| corrupt(TABLE_JOBS, &job.id.to_bytes(), refused.to_string()))?
-    {
+    match submission::resubmit(&job, request, rule, now).map_err(|refused| {
+        StoreError::corrupt(TABLE_JOBS, &job.id.to_bytes(), refused.to_string())
+    })? {
         None => Ok(Submitted {
             job,
             outcome: SubmitOutcome::Existing,
@@ -220,7 +220,7 @@ impl OrchestratorStore for PgStore {
             Ok(update.verdict)
         })?;
         verdict.map_err(|rejected| {
-            corrupt(
+            StoreError::corrupt(
                 TABLE_HOSTS,
                 host.as_bytes(),
                 format!("recording a host outcome was refused: {rejected}"),

@@ -10,7 +10,7 @@ use tokio_postgres::{GenericClient, Row};
 use super::PgStore;
 use super::rows::{
     TABLE_BACKFILLS, TABLE_CHECKPOINTS, TABLE_HOSTS, TABLE_INCIDENTS, TABLE_LOGS, TABLE_METADATA,
-    TABLE_PROGRESS, TABLE_PRUNED, corrupt, decode_event_row, decode_in, decode_job, decode_job_row,
+    TABLE_PROGRESS, TABLE_PRUNED, decode_event_row, decode_in, decode_job, decode_job_row,
     decode_summary, id_bytes, job_id_in, status_column,
 };
 use crate::model::job::{
@@ -231,7 +231,7 @@ impl JobReader for PgStore {
                 let key = seq.to_be_bytes();
                 let incident: Incident = codec::decode(TABLE_INCIDENTS, &key, row.get(1))?;
                 if i64::try_from(incident.seq).ok() != Some(seq) {
-                    return Err(corrupt(
+                    return Err(StoreError::corrupt(
                         TABLE_INCIDENTS,
                         &key,
                         format!("record holds incident seq {}", incident.seq),

@@ -65,14 +65,6 @@ pub(super) fn seq_column(seq: u64) -> Result<i64, StoreError> {
     i64::try_from(seq).map_err(|_| StoreError::Encode(format!("sequence {seq} is past i64")))
 }
 
-pub(super) fn corrupt(table: &'static str, key: &[u8], reason: String) -> StoreError {
-    StoreError::Corrupt {
-        tree: table,
-        key: codec::hex(key),
-        reason,
-    }
-}
-
 pub(super) fn decode_in<T: serde::de::DeserializeOwned>(
     table: &'static str,
     id: JobId,
@@ -94,7 +86,7 @@ pub(super) fn decode_records<T: serde::de::DeserializeOwned>(
 
 /// The job `id`'s event history is corrupt: an event is missing, or not the one its row says.
 pub(super) fn corrupt_events(id: JobId, reason: String) -> StoreError {
-    corrupt(TABLE_EVENTS, &id.to_bytes(), reason)
+    StoreError::corrupt(TABLE_EVENTS, &id.to_bytes(), reason)
 }
 
 /// Decodes a row of `events` (`seq, record`) of the job `id`, and checks the record is the row's.
@@ -113,14 +105,14 @@ pub(super) fn decode_job(id: JobId, bytes: &[u8]) -> StoreResult<Job> {
     let key = id.to_bytes();
     let job = codec::decode_job(TABLE_JOBS, &key, bytes)?;
     if job.id != id {
-        return Err(corrupt(
+        return Err(StoreError::corrupt(
             TABLE_JOBS,
             &key,
             format!("record holds job {}", job.id),
         ));
     }
     job.invariants_hold()
-        .map_err(|reason| corrupt(TABLE_JOBS, &key, reason))?;
+        .map_err(|reason| StoreError::corrupt(TABLE_JOBS, &key, reason))?;
     Ok(job)
 }
 
@@ -136,6 +128,6 @@ pub(super) fn decode_summary(id: JobId, bytes: &[u8]) -> StoreResult<EventSummar
 
 pub(super) fn job_id_in(table: &'static str, bytes: &[u8]) -> StoreResult<JobId> {
     let bytes = <[u8; 16]>::try_from(bytes)
-        .map_err(|_| corrupt(table, bytes, "expected a 16-byte job id".to_string()))?;
+        .map_err(|_| StoreError::corrupt(table, bytes, "expected a 16-byte job id".to_string()))?;
     Ok(JobId::from_bytes(bytes))
 }

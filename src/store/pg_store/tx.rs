@@ -9,8 +9,8 @@ use tokio_postgres::Transaction;
 use tokio_postgres::error::SqlState;
 
 use super::rows::{
-    JobColumns, TABLE_CHECKPOINTS, TABLE_HOSTS, TABLE_JOBS, TABLE_WEBHOOKS, corrupt, decode_in,
-    decode_job, decode_job_row, id_bytes, seq_column, status_column,
+    JobColumns, TABLE_CHECKPOINTS, TABLE_HOSTS, TABLE_JOBS, TABLE_WEBHOOKS, decode_in, decode_job,
+    decode_job_row, id_bytes, seq_column, status_column,
 };
 use super::{JOBS_CHANNEL, PgStore, SCHEDULE_LOCK};
 use crate::model::attribution::Holding;
@@ -244,8 +244,9 @@ impl Tx<'_> {
         kinds: Vec<EventKind>,
         now: Timestamp,
     ) -> TxResult<()> {
-        let events = records::number_events(job, kinds, now)
-            .map_err(|exhausted| corrupt(TABLE_JOBS, &job.id.to_bytes(), exhausted.to_string()))?;
+        let events = records::number_events(job, kinds, now).map_err(|exhausted| {
+            StoreError::corrupt(TABLE_JOBS, &job.id.to_bytes(), exhausted.to_string())
+        })?;
         for event in &events {
             self.sql
                 .execute(
@@ -266,7 +267,7 @@ impl Tx<'_> {
     /// workers (`NOTIFY`, delivered at commit).
     pub(super) async fn put_job(&self, status_before: Option<Status>, job: &Job) -> TxResult<()> {
         if let Err(reason) = job.invariants_hold() {
-            return Err(corrupt(
+            return Err(StoreError::corrupt(
                 TABLE_JOBS,
                 &job.id.to_bytes(),
                 format!("refusing to write a job that breaks its invariants: {reason}"),

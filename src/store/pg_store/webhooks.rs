@@ -4,10 +4,10 @@
 use async_trait::async_trait;
 
 use super::PgStore;
-use super::rows::{TABLE_WEBHOOKS, corrupt, decode_in, decode_job, id_bytes, job_id_in};
+use super::rows::{TABLE_WEBHOOKS, decode_in, decode_job, id_bytes, job_id_in};
 use crate::model::job::{Delivery, JobId, Timestamp, Webhook};
 use crate::model::notices;
-use crate::store::{ClaimNotice, StoreResult, WebhookStore, refuses_nothing};
+use crate::store::{ClaimNotice, StoreError, StoreResult, WebhookStore, refuses_nothing};
 
 #[async_trait]
 impl WebhookStore for PgStore {
@@ -68,7 +68,7 @@ impl WebhookStore for PgStore {
             let id = job_id_in(TABLE_WEBHOOKS, row.get(0))?;
             let mut webhook: Webhook = decode_in(TABLE_WEBHOOKS, id, row.get(1))?;
             if !notices::claim_notice(&mut webhook, now, lease_ms) {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     TABLE_WEBHOOKS,
                     &id.to_bytes(),
                     "a due time but no pending notice".to_string(),

@@ -8,11 +8,11 @@
 //! `summary.events_compacted..events_next`, numbered with no gap (`check_consistency`).
 
 use super::SledStore;
-use super::keys::{TREE_EVENT_SUMMARIES, TREE_EVENTS, corrupt, read_by_id, seq_key};
+use super::keys::{TREE_EVENT_SUMMARIES, TREE_EVENTS, read_by_id, seq_key};
 use super::tx::{Tx, TxResult, encode_in_tx, read_in_tx, store_abort};
 use crate::model::job::{Event, EventSummary, Job, JobId};
 use crate::model::records;
-use crate::store::{StoreResult, codec};
+use crate::store::{StoreError, StoreResult, codec};
 
 /// Decodes a summary and checks it right after reading it back: it is the summary of the job its
 /// key names.
@@ -41,7 +41,7 @@ impl Tx<'_> {
         for seq in compacted..compaction.until {
             let key = seq_key(job.id, seq);
             let Some(bytes) = self.events.get(key)? else {
-                return Err(store_abort(corrupt(
+                return Err(store_abort(StoreError::corrupt(
                     TREE_EVENTS,
                     &key,
                     format!(
@@ -52,7 +52,7 @@ impl Tx<'_> {
             };
             let event: Event = codec::decode(TREE_EVENTS, &key, &bytes).map_err(store_abort)?;
             if event.seq != seq {
-                return Err(store_abort(corrupt(
+                return Err(store_abort(StoreError::corrupt(
                     TREE_EVENTS,
                     &key,
                     format!("record holds event seq {}", event.seq),
@@ -62,7 +62,11 @@ impl Tx<'_> {
             self.events.remove(&key[..])?;
         }
         let summary = compaction.finish().map_err(|reason| {
-            store_abort(corrupt(TREE_EVENT_SUMMARIES, &job.id.to_bytes(), reason))
+            store_abort(StoreError::corrupt(
+                TREE_EVENT_SUMMARIES,
+                &job.id.to_bytes(),
+                reason,
+            ))
         })?;
         self.event_summaries
             .insert(&job.id.to_bytes()[..], encode_in_tx(&summary)?)?;

@@ -11,13 +11,13 @@ use super::compaction::decode_summary;
 use super::keys::{
     TREE_BLOB_REFS, TREE_CHECKPOINTS, TREE_EVENT_SUMMARIES, TREE_EVENTS, TREE_JOBS, TREE_KEYS,
     TREE_PRUNED, TREE_QUEUE, TREE_STATUS_INDEX, TREE_WEBHOOK_DUE, TREE_WEBHOOKS, blob_ref_key,
-    corrupt, decode_job, due_key, index_key, job_id_in, queue_key, queue_value, seq_in,
+    decode_job, due_key, index_key, job_id_in, queue_key, queue_value, seq_in,
 };
 use super::prune::decode_pruned;
 use crate::model::consistency::{EventSeqs, Mismatch};
 use crate::model::job::{Status, Webhook};
 use crate::model::{consistency, notices};
-use crate::store::{StoreResult, codec};
+use crate::store::{StoreError, StoreResult, codec};
 
 impl SledStore {
     /// Checks the trees against each other: every job decodes and holds its invariants, the
@@ -38,7 +38,7 @@ impl SledStore {
             let job = decode_job(&key, &bytes)?;
             let index_key = index_key(job.status, job.id);
             if !index_keys.remove(&index_key[..]) {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     TREE_STATUS_INDEX,
                     &index_key,
                     format!("job {} is {} but not indexed as such", job.id, job.status),
@@ -46,7 +46,7 @@ impl SledStore {
             }
             let key_target = self.keys.get(job.key.as_bytes())?;
             if key_target.as_deref() != Some(&key[..]) {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     TREE_KEYS,
                     job.key.as_bytes(),
                     format!(
@@ -62,7 +62,7 @@ impl SledStore {
                 let event_key = event_key?;
                 seqs.next(seq_in(TREE_EVENTS, &event_key)?)
                     .map_err(|expected| {
-                        corrupt(
+                        StoreError::corrupt(
                             TREE_EVENTS,
                             &event_key,
                             format!("expected event seq {expected}"),
@@ -70,7 +70,7 @@ impl SledStore {
                     })?;
             }
             seqs.end(job.events_next).map_err(|held| {
-                corrupt(
+                StoreError::corrupt(
                     TREE_JOBS,
                     &key,
                     format!("{held} events but events_next is {}", job.events_next),
@@ -78,7 +78,7 @@ impl SledStore {
             })?;
         }
         if let Some(index_key) = index_keys.first() {
-            return Err(corrupt(
+            return Err(StoreError::corrupt(
                 TREE_STATUS_INDEX,
                 index_key,
                 "index entry for no job with that status".to_string(),
@@ -95,7 +95,7 @@ impl SledStore {
         for entry in self.queue.iter() {
             let (key, value) = entry?;
             if expected_queue.remove(&key[..]).as_deref() != Some(&value[..]) {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     TREE_QUEUE,
                     &key,
                     "queue entry for no pending job, or with another host or time".to_string(),
@@ -103,7 +103,7 @@ impl SledStore {
             }
         }
         if let Some((missing, _)) = expected_queue.first_key_value() {
-            return Err(corrupt(
+            return Err(StoreError::corrupt(
                 TREE_QUEUE,
                 missing,
                 "a pending job is not queued".to_string(),
@@ -114,7 +114,7 @@ impl SledStore {
             let id = job_id_in(TREE_KEYS, &key, &id_bytes)?;
             let named = self.read_job(id)?;
             if named.as_ref().map(|job| job.key.as_bytes()) != Some(&key[..]) {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     TREE_KEYS,
                     &key,
                     format!("names job {id}, which has another key"),
@@ -124,7 +124,7 @@ impl SledStore {
         let mut store_checkpoints = Vec::new();
         self.for_each_store_checkpoint(|key, id, checkpoint| {
             if self.read_job(id)?.is_none() {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     TREE_CHECKPOINTS,
                     key,
                     "checkpoint of a job that does not exist".to_string(),
@@ -152,14 +152,14 @@ impl SledStore {
         match consistency::first_mismatch(&expected_refs, &found_refs) {
             None => {}
             Some(Mismatch::Unexpected(extra)) => {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     TREE_BLOB_REFS,
                     extra,
                     "reference no store checkpoint makes".to_string(),
                 ));
             }
             Some(Mismatch::Missing(missing)) => {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     TREE_BLOB_REFS,
                     missing,
                     "a store checkpoint's blob is not indexed".to_string(),
@@ -179,14 +179,18 @@ impl SledStore {
             let (key, bytes) = entry?;
             let webhook: Webhook = codec::decode(TREE_WEBHOOKS, &key, &bytes)?;
             if webhook.job_id.to_bytes()[..] != key[..] {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     TREE_WEBHOOKS,
                     &key,
                     format!("holds the webhook of job {}", webhook.job_id),
                 ));
             }
             if !self.jobs.contains_key(&key)? {
-                return Err(corrupt(TREE_WEBHOOKS, &key, "no such job".to_string()));
+                return Err(StoreError::corrupt(
+                    TREE_WEBHOOKS,
+                    &key,
+                    "no such job".to_string(),
+                ));
             }
             if let Some(due_at) = notices::due_at(&webhook) {
                 expected_due.insert(due_key(due_at, webhook.job_id).to_vec());
@@ -199,7 +203,7 @@ impl SledStore {
             .map(|key| key.map(|key| key.to_vec()))
             .collect::<Result<BTreeSet<_>, _>>()?;
         if let Some(extra) = found_due.symmetric_difference(&expected_due).next() {
-            return Err(corrupt(
+            return Err(StoreError::corrupt(
                 TREE_WEBHOOK_DUE,
                 extra,
                 "the due index and the pending notices disagree".to_string(),
@@ -216,14 +220,14 @@ impl SledStore {
             let (key, bytes) = entry?;
             let summary = decode_summary(&key, &bytes)?;
             let Some(job) = self.read_job(summary.job_id)? else {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     TREE_EVENT_SUMMARIES,
                     &key,
                     "summary of a job that does not exist".to_string(),
                 ));
             };
             if summary.events_compacted > job.events_next {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     TREE_EVENT_SUMMARIES,
                     &key,
                     format!(
@@ -242,7 +246,7 @@ impl SledStore {
             let (key, bytes) = entry?;
             let pruned = decode_pruned(&key, &bytes)?;
             if self.read_job(pruned.id)?.is_some() {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     TREE_PRUNED,
                     &key,
                     format!("job {} is pruned and exists", pruned.id),

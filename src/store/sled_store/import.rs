@@ -94,7 +94,7 @@ impl SledStore {
             pruned_tree.insert(&id.to_bytes()[..], encode_in_tx(pruned)?)?;
             Ok(ImportOutcome::Imported)
         })?;
-        Ok(outcome.unwrap_or_else(|rejected| ImportOutcome::Conflict(rejected.to_string())))
+        Ok(ImportOutcome::or_conflict(outcome))
     }
 
     fn import_job(&self, records: &JobRecords) -> StoreResult<ImportOutcome> {
@@ -164,7 +164,7 @@ impl SledStore {
             }
             Ok(ImportOutcome::Imported)
         })?;
-        Ok(outcome.unwrap_or_else(|rejected| ImportOutcome::Conflict(rejected.to_string())))
+        Ok(ImportOutcome::or_conflict(outcome))
     }
 
     async fn import_incident(&self, incident: &Incident) -> StoreResult<ImportOutcome> {

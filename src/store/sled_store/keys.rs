@@ -55,14 +55,6 @@ pub(super) const JOB_ID_BYTES: usize = 16;
 
 pub(super) const SEQ_KEY_BYTES: usize = JOB_ID_BYTES + 8;
 
-pub(super) fn corrupt(tree: &'static str, key: &[u8], reason: String) -> StoreError {
-    StoreError::Corrupt {
-        tree,
-        key: codec::hex(key),
-        reason,
-    }
-}
-
 /// Decodes every record of a scan and checks each against its key right after reading it back:
 /// `mismatch` names what is wrong, and the first wrong record is reported as corrupt.
 pub(super) fn decode_checked<T: serde::de::DeserializeOwned>(
@@ -75,7 +67,7 @@ pub(super) fn decode_checked<T: serde::de::DeserializeOwned>(
         let (key, bytes) = entry?;
         let record: T = codec::decode(tree, &key, &bytes)?;
         if let Some(reason) = mismatch(&key, &record)? {
-            return Err(corrupt(tree, &key, reason));
+            return Err(StoreError::corrupt(tree, &key, reason));
         }
         records.push(record);
     }
@@ -117,21 +109,22 @@ pub(super) fn decode_all<T: Keyed>(
 pub(super) fn decode_job(key: &[u8], bytes: &[u8]) -> StoreResult<Job> {
     let job: Job = codec::decode_job(TREE_JOBS, key, bytes)?;
     if job.id.to_bytes() != key {
-        return Err(corrupt(
+        return Err(StoreError::corrupt(
             TREE_JOBS,
             key,
             format!("record holds job {}", job.id),
         ));
     }
     job.invariants_hold()
-        .map_err(|reason| corrupt(TREE_JOBS, key, reason))?;
+        .map_err(|reason| StoreError::corrupt(TREE_JOBS, key, reason))?;
     Ok(job)
 }
 
 /// Reads a job id out of `bytes`, part of a key of `tree`.
 pub(super) fn job_id_in(tree: &'static str, key: &[u8], bytes: &[u8]) -> StoreResult<JobId> {
-    let bytes = <[u8; JOB_ID_BYTES]>::try_from(bytes)
-        .map_err(|_| corrupt(tree, key, format!("expected a {JOB_ID_BYTES}-byte job id")))?;
+    let bytes = <[u8; JOB_ID_BYTES]>::try_from(bytes).map_err(|_| {
+        StoreError::corrupt(tree, key, format!("expected a {JOB_ID_BYTES}-byte job id"))
+    })?;
     Ok(JobId::from_bytes(bytes))
 }
 
@@ -176,9 +169,11 @@ pub(super) fn split_queue_entry(key: &[u8], value: &[u8]) -> StoreResult<Candida
         .get(..8)
         .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
         .map(i64::from_be_bytes)
-        .ok_or_else(|| corrupt(TREE_QUEUE, key, "value shorter than 8 bytes".to_string()))?;
+        .ok_or_else(|| {
+            StoreError::corrupt(TREE_QUEUE, key, "value shorter than 8 bytes".to_string())
+        })?;
     let host = std::str::from_utf8(&value[8..])
-        .map_err(|_| corrupt(TREE_QUEUE, key, "host is not UTF-8".to_string()))?;
+        .map_err(|_| StoreError::corrupt(TREE_QUEUE, key, "host is not UTF-8".to_string()))?;
     Ok(Candidate {
         id,
         not_before: Timestamp(not_before),
@@ -198,7 +193,7 @@ pub(super) fn seq_in(tree: &'static str, key: &[u8]) -> StoreResult<u64> {
         .get(JOB_ID_BYTES..)
         .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
         .ok_or_else(|| {
-            corrupt(
+            StoreError::corrupt(
                 tree,
                 key,
                 format!("expected a {SEQ_KEY_BYTES}-byte job id and sequence number"),
@@ -231,14 +226,14 @@ pub(super) fn split_blob_ref(key: &[u8]) -> StoreResult<(String, JobId)> {
         .checked_sub(JOB_ID_BYTES + 1)
         .filter(|&split| key[split] == 0)
         .ok_or_else(|| {
-            corrupt(
+            StoreError::corrupt(
                 TREE_BLOB_REFS,
                 key,
                 "expected blob key ++ 0 ++ job id".into(),
             )
         })?;
     let blob = std::str::from_utf8(&key[..split])
-        .map_err(|_| corrupt(TREE_BLOB_REFS, key, "blob key is not UTF-8".into()))?;
+        .map_err(|_| StoreError::corrupt(TREE_BLOB_REFS, key, "blob key is not UTF-8".into()))?;
     let id = job_id_in(TREE_BLOB_REFS, key, &key[split + 1..])?;
     Ok((blob.to_string(), id))
 }
@@ -261,7 +256,7 @@ pub(super) fn due_key(at: Timestamp, id: JobId) -> [u8; 8 + JOB_ID_BYTES] {
 
 pub(super) fn split_due_key(key: &[u8]) -> StoreResult<(Timestamp, JobId)> {
     let (Some(at), Some(id)) = (key.get(..8), key.get(8..)) else {
-        return Err(corrupt(
+        return Err(StoreError::corrupt(
             TREE_WEBHOOK_DUE,
             key,
             "a key of 24 bytes".to_string(),
@@ -270,6 +265,6 @@ pub(super) fn split_due_key(key: &[u8]) -> StoreResult<(Timestamp, JobId)> {
     let at = u64::from_be_bytes(at.try_into().expect("8 bytes")) ^ (1 << 63);
     let id: [u8; JOB_ID_BYTES] = id
         .try_into()
-        .map_err(|_| corrupt(TREE_WEBHOOK_DUE, key, "a key of 24 bytes".to_string()))?;
+        .map_err(|_| StoreError::corrupt(TREE_WEBHOOK_DUE, key, "a key of 24 bytes".to_string()))?;
     Ok((Timestamp(at.cast_signed()), JobId::from_bytes(id)))
 }

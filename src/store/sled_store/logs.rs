@@ -4,10 +4,10 @@
 use std::sync::atomic::Ordering;
 
 use super::SledStore;
-use super::keys::{JOB_ID_BYTES, TREE_LOGS, corrupt, job_id_in, seq_in, seq_key};
+use super::keys::{JOB_ID_BYTES, TREE_LOGS, job_id_in, seq_in, seq_key};
 use crate::model::job::{JobId, LogLine};
 use crate::store::{
-    JobLogSink, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, StoreResult, codec, truncate_message,
+    JobLogSink, LOG_LINE_BYTES_MAX, LOG_LINES_MAX, StoreError, StoreResult, codec, truncate_message,
 };
 
 impl JobLogSink for SledStore {
@@ -97,8 +97,8 @@ pub(super) fn next_log_seq(logs: &sled::Tree) -> StoreResult<u64> {
     }
     match seq_max {
         None => Ok(0),
-        Some(seq_max) => seq_max
-            .checked_add(1)
-            .ok_or_else(|| corrupt(TREE_LOGS, &[], "log sequence exhausted".to_string())),
+        Some(seq_max) => seq_max.checked_add(1).ok_or_else(|| {
+            StoreError::corrupt(TREE_LOGS, &[], "log sequence exhausted".to_string())
+        }),
     }
 }

@@ -4,12 +4,12 @@
 use async_trait::async_trait;
 
 use super::SledStore;
-use super::keys::{TREE_INCIDENTS, corrupt};
+use super::keys::TREE_INCIDENTS;
 use super::tx::reject;
 use crate::model::job::{Incident, Job, JobId, PrunedJob, Timestamp};
 use crate::model::machine;
 use crate::model::machine::Rejected;
-use crate::store::{MaintenanceStore, NewIncident, StoreResult, codec};
+use crate::store::{MaintenanceStore, NewIncident, StoreError, StoreResult, codec};
 
 #[async_trait]
 impl MaintenanceStore for SledStore {
@@ -19,10 +19,10 @@ impl MaintenanceStore for SledStore {
             None => 0,
             Some((key, _)) => {
                 let bytes = <[u8; 8]>::try_from(key.as_ref()).map_err(|_| {
-                    corrupt(TREE_INCIDENTS, &key, "expected a u64 sequence key".into())
+                    StoreError::corrupt(TREE_INCIDENTS, &key, "expected a u64 sequence key".into())
                 })?;
                 u64::from_be_bytes(bytes).checked_add(1).ok_or_else(|| {
-                    corrupt(TREE_INCIDENTS, &key, "incident sequence exhausted".into())
+                    StoreError::corrupt(TREE_INCIDENTS, &key, "incident sequence exhausted".into())
                 })?
             }
         };

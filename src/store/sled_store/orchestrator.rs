@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use super::SledStore;
 use super::keys::{
     TREE_CHECKPOINTS, TREE_JOBS, TREE_KEYS, TREE_PROGRESS, backfill_job_key, checkpoint_key,
-    corrupt, job_id_in,
+    job_id_in,
 };
 use super::tx::{Tx, TxResult, encode_in_tx, reject, store_abort};
 use crate::model::attribution::DeathSeen;
@@ -22,8 +22,8 @@ use crate::model::records::STORE_STEP;
 use crate::model::scheduling::{HostOutcome, OutcomeVerdict, SchedulingPolicy};
 use crate::model::{machine, scheduling, submission};
 use crate::store::{
-    BatchOptions, ClaimNext, ClaimRequest, JobReader, OrchestratorStore, Resubmit, StoreResult,
-    SubmitOutcome, SubmitRequest, Submitted, TransitionOp, claims, codec, submit,
+    BatchOptions, ClaimNext, ClaimRequest, JobReader, OrchestratorStore, Resubmit, StoreError,
+    StoreResult, SubmitOutcome, SubmitRequest, Submitted, TransitionOp, claims, codec, submit,
 };
 
 /// One submission inside a transaction, for `submit` and `submit_batch`: `model::submission`
@@ -45,15 +45,19 @@ pub(super) fn submit_in_tx(
     };
     let id = job_id_in(TREE_KEYS, key, &id_bytes).map_err(store_abort)?;
     let Some(job) = tx.job(id)? else {
-        return Err(store_abort(corrupt(
+        return Err(store_abort(StoreError::corrupt(
             TREE_KEYS,
             key,
             format!("key names job {id}, which does not exist"),
         )));
     };
-    match submission::resubmit(&job, request, rule, now)
-        .map_err(|refused| store_abort(corrupt(TREE_JOBS, &id.to_bytes(), refused.to_string())))?
-    {
+    match submission::resubmit(&job, request, rule, now).map_err(|refused| {
+        store_abort(StoreError::corrupt(
+            TREE_JOBS,
+            &id.to_bytes(),
+            refused.to_string(),
+        ))
+    })? {
         None => Ok(Submitted {
             job,
             outcome: SubmitOutcome::Existing,

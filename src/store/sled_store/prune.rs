@@ -8,14 +8,12 @@
 //! `check_consistency` accounts for every reference: a store checkpoint's or a tombstone's.
 
 use super::SledStore;
-use super::keys::{
-    TREE_EVENT_SUMMARIES, TREE_PRUNED, TREE_STATUS_INDEX, corrupt, decode_all, read_by_id,
-};
+use super::keys::{TREE_EVENT_SUMMARIES, TREE_PRUNED, TREE_STATUS_INDEX, decode_all, read_by_id};
 use super::tx::{encode_in_tx, reject};
 use crate::model::job::{EventSummary, JobId, PrunedJob, Status, Timestamp};
 use crate::model::machine;
 use crate::model::machine::Rejected;
-use crate::store::{JobReader, StoreResult, codec};
+use crate::store::{JobReader, StoreError, StoreResult, codec};
 
 /// The state store's size and what it holds, for `narra doctor`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +92,7 @@ impl SledStore {
                 .iter_mut()
                 .find(|(status, _)| Some(status.index_byte()) == byte)
             else {
-                return Err(corrupt(
+                return Err(StoreError::corrupt(
                     TREE_STATUS_INDEX,
                     &key,
                     "unknown status byte".to_string(),

@@ -14,8 +14,8 @@ use sled::{IVec, Transactional};
 
 use super::SledStore;
 use super::keys::{
-    TREE_CHECKPOINTS, TREE_JOBS, TREE_WEBHOOKS, blob_ref_key, checkpoint_key, corrupt, decode_job,
-    due_key, index_key, plain, queue_key, queue_value, seq_key,
+    TREE_CHECKPOINTS, TREE_JOBS, TREE_WEBHOOKS, blob_ref_key, checkpoint_key, decode_job, due_key,
+    index_key, plain, queue_key, queue_value, seq_key,
 };
 use crate::model::claims::Claimant;
 use crate::model::job::{Checkpoint, EventKind, Job, JobId, Status, Timestamp, Webhook};
@@ -129,7 +129,7 @@ impl Tx<'_> {
         now: Timestamp,
     ) -> TxResult<()> {
         let events = records::number_events(job, kinds, now).map_err(|exhausted| {
-            store_abort(corrupt(
+            store_abort(StoreError::corrupt(
                 TREE_JOBS,
                 &job.id.to_bytes(),
                 exhausted.to_string(),
@@ -147,7 +147,7 @@ impl Tx<'_> {
     pub(super) fn put_job(&self, status_before: Option<Status>, job: &Job) -> TxResult<()> {
         let key = job.id.to_bytes();
         if let Err(reason) = job.invariants_hold() {
-            return Err(store_abort(corrupt(
+            return Err(store_abort(StoreError::corrupt(
                 TREE_JOBS,
                 &key,
                 format!("refusing to write a job that breaks its invariants: {reason}"),

@@ -4,11 +4,11 @@
 use async_trait::async_trait;
 
 use super::SledStore;
-use super::keys::{TREE_WEBHOOK_DUE, TREE_WEBHOOKS, corrupt, plain, read_by_id, split_due_key};
+use super::keys::{TREE_WEBHOOK_DUE, TREE_WEBHOOKS, plain, read_by_id, split_due_key};
 use super::tx::store_abort;
 use crate::model::job::{Delivery, JobId, Timestamp, Webhook};
 use crate::model::notices;
-use crate::store::{ClaimNotice, StoreResult, WebhookStore, refuses_nothing};
+use crate::store::{ClaimNotice, StoreError, StoreResult, WebhookStore, refuses_nothing};
 
 #[async_trait]
 impl WebhookStore for SledStore {
@@ -50,7 +50,7 @@ impl WebhookStore for SledStore {
                 return Ok(None);
             }
             let Some(before) = tx.webhook(id)? else {
-                return Err(store_abort(corrupt(
+                return Err(store_abort(StoreError::corrupt(
                     TREE_WEBHOOK_DUE,
                     &key,
                     format!("names job {id}, which has no webhook"),
@@ -58,7 +58,7 @@ impl WebhookStore for SledStore {
             };
             let mut webhook = before.clone();
             if !notices::claim_notice(&mut webhook, now, lease_ms) {
-                return Err(store_abort(corrupt(
+                return Err(store_abort(StoreError::corrupt(
                     TREE_WEBHOOK_DUE,
                     &key,
                     format!("names job {id}, whose webhook has no pending notice"),
