@@ -235,9 +235,21 @@ pub struct NewJobArgs {
     pub callback_url: Option<String>,
 }
 
-/// `narra ingest`.
+/// `narra ingest`: a `submit` whose jobs are then run here.
 #[derive(Debug, Args)]
 pub struct IngestArgs {
+    #[command(flatten)]
+    pub submit: SubmitArgs,
+    /// How many jobs run at once.
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub running: RunningArgs,
+}
+
+/// `narra submit`, and what `ingest` submits.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
     /// HTTP(S) URLs, file:// URLs or local paths.
     #[arg(required = true)]
     pub sources: Vec<String>,
@@ -247,27 +259,7 @@ pub struct IngestArgs {
     /// Your own idempotency key (for signed or expiring URLs); default: the normalised source.
     #[arg(long)]
     pub key: Option<String>,
-    /// How many jobs run at once.
-    #[arg(long, default_value_t = 2)]
-    pub concurrency: usize,
     /// Re-run succeeded jobs through their checkpoints: only missing or changed work is done.
-    #[arg(long)]
-    pub reingest: bool,
-    #[command(flatten)]
-    pub new_job: NewJobArgs,
-    #[command(flatten)]
-    pub running: RunningArgs,
-}
-
-/// `narra submit`.
-#[derive(Debug, Args)]
-pub struct SubmitArgs {
-    #[arg(required = true)]
-    pub sources: Vec<String>,
-    #[arg(long)]
-    pub workflow: Option<String>,
-    #[arg(long)]
-    pub key: Option<String>,
     #[arg(long)]
     pub reingest: bool,
     #[command(flatten)]

@@ -210,7 +210,10 @@ fn permissions_check(home: &Path, sled_dir: Option<&Path>, object_root: Option<&
 async fn media_helper_check() -> Check {
     const NAME: &str = "media_helper";
     if std::env::var(crate::steps::media::MEDIA_ENV).as_deref() == Ok("cli") {
-        return Check::pass(NAME, "not used: NARRA_MEDIA=cli runs ffprobe and ffmpeg per job".into());
+        return Check::pass(
+            NAME,
+            "not used: NARRA_MEDIA=cli runs ffprobe and ffmpeg per job".into(),
+        );
     }
     let program = match std::env::current_exe() {
         Ok(program) => program,
@@ -223,8 +226,7 @@ async fn media_helper_check() -> Check {
         Vec::new(),
         crate::steps::media::sandbox::Limits::default(),
     );
-    let checked =
-        crate::steps::media::self_check(&pool, std::time::Duration::from_secs(10)).await;
+    let checked = crate::steps::media::self_check(&pool, std::time::Duration::from_secs(10)).await;
     drop(pool);
     let _ = std::fs::remove_dir_all(&scratch);
     match checked {
@@ -234,8 +236,16 @@ async fn media_helper_check() -> Check {
             let detail = format!(
                 "{}; /etc/passwd {}, socket() {}",
                 check.protections.summary(),
-                if check.read_etc_passwd.is_err() { "refused" } else { "READABLE" },
-                if check.open_socket.is_err() { "refused" } else { "ALLOWED" },
+                if check.read_etc_passwd.is_err() {
+                    "refused"
+                } else {
+                    "READABLE"
+                },
+                if check.open_socket.is_err() {
+                    "refused"
+                } else {
+                    "ALLOWED"
+                },
             );
             if confined && check.protections.landlock == "fully" {
                 Check::pass(NAME, detail)

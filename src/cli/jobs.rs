@@ -29,25 +29,9 @@ pub async fn ingest(
     out: &mut impl Write,
 ) -> Result<ExitCode, CliError> {
     // `ingest` is a `submit` whose jobs are then run here, `concurrency` at once.
-    let IngestArgs {
-        sources,
-        workflow,
-        key,
-        concurrency,
-        reingest,
-        new_job,
-        ..
-    } = args;
-    let submit = SubmitArgs {
-        sources,
-        workflow,
-        key,
-        reingest,
-        new_job,
-    };
     let orchestrator = engine.orchestrator();
     reclaim_orphans(&orchestrator).await?;
-    let submitted = submit_sources(&orchestrator, submit, context).await?;
+    let submitted = submit_sources(&orchestrator, args.submit, context).await?;
     // The same source twice on one command line is one job, run once.
     let mut ids: Vec<JobId> = Vec::with_capacity(submitted.len());
     for submitted in &submitted {
@@ -55,7 +39,7 @@ pub async fn ingest(
             ids.push(submitted.job.id);
         }
     }
-    let jobs = run_jobs(&orchestrator, &ids, concurrency).await?;
+    let jobs = run_jobs(&orchestrator, &ids, args.concurrency).await?;
     print_jobs(out, &jobs, context.json)?;
     Ok(exit_for(&jobs))
 }

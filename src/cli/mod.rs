@@ -179,9 +179,11 @@ pub async fn open_home(global: &GlobalArgs) -> Result<Home, CliError> {
     // This binary can be its own media helper: the extract step gets helpers unless
     // NARRA_MEDIA=cli. Helpers read stored originals of an fs:// store in place.
     let read_roots = engine.storage.local_root().map(Path::to_path_buf);
-    engine.tools.media =
-        crate::steps::media::Media::from_env(&engine.scratch_root(), read_roots.into_iter().collect())
-            .map_err(CliError::Usage)?;
+    engine.tools.media = crate::steps::media::Media::from_env(
+        &engine.scratch_root(),
+        read_roots.into_iter().collect(),
+    )
+    .map_err(CliError::Usage)?;
     // The lease length is a knob for tests and for stores shared by slow networks.
     if let Some(ttl_ms) = positive_from_env("NARRA_LEASE_TTL_MS", "milliseconds")? {
         engine.lease_ttl_ms = ttl_ms;

@@ -17,7 +17,9 @@ use super::sandbox::{self, DISABLE_ENV, Disabled, Limits};
 /// Runs the helper on `args` (what follows [`super::pool::HELPER_ARG`]); returns the exit status.
 pub fn main(args: &[String]) -> i32 {
     let [scratch_root, memory_bytes, file_bytes, read_roots @ ..] = args else {
-        eprintln!("narra media helper: expected SCRATCH_ROOT MEMORY_BYTES FILE_BYTES [READ_ROOT]...");
+        eprintln!(
+            "narra media helper: expected SCRATCH_ROOT MEMORY_BYTES FILE_BYTES [READ_ROOT]..."
+        );
         return 2;
     };
     let read_roots: Vec<PathBuf> = read_roots.iter().map(PathBuf::from).collect();

@@ -69,14 +69,19 @@ pub async fn extract(
 }
 
 /// What a helper's sandbox allows, tried from inside a helper of `pool` (`doctor`).
-pub async fn self_check(pool: &HelperPool, timeout: Duration) -> Result<sandbox::SelfCheck, String> {
+pub async fn self_check(
+    pool: &HelperPool,
+    timeout: Duration,
+) -> Result<sandbox::SelfCheck, String> {
     let (_keep, mut cancel) = tokio::sync::watch::channel(false);
     match pool
         .call(&Request::SelfCheck, timeout, &mut cancel, &mut |_| {})
         .await
     {
         Ok(Response::SelfChecked(check)) => Ok(check),
-        Ok(other) => Err(format!("the media helper answered a self-check with {other:?}")),
+        Ok(other) => Err(format!(
+            "the media helper answered a self-check with {other:?}"
+        )),
         Err(error) => Err(format!("the media helper did not answer: {error:?}")),
     }
 }
@@ -161,7 +166,10 @@ pub enum Media {
 impl Media {
     /// The helpers of this narra binary confined to `scratch_root` (and reading `read_roots`),
     /// unless [`MEDIA_ENV`] says `cli`. An unknown value is an error naming it.
-    pub fn from_env(scratch_root: &Path, read_roots: Vec<std::path::PathBuf>) -> Result<Media, String> {
+    pub fn from_env(
+        scratch_root: &Path,
+        read_roots: Vec<std::path::PathBuf>,
+    ) -> Result<Media, String> {
         match std::env::var(MEDIA_ENV).unwrap_or_default().as_str() {
             "cli" => Ok(Media::Programs),
             "" | "helper" => {
