@@ -547,7 +547,7 @@ fn a_running_job_progressed(home: &Home, seen: &mut HashMap<String, usize>) -> b
 }
 
 /// The flapping worker: `NARRA_SOAK_FLAP_KILLS` (default 12) kill -9 of a worker running 4 jobs
-/// at once, during a backfill of `NARRA_SOAK_FLAP_JOBS` (default 160) healthy jobs, each kill
+/// at once, during a backfill of `NARRA_SOAK_FLAP_JOBS` (default 480) healthy jobs, each kill
 /// coming as soon as the worker is seen to have moved a job past a checkpoint: later after its
 /// start than one step of a job running alone (a suspect's step, which is the first to end), and
 /// sooner than a whole job. Kills are placed by what the worker did, not by a clock, so a loaded
@@ -560,7 +560,7 @@ fn a_running_job_progressed(home: &Home, seen: &mut HashMap<String, usize>) -> b
 /// death, and bystanders were quarantined.)
 #[test]
 fn a_flapping_worker_quarantines_no_healthy_job() {
-    let jobs_total = env_number("NARRA_SOAK_FLAP_JOBS", 160) as usize;
+    let jobs_total = env_number("NARRA_SOAK_FLAP_JOBS", 480) as usize;
     let kills_total = env_number("NARRA_SOAK_FLAP_KILLS", 12) as usize;
     let started = std::time::Instant::now();
 
