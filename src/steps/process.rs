@@ -91,6 +91,16 @@ pub fn die_with_parent(command: &mut Command) {
     }
 }
 
+/// A command for a child narra supervises: in a process group of its own (out of the terminal's
+/// SIGINT, and killable as a whole), killed when its handle is dropped, and killed when narra dies
+/// ([`die_with_parent`]). The caller sets its arguments and pipes.
+pub fn supervised(program: &Path) -> Command {
+    let mut command = Command::new(program);
+    command.process_group(0).kill_on_drop(true);
+    die_with_parent(&mut command);
+    command
+}
+
 /// What becomes of a tool's stdout. Either way the pipe is read to its end as the tool writes, so
 /// the tool never blocks on a full pipe.
 enum Stdout<'a> {
@@ -134,15 +144,12 @@ async fn run(
     timeout: Duration,
     cancel: &mut Cancel,
 ) -> Result<Finished, RunError> {
-    let mut command = Command::new(program);
+    let mut command = supervised(program);
     command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    die_with_parent(&mut command);
+        .stderr(Stdio::piped());
     let mut child = command.spawn().map_err(RunError::Spawn)?;
     let mut group = ProcessGroup::led_by(&child)
         .ok_or_else(|| RunError::Wait(std::io::Error::other("the child has no pid")))?;

@@ -147,9 +147,9 @@ fn demuxer_of(line: &str) -> Option<&str> {
     .then_some(name)
 }
 
-/// A line as quoted in an error: object addresses dropped (`[hls @ 0x5633…]` -> `[hls]`), cut to a
-/// bounded length.
-fn quoted_line(line: &str) -> String {
+/// A line trimmed, its object addresses dropped (`[hls @ 0x5633…]` -> `[hls]`): they differ from
+/// run to run and say nothing of the media.
+pub(in crate::steps) fn without_addresses(line: &str) -> String {
     let mut text = line.trim().to_string();
     while let Some(at) = text.find(" @ 0x") {
         let end = text[at + 5..]
@@ -158,6 +158,12 @@ fn quoted_line(line: &str) -> String {
             .unwrap_or(text.len());
         text.replace_range(at..end, "");
     }
+    text
+}
+
+/// A line as quoted in an error: [`without_addresses`], cut to a bounded length.
+fn quoted_line(line: &str) -> String {
+    let mut text = without_addresses(line);
     if text.chars().count() > QUOTED_LINE_CHARS_MAX {
         text = text.chars().take(QUOTED_LINE_CHARS_MAX).collect::<String>() + "…";
     }

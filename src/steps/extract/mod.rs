@@ -222,7 +222,7 @@ async fn write_checked(
                 threads: params.threads,
             };
             // The helper judged libav's messages itself, with the same patterns.
-            let json = media::extract(pool, &request, timeout, cancel, &mut report).await?;
+            let json = media::ask(pool, &request, timeout, cancel, &mut report).await?;
             let synced = scratch::sync_file(temp_path).await;
             let output = parse_probe(json.as_bytes()).map_err(|error| {
                 StepError::new(

@@ -47,64 +47,26 @@ pub async fn probe(
     let request = Request::Probe {
         input: input.to_path_buf(),
     };
-    match ask(pool, &request, "probing", timeout, cancel, &mut |_| {}).await? {
-        Response::Probed { json } => Ok(json),
-        other => Err(unexpected(other, "probing")),
-    }
+    ask(pool, &request, timeout, cancel, &mut |_| {}).await
 }
 
-/// Writes as `request` (an [`Request::Extract`]) says; returns the output's probe (ffprobe's
-/// JSON). Bytes written so far go to `on_progress`.
-pub async fn extract(
+/// Sends `request` (a [`Request::Probe`] or a [`Request::Extract`]) to a helper of `pool` and
+/// returns the JSON it answers with: the input's probe, or the written output's (ffprobe's JSON).
+/// Bytes written so far go to `on_progress`.
+///
+/// A helper that dies is restarted: [`MEDIA_CRASH_DEATHS`] deaths on the request fail it as
+/// `media_crash`, naming how the last helper ended. A timeout kills the helper and is
+/// `extract_timeout`, never a death.
+pub async fn ask(
     pool: &HelperPool,
     request: &Request,
     timeout: Duration,
     cancel: &mut Cancel,
     on_progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<String, StepError> {
-    match ask(pool, request, "extracting", timeout, cancel, on_progress).await? {
-        Response::Written { json } => Ok(json),
-        other => Err(unexpected(other, "extracting")),
-    }
-}
-
-/// What a helper's sandbox allows, tried from inside a helper of `pool` (`doctor`).
-pub async fn self_check(
-    pool: &HelperPool,
-    timeout: Duration,
-) -> Result<sandbox::SelfCheck, String> {
-    let (_keep, mut cancel) = tokio::sync::watch::channel(false);
-    match pool
-        .call(&Request::SelfCheck, timeout, &mut cancel, &mut |_| {})
-        .await
-    {
-        Ok(Response::SelfChecked(check)) => Ok(check),
-        Ok(other) => Err(format!(
-            "the media helper answered a self-check with {other:?}"
-        )),
-        Err(error) => Err(format!("the media helper did not answer: {error:?}")),
-    }
-}
-
-fn unexpected(response: Response, what: &str) -> StepError {
-    StepError::new(
-        ErrorClass::Internal,
-        format!("the media helper answered {what} with {response:?}"),
-    )
-}
-
-/// Sends `request` to a helper of `pool`, restarting a helper that dies: [`MEDIA_CRASH_DEATHS`]
-/// deaths on the request fail it as `media_crash`, naming how the last helper ended. A timeout
-/// kills the helper and is `extract_timeout`, never a death; `what` names the work in messages
-/// ("probing", "extracting").
-async fn ask(
-    pool: &HelperPool,
-    request: &Request,
-    what: &str,
-    timeout: Duration,
-    cancel: &mut Cancel,
-    on_progress: &mut (dyn FnMut(u64) + Send),
-) -> Result<Response, StepError> {
+    // A probe is answered with `Probed`, a write with `Written`.
+    let probing = matches!(request, Request::Probe { .. });
+    let what = if probing { "probing" } else { "extracting" };
     let mut deaths = 0;
     loop {
         let called = pool.call(request, timeout, cancel, on_progress).await;
@@ -115,7 +77,14 @@ async fn ask(
                     message,
                 ));
             }
-            Ok(response) => return Ok(response),
+            Ok(Response::Probed { json }) if probing => return Ok(json),
+            Ok(Response::Written { json }) if !probing => return Ok(json),
+            Ok(other) => {
+                return Err(StepError::new(
+                    ErrorClass::Internal,
+                    format!("the media helper answered {what} with {other:?}"),
+                ));
+            }
             Err(CallError::Died(how)) => how,
             Err(CallError::TimedOut) => {
                 return Err(StepError::new(
@@ -151,6 +120,24 @@ async fn ask(
             how = %how,
             "the media helper died; trying again in a fresh one"
         );
+    }
+}
+
+/// What a helper's sandbox allows, tried from inside a helper of `pool` (`doctor`).
+pub async fn self_check(
+    pool: &HelperPool,
+    timeout: Duration,
+) -> Result<sandbox::SelfCheck, String> {
+    let (_keep, mut cancel) = tokio::sync::watch::channel(false);
+    match pool
+        .call(&Request::SelfCheck, timeout, &mut cancel, &mut |_| {})
+        .await
+    {
+        Ok(Response::SelfChecked(check)) => Ok(check),
+        Ok(other) => Err(format!(
+            "the media helper answered a self-check with {other:?}"
+        )),
+        Err(error) => Err(format!("the media helper did not answer: {error:?}")),
     }
 }
 

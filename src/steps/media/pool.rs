@@ -19,11 +19,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use super::protocol::{Request, Response, decode_frame, encode_frame, frame_length};
 use super::sandbox::Limits;
-use crate::steps::process::die_with_parent;
+use crate::steps::process::supervised;
 use crate::steps::{Cancel, cancelled};
 
 /// The first argument that makes the narra binary a media helper (hidden from `--help`).
@@ -141,8 +141,7 @@ impl HelperPool {
             }
             Outcome::Broken(broken) => Err(ended(helper, broken).await),
             Outcome::Stopped => {
-                let _ = helper.child.start_kill();
-                let _ = helper.child.wait().await;
+                kill(&mut helper.child).await;
                 Err(if *cancel.borrow() {
                     CallError::Cancelled
                 } else {
@@ -174,7 +173,7 @@ impl HelperPool {
                 CallError::Broken(format!("cannot create {}: {error}", root.display()))
             })?;
         }
-        let mut command = Command::new(&self.program);
+        let mut command = supervised(&self.program);
         command
             .arg(HELPER_ARG)
             .arg(&self.scratch_root)
@@ -184,10 +183,7 @@ impl HelperPool {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             // Its own messages (a failpoint, a panic) reach the worker's stderr.
-            .stderr(Stdio::inherit())
-            .process_group(0)
-            .kill_on_drop(true);
-        die_with_parent(&mut command);
+            .stderr(Stdio::inherit());
         let mut child = command.spawn().map_err(|error| {
             CallError::Broken(format!(
                 "cannot start the media helper {}: {error}",
@@ -237,11 +233,16 @@ async fn ended(mut helper: Helper, broken: String) -> CallError {
     match status {
         Some(status) => CallError::Died(describe_exit(status)),
         None => {
-            let _ = helper.child.start_kill();
-            let _ = helper.child.wait().await;
+            kill(&mut helper.child).await;
             CallError::Broken(format!("the media helper stopped making sense: {broken}"))
         }
     }
+}
+
+/// Kills a helper and reaps it. Only the helper: it starts no process of its own.
+async fn kill(child: &mut Child) {
+    let _ = child.start_kill();
+    let _ = child.wait().await;
 }
 
 /// How a process ended, for an operator: `killed by signal 6 (SIGABRT)`, `exited with status 3`.

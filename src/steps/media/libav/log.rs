@@ -12,7 +12,7 @@ use std::ffi::{CStr, c_char, c_int, c_void};
 use ffmpeg_next::ffi;
 
 use super::MediaError;
-use crate::steps::extract::diagnosis::diagnose;
+use crate::steps::extract::diagnosis::{diagnose, without_addresses};
 
 /// The most lines kept, and the longest kept line: a hostile file cannot make the buffer grow.
 const LINES_MAX: usize = 64;
@@ -88,24 +88,12 @@ pub(super) fn judge(lines: &[String], failed: bool, during: &str) -> Option<Medi
     Some(MediaError::new(error.class, error.message))
 }
 
-/// A line as quoted in an error: object addresses dropped (`[hls @ 0x5633…]` -> `[hls]`).
-pub(super) fn quoted(line: &str) -> String {
-    let mut text = line.trim().to_string();
-    while let Some(at) = text.find(" @ 0x") {
-        let end = text[at + 5..]
-            .find(|c: char| !c.is_ascii_hexdigit())
-            .map(|offset| at + 5 + offset)
-            .unwrap_or(text.len());
-        text.replace_range(at..end, "");
-    }
-    text
-}
-
-/// The last lines, for a failure no pattern explains.
+/// The last lines, each without its object addresses (whole: the capture already bounds them),
+/// for a failure no pattern explains.
 pub(super) fn tail(lines: &[String]) -> String {
     let tail: Vec<String> = lines[lines.len().saturating_sub(3)..]
         .iter()
-        .map(|line| quoted(line))
+        .map(|line| without_addresses(line))
         .collect();
     if tail.is_empty() {
         "(no message)".to_string()

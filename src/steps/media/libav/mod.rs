@@ -1,4 +1,4 @@
-//! The in-process FFmpeg core of the media helper (issue #18): what `ffprobe`, `ffmpeg` and the
+//! The in-process FFmpeg core of the media helper: what `ffprobe`, `ffmpeg` and the
 //! read-back `ffprobe` do for the extract step, done inside one process through libavformat,
 //! libavcodec and libswresample (the ffmpeg-next crate over the system's FFmpeg 5.1).
 //!
@@ -16,16 +16,16 @@
 //!   It writes the same bytes as narra's ffmpeg command line on the same machine (tested on the
 //!   whole corpus, every copy and transcode), so a workflow that switches paths keeps its audio
 //!   and its checksums; `extract`'s docs list what that takes.
-//! - [`read_back`]: what a written file holds, for validation.
 //! - [`MediaError`]: every failure as one of narra's error class names (`corrupt_media`,
 //!   `unsupported_source`, ...), decided as narra's CLI path decides it: by the same message
 //!   patterns (libav's log lines are captured instead of stderr) and the same fallbacks.
 //!
 //! What it does not do: choose the stream or the plan (narra's `plan` module does, on the probe
-//! JSON), judge the output against the source (narra's `validate_output`, on [`read_back`]), run
-//! the helper process, sandbox it or time it out. All calls are synchronous and single-threaded
-//! (decoders run with one thread), one request at a time on the calling thread: libav's log lines
-//! are captured per thread (see `log`), so lines logged from another thread are not seen.
+//! JSON), judge the output against the source (narra's `validate_output`, on the output's
+//! [`probe`]), run the helper process, sandbox it or time it out. All calls are synchronous and
+//! single-threaded (decoders run with one thread), one request at a time on the calling thread:
+//! libav's log lines are captured per thread (see `log`), so lines logged from another thread are
+//! not seen.
 //!
 //! One decoder thread is also stricter than narra's CLI path at its default `threads = 2`:
 //! ffmpeg's frame-threaded FLAC decoder does not report a damaged frame, this module does
@@ -47,7 +47,7 @@
 //!
 //! The files: this one holds the public types and the small helpers; `log` captures libav's
 //! messages and classifies them as narra's diagnosis does; `input` opens inputs; `probe` builds
-//! the ffprobe-shaped JSON and reads outputs back; `extract` writes the audio.
+//! the ffprobe-shaped JSON; `extract` writes the audio.
 
 mod extract;
 mod input;
@@ -65,7 +65,7 @@ use crate::model::ErrorClass;
 
 pub use extract::{Written, extract};
 pub use input::{Input, open_input};
-pub use probe::{ReadBack, probe, probe_input, read_back};
+pub use probe::{probe, probe_input};
 
 /// A failure, as narra's error class and a
 /// message for people.

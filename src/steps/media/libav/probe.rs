@@ -1,6 +1,6 @@
 //! The input described as ffprobe's `-show_format -show_streams -of json` describes it, from the
-//! same libavformat fields ffprobe prints (so narra's `parse_probe` gives the same typed record),
-//! and the read-back of a written file for validation.
+//! same libavformat fields ffprobe prints (so narra's `parse_probe` gives the same typed record).
+//! A written file is read back the same way, for narra's validation.
 //!
 //! Formatting follows ffprobe 5.1: times as `%f` seconds in strings, rates and bit rates as
 //! decimal strings, fields ffprobe would print as `N/A` left out.
@@ -48,6 +48,17 @@ fn tags_json(dict: *const ffi::AVDictionary) -> Option<Value> {
     })
 }
 
+/// A C string libav owns as a JSON string; `None` for NULL.
+fn text_value(text: *const std::ffi::c_char) -> Option<Value> {
+    c_text(text).map(Value::String)
+}
+
+/// A count or rate as ffprobe prints it (a decimal string), `None` (ffprobe's `N/A`) unless
+/// positive.
+fn positive_text(number: i64) -> Option<Value> {
+    (number > 0).then(|| Value::String(number.to_string()))
+}
+
 fn put(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
     if let Some(value) = value {
         map.insert(key.to_string(), value);
@@ -65,16 +76,8 @@ fn format_json(input: &Input) -> Value {
     let mut map = Map::new();
     put(&mut map, "nb_streams", Some(json!(ctx.nb_streams)));
     put(&mut map, "nb_programs", Some(json!(ctx.nb_programs)));
-    put(
-        &mut map,
-        "format_name",
-        c_text(iformat.name).map(Value::String),
-    );
-    put(
-        &mut map,
-        "format_long_name",
-        c_text(iformat.long_name).map(Value::String),
-    );
+    put(&mut map, "format_name", text_value(iformat.name));
+    put(&mut map, "format_long_name", text_value(iformat.long_name));
     put(&mut map, "start_time", time_text(ctx.start_time, time_base));
     put(&mut map, "duration", time_text(ctx.duration, time_base));
     // SAFETY: pb is the context's own I/O (NULL only for NOFILE demuxers, none whitelisted).
@@ -88,11 +91,7 @@ fn format_json(input: &Input) -> Value {
         "size",
         (size >= 0).then(|| Value::String(size.to_string())),
     );
-    put(
-        &mut map,
-        "bit_rate",
-        (ctx.bit_rate > 0).then(|| Value::String(ctx.bit_rate.to_string())),
-    );
+    put(&mut map, "bit_rate", positive_text(ctx.bit_rate));
     put(&mut map, "probe_score", Some(json!(ctx.probe_score)));
     put(&mut map, "tags", tags_json(ctx.metadata));
     Value::Object(map)
@@ -108,15 +107,11 @@ fn stream_json(st: *mut ffi::AVStream) -> Value {
     let descriptor = unsafe { ffi::avcodec_descriptor_get(par.codec_id) };
     if !descriptor.is_null() {
         let descriptor = unsafe { &*descriptor };
-        put(
-            &mut map,
-            "codec_name",
-            c_text(descriptor.name).map(Value::String),
-        );
+        put(&mut map, "codec_name", text_value(descriptor.name));
         put(
             &mut map,
             "codec_long_name",
-            c_text(descriptor.long_name).map(Value::String),
+            text_value(descriptor.long_name),
         );
     }
     let profile = unsafe { ffi::avcodec_profile_name(par.codec_id, par.profile) };
@@ -126,18 +121,10 @@ fn stream_json(st: *mut ffi::AVStream) -> Value {
         put(&mut map, "profile", Some(json!(par.profile)));
     }
     let codec_type = unsafe { ffi::av_get_media_type_string(par.codec_type) };
-    put(
-        &mut map,
-        "codec_type",
-        c_text(codec_type).map(Value::String),
-    );
+    put(&mut map, "codec_type", text_value(codec_type));
     let mut tag = [0 as std::ffi::c_char; 32];
     let tag_text = unsafe { ffi::av_fourcc_make_string(tag.as_mut_ptr(), par.codec_tag) };
-    put(
-        &mut map,
-        "codec_tag_string",
-        c_text(tag_text).map(Value::String),
-    );
+    put(&mut map, "codec_tag_string", text_value(tag_text));
     put(
         &mut map,
         "codec_tag",
@@ -151,7 +138,7 @@ fn stream_json(st: *mut ffi::AVStream) -> Value {
             let name = unsafe {
                 ffi::av_get_pix_fmt_name(std::mem::transmute::<i32, ffi::AVPixelFormat>(par.format))
             };
-            put(&mut map, "pix_fmt", c_text(name).map(Value::String));
+            put(&mut map, "pix_fmt", text_value(name));
             put(&mut map, "level", Some(json!(par.level)));
         }
         ffi::AVMediaType::AVMEDIA_TYPE_AUDIO => {
@@ -161,7 +148,7 @@ fn stream_json(st: *mut ffi::AVStream) -> Value {
                     par.format,
                 ))
             };
-            put(&mut map, "sample_fmt", c_text(name).map(Value::String));
+            put(&mut map, "sample_fmt", text_value(name));
             put(
                 &mut map,
                 "sample_rate",
@@ -174,11 +161,7 @@ fn stream_json(st: *mut ffi::AVStream) -> Value {
                     ffi::av_channel_layout_describe(&par.ch_layout, buf.as_mut_ptr(), buf.len())
                 };
                 if written > 0 {
-                    put(
-                        &mut map,
-                        "channel_layout",
-                        c_text(buf.as_ptr()).map(Value::String),
-                    );
+                    put(&mut map, "channel_layout", text_value(buf.as_ptr()));
                 }
             }
             let bits = unsafe { ffi::av_get_bits_per_sample(par.codec_id) };
@@ -209,21 +192,13 @@ fn stream_json(st: *mut ffi::AVStream) -> Value {
         put(&mut map, "duration_ts", Some(json!(st.duration)));
     }
     put(&mut map, "duration", time_text(st.duration, st.time_base));
-    put(
-        &mut map,
-        "bit_rate",
-        (par.bit_rate > 0).then(|| Value::String(par.bit_rate.to_string())),
-    );
+    put(&mut map, "bit_rate", positive_text(par.bit_rate));
     put(
         &mut map,
         "bits_per_raw_sample",
-        (par.bits_per_raw_sample > 0).then(|| Value::String(par.bits_per_raw_sample.to_string())),
+        positive_text(i64::from(par.bits_per_raw_sample)),
     );
-    put(
-        &mut map,
-        "nb_frames",
-        (st.nb_frames > 0).then(|| Value::String(st.nb_frames.to_string())),
-    );
+    put(&mut map, "nb_frames", positive_text(st.nb_frames));
     put(
         &mut map,
         "extradata_size",
@@ -264,44 +239,4 @@ fn disposition_json(flags: i32) -> Value {
             .map(|(name, flag)| (name.to_string(), json!(i32::from(flags & flag != 0))))
             .collect(),
     )
-}
-
-/// What a written file holds, for checking it against the plan.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReadBack {
-    /// ffprobe's `format_name` (`ogg` for .opus, `mov,mp4,m4a,3gp,3g2,mj2` for .m4a).
-    pub format_name: String,
-    /// The first stream's codec (`None` when libav does not know it).
-    pub codec_name: Option<String>,
-    /// The first stream's type (`audio`, ...).
-    pub codec_type: Option<String>,
-    pub stream_count: usize,
-    pub sample_rate: Option<u32>,
-    pub channels: Option<u32>,
-    /// The first stream's duration, else the format's, in seconds.
-    pub duration_s: Option<f64>,
-}
-
-/// Reads a written file back (opened as any input, so a file of the wrong kind is refused too).
-pub fn read_back(path: &Path) -> Result<ReadBack, MediaError> {
-    let input = open_input(path)?;
-    let json = probe_input(&input);
-    let number = |value: &Value, key: &str| -> Option<f64> {
-        match value.get(key)? {
-            Value::String(text) => text.parse().ok(),
-            Value::Number(number) => number.as_f64(),
-            _ => None,
-        }
-    };
-    let streams = json["streams"].as_array().cloned().unwrap_or_default();
-    let first = streams.first().cloned().unwrap_or(Value::Null);
-    Ok(ReadBack {
-        format_name: input.format_name(),
-        codec_name: first["codec_name"].as_str().map(str::to_string),
-        codec_type: first["codec_type"].as_str().map(str::to_string),
-        stream_count: streams.len(),
-        sample_rate: number(&first, "sample_rate").map(|rate| rate as u32),
-        channels: number(&first, "channels").map(|channels| channels as u32),
-        duration_s: number(&first, "duration").or_else(|| number(&json["format"], "duration")),
-    })
 }
