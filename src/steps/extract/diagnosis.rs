@@ -16,7 +16,7 @@ const QUOTED_LINE_CHARS_MAX: usize = 300;
 /// What ffmpeg's or ffprobe's messages say about the input: a class and the line that says so.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(in crate::steps) struct Diagnosis {
-    pub(super) class: ErrorClass,
+    pub(in crate::steps) class: ErrorClass,
     what: String,
     pub(super) line: String,
 }

@@ -221,8 +221,11 @@ async fn write_checked(
                 output: temp_path.to_path_buf(),
                 threads: params.threads,
             };
-            // The helper judged libav's messages itself, with the same patterns.
-            let json = media::ask(pool, &request, timeout, cancel, &mut report).await?;
+            // A failed write was judged in the helper, by the same patterns; what libav logged
+            // about damage it read past in a write that succeeded is judged here, after the
+            // output, as ffmpeg's messages are.
+            let (json, warnings) = media::ask(pool, &request, timeout, cancel, &mut report).await?;
+            let diagnosis = diagnose(&warnings.join("\n"), false);
             let synced = scratch::sync_file(temp_path).await;
             let output = parse_probe(json.as_bytes()).map_err(|error| {
                 StepError::new(
@@ -236,7 +239,7 @@ async fn write_checked(
             Written {
                 tool: HELPER,
                 output,
-                diagnosis: None,
+                diagnosis,
                 synced,
             }
         }

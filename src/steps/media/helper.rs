@@ -88,9 +88,10 @@ pub fn main(args: &[String]) -> i32 {
                         },
                     );
                 }
-                match written.map(|(_, json)| json) {
-                    Ok(json) => Response::Written {
+                match written {
+                    Ok((written, json)) => Response::Written {
                         json: json.to_string(),
+                        warnings: written.warnings,
                     },
                     Err(error) => failed(error),
                 }

@@ -47,12 +47,13 @@ pub async fn probe(
     let request = Request::Probe {
         input: input.to_path_buf(),
     };
-    ask(pool, &request, timeout, cancel, &mut |_| {}).await
+    Ok(ask(pool, &request, timeout, cancel, &mut |_| {}).await?.0)
 }
 
 /// Sends `request` (a [`Request::Probe`] or a [`Request::Extract`]) to a helper of `pool` and
-/// returns the JSON it answers with: the input's probe, or the written output's (ffprobe's JSON).
-/// Bytes written so far go to `on_progress`.
+/// returns the JSON it answers with: the input's probe, or the written output's (ffprobe's JSON),
+/// with what libav logged about damage it read past (a write only). Bytes written so far go to
+/// `on_progress`.
 ///
 /// A helper that dies is restarted: [`MEDIA_CRASH_DEATHS`] deaths on the request fail it as
 /// `media_crash`, naming how the last helper ended. A timeout kills the helper and is
@@ -63,7 +64,7 @@ pub async fn ask(
     timeout: Duration,
     cancel: &mut Cancel,
     on_progress: &mut (dyn FnMut(u64) + Send),
-) -> Result<String, StepError> {
+) -> Result<(String, Vec<String>), StepError> {
     // A probe is answered with `Probed`, a write with `Written`.
     let probing = matches!(request, Request::Probe { .. });
     let what = if probing { "probing" } else { "extracting" };
@@ -77,8 +78,8 @@ pub async fn ask(
                     message,
                 ));
             }
-            Ok(Response::Probed { json }) if probing => return Ok(json),
-            Ok(Response::Written { json }) if !probing => return Ok(json),
+            Ok(Response::Probed { json }) if probing => return Ok((json, Vec::new())),
+            Ok(Response::Written { json, warnings }) if !probing => return Ok((json, warnings)),
             Ok(other) => {
                 return Err(StepError::new(
                     ErrorClass::Internal,

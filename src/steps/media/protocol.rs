@@ -70,11 +70,12 @@ pub enum Response {
     Probed {
         json: String,
     },
-    /// The output was written and closed; `json` is its probe. Damage libav read past in the
-    /// input was judged in the helper, by the extract step's diagnosis patterns, and is a
-    /// `Failed`.
+    /// The output was written and closed; `json` is its probe. `warnings`: what libav logged about
+    /// damage it read past in the input, judged by the extract step after the output (a full
+    /// disk or a refused source is a `Failed` instead).
     Written {
         json: String,
+        warnings: Vec<String>,
     },
     /// The request failed: an error class name (`model::ErrorClass`) and what happened.
     Failed {

@@ -369,9 +369,14 @@ fn our_class(path: &Path, plan: &WritePlan, output: &Path) -> Option<ErrorClass>
     else {
         return Some(ErrorClass::NoAudioStream);
     };
-    extract(&mut input, index, plan, output, &mut |_| {})
-        .err()
-        .map(|error| error.class)
+    match extract(&mut input, index, plan, output, &mut |_| {}) {
+        Err(error) => Some(error.class),
+        // Damage read past in a run that succeeded, judged as the extract step judges it.
+        Ok(written) => {
+            crate::steps::extract::diagnosis::diagnose(&written.warnings.join("\n"), false)
+                .map(|diagnosis| diagnosis.class)
+        }
+    }
 }
 
 #[test]

@@ -62,6 +62,10 @@ pub struct Written {
     pub codec_name: String,
     pub sample_rate: u32,
     pub channels: u32,
+    /// What libav logged about damage it read past in a run that succeeded ("File ended
+    /// prematurely", ...): judged by the caller after the output, as ffmpeg's messages are, so
+    /// that a truncated input is told by its duration first, as on the programs' path.
+    pub warnings: Vec<String>,
 }
 
 /// Writes audio stream `stream_index` of `input` to `output_path` as `plan` says. `progress` is
@@ -92,12 +96,17 @@ pub fn extract(
                 progress,
             ),
         })
-        .and_then(|written| {
-            // Damage libav only logged while the run succeeded ("File ended prematurely", ...) is
-            // the media's fault all the same, as narra judges ffmpeg's messages after a success.
-            match log::judge(&log::take(), false, &format!("audio stream {stream_index}")) {
-                Some(error) => Err(error),
-                None => Ok(written),
+        .and_then(|mut written| {
+            // What libav logged while the run succeeded: a full disk or a refused source fails
+            // at once; damage to the media ("File ended prematurely", ...) goes back with the
+            // output, to be judged after it, as narra judges ffmpeg's messages after a success.
+            let lines = log::take();
+            match log::judge(&lines, false, &format!("audio stream {stream_index}")) {
+                Some(error) if error.class != ErrorClass::CorruptMedia => Err(error),
+                _ => {
+                    written.warnings = lines;
+                    Ok(written)
+                }
             }
         });
     if result.is_err() {

@@ -183,6 +183,7 @@ impl Output {
             codec_name,
             sample_rate,
             channels,
+            warnings: Vec::new(),
         })
     }
 }
