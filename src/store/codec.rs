@@ -2,7 +2,7 @@
 //!
 //! Every value the state store persists (jobs, checkpoints, events, metadata records, log lines)
 //! goes through [`encode`] and [`decode`]: one schema-version byte, then the record in bincode's
-//! standard configuration. Nothing else in narra calls bincode.
+//! standard configuration, through `crate::wire`, the one module that calls bincode.
 //!
 //! bincode writes fields in declaration order with no names, so the bytes on disk ARE the struct
 //! definitions in `model::job`. Changing any stored struct or enum (adding, removing, reordering or
@@ -30,14 +30,9 @@ pub const SCHEMA_VERSION: u8 = 3;
 /// The oldest version this narra still reads.
 pub const SCHEMA_VERSION_MIN: u8 = 1;
 
-fn bincode_config() -> bincode::config::Configuration {
-    bincode::config::standard()
-}
-
 /// Encodes a record as `[SCHEMA_VERSION] ++ bincode(value)`.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    let body = bincode::serde::encode_to_vec(value, bincode_config())
-        .map_err(|error| StoreError::Encode(error.to_string()))?;
+    let body = crate::wire::to_bytes(value).map_err(StoreError::Encode)?;
     let mut bytes = Vec::with_capacity(body.len() + 1);
     bytes.push(SCHEMA_VERSION);
     bytes.extend_from_slice(&body);
@@ -66,7 +61,7 @@ pub fn decode<T: DeserializeOwned>(
 
 /// Decodes exactly one value from `body` (no schema byte).
 fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, String> {
-    let (value, bytes_read) = bincode::serde::decode_from_slice::<T, _>(body, bincode_config())
+    let (value, bytes_read) = crate::wire::from_bytes_prefix::<T>(body)
         .map_err(|error| format!("cannot decode record: {error}"))?;
     if bytes_read != body.len() {
         return Err(format!(
