@@ -666,3 +666,35 @@ fn a_stuck_helper_is_killed_at_its_timeout_and_replaced() {
     assert!(again.is_ok());
     assert_eq!(pool.started(), 2, "and was reused");
 }
+
+// Guards switching paths: jobs ingested through the programs, then re-ingested through the
+// helpers (and back) succeed and leave `audit` with no violation and `verify` clean: the path is
+// not part of the definition hash, so each job keeps the checkpoints and record it has.
+#[test]
+fn switching_between_the_programs_and_the_helpers_keeps_audit_clean() {
+    let home = Home::new();
+    let inputs = tempfile::tempdir().unwrap();
+    let corpus = corpus(inputs.path());
+    let sources: Vec<&str> = corpus[..4]
+        .iter()
+        .map(|path| path.to_str().unwrap())
+        .collect();
+    for (media, reingest) in [("cli", false), ("helper", true), ("cli", true)] {
+        let mut args = vec!["--json", "ingest"];
+        if reingest {
+            args.push("--reingest");
+        }
+        args.extend(&sources);
+        let output = home.narra_env(&args, &[("NARRA_MEDIA", media)]);
+        assert_eq!(output.status.code(), Some(0), "{media}: {output:?}");
+        let jobs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        for job in jobs.as_array().unwrap() {
+            assert_eq!(job["status"], "succeeded", "{media}: {job}");
+        }
+    }
+    let audit = home.json(&["audit"], 0);
+    for job in audit.as_array().unwrap() {
+        assert_eq!(job["violations"], 0, "{job}");
+    }
+    assert!(home.narra(&["verify"]).status.success());
+}
