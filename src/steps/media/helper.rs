@@ -13,6 +13,10 @@ use std::path::PathBuf;
 use super::libav;
 use super::protocol::{Request, Response, read_frame, write_frame};
 use super::sandbox::{self, DISABLE_ENV, Disabled, Limits};
+use crate::model::ErrorClass;
+
+/// The largest probe answered, as ffprobe's output is bounded on the programs' path.
+const PROBE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Runs the helper on `args` (what follows [`super::pool::HELPER_ARG`]); returns the exit status.
 pub fn main(args: &[String]) -> i32 {
@@ -56,7 +60,19 @@ pub fn main(args: &[String]) -> i32 {
                 Ok(json) => {
                     let json = json.to_string();
                     crate::failpoint!("media.helper.probe", &json);
-                    Response::Probed { json }
+                    if json.len() > PROBE_BYTES_MAX {
+                        // As ffprobe's output is bounded on the programs' path.
+                        Response::Failed {
+                            class: ErrorClass::CorruptMedia.as_str().to_string(),
+                            message: format!(
+                                "the media's probe is {} bytes, over the {PROBE_BYTES_MAX}-byte \
+                                 limit (metadata tags that large are not a video's)",
+                                json.len()
+                            ),
+                        }
+                    } else {
+                        Response::Probed { json }
+                    }
                 }
                 Err(error) => failed(error),
             },

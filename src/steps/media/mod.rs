@@ -70,7 +70,10 @@ pub async fn ask(
     let what = if probing { "probing" } else { "extracting" };
     let mut deaths = 0;
     loop {
-        let called = pool.call(request, timeout, cancel, on_progress).await;
+        // After a death, a fresh helper: an idle one may carry damage from an earlier input.
+        let called = pool
+            .call(request, deaths > 0, timeout, cancel, on_progress)
+            .await;
         let how = match called {
             Ok(Response::Failed { class, message }) => {
                 return Err(StepError::new(
@@ -131,7 +134,7 @@ pub async fn self_check(
 ) -> Result<sandbox::SelfCheck, String> {
     let (_keep, mut cancel) = tokio::sync::watch::channel(false);
     match pool
-        .call(&Request::SelfCheck, timeout, &mut cancel, &mut |_| {})
+        .call(&Request::SelfCheck, true, timeout, &mut cancel, &mut |_| {})
         .await
     {
         Ok(Response::SelfChecked(check)) => Ok(check),
@@ -161,8 +164,11 @@ impl Media {
         match std::env::var(MEDIA_ENV).unwrap_or_default().as_str() {
             "cli" => Ok(Media::Programs),
             "" | "helper" => {
-                let program = std::env::current_exe()
-                    .map_err(|error| format!("cannot find the narra binary: {error}"))?;
+                // A typo in the sandbox setting is the operator's, said now, not a helper that
+                // dies on every job.
+                sandbox::Disabled::parse(&std::env::var(sandbox::DISABLE_ENV).unwrap_or_default())?;
+                // This process's own binary, even if the file was replaced by an upgrade since.
+                let program = std::path::PathBuf::from("/proc/self/exe");
                 Ok(Media::Helpers(std::sync::Arc::new(HelperPool::new(
                     program,
                     scratch_root.to_path_buf(),

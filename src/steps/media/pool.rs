@@ -26,6 +26,14 @@ use super::sandbox::Limits;
 use crate::steps::process::supervised;
 use crate::steps::{Cancel, cancelled};
 
+/// The environment a helper is given: its sandbox switches, the failpoint setting (tests) and the
+/// library path. Nothing else of the worker's.
+const HELPER_ENV: [&str; 3] = [
+    super::sandbox::DISABLE_ENV,
+    crate::failpoint::FAILPOINT_ENV,
+    "LD_LIBRARY_PATH",
+];
+
 /// The first argument that makes the narra binary a media helper (hidden from `--help`).
 pub const HELPER_ARG: &str = "__media-helper";
 
@@ -97,15 +105,18 @@ impl HelperPool {
     }
 
     /// Sends `request` to a helper and returns its final answer; each progress frame's byte count
-    /// goes to `on_progress` as it arrives.
+    /// goes to `on_progress` as it arrives. `fresh`: a newly started helper, never an idle one
+    /// (a request sent again after a death must not meet a helper an earlier input damaged).
     pub async fn call(
         &self,
         request: &Request,
+        fresh: bool,
         timeout: Duration,
         cancel: &mut Cancel,
         on_progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<Response, CallError> {
-        let mut helper = match self.take_idle() {
+        let idle = if fresh { None } else { self.take_idle() };
+        let mut helper = match idle {
             Some(helper) => helper,
             None => self.start()?,
         };
@@ -151,11 +162,16 @@ impl HelperPool {
         }
     }
 
+    /// An idle helper that is still alive: one that died while idle (the out-of-memory killer, a
+    /// signal) is dropped, so its death is never charged to the next input.
     fn take_idle(&self) -> Option<Helper> {
-        self.idle
-            .lock()
-            .expect("the pool's lock is never poisoned")
-            .pop()
+        let mut idle = self.idle.lock().expect("the pool's lock is never poisoned");
+        while let Some(mut helper) = idle.pop() {
+            if matches!(helper.child.try_wait(), Ok(None)) {
+                return Some(helper);
+            }
+        }
+        None
     }
 
     fn put_back(&self, helper: Helper) {
@@ -180,6 +196,15 @@ impl HelperPool {
             .arg(self.limits.memory_bytes.to_string())
             .arg(self.limits.file_bytes.to_string())
             .args(&self.read_roots)
+            // Nothing of the worker's environment (API tokens, webhook secrets, database URIs,
+            // cloud credentials) reaches a process that parses hostile media: only what the
+            // helper itself reads.
+            .env_clear()
+            .envs(
+                HELPER_ENV
+                    .iter()
+                    .filter_map(|name| std::env::var_os(name).map(|value| (*name, value))),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             // Its own messages (a failpoint, a panic) reach the worker's stderr.
@@ -240,7 +265,13 @@ async fn ended(mut helper: Helper, broken: String) -> CallError {
 }
 
 /// Kills a helper and reaps it. Only the helper: it starts no process of its own.
+/// Kills the helper's whole process group (anything an exploited helper forked dies with it) and
+/// reaps the helper.
 async fn kill(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: a signal to the group the helper leads (its pid, not yet reaped).
+        unsafe { libc::kill(-(pid as libc::pid_t), libc::SIGKILL) };
+    }
     let _ = child.start_kill();
     let _ = child.wait().await;
 }

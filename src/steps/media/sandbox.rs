@@ -10,8 +10,8 @@
 //! 2. `no_new_privs`, which Landlock and seccomp need and which stops a set-uid escalation.
 //! 3. The network: a network namespace of its own (only `lo`, and down) where the kernel allows it
 //!    (as root, or through an unprivileged user namespace), and in every case a seccomp filter
-//!    that refuses `socket()` with `EACCES`. The namespace is defence in depth; the filter is what
-//!    makes any socket fail, inside a namespace or not.
+//!    that refuses `socket()` and io_uring with `EACCES`. The namespace is defence in depth; the
+//!    filter is what makes a socket fail, inside a namespace or not.
 //! 4. Files: Landlock, where the kernel has it (probed with `landlock_create_ruleset`, through the
 //!    landlock crate), allows reading and writing beneath the scratch root, reading beneath the
 //!    read roots the worker names (an `fs://` object store, whose stored originals re-extraction
@@ -157,25 +157,36 @@ fn set_rlimits(limits: Limits) -> std::io::Result<()> {
     set(libc::RLIMIT_CORE, 0)
 }
 
-/// A network namespace of its own: directly as root, else inside a new user namespace (which an
-/// unprivileged process may create where the kernel allows it).
+/// A network namespace of its own, inside a new user namespace where the kernel allows one (for
+/// any user), else directly (root only).
 fn own_network_namespace() -> bool {
     // SAFETY: unshare with flags only; the process is single-threaded, as CLONE_NEWUSER requires.
+    // A user namespace first, also for root: entering one drops every capability the process had
+    // in the machine's namespace (a root helper could otherwise make device nodes or load modules).
     unsafe {
-        libc::unshare(libc::CLONE_NEWNET) == 0
-            || libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) == 0
+        libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) == 0
+            || libc::unshare(libc::CLONE_NEWNET) == 0
     }
 }
 
-/// A seccomp filter that makes `socket()` fail with `EACCES` and allows everything else. The
-/// helper needs no socket of any family: its requests come on stdin.
+/// A seccomp filter that makes `socket()` and io_uring (which can create sockets without calling
+/// `socket()`) fail with `EACCES`, and allows everything else. The helper needs no socket of any
+/// family and no io_uring: its requests come on stdin.
 fn refuse_sockets() -> Result<(), String> {
     use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
     let arch = std::env::consts::ARCH
         .try_into()
         .map_err(|error| format!("{error:?}"))?;
     let filter = SeccompFilter::new(
-        [(libc::SYS_socket, vec![])].into_iter().collect(),
+        [
+            libc::SYS_socket,
+            libc::SYS_io_uring_setup,
+            libc::SYS_io_uring_enter,
+            libc::SYS_io_uring_register,
+        ]
+        .into_iter()
+        .map(|call| (call, vec![]))
+        .collect(),
         SeccompAction::Allow,
         SeccompAction::Errno(libc::EACCES as u32),
         arch,
@@ -197,7 +208,17 @@ fn confine_files(scratch_root: &Path, read_roots: &[PathBuf]) -> String {
         .handle_access(AccessFs::from_all(abi))
         .and_then(|ruleset| ruleset.create())
         .and_then(|ruleset| {
-            ruleset.add_rules(path_beneath_rules([scratch_root], AccessFs::from_all(abi)))
+            // Files and directories only: no device nodes, FIFOs, sockets or symlinks made.
+            let scratch_access = AccessFs::ReadFile
+                | AccessFs::WriteFile
+                | AccessFs::ReadDir
+                | AccessFs::MakeReg
+                | AccessFs::MakeDir
+                | AccessFs::RemoveFile
+                | AccessFs::RemoveDir
+                | AccessFs::Truncate
+                | AccessFs::Refer;
+            ruleset.add_rules(path_beneath_rules([scratch_root], scratch_access))
         })
         .and_then(|ruleset| {
             ruleset.add_rules(path_beneath_rules(read_roots, AccessFs::from_read(abi)))
