@@ -21,8 +21,8 @@ use narra::store::{JobReader, OrchestratorStore, SledStore, WorkerStore};
 use narra::workflow::ExtractParams;
 
 use super::fixture::{
-    Home, Origin, artifact, file_snapshot, id_of, last_seq, sample_video, step_events_after, steps,
-    wait_until,
+    Home, Origin, TEST_VIDEO, X264, artifact, ffmpeg, file_snapshot, id_of, last_seq, sample_video,
+    step_events_after, steps, wait_until,
 };
 
 /// How far an extracted audio's duration may be from its source stream's: 1 %, at least 0.2 s.
@@ -50,19 +50,6 @@ fn corpus(name: &str, make: impl FnOnce(&Path)) -> PathBuf {
         .clone()
 }
 
-/// Runs ffmpeg quietly, asserting success.
-fn ffmpeg(args: &[&str], output: &Path) {
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .arg(output)
-        .status()
-        .expect("ffmpeg runs");
-    assert!(status.success(), "ffmpeg {args:?} {}", output.display());
-}
-
-const TEST_VIDEO: [&str; 4] = ["-f", "lavfi", "-i", "testsrc=size=160x120:rate=15"];
-
 /// A 1.5 s video with a sine tone, video and audio encoded as asked.
 fn av(name: &str, video: &[&str], audio: &[&str], format: &[&str]) -> PathBuf {
     corpus(name, |path| {
@@ -75,15 +62,6 @@ fn av(name: &str, video: &[&str], audio: &[&str], format: &[&str]) -> PathBuf {
         ffmpeg(&args, path);
     })
 }
-
-const X264: [&str; 6] = [
-    "-c:v",
-    "libx264",
-    "-preset",
-    "ultrafast",
-    "-pix_fmt",
-    "yuv420p",
-];
 
 fn vp9_opus_webm() -> PathBuf {
     av(

@@ -444,6 +444,30 @@ pub fn generate(name: &str, seconds: f64, frequency: u32) -> PathBuf {
     path
 }
 
+/// Runs ffmpeg quietly with `args` into `output`, asserting success.
+pub fn ffmpeg(args: &[&str], output: &Path) {
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .arg(output)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(status.success(), "ffmpeg {args:?} {}", output.display());
+}
+
+/// ffmpeg's test pattern as an input (before `-i`'s options end).
+pub const TEST_VIDEO: [&str; 4] = ["-f", "lavfi", "-i", "testsrc=size=160x120:rate=15"];
+
+/// H.264 as fast as it encodes, in the pixel format every player reads.
+pub const X264: [&str; 6] = [
+    "-c:v",
+    "libx264",
+    "-preset",
+    "ultrafast",
+    "-pix_fmt",
+    "yuv420p",
+];
+
 /// ffprobe's JSON for a file.
 pub fn ffprobe(path: &Path) -> Value {
     let output = Command::new("ffprobe")

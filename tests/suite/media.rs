@@ -17,7 +17,7 @@ use narra::steps::media::sandbox::{DISABLE_ENV, Limits, SelfCheck};
 use narra::steps::media::{HELPER_ARG, HelperPool, Media};
 use narra::workflow::{AudioMode, ExtractParams, TranscodeTarget};
 
-use super::fixture::{Home, ffprobe, id_of, sample_video, wait_until};
+use super::fixture::{Home, TEST_VIDEO, X264, ffmpeg, ffprobe, id_of, sample_video, wait_until};
 
 fn narra_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_narra"))
@@ -36,18 +36,6 @@ fn failing_tool(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (path, mark)
 }
 
-/// Runs ffmpeg quietly into `output`, asserting success.
-fn ffmpeg(args: &[&str], output: &Path) {
-    let status = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .arg(output)
-        .status()
-        .expect("ffmpeg runs");
-    assert!(status.success(), "ffmpeg {args:?} {}", output.display());
-}
-
-const VIDEO: [&str; 4] = ["-f", "lavfi", "-i", "testsrc=size=160x120:rate=15"];
 const TONE: [&str; 4] = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"];
 
 /// The corpus: every codec and container the tests use, with what must happen to each. A name, the
@@ -124,7 +112,7 @@ fn corpus(dir: &Path) -> Vec<PathBuf> {
         let path = dir.join(name);
         let mut args: Vec<&str> = Vec::new();
         if video {
-            args.extend(VIDEO);
+            args.extend(TEST_VIDEO);
         }
         args.extend(TONE);
         args.extend(["-t", "1.5"]);
@@ -137,32 +125,17 @@ fn corpus(dir: &Path) -> Vec<PathBuf> {
     }
     // No audio; two languages (the second preferred below); HLS-style AAC in MP4.
     let video_only = dir.join("video_only.mp4");
-    let mut args: Vec<&str> = VIDEO.to_vec();
-    args.extend([
-        "-t",
-        "1.5",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
-    ]);
+    let mut args: Vec<&str> = TEST_VIDEO.to_vec();
+    args.extend(["-t", "1.5"]);
+    args.extend(X264);
     ffmpeg(&args, &video_only);
     files.push(video_only);
     let languages = dir.join("languages.mkv");
-    let mut args: Vec<&str> = VIDEO.to_vec();
+    let mut args: Vec<&str> = TEST_VIDEO.to_vec();
     args.extend(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100"]);
     args.extend(["-f", "lavfi", "-i", "sine=frequency=880:sample_rate=22050"]);
     args.extend(["-t", "1.5", "-map", "0:v", "-map", "1:a", "-map", "2:a"]);
-    args.extend([
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
-    ]);
+    args.extend(X264);
     args.extend(["-c:a:0", "aac", "-c:a:1", "libopus"]);
     args.extend([
         "-metadata:s:a:0",
@@ -173,18 +146,10 @@ fn corpus(dir: &Path) -> Vec<PathBuf> {
     ffmpeg(&args, &languages);
     files.push(languages);
     let fragmented = dir.join("fragmented.mp4");
-    let mut args: Vec<&str> = VIDEO.to_vec();
+    let mut args: Vec<&str> = TEST_VIDEO.to_vec();
     args.extend(TONE);
-    args.extend([
-        "-t",
-        "1.5",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
-    ]);
+    args.extend(["-t", "1.5"]);
+    args.extend(X264);
     args.extend([
         "-c:a",
         "aac",
