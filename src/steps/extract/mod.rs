@@ -259,11 +259,7 @@ async fn write_checked(
             .await?
         }
     };
-    let said = written
-        .diagnosis
-        .as_ref()
-        .map(|diagnosis| format!("; {} said \"{}\"", written.tool, diagnosis.line))
-        .unwrap_or_default();
+    let said = quoting(written.tool, written.diagnosis.as_ref());
     let duration_s = validate_output(&written.output?, plan, source_duration_s, &stream, &said)?;
     // The tool finished and the output looks whole, but it saw damage: the input is not whole.
     // What the media says comes before a scratch error.
@@ -276,6 +272,13 @@ async fn write_checked(
 
 /// How the media helper names itself in messages where ffmpeg's path says `ffmpeg`.
 const HELPER: &str = "the media helper";
+
+/// What `tool` said about the input, as a message's tail (`; ffmpeg said "..."`), or nothing.
+fn quoting(tool: &str, diagnosis: Option<&Diagnosis>) -> String {
+    diagnosis
+        .map(|diagnosis| format!("; {tool} said \"{}\"", diagnosis.line))
+        .unwrap_or_default()
+}
 
 /// An output written into scratch, before it is judged: its probe, what the tool said about the
 /// input, whether its fsync succeeded.
@@ -327,10 +330,7 @@ async fn write_with_ffmpeg(
             ),
         ));
     }
-    let ffmpeg_said = diagnosis
-        .as_ref()
-        .map(|diagnosis| format!("; ffmpeg said \"{}\"", diagnosis.line))
-        .unwrap_or_default();
+    let ffmpeg_said = quoting("ffmpeg", diagnosis.as_ref());
     // The audio's fsync runs while ffprobe reads it back: the disk and the probe's start-up
     // overlap. Both must succeed before the audio is renamed into place. A cancellation stops
     // ffprobe at once; the fsync, already started, is waited for (the file is then removed).
